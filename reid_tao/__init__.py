@@ -1,0 +1,3 @@
+"""reid_tao: person re-identification with TAO ReIdentificationNet spec files, on PyTorch Lightning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,75 @@
+"""`reid {train,evaluate,inference,export} -e SPEC [section.key=value ...]`."""
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from .config.loader import TASKS, describe_fields, load_config
+from .errors import ReidError
+
+DESCRIPTIONS = {
+    "train": "train a re-identification model (resumes from results_dir/train/reid_model_latest.pth)",
+    "evaluate": "CMC / mAP / mINP on query + gallery folders, plots, optional re-ranking",
+    "inference": "write one embedding per image to a JSON file",
+    "export": "export to ONNX (dynamic batch) and check it against PyTorch",
+}
+HELP_SECTIONS = {
+    "train": ("model", "dataset", "train", "re_ranking"),
+    "evaluate": ("model", "dataset", "re_ranking", "evaluate"),
+    "inference": ("dataset", "inference"),
+    "export": ("export",),
+}
+
+
+def _top_level_help() -> str:
+    lines = ["usage: reid TASK -e SPEC.yaml [section.key=value ...]", "", "tasks:"]
+    lines += [f"  {task:<10} {text}" for task, text in DESCRIPTIONS.items()]
+    lines += ["", "Run `reid TASK --help` for the spec fields. Overrides use Hydra's grammar, e.g.",
+              "  reid train -e specs/market1501.yaml train.num_epochs=120 'train.optim.lr_steps=[40,70]'"]
+    return "\n".join(lines)
+
+
+def _task_parser(task: str) -> argparse.ArgumentParser:
+    fields = "\n".join(describe_fields(section) for section in HELP_SECTIONS[task])
+    parser = argparse.ArgumentParser(
+        prog=f"reid {task}", description=DESCRIPTIONS[task], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"spec fields (section.key = default), settable in the spec or as overrides:\n{fields}")
+    parser.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="spec",
+                        help="TAO-style experiment spec (YAML); omitted: schema defaults + overrides")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides (Hydra grammar)")
+    return parser
+
+
+def _one_line(error: ReidError) -> str:
+    # Errors raised in DataLoader workers come back wrapped with the worker's traceback: keep the last line.
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_level_help())
+        return 0 if argv else 2
+    task, rest = argv[0], argv[1:]
+    if task not in TASKS:
+        print(f"reid: unknown task '{task}'; choose one of {', '.join(TASKS)}", file=sys.stderr)
+        return 2
+    args = _task_parser(task).parse_args(rest)
+    try:
+        config = load_config(args.spec, args.overrides)
+        module = importlib.import_module(f"reid_tao.tasks.{task}")
+        module.run(config)
+    except ReidError as error:
+        print(f"reid {task}: error: {_one_line(error)}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"reid {task}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The experiment schema: every TAO ReIdentificationNet spec field with TAO's default.
+
+A TAO spec file is merged over these dataclasses (see ``loader.py``), so an unknown key or a value of
+the wrong type is caught before any work starts. Fields added by reid_tao are marked "new".
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet_50"
+    last_stride: int = 1
+    pretrain_choice: str = "imagenet"  # imagenet | self | "" (random init)
+    pretrained_model_path: Optional[str] = None
+    input_channels: int = 3
+    input_width: int = 128
+    input_height: int = 256
+    neck: str = "bnneck"  # bnneck | ""
+    feat_dim: int = 256
+    neck_feat: str = "after"  # after | before
+    metric_loss_type: str = "triplet"  # triplet | center | triplet_center
+    with_center_loss: bool = False
+    with_flip_feature: bool = False
+    label_smooth: bool = True
+    id_loss_type: str = "softmax"
+    id_loss_weight: float = 1.0
+    triplet_loss_weight: float = 1.0
+    no_margin: bool = False
+    gem_pooling: bool = False
+    # Swin regularisation
+    dropout_rate: float = 0.0
+    drop_path: float = 0.1
+    drop_out: float = 0.0
+    att_drop_rate: float = 0.0
+    reduce_feat_dim: bool = False
+    # TransReID / SOLIDER extras that TAO declares but never wires (rejected when changed)
+    pretrain_hw_ratio: float = 2.0
+    stride_size: List[int] = field(default_factory=lambda: [16, 16])
+    jpm: bool = False
+    shift_num: int = 5
+    shuffle_group: int = 2
+    devide_length: int = 4
+    re_arrange: bool = True
+    sie_coe: float = 3.0
+    sie_camera: bool = False
+    sie_view: bool = False
+    semantic_weight: float = 1.0
+    cos_layer: bool = False
+    stem_conv: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    train_dataset_dir: Optional[str] = None
+    test_dataset_dir: Optional[str] = None
+    query_dataset_dir: Optional[str] = None
+    num_classes: int = 751
+    batch_size: int = 64
+    val_batch_size: int = 128
+    num_workers: int = 8
+    pixel_mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: List[float] = field(default_factory=lambda: [0.226, 0.226, 0.226])
+    padding: int = 10
+    prob: float = 0.5
+    re_prob: float = 0.5
+    sampler: str = "softmax_triplet"  # softmax | triplet | softmax_triplet
+    num_instances: int = 4
+    interpolation: str = "bilinear"  # new: resize filter, bilinear | bicubic (train AND eval)
+    synthetic: bool = False  # new: generate the bundled synthetic dataset into the folders when missing
+
+
+@dataclass
+class ReRankingConfig:
+    re_ranking: bool = False
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    max_rank: int = 10
+    num_query: int = 10
+
+
+@dataclass
+class OptimConfig:
+    name: str = "Adam"
+    lr_monitor: str = "val_loss"
+    lr_steps: List[int] = field(default_factory=lambda: [40, 70])
+    gamma: float = 0.1
+    bias_lr_factor: float = 1.0
+    weight_decay: float = 0.0005
+    weight_decay_bias: float = 0.0005
+    warmup_factor: float = 0.01
+    warmup_iters: int = 10
+    warmup_epochs: int = 20
+    warmup_method: str = "linear"  # linear | constant | cosine
+    base_lr: float = 0.00035
+    momentum: float = 0.9
+    center_loss_weight: float = 0.0005
+    center_lr: float = 0.5
+    triplet_loss_margin: float = 0.3
+    large_fc_lr: bool = False
+
+
+@dataclass
+class TrainConfig:
+    num_gpus: int = 1
+    gpu_ids: List[int] = field(default_factory=lambda: [0])
+    num_nodes: int = 1
+    seed: int = 1234
+    num_epochs: int = 10
+    checkpoint_interval: int = 1
+    validation_interval: int = 1
+    resume_training_checkpoint_path: Optional[str] = None
+    results_dir: Optional[str] = None
+    grad_clip: float = 0.0
+    precision: str = "auto"  # new: auto | 32 | 16-mixed | bf16-mixed
+    accelerator: str = "auto"  # new: auto | gpu | cpu (with cpu, num_gpus = number of CPU processes)
+    sync_bn: bool = True  # new: SyncBatchNorm when training with several processes
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: Optional[str] = None
+    test_dataset: Optional[str] = None
+    query_dataset: Optional[str] = None
+    output_cmc_curve_plot: Optional[str] = None
+    output_sampled_matches_plot: Optional[str] = None
+    gpu_ids: List[int] = field(default_factory=lambda: [0])
+    num_gpus: int = 1
+    accelerator: str = "auto"  # new: auto | gpu | cpu
+    results_dir: Optional[str] = None
+
+
+@dataclass
+class InferenceConfig:
+    checkpoint: Optional[str] = None
+    test_dataset: Optional[str] = None
+    query_dataset: Optional[str] = None
+    output_file: Optional[str] = None
+    gpu_ids: List[int] = field(default_factory=lambda: [0])
+    num_gpus: int = 1
+    accelerator: str = "auto"  # new: auto | gpu | cpu
+    results_dir: Optional[str] = None
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: Optional[str] = None
+    onnx_file: Optional[str] = None
+    gpu_id: int = 0
+    opset: int = 17  # new
+    overwrite: bool = False  # new
+    results_dir: Optional[str] = None
+
+
+@dataclass
+class ExperimentConfig:
+    results_dir: str = "results"
+    encryption_key: Optional[str] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    re_ranking: ReRankingConfig = field(default_factory=ReRankingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)

@@ -1,0 +1,66 @@
+"""Torch datasets over image records, and the sampler wrapper that makes augmentation reproducible."""
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import DataError
+
+
+def load_rgb(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as error:  # PIL raises several types for truncated or corrupt files
+        raise DataError(f"cannot read image {path} ({type(error).__name__}: {error}); "
+                        "remove or replace the file") from None
+
+
+class ImageDataset(Dataset):
+    """Items are (image tensor, label, camera id, index).
+
+    An index may come as ``(index, seed)`` from :class:`SeededSampler`: the transform then draws its
+    randomness from that seed only, so an epoch's augmentation does not depend on worker count,
+    prefetching or where training was resumed.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], camids: Sequence[int],
+                 transform: Optional[Callable] = None):
+        self.paths, self.labels, self.camids = list(paths), list(labels), list(camids)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: Union[int, Tuple[int, int]]):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image = load_rgb(self.paths[index])
+        if self.transform is not None:
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image = self.transform(image)
+        return image, self.labels[index], self.camids[index], index
+
+
+class SeededSampler(Sampler):
+    """Wraps an epoch-aware sampler and pairs each index with a seed derived from (seed, epoch, position)."""
+
+    def __init__(self, sampler: Sampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        base = (self.seed * 1_000_003 + self.epoch * 7_919_993) % (2**62)
+        for position, index in enumerate(self.sampler):
+            yield int(index), (base + position * 2_654_435_761) % (2**63)

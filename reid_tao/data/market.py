@@ -1,0 +1,86 @@
+"""Market-1501 folders: parse ``<pid>_c<cam>...`` file names into image records.
+
+The person id is signed: ``-1`` marks junk boxes (skipped everywhere, TAO reads them as id 1) and
+``0000`` marks distractors (kept in the gallery, never a match).
+"""
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+JUNK_PID = -1
+_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: str
+    pid: int
+    camid: int
+
+
+def parse_market_name(file_name: str) -> Optional[Tuple[int, int]]:
+    """``0002_c1s1_000451_03.jpg`` -> (2, 1); ``-1_c3s1_...`` -> (-1, 3); None when it does not parse."""
+    match = _MARKET_NAME.match(Path(file_name).name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def list_images(folder: str, field: str) -> List[Path]:
+    """Sorted image files of a folder (not recursive); a clear error when missing or empty."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise DataError(f"{field}: folder {folder} does not exist; set {field} to a Market-1501 style folder")
+    images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise DataError(f"{field}: folder {folder} contains no .jpg/.jpeg/.png images")
+    return images
+
+
+def scan_market_folder(folder: str, field: str) -> List[ImageRecord]:
+    """Records of every identified image in a folder; junk (-1) and unparsable names are skipped."""
+    images = list_images(folder, field)
+    records, unparsable, junk = [], [], 0
+    for image in images:
+        parsed = parse_market_name(image.name)
+        if parsed is None:
+            unparsable.append(image.name)
+            continue
+        if parsed[0] == JUNK_PID:
+            junk += 1
+            continue
+        records.append(ImageRecord(str(image), parsed[0], parsed[1]))
+    if unparsable and len(unparsable) == len(images):
+        raise DataError(f"{field}: no file in {folder} is named like Market-1501 '<pid>_c<camera>...' "
+                        f"(e.g. 0002_c1s1_000451_03.jpg); found e.g. '{unparsable[0]}'")
+    if unparsable:
+        log.warning("%s: skipped %d files whose names do not parse as '<pid>_c<camera>...' (e.g. %s)",
+                    field, len(unparsable), unparsable[0])
+    if not records:
+        raise DataError(f"{field}: folder {folder} holds only junk images (person id -1)")
+    if junk:
+        log.info("%s: skipped %d junk images (person id -1)", field, junk)
+    return records
+
+
+def relabel(records: Sequence[ImageRecord]) -> Tuple[List[int], Dict[int, int]]:
+    """Map the identities of the training records to 0..N-1 (sorted by original id)."""
+    mapping = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
+    return [mapping[r.pid] for r in records], mapping
+
+
+def summary_table(subsets: Dict[str, Sequence[ImageRecord]]) -> str:
+    """Plain-text table: subset, ids, images, cameras."""
+    rows = [("subset", "ids", "images", "cameras")]
+    for name, records in subsets.items():
+        rows.append((name, str(len({r.pid for r in records})), str(len(records)),
+                     str(len({r.camid for r in records}))))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""Identity-balanced ("PK") batch sampling for metric-learning losses, single- and multi-process.
+
+A PK batch holds P identities x K images each, which batch-hard triplet mining needs (every anchor
+has K-1 positives in the batch). In distributed training all ranks build the same *global* plan of
+P*world_size identities per step and each rank takes its own P identities, so ranks never share an
+identity within a step, all ranks run the same number of steps (no DDP hang), and the plan is a pure
+function of (seed, epoch, world_size): resuming at epoch e replays exactly the batches of epoch e.
+
+For shuffled softmax-only batches use ``torch.utils.data.DistributedSampler(shuffle=True, seed=...,
+drop_last=True)``, which already reseeds with ``seed + epoch`` every epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from reid_tao.errors import ConfigError, DataError
+
+__all__ = ["PKSampler", "PKSamplerConfigError", "PKSamplerDataError"]
+
+_UINT64 = 2**64
+
+
+class PKSamplerConfigError(ConfigError, ValueError):
+    """Invalid batch_size / num_instances / rank arguments (also a ValueError for library callers)."""
+
+
+class PKSamplerDataError(DataError, ValueError):
+    """The dataset has too few identities for one PK batch (also a ValueError for library callers)."""
+
+
+class PKSampler(torch.utils.data.Sampler[int]):
+    """Yields flat dataset indices; every consecutive ``batch_size`` slice is one PK batch.
+
+    Args:
+        pids: identity label of every dataset item (any integers; only equality matters).
+        batch_size: per-process batch size, a multiple of ``num_instances``.
+        num_instances: K, images per identity in a batch.
+        seed: base seed; the epoch plan is seeded from ``(seed, epoch)``.
+        rank: this process's rank in ``[0, world_size)``.
+        world_size: number of processes sharing each global batch.
+
+    Per epoch: each identity's images are shuffled (identities with fewer than K images are sampled
+    with replacement up to K) and cut into chunks of K (the incomplete remainder is dropped). Then,
+    repeatedly, P*world_size distinct identities that still have chunks are drawn uniformly at
+    random and each gives one chunk, forming a global batch, until fewer than P*world_size identities
+    have chunks left. Every epoch has the length of epoch 0's draw (cut, or continued with a fresh
+    round of chunks), so Lightning's one-time length measurement holds. Rank r yields identities ``r*P .. (r+1)*P-1`` of every
+    global batch, so concatenating the ranks' batches of one step gives exactly the batch of a
+    single-process sampler with ``batch_size * world_size``.
+
+    """
+
+    def __init__(
+        self,
+        pids: Sequence[int],
+        batch_size: int,
+        num_instances: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if num_instances < 1:
+            raise PKSamplerConfigError(
+                f"num_instances must be >= 1, got {num_instances}: set dataset.num_instances (K of the PK sampler)"
+            )
+        if batch_size < 1 or batch_size % num_instances != 0:
+            raise PKSamplerConfigError(
+                f"batch_size {batch_size} is not a positive multiple of num_instances {num_instances}: "
+                "set train batch_size to P*num_instances"
+            )
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise PKSamplerConfigError(f"rank {rank} is outside [0, world_size={world_size})")
+
+        labels = np.asarray(pids)
+        if labels.ndim != 1 or labels.size == 0:
+            raise PKSamplerDataError("PKSampler got no identity labels: the training set is empty")
+        _, self._label_index = np.unique(labels, return_inverse=True)
+        self._label_index = self._label_index.reshape(-1).astype(np.int64)
+        self._num_ids = int(self._label_index.max()) + 1
+
+        self.batch_size = batch_size
+        self.num_instances = num_instances
+        self.ids_per_batch = batch_size // num_instances
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+        global_ids = self.ids_per_batch * world_size
+        if self._num_ids < global_ids:
+            raise PKSamplerDataError(
+                f"the training set has {self._num_ids} identities but a PK batch needs "
+                f"{self.ids_per_batch} per process x {world_size} processes = {global_ids}: "
+                "lower batch_size, raise num_instances, or use fewer devices"
+            )
+
+        self._counts = np.bincount(self._label_index, minlength=self._num_ids)
+        self._starts = np.concatenate(([0], np.cumsum(self._counts)[:-1]))
+        self._cached_epoch: int | None = None
+        self._cached_indices: np.ndarray | None = None
+        self._num_batches = len(self._plan(0, num_batches=None))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose plan ``__iter__`` and ``__len__`` use (Lightning calls this)."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._epoch_indices().tolist())
+
+    def __len__(self) -> int:
+        return int(self._epoch_indices().size)
+
+    def global_batches(self, epoch: int | None = None) -> np.ndarray:
+        """The epoch's global plan, shape ``(num_batches, P*world_size, K)`` of dataset indices."""
+        return self._plan(self.epoch if epoch is None else int(epoch))
+
+    def _epoch_indices(self) -> np.ndarray:
+        if self._cached_epoch != self.epoch or self._cached_indices is None:
+            plan = self._plan(self.epoch)
+            p = self.ids_per_batch
+            self._cached_indices = plan[:, self.rank * p : (self.rank + 1) * p, :].reshape(-1)
+            self._cached_epoch = self.epoch
+        return self._cached_indices
+
+    def _plan(self, epoch: int, num_batches: int | None = -1) -> np.ndarray:
+        """num_batches: -1 = the fixed epoch length, None = the natural length of this draw."""
+        if num_batches == -1:
+            num_batches = self._num_batches
+        k = self.num_instances
+        global_ids = self.ids_per_batch * self.world_size
+        rng = np.random.default_rng([self.seed % _UINT64, epoch % _UINT64])
+
+        # Shuffle inside each identity: sort by (identity, random key).
+        keys = rng.random(self._label_index.size)
+        shuffled = np.lexsort((keys, self._label_index))
+
+        # Chunks of K per identity; identities with < K images get one chunk drawn with replacement.
+        chunks_per_id = np.maximum(self._counts // k, 1)
+        slots_per_id = chunks_per_id * k
+        owner = np.repeat(np.arange(self._num_ids), slots_per_id)
+        slot_starts = np.concatenate(([0], np.cumsum(slots_per_id)[:-1]))
+        offset_in_id = np.arange(owner.size) - slot_starts[owner]
+        short = self._counts[owner] < k
+        resampled = (rng.random(owner.size) * self._counts[owner]).astype(np.int64)
+        offset_in_id = np.where(short, resampled, offset_in_id)
+        chunks = shuffled[self._starts[owner] + offset_in_id].reshape(-1, k)
+        first_chunk = np.concatenate(([0], np.cumsum(chunks_per_id)[:-1]))
+
+        # Draw the batches; each step depends on the previous one, so this loop is per batch.
+        # Every epoch gets the length of epoch 0's natural plan (Lightning measures the length once):
+        # a longer draw is cut, a shorter one reuses the chunks of a fresh round.
+        remaining = chunks_per_id.copy()
+        taken = np.zeros_like(remaining)
+        batches: list[np.ndarray] = []
+        available = np.flatnonzero(remaining)
+        while len(batches) < (num_batches if num_batches is not None else np.inf):
+            if available.size < global_ids:
+                if num_batches is None:
+                    break
+                remaining, taken = chunks_per_id.copy(), np.zeros_like(remaining)
+                available = np.flatnonzero(remaining)
+            chosen = rng.choice(available, size=global_ids, replace=False)
+            batches.append(first_chunk[chosen] + taken[chosen])
+            taken[chosen] += 1
+            remaining[chosen] -= 1
+            if not remaining[chosen].all():
+                available = np.flatnonzero(remaining)
+        if not batches:
+            return np.empty((0, global_ids, k), dtype=np.int64)
+        return chunks[np.stack(batches)].astype(np.int64, copy=False)

@@ -1,0 +1,36 @@
+"""Callbacks: a one-line summary per epoch."""
+import logging
+import time
+
+import pytorch_lightning as pl
+
+log = logging.getLogger("reid_tao.train")
+
+
+class EpochSummary(pl.Callback):
+    """Prints epoch, loss, ID accuracy, lr, throughput (and validation metrics when they ran)."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self._start
+        images = trainer.num_training_batches * trainer.train_dataloader.batch_size * trainer.world_size
+        metrics = trainer.callback_metrics
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        if "train/loss" in metrics:
+            parts.append(f"loss {float(metrics['train/loss']):.4f}")
+        if "train/id_acc" in metrics:
+            parts.append(f"id_acc {100 * float(metrics['train/id_acc']):.1f}%")
+        parts += [f"lr {lr:.2e}", f"{images / max(seconds, 1e-9):.0f} img/s"]
+        if "val/mAP" in metrics and trainer.current_epoch + 1 == getattr(module, "_last_val_epoch", 0):
+            parts.append(f"val mAP {100 * float(metrics['val/mAP']):.1f}% R1 {100 * float(metrics['val/rank1']):.1f}%")
+        line = "  ".join(parts)
+        bar = trainer.progress_bar_callback
+        if bar is not None and bar.is_enabled:
+            bar.print(line)  # on its own line, not inside the progress bar
+        else:
+            log.info(line)

@@ -1,0 +1,51 @@
+"""Device selection as TAO does it (num_gpus, gpu_ids, num_nodes), plus train.accelerator."""
+import logging
+from dataclasses import dataclass
+from typing import List, Sequence, Union
+
+import torch
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DevicePlan:
+    accelerator: str  # "gpu" or "cpu"
+    devices: Union[List[int], int]
+    num_processes: int
+    num_nodes: int
+    strategy: str
+
+
+def reconcile_gpu_ids(num_gpus: int, gpu_ids: Sequence[int]) -> List[int]:
+    """TAO's rule: when num_gpus and gpu_ids disagree take the larger count; if still inconsistent,
+    gpu_ids = range(num_gpus)."""
+    gpu_ids = list(gpu_ids)
+    count = max(num_gpus, len(gpu_ids))
+    if len(gpu_ids) != count:
+        gpu_ids = list(range(count))
+    return gpu_ids
+
+
+def plan_devices(accelerator: str, num_gpus: int, gpu_ids: Sequence[int], num_nodes: int = 1,
+                 section: str = "train") -> DevicePlan:
+    ids = reconcile_gpu_ids(num_gpus, gpu_ids)
+    if list(ids) != list(gpu_ids) or len(ids) != num_gpus:
+        log.info("%s.num_gpus=%d and %s.gpu_ids=%s disagree: using gpu_ids=%s", section, num_gpus, section,
+                 list(gpu_ids), ids)
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "gpu":
+        available = torch.cuda.device_count()
+        if available == 0:
+            raise ConfigError(f"{section}.accelerator=gpu but no CUDA GPU is visible; use {section}.accelerator=cpu")
+        if max(ids) >= available:
+            raise ConfigError(f"{section}.gpu_ids={ids} asks for GPU {max(ids)} but only {available} are visible")
+        devices: Union[List[int], int] = ids
+    else:
+        devices = len(ids)  # number of CPU processes
+    processes = len(ids) * num_nodes
+    strategy = "ddp" if processes > 1 else "auto"
+    return DevicePlan(accelerator, devices, len(ids), num_nodes, strategy)

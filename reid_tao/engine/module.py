@@ -1,0 +1,114 @@
+"""LightningModule: the training step (ID + triplet + center loss), per-epoch lr, and validation."""
+import logging
+from typing import Any, Dict, List
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ..evaluation.features import embed
+from .optim import build_center_optimizer, build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class ReidModule(pl.LightningModule):
+    """Manual optimisation, because the center-loss centers have their own SGD optimiser that must step
+    (TAO builds it and never steps it, bug B2)."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
+                 center_lr: float = 0.5, grad_clip: float = 0.0,
+                 seed: int = -1, flip_feature: bool = False, max_rank: int = 10, num_query: int = 0,
+                 metadata: Dict[str, Any] = None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model, self.loss = model, loss
+        self.optimizer_args, self.scheduler_args = optimizer, scheduler
+        self.center_lr, self.grad_clip = center_lr, grad_clip
+        self.seed, self.flip_feature, self.max_rank, self.num_query = seed, flip_feature, max_rank, num_query
+        self.metadata = metadata or {}
+        self._val_outputs: List[torch.Tensor] = []
+        self._last_val_epoch = 0
+
+    # -- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, **self.optimizer_args)
+        scheduler = build_scheduler(optimizer, **self.scheduler_args)
+        optimizers = [optimizer]
+        centers = list(self.loss.center_parameters())
+        if centers:
+            optimizers.append(build_center_optimizer(centers, self.center_lr))
+        return optimizers, [{"scheduler": scheduler, "interval": "epoch"}]
+
+    def on_train_epoch_start(self) -> None:
+        # Stochastic layers draw from the global RNG: reseed per epoch so a resumed run matches.
+        if self.seed >= 0:
+            pl.seed_everything(self.seed + self.current_epoch, verbose=False)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch[0], batch[1]
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        logits, features = self.model(images)
+        losses = self.loss(logits, features, labels)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(losses["loss"])
+        center_scale = self._center_grad_scale() if len(optimizers) > 1 else None
+        if self.grad_clip > 0:
+            self.clip_gradients(optimizers[0], gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        optimizers[0].step()
+        if center_scale is not None:
+            self._step_centers(optimizers[1].optimizer, center_scale)
+        accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
+        metrics = {f"train/{name}": value.detach() for name, value in losses.items()}
+        metrics["train/id_acc"] = accuracy
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False, batch_size=labels.shape[0],
+                      sync_dist=False)
+        self.log("loss", losses["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        return losses["loss"]
+
+    def _center_grad_scale(self) -> float:
+        """The loss already gives the centers the unweighted center-loss gradient (as BoT's rescaling
+        does); only a fp16 loss scale has to be undone, since the centers step outside the scaler."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return 1.0 / scaler.get_scale() if scaler is not None else 1.0
+
+    def _step_centers(self, optimizer: torch.optim.Optimizer, scale: float) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        if scale != 1.0:
+            torch._foreach_mul_(grads, scale)
+            if not all(torch.isfinite(g).all() for g in grads):
+                return  # fp16 overflow step: the scaler skips the main step too
+        optimizer.step()
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        scheduler.step()
+
+    # -- validation ----------------------------------------------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        features = embed(self.model, batch[0], self.flip_feature)
+        self._val_outputs.append(torch.cat([features, batch[1].unsqueeze(1).float(),
+                                            batch[2].unsqueeze(1).float()], dim=1))
+
+    def on_validation_epoch_end(self) -> None:
+        from ..evaluation.evaluator import rank_features
+
+        if not self._val_outputs or self.num_query == 0:
+            return
+        outputs = torch.cat(self._val_outputs)
+        self._val_outputs.clear()
+        features, pids, camids = outputs[:, :-2], outputs[:, -2].long(), outputs[:, -1].long()
+        q = self.num_query
+        result = rank_features(features[:q], features[q:], pids[:q], pids[q:], camids[:q], camids[q:],
+                               max_rank=max(self.max_rank, 10))
+        self.log_dict({"val/mAP": result.mAP, "val/mINP": result.mINP, "val/rank1": float(result.cmc[0]),
+                       "val/rank5": float(result.cmc[4]), "val/rank10": float(result.cmc[9])})
+        self._last_val_epoch = self.current_epoch + 1
+
+    # -- checkpoint ----------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["reid_tao"] = self.metadata

@@ -1,0 +1,47 @@
+"""The BNNeck re-identification model ("Bag of Tricks", Luo et al. 2019) in one short module.
+
+backbone -> global pooling -> [linear reduction to feat_dim] -> BNNeck -> bias-free classifier.
+Training returns (logits, global feature) for the ID and metric losses; evaluation returns the test
+feature chosen by ``neck_feat``: "after" the BNNeck (default) or "before" it.
+"""
+import torch
+from torch import nn
+
+from .pooling import AveragePooling, GeneralizedMeanPooling
+
+
+class Baseline(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, feat_dim: int, neck: str = "bnneck",
+                 neck_feat: str = "after", gem_pooling: bool = False, reduce_feat_dim: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = GeneralizedMeanPooling() if gem_pooling else AveragePooling()
+        width = backbone.out_channels
+        if reduce_feat_dim and feat_dim != width:
+            self.reduction = nn.Linear(width, feat_dim, bias=False)
+        else:
+            self.reduction, feat_dim = nn.Identity(), width
+        self.feat_dim = feat_dim
+        self.neck_feat = neck_feat
+        if neck == "bnneck":
+            self.bottleneck = nn.BatchNorm1d(feat_dim)
+            self.bottleneck.bias.requires_grad_(False)  # BNNeck: no shift, so ID and triplet spaces align
+        else:
+            self.bottleneck = nn.Identity()
+        self.classifier = nn.Linear(feat_dim, num_classes, bias=False)
+        self._init_head()
+
+    def _init_head(self) -> None:
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        if isinstance(self.reduction, nn.Linear):
+            nn.init.kaiming_normal_(self.reduction.weight, mode="fan_out")
+        if isinstance(self.bottleneck, nn.BatchNorm1d):
+            nn.init.ones_(self.bottleneck.weight)
+            nn.init.zeros_(self.bottleneck.bias)
+
+    def forward(self, images: torch.Tensor):
+        global_feat = self.reduction(self.pool(self.backbone(images)))
+        neck_out = self.bottleneck(global_feat)
+        if self.training:
+            return self.classifier(neck_out), global_feat
+        return neck_out if self.neck_feat == "after" else global_feat

@@ -1,0 +1,35 @@
+"""Identity (ID) classification loss: cross entropy, optionally with label smoothing.
+
+Label smoothing uses torch's built-in option. Its target distribution is (1 - eps) * onehot + eps / K,
+which is exactly the ``CrossEntropyLabelSmooth`` of reid-strong-baseline (BoT), so no custom code is
+needed (tests/test_losses.py checks the equality against the explicit formula).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import ConfigError
+
+DEFAULT_LABEL_SMOOTH_EPSILON = 0.1
+
+
+class IdLoss(nn.Module):
+    """Cross entropy on classifier logits; label smoothing ``epsilon`` when ``label_smooth`` is True.
+
+    The loss is computed in fp32 (logits are cast) so it behaves the same under autocast.
+    """
+
+    def __init__(self, label_smooth: bool = True, epsilon: float = DEFAULT_LABEL_SMOOTH_EPSILON):
+        super().__init__()
+        if not 0.0 <= epsilon < 1.0:
+            raise ConfigError(f"label smoothing epsilon must be in [0, 1), got {epsilon}; "
+                              "use 0.1 (the BoT/TAO value) or turn model.label_smooth off")
+        self.label_smooth = label_smooth
+        self.epsilon = float(epsilon) if label_smooth else 0.0
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross entropy of ``logits`` (batch, classes) against integer ``targets`` (batch,)."""
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.epsilon)
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.epsilon}"

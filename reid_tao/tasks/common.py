@@ -1,0 +1,57 @@
+"""What every task does first: results folder, experiment.yaml, logging."""
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config.loader import task_results_dir
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (it may be replaced after setup, e.g. by pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def setup_logging() -> None:
+    root = logging.getLogger("reid_tao")
+    if not root.handlers:
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def prepare_task(config: DictConfig, task: str, write_config: bool = True) -> Path:
+    """Create results_dir/<task> (or <task>.results_dir) and write the resolved experiment.yaml there."""
+    setup_logging()
+    results = task_results_dir(config, task)
+    results.mkdir(parents=True, exist_ok=True)
+    if write_config:
+        atomic_write_text(results / "experiment.yaml", OmegaConf.to_yaml(config))
+    if config.encryption_key:
+        logging.getLogger("reid_tao").info("encryption_key is set: reid_tao writes unencrypted checkpoints")
+    return results

@@ -1,0 +1,119 @@
+"""`reid evaluate`: Market-1501 metrics (plain and re-ranked), metrics.json, CMC and sampled-match plots."""
+import json
+import logging
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from ..data.datamodule import eval_dataset, eval_loader
+from ..data.market import scan_market_folder, summary_table
+from ..data.transforms import build_eval_transform
+from ..engine.checkpoint import load_model_from_checkpoint
+from ..engine.devices import plan_devices
+from ..errors import ConfigError
+from ..evaluation.distance import pairwise_distance
+from ..evaluation.features import extract_features
+from ..evaluation.metrics import RankMetrics, evaluate_rankings, top_ranked
+from ..evaluation.plots import choose_query_rows, plot_cmc_curves, plot_sampled_matches
+from ..evaluation.rerank import re_ranking
+from .common import atomic_write_text, prepare_task
+
+log = logging.getLogger("reid_tao.evaluate")
+
+
+def eval_folder(config: DictConfig, own: str, fallback: str) -> tuple:
+    """evaluate.<own> or, when unset, dataset.<fallback> (never inference.*: TAO mixes them, bug B6)."""
+    value = config.evaluate[own] or config.dataset[fallback]
+    field = f"evaluate.{own}" if config.evaluate[own] else f"dataset.{fallback}"
+    if not value:
+        raise ConfigError(f"evaluate.{own} is not set (nor dataset.{fallback}); point it to a Market-1501 folder")
+    return value, field
+
+
+def eval_device(section: DictConfig) -> torch.device:
+    plan = plan_devices(section.get("accelerator", "auto"), section.num_gpus, section.gpu_ids, section=section._key())
+    if plan.accelerator == "gpu":
+        return torch.device("cuda", plan.devices[0])
+    return torch.device("cpu")
+
+
+def queries_with_a_match(q_pids: torch.Tensor, g_pids: torch.Tensor, q_cams: torch.Tensor,
+                         g_cams: torch.Tensor) -> np.ndarray:
+    """Queries that have a true match on another camera, from per-(id, camera) gallery counts (no Q x G)."""
+    num_ids = int(max(q_pids.max(), g_pids.max())) + 2
+    num_cams = int(max(q_cams.max(), g_cams.max())) + 1
+    keep = g_pids >= 0
+    counts = torch.bincount((g_pids[keep] * num_cams + g_cams[keep]).long(), minlength=num_ids * num_cams)
+    counts = counts.view(num_ids, num_cams)
+    q = q_pids.clamp(min=0).long()
+    other_cameras = counts[q].sum(1) - counts[q, q_cams.long()]
+    return ((other_cameras > 0) & (q_pids > 0)).numpy()
+
+
+def format_table(results: Dict[str, RankMetrics]) -> str:
+    lines = [f"{'':<12}{'mAP':>8}{'mINP':>8}{'Rank-1':>8}{'Rank-5':>8}{'Rank-10':>9}"]
+    for name, metrics in results.items():
+        lines.append(f"{name:<12}{100 * metrics.mAP:>7.2f}%{100 * metrics.mINP:>7.2f}%"
+                     f"{100 * metrics.cmc[0]:>7.2f}%{100 * metrics.cmc[4]:>7.2f}%{100 * metrics.cmc[9]:>8.2f}%")
+    return "\n".join(lines)
+
+
+def metrics_dict(metrics: RankMetrics, max_rank: int) -> dict:
+    out = metrics.as_dict()
+    out["cmc"] = [float(v) for v in metrics.cmc[:max_rank]]
+    return out
+
+
+def run(config: DictConfig) -> Dict[str, RankMetrics]:
+    results_dir = prepare_task(config, "evaluate")
+    model, meta = load_model_from_checkpoint(config.evaluate.checkpoint, "evaluate.checkpoint")
+    query_dir, query_field = eval_folder(config, "query_dataset", "query_dataset_dir")
+    gallery_dir, gallery_field = eval_folder(config, "test_dataset", "test_dataset_dir")
+    query, gallery = scan_market_folder(query_dir, query_field), scan_market_folder(gallery_dir, gallery_field)
+    log.info("evaluation data\n%s", summary_table({"query": query, "gallery": gallery}))
+
+    device = eval_device(config.evaluate)
+    transform = build_eval_transform(tuple(meta["input_size"]), meta["pixel_mean"], meta["pixel_std"],
+                                     meta.get("interpolation", "bilinear"))
+    loader = eval_loader(eval_dataset(query + gallery, transform), config.dataset.val_batch_size,
+                         config.dataset.num_workers)
+    autocast = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    features, pids, camids = extract_features(model.to(device), loader, device, config.model.with_flip_feature,
+                                              autocast)
+    q = len(query)
+    rerank_cfg = config.re_ranking
+    max_rank = rerank_cfg.max_rank
+    ids = (pids[:q], pids[q:], camids[:q], camids[q:])
+    distmat = pairwise_distance(features[:q], features[q:])
+    results = {"plain": evaluate_rankings(distmat, *ids, max_rank=max(max_rank, 10))}
+    final = distmat
+    if rerank_cfg.re_ranking:
+        final = re_ranking(torch.nn.functional.normalize(features[:q], dim=1),
+                           torch.nn.functional.normalize(features[q:], dim=1),
+                           k1=rerank_cfg.k1, k2=rerank_cfg.k2, lambda_value=rerank_cfg.lambda_value)
+        results["re-ranked"] = evaluate_rankings(final, *ids, max_rank=max(max_rank, 10))
+    log.info("results (%d queries, %d gallery images)\n%s", q, len(gallery), format_table(results))
+
+    report = metrics_dict(results["plain"], max_rank)
+    report["re_ranking"] = bool(rerank_cfg.re_ranking)
+    if "re-ranked" in results:
+        report["re_ranked"] = metrics_dict(results["re-ranked"], max_rank)
+    atomic_write_text(results_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+
+    curves = {name: (m.cmc[:max_rank], m.mAP) for name, m in results.items()}
+    cmc_path = Path(config.evaluate.output_cmc_curve_plot or results_dir / "cmc_curve.png")
+    plot_cmc_curves(curves, cmc_path)
+    candidates = np.flatnonzero(queries_with_a_match(*ids))
+    rows = choose_query_rows(q, rerank_cfg.num_query, seed=max(config.train.seed, 0), candidates=candidates)
+    matches_path = Path(config.evaluate.output_sampled_matches_plot or results_dir / "sampled_matches.png")
+    if len(rows):
+        row_index = torch.as_tensor(rows, device=final.device)
+        ranked, is_match = top_ranked(final[row_index], ids[0][rows], ids[1], ids[2][rows], ids[3], max_rank)
+        plot_sampled_matches([query[i].path for i in rows], [r.path for r in gallery], ranked.cpu(),
+                             is_match.cpu(), matches_path,
+                             query_labels=[f"id {query[i].pid} cam {query[i].camid}" for i in rows])
+    log.info("wrote %s, %s and %s", results_dir / "metrics.json", cmc_path, matches_path)
+    return results

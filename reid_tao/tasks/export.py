@@ -1,0 +1,97 @@
+"""`reid export`: ONNX with a dynamic batch axis, checked by onnx.checker and against onnxruntime."""
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from ..engine.checkpoint import load_model_from_checkpoint
+from ..errors import ConfigError, ReidError
+from .common import atomic_write_text, prepare_task
+
+log = logging.getLogger("reid_tao.export")
+
+PARITY_TOLERANCE = 1e-4
+INPUT_NAME, OUTPUT_NAME = "input", "fc_pred"
+
+
+class ExportError(ReidError):
+    """The exported graph is invalid or disagrees with PyTorch."""
+
+    exit_code = 1
+
+
+def onnx_path_for(config: DictConfig) -> Path:
+    """export.onnx_file, by default beside the checkpoint (as TAO does)."""
+    if config.export.onnx_file:
+        return Path(config.export.onnx_file)
+    return Path(config.export.checkpoint).with_suffix(".onnx")
+
+
+def export_onnx(model: torch.nn.Module, path: Path, input_size, opset: int) -> None:
+    """Trace on the CPU with a batch of 2 and a dynamic batch axis; written atomically."""
+    example = torch.randn(2, 3, *input_size)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(temporary), input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def parity_check(model: torch.nn.Module, path: Path, input_size, batch: int = 3) -> float:
+    """Max abs difference between onnxruntime and PyTorch on a random batch (other than the traced size)."""
+    import onnx
+    import onnxruntime
+
+    onnx.checker.check_model(str(path))
+    images = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(images).numpy()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+    if actual.shape != expected.shape:
+        raise ExportError(f"ONNX output shape {actual.shape} differs from PyTorch {expected.shape}")
+    return float(np.abs(actual - expected).max())
+
+
+def run(config: DictConfig) -> Path:
+    results_dir = prepare_task(config, "export")
+    section = config.export
+    if not section.checkpoint:
+        raise ConfigError("export.checkpoint is not set; pass export.checkpoint=/path/to/reid_model_latest.pth")
+    model, meta = load_model_from_checkpoint(section.checkpoint, "export.checkpoint")
+    path = onnx_path_for(config)
+    if path.exists() and not section.overwrite:
+        raise ConfigError(f"export.onnx_file {path} already exists; set export.overwrite=true to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if section.gpu_id != 0:
+        log.info("export runs on the CPU; export.gpu_id=%d is not needed", section.gpu_id)
+    model = model.cpu().eval()
+    input_size = tuple(meta["input_size"])
+    export_onnx(model, path, input_size, section.opset)
+    difference = parity_check(model, path, input_size)
+    log.info("onnxruntime vs PyTorch: max abs difference %.2e (tolerance %.0e)", difference, PARITY_TOLERANCE)
+    if difference > PARITY_TOLERANCE:
+        path.unlink()
+        raise ExportError(f"exported model disagrees with PyTorch (max abs difference {difference:.2e} > "
+                          f"{PARITY_TOLERANCE:.0e}); the ONNX file was removed")
+    preprocessing = {
+        "onnx_file": path.name, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+        "input_shape": ["batch", 3, *input_size], "color": "RGB", "scale": 1 / 255,
+        "pixel_mean": meta["pixel_mean"], "pixel_std": meta["pixel_std"],
+        "interpolation": meta.get("interpolation", "bilinear"), "feature_dim": meta["feat_dim"],
+        "backbone": meta["backbone"], "opset": section.opset, "parity_max_abs_diff": difference,
+    }
+    atomic_write_text(path.with_suffix(".json"), json.dumps(preprocessing, indent=2) + "\n")
+    log.info("wrote %s and %s", path, path.with_suffix(".json"))
+    return path

@@ -1,0 +1,99 @@
+"""`reid train`: fit the model, checkpoint every epoch, resume automatically."""
+import logging
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+
+from ..build import build_datamodule, build_module, precision_for, resume_path
+from ..engine.callbacks import EpochSummary
+from ..engine.checkpoint import AtomicCheckpointIO, checkpoint_callbacks, read_checkpoint
+from ..engine.devices import plan_devices
+from ..errors import ConfigError, DataError
+from .common import prepare_task
+
+log = logging.getLogger("reid_tao.train")
+
+
+def _check_dataset_fields(config: DictConfig) -> None:
+    data = config.dataset
+    if not data.train_dataset_dir:
+        raise ConfigError("dataset.train_dataset_dir is not set; point it to a Market-1501 bounding_box_train folder")
+    if bool(data.query_dataset_dir) != bool(data.test_dataset_dir):
+        raise ConfigError("set both dataset.query_dataset_dir and dataset.test_dataset_dir for validation, or neither")
+    if data.synthetic and not Path(data.train_dataset_dir).is_dir():
+        from ..data.synthetic import generate_synthetic_market
+
+        root = Path(data.train_dataset_dir).parent
+        log.info("dataset.synthetic=true: generating the synthetic Market-format dataset in %s", root)
+        generate_synthetic_market(root)
+
+
+def _loggers(results: Path):
+    loggers = [CSVLogger(save_dir=str(results), name="logs")]
+    try:
+        from pytorch_lightning.loggers import TensorBoardLogger
+        import tensorboard  # noqa: F401  (optional dependency)
+
+        loggers.append(TensorBoardLogger(save_dir=str(results), name="tensorboard"))
+    except ImportError:
+        pass
+    return loggers
+
+
+def _check_resume(path: str, num_classes: int) -> None:
+    checkpoint = read_checkpoint(path, "train.resume_training_checkpoint_path")
+    trained = checkpoint["reid_tao"]["num_classes"]
+    if trained != num_classes:
+        raise DataError(f"cannot resume from {path}: it was trained on {trained} identities but "
+                        f"dataset.train_dataset_dir has {num_classes}; use a new results_dir or "
+                        "model.pretrain_choice=self to start from it")
+
+
+def build_trainer(config: DictConfig, results: Path, has_validation: bool) -> pl.Trainer:
+    train = config.train
+    plan = plan_devices(train.accelerator, train.num_gpus, train.gpu_ids, train.num_nodes)
+    precision = precision_for(train.precision, plan.accelerator)
+    log.info("devices: %s x %s on %d node(s), precision %s; global batch %d (dataset.batch_size is per process)",
+             plan.num_processes, plan.accelerator, plan.num_nodes, precision,
+             config.dataset.batch_size * plan.num_processes * plan.num_nodes)
+    return pl.Trainer(
+        accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes, strategy=plan.strategy,
+        sync_batchnorm=train.sync_bn and plan.num_processes * plan.num_nodes > 1,
+        precision=precision, max_epochs=train.num_epochs, default_root_dir=str(results),
+        callbacks=[*checkpoint_callbacks(results, train.checkpoint_interval), EpochSummary(),
+                   TQDMProgressBar(leave=False)],
+        plugins=[AtomicCheckpointIO()], logger=_loggers(results),
+        check_val_every_n_epoch=train.validation_interval, limit_val_batches=1.0 if has_validation else 0,
+        num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
+        log_every_n_steps=10, benchmark=plan.accelerator == "gpu")
+
+
+def _quiet_lightning() -> None:
+    # Warnings that are expected here: re-runs write into the same folder (that is how resume works).
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+
+
+def run(config: DictConfig) -> Path:
+    _quiet_lightning()
+    _check_dataset_fields(config)
+    results = prepare_task(config, "train")
+    if config.train.seed >= 0:
+        pl.seed_everything(config.train.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(config)
+    datamodule.setup("fit")
+    checkpoint = resume_path(config, results)
+    if checkpoint:
+        _check_resume(checkpoint, datamodule.num_classes)
+        log.info("resuming from %s", checkpoint)
+    module = build_module(config, datamodule.num_classes, num_query=len(datamodule.query_records),
+                          load_pretrained=checkpoint is None)
+    trainer = build_trainer(config, results, datamodule.has_validation)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+    log.info("training finished; checkpoints in %s", results)
+    return results

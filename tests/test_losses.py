@@ -1,0 +1,228 @@
+"""Losses: values on hand-checked cases, gradient routing, autocast behaviour, component selection."""
+import math
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reid_tao.errors import ConfigError
+from reid_tao.engine.optim import build_center_optimizer
+from reid_tao.model.losses.center import CenterLoss
+from reid_tao.model.losses.combined import ReidLoss, loss_components
+from reid_tao.model.losses.cross_entropy import IdLoss
+from reid_tao.model.losses.triplet import TripletLoss, pairwise_euclidean
+
+# Four 2-D points, two identities. Distances: a0-a1 = 1, b0-b1 = 4, a0-b0 = 3, a0-b1 = 5,
+# a1-b0 = sqrt(10), a1-b1 = sqrt(18).
+POINTS = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 4.0]])
+LABELS = torch.tensor([0, 0, 1, 1])
+# Per anchor (d_ap, d_an): a0 (1, 3); a1 (1, sqrt 10); b0 (4, 3); b1 (4, min(5, sqrt 18) = sqrt 18).
+D_AP = torch.tensor([1.0, 1.0, 4.0, 4.0])
+D_AN = torch.tensor([3.0, math.sqrt(10.0), 3.0, math.sqrt(18.0)])
+
+
+def test_pairwise_distances_match_cdist_with_exact_zero_diagonal():
+    x = torch.randn(7, 5) * 30 + 100  # large norms: the expansion leaves noise on the diagonal
+    d = pairwise_euclidean(x)
+    torch.testing.assert_close(d, torch.cdist(x, x), atol=2e-2, rtol=1e-3)
+    assert torch.equal(torch.diagonal(d), torch.zeros(7))
+
+
+def test_triplet_hard_mining_with_margin():
+    loss, d_ap, d_an = TripletLoss(margin=1.5)(POINTS, LABELS, return_distances=True)
+    torch.testing.assert_close(d_ap, D_AP)
+    torch.testing.assert_close(d_an, D_AN)
+    # Margin 1.5: a0 (-0.5) and a1 (1 - 3.16 + 1.5) are clipped to 0; b0 gives 2.5, b1 4 - 4.24 + 1.5.
+    assert loss.item() == pytest.approx((2.5 + 5.5 - math.sqrt(18.0)) / 4, rel=1e-6)
+    assert TripletLoss(margin=0.0)(POINTS, LABELS).item() == pytest.approx(0.25, rel=1e-6)  # only b0
+    # A margin large enough to make every anchor active: mean(d_ap - d_an + m).
+    big = TripletLoss(margin=4.0)(POINTS, LABELS)
+    torch.testing.assert_close(big, (D_AP - D_AN + 4.0).mean())
+    by_hand = (1 - 3) + (1 - math.sqrt(10)) + (4 - 3) + (4 - math.sqrt(18))
+    assert big.item() == pytest.approx(by_hand / 4 + 4.0, abs=1e-5)
+
+
+def test_triplet_soft_margin():
+    loss = TripletLoss(margin=None)(POINTS, LABELS)
+    expected = sum(math.log1p(math.exp(a - n)) for a, n in zip(D_AP.tolist(), D_AN.tolist())) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_triplet_gradients_finite_on_degenerate_batches():
+    # Duplicate points (distance 0) and a batch with one identity must not give NaN gradients.
+    x = torch.tensor([[1.0, 1.0], [1.0, 1.0], [2.0, 0.0], [5.0, 5.0]], requires_grad=True)
+    for margin in (0.3, None):
+        TripletLoss(margin)(x, torch.tensor([0, 0, 1, 2])).backward()
+        assert torch.isfinite(x.grad).all()
+        x.grad = None
+    single = TripletLoss(0.3)(x, torch.tensor([3, 3, 3, 3]))
+    single.backward()
+    assert single.item() == 0.0 and torch.isfinite(x.grad).all()
+
+
+def test_triplet_loss_trains_features_apart():
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    criterion = TripletLoss(0.3)
+    first = criterion(x, labels).item()
+    opt = torch.optim.SGD([x], lr=0.1)
+    for _ in range(50):
+        opt.zero_grad()
+        criterion(x, labels).backward()
+        opt.step()
+    assert criterion(x, labels).item() < 0.1 * first
+
+
+def test_negative_margin_is_a_config_error():
+    with pytest.raises(ConfigError, match="triplet_loss_margin"):
+        TripletLoss(margin=-0.1)
+
+
+def test_label_smoothing_equals_bot_formula():
+    torch.manual_seed(0)
+    logits, targets, eps, k = torch.randn(6, 5), torch.tensor([0, 4, 2, 2, 1, 3]), 0.1, 5
+    smoothed = (1 - eps) * F.one_hot(targets, k).float() + eps / k
+    expected = (-smoothed * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    torch.testing.assert_close(IdLoss(label_smooth=True)(logits, targets), expected)
+    plain = IdLoss(label_smooth=False)(logits, targets)
+    torch.testing.assert_close(plain, F.cross_entropy(logits, targets))
+    assert not torch.allclose(plain, expected)
+
+
+def test_center_loss_value():
+    criterion = CenterLoss(num_classes=3, feat_dim=2)
+    with torch.no_grad():
+        criterion.centers.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [10.0, 10.0]]))
+    features = torch.tensor([[3.0, 4.0], [1.0, 1.0], [1.0, 2.0]])
+    # squared distances: 25, 0 (clamped to 1e-12), 1 -> mean 26/3
+    assert criterion(features, torch.tensor([0, 1, 1])).item() == pytest.approx(26 / 3, rel=1e-6)
+    assert criterion.centers.shape == (3, 2) and criterion.centers.requires_grad
+
+
+def test_center_sgd_moves_centers_and_loss_drops():
+    torch.manual_seed(0)
+    criterion = CenterLoss(num_classes=4, feat_dim=8)
+    features = torch.randn(16, 8)
+    labels = torch.arange(4).repeat(4)
+    opt = build_center_optimizer(criterion.parameters(), center_lr=0.5)
+    before = criterion.centers.detach().clone()
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = criterion(features, labels)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert not torch.allclose(criterion.centers, before)
+    assert all(b < a for a, b in zip(losses, losses[1:]))
+    assert losses[-1] < 0.6 * losses[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_losses_are_fp32_under_autocast(dtype):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(6, 4)
+    x = torch.randn(8, 6)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    criterion = ReidLoss(num_classes=4, feat_dim=4, use_center=True)
+    with torch.autocast(device_type="cpu", dtype=dtype):
+        features = net(x)
+        assert features.dtype == dtype  # autocast really is active
+        out = criterion(features, features, labels)
+        triplet = TripletLoss(None)(features, labels)
+        center = criterion.center_loss(features, labels)
+    for value in (*out.values(), triplet, center):
+        assert value.dtype == torch.float32 and torch.isfinite(value)
+    out["loss"].backward()
+    assert net.weight.grad is not None and torch.isfinite(net.weight.grad).all()
+
+
+def test_reid_loss_components_and_weights():
+    torch.manual_seed(0)
+    logits, features = torch.randn(8, 4), torch.randn(8, 6)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    full = ReidLoss(4, 6, label_smooth=True, id_loss_weight=0.5, triplet_loss_weight=2.0, triplet_margin=0.3,
+                    use_id=True, use_triplet=True, use_center=True, center_loss_weight=0.01)
+    out = full(logits, features, labels)
+    assert set(out) == {"loss", "id_loss", "triplet_loss", "center_loss"}
+    torch.testing.assert_close(out["id_loss"], IdLoss(True)(logits, labels))
+    torch.testing.assert_close(out["triplet_loss"], TripletLoss(0.3)(features, labels))
+    torch.testing.assert_close(out["center_loss"], full.center_loss(features, labels))
+    expected = 0.5 * out["id_loss"] + 2.0 * out["triplet_loss"] + 0.01 * out["center_loss"]
+    torch.testing.assert_close(out["loss"], expected)
+    assert full.center_parameters() == [full.center_loss.centers]
+
+    id_only = ReidLoss(4, 6, use_id=True, use_triplet=False)
+    out = id_only(logits, features, labels)
+    assert set(out) == {"loss", "id_loss"} and id_only.center_parameters() == []
+    torch.testing.assert_close(out["loss"], out["id_loss"])
+
+    triplet_only = ReidLoss(4, 6, triplet_margin=None, use_id=False, use_triplet=True)
+    out = triplet_only(None, features, labels)
+    assert set(out) == {"loss", "triplet_loss"}
+    torch.testing.assert_close(out["loss"], TripletLoss(None)(features, labels))
+
+    with pytest.raises(ConfigError):
+        ReidLoss(4, 6, use_id=False, use_triplet=False, use_center=True)
+    with pytest.raises(ConfigError, match="triplet_loss_weight"):
+        ReidLoss(4, 6, triplet_loss_weight=-1.0)
+
+
+def test_center_gradient_routing_matches_bot():
+    """Features get weight * dL/df; centers get the unweighted dL/dc (BoT's 1/weight rescale)."""
+    torch.manual_seed(0)
+    weight = 0.0005
+    features = torch.randn(8, 6, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    criterion = ReidLoss(4, 6, use_id=False, use_triplet=True, use_center=True, center_loss_weight=weight)
+    # Reference: plain center loss on copies.
+    ref_features = features.detach().clone().requires_grad_(True)
+    ref = CenterLoss(4, 6)
+    with torch.no_grad():
+        ref.centers.copy_(criterion.center_loss.centers)
+    ref(ref_features, labels).backward()
+
+    criterion.triplet_loss.margin = -100.0  # switch the triplet term's gradient off (relu inactive)
+    criterion(None, features, labels)["loss"].backward()
+    torch.testing.assert_close(features.grad, weight * ref_features.grad)
+    torch.testing.assert_close(criterion.center_loss.centers.grad, ref.centers.grad)
+
+
+def test_loss_components_mapping():
+    assert loss_components("softmax", "triplet", False) == (True, False, False)
+    assert loss_components("triplet", "triplet", False) == (False, True, False)
+    assert loss_components("softmax_triplet", "triplet", False) == (True, True, False)
+    assert loss_components("softmax_triplet", "triplet", True) == (True, True, True)
+    assert loss_components("softmax_triplet", "center", False) == (True, False, True)
+    assert loss_components("softmax_triplet", "triplet_center", False) == (True, True, True)
+    assert loss_components("softmax", "triplet_center", False) == (True, False, True)
+    with pytest.raises(ConfigError, match="dataset.sampler"):
+        loss_components("random", "triplet", False)
+    with pytest.raises(ConfigError, match="only the center loss"):
+        loss_components("triplet", "center", False)
+    with pytest.raises(ConfigError, match="metric_loss_type"):
+        loss_components("softmax", "arcface", False)
+
+
+def test_losses_pickle_and_state_dict():
+    criterion = ReidLoss(4, 6, use_center=True)
+    clone = pickle.loads(pickle.dumps(criterion))
+    torch.testing.assert_close(clone.center_loss.centers, criterion.center_loss.centers)
+    assert list(criterion.state_dict()) == ["center_loss.centers"]
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))])
+def test_reid_loss_runs_on_the_device_of_its_inputs(device):
+    torch.manual_seed(0)
+    criterion = ReidLoss(4, 6, use_center=True).to(device)
+    logits = torch.randn(8, 4, device=device, requires_grad=True)
+    features = torch.randn(8, 6, device=device, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3], device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        out = criterion(logits, features, labels)
+    out["loss"].backward()
+    assert all(v.device.type == device and v.dtype == torch.float32 for v in out.values())
+    assert features.grad.device.type == device and criterion.center_loss.centers.grad is not None

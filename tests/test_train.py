@@ -1,0 +1,115 @@
+"""`reid train` end to end on tiny data: checkpoints, metadata, resume, errors."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from reid_tao.cli import main
+from reid_tao.engine.checkpoint import atomic_torch_save, model_state_dict
+
+from conftest import tiny_overrides
+
+
+def run_train(capsys, market, results, **extra):
+    code = main(["train"] + tiny_overrides(market, results, **extra))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured
+
+
+def test_train_writes_tao_checkpoints_and_metadata(tiny_market, tmp_path, capsys):
+    results = tmp_path / "res"
+    out = run_train(capsys, tiny_market, results, **{"train.num_epochs": 3, "train.checkpoint_interval": 2,
+                                                   "train.validation_interval": 1})
+    train_dir = results / "train"
+    names = sorted(p.name for p in train_dir.glob("*.pth"))
+    assert names == ["model_epoch_001.pth", "reid_model_latest.pth"]
+    assert (train_dir / "experiment.yaml").is_file()
+    assert not list(train_dir.glob(".*tmp*"))  # no temporary files left behind
+    checkpoint = torch.load(train_dir / "reid_model_latest.pth", weights_only=True)
+    meta = checkpoint["reid_tao"]
+    assert meta["num_classes"] == 6 and meta["input_size"] == [32, 16] and meta["feat_dim"] == 32
+    assert meta["config"]["model"]["backbone"] == "resnet_18"
+    assert checkpoint["epoch"] == 2
+    # one summary line per epoch, with validation metrics
+    lines = [line for line in out.out.splitlines() if "img/s" in line]
+    assert len(lines) == 3 and "epoch 1/3" in lines[0] and "val mAP" in lines[0]
+    assert (results / "train" / "logs").is_dir()
+
+
+def test_resume_equals_uninterrupted(tiny_market, tmp_path, capsys):
+    extra = {"train.num_epochs": 3, "model.with_center_loss": True, "train.optim.lr_steps": "[2]"}
+    run_train(capsys, tiny_market, tmp_path / "full", **extra)
+    # interrupted after epoch 1 (num_epochs=1), then re-run with num_epochs=3: resumes automatically
+    run_train(capsys, tiny_market, tmp_path / "split", **{**extra, "train.num_epochs": 1})
+    out = run_train(capsys, tiny_market, tmp_path / "split", **extra)
+    assert "resuming from" in out.out
+    full = torch.load(tmp_path / "full/train/reid_model_latest.pth", weights_only=True)
+    split = torch.load(tmp_path / "split/train/reid_model_latest.pth", weights_only=True)
+    assert full["epoch"] == split["epoch"] == 2
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, split["state_dict"][key]), key
+    # the optimiser, the center optimiser and the scheduler resumed too
+    assert len(full["optimizer_states"]) == 2
+    assert full["lr_schedulers"][0]["last_epoch"] == split["lr_schedulers"][0]["last_epoch"] == 3
+    centers = full["state_dict"]["loss.center_loss.centers"]
+    assert centers.abs().sum() > 0
+
+
+def test_centers_move_during_training(tiny_market, tmp_path, capsys):
+    torch.manual_seed(0)
+    run_train(capsys, tiny_market, tmp_path / "c", **{"train.num_epochs": 1, "model.with_center_loss": True,
+                                                      "train.checkpoint_interval": 1})
+    first = torch.load(tmp_path / "c/train/model_epoch_000.pth", weights_only=True)
+    # rebuild the initial centers: the same seed gives the same initialisation
+    from reid_tao.build import build_module
+    from reid_tao.config.loader import load_config
+    import pytorch_lightning as pl
+
+    config = load_config(None, tiny_overrides(tiny_market, tmp_path / "c", **{"model.with_center_loss": True}))
+    pl.seed_everything(config.train.seed, verbose=False)
+    initial = build_module(config, num_classes=6).loss.center_loss.centers.detach()
+    trained = first["state_dict"]["loss.center_loss.centers"]
+    assert not torch.allclose(initial, trained)  # TAO never steps the center optimiser (bug B2)
+
+
+def test_raising_num_epochs_continues(tiny_market, tmp_path, capsys):
+    run_train(capsys, tiny_market, tmp_path / "r", **{"train.num_epochs": 1})
+    run_train(capsys, tiny_market, tmp_path / "r", **{"train.num_epochs": 2})
+    assert torch.load(tmp_path / "r/train/reid_model_latest.pth", weights_only=True)["epoch"] == 1
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "reid_model_latest.pth"
+    atomic_torch_save({"a": torch.ones(1)}, target)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_torch_save({"a": Unpicklable()}, target)
+    assert torch.load(target, weights_only=True)["a"].item() == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["reid_model_latest.pth"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dataset.train_dataset_dir=/nonexistent/train"], "dataset.train_dataset_dir: folder /nonexistent/train does not exist"),
+    (["dataset.batch_size=10", "dataset.num_instances=4"], "divisible"),
+    (["model.backbone=resnet_99"], "model.backbone"),
+    (["model.pretrain_choice=imagenet"], "model.pretrained_model_path"),
+])
+def test_bad_input_gets_one_line_and_exit_code_2(tiny_market, tmp_path, capsys, overrides, message):
+    code = main(["train"] + tiny_overrides(tiny_market, tmp_path / "bad") + overrides)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_resume_from_other_dataset_is_refused(tiny_market, tmp_path, capsys):
+    run_train(capsys, tiny_market, tmp_path / "x", **{"train.num_epochs": 1})
+    from conftest import make_market
+
+    other = make_market(tmp_path / "other", train_ids=range(1, 10))
+    code = main(["train"] + tiny_overrides(other, tmp_path / "x"))
+    assert code == 2 and "trained on 6 identities" in capsys.readouterr().err
