@@ -24,7 +24,8 @@ def build_datamodule(config: DictConfig, with_validation: bool = True) -> ReidDa
         image_size=image_size(config), pixel_mean=list(data.pixel_mean), pixel_std=list(data.pixel_std),
         batch_size=data.batch_size, val_batch_size=data.val_batch_size, num_workers=data.num_workers,
         sampler=data.sampler, num_instances=data.num_instances, flip_prob=data.prob, padding=data.padding,
-        erase_prob=data.re_prob, interpolation=data.interpolation, seed=max(config.train.seed, 0))
+        erase_prob=data.re_prob, interpolation=data.interpolation, seed=max(config.train.seed, 0),
+        pipeline=data.pipeline)
 
 
 def build_backbone(config: DictConfig):

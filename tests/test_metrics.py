@@ -249,6 +249,51 @@ def test_matches_crowded_into_one_cell(exact_path_rows):
     assert 0 < sum(exact_path_rows) < 40  # only the most crowded rows were sorted
 
 
+def test_matches_a_few_ulps_apart_and_integer_matrices():
+    # A span of one float32 ulp is too narrow for the lane layout of the fast path (the rows are
+    # redone with slot tables); integer matrices are ranked as float64.
+    rng = np.random.default_rng(10)
+    ids = random_protocol(rng, 30, 200, 6, 3)
+    query_pids, gallery_pids = ids[0], ids[1]
+    distmat = (rng.random((30, 200)) * 4).astype(np.float32)
+    for q in range(30):
+        columns = np.nonzero(gallery_pids == query_pids[q])[0]
+        distmat[q, columns] = np.float32(2.0)
+        distmat[q, columns[::2]] = np.nextafter(np.float32(2.0), np.float32(3.0))
+    assert_matches_reference(distmat, ids, 20)
+    integers = rng.integers(0, 50, (30, 200))
+    result = evaluate_rankings(torch.from_numpy(integers), *ids, max_rank=20)
+    assert result.mAP == pytest.approx(naive_metrics(integers, *ids, 20)[1], abs=1e-12)
+
+
+def test_two_matches_one_ulp_apart_with_items_below_them():
+    rng = np.random.default_rng(11)
+    num_query = 20
+    gallery_pids = np.concatenate([np.repeat(np.arange(1, num_query + 1), 2), np.zeros(200, dtype=int)])
+    gallery_cams = np.concatenate([np.tile([1, 2], num_query), rng.integers(0, 3, 200)])
+    query_pids, query_cams = np.arange(1, num_query + 1), np.zeros(num_query, dtype=int)
+    distmat = (rng.random((num_query, len(gallery_pids))) * 4).astype(np.float32)
+    for q in range(num_query):
+        distmat[q, 2 * q] = 2.0
+        distmat[q, 2 * q + 1] = np.nextafter(np.float32(2.0), np.float32(3.0))
+    assert_matches_reference(distmat, (query_pids, gallery_pids, query_cams, gallery_cams), 50)
+
+
+def test_most_rows_take_the_single_scatter_pass(monkeypatch):
+    slot_rows = []
+    original = metrics_module._FastRanker._before_by_slots
+
+    def recording(self, keys, *args):
+        slot_rows.append(keys.shape[0])
+        return original(self, keys, *args)
+
+    monkeypatch.setattr(metrics_module._FastRanker, "_before_by_slots", recording)
+    rng = np.random.default_rng(12)
+    ids = random_protocol(rng, 200, 600, 60, 4)
+    assert_matches_reference(rng.random((200, 600)).astype(np.float32), ids, 10)
+    assert sum(slot_rows) < 60  # only rows whose matches share a cell
+
+
 def test_torch_inputs_and_numpy_inputs_agree():
     rng = np.random.default_rng(7)
     ids = random_protocol(rng, 30, 120, 6, 3)

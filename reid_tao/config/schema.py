@@ -68,6 +68,7 @@ class DatasetConfig:
     num_instances: int = 4
     interpolation: str = "bilinear"  # new: resize filter, bilinear | bicubic (train AND eval)
     synthetic: bool = False  # new: generate the bundled synthetic dataset into the folders when missing
+    pipeline: str = "auto"  # new: auto | gpu | cpu; gpu = decoded-image cache + batched on-device augmentation
 
 
 @dataclass
@@ -116,6 +117,8 @@ class TrainConfig:
     precision: str = "auto"  # new: auto | 32 | 16-mixed | bf16-mixed
     accelerator: str = "auto"  # new: auto | gpu | cpu (with cpu, num_gpus = number of CPU processes)
     sync_bn: bool = True  # new: SyncBatchNorm when training with several processes
+    compile: bool = False  # new: torch.compile the model for training
+    channels_last: bool = True  # new: channels_last memory format on GPU
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 

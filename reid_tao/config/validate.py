@@ -19,6 +19,7 @@ ALLOWED = {
     "model.id_loss_type": ("softmax",),
     "dataset.sampler": ("softmax", "triplet", "softmax_triplet"),
     "dataset.interpolation": ("bilinear", "bicubic"),
+    "dataset.pipeline": ("auto", "gpu", "cpu"),
     "train.optim.warmup_method": ("linear", "constant", "cosine"),
     "train.precision": ("auto", "32", "16-mixed", "bf16-mixed"),
     "train.accelerator": ("auto", "gpu", "cpu"),

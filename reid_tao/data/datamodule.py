@@ -8,7 +8,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
-from .datasets import ImageDataset, SeededSampler
+from .datasets import ImageDataset, SeededSampler, ShardSampler
+from .gpu_pipeline import DecodedImageCache, DeviceAugment, IndexDataset, augment_batch, collate_index_batch, \
+    resolve_pipeline
 from .market import ImageRecord, relabel, scan_market_folder, summary_table
 from .samplers import PKSampler
 from .transforms import build_eval_transform, build_train_transform
@@ -37,7 +39,10 @@ class ReidDataModule(pl.LightningDataModule):
                  pixel_std: Sequence[float] = (0.226, 0.226, 0.226), batch_size: int = 64,
                  val_batch_size: int = 128, num_workers: int = 8, sampler: str = "softmax_triplet",
                  num_instances: int = 4, flip_prob: float = 0.5, padding: int = 10, erase_prob: float = 0.5,
-                 interpolation: str = "bilinear", seed: int = 0):
+                 interpolation: str = "bilinear", seed: int = 0, pipeline: str = "cpu", channels_last: bool = False):
+        """pipeline: "cpu" decodes and augments in loader workers; "gpu" decodes once into a
+        :class:`DecodedImageCache` and augments batches on the training device (also works on CPU);
+        "auto" is "gpu" when training on CUDA. channels_last: memory format of "gpu" training batches."""
         super().__init__()
         self.train_dir, self.query_dir, self.gallery_dir = train_dir, query_dir, gallery_dir
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
@@ -45,6 +50,11 @@ class ReidDataModule(pl.LightningDataModule):
         self.train_transform = build_train_transform(image_size, pixel_mean, pixel_std, flip_prob, padding,
                                                      erase_prob, interpolation)
         self.eval_transform = build_eval_transform(image_size, pixel_mean, pixel_std, interpolation)
+        resolve_pipeline(pipeline)  # reject unknown names now, resolve "auto" once the device is known
+        self.pipeline, self.image_size, self.interpolation = pipeline, tuple(image_size), interpolation
+        self.device_augment = DeviceAugment(pixel_mean, pixel_std, flip_prob, padding, erase_prob,
+                                            channels_last=channels_last)
+        self.image_cache: Optional[DecodedImageCache] = None
         self.train_records: List[ImageRecord] = []
         self.query_records: List[ImageRecord] = []
         self.gallery_records: List[ImageRecord] = []
@@ -81,10 +91,23 @@ class ReidDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _uses_device_pipeline(self) -> bool:
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        return resolve_pipeline(self.pipeline, device) == "gpu"
+
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_and_world()
-        dataset = ImageDataset([r.path for r in self.train_records], self.train_labels,
-                               [r.camid for r in self.train_records], self.train_transform)
+        camids = [r.camid for r in self.train_records]
+        on_device = self._uses_device_pipeline()
+        if on_device:
+            # Only indices travel through the loader; on_after_batch_transfer makes the images.
+            dataset = IndexDataset(self.train_labels, camids)
+            if self.image_cache is None:
+                self.image_cache = DecodedImageCache.build([r.path for r in self.train_records], self.image_size,
+                                                           self.interpolation)
+        else:
+            dataset = ImageDataset([r.path for r in self.train_records], self.train_labels, camids,
+                                   self.train_transform)
         if self.sampler == "softmax":
             base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed,
                                       drop_last=True)
@@ -94,10 +117,23 @@ class ReidDataModule(pl.LightningDataModule):
         sampler = SeededSampler(base, self.seed)
         # Lightning sets the epoch only after creating the first iterator; set it now for resumed runs.
         sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+        if on_device:
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                              collate_fn=collate_index_batch)
         workers = effective_workers(self.num_workers)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
                           drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches of the "gpu" pipeline arrive as indices: gather and augment them on the device."""
+        trainer = self.trainer
+        if self.image_cache is None or trainer is None or not trainer.training:
+            return batch
+        return augment_batch(batch, self.image_cache, self.device_augment, rank=trainer.global_rank)
+
     def val_dataloader(self) -> DataLoader:
+        """Each process extracts a contiguous shard; the module gathers the features in dataset order."""
         records = self.query_records + self.gallery_records
-        return eval_loader(eval_dataset(records, self.eval_transform), self.val_batch_size, self.num_workers)
+        rank, world_size = self._rank_and_world()
+        return eval_loader(eval_dataset(records, self.eval_transform), self.val_batch_size, self.num_workers,
+                           sampler=ShardSampler(len(records), rank, world_size))

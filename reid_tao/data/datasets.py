@@ -64,3 +64,18 @@ class SeededSampler(Sampler):
         base = (self.seed * 1_000_003 + self.epoch * 7_919_993) % (2**62)
         for position, index in enumerate(self.sampler):
             yield int(index), (base + position * 2_654_435_761) % (2**63)
+
+
+class ShardSampler(Sampler):
+    """A contiguous, unpadded shard of range(length) for one process: over all ranks every index appears
+    exactly once (DistributedSampler pads with duplicates, which would double-count in the metrics)."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        self.start = length * rank // world_size
+        self.stop = length * (rank + 1) // world_size
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))

@@ -1,6 +1,6 @@
 """LightningModule: the training step (ID + triplet + center loss), per-epoch lr, and validation."""
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -27,7 +27,7 @@ class ReidModule(pl.LightningModule):
         self.center_lr, self.grad_clip = center_lr, grad_clip
         self.seed, self.flip_feature, self.max_rank, self.num_query = seed, flip_feature, max_rank, num_query
         self.metadata = metadata or {}
-        self._val_outputs: List[torch.Tensor] = []
+        self._val_outputs: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._last_val_epoch = 0
 
     # -- optimisation -------------------------------------------------------------------------------
@@ -91,20 +91,29 @@ class ReidModule(pl.LightningModule):
     # -- validation ----------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         features = embed(self.model, batch[0], self.flip_feature)
-        self._val_outputs.append(torch.cat([features, batch[1].unsqueeze(1).float(),
-                                            batch[2].unsqueeze(1).float()], dim=1))
+        ids = torch.stack([batch[1], batch[2]], dim=1).to(features.dtype)
+        self._val_outputs.append((torch.cat([features, ids], dim=1), batch[3]))
 
     def on_validation_epoch_end(self) -> None:
         from ..evaluation.evaluator import rank_features
+        from .distributed import gather_by_index
 
-        if not self._val_outputs or self.num_query == 0:
+        if self.num_query == 0:
             return
-        outputs = torch.cat(self._val_outputs)
+        if self._val_outputs:
+            rows = torch.cat([r for r, _ in self._val_outputs])
+            indices = torch.cat([i for _, i in self._val_outputs])
+        else:  # this process's shard was empty
+            rows = torch.empty((0, self.model.feat_dim + 2), device=self.device)
+            indices = torch.empty((0,), dtype=torch.long, device=self.device)
         self._val_outputs.clear()
+        total = len(self.trainer.datamodule.query_records) + len(self.trainer.datamodule.gallery_records)
+        outputs = gather_by_index(self.all_gather, rows, indices, total, self.trainer.world_size)
         features, pids, camids = outputs[:, :-2], outputs[:, -2].long(), outputs[:, -1].long()
         q = self.num_query
         result = rank_features(features[:q], features[q:], pids[:q], pids[q:], camids[:q], camids[q:],
                                max_rank=max(self.max_rank, 10))
+        # Every process computed the same numbers from the same gathered features.
         self.log_dict({"val/mAP": result.mAP, "val/mINP": result.mINP, "val/rank1": float(result.cmc[0]),
                        "val/rank5": float(result.cmc[4]), "val/rank10": float(result.cmc[9])})
         self._last_val_epoch = self.current_epoch + 1

@@ -8,8 +8,9 @@ from torch import Tensor
 
 from reid_tao.errors import DataError
 
-# Rows of the output written per matmul, so the in-place post-processing of a block stays in cache.
-_ROWS_PER_BLOCK_ELEMENTS = 1 << 21
+# Output elements per matmul: large enough for an efficient GEMM; blocks only bound the temporaries.
+_BLOCK_ELEMENTS = 1 << 24
+_EPS = 1e-12  # as torch.nn.functional.normalize: a zero feature stays zero
 
 
 def _as_features(features: Tensor | np.ndarray, name: str) -> Tensor:
@@ -20,6 +21,15 @@ def _as_features(features: Tensor | np.ndarray, name: str) -> Tensor:
     if tensor.dtype != torch.float64:
         tensor = tensor.float()
     return tensor
+
+
+def _scaled_with_squared_norms(features: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+    """The features (L2-normalised if asked) and their squared norms, without a (N, D) temporary."""
+    norms = torch.linalg.vector_norm(features, dim=1)
+    if not normalize:
+        return features, norms.square()
+    scale = norms.clamp(min=_EPS).reciprocal()
+    return features * scale.unsqueeze(1), (norms * scale).square()  # 1, or 0 for a zero feature
 
 
 def pairwise_distance(query: Tensor | np.ndarray, gallery: Tensor | np.ndarray, normalize: bool = True) -> Tensor:
@@ -38,16 +48,13 @@ def pairwise_distance(query: Tensor | np.ndarray, gallery: Tensor | np.ndarray, 
         )
     dtype = torch.promote_types(query.dtype, gallery.dtype)
     query, gallery = query.to(dtype), gallery.to(dtype)
-    if normalize:
-        query = torch.nn.functional.normalize(query, dim=1)
-        gallery = torch.nn.functional.normalize(gallery, dim=1)
-    query_sq = query.pow(2).sum(1)
-    gallery_sq = gallery.pow(2).sum(1)
+    query, query_sq = _scaled_with_squared_norms(query, normalize)
+    gallery, gallery_sq = _scaled_with_squared_norms(gallery, normalize)
     gallery_t = gallery.t()
 
     num_query, num_gallery = query.shape[0], gallery.shape[0]
     out = torch.empty((num_query, num_gallery), dtype=dtype, device=query.device)
-    rows = max(1, _ROWS_PER_BLOCK_ELEMENTS // max(1, num_gallery))
+    rows = max(1, _BLOCK_ELEMENTS // max(1, num_gallery))
     for begin in range(0, num_query, rows):
         end = min(begin + rows, num_query)
         block = out[begin:end]

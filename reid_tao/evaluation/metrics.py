@@ -10,16 +10,18 @@ fraction of valid queries whose first match is at rank <= k + 1; INP = num_match
 match (Ye et al., "Deep learning for person re-identification", TPAMI 2021).
 Ties in distance are broken by gallery index: the order a stable sort of each row gives.
 
-How it avoids sorting rows (a full argsort of a Market matrix costs ~2.6 s on 2 cores): only the
-ranks of a query's true matches are needed, i.e. how many valid gallery items come before each
-match. Per block of query rows, each row's matches (known from the ids, no matrix scan) are sorted;
+How it avoids sorting rows (a full argsort of a Market-sized matrix takes seconds): only the ranks
+of a query's true matches are needed, i.e. how many valid gallery items come before each match.
+Per block of query rows, each row's matches (known from the ids, no matrix scan) are sorted, and
 every gallery distance is mapped by a monotone affine map to one of K cells spanning the matches'
-range; per-cell lookup tables give "2 x matches in lower cells" and the match(es) inside the cell, so
-one gather + compare places each item in a slot ``2 * (#matches before it) + (1 if equal to one)``;
-a histogram of the slots gives every match's rank. That is ~10 elementwise passes (O(G) per row,
-memory O(block x G)). Rows whose matches share a cell are redone with more table levels; rows
-where some item ties exactly with a match (which the slots detect), or with non-finite distances,
-are ranked by an exact stable sort instead. All of it is vectorised torch on the distmat's device.
+range, so an item can only be compared with the match(es) sharing its cell (one gather from a
+per-row table). One weighted scatter over the cells then yields, per cell, the items in it and the
+items before its match: about ten elementwise passes, O(G) per row, memory O(block x G), no host
+sync inside the loop. float32 distances are compared as float64 keys holding (distance, column),
+so ties follow the stable-sort order for free. Rows whose matches share a cell are redone with
+several table levels; rows with non-finite distances, more than a few matches in one cell, or
+(float64 input only) an item tying with a match are ranked by an exact stable sort instead.
+All of it is vectorised torch and runs on the distmat's device.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ from reid_tao.errors import ConfigError, DataError
 
 IdArray = Tensor | np.ndarray | Sequence[int]
 
-_CPU_BLOCK_ELEMENTS = 1 << 22  # distances handled per block on CPU (~20 bytes of scratch each)
+_CPU_BLOCK_ELEMENTS = 1 << 22  # distances handled per block on CPU (~30 bytes of scratch each)
 _GPU_BLOCK_ELEMENTS = 1 << 25
 _MAX_TABLE_LEVELS = 4  # rows needing more matches per cell are ranked by the exact sort
 _INT64_MAX = torch.iinfo(torch.int64).max
 _KEY_COLUMN_BITS = 29  # float32 -> float64 leaves 29 zero mantissa bits for the gallery column
 _KEY_COLUMN_MASK = (1 << _KEY_COLUMN_BITS) - 1
+_LANES = 16  # spare cells that spread the items below/above all matches over separate histogram bins
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,17 @@ class _FastRanker:
     exactly like (distance, column), i.e. a stable sort, so float32 ties need no special handling.
     float64 distances are compared as they are; a row where an item ties with a match is reported
     (``tied``) and must be ranked by the exact sort instead.
+
+    Each row's matches span ``cells`` cells of a monotone affine map of the distance. Two element
+    passes share that map:
+      * cell pass (float32 keys, one match per cell): one scatter of the weight
+        ``1 + 2**shift * (key < key of the match in the item's cell)`` per cell gives the items per
+        cell and, in a match's cell, the items before it; items below/above all matches and junk
+        columns land in per-column "lane" cells (via the clamp bounds) so that no single histogram
+        bin takes most of the adds, which would serialise them;
+      * slot pass (any dtype, several matches per cell): lookup tables give each item the slot
+        ``2 * (#matches before it) + (#matches equal to it)``; a histogram of slots gives the ranks
+        and exposes ties (a match's "equal" slot holding more than itself).
     """
 
     def __init__(self, index: _IdIndex, gallery_pids: Tensor, gallery_cams: Tensor, query_cams: Tensor,
@@ -217,17 +231,29 @@ class _FastRanker:
         self.has_negative = has_negative
         self.cells = _cells_per_row(num_gallery)
         self.num_slots = 2 * index.max_matches + 2  # the last slot collects junk columns
-        # Junk columns are clamped into an extra cell (cells + 1) whose table entry is the junk slot.
-        junk = gallery_pids < 0
-        self.cell_min = torch.where(junk, float(self.cells + 1), 0.0).to(dtype).unsqueeze(0)
-        self.cell_max = torch.where(junk, float(self.cells + 1), float(self.cells)).to(dtype).unsqueeze(0)
         self.columns = torch.arange(num_gallery, device=device).unsqueeze(0)
+        junk = (gallery_pids < 0).unsqueeze(0)
+        cells, lanes = self.cells, _LANES
+        # Slot pass: cells 0..cells, junk columns clamped into cell cells + 1 (the junk slot).
+        self.slot_cell_min = torch.where(junk, float(cells + 1), 0.0).to(dtype)
+        self.slot_cell_max = torch.where(junk, float(cells + 1), float(cells)).to(dtype)
+        # Cell pass: lanes below all matches (0..lanes-1), the matches' cells (lanes-1..lanes+cells+1
+        # after rounding), lanes above them; junk columns go one cell higher still, so that they
+        # never share a cell with a match (they must not be counted at all).
+        lane = (self.columns % lanes).to(dtype)
+        above = lane + float(lanes + cells + 1)
+        self.lane_cell_min = torch.where(junk, above + 1, lane)
+        self.lane_cell_max = torch.where(junk, above + 1, above)
+        self.lane_width = cells + 2 * lanes + 2
+        # Cell pass weights: item count in the low bits, items before the cell's match above them.
+        self.count_shift = max(20, num_gallery.bit_length())
         shape = (max_block_rows, num_gallery)
         self._cell_f = torch.empty(shape, dtype=dtype, device=device)
         self._index = torch.empty(shape, dtype=torch.int64, device=device)
         self._keys = torch.empty(shape, dtype=torch.float64, device=device) if self.packed else None
-        self._slot = torch.empty(shape, dtype=self.key_dtype, device=device)
+        self._slot: Tensor | None = None  # allocated when a block first needs the slot pass
         self._scratch = torch.empty(shape, dtype=self.key_dtype, device=device)
+        self._one = torch.ones((1, 1), dtype=self.key_dtype, device=device)
         self.hist_dtype = torch.float32 if num_gallery < (1 << 24) else torch.float64  # exact counts
         self._ones = torch.ones((1, 1), dtype=self.hist_dtype, device=device)
 
@@ -252,8 +278,10 @@ class _FastRanker:
         """
         index, device = self.index, block.device
         num_rows, num_gallery = block.shape
-        max_count, max_matches, cells = index.max_count, index.max_matches, self.cells
+        max_count, max_matches = index.max_count, index.max_matches
         inf = float("inf")
+        use_lanes = self.packed and levels == 1
+        offset = _LANES if use_lanes else 0
         keys = self._pack(block) if self.packed else block
 
         # Candidates: the gallery images with the query's id, split into matches and same-camera ones.
@@ -275,54 +303,87 @@ class _FastRanker:
         high = match_dist.gather(1, (num_matches - 1).clamp(min=0).unsqueeze(1))
         span = high - low
         usable_span = (span > 0) & torch.isfinite(span)
-        scale = torch.where(usable_span, cells / span, torch.ones_like(span)).clamp_(max=1e30)
+        scale = torch.where(usable_span, self.cells / span, torch.ones_like(span)).clamp_(max=1e30)
+        base = low - offset / scale  # the first match maps to cell ~offset
 
         # Cells of the matches, with exactly the element pass's operations so both agree bit for bit.
-        match_cell = ((match_dist - low) * scale).clamp_(0, cells).to(torch.int64)
+        match_cell = ((match_dist - base) * scale).clamp_(0, self.cells + 2 * offset).to(torch.int64)
         level = self._level_in_cell(match_cell)
         row_levels = torch.where(is_real, level, -1).amax(dim=1) + 1
+        if use_lanes:
+            # Lanes hold items below/above all matches, so the matches must sit on or between the lanes.
+            misplaced = (match_cell[:, 0] < offset - 1) | (is_real & (match_cell > offset + self.cells + 1)).any(dim=1)
+            row_levels = torch.where(misplaced, row_levels.clamp(min=2), row_levels)  # redo them with slots
 
-        # Tables: base[c] = 2 * (matches in cells < c) + levels; table_l[c] = key of the l-th match in c.
-        width = cells + 2
+        cell_f = self._cell_f[:num_rows]
+        cell = self._index[:num_rows]
+        torch.sub(block, base, out=cell_f)
+        cell_f.mul_(scale)
+        if use_lanes:
+            torch.clamp(cell_f, self.lane_cell_min, self.lane_cell_max, out=cell_f)
+            cell.copy_(cell_f)
+            before = self._before_by_cells(keys, cell, match_key, match_cell, is_real)
+        else:
+            torch.clamp(cell_f, self.slot_cell_min, self.slot_cell_max, out=cell_f)
+            cell.copy_(cell_f)
+            before, equal = self._before_by_slots(keys, cell, match_key, match_cell, level, is_real, levels)
+            tied = (is_real & (equal != 1)).any(dim=1)
+
+        # Rank of match l among the valid items: minus the same-camera images before it.
+        rank = before - torch.searchsorted(same_cam_key, match_key)
+        ap, inp, first = _ap_inp_first(rank, is_real, num_matches)
+        if use_lanes:
+            tied = torch.zeros_like(is_real[:, 0])  # keys are distinct: no ties
+        return ap, inp, first, tied, row_levels
+
+    def _before_by_cells(self, keys: Tensor, cell: Tensor, match_key: Tensor, match_cell: Tensor,
+                         is_real: Tensor) -> Tensor:
+        """Items before each match (one match per cell), by one weighted scatter over cells."""
+        num_rows, width = keys.shape[0], self.lane_width
+        dump = torch.full_like(match_cell, width)  # one extra column absorbs the padding matches
+        table = torch.full((num_rows, width + 1), float("inf"), dtype=self.key_dtype, device=keys.device)
+        table.scatter_(1, torch.where(is_real, match_cell, dump), match_key)
+        weight = self._scratch[:num_rows]
+        torch.gather(table, 1, cell, out=weight)
+        torch.lt(keys, weight, out=weight)
+        torch.add(self._one, weight, alpha=float(1 << self.count_shift), out=weight)
+        hist = torch.zeros((num_rows, width), dtype=self.key_dtype, device=keys.device)
+        hist.scatter_add_(1, cell, weight)
+        packed_counts = hist.to(torch.int64)
+        items = packed_counts & ((1 << self.count_shift) - 1)
+        before_in_cell = packed_counts >> self.count_shift
+        items_below = items.cumsum(dim=1) - items
+        at = match_cell.clamp(max=width - 1)
+        return items_below.gather(1, at) + before_in_cell.gather(1, at)
+
+    def _before_by_slots(self, keys: Tensor, cell: Tensor, match_key: Tensor, match_cell: Tensor, level: Tensor,
+                         is_real: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+        """Items before each match and items equal to it, via slot tables with ``levels`` levels."""
+        num_rows, num_gallery = keys.shape
+        device, width, inf = keys.device, self.cells + 2, float("inf")
         dump = torch.full_like(match_cell, width - 1)
         counts = torch.zeros((num_rows, width), dtype=self.key_dtype, device=device)
         counts.scatter_add_(1, torch.where(is_real, match_cell, dump), is_real.to(self.key_dtype))
+        # base[c] = 2 * (matches in cells < c) + levels; table_l[c] = key of the l-th match in cell c.
         base = (counts.cumsum(dim=1) - counts).mul_(2).add_(levels)
         base[:, width - 1] = self.num_slots - 1 + levels  # junk cell: each compare below adds -1
-        tables = []
-        for table_level in range(levels):
-            table = torch.full((num_rows, width), inf, dtype=self.key_dtype, device=device)
-            keep = is_real & (level == table_level)
-            table.scatter_(1, torch.where(keep, match_cell, dump), match_key)
-            table[:, width - 1] = inf
-            tables.append(table)
-
-        # Element pass: slot = 2 * (#matches before the item) + (1 if it is a match).
-        cell_f = self._cell_f[:num_rows]
-        cell = self._index[:num_rows]
+        if self._slot is None:
+            self._slot = torch.empty_like(self._scratch)
         slot = self._slot[:num_rows]
         scratch = self._scratch[:num_rows]
-        torch.sub(block, low, out=cell_f)
-        cell_f.mul_(scale)
-        torch.clamp(cell_f, self.cell_min, self.cell_max, out=cell_f)
-        cell.copy_(cell_f)
         torch.gather(base, 1, cell, out=slot)
-        for table in tables:
+        for table_level in range(levels):
+            table = torch.full((num_rows, width), inf, dtype=self.key_dtype, device=device)
+            table.scatter_(1, torch.where(is_real & (level == table_level), match_cell, dump), match_key)
+            table[:, width - 1] = inf
             torch.gather(table, 1, cell, out=scratch)
             torch.sub(keys, scratch, out=scratch)
             slot.add_(scratch.sign_())
         cell.copy_(slot)
         hist = torch.zeros((num_rows, self.num_slots), dtype=self.hist_dtype, device=device)
         hist.scatter_add_(1, cell, self._ones.expand(num_rows, num_gallery))
-
-        # Rank of match l = items with slot <= 2l, minus the same-camera images before it.
-        even = torch.arange(0, 2 * max_matches, 2, device=device)
-        before = hist.cumsum(dim=1)[:, even].to(torch.int64)
-        equal = hist[:, even + 1]
-        rank = before
-        tied = (is_real & (equal != 1)).any(dim=1)
-        ap, inp, first = _ap_inp_first(rank, is_real, num_matches)
-        return ap, inp, first, tied, row_levels
+        even = torch.arange(0, 2 * match_key.shape[1], 2, device=device)
+        return hist.cumsum(dim=1)[:, even].to(torch.int64), hist[:, even + 1]
 
     @staticmethod
     def _level_in_cell(sorted_cells: Tensor) -> Tensor:
@@ -409,7 +470,7 @@ def evaluate_rankings(
         raise DataError(_no_valid_query_reason(query_pids_t, num_query, num_gallery))
 
     # Rows with inf/NaN (or sums that overflow) take the exact path; NaN is an error.
-    finite = torch.isfinite(dist.sum(dim=1, dtype=dtype)) if num_gallery else torch.ones_like(valid)
+    finite = torch.isfinite(dist.sum(dim=1, dtype=dtype))
     odd_rows = torch.nonzero(valid & ~finite).squeeze(1)
     if odd_rows.numel() and bool(torch.isnan(dist.index_select(0, odd_rows)).any()):
         raise DataError("distance matrix contains NaN values; check the features (a diverged model gives NaN "
@@ -423,8 +484,7 @@ def evaluate_rankings(
     )
     needed_levels = torch.zeros(num_query, dtype=torch.int64, device=device)
     tied = torch.zeros(num_query, dtype=torch.bool, device=device)
-    smallest = dist.amin()
-    has_negative = bool(torch.signbit(smallest))  # also true for -0.0
+    has_negative = bool(torch.signbit(dist.amin()))  # also true for -0.0
     ranker = _FastRanker(index, gallery_pids_t, gallery_cams_t, query_cams_t, min(block_rows, num_query),
                          num_gallery, dtype, has_negative, device)
 

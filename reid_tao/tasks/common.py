@@ -22,14 +22,22 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
+def is_global_zero() -> bool:
+    """Rank from the launcher's environment (torchrun, SLURM, Lightning's DDP children)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def setup_logging() -> None:
     root = logging.getLogger("reid_tao")
     if not root.handlers:
         handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
-        root.setLevel(logging.INFO)
         root.propagate = False
+    # Only the global-zero process of a multi-process run talks (warnings and errors from all).
+    root.setLevel(logging.INFO if is_global_zero() else logging.WARNING)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -50,7 +58,7 @@ def prepare_task(config: DictConfig, task: str, write_config: bool = True) -> Pa
     setup_logging()
     results = task_results_dir(config, task)
     results.mkdir(parents=True, exist_ok=True)
-    if write_config:
+    if write_config and is_global_zero():
         atomic_write_text(results / "experiment.yaml", OmegaConf.to_yaml(config))
     if config.encryption_key:
         logging.getLogger("reid_tao").info("encryption_key is set: reid_tao writes unencrypted checkpoints")

@@ -8,14 +8,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ..data.datamodule import eval_dataset, eval_loader
+from ..data.datamodule import eval_dataset
 from ..data.market import scan_market_folder, summary_table
 from ..data.transforms import build_eval_transform
 from ..engine.checkpoint import load_model_from_checkpoint
-from ..engine.devices import plan_devices
+from ..engine.extractor import extract
 from ..errors import ConfigError
 from ..evaluation.distance import pairwise_distance
-from ..evaluation.features import extract_features
 from ..evaluation.metrics import RankMetrics, evaluate_rankings, top_ranked
 from ..evaluation.plots import choose_query_rows, plot_cmc_curves, plot_sampled_matches
 from ..evaluation.rerank import re_ranking
@@ -31,13 +30,6 @@ def eval_folder(config: DictConfig, own: str, fallback: str) -> tuple:
     if not value:
         raise ConfigError(f"evaluate.{own} is not set (nor dataset.{fallback}); point it to a Market-1501 folder")
     return value, field
-
-
-def eval_device(section: DictConfig) -> torch.device:
-    plan = plan_devices(section.get("accelerator", "auto"), section.num_gpus, section.gpu_ids, section=section._key())
-    if plan.accelerator == "gpu":
-        return torch.device("cuda", plan.devices[0])
-    return torch.device("cpu")
 
 
 def queries_with_a_match(q_pids: torch.Tensor, g_pids: torch.Tensor, q_cams: torch.Tensor,
@@ -75,14 +67,17 @@ def run(config: DictConfig) -> Dict[str, RankMetrics]:
     query, gallery = scan_market_folder(query_dir, query_field), scan_market_folder(gallery_dir, gallery_field)
     log.info("evaluation data\n%s", summary_table({"query": query, "gallery": gallery}))
 
-    device = eval_device(config.evaluate)
     transform = build_eval_transform(tuple(meta["input_size"]), meta["pixel_mean"], meta["pixel_std"],
                                      meta.get("interpolation", "bilinear"))
-    loader = eval_loader(eval_dataset(query + gallery, transform), config.dataset.val_batch_size,
-                         config.dataset.num_workers)
-    autocast = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    features, pids, camids = extract_features(model.to(device), loader, device, config.model.with_flip_feature,
-                                              autocast)
+    features = extract(model, eval_dataset(query + gallery, transform), config.evaluate,
+                       config.dataset.val_batch_size, config.dataset.num_workers, config.model.with_flip_feature)
+    if features is None:
+        return {}  # another process of a multi-process run: the global-zero process reports
+    device = torch.device("cuda") if torch.cuda.is_available() and config.evaluate.accelerator != "cpu" else None
+    if device is not None:
+        features = features.to(device)  # metrics and re-ranking run on the GPU when there is one
+    pids = torch.tensor([r.pid for r in query + gallery])
+    camids = torch.tensor([r.camid for r in query + gallery])
     q = len(query)
     rerank_cfg = config.re_ranking
     max_rank = rerank_cfg.max_rank

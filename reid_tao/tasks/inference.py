@@ -6,19 +6,15 @@ import tempfile
 from pathlib import Path
 from typing import List
 
-import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
-from ..data.datamodule import eval_loader
 from ..data.datasets import ImageDataset
 from ..data.market import list_images
 from ..data.transforms import build_eval_transform
 from ..engine.checkpoint import load_model_from_checkpoint
 from ..errors import ConfigError
-from ..evaluation.features import embed
+from ..engine.extractor import extract
 from .common import prepare_task
-from .evaluate import eval_device
 
 log = logging.getLogger("reid_tao.inference")
 
@@ -60,23 +56,14 @@ def run(config: DictConfig) -> Path:
     results_dir = prepare_task(config, "inference")
     model, meta = load_model_from_checkpoint(config.inference.checkpoint, "inference.checkpoint")
     image_paths = inference_images(config)
-    device = eval_device(config.inference)
-    model.to(device)
     transform = build_eval_transform(tuple(meta["input_size"]), meta["pixel_mean"], meta["pixel_std"],
                                      meta.get("interpolation", "bilinear"))
     dataset = ImageDataset(image_paths, [0] * len(image_paths), [0] * len(image_paths), transform)
-    loader = eval_loader(dataset, config.dataset.val_batch_size, config.dataset.num_workers)
-    autocast = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    flip = config.model.with_flip_feature
-
-    @torch.no_grad()
-    def batches():
-        for images, *_ in tqdm(loader, desc="inference", unit="batch", leave=False):
-            images = images.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                yield embed(model, images, flip).cpu()
-
+    features = extract(model, dataset, config.inference, config.dataset.val_batch_size,
+                       config.dataset.num_workers, config.model.with_flip_feature)
+    if features is None:
+        return None  # another process of a multi-process run: the global-zero process writes the file
     output = Path(config.inference.output_file or results_dir / "inference.json")
-    count = write_embeddings_json(output, image_paths, batches())
+    count = write_embeddings_json(output, image_paths, features.split(1024))
     log.info("wrote %d embeddings (%d-d) to %s", count, meta["feat_dim"], output)
     return output

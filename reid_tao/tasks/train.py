@@ -57,12 +57,17 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool) -> pl
     train = config.train
     plan = plan_devices(train.accelerator, train.num_gpus, train.gpu_ids, train.num_nodes)
     precision = precision_for(train.precision, plan.accelerator)
-    log.info("devices: %s x %s on %d node(s), precision %s; global batch %d (dataset.batch_size is per process)",
-             plan.num_processes, plan.accelerator, plan.num_nodes, precision,
-             config.dataset.batch_size * plan.num_processes * plan.num_nodes)
+    log.info("devices: %s x %s on %d node(s), precision %s; global batch %d (dataset.batch_size is per process), "
+             "base lr %g (not scaled with the number of processes)", plan.num_processes, plan.accelerator,
+             plan.num_nodes, precision, config.dataset.batch_size * plan.num_processes * plan.num_nodes,
+             train.optim.base_lr)
+    multi_process = plan.num_processes * plan.num_nodes > 1
+    sync_bn = train.sync_bn and multi_process and plan.accelerator == "gpu"
+    if train.sync_bn and multi_process and not sync_bn:
+        log.info("train.sync_bn: SyncBatchNorm needs GPUs; CPU processes keep per-process BatchNorm statistics")
     return pl.Trainer(
         accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes, strategy=plan.strategy,
-        sync_batchnorm=train.sync_bn and plan.num_processes * plan.num_nodes > 1,
+        sync_batchnorm=sync_bn,
         precision=precision, max_epochs=train.num_epochs, default_root_dir=str(results),
         callbacks=[*checkpoint_callbacks(results, train.checkpoint_interval), EpochSummary(),
                    TQDMProgressBar(leave=False)],

@@ -1,0 +1,56 @@
+"""Feature extraction for evaluate/inference through Lightning's predict loop: one process or sharded
+over several (DDP), with the features gathered back in dataset order."""
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from ..data.datamodule import eval_loader
+from ..data.datasets import ImageDataset, ShardSampler
+from ..evaluation.features import embed
+from .devices import plan_devices
+from .distributed import gather_by_index
+
+
+class FeatureExtractor(pl.LightningModule):
+    def __init__(self, model: nn.Module, dataset: ImageDataset, batch_size: int, num_workers: int,
+                 flip: bool = False):
+        super().__init__()
+        self.model, self.dataset, self.flip = model, dataset, flip
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.features: Optional[torch.Tensor] = None
+
+    def predict_dataloader(self):
+        sampler = ShardSampler(len(self.dataset), self.trainer.global_rank, self.trainer.world_size)
+        return eval_loader(self.dataset, self.batch_size, self.num_workers, sampler=sampler)
+
+    def on_predict_epoch_start(self) -> None:
+        self._rows, self._indices = [], []
+
+    def predict_step(self, batch, batch_idx: int) -> None:
+        self._rows.append(embed(self.model, batch[0], self.flip))
+        self._indices.append(batch[3])
+
+    def on_predict_epoch_end(self) -> None:
+        if self._rows:
+            rows, indices = torch.cat(self._rows), torch.cat(self._indices)
+        else:  # an empty shard
+            rows = torch.empty((0, self.model.feat_dim), device=self.device)
+            indices = torch.empty((0,), dtype=torch.long, device=self.device)
+        self.features = gather_by_index(self.all_gather, rows, indices, len(self.dataset),
+                                        self.trainer.world_size).cpu()
+
+
+def extract(model: nn.Module, dataset: ImageDataset, section: DictConfig, batch_size: int, num_workers: int,
+            flip: bool = False) -> Optional[torch.Tensor]:
+    """(N, D) float32 features in dataset order on the global-zero process; None on the others."""
+    plan = plan_devices(section.accelerator, section.num_gpus, section.gpu_ids, 1, section=section._key())
+    precision = "bf16-mixed" if plan.accelerator == "gpu" and torch.cuda.is_bf16_supported() else "32"
+    trainer = pl.Trainer(accelerator=plan.accelerator, devices=plan.devices, strategy=plan.strategy,
+                         precision=precision, logger=False, enable_checkpointing=False,
+                         use_distributed_sampler=False, enable_model_summary=False)
+    extractor = FeatureExtractor(model, dataset, batch_size, num_workers, flip)
+    trainer.predict(extractor, return_predictions=False)
+    return extractor.features if trainer.is_global_zero else None

@@ -1,0 +1,105 @@
+"""Multi-process training and evaluation on the CPU (gloo): DDP through Lightning and torchrun.
+
+These spawn real processes, so they are few and small."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+
+TIMEOUT = 600
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def reid(*args, env=None, check=True):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "reid_tao", *args], capture_output=True, text=True,
+                            timeout=TIMEOUT, env=environment)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_market, tmp_path_factory):
+    results = tmp_path_factory.mktemp("ddp")
+    args = tiny_overrides(tiny_market, results, **{"train.num_gpus": 2, "train.num_epochs": 2, "dataset.batch_size": 4,
+                                                   "model.with_center_loss": True})
+    first = reid("train", *args)
+    return results, args, first
+
+
+def test_two_process_training_writes_one_set_of_checkpoints(ddp_run):
+    results, _, first = ddp_run
+    assert "devices: 2 x cpu" in first.stdout and "global batch 8" in first.stdout
+    names = sorted(p.name for p in (results / "train").glob("*.pth"))
+    assert names == ["model_epoch_000.pth", "model_epoch_001.pth", "reid_model_latest.pth"]
+    summaries = [line for line in first.stdout.splitlines() if "img/s" in line]
+    assert len(summaries) == 2  # one line per epoch, from rank 0 only
+    assert "val mAP" in summaries[-1]
+    checkpoint = torch.load(results / "train" / "reid_model_latest.pth", weights_only=True)
+    assert checkpoint["epoch"] == 1 and "loss.center_loss.centers" in checkpoint["state_dict"]
+
+
+def test_two_process_training_resumes(ddp_run):
+    results, args, _ = ddp_run
+    again = reid("train", *args, "train.num_epochs=3")
+    assert "resuming from" in again.stdout
+    assert torch.load(results / "train" / "reid_model_latest.pth", weights_only=True)["epoch"] == 2
+
+
+def test_sharded_evaluation_equals_single_process(ddp_run, tiny_market, tmp_path):
+    results, _, _ = ddp_run
+    checkpoint = results / "train" / "model_epoch_001.pth"
+    common = [f"evaluate.checkpoint={checkpoint}", f"dataset.query_dataset_dir={tiny_market / 'query'}",
+              f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}", "dataset.val_batch_size=4",
+              "dataset.num_workers=0", "evaluate.accelerator=cpu", "re_ranking.re_ranking=true",
+              "re_ranking.k1=4", "re_ranking.k2=2"]
+    reid("evaluate", *common, f"results_dir={tmp_path / 'one'}")
+    reid("evaluate", *common, f"results_dir={tmp_path / 'two'}", "evaluate.num_gpus=2")
+    one = json.loads((tmp_path / "one" / "evaluate" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "evaluate" / "metrics.json").read_text())
+    assert one.keys() == two.keys()
+    for key in ("mAP", "mINP", "rank1", "num_query", "num_gallery", "num_valid_query"):
+        assert one[key] == pytest.approx(two[key], abs=1e-6), key
+    assert one["re_ranked"]["mAP"] == pytest.approx(two["re_ranked"]["mAP"], abs=1e-6)
+
+
+def test_sharded_inference_writes_one_complete_json(ddp_run, tiny_market, tmp_path):
+    results, _, _ = ddp_run
+    output = tmp_path / "emb.json"
+    reid("inference", f"inference.checkpoint={results / 'train' / 'reid_model_latest.pth'}",
+         f"inference.test_dataset={tiny_market / 'bounding_box_test'}", f"inference.output_file={output}",
+         "inference.accelerator=cpu", "inference.num_gpus=2", "dataset.val_batch_size=4", "dataset.num_workers=0",
+         f"results_dir={tmp_path}")
+    entries = json.loads(output.read_text())
+    expected = sorted(str(p) for p in (tiny_market / "bounding_box_test").iterdir())
+    assert [e["img_path"] for e in entries] == expected
+
+
+def test_two_nodes_with_torchrun_over_loopback(tiny_market, tmp_path):
+    port = str(free_port())
+    args = tiny_overrides(tiny_market, tmp_path, **{"train.num_nodes": 2, "train.num_epochs": 1, "dataset.batch_size": 4})
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = []
+    for node_rank in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                   f"--node-rank={node_rank}", "--master-addr=127.0.0.1", f"--master-port={port}",
+                   "-m", "reid_tao", "train", *args]
+        nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env=environment))
+    outputs = [node.communicate(timeout=TIMEOUT)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "2 node(s)" in outputs[0] and "global batch 8" in outputs[0]
+    assert sorted(p.name for p in (tmp_path / "train").glob("*.pth")) == ["model_epoch_000.pth",
+                                                                          "reid_model_latest.pth"]

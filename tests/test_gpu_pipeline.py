@@ -1,0 +1,271 @@
+"""The "gpu" training data path on CPU: cache == CPU resize, augmentation == torchvision in values and
+distributions, determinism, data-module integration and an end-to-end `reid train`."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
+
+from reid_tao.cli import main
+from reid_tao.data.datamodule import ReidDataModule
+from reid_tao.data.datasets import load_rgb
+from reid_tao.data.gpu_pipeline import (AugmentParams, DecodedImageCache, DeviceAugment, IndexDataset,
+                                        augment_batch, batch_generator, collate_index_batch, resolve_pipeline)
+from reid_tao.data.transforms import build_eval_transform
+from reid_tao.errors import ConfigError, DataError
+
+from conftest import tiny_overrides
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.226, 0.225, 0.229]
+
+
+def write_images(folder, sizes, seed=0):
+    """Random-noise JPEGs (plus one grayscale PNG) of various sizes; returns their paths."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for n, (h, w) in enumerate(sizes):
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        path = folder / f"{n:04d}_c1s1_{n:06d}_00.jpg"
+        Image.fromarray(pixels).save(path, quality=85)
+        paths.append(str(path))
+    gray = folder / "gray.png"
+    Image.fromarray(rng.integers(0, 256, (50, 23), dtype=np.uint8), mode="L").save(gray)
+    return paths + [str(gray)]
+
+
+def torchvision_reference(image: torch.Tensor, flip: bool, top: int, left: int, padding: int,
+                          erase_box=None) -> torch.Tensor:
+    """The CPU path's steps with given random draws, on a PIL image (as the CPU loader runs them)."""
+    pil = TF.to_pil_image(image)
+    if flip:
+        pil = TF.hflip(pil)
+    height, width = image.shape[1:]
+    if padding:
+        pil = TF.crop(TF.pad(pil, padding), top, left, height, width)
+    out = TF.normalize(TF.to_tensor(pil), MEAN, STD)
+    if erase_box is not None:
+        out = TF.erase(out, *erase_box, v=torch.tensor([0.0])[:, None, None])
+    return out
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("images"), [(40, 20), (64, 30), (17, 9), (32, 16), (128, 64)])
+
+
+# -- cache ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_cache_equals_cpu_path_resize_exactly(image_files, interpolation):
+    cache = DecodedImageCache.build(image_files, (32, 16), interpolation, num_threads=3)
+    assert cache.images.shape == (len(image_files), 3, 32, 16) and cache.images.dtype == torch.uint8
+    assert cache.placement == "host" and cache.nbytes == len(image_files) * 3 * 32 * 16
+    resize = T.Resize((32, 16), interpolation=T.InterpolationMode(interpolation))
+    for index, path in enumerate(image_files):
+        expected = TF.pil_to_tensor(resize(load_rgb(path)))
+        assert torch.equal(cache.images[index], expected), path
+    # and with flip/crop/erasing off, the augmentation equals the CPU eval transform bit for bit
+    evaluate = build_eval_transform((32, 16), MEAN, STD, interpolation)
+    plain = DeviceAugment(MEAN, STD, flip_prob=0.0, padding=0, erase_prob=0.0)
+    batch = plain(cache.gather(torch.arange(len(image_files))), torch.Generator().manual_seed(0))
+    for index, path in enumerate(image_files):
+        assert torch.equal(batch[index], evaluate(load_rgb(path))), path
+
+
+def test_cache_gather_and_corrupt_image(image_files, tmp_path):
+    cache = DecodedImageCache.build(image_files, (24, 12), num_threads=2)
+    picked = cache.gather(torch.tensor([3, 0, 3]))
+    assert torch.equal(picked[0], cache.images[3]) and torch.equal(picked[1], cache.images[0])
+    broken = tmp_path / "0001_c1s1_000001_00.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(DataError, match="cannot read image .*0001_c1s1_000001_00.jpg"):
+        DecodedImageCache.build(image_files + [str(broken)], (24, 12), num_threads=2)
+
+
+# -- augmentation values -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_apply_equals_torchvision_steps_for_the_same_draws(channels_last):
+    generator = torch.Generator().manual_seed(3)
+    batch, height, width, padding = 8, 20, 12, 3
+    images = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=generator)
+    augment = DeviceAugment(MEAN, STD, padding=padding, channels_last=channels_last)
+    params = AugmentParams(
+        flip=torch.tensor([0, 1, 0, 1, 1, 0, 1, 0], dtype=torch.bool),
+        offsets=torch.tensor([[0, 0], [6, 6], [3, 3], [0, 6], [6, 0], [1, 5], [2, 4], [5, 2]]),
+        erase=torch.tensor([1, 1, 0, 0, 1, 1, 0, 1], dtype=torch.bool),
+        boxes=torch.tensor([[0, 0, 5, 3], [15, 9, 5, 3], [2, 2, 4, 4], [0, 0, 1, 1], [3, 1, 12, 10],
+                            [19, 11, 1, 1], [0, 0, 3, 3], [7, 4, 2, 6]]))
+    out = augment.apply(images, params)
+    assert out.dtype == torch.float32 and out.shape == images.shape
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    for b in range(batch):
+        box = params.boxes[b].tolist() if params.erase[b] else None
+        expected = torchvision_reference(images[b], bool(params.flip[b]), *params.offsets[b].tolist(), padding, box)
+        assert torch.equal(out[b], expected), b
+
+
+def test_sampled_boxes_and_offsets_stay_in_range():
+    augment = DeviceAugment(MEAN, STD, padding=4, erase_prob=1.0)
+    params = augment.sample_params(5000, 32, 16, torch.device("cpu"), torch.Generator().manual_seed(1))
+    assert params.offsets.min() == 0 and params.offsets.max() == 8
+    top, left, h, w = params.boxes[params.erase].unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 32).all() and (left + w <= 16).all()
+    assert (h < 32).all() and (w < 16).all() and (h > 0).all() and (w > 0).all()
+
+
+# -- augmentation distributions -----------------------------------------------------------------------------
+def test_flip_rate_and_crop_offsets_are_uniform():
+    n, padding = 20000, 10
+    for prob in (0.0, 0.3, 0.5, 1.0):
+        augment = DeviceAugment(MEAN, STD, flip_prob=prob, padding=padding)
+        params = augment.sample_params(n, 256, 128, torch.device("cpu"), torch.Generator().manual_seed(7))
+        assert abs(params.flip.float().mean().item() - prob) < 0.015, prob
+    counts = torch.bincount(params.offsets.reshape(-1), minlength=2 * padding + 1).float()
+    assert counts.numel() == 2 * padding + 1  # 0..2*padding, as Pad + RandomCrop
+    expected = 2 * n / (2 * padding + 1)
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 50  # 20 degrees of freedom: p < 1e-3 for a uniform draw
+    # top and left offsets are independent
+    assert abs(np.corrcoef(params.offsets[:, 0].numpy(), params.offsets[:, 1].numpy())[0, 1]) < 0.05
+
+
+def torchvision_erasing_draws(n: int, height: int, width: int):
+    """(erased, area fraction, aspect) of n torchvision RandomErasing(p=1) parameter draws."""
+    torch.manual_seed(11)
+    image = torch.zeros(3, height, width)
+    erased, fractions, aspects = [], [], []
+    for _ in range(n):
+        _, _, h, w, v = T.RandomErasing.get_params(image, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=[0.0])
+        hit = v is not image
+        erased.append(hit)
+        if hit:
+            fractions.append(h * w / (height * width))
+            aspects.append(h / w)
+    return np.array(erased), np.array(fractions), np.array(aspects)
+
+
+@pytest.mark.parametrize("height,width", [(256, 128), (12, 6)])
+def test_erasing_matches_torchvision_distribution(height, width):
+    n = 4000
+    tv_erased, tv_fraction, tv_aspect = torchvision_erasing_draws(n, height, width)
+    augment = DeviceAugment(MEAN, STD, erase_prob=1.0)
+    params = augment.sample_params(n, height, width, torch.device("cpu"), torch.Generator().manual_seed(5))
+    _, _, h, w = params.boxes[params.erase].double().unbind(1)
+    fraction, aspect = (h * w / (height * width)).numpy(), (h / w).numpy()
+    # how often no box fits in 10 attempts (frequent on tiny images) matches too
+    assert abs(params.erase.float().mean().item() - tv_erased.mean()) < 0.03
+    if height == 256:
+        assert fraction.min() > 0.018 and fraction.max() < 0.41  # 0.02-0.4 up to rounding of the sides
+        assert abs(fraction.mean() - tv_fraction.mean()) < 0.01
+        assert abs(np.median(fraction) - np.median(tv_fraction)) < 0.015
+        assert abs(np.log(aspect).mean() - np.log(tv_aspect).mean()) < 0.06
+        # same fraction histogram (10 bins over 0.02..0.4)
+        bins = np.linspace(0.0, 0.42, 11)
+        ours, _ = np.histogram(fraction, bins)
+        theirs, _ = np.histogram(tv_fraction, bins)
+        assert np.abs(ours / ours.sum() - theirs / theirs.sum()).max() < 0.025
+    else:
+        assert abs(fraction.mean() - tv_fraction.mean()) < 0.03
+
+
+def test_erase_probability_and_erased_pixels_are_mean_coloured():
+    augment = DeviceAugment(MEAN, STD, flip_prob=0.0, padding=0, erase_prob=0.5)
+    images = torch.full((2000, 3, 16, 8), 200, dtype=torch.uint8)
+    out = augment(images, torch.Generator().manual_seed(2))
+    erased_pixels = (out == 0).all(dim=1)  # 200/255 is not the mean in any channel: 0 only where erased
+    rate = erased_pixels.flatten(1).any(dim=1).float().mean().item()
+    assert abs(rate - 0.5) < 0.04
+
+
+# -- determinism -----------------------------------------------------------------------------------------------
+def test_same_seed_same_augmentation_regardless_of_global_rng():
+    augment = DeviceAugment(MEAN, STD, padding=3)
+    images = torch.randint(0, 256, (16, 3, 20, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    first = augment(images, batch_generator(123, 0, images.device))
+    torch.manual_seed(999)
+    assert torch.equal(first, augment(images, batch_generator(123, 0, images.device)))
+    assert not torch.equal(first, augment(images, batch_generator(124, 0, images.device)))
+    assert not torch.equal(first, augment(images, batch_generator(123, 1, images.device)))  # ranks differ
+
+
+def test_index_loader_collates_batch_seed():
+    dataset = IndexDataset([5, 6, 7], [1, 2, 1])
+    batch = collate_index_batch([dataset[(2, 41)], dataset[(0, 42)]])
+    assert batch[0].tolist() == [2, 0] and batch[1].tolist() == [7, 5] and batch[2].tolist() == [1, 1]
+    assert batch[3].tolist() == [2, 0] and batch[4] == 41 and isinstance(batch[4], int)
+
+
+def test_resolve_pipeline():
+    assert resolve_pipeline("cpu") == "cpu" and resolve_pipeline("gpu") == "gpu"
+    assert resolve_pipeline("auto", torch.device("cpu")) == "cpu"
+    assert resolve_pipeline("auto", torch.device("cuda", 0)) == "gpu"
+    with pytest.raises(ConfigError, match="dataset.pipeline"):
+        resolve_pipeline("fast")
+
+
+# -- data-module integration ------------------------------------------------------------------------------------
+def fake_trainer(training=True, rank=0, epoch=0):
+    return SimpleNamespace(training=training, global_rank=rank, world_size=1, current_epoch=epoch,
+                           strategy=SimpleNamespace(root_device=torch.device("cpu")))
+
+
+def make_module(market, pipeline, **extra):
+    arguments = dict(image_size=(32, 16), batch_size=8, num_instances=2, num_workers=0, padding=2,
+                     pixel_mean=MEAN, pixel_std=STD, seed=3)
+    arguments.update(extra)
+    module = ReidDataModule(str(market / "bounding_box_train"), pipeline=pipeline, **arguments)
+    module.trainer = fake_trainer()
+    module.setup("fit")
+    return module
+
+
+def test_datamodule_gpu_pipeline_same_batches_as_cpu(tiny_market):
+    cpu = make_module(tiny_market, "cpu")
+    gpu = make_module(tiny_market, "gpu")
+    cpu_batches = list(cpu.train_dataloader())
+    index_batches = list(gpu.train_dataloader())
+    assert len(index_batches) == len(cpu_batches) > 0
+    assert gpu.image_cache is not None and len(gpu.image_cache) == len(gpu.train_records)
+    for (_, labels, camids, indices), raw in zip(cpu_batches, index_batches):
+        assert torch.equal(raw[0], indices) and torch.equal(raw[1], labels) and torch.equal(raw[2], camids)
+        images, out_labels, out_camids, out_indices = gpu.on_after_batch_transfer(raw, 0)
+        assert images.shape == (8, 3, 32, 16) and images.dtype == torch.float32
+        assert torch.equal(out_labels, labels) and torch.equal(out_indices, indices)
+    # validation (trainer not training) batches pass through untouched
+    gpu.trainer = fake_trainer(training=False)
+    assert gpu.on_after_batch_transfer(index_batches[0], 0) is index_batches[0]
+
+
+def test_datamodule_without_augmentation_equals_eval_transform(tiny_market):
+    module = make_module(tiny_market, "gpu", flip_prob=0.0, padding=0, erase_prob=0.0)
+    raw = next(iter(module.train_dataloader()))
+    images = module.on_after_batch_transfer(raw, 0)[0]
+    for image, index in zip(images, raw[0].tolist()):
+        assert torch.equal(image, module.eval_transform(load_rgb(module.train_records[index].path)))
+
+
+def test_datamodule_augmentation_replays_per_epoch(tiny_market):
+    def epoch_images(epoch):
+        module = make_module(tiny_market, "gpu")
+        module.trainer = fake_trainer(epoch=epoch)
+        return [augment_batch(raw, module.image_cache, module.device_augment)[0]
+                for raw in module.train_dataloader()]
+
+    first, again, other = epoch_images(2), epoch_images(2), epoch_images(3)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_reid_train_with_gpu_pipeline_on_cpu(tiny_market, tmp_path, capsys):
+    results = tmp_path / "res"
+    code = main(["train"] + tiny_overrides(tiny_market, results, **{"dataset.pipeline": "gpu",
+                                                                    "train.num_epochs": 2}))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    checkpoint = torch.load(results / "train" / "reid_model_latest.pth", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
+    assert len([line for line in captured.out.splitlines() if "img/s" in line]) == 2

@@ -1,0 +1,152 @@
+"""evaluate, inference and export end to end from a checkpoint trained in the test."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reid_tao.cli import main
+
+from conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_market, tmp_path_factory):
+    results = tmp_path_factory.mktemp("trained")
+    assert main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1})) == 0
+    return results / "train" / "reid_model_latest.pth"
+
+
+def eval_overrides(market, results, checkpoint, *extra):
+    # Only the dataset folders and results_dir: the model comes from the checkpoint.
+    return [f"results_dir={results}", f"evaluate.checkpoint={checkpoint}",
+            f"dataset.query_dataset_dir={market / 'query'}", f"dataset.test_dataset_dir={market / 'bounding_box_test'}",
+            "dataset.num_workers=0", *extra]
+
+
+def test_evaluate_writes_metrics_and_plots(tiny_market, trained, tmp_path, capsys):
+    code = main(["evaluate"] + eval_overrides(tiny_market, tmp_path, trained, "re_ranking.re_ranking=true",
+                                              "re_ranking.max_rank=5", "re_ranking.num_query=3",
+                                              "re_ranking.k1=4", "re_ranking.k2=2"))
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    assert set(metrics) >= {"mAP", "mINP", "cmc", "rank1", "rank5", "rank10", "num_query", "num_gallery",
+                            "num_valid_query", "re_ranking", "re_ranked"}
+    assert metrics["num_query"] == 4 and metrics["num_gallery"] == 17 and metrics["num_valid_query"] == 4
+    assert len(metrics["cmc"]) == 5 and metrics["re_ranking"] is True
+    assert 0 <= metrics["mAP"] <= 1 and metrics["cmc"] == sorted(metrics["cmc"])
+    assert "mAP" in metrics["re_ranked"]
+    assert "Rank-1" in out.out and "re-ranked" in out.out
+    for name in ("cmc_curve.png", "sampled_matches.png"):
+        with Image.open(tmp_path / "evaluate" / name) as image:
+            assert image.format == "PNG"
+
+
+def test_evaluate_prefers_evaluate_folders_and_never_inference(tiny_market, trained, tmp_path, capsys):
+    # evaluate.* folders win over dataset.*; inference.* folders are never read (TAO bug B6).
+    code = main(["evaluate"] + eval_overrides(tiny_market, tmp_path, trained,
+                                              "dataset.query_dataset_dir=/nonexistent/q",
+                                              f"evaluate.query_dataset={tiny_market / 'query'}",
+                                              "inference.query_dataset=/nonexistent/inference",
+                                              f"evaluate.output_cmc_curve_plot={tmp_path / 'x' / 'cmc.png'}"))
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "x" / "cmc.png").is_file()
+
+
+def test_evaluate_single_camera_data_fails_clearly(tiny_market, trained, tmp_path, capsys):
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for path in (tiny_market / "bounding_box_test").glob("*_c1s1_*.jpg"):
+        (gallery / path.name).write_bytes(path.read_bytes())
+    code = main(["evaluate"] + eval_overrides(tiny_market, tmp_path, trained, f"dataset.test_dataset_dir={gallery}"))
+    err = capsys.readouterr().err
+    assert code == 2 and "no query" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_needs_a_checkpoint(tiny_market, tmp_path, capsys):
+    assert main(["evaluate", f"results_dir={tmp_path}"]) == 2
+    assert "evaluate.checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", f"evaluate.checkpoint={tmp_path / 'missing.pth'}", f"results_dir={tmp_path}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_inference_writes_one_embedding_per_image(tiny_market, trained, tmp_path, capsys):
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for index, path in enumerate(sorted((tiny_market / "query").iterdir())):
+        (loose / f"crop_{index}.png").write_bytes(path.read_bytes())  # names need not be Market's
+    output = tmp_path / "emb.json"
+    code = main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={trained}",
+                 f"inference.query_dataset={loose}", f"inference.test_dataset={tiny_market / 'bounding_box_test'}",
+                 f"inference.output_file={output}", "dataset.val_batch_size=5", "dataset.num_workers=0"])
+    assert code == 0, capsys.readouterr().err
+    entries = json.loads(output.read_text())
+    gallery = sorted(str(p) for p in (tiny_market / "bounding_box_test").iterdir())
+    assert len(entries) == 4 + len(gallery)  # every image, junk included, all batches (TAO keeps the last, B1)
+    assert [e["img_path"] for e in entries[4:]] == gallery
+    assert entries[0]["img_path"].endswith("crop_0.png")
+    assert all(len(e["embedding"]) == 32 for e in entries)
+    assert len({tuple(e["embedding"]) for e in entries}) > 1
+
+
+def test_export_onnx_parity_and_overwrite(trained, tmp_path, capsys):
+    import onnxruntime
+
+    onnx_file = tmp_path / "model.onnx"
+    args = ["export", f"results_dir={tmp_path}", f"export.checkpoint={trained}", f"export.onnx_file={onnx_file}"]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "max abs difference" in out
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == "input" and session.get_outputs()[0].name == "fc_pred"
+    for batch in (1, 5):  # dynamic batch axis
+        (features,) = session.run(None, {"input": np.random.rand(batch, 3, 32, 16).astype(np.float32)})
+        assert features.shape == (batch, 32)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["input_shape"] == ["batch", 3, 32, 16] and meta["feature_dim"] == 32
+    assert main(args) == 2 and "export.overwrite=true" in capsys.readouterr().err
+    assert main(args + ["export.overwrite=true"]) == 0
+
+
+def test_export_parity_failure_is_reported(trained, tmp_path, monkeypatch, capsys):
+    from reid_tao.tasks import export
+
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # any difference now fails
+    onnx_file = tmp_path / "bad.onnx"
+    code = main(["export", f"results_dir={tmp_path}", f"export.checkpoint={trained}", f"export.onnx_file={onnx_file}"])
+    assert code == 1 and "disagrees with PyTorch" in capsys.readouterr().err
+    assert not onnx_file.exists()
+
+
+def test_pretrain_choice_self_loads_backbone_and_new_classifier(tiny_market, trained, tmp_path, capsys):
+    from conftest import make_market
+
+    from reid_tao.build import build_model
+    from reid_tao.config.loader import load_config
+    from reid_tao.engine.checkpoint import model_state_dict
+
+    other = make_market(tmp_path / "other", train_ids=range(20, 29))  # 9 new identities
+    config = load_config(None, tiny_overrides(other, tmp_path / "r", **{"model.pretrain_choice": "self",
+                                                                        "model.pretrained_model_path": str(trained)}))
+    model = build_model(config, num_classes=9)
+    source = model_state_dict(torch.load(trained, weights_only=True))
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in source.items() if k.startswith("backbone."))
+    assert own["classifier.weight"].shape == (9, 32)
+    assert "loaded" in capsys.readouterr().out
+
+
+def test_swin_tiny_trains_and_exports_through_the_cli(tiny_market, tmp_path, capsys):
+    results = tmp_path / "swin"
+    overrides = tiny_overrides(tiny_market, results, **{
+        "model.backbone": "swin_tiny_patch4_window7_224", "model.input_height": 64, "model.input_width": 32,
+        "model.reduce_feat_dim": True, "train.num_epochs": 1, "dataset.interpolation": "bicubic"})
+    assert main(["train"] + overrides) == 0, capsys.readouterr().err
+    checkpoint = results / "train" / "reid_model_latest.pth"
+    assert torch.load(checkpoint, weights_only=True)["reid_tao"]["interpolation"] == "bicubic"
+    onnx_file = tmp_path / "swin.onnx"
+    assert main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}",
+                 f"export.onnx_file={onnx_file}"]) == 0, capsys.readouterr().err
+    assert "max abs difference" in capsys.readouterr().out
