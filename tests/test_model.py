@@ -73,3 +73,15 @@ def test_build_model_maps_spec_fields():
     assert model.backbone.layer4[0].conv1.stride == (2, 2)
     assert model.feat_dim == 128 and model.classifier.out_features == 11
     assert isinstance(model.bottleneck, torch.nn.Identity) and model.neck_feat == "before"
+
+
+def test_train_compile_wraps_forward_but_keeps_checkpoint_keys():
+    from reid_tao.build import build_module
+
+    config = load_config(None, ["model.backbone=resnet_18", "model.pretrain_choice=''", "train.compile=true"])
+    module = build_module(config, num_classes=3)
+    keys_before = set(module.state_dict())
+    assert module._train_forward is module.model
+    module.on_fit_start()
+    assert isinstance(module._train_forward, torch._dynamo.eval_frame.OptimizedModule)
+    assert set(module.state_dict()) == keys_before

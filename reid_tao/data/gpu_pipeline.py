@@ -55,14 +55,17 @@ def resolve_pipeline(pipeline: str, device: Optional[torch.device] = None) -> st
 
 
 # -- decoded-image cache -------------------------------------------------------------------------------
-def decode_resized(path: str, size: Tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
-    """One image as the CPU path sees it after ``Resize``: uint8 (3, H, W); DataError if unreadable."""
+def decode_resized(path: str, size: Tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+    """One image as the CPU path sees it after ``Resize``: uint8 (H, W, 3) array; DataError if unreadable."""
     resized = T.Resize(size, interpolation=INTERPOLATIONS[interpolation])(load_rgb(path))
-    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 class DecodedImageCache:
     """All training images, decoded and resized once: ``images`` is uint8 (N, 3, H, W).
+
+    :meth:`build` stores it in channels_last memory format (pixel-interleaved, as images decode), which
+    makes building several times faster and batches come out channels_last for free.
 
     Build with :meth:`build`; :meth:`gather` returns a batch on the device of the indices, moving the
     cache there on first use when it fits in ``max_device_fraction`` of the free device memory, else
@@ -83,13 +86,14 @@ class DecodedImageCache:
         """Decode and resize ``paths`` in a thread pool (PIL releases the GIL while decoding and resizing)."""
         start = time.perf_counter()
         height, width = size
-        images = torch.empty((len(paths), 3, height, width), dtype=torch.uint8)
+        images = torch.empty((len(paths), 3, height, width), dtype=torch.uint8, memory_format=torch.channels_last)
+        pixels = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3) view of the same memory
         threads = max(1, num_threads or min(32, os.cpu_count() or 1))
         chunk = max(1, min(256, math.ceil(len(paths) / (4 * threads))))
 
         def decode_range(first: int) -> None:
             for index in range(first, min(first + chunk, len(paths))):
-                images[index] = decode_resized(paths[index], size, interpolation)
+                pixels[index] = decode_resized(paths[index], size, interpolation)
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for _ in pool.map(decode_range, range(0, len(paths), chunk)):
@@ -135,12 +139,17 @@ class DecodedImageCache:
         """uint8 (B, 3, H, W) images of ``indices``, on ``indices.device``."""
         self.place_for(indices.device)
         if self.images.device == indices.device:
-            return self.images.index_select(0, indices)
+            return self.images[indices]  # keeps the cache's memory format
         host_indices = indices.cpu()
         batch = torch.empty((host_indices.numel(), *self.images.shape[1:]), dtype=torch.uint8,
-                            pin_memory=self.images.is_pinned())
+                            memory_format=_memory_format(self.images), pin_memory=self.images.is_pinned())
         torch.index_select(self.images, 0, host_indices, out=batch)
         return batch.to(indices.device, non_blocking=batch.is_pinned())
+
+
+def _memory_format(images: torch.Tensor) -> torch.memory_format:
+    channels_last = images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 # -- batched augmentation --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ class ReidModule(pl.LightningModule):
     def __init__(self, model: nn.Module, loss: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
                  center_lr: float = 0.5, grad_clip: float = 0.0,
                  seed: int = -1, flip_feature: bool = False, max_rank: int = 10, num_query: int = 0,
-                 metadata: Dict[str, Any] = None):
+                 metadata: Dict[str, Any] = None, compile_model: bool = False, channels_last: bool = False):
         super().__init__()
         self.automatic_optimization = False
         self.model, self.loss = model, loss
@@ -27,6 +27,9 @@ class ReidModule(pl.LightningModule):
         self.center_lr, self.grad_clip = center_lr, grad_clip
         self.seed, self.flip_feature, self.max_rank, self.num_query = seed, flip_feature, max_rank, num_query
         self.metadata = metadata or {}
+        self.compile_model, self.channels_last = compile_model, channels_last
+        # Not registered as a submodule, so checkpoints keep the plain `model.` keys.
+        self.__dict__["_train_forward"] = self.model
         self._val_outputs: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._last_val_epoch = 0
 
@@ -40,6 +43,12 @@ class ReidModule(pl.LightningModule):
             optimizers.append(build_center_optimizer(centers, self.center_lr))
         return optimizers, [{"scheduler": scheduler, "interval": "epoch"}]
 
+    def on_fit_start(self) -> None:
+        if self.channels_last and self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        if self.compile_model:
+            self.__dict__["_train_forward"] = torch.compile(self.model)
+
     def on_train_epoch_start(self) -> None:
         # Stochastic layers draw from the global RNG: reseed per epoch so a resumed run matches.
         if self.seed >= 0:
@@ -47,9 +56,11 @@ class ReidModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch[0], batch[1]
+        if self.channels_last and images.is_cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        logits, features = self.model(images)
+        logits, features = self._train_forward(images)
         losses = self.loss(logits, features, labels)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)

@@ -3,6 +3,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -53,9 +54,23 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence messages that are expected here and say nothing to a reid_tao user."""
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # re-runs resume in place
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
+
+
 def prepare_task(config: DictConfig, task: str, write_config: bool = True) -> Path:
     """Create results_dir/<task> (or <task>.results_dir) and write the resolved experiment.yaml there."""
     setup_logging()
+    quiet_lightning()
     results = task_results_dir(config, task)
     results.mkdir(parents=True, exist_ok=True)
     if write_config and is_global_zero():

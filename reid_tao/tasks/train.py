@@ -1,6 +1,5 @@
 """`reid train`: fit the model, checkpoint every epoch, resume automatically."""
 import logging
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -77,15 +76,7 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool) -> pl
         log_every_n_steps=10, benchmark=plan.accelerator == "gpu")
 
 
-def _quiet_lightning() -> None:
-    # Warnings that are expected here: re-runs write into the same folder (that is how resume works).
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-
-
 def run(config: DictConfig) -> Path:
-    _quiet_lightning()
     _check_dataset_fields(config)
     results = prepare_task(config, "train")
     if config.train.seed >= 0:

@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""Carve a validation split (query + gallery) out of the TRAINING identities of a Market-1501 root.
+
+Recipe search must pick recipes on held-out training identities, never on the test set. The new root
+has the Market layout, so ``reid train`` / ``reid evaluate`` read it unchanged::
+
+    OUT_DIR/bounding_box_train/  images of the remaining training identities (and distractors 0000)
+    OUT_DIR/query/               per held-out identity and camera, --queries-per-camera images
+    OUT_DIR/bounding_box_test/   the other images of the held-out identities
+    OUT_DIR/split.json           {"seed", "num_val_ids", "val_ids", "source", ...}
+
+A query is kept only when its identity has a gallery image on another camera (the Market protocol);
+otherwise it goes back to the gallery. Junk boxes (pid -1) are left out. Files are hard links to the
+source images (a copy only where linking fails, e.g. across file systems), so no image data is
+duplicated. The root is built in a temporary sibling folder and renamed into place when complete.
+
+Example: python scripts/make_val_split.py data/market1501 data/market1501_val --num-val-ids 100 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+try:
+    from reid_tao.data.market import ImageRecord, list_images, parse_market_name, scan_market_folder, summary_table
+    from reid_tao.errors import ConfigError, DataError, ReidError
+except ImportError:  # run from a source checkout without installing the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from reid_tao.data.market import ImageRecord, list_images, parse_market_name, scan_market_folder, summary_table
+    from reid_tao.errors import ConfigError, DataError, ReidError
+
+TRAIN_FOLDER, QUERY_FOLDER, GALLERY_FOLDER = "bounding_box_train", "query", "bounding_box_test"
+SPLIT_FILE = "split.json"
+DISTRACTOR_PID = 0
+
+
+def make_val_split(market_root: str | Path, out_dir: str | Path, num_val_ids: int = 100, seed: int = 0,
+                   queries_per_camera: int = 1) -> dict:
+    """Write a Market-format root whose query/gallery hold ``num_val_ids`` held-out training identities.
+
+    ``market_root`` must contain ``bounding_box_train/``; ``out_dir`` must not exist or be empty.
+    Identities are drawn with ``numpy.random.default_rng(seed)``; for each held-out identity and camera,
+    ``queries_per_camera`` images (same generator) become queries, the rest gallery; queries without a
+    gallery image of their identity on another camera are moved back to the gallery. Returns the
+    contents of ``out_dir/split.json`` plus ``"summary"`` (a printable table). Raises ``ConfigError`` for
+    bad numbers and ``DataError`` for bad folders.
+    """
+    source = Path(market_root).expanduser().absolute()
+    out = Path(out_dir).expanduser().absolute()
+    _check_arguments(source, out, num_val_ids, queries_per_camera)
+
+    train_dir = source / TRAIN_FOLDER
+    records = scan_market_folder(str(train_dir), f"{TRAIN_FOLDER} of {source}")
+    train_ids = sorted({r.pid for r in records if r.pid != DISTRACTOR_PID})
+    if num_val_ids >= len(train_ids) - 1:
+        raise ConfigError(f"--num-val-ids {num_val_ids} leaves fewer than 2 training identities "
+                          f"({train_dir} has {len(train_ids)}); choose at most {len(train_ids) - 2}")
+
+    rng = np.random.default_rng(seed)
+    val_ids = sorted(int(pid) for pid in rng.choice(np.array(train_ids), size=num_val_ids, replace=False))
+    new_train, query, gallery = _assign(records, set(val_ids), queries_per_camera, rng)
+    ids_without_query = sorted(set(val_ids) - {r.pid for r in query})
+
+    split = {
+        "seed": int(seed),
+        "num_val_ids": int(num_val_ids),
+        "val_ids": val_ids,
+        "source": str(source),
+        "queries_per_camera": int(queries_per_camera),
+        "counts": {"train_images": len(new_train), "train_ids": len(train_ids) - num_val_ids,
+                   "query_images": len(query), "gallery_images": len(gallery),
+                   "junk_skipped": _count_junk(train_dir)},
+        "val_ids_without_query": ids_without_query,
+    }
+    linked, copied = _write_atomically(out, {TRAIN_FOLDER: new_train, QUERY_FOLDER: query, GALLERY_FOLDER: gallery},
+                                       split)
+    split["counts"].update(linked=linked, copied=copied)
+    split["summary"] = summary_table({"train": new_train, "query": query, "gallery": gallery})
+    return split
+
+
+def _check_arguments(source: Path, out: Path, num_val_ids: int, queries_per_camera: int) -> None:
+    if num_val_ids < 1:
+        raise ConfigError(f"--num-val-ids must be at least 1, got {num_val_ids}")
+    if queries_per_camera < 1:
+        raise ConfigError(f"--queries-per-camera must be at least 1, got {queries_per_camera}")
+    if not (source / TRAIN_FOLDER).is_dir():
+        raise DataError(f"{source} has no {TRAIN_FOLDER}/ folder; pass the Market-1501 root "
+                        f"(the folder that contains {TRAIN_FOLDER}/)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"output {out} already exists and is not empty; pass a new folder or remove it")
+
+
+def _assign(records: Sequence[ImageRecord], val_ids: set, queries_per_camera: int,
+            rng: np.random.Generator) -> Tuple[List[ImageRecord], List[ImageRecord], List[ImageRecord]]:
+    """Split records into (new train, query, gallery); deterministic given ``rng``'s state."""
+    new_train = [r for r in records if r.pid not in val_ids]
+    by_id_camera: Dict[int, Dict[int, List[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        if record.pid in val_ids:
+            by_id_camera[record.pid][record.camid].append(record)
+    query, gallery = [], []
+    for pid in sorted(by_id_camera):
+        id_query, id_gallery = [], []
+        for camid in sorted(by_id_camera[pid]):
+            images = sorted(by_id_camera[pid][camid], key=lambda r: r.path)
+            chosen = set(rng.choice(len(images), size=min(queries_per_camera, len(images)), replace=False).tolist())
+            id_query += [r for i, r in enumerate(images) if i in chosen]
+            id_gallery += [r for i, r in enumerate(images) if i not in chosen]
+        id_query, id_gallery = _keep_matchable_queries(id_query, id_gallery)
+        query += id_query
+        gallery += id_gallery
+    return new_train, sorted(query, key=lambda r: r.path), sorted(gallery, key=lambda r: r.path)
+
+
+def _keep_matchable_queries(query: List[ImageRecord], gallery: List[ImageRecord]
+                            ) -> Tuple[List[ImageRecord], List[ImageRecord]]:
+    """Move queries (of one identity) without a gallery image on another camera back to the gallery.
+
+    One at a time: a query moved back can become the cross-camera match that keeps another query
+    (e.g. two cameras with one image each end as one query and one gallery image, not two gallery images).
+    """
+    query, gallery = list(query), list(gallery)
+    while True:
+        gallery_cams = {r.camid for r in gallery}
+        orphan = next((r for r in query if not gallery_cams - {r.camid}), None)
+        if orphan is None:
+            return query, gallery
+        query.remove(orphan)
+        gallery.append(orphan)
+
+
+def _count_junk(train_dir: Path) -> int:
+    return sum(1 for image in list_images(str(train_dir), TRAIN_FOLDER)
+               if (parse_market_name(image.name) or (None,))[0] == -1)
+
+
+def _write_atomically(out: Path, folders: Dict[str, Sequence[ImageRecord]], split: dict) -> Tuple[int, int]:
+    """Build the root in a temporary sibling folder, then rename it to ``out``; returns (linked, copied)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        linked = copied = 0
+        can_link = True
+        for folder, records in folders.items():
+            (staging / folder).mkdir()
+            for record in records:
+                source = Path(record.path)
+                target = staging / folder / source.name
+                if can_link:
+                    try:
+                        os.link(source, target)
+                        linked += 1
+                        continue
+                    except OSError:  # another file system, or links not allowed: copy from now on
+                        can_link = False
+                shutil.copy2(source, target)
+                copied += 1
+        split = dict(split, counts=dict(split["counts"], linked=linked, copied=copied))
+        (staging / SPLIT_FILE).write_text(json.dumps(split, indent=2) + "\n")
+        if out.is_dir():
+            out.rmdir()  # empty (checked); rename will not replace a directory on every platform
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return linked, copied
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("market_root", type=Path, help="Market-1501 root holding bounding_box_train/")
+    parser.add_argument("out_dir", type=Path, help="new dataset root to create (must not exist or be empty)")
+    parser.add_argument("--num-val-ids", type=int, default=100, help="held-out identities (default: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--queries-per-camera", type=int, default=1,
+                        help="query images per held-out identity and camera (default: 1)")
+    return parser
+
+
+def main(argv: List[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        split = make_val_split(args.market_root, args.out_dir, num_val_ids=args.num_val_ids, seed=args.seed,
+                               queries_per_camera=args.queries_per_camera)
+    except ReidError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    counts = split["counts"]
+    print(f"validation split of {split['source']} written to {Path(args.out_dir).absolute()}")
+    print(split["summary"])
+    print(f"{counts['linked']} files hard-linked, {counts['copied']} copied, {counts['junk_skipped']} junk skipped")
+    if split["val_ids_without_query"]:
+        print(f"warning: {len(split['val_ids_without_query'])} held-out ids have no query (seen on one camera "
+              f"only): {split['val_ids_without_query']}", file=sys.stderr)
+    print(f"held-out ids: {Path(args.out_dir) / SPLIT_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
