@@ -25,7 +25,7 @@ def build_datamodule(config: DictConfig, with_validation: bool = True) -> ReidDa
         batch_size=data.batch_size, val_batch_size=data.val_batch_size, num_workers=data.num_workers,
         sampler=data.sampler, num_instances=data.num_instances, flip_prob=data.prob, padding=data.padding,
         erase_prob=data.re_prob, interpolation=data.interpolation, seed=max(config.train.seed, 0),
-        pipeline=data.pipeline)
+        pipeline=data.pipeline, channels_last=config.train.channels_last)
 
 
 def build_backbone(config: DictConfig):

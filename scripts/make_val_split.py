@@ -203,7 +203,7 @@ def main(argv: List[str] | None = None) -> int:
     if split["val_ids_without_query"]:
         print(f"warning: {len(split['val_ids_without_query'])} held-out ids have no query (seen on one camera "
               f"only): {split['val_ids_without_query']}", file=sys.stderr)
-    print(f"held-out ids: {Path(args.out_dir) / SPLIT_FILE}")
+    print(f"{len(split['val_ids'])} held-out ids listed in {Path(args.out_dir).absolute() / SPLIT_FILE}")
     return 0
 
 

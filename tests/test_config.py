@@ -168,3 +168,12 @@ def test_swin_needs_sizes_divisible_by_32():
         load_config(None, ["model.backbone=swin_tiny_patch4_window7_224", "model.input_width=100"])
     config = load_config(None, ["model.backbone=swin_tiny_patch4_window7_224", "model.drop_path=0.2"])
     assert config.model.drop_path == pytest.approx(0.2)
+
+
+SPECS = sorted((__import__("pathlib").Path(__file__).parent.parent / "specs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_shipped_specs_load(spec):
+    config = load_config(str(spec))
+    assert config.model.backbone and config.train.num_epochs >= 1

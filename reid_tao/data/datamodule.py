@@ -42,7 +42,8 @@ class ReidDataModule(pl.LightningDataModule):
                  interpolation: str = "bilinear", seed: int = 0, pipeline: str = "cpu", channels_last: bool = False):
         """pipeline: "cpu" decodes and augments in loader workers; "gpu" decodes once into a
         :class:`DecodedImageCache` and augments batches on the training device (also works on CPU);
-        "auto" is "gpu" when training on CUDA. channels_last: memory format of "gpu" training batches."""
+        "auto" is "gpu" when training on CUDA. channels_last: "gpu" pipeline batches on CUDA come in
+        channels_last memory format (set it when the model trains channels_last: no conversion copy)."""
         super().__init__()
         self.train_dir, self.query_dir, self.gallery_dir = train_dir, query_dir, gallery_dir
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
@@ -52,8 +53,8 @@ class ReidDataModule(pl.LightningDataModule):
         self.eval_transform = build_eval_transform(image_size, pixel_mean, pixel_std, interpolation)
         resolve_pipeline(pipeline)  # reject unknown names now, resolve "auto" once the device is known
         self.pipeline, self.image_size, self.interpolation = pipeline, tuple(image_size), interpolation
-        self.device_augment = DeviceAugment(pixel_mean, pixel_std, flip_prob, padding, erase_prob,
-                                            channels_last=channels_last)
+        self.device_augment = DeviceAugment(pixel_mean, pixel_std, flip_prob, padding, erase_prob)
+        self.channels_last = channels_last
         self.image_cache: Optional[DecodedImageCache] = None
         self.train_records: List[ImageRecord] = []
         self.query_records: List[ImageRecord] = []
@@ -129,7 +130,8 @@ class ReidDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if self.image_cache is None or trainer is None or not trainer.training:
             return batch
-        return augment_batch(batch, self.image_cache, self.device_augment, rank=trainer.global_rank)
+        return augment_batch(batch, self.image_cache, self.device_augment, rank=trainer.global_rank,
+                             channels_last=self.channels_last and batch[0].is_cuda)
 
     def val_dataloader(self) -> DataLoader:
         """Each process extracts a contiguous shard; the module gathers the features in dataset order."""

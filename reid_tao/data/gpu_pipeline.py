@@ -188,9 +188,11 @@ class DeviceAugment(nn.Module):
         self.erase_attempts, self.channels_last = int(erase_attempts), channels_last
         self._stats: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
+                channels_last: Optional[bool] = None) -> torch.Tensor:
+        """Augment ``images``; ``channels_last`` overrides the constructor's output memory format."""
         params = self.sample_params(images.shape[0], images.shape[2], images.shape[3], images.device, generator)
-        return self.apply(images, params)
+        return self.apply(images, params, channels_last)
 
     def sample_params(self, batch: int, height: int, width: int, device: torch.device,
                       generator: Optional[torch.Generator] = None) -> AugmentParams:
@@ -220,7 +222,7 @@ class DeviceAugment(nn.Module):
         left = torch.minimum((uniform(batch).double() * free_cols).long(), free_cols - 1)
         return erase, torch.stack([top, left, box_h, box_w], dim=1)
 
-    def apply(self, images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, params: AugmentParams, channels_last: Optional[bool] = None) -> torch.Tensor:
         """Flip + pad/crop (one gather), normalise exactly like ToTensor + Normalize, then erase."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"DeviceAugment expects uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
@@ -238,7 +240,7 @@ class DeviceAugment(nn.Module):
         # Advanced indexing around the channel slice gives (B, H, W, C): channels_last once permuted.
         picked = images[sample, :, src_rows.clamp(0, height - 1).unsqueeze(2), src_cols.clamp(0, width - 1).unsqueeze(1)]
         picked = picked.masked_fill_(~inside.unsqueeze(3), 0).permute(0, 3, 1, 2)
-        if not self.channels_last:
+        if not (self.channels_last if channels_last is None else channels_last):
             picked = picked.contiguous()
 
         mean, std = self._mean_std(device)
@@ -298,9 +300,10 @@ def collate_index_batch(items: List[tuple]) -> list:
             index_tensor.clone(), int(seeds[0])]
 
 
-def augment_batch(batch: list, cache: DecodedImageCache, augment: DeviceAugment, rank: int = 0) -> list:
+def augment_batch(batch: list, cache: DecodedImageCache, augment: DeviceAugment, rank: int = 0,
+                  channels_last: Optional[bool] = None) -> list:
     """Index batch (already on the device) -> [augmented images, labels, camids, indices]."""
     indices, labels, camids, _, batch_seed = batch
     images = cache.gather(indices)
     generator = batch_generator(batch_seed, rank, indices.device)
-    return [augment(images, generator), labels, camids, indices]
+    return [augment(images, generator, channels_last), labels, camids, indices]

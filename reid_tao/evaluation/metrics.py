@@ -37,7 +37,7 @@ from reid_tao.errors import ConfigError, DataError
 
 IdArray = Tensor | np.ndarray | Sequence[int]
 
-_CPU_BLOCK_ELEMENTS = 1 << 21  # distances handled per block on CPU (~30 bytes of scratch each)
+_CPU_BLOCK_ELEMENTS = 1 << 22  # distances handled per block on CPU (~30 bytes of scratch each)
 _GPU_BLOCK_ELEMENTS = 1 << 25
 _MAX_TABLE_LEVELS = 4  # rows needing more matches per cell are ranked by the exact sort
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -447,7 +447,7 @@ def evaluate_rankings(
     ``distmat`` may be a torch tensor on any device or a numpy array; ids and camera ids are 1-D
     integer arrays (converted to the distmat's device). ``cmc`` has ``max_rank`` entries even when
     that exceeds the gallery size (it is then 1.0 from the last reachable rank on). ``block_size`` is
-    the number of query rows handled at once (default: about 2M distances on CPU, 32M on GPU); memory
+    the number of query rows handled at once (default: about 4M distances on CPU, 32M on GPU); memory
     is O(block_size x G). Ties in distance are broken by gallery index (stable-sort order).
     Raises DataError when no query has a true match in the gallery.
     """
