@@ -30,7 +30,7 @@ def _top_level_help() -> str:
 
 
 def _task_parser(task: str) -> argparse.ArgumentParser:
-    fields = "\n".join(describe_fields(section) for section in HELP_SECTIONS[task])
+    fields = describe_fields(HELP_SECTIONS[task])
     parser = argparse.ArgumentParser(
         prog=f"reid {task}", description=DESCRIPTIONS[task], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"spec fields (section.key = default), settable in the spec or as overrides:\n{fields}")

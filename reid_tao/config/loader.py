@@ -146,12 +146,13 @@ def _all_keys(config: DictConfig, prefix: str = "") -> List[str]:
     return keys
 
 
-def describe_fields(section: Optional[str] = None) -> str:
-    """Text listing of every field with its type and default, for ``reid <task> --help``."""
+def describe_fields(sections: Iterable[str]) -> str:
+    """Text listing of the top-level fields and every field of `sections`, for ``reid <task> --help``."""
     config = schema_config()
+    wanted = tuple(sections)
     lines = []
     for key in _all_keys(config):
-        if section and not (key == section or key.startswith(section + ".") or "." not in key):
+        if "." in key and not key.startswith(tuple(f"{section}." for section in wanted)):
             continue
         value = OmegaConf.select(config, key)
         if isinstance(value, DictConfig):
