@@ -3,6 +3,11 @@
 
   python scripts/benchmark.py metrics --num-query 3368 --num-gallery 15913 --dim 2048 --device cpu
   python scripts/benchmark.py rerank  --num-query 3368 --num-gallery 15913 --dim 2048 --device cpu
+  python scripts/benchmark.py train    --data /data/market1501 --device cuda --epochs 2
+  python scripts/benchmark.py evaluate --data /data/market1501 --device cuda
+
+train and evaluate run on real images: a Market-1501 root, or (no --data) a small synthetic set
+generated into a temporary folder (CPU smoke runs: --backbone resnet_18 --height 64 --width 32).
 
 Add a subcommand by writing a ``run_<task>(args) -> dict`` function and registering it in
 ``build_parser``; heavy imports happen inside the subcommand so each one loads only what it needs.
@@ -11,6 +16,7 @@ Add a subcommand by writing a ``run_<task>(args) -> dict`` function and register
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -174,6 +180,347 @@ def run_rerank(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- training and end-to-end evaluation ------------------------------------------------------------------
+class _TemporaryMarket:
+    """``--data`` when given, else a small synthetic Market-1501 set in a temporary folder (removed on exit)."""
+
+    def __init__(self, data: str | None) -> None:
+        self.data, self._tmp = data, None
+
+    def __enter__(self) -> "Path":
+        from pathlib import Path
+
+        if self.data:
+            return Path(self.data)
+        import tempfile
+
+        from reid_tao.data.synthetic import generate_synthetic_market
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="reid_benchmark_")
+        return generate_synthetic_market(Path(self._tmp.name) / "market")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _sync(device: "torch.device") -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model_overrides(args: argparse.Namespace, root: "Path") -> list[str]:
+    """The BoT recipe (ResNet, last_stride 1, softmax_triplet + center loss, Adam 3.5e-4) as spec overrides."""
+    accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
+    gpu = args.device.split(":")[1] if ":" in args.device else "0"
+    return [
+        f"model.backbone={args.backbone}", "model.last_stride=1", "model.pretrain_choice=''",
+        f"model.input_height={args.height}", f"model.input_width={args.width}",
+        "model.metric_loss_type=triplet", "model.with_center_loss=true", "dataset.sampler=softmax_triplet",
+        f"dataset.train_dataset_dir={root / 'bounding_box_train'}",
+        f"dataset.batch_size={args.batch_size}", f"dataset.num_instances={args.num_instances}",
+        f"dataset.num_workers={args.workers}", f"train.accelerator={accelerator}", f"train.gpu_ids=[{gpu}]",
+        f"evaluate.accelerator={accelerator}", f"evaluate.gpu_ids=[{gpu}]", "train.seed=0",
+    ]
+
+
+def _trainer_devices(device: "torch.device") -> tuple[str, Any]:
+    return ("gpu", [device.index or 0]) if device.type == "cuda" else ("cpu", 1)
+
+
+def _time_ours(config: Any, device: "torch.device", args: argparse.Namespace) -> dict[str, Any]:
+    """Our training path: the real ReidDataModule + ReidModule in Lightning; steady-state images/s."""
+    import pytorch_lightning as pl
+    import torch
+
+    from reid_tao.build import build_datamodule, build_module, precision_for
+
+    class StepTimer(pl.Callback):
+        def __init__(self) -> None:
+            self.steps, self.start, self.end = 0, None, None
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            self.steps += 1
+            if self.steps == args.warmup_steps:
+                _sync(device)
+                self.start = time.perf_counter()
+
+        def on_train_end(self, trainer, module) -> None:
+            _sync(device)
+            self.end = time.perf_counter()
+
+    pl.seed_everything(0, verbose=False)
+    datamodule = build_datamodule(config, with_validation=False)
+    datamodule.setup("fit")
+    module = build_module(config, datamodule.num_classes, load_pretrained=False)
+    accelerator, devices = _trainer_devices(device)
+    precision = precision_for(config.train.precision, accelerator)
+    timer = StepTimer()
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, precision=precision,
+                         max_epochs=args.epochs, limit_train_batches=args.steps or 1.0, limit_val_batches=0,
+                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                         callbacks=[timer], benchmark=device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.fit(module, datamodule=datamodule)
+    measured = timer.steps - args.warmup_steps
+    if timer.start is None or measured < 1:
+        raise SystemExit(f"train benchmark: only {timer.steps} steps ran; lower --warmup-steps or add --epochs")
+    cache = datamodule.image_cache
+    return {
+        "images_per_s": measured * args.batch_size / (timer.end - timer.start),
+        "steps_per_epoch": trainer.num_training_batches,
+        "steps": timer.steps,
+        "precision": precision,
+        "pipeline": "gpu" if cache is not None else "cpu",
+        "cache_build_seconds": round(cache.build_seconds, 2) if cache is not None else None,
+        "cache_placement": cache.placement if cache is not None else None,
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else 0.0,
+        "num_classes": datamodule.num_classes,
+    }
+
+
+def _time_reference(config: Any, device: "torch.device", args: argparse.Namespace, num_classes: int,
+                    max_steps: int) -> float:
+    """What TAO / reid-strong-baseline do: torchvision transforms in DataLoader workers, eager NCHW model,
+    fp16 autocast + GradScaler, loss.item() every step for logging. Returns steady-state images/s."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from reid_tao.build import build_loss, build_model, image_size
+    from reid_tao.data.datasets import ImageDataset
+    from reid_tao.data.market import relabel, scan_market_folder
+    from reid_tao.data.samplers import PKSampler
+    from reid_tao.data.transforms import build_train_transform
+
+    data, optim = config.dataset, config.train.optim
+    records = scan_market_folder(data.train_dataset_dir, "dataset.train_dataset_dir")
+    labels, _ = relabel(records)
+    transform = build_train_transform(image_size(config), data.pixel_mean, data.pixel_std, data.prob, data.padding,
+                                      data.re_prob, data.interpolation)
+    dataset = ImageDataset([r.path for r in records], labels, [r.camid for r in records], transform)
+    sampler = PKSampler(labels, data.batch_size, data.num_instances, seed=0)
+    on_cuda = device.type == "cuda"
+    loader = DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=args.workers,
+                        pin_memory=on_cuda, drop_last=True, persistent_workers=args.workers > 0)
+
+    torch.manual_seed(0)
+    model = build_model(config, num_classes, load_pretrained=False).to(device).train()
+    criterion = build_loss(config, num_classes, model.feat_dim).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=optim.base_lr, weight_decay=optim.weight_decay)
+    center_optimizer = torch.optim.SGD(criterion.center_parameters(), lr=optim.center_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=on_cuda)
+
+    steps, start, end = 0, None, None
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        for images, targets, _, _ in loader:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=on_cuda):
+                logits, features = model(images)
+                loss = criterion(logits, features, targets)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            center_optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.step(center_optimizer)
+            scaler.update()
+            loss.item()  # the per-step loss meter of the reference trainers
+            steps += 1
+            if steps == args.warmup_steps:
+                _sync(device)
+                start = time.perf_counter()
+            if steps >= max_steps:
+                break
+        if steps >= max_steps:
+            break
+    _sync(device)
+    end = time.perf_counter()
+    return (steps - args.warmup_steps) * data.batch_size / (end - start)
+
+
+def _time_ceiling(config: Any, device: "torch.device", args: argparse.Namespace, num_classes: int,
+                  precision: str, steps: int) -> float:
+    """Forward + backward + optimiser steps on device-resident random tensors (ours' precision and memory
+    format): the speed no data path can beat. Returns images/s."""
+    import torch
+
+    from reid_tao.build import build_loss, build_model, optimizer_arguments
+    from reid_tao.engine.optim import build_center_optimizer, build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(config, num_classes, load_pretrained=False).to(device).train()
+    criterion = build_loss(config, num_classes, model.feat_dim).to(device)
+    optimizer = build_optimizer(model, **optimizer_arguments(config))
+    center_optimizer = build_center_optimizer(criterion.center_parameters(), config.train.optim.center_lr)
+    images = torch.randn(args.batch_size, 3, args.height, args.width, device=device)
+    if device.type == "cuda" and config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    ids = args.batch_size // args.num_instances
+    targets = (torch.randperm(num_classes)[:ids].repeat_interleave(args.num_instances)).to(device)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            logits, features = model(images)
+            loss = criterion(logits, features, targets)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        center_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        center_optimizer.step()
+
+    for _ in range(args.warmup_steps):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * args.batch_size / (time.perf_counter() - start)
+
+
+def _free_device_memory(device: "torch.device") -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from reid_tao.config.loader import load_config
+
+    device = torch.device(args.device)
+    with _TemporaryMarket(args.data) as root:
+        overrides = _model_overrides(args, root) + [f"train.num_epochs={args.epochs}",
+                                                    f"dataset.pipeline={args.pipeline}"]
+        config = load_config(None, overrides)
+        ours = _time_ours(config, device, args)
+        _free_device_memory(device)
+        measured_steps = ours["steps"] - args.warmup_steps
+        reference = _time_reference(config, device, args, ours["num_classes"], max_steps=ours["steps"])
+        _free_device_memory(device)
+        ceiling = _time_ceiling(config, device, args, ours["num_classes"], ours["precision"],
+                                steps=min(measured_steps, args.ceiling_steps))
+    rate = ours["images_per_s"]
+    return {
+        "task": "train",
+        "ours_images_per_s": round(rate, 2),
+        "reference_images_per_s": round(reference, 2),
+        "ceiling_images_per_s": round(ceiling, 2),
+        "ours_vs_reference": round(rate / reference, 3),
+        "ours_vs_ceiling": round(rate / ceiling, 3),
+        "seconds_per_epoch": round(ours["steps_per_epoch"] * args.batch_size / rate, 2),
+        "peak_gpu_mb": ours["peak_gpu_mb"],
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cache_build_seconds": ours["cache_build_seconds"],
+        "cache_placement": ours["cache_placement"],
+        "pipeline": ours["pipeline"],
+        "precision": ours["precision"],
+        "backbone": args.backbone,
+        "image_size": [args.height, args.width],
+        "batch_size": args.batch_size,
+        "reference_workers": args.workers,
+        "steps_per_epoch": ours["steps_per_epoch"],
+        "measured_steps": measured_steps,
+    }
+
+
+def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Market end to end: query + gallery features through the evaluate task's extractor, then distances
+    and metrics (and re-ranking with --rerank) on the device."""
+    import torch
+
+    from reid_tao.build import build_model, image_size
+    from reid_tao.config.loader import load_config
+    from reid_tao.data.datamodule import eval_dataset
+    from reid_tao.data.market import scan_market_folder
+    from reid_tao.data.transforms import build_eval_transform
+    from reid_tao.engine.extractor import extract
+    from reid_tao.evaluation.distance import pairwise_distance
+    from reid_tao.evaluation.metrics import evaluate_rankings
+    from reid_tao.evaluation.rerank import re_ranking
+
+    device = torch.device(args.device)
+    with _TemporaryMarket(args.data) as root:
+        config = load_config(None, _model_overrides(args, root) + [f"dataset.val_batch_size={args.batch_size}"])
+        query = scan_market_folder(str(root / "query"), "query")
+        gallery = scan_market_folder(str(root / "bounding_box_test"), "bounding_box_test")
+        data = config.dataset
+        preprocessing = (image_size(config), data.pixel_mean, data.pixel_std, data.interpolation)
+        if args.checkpoint:
+            from reid_tao.engine.checkpoint import load_model_from_checkpoint
+
+            model, meta = load_model_from_checkpoint(args.checkpoint, "--checkpoint")
+            preprocessing = (tuple(meta["input_size"]), meta["pixel_mean"], meta["pixel_std"],
+                             meta.get("interpolation", "bilinear"))
+        else:
+            torch.manual_seed(0)
+            model = build_model(config, num_classes=751, load_pretrained=False)  # random weights: timing only
+        dataset = eval_dataset(query + gallery, build_eval_transform(*preprocessing))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        features = extract(model, dataset, config.evaluate, args.batch_size, args.workers)
+        features = features.to(device)
+        _sync(device)
+        extracted = time.perf_counter()
+        pids = torch.tensor([r.pid for r in query + gallery], device=device)
+        camids = torch.tensor([r.camid for r in query + gallery], device=device)
+        q = len(query)
+        ids = (pids[:q], pids[q:], camids[:q], camids[q:])
+        result = evaluate_rankings(pairwise_distance(features[:q], features[q:]), *ids, max_rank=50)
+        reranked = None
+        if args.rerank:
+            normalised = torch.nn.functional.normalize(features, dim=1)
+            reranked = evaluate_rankings(re_ranking(normalised[:q], normalised[q:], k1=20, k2=6, lambda_value=0.3),
+                                         *ids, max_rank=50)
+        _sync(device)
+        end = time.perf_counter()
+    report = {
+        "task": "evaluate",
+        "seconds": round(end - start, 3),
+        "feature_seconds": round(extracted - start, 3),
+        "metrics_seconds": round(end - extracted, 3),
+        "images_per_s": round(len(dataset) / (extracted - start), 1),
+        "num_query": q,
+        "num_gallery": len(gallery),
+        "mAP": round(result.mAP, 4),
+        "rank1": round(float(result.cmc[0]), 4),
+        "rerank": bool(args.rerank),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else 0.0,
+        "peak_rss_mb": _peak_rss_mb(),
+        "device": args.device,
+        "backbone": args.backbone if not args.checkpoint else "checkpoint",
+    }
+    if reranked is not None:
+        report["reranked_mAP"] = round(reranked.mAP, 4)
+    return report
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    parser.add_argument("--data", default=None,
+                        help="Market-1501 root (bounding_box_train, bounding_box_test, query); default: a small "
+                             "synthetic set generated into a temporary folder")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--backbone", default="resnet_50", help="model.backbone (resnet_18 for CPU smoke runs)")
+    parser.add_argument("--height", type=int, default=256, help="model.input_height")
+    parser.add_argument("--width", type=int, default=128, help="model.input_width")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers (reference loop / evaluation)")
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-query", type=int, default=3368, help="query images (Market-1501: 3368)")
     parser.add_argument("--num-gallery", type=int, default=15913, help="gallery images (Market-1501: 15913)")
@@ -196,6 +543,24 @@ def build_parser() -> argparse.ArgumentParser:
     rerank = tasks.add_parser("rerank", help="time k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     _add_data_arguments(rerank)
     rerank.set_defaults(run=run_rerank)
+
+    train = tasks.add_parser("train", help="training images/s: ours vs a conventional loop vs the model-step "
+                                           "ceiling (BoT recipe)")
+    _add_model_arguments(train, batch_size=64)
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--num-instances", type=int, default=4, help="K of the PK sampler")
+    train.add_argument("--steps", type=int, default=0, help="limit the steps of each epoch (0: whole epochs)")
+    train.add_argument("--warmup-steps", type=int, default=10, help="untimed first steps of each contender")
+    train.add_argument("--ceiling-steps", type=int, default=100, help="timed steps of the model-step ceiling")
+    train.add_argument("--pipeline", default="gpu", choices=("gpu", "cpu", "auto"),
+                       help="dataset.pipeline of our run (gpu = decoded cache + on-device augmentation)")
+    train.set_defaults(run=run_train, repeats=1)
+
+    evaluate = tasks.add_parser("evaluate", help="Market end to end: query + gallery features, distances, metrics")
+    _add_model_arguments(evaluate, batch_size=256)
+    evaluate.add_argument("--checkpoint", default=None, help="a reid checkpoint (default: random weights)")
+    evaluate.add_argument("--rerank", action="store_true", help="also k-reciprocal re-ranking")
+    evaluate.set_defaults(run=run_evaluate, repeats=1, num_instances=4)
     return parser
 
 

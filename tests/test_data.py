@@ -143,3 +143,13 @@ def test_datamodule_builds_pk_batches(tiny_market):
     assert sorted(torch.bincount(labels).tolist())[-4:] == [2, 2, 2, 2]
     val = list(module.val_dataloader())
     assert sum(len(b[1]) for b in val) == len(module.query_records) + len(module.gallery_records)
+
+
+def test_seeded_sampler_gives_each_process_its_own_augmentation_seeds():
+    pids = [0, 0, 1, 1, 2, 2, 3, 3]
+    seeds = []
+    for rank in (0, 1):
+        sampler = SeededSampler(PKSampler(pids, batch_size=2, num_instances=2, seed=1, rank=rank, world_size=2),
+                                seed=1, rank=rank)
+        seeds.append({seed for _, seed in sampler})
+    assert not seeds[0] & seeds[1]

@@ -1,6 +1,5 @@
 """The "gpu" training data path on CPU: cache == CPU resize, augmentation == torchvision in values and
 distributions, determinism, data-module integration and an end-to-end `reid train`."""
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -101,6 +100,9 @@ def test_apply_equals_torchvision_steps_for_the_same_draws(channels_last):
     out = augment.apply(images, params)
     assert out.dtype == torch.float32 and out.shape == images.shape
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    overridden = augment.apply(images, params, channels_last=not channels_last)  # per-call override
+    assert torch.equal(overridden, out)
+    assert overridden.is_contiguous(memory_format=torch.contiguous_format if channels_last else torch.channels_last)
     for b in range(batch):
         box = params.boxes[b].tolist() if params.erase[b] else None
         expected = torchvision_reference(images[b], bool(params.flip[b]), *params.offsets[b].tolist(), padding, box)
@@ -259,13 +261,23 @@ def test_datamodule_augmentation_replays_per_epoch(tiny_market):
     assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
 
 
-def test_reid_train_with_gpu_pipeline_on_cpu(tiny_market, tmp_path, capsys):
-    results = tmp_path / "res"
-    code = main(["train"] + tiny_overrides(tiny_market, results, **{"dataset.pipeline": "gpu",
-                                                                    "train.num_epochs": 2}))
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    checkpoint = torch.load(results / "train" / "reid_model_latest.pth", weights_only=True)
-    assert checkpoint["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
-    assert len([line for line in captured.out.splitlines() if "img/s" in line]) == 2
+def test_reid_train_with_gpu_pipeline_on_cpu_and_resume(tiny_market, tmp_path, capsys):
+    """End to end with validation each epoch; interrupted + resumed equals uninterrupted."""
+    def train(results, epochs):
+        code = main(["train"] + tiny_overrides(tiny_market, results, **{"dataset.pipeline": "gpu",
+                                                                        "train.num_epochs": epochs}))
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        return captured.out
+
+    out = train(tmp_path / "full", 2)
+    lines = [line for line in out.splitlines() if "img/s" in line]
+    assert len(lines) == 2 and "val mAP" in lines[1]  # validation batches went through untouched
+    train(tmp_path / "split", 1)  # interrupted after epoch 1 ...
+    assert "resuming from" in train(tmp_path / "split", 2)  # ... and resumed automatically
+    full = torch.load(tmp_path / "full/train/reid_model_latest.pth", weights_only=True)
+    split = torch.load(tmp_path / "split/train/reid_model_latest.pth", weights_only=True)
+    assert full["epoch"] == split["epoch"] == 1
+    for key, value in full["state_dict"].items():
+        assert torch.isfinite(value).all() if value.is_floating_point() else True, key
+        assert torch.equal(value, split["state_dict"][key]), key

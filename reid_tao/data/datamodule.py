@@ -115,7 +115,7 @@ class ReidDataModule(pl.LightningDataModule):
         else:
             base = PKSampler(self.train_labels, self.batch_size, self.num_instances, seed=self.seed, rank=rank,
                              world_size=world_size)
-        sampler = SeededSampler(base, self.seed)
+        sampler = SeededSampler(base, self.seed, rank)
         # Lightning sets the epoch only after creating the first iterator; set it now for resumed runs.
         sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
         if on_device:

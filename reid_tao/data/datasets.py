@@ -47,10 +47,11 @@ class ImageDataset(Dataset):
 
 
 class SeededSampler(Sampler):
-    """Wraps an epoch-aware sampler and pairs each index with a seed derived from (seed, epoch, position)."""
+    """Wraps an epoch-aware sampler and pairs each index with a seed derived from
+    (seed, epoch, process rank, position): processes of a multi-process run draw different augmentations."""
 
-    def __init__(self, sampler: Sampler, seed: int):
-        self.sampler, self.seed, self.epoch = sampler, seed, 0
+    def __init__(self, sampler: Sampler, seed: int, rank: int = 0):
+        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -61,7 +62,7 @@ class SeededSampler(Sampler):
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        base = (self.seed * 1_000_003 + self.epoch * 7_919_993) % (2**62)
+        base = (self.seed * 1_000_003 + self.epoch * 7_919_993 + self.rank * 104_729_999_977) % (2**62)
         for position, index in enumerate(self.sampler):
             yield int(index), (base + position * 2_654_435_761) % (2**63)
 

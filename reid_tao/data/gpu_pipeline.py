@@ -45,7 +45,7 @@ _MASK64 = (1 << 64) - 1
 
 
 def resolve_pipeline(pipeline: str, device: Optional[torch.device] = None) -> str:
-    """"auto" -> "gpu" when training runs on a CUDA device (or, device unknown, when CUDA is available)."""
+    """The pipeline to use: "auto" is "gpu" on a CUDA training device (device unknown: when CUDA is available)."""
     if pipeline not in PIPELINES:
         raise ConfigError(f"dataset.pipeline={pipeline!r} is not one of {', '.join(PIPELINES)}")
     if pipeline != "auto":
@@ -112,7 +112,7 @@ class DecodedImageCache:
 
     @property
     def placement(self) -> str:
-        """"device" (GPU memory), "pinned" (page-locked host memory) or "host"."""
+        """Where the images are: "device" (GPU memory), "pinned" (page-locked host memory) or "host"."""
         if self.images.device.type != "cpu":
             return "device"
         return "pinned" if self.images.is_pinned() else "host"
@@ -225,7 +225,8 @@ class DeviceAugment(nn.Module):
     def apply(self, images: torch.Tensor, params: AugmentParams, channels_last: Optional[bool] = None) -> torch.Tensor:
         """Flip + pad/crop (one gather), normalise exactly like ToTensor + Normalize, then erase."""
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"DeviceAugment expects uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(f"DeviceAugment expects uint8 (B, 3, H, W) images, "
+                             f"got {images.dtype} {tuple(images.shape)}")
         batch, _, height, width = images.shape
         device = images.device
         rows = torch.arange(height, device=device)
@@ -237,8 +238,9 @@ class DeviceAugment(nn.Module):
                   & ((src_cols >= 0) & (src_cols < width)).unsqueeze(1))  # (B, H, W)
         src_cols = torch.where(params.flip.unsqueeze(1), width - 1 - src_cols, src_cols)
         sample = torch.arange(batch, device=device).view(batch, 1, 1)
+        src_rows, src_cols = src_rows.clamp(0, height - 1), src_cols.clamp(0, width - 1)
         # Advanced indexing around the channel slice gives (B, H, W, C): channels_last once permuted.
-        picked = images[sample, :, src_rows.clamp(0, height - 1).unsqueeze(2), src_cols.clamp(0, width - 1).unsqueeze(1)]
+        picked = images[sample, :, src_rows.unsqueeze(2), src_cols.unsqueeze(1)]
         picked = picked.masked_fill_(~inside.unsqueeze(3), 0).permute(0, 3, 1, 2)
         if not (self.channels_last if channels_last is None else channels_last):
             picked = picked.contiguous()

@@ -69,7 +69,8 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool) -> pl
         sync_batchnorm=sync_bn,
         precision=precision, max_epochs=train.num_epochs, default_root_dir=str(results),
         callbacks=[*checkpoint_callbacks(results, train.checkpoint_interval), EpochSummary(),
-                   TQDMProgressBar(leave=False)],
+                   # the bar reads the step loss back from the GPU: every 10 steps, not every step
+                   TQDMProgressBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False)],
         plugins=[AtomicCheckpointIO()], logger=_loggers(results),
         check_val_every_n_epoch=train.validation_interval, limit_val_batches=1.0 if has_validation else 0,
         num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,

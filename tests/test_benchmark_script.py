@@ -1,0 +1,37 @@
+"""Smoke test of scripts/benchmark.py train and evaluate on CPU (tiny synthetic data, resnet_18)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+TINY = ["--device", "cpu", "--backbone", "resnet_18", "--height", "32", "--width", "16", "--workers", "0"]
+
+
+def run_script(*arguments: str) -> dict:
+    done = subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, done.stdout  # one JSON line
+    return json.loads(lines[0])
+
+
+def test_train_benchmark_runs_on_cpu():
+    report = run_script("train", *TINY, "--epochs", "1", "--batch-size", "8", "--num-instances", "2",
+                        "--steps", "3", "--warmup-steps", "1", "--ceiling-steps", "2")
+    keys = {"task", "ours_images_per_s", "reference_images_per_s", "ceiling_images_per_s", "ours_vs_reference",
+            "ours_vs_ceiling", "seconds_per_epoch", "peak_gpu_mb", "device"}
+    assert keys <= report.keys() and report["task"] == "train" and report["device"] == "cpu"
+    for key in ("ours_images_per_s", "reference_images_per_s", "ceiling_images_per_s", "seconds_per_epoch"):
+        assert report[key] > 0, key
+    ratio = report["ours_images_per_s"] / report["reference_images_per_s"]
+    assert abs(report["ours_vs_reference"] - ratio) < 0.05 * ratio  # rates are rounded in the JSON
+    assert report["pipeline"] == "gpu" and report["cache_build_seconds"] >= 0 and report["measured_steps"] == 2
+
+
+def test_evaluate_benchmark_runs_on_cpu():
+    report = run_script("evaluate", *TINY, "--batch-size", "64")
+    assert report["task"] == "evaluate" and report["device"] == "cpu"
+    assert report["num_query"] > 0 and report["num_gallery"] > report["num_query"]
+    assert 0 < report["mAP"] <= 1 and 0 <= report["rank1"] <= 1
+    assert report["seconds"] >= report["feature_seconds"] > 0
