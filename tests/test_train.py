@@ -113,3 +113,22 @@ def test_resume_from_other_dataset_is_refused(tiny_market, tmp_path, capsys):
     other = make_market(tmp_path / "other", train_ids=range(1, 10))
     code = main(["train"] + tiny_overrides(other, tmp_path / "x"))
     assert code == 2 and "trained on 6 identities" in capsys.readouterr().err
+
+
+def test_grad_clip_limits_the_update(tiny_market, tmp_path, capsys):
+    def conv1_change(name, clip):
+        run_train(capsys, tiny_market, tmp_path / name, **{
+            "train.num_epochs": 1, "train.optim.name": "SGD", "train.optim.base_lr": 0.5,
+            "train.optim.warmup_iters": 1, "train.optim.weight_decay": 0.0, "train.optim.weight_decay_bias": 0.0,
+            "train.grad_clip": clip})
+        from reid_tao.build import build_model
+        from reid_tao.config.loader import load_config
+        import pytorch_lightning as pl
+
+        pl.seed_everything(1234, verbose=False)
+        initial = build_model(load_config(None, tiny_overrides(tiny_market, tmp_path)), num_classes=6)
+        trained = torch.load(tmp_path / name / "train/reid_model_latest.pth", weights_only=True)["state_dict"]
+        return (trained["model.backbone.conv1.weight"] - initial.backbone.conv1.weight).norm().item()
+
+    free, clipped = conv1_change("free", 0.0), conv1_change("clipped", 1e-6)
+    assert free > 0 and clipped < 1e-3 * free

@@ -84,6 +84,9 @@ def run(config: DictConfig) -> Path:
         pl.seed_everything(config.train.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config)
     datamodule.setup("fit")
+    if config.dataset.num_classes != datamodule.num_classes:
+        log.info("dataset.num_classes=%d is not needed: %d identities found in dataset.train_dataset_dir",
+                 config.dataset.num_classes, datamodule.num_classes)
     checkpoint = resume_path(config, results)
     if checkpoint:
         _check_resume(checkpoint, datamodule.num_classes)
