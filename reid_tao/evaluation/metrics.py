@@ -104,6 +104,16 @@ def _as_ids(values: IdArray, length: int, name: str, device: torch.device) -> Te
     return tensor.to(device=device, dtype=torch.int64)
 
 
+def _prepare_inputs(distmat, query_pids, gallery_pids, query_camids, gallery_camids):
+    """The distance matrix as a tensor and the four id arrays as int64 tensors on its device."""
+    dist = _as_distmat(distmat)
+    num_query, num_gallery = dist.shape
+    return (dist, _as_ids(query_pids, num_query, "query_pids", dist.device),
+            _as_ids(gallery_pids, num_gallery, "gallery_pids", dist.device),
+            _as_ids(query_camids, num_query, "query_camids", dist.device),
+            _as_ids(gallery_camids, num_gallery, "gallery_camids", dist.device))
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64 (and integers become float64, exact to 2**53); the rest upcast to float32."""
     if dtype == torch.float64 or not dtype.is_floating_point:
@@ -454,13 +464,10 @@ def evaluate_rankings(
     if int(max_rank) < 1:
         raise ConfigError(f"max_rank must be >= 1, got {max_rank}")
     max_rank = int(max_rank)
-    dist = _as_distmat(distmat)
+    dist, query_pids_t, gallery_pids_t, query_cams_t, gallery_cams_t = _prepare_inputs(
+        distmat, query_pids, gallery_pids, query_camids, gallery_camids)
     num_query, num_gallery = dist.shape
     device = dist.device
-    query_pids_t = _as_ids(query_pids, num_query, "query_pids", device)
-    gallery_pids_t = _as_ids(gallery_pids, num_gallery, "gallery_pids", device)
-    query_cams_t = _as_ids(query_camids, num_query, "query_camids", device)
-    gallery_cams_t = _as_ids(gallery_camids, num_gallery, "gallery_camids", device)
     dtype = _compute_dtype(dist.dtype)
 
     index = _IdIndex.build(query_pids_t, gallery_pids_t, query_cams_t, gallery_cams_t)
@@ -566,13 +573,10 @@ def top_ranked(
     if int(k) < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     k = int(k)
-    dist = _as_distmat(distmat)
+    dist, query_pids_t, gallery_pids_t, query_cams_t, gallery_cams_t = _prepare_inputs(
+        distmat, query_pids, gallery_pids, query_camids, gallery_camids)
     num_query, num_gallery = dist.shape
     device = dist.device
-    query_pids_t = _as_ids(query_pids, num_query, "query_pids", device)
-    gallery_pids_t = _as_ids(gallery_pids, num_gallery, "gallery_pids", device)
-    query_cams_t = _as_ids(query_camids, num_query, "query_camids", device)
-    gallery_cams_t = _as_ids(gallery_camids, num_gallery, "gallery_camids", device)
     dtype = _compute_dtype(dist.dtype)
 
     indices = torch.full((num_query, k), -1, dtype=torch.int64, device=device)
