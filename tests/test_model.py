@@ -85,3 +85,14 @@ def test_train_compile_wraps_forward_but_keeps_checkpoint_keys():
     module.on_fit_start()
     assert isinstance(module._train_forward, torch._dynamo.eval_frame.OptimizedModule)
     assert set(module.state_dict()) == keys_before
+
+
+def test_flip_feature_is_the_mean_of_image_and_mirror():
+    from reid_tao.evaluation.features import embed
+
+    model = Baseline(ResNetBackbone(18), num_classes=3, feat_dim=16).eval()
+    images = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        expected = (model(images) + model(images.flip(3))) / 2
+        assert torch.allclose(embed(model, images, flip=True), expected, atol=1e-6)
+        assert not torch.allclose(embed(model, images, flip=False), expected, atol=1e-4)
