@@ -132,3 +132,16 @@ def test_grad_clip_limits_the_update(tiny_market, tmp_path, capsys):
 
     free, clipped = conv1_change("free", 0.0), conv1_change("clipped", 1e-6)
     assert free > 0 and clipped < 1e-3 * free
+
+
+def test_corrupt_training_image_in_a_loader_worker_gives_one_line(tiny_market, tmp_path, capsys):
+    import shutil
+
+    market = tmp_path / "m"
+    shutil.copytree(tiny_market, market)
+    broken = sorted((market / "bounding_box_train").iterdir())[0]
+    broken.write_bytes(b"truncated")
+    code = main(["train"] + tiny_overrides(market, tmp_path / "r", **{"dataset.num_workers": 1}))
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.splitlines() == [err] and f"cannot read image {broken}" in err and "Traceback" not in err
