@@ -10,6 +10,7 @@ from torch import nn
 from ..data.datamodule import eval_loader
 from ..data.datasets import ImageDataset, ShardSampler
 from ..evaluation.features import embed
+from ..build import precision_for
 from .devices import plan_devices
 from .distributed import gather_by_index
 
@@ -39,17 +40,16 @@ class FeatureExtractor(pl.LightningModule):
         else:  # an empty shard
             rows = torch.empty((0, self.model.feat_dim), device=self.device)
             indices = torch.empty((0,), dtype=torch.long, device=self.device)
-        self.features = gather_by_index(self.all_gather, rows, indices, len(self.dataset),
-                                        self.trainer.world_size).cpu()
+        self.features = gather_by_index(self.all_gather, rows, indices, len(self.dataset), self.trainer.world_size)
 
 
 def extract(model: nn.Module, dataset: ImageDataset, section: DictConfig, batch_size: int, num_workers: int,
             flip: bool = False) -> Optional[torch.Tensor]:
-    """(N, D) float32 features in dataset order on the global-zero process; None on the others."""
+    """(N, D) float32 features in dataset order, on the device that extracted them, on the global-zero
+    process (so metrics and re-ranking run on the GPU when there is one); None on the other processes."""
     plan = plan_devices(section.accelerator, section.num_gpus, section.gpu_ids, 1, section=section._key())
-    precision = "bf16-mixed" if plan.accelerator == "gpu" and torch.cuda.is_bf16_supported() else "32"
     trainer = pl.Trainer(accelerator=plan.accelerator, devices=plan.devices, strategy=plan.strategy,
-                         precision=precision, logger=False, enable_checkpointing=False,
+                         precision=precision_for("auto", plan.accelerator), logger=False, enable_checkpointing=False,
                          use_distributed_sampler=False, enable_model_summary=False)
     extractor = FeatureExtractor(model, dataset, batch_size, num_workers, flip)
     trainer.predict(extractor, return_predictions=False)

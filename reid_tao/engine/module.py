@@ -106,7 +106,8 @@ class ReidModule(pl.LightningModule):
         self._val_outputs.append((torch.cat([features, ids], dim=1), batch[3]))
 
     def on_validation_epoch_end(self) -> None:
-        from ..evaluation.evaluator import rank_features
+        from ..evaluation.distance import pairwise_distance
+        from ..evaluation.metrics import evaluate_rankings
         from .distributed import gather_by_index
 
         if self.num_query == 0:
@@ -122,8 +123,9 @@ class ReidModule(pl.LightningModule):
         outputs = gather_by_index(self.all_gather, rows, indices, total, self.trainer.world_size)
         features, pids, camids = outputs[:, :-2], outputs[:, -2].long(), outputs[:, -1].long()
         q = self.num_query
-        result = rank_features(features[:q], features[q:], pids[:q], pids[q:], camids[:q], camids[q:],
-                               max_rank=max(self.max_rank, 10))
+        # The same two calls as `reid evaluate` (without re-ranking).
+        result = evaluate_rankings(pairwise_distance(features[:q], features[q:]), pids[:q], pids[q:], camids[:q],
+                                   camids[q:], max_rank=max(self.max_rank, 10))
         # Every process computed the same numbers from the same gathered features.
         self.log_dict({"val/mAP": result.mAP, "val/mINP": result.mINP, "val/rank1": float(result.cmc[0]),
                        "val/rank5": float(result.cmc[4]), "val/rank10": float(result.cmc[9])})

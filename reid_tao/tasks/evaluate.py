@@ -73,9 +73,6 @@ def run(config: DictConfig) -> Dict[str, RankMetrics]:
                        config.dataset.val_batch_size, config.dataset.num_workers, config.model.with_flip_feature)
     if features is None:
         return {}  # another process of a multi-process run: the global-zero process reports
-    device = torch.device("cuda") if torch.cuda.is_available() and config.evaluate.accelerator != "cpu" else None
-    if device is not None:
-        features = features.to(device)  # metrics and re-ranking run on the GPU when there is one
     pids = torch.tensor([r.pid for r in query + gallery])
     camids = torch.tensor([r.camid for r in query + gallery])
     q = len(query)

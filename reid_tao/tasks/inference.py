@@ -64,6 +64,6 @@ def run(config: DictConfig) -> Path:
     if features is None:
         return None  # another process of a multi-process run: the global-zero process writes the file
     output = Path(config.inference.output_file or results_dir / "inference.json")
-    count = write_embeddings_json(output, image_paths, features.split(1024))
+    count = write_embeddings_json(output, image_paths, features.cpu().split(1024))
     log.info("wrote %d embeddings (%d-d) to %s", count, meta["feat_dim"], output)
     return output
