@@ -4,8 +4,9 @@ import importlib
 import sys
 from typing import List, Optional
 
-from .config.loader import TASKS, describe_fields, load_config
+from .config.loader import TASKS, describe_fields
 from .errors import ReidError
+from .io import last_line
 
 DESCRIPTIONS = {
     "train": "train a re-identification model (resumes from results_dir/train/reid_model_latest.pth)",
@@ -42,8 +43,7 @@ def _task_parser(task: str) -> argparse.ArgumentParser:
 
 def _one_line(error: ReidError) -> str:
     # Errors raised in DataLoader workers come back wrapped with the worker's traceback: keep the last line.
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else type(error).__name__
+    last = last_line(error)
     prefix = f"{type(error).__module__}.{type(error).__name__}: "
     return last[len(prefix):] if last.startswith(prefix) else last
 
@@ -59,7 +59,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     args = _task_parser(task).parse_args(rest)
     try:
-        config = load_config(args.spec, args.overrides)
+        from .build import load_experiment  # imports torch: only once a task really runs
+
+        config = load_experiment(args.spec, args.overrides)
         module = importlib.import_module(f"reid_tao.tasks.{task}")
         module.run(config)
     except ReidError as error:

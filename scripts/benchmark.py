@@ -235,7 +235,9 @@ def _time_ours(config: Any, device: "torch.device", args: argparse.Namespace) ->
     import pytorch_lightning as pl
     import torch
 
-    from reid_tao.build import build_datamodule, build_module, precision_for
+    from reid_tao.build import build_datamodule, build_module
+    from reid_tao.engine.precision import precision_for
+    from reid_tao.data.pipelines import DevicePipeline
 
     class StepTimer(pl.Callback):
         def __init__(self) -> None:
@@ -269,7 +271,8 @@ def _time_ours(config: Any, device: "torch.device", args: argparse.Namespace) ->
     measured = timer.steps - args.warmup_steps
     if timer.start is None or measured < 1:
         raise SystemExit(f"train benchmark: only {timer.steps} steps ran; lower --warmup-steps or add --epochs")
-    cache = datamodule.image_cache
+    pipeline = datamodule.train_pipeline
+    cache = pipeline.image_cache if isinstance(pipeline, DevicePipeline) else None
     return {
         "images_per_s": measured * args.batch_size / (timer.end - timer.start),
         "steps_per_epoch": trainer.num_training_batches,
@@ -292,12 +295,13 @@ def _time_reference(config: Any, device: "torch.device", args: argparse.Namespac
 
     from reid_tao.build import build_loss, build_model, image_size
     from reid_tao.data.datasets import ImageDataset
-    from reid_tao.data.market import relabel, scan_market_folder
+    from reid_tao.data.layouts import read_split
+    from reid_tao.data.records import relabel
     from reid_tao.data.samplers import PKSampler
     from reid_tao.data.transforms import build_train_transform
 
     data, optim = config.dataset, config.train.optim
-    records = scan_market_folder(data.train_dataset_dir, "dataset.train_dataset_dir")
+    records = read_split(data.train_dataset_dir, "dataset.train_dataset_dir")
     labels, _ = relabel(records)
     transform = build_train_transform(image_size(config), data.pixel_mean, data.pixel_std, data.prob, data.padding,
                                       data.re_prob, data.interpolation)
@@ -398,13 +402,13 @@ def _free_device_memory(device: "torch.device") -> None:
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from reid_tao.config.loader import load_config
+    from reid_tao.build import load_experiment
 
     device = torch.device(args.device)
     with _TemporaryMarket(args.data) as root:
         overrides = _model_overrides(args, root) + [f"train.num_epochs={args.epochs}",
                                                     f"dataset.pipeline={args.pipeline}"]
-        config = load_config(None, overrides)
+        config = load_experiment(None, overrides)
         ours = _time_ours(config, device, args)
         _free_device_memory(device)
         measured_steps = ours["steps"] - args.warmup_steps
@@ -442,11 +446,9 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     and metrics (and re-ranking with --rerank) on the device."""
     import torch
 
-    from reid_tao.build import build_model, image_size
-    from reid_tao.config.loader import load_config
+    from reid_tao.build import build_model, load_experiment, load_trained_model, preprocessing_for
     from reid_tao.data.datamodule import eval_dataset
-    from reid_tao.data.market import scan_market_folder
-    from reid_tao.data.transforms import build_eval_transform
+    from reid_tao.data.layouts import read_split
     from reid_tao.engine.extractor import extract
     from reid_tao.evaluation.distance import pairwise_distance
     from reid_tao.evaluation.metrics import evaluate_rankings
@@ -454,21 +456,16 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     device = torch.device(args.device)
     with _TemporaryMarket(args.data) as root:
-        config = load_config(None, _model_overrides(args, root) + [f"dataset.val_batch_size={args.batch_size}"])
-        query = scan_market_folder(str(root / "query"), "query")
-        gallery = scan_market_folder(str(root / "bounding_box_test"), "bounding_box_test")
-        data = config.dataset
-        preprocessing = (image_size(config), data.pixel_mean, data.pixel_std, data.interpolation)
+        config = load_experiment(None, _model_overrides(args, root) + [f"dataset.val_batch_size={args.batch_size}"])
+        query = read_split(str(root / "query"), "query")
+        gallery = read_split(str(root / "bounding_box_test"), "bounding_box_test")
+        preprocessing = preprocessing_for(config)
         if args.checkpoint:
-            from reid_tao.engine.checkpoint import load_model_from_checkpoint
-
-            model, meta = load_model_from_checkpoint(args.checkpoint, "--checkpoint")
-            preprocessing = (tuple(meta["input_size"]), meta["pixel_mean"], meta["pixel_std"],
-                             meta.get("interpolation", "bilinear"))
+            model, preprocessing, _ = load_trained_model(args.checkpoint, "--checkpoint")
         else:
             torch.manual_seed(0)
             model = build_model(config, num_classes=751, load_pretrained=False)  # random weights: timing only
-        dataset = eval_dataset(query + gallery, build_eval_transform(*preprocessing))
+        dataset = eval_dataset(query + gallery, preprocessing.eval_transform())
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()

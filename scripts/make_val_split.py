@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -32,12 +31,18 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 try:
-    from reid_tao.data.market import ImageRecord, list_images, parse_market_name, scan_market_folder, summary_table
+    from reid_tao.data.layouts import read_split
+    from reid_tao.data.market import list_images, parse_market_name
+    from reid_tao.data.records import ImageRecord, summary_table
     from reid_tao.errors import ConfigError, DataError, ReidError
+    from reid_tao.io import staging_dir
 except ImportError:  # run from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from reid_tao.data.market import ImageRecord, list_images, parse_market_name, scan_market_folder, summary_table
+    from reid_tao.data.layouts import read_split
+    from reid_tao.data.market import list_images, parse_market_name
+    from reid_tao.data.records import ImageRecord, summary_table
     from reid_tao.errors import ConfigError, DataError, ReidError
+    from reid_tao.io import staging_dir
 
 TRAIN_FOLDER, QUERY_FOLDER, GALLERY_FOLDER = "bounding_box_train", "query", "bounding_box_test"
 SPLIT_FILE = "split.json"
@@ -60,7 +65,7 @@ def make_val_split(market_root: str | Path, out_dir: str | Path, num_val_ids: in
     _check_arguments(source, out, num_val_ids, queries_per_camera)
 
     train_dir = source / TRAIN_FOLDER
-    records = scan_market_folder(str(train_dir), f"{TRAIN_FOLDER} of {source}")
+    records = read_split(str(train_dir), f"{TRAIN_FOLDER} of {source}", layout="market1501")
     train_ids = sorted({r.pid for r in records if r.pid != DISTRACTOR_PID})
     if num_val_ids >= len(train_ids) - 1:
         raise ConfigError(f"--num-val-ids {num_val_ids} leaves fewer than 2 training identities "
@@ -147,9 +152,7 @@ def _count_junk(train_dir: Path) -> int:
 
 def _write_atomically(out: Path, folders: Dict[str, Sequence[ImageRecord]], split: dict) -> Tuple[int, int]:
     """Build the root in a temporary sibling folder, then rename it to ``out``; returns (linked, copied)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staging_dir(out) as staging:  # mode per umask (mkdtemp's was 0700), removed on failure
         linked = copied = 0
         can_link = True
         for folder, records in folders.items():
@@ -171,9 +174,6 @@ def _write_atomically(out: Path, folders: Dict[str, Sequence[ImageRecord]], spli
         if out.is_dir():
             out.rmdir()  # empty (checked); rename will not replace a directory on every platform
         os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return linked, copied
 
 

@@ -1,61 +1,25 @@
-"""Shared fixtures: tiny Market-1501 style folders made on the fly."""
+"""Shared fixtures (helpers live in helpers.py) and the ``gpu`` marker's skip on machines without CUDA."""
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from helpers import make_market
 
 
-def write_person(path: Path, pid: int, cam: int, index: int, size=(32, 16)) -> None:
-    """An image whose colours depend on the identity, with camera brightness and noise."""
-    rng = np.random.default_rng(pid * 1000 + cam * 100 + index)
-    h, w = size
-    top = np.array([(pid * 67) % 255, (pid * 131) % 255, (pid * 29) % 255], dtype=np.float32)
-    bottom = np.array([(pid * 43) % 255, (pid * 97) % 255, (pid * 173) % 255], dtype=np.float32)
-    image = np.empty((h, w, 3), dtype=np.float32)
-    image[: h // 2] = top
-    image[h // 2:] = bottom
-    image = image * (0.8 + 0.1 * cam) + rng.normal(0, 8, image.shape)
-    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skip them (not deselect) when it is absent."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_tests:
+        return
+    import torch
 
-
-def make_market(root: Path, train_ids=range(1, 7), test_ids=range(101, 105), cams=(1, 2), per_cam=3,
-                size=(32, 16)) -> Path:
-    """train: train_ids x cams x per_cam; query: one per (test id, cam 1); gallery: the rest + distractor + junk."""
-    for folder in ("bounding_box_train", "bounding_box_test", "query"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    for pid in train_ids:
-        for cam in cams:
-            for i in range(per_cam):
-                write_person(root / "bounding_box_train" / f"{pid:04d}_c{cam}s1_{i:06d}_00.jpg", pid, cam, i, size)
-    for pid in test_ids:
-        write_person(root / "query" / f"{pid:04d}_c1s1_000000_00.jpg", pid, 1, 0, size)
-        for cam in cams:
-            for i in range(1, per_cam):
-                write_person(root / "bounding_box_test" / f"{pid:04d}_c{cam}s1_{i:06d}_00.jpg", pid, cam, i, size)
-    write_person(root / "bounding_box_test" / "0000_c1s1_000009_00.jpg", 0, 1, 9, size)
-    write_person(root / "bounding_box_test" / "-1_c2s1_000009_00.jpg", 999, 2, 9, size)
-    return root
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in gpu_tests:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def tiny_market(tmp_path_factory) -> Path:
     return make_market(tmp_path_factory.mktemp("market"))
-
-
-def tiny_overrides(market: Path, results: Path, **extra) -> list:
-    """Overrides for a seconds-long CPU run on the tiny dataset."""
-    overrides = {
-        "results_dir": str(results),
-        "model.backbone": "resnet_18", "model.pretrain_choice": "''", "model.input_height": 32,
-        "model.input_width": 16, "model.feat_dim": 32,
-        "dataset.train_dataset_dir": str(market / "bounding_box_train"),
-        "dataset.query_dataset_dir": str(market / "query"),
-        "dataset.test_dataset_dir": str(market / "bounding_box_test"),
-        "dataset.batch_size": 8, "dataset.num_instances": 2, "dataset.num_workers": 0, "dataset.padding": 2,
-        "dataset.val_batch_size": 16,
-        "train.num_epochs": 2, "train.optim.warmup_iters": 1, "train.optim.lr_steps": "[1]",
-        "train.accelerator": "cpu",
-    }
-    overrides.update(extra)
-    return [f"{key}={value}" for key, value in overrides.items()]

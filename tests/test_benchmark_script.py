@@ -4,8 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 TINY = ["--device", "cpu", "--backbone", "resnet_18", "--height", "32", "--width", "16", "--workers", "0"]
+
+pytestmark = pytest.mark.slow  # subprocesses running whole benchmarks
 
 
 def run_script(*arguments: str) -> dict:

@@ -4,7 +4,8 @@ import textwrap
 import pytest
 from omegaconf import OmegaConf
 
-from reid_tao.config.loader import load_config, task_results_dir
+from reid_tao.build import load_experiment
+from reid_tao.config.loader import task_results_dir
 from reid_tao.errors import ConfigError
 
 TAO_EXAMPLE = """
@@ -77,7 +78,7 @@ def write_spec(tmp_path, text: str):
 
 
 def test_tao_example_spec_loads_unchanged(tmp_path):
-    config = load_config(write_spec(tmp_path, TAO_EXAMPLE))
+    config = load_experiment(write_spec(tmp_path, TAO_EXAMPLE))
     assert config.train.optim.lr_steps == [40, 70]  # TAO's `steps` spelling
     assert config.train.results_dir == "/path/to/experiment_results/train"  # interpolation resolved
     assert config.re_ranking.re_ranking is True
@@ -90,7 +91,7 @@ def test_tao_example_spec_loads_unchanged(tmp_path):
 
 
 def test_defaults_match_tao():
-    config = load_config(None)
+    config = load_experiment(None)
     assert config.model.backbone == "resnet_50" and config.model.feat_dim == 256
     assert config.dataset.batch_size == 64 and config.dataset.num_instances == 4
     assert list(config.dataset.pixel_std) == [0.226, 0.226, 0.226]
@@ -99,7 +100,7 @@ def test_defaults_match_tao():
 
 
 def test_overrides_use_hydra_grammar(tmp_path):
-    config = load_config(write_spec(tmp_path, TAO_EXAMPLE),
+    config = load_experiment(write_spec(tmp_path, TAO_EXAMPLE),
                          ["train.num_epochs=3", "train.optim.lr_steps=[5,8]", "model.pretrained_model_path=null",
                           "train.optim.steps=[1,2]", "dataset.pixel_mean=[0.5,0.5,0.5]"])
     assert config.train.num_epochs == 3
@@ -132,7 +133,7 @@ def test_overrides_use_hydra_grammar(tmp_path):
 ])
 def test_bad_overrides_give_one_clear_line(overrides, expected):
     with pytest.raises(ConfigError) as error:
-        load_config(None, overrides)
+        load_experiment(None, overrides)
     message = str(error.value)
     assert expected in message
     assert "\n" not in message
@@ -141,32 +142,32 @@ def test_bad_overrides_give_one_clear_line(overrides, expected):
 def test_unknown_key_in_spec_names_file_and_suggests(tmp_path):
     spec = write_spec(tmp_path, "model:\n  feat_dimm: 512\n")
     with pytest.raises(ConfigError, match=r"unknown field model.feat_dimm in .*spec.yaml; did you mean model.feat_dim"):
-        load_config(spec)
+        load_experiment(spec)
 
 
 def test_wrong_type_in_spec(tmp_path):
     spec = write_spec(tmp_path, "dataset:\n  batch_size: many\n")
     with pytest.raises(ConfigError, match="dataset.batch_size"):
-        load_config(spec)
+        load_experiment(spec)
 
 
 def test_missing_and_broken_spec_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(str(tmp_path / "nope.yaml"))
+        load_experiment(str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="cannot parse spec file"):
-        load_config(write_spec(tmp_path, "model: [unclosed\n"))
+        load_experiment(write_spec(tmp_path, "model: [unclosed\n"))
 
 
 def test_conflicting_aliases(tmp_path):
     spec = write_spec(tmp_path, "train:\n  optim:\n    steps: [1, 2]\n    lr_steps: [3, 4]\n")
     with pytest.raises(ConfigError, match="same field"):
-        load_config(spec)
+        load_experiment(spec)
 
 
 def test_swin_needs_sizes_divisible_by_32():
     with pytest.raises(ConfigError, match="divisible by 32"):
-        load_config(None, ["model.backbone=swin_tiny_patch4_window7_224", "model.input_width=100"])
-    config = load_config(None, ["model.backbone=swin_tiny_patch4_window7_224", "model.drop_path=0.2"])
+        load_experiment(None, ["model.backbone=swin_tiny_patch4_window7_224", "model.input_width=100"])
+    config = load_experiment(None, ["model.backbone=swin_tiny_patch4_window7_224", "model.drop_path=0.2"])
     assert config.model.drop_path == pytest.approx(0.2)
 
 
@@ -175,5 +176,5 @@ SPECS = sorted((__import__("pathlib").Path(__file__).parent.parent / "specs").gl
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 def test_shipped_specs_load(spec):
-    config = load_config(str(spec))
+    config = load_experiment(str(spec))
     assert config.model.backbone and config.train.num_epochs >= 1

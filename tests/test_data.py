@@ -1,17 +1,22 @@
 """Market-1501 parsing, folders, transforms and the datamodule."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from reid_tao.data.datamodule import ReidDataModule
+from reid_tao.data.datamodule import MARKET_PREPROCESSING, AugmentSettings, LoaderSettings, ReidDataModule
+from reid_tao.data.batch import Batch
 from reid_tao.data.datasets import ImageDataset, SeededSampler
-from reid_tao.data.market import parse_market_name, relabel, scan_market_folder, summary_table
+from reid_tao.data.layouts import LAYOUTS, detect_layout, read_split
+from reid_tao.data.market import parse_market_name, scan_market_folder
+from reid_tao.data.records import relabel, summary_table
 from reid_tao.data.samplers import PKSampler
 from reid_tao.data.transforms import build_eval_transform, build_train_transform
 from reid_tao.errors import DataError
 
-from conftest import make_market, write_person
+from helpers import make_market, write_person
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -39,7 +44,7 @@ def test_scan_skips_junk_keeps_distractors_accepts_png(tmp_path):
 
 
 def test_relabel_maps_to_consecutive_labels():
-    from reid_tao.data.market import ImageRecord
+    from reid_tao.data.records import ImageRecord
 
     records = [ImageRecord("a", 7, 1), ImageRecord("b", 3, 1), ImageRecord("c", 7, 2), ImageRecord("d", 1500, 1)]
     labels, mapping = relabel(records)
@@ -69,7 +74,7 @@ def test_corrupt_image_names_the_file(tmp_path):
 
 def test_single_identity_training_folder_is_rejected(tmp_path):
     root = make_market(tmp_path / "m", train_ids=[5], test_ids=[101])
-    module = ReidDataModule(str(root / "bounding_box_train"), batch_size=4, num_instances=2)
+    module = ReidDataModule(str(root / "bounding_box_train"), loader=LoaderSettings(batch_size=4, num_instances=2))
     with pytest.raises(DataError, match="single identity"):
         module.setup("fit")
 
@@ -134,8 +139,10 @@ def test_seeded_sampler_makes_augmentation_reproducible(tiny_market):
 
 def test_datamodule_builds_pk_batches(tiny_market):
     module = ReidDataModule(str(tiny_market / "bounding_box_train"), str(tiny_market / "query"),
-                            str(tiny_market / "bounding_box_test"), image_size=(32, 16), batch_size=8,
-                            num_instances=2, num_workers=0, padding=2)
+                            str(tiny_market / "bounding_box_test"),
+                            preprocessing=replace(MARKET_PREPROCESSING, input_size=(32, 16)),
+                            augment=AugmentSettings(padding=2),
+                            loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0))
     module.setup("fit")
     assert module.num_classes == 6 and module.has_validation
     images, labels, camids, _ = next(iter(module.train_dataloader()))
@@ -153,3 +160,36 @@ def test_seeded_sampler_gives_each_process_its_own_augmentation_seeds():
                                 seed=1, rank=rank)
         seeds.append({seed for _, seed in sampler})
     assert not seeds[0] & seeds[1]
+
+
+def test_read_split_detects_market_folders(tiny_market, tmp_path):
+    folder = str(tiny_market / "bounding_box_test")
+    assert detect_layout(folder) == "market1501" and "market1501" in LAYOUTS
+    assert read_split(folder, "x") == read_split(folder, "x", layout="market1501") == scan_market_folder(folder, "x")
+    with pytest.raises(DataError, match=r"dataset.query_dataset_dir: folder .*missing does not exist"):
+        read_split(str(tmp_path / "missing"), "dataset.query_dataset_dir")  # no layout matches: the default reports
+    with pytest.raises(ValueError, match="layout 'msmt'"):
+        read_split(folder, "x", layout="msmt")
+
+
+def test_loaders_yield_named_batches(tiny_market):
+    module = ReidDataModule(str(tiny_market / "bounding_box_train"), str(tiny_market / "query"),
+                            str(tiny_market / "bounding_box_test"),
+                            preprocessing=replace(MARKET_PREPROCESSING, input_size=(32, 16)),
+                            loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0))
+    module.setup("fit")
+    train, val = next(iter(module.train_dataloader())), next(iter(module.val_dataloader()))
+    assert isinstance(train, Batch) and isinstance(val, Batch)
+    assert train.images.shape == (8, 3, 32, 16) and train.pids.shape == train.camids.shape == train.indices.shape
+    assert val.indices.tolist() == list(range(len(val.indices)))
+
+
+def test_too_few_identities_for_pk_batches_over_all_processes(tiny_market):
+    class Trainer:  # what setup reads of a Lightning trainer: 6 identities < 2 per batch x 4 processes
+        global_rank, world_size = 0, 4
+
+    module = ReidDataModule(str(tiny_market / "bounding_box_train"),
+                            loader=LoaderSettings(batch_size=4, num_instances=2, num_workers=0))
+    module.trainer = Trainer()
+    with pytest.raises(DataError, match=r"6 identities are fewer than the 2 per PK batch .* x 4 processes"):
+        module.setup("fit")

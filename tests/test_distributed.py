@@ -10,7 +10,9 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
+
+pytestmark = pytest.mark.slow  # real processes
 
 TIMEOUT = 600
 

@@ -10,14 +10,14 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from reid_tao.cli import main
-from reid_tao.data.datamodule import ReidDataModule
+from reid_tao.data.datamodule import AugmentSettings, LoaderSettings, Preprocessing, ReidDataModule
 from reid_tao.data.datasets import load_rgb
 from reid_tao.data.gpu_pipeline import (AugmentParams, DecodedImageCache, DeviceAugment, IndexDataset,
                                         augment_batch, batch_generator, collate_index_batch, resolve_pipeline)
 from reid_tao.data.transforms import build_eval_transform
-from reid_tao.errors import ConfigError, DataError
+from reid_tao.errors import DataError
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.226, 0.225, 0.229]
 
@@ -196,15 +196,15 @@ def test_same_seed_same_augmentation_regardless_of_global_rng():
 def test_index_loader_collates_batch_seed():
     dataset = IndexDataset([5, 6, 7], [1, 2, 1])
     batch = collate_index_batch([dataset[(2, 41)], dataset[(0, 42)]])
-    assert batch[0].tolist() == [2, 0] and batch[1].tolist() == [7, 5] and batch[2].tolist() == [1, 1]
-    assert batch[3].tolist() == [2, 0] and batch[4] == 41 and isinstance(batch[4], int)
+    assert batch.indices.tolist() == [2, 0] and batch.pids.tolist() == [7, 5] and batch.camids.tolist() == [1, 1]
+    assert batch.seed == 41 and isinstance(batch.seed, int)
 
 
 def test_resolve_pipeline():
     assert resolve_pipeline("cpu") == "cpu" and resolve_pipeline("gpu") == "gpu"
     assert resolve_pipeline("auto", torch.device("cpu")) == "cpu"
     assert resolve_pipeline("auto", torch.device("cuda", 0)) == "gpu"
-    with pytest.raises(ConfigError, match="dataset.pipeline"):
+    with pytest.raises(ValueError, match="pipeline='fast'"):
         resolve_pipeline("fast")
 
 
@@ -214,11 +214,11 @@ def fake_trainer(training=True, rank=0, epoch=0):
                            strategy=SimpleNamespace(root_device=torch.device("cpu")))
 
 
-def make_module(market, pipeline, **extra):
-    arguments = dict(image_size=(32, 16), batch_size=8, num_instances=2, num_workers=0, padding=2,
-                     pixel_mean=MEAN, pixel_std=STD, seed=3)
-    arguments.update(extra)
-    module = ReidDataModule(str(market / "bounding_box_train"), pipeline=pipeline, **arguments)
+def make_module(market, pipeline, **augment):
+    module = ReidDataModule(str(market / "bounding_box_train"), pipeline=pipeline,
+                            preprocessing=Preprocessing((32, 16), MEAN, STD),
+                            augment=AugmentSettings(**{"padding": 2, **augment}),
+                            loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0, seed=3))
     module.trainer = fake_trainer()
     module.setup("fit")
     return module
@@ -230,9 +230,10 @@ def test_datamodule_gpu_pipeline_same_batches_as_cpu(tiny_market):
     cpu_batches = list(cpu.train_dataloader())
     index_batches = list(gpu.train_dataloader())
     assert len(index_batches) == len(cpu_batches) > 0
-    assert gpu.image_cache is not None and len(gpu.image_cache) == len(gpu.train_records)
+    cache = gpu.train_pipeline.image_cache
+    assert cache is not None and len(cache) == len(gpu.train_records)
     for (_, labels, camids, indices), raw in zip(cpu_batches, index_batches):
-        assert torch.equal(raw[0], indices) and torch.equal(raw[1], labels) and torch.equal(raw[2], camids)
+        assert torch.equal(raw.indices, indices) and torch.equal(raw.pids, labels) and torch.equal(raw.camids, camids)
         images, out_labels, out_camids, out_indices = gpu.on_after_batch_transfer(raw, 0)
         assert images.shape == (8, 3, 32, 16) and images.dtype == torch.float32
         assert torch.equal(out_labels, labels) and torch.equal(out_indices, indices)
@@ -245,7 +246,7 @@ def test_datamodule_without_augmentation_equals_eval_transform(tiny_market):
     module = make_module(tiny_market, "gpu", flip_prob=0.0, padding=0, erase_prob=0.0)
     raw = next(iter(module.train_dataloader()))
     images = module.on_after_batch_transfer(raw, 0)[0]
-    for image, index in zip(images, raw[0].tolist()):
+    for image, index in zip(images, raw.indices.tolist()):
         assert torch.equal(image, module.eval_transform(load_rgb(module.train_records[index].path)))
 
 
@@ -253,14 +254,16 @@ def test_datamodule_augmentation_replays_per_epoch(tiny_market):
     def epoch_images(epoch):
         module = make_module(tiny_market, "gpu")
         module.trainer = fake_trainer(epoch=epoch)
-        return [augment_batch(raw, module.image_cache, module.device_augment)[0]
-                for raw in module.train_dataloader()]
+        loader = module.train_dataloader()
+        pipeline = module.train_pipeline
+        return [augment_batch(raw, pipeline.image_cache, pipeline.augment).images for raw in loader]
 
     first, again, other = epoch_images(2), epoch_images(2), epoch_images(3)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
 
 
+@pytest.mark.slow
 def test_reid_train_with_gpu_pipeline_on_cpu_and_resume(tiny_market, tmp_path, capsys):
     """End to end with validation each epoch; interrupted + resumed equals uninterrupted."""
     def train(results, epochs):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from reid_tao.errors import ConfigError, DataError
+from reid_tao.errors import DataError
+from reid_tao.evaluation import fast_ranking
 from reid_tao.evaluation import metrics as metrics_module
 from reid_tao.evaluation.distance import pairwise_distance
 from reid_tao.evaluation.metrics import RankMetrics, evaluate_rankings, top_ranked
@@ -158,7 +159,7 @@ def test_bad_inputs_raise_clear_errors():
         evaluate_rankings(np.ones((2, 3)), [1], [1, 2, 2], [0, 0], [1, 1, 1])
     with pytest.raises(DataError, match="NaN"):
         evaluate_rankings(np.array([[0.1, np.nan, 0.3]]), [1], [1, 2, 2], [0], [1, 1, 1])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError, match="max_rank"):
         evaluate_rankings(np.ones((1, 3)), [1], [1, 2, 2], [0], [1, 1, 1], max_rank=0)
 
 
@@ -281,13 +282,13 @@ def test_two_matches_one_ulp_apart_with_items_below_them():
 
 def test_most_rows_take_the_single_scatter_pass(monkeypatch):
     slot_rows = []
-    original = metrics_module._FastRanker._before_by_slots
+    original = fast_ranking._FastRanker._before_by_slots
 
     def recording(self, keys, *args):
         slot_rows.append(keys.shape[0])
         return original(self, keys, *args)
 
-    monkeypatch.setattr(metrics_module._FastRanker, "_before_by_slots", recording)
+    monkeypatch.setattr(fast_ranking._FastRanker, "_before_by_slots", recording)
     rng = np.random.default_rng(12)
     ids = random_protocol(rng, 200, 600, 60, 4)
     assert_matches_reference(rng.random((200, 600)).astype(np.float32), ids, 10)

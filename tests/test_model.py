@@ -4,7 +4,7 @@ import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from reid_tao.build import build_model
-from reid_tao.config.loader import load_config
+from reid_tao.build import load_experiment
 from reid_tao.model.backbones.resnet import ResNetBackbone
 from reid_tao.model.baseline import Baseline
 from reid_tao.model.pooling import GeneralizedMeanPooling
@@ -59,14 +59,14 @@ def test_gem_pooling():
     assert torch.allclose(pool(x), x.mean(dim=(2, 3)), atol=1e-5)
     pool_max_like = GeneralizedMeanPooling(p=30.0)
     assert torch.allclose(pool_max_like(x), x.amax(dim=(2, 3)), atol=0.1)
-    model = build_model(load_config(None, ["model.backbone=resnet_18", "model.gem_pooling=true",
+    model = build_model(load_experiment(None, ["model.backbone=resnet_18", "model.gem_pooling=true",
                                            "model.pretrain_choice=''"]), num_classes=3)
     assert isinstance(model.pool, GeneralizedMeanPooling)
     assert any(p is model.pool.p for p in model.parameters())  # p is learned
 
 
 def test_build_model_maps_spec_fields():
-    config = load_config(None, ["model.backbone=resnet_34", "model.last_stride=2", "model.feat_dim=128",
+    config = load_experiment(None, ["model.backbone=resnet_34", "model.last_stride=2", "model.feat_dim=128",
                                 "model.neck=''", "model.neck_feat=before", "model.pretrain_choice=''"])
     model = build_model(config, num_classes=11)
     assert isinstance(model.backbone.layer1[0], BasicBlock)
@@ -78,7 +78,7 @@ def test_build_model_maps_spec_fields():
 def test_train_compile_wraps_forward_but_keeps_checkpoint_keys():
     from reid_tao.build import build_module
 
-    config = load_config(None, ["model.backbone=resnet_18", "model.pretrain_choice=''", "train.compile=true"])
+    config = load_experiment(None, ["model.backbone=resnet_18", "model.pretrain_choice=''", "train.compile=true"])
     module = build_module(config, num_classes=3)
     keys_before = set(module.state_dict())
     assert module._train_forward is module.model

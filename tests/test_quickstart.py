@@ -2,11 +2,14 @@
 import csv
 from pathlib import Path
 
+import pytest
+
 from reid_tao.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_quickstart_generates_data_trains_and_learns(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the spec's relative data/ and results/ folders land here
     code = main(["train", "-e", str(ROOT / "specs" / "quickstart.yaml"), "train.num_epochs=4",

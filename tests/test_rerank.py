@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid_tao.errors import ConfigError, DataError
+from reid_tao.errors import DataError
 from reid_tao.evaluation.rerank import re_ranking
 
 
@@ -231,7 +231,7 @@ def test_memory_does_not_grow_with_the_square_of_the_probe_count():
     assert growth_mb < 150, f"peak RSS grew by {growth_mb:.0f} MB"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_gpu_matches_cpu():
     features = clustered_features(num_ids=20, per_id=8, dim=32, seed=80).float()
     cpu = re_ranking(features[:30], features[30:])
@@ -250,9 +250,9 @@ def test_gpu_matches_cpu():
         ({"block_size": 0}, "block_size"),
     ],
 )
-def test_bad_parameters_raise_config_error(kwargs, field):
+def test_bad_parameters_raise_value_error(kwargs, field):
     features = random_features(10, 8, seed=90)
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ValueError, match=field):
         re_ranking(features[:2], features[2:], **kwargs)
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from reid_tao.data.samplers import PKSampler
-from reid_tao.errors import ConfigError, DataError
 
 
 def _pids(counts: list[int], first_pid: int = 1) -> np.ndarray:
@@ -177,21 +176,20 @@ def test_works_with_a_dataloader() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "named"),
     [
-        ({"batch_size": 10, "num_instances": 4}, ConfigError),
-        ({"batch_size": 0, "num_instances": 4}, ConfigError),
-        ({"batch_size": 8, "num_instances": 0}, ConfigError),
-        ({"batch_size": 8, "num_instances": 4, "rank": 2, "world_size": 2}, ConfigError),
-        ({"batch_size": 16, "num_instances": 4}, DataError),  # 3 ids < P=4
-        ({"batch_size": 8, "num_instances": 4, "world_size": 2}, DataError),  # 3 ids < 2*2
+        ({"batch_size": 10, "num_instances": 4}, "batch_size"),
+        ({"batch_size": 0, "num_instances": 4}, "batch_size"),
+        ({"batch_size": 8, "num_instances": 0}, "num_instances"),
+        ({"batch_size": 8, "num_instances": 4, "rank": 2, "world_size": 2}, "rank"),
+        ({"batch_size": 16, "num_instances": 4}, "pids"),  # 3 ids < P=4
+        ({"batch_size": 8, "num_instances": 4, "world_size": 2}, "world_size"),  # 3 ids < 2*2
     ],
 )
-def test_invalid_arguments_raise_value_errors(kwargs: dict, error: type) -> None:
+def test_invalid_arguments_raise_value_errors(kwargs: dict, named: str) -> None:
     pids = _pids([5, 5, 5])
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match=named):
         PKSampler(pids, **kwargs)
-    assert isinstance(info.value, error)
 
 
 def test_market_sized_epoch_runs_quickly() -> None:

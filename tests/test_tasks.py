@@ -8,7 +8,7 @@ from PIL import Image
 
 from reid_tao.cli import main
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +121,14 @@ def test_export_parity_failure_is_reported(trained, tmp_path, monkeypatch, capsy
 
 
 def test_pretrain_choice_self_loads_backbone_and_new_classifier(tiny_market, trained, tmp_path, capsys):
-    from conftest import make_market
+    from helpers import make_market
 
     from reid_tao.build import build_model
-    from reid_tao.config.loader import load_config
+    from reid_tao.build import load_experiment
     from reid_tao.engine.checkpoint import model_state_dict
 
     other = make_market(tmp_path / "other", train_ids=range(20, 29))  # 9 new identities
-    config = load_config(None, tiny_overrides(other, tmp_path / "r", **{"model.pretrain_choice": "self",
+    config = load_experiment(None, tiny_overrides(other, tmp_path / "r", **{"model.pretrain_choice": "self",
                                                                         "model.pretrained_model_path": str(trained)}))
     model = build_model(config, num_classes=9)
     source = model_state_dict(torch.load(trained, weights_only=True))
@@ -138,6 +138,7 @@ def test_pretrain_choice_self_loads_backbone_and_new_classifier(tiny_market, tra
     assert "loaded" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_swin_tiny_trains_and_exports_through_the_cli(tiny_market, tmp_path, capsys):
     results = tmp_path / "swin"
     overrides = tiny_overrides(tiny_market, results, **{
@@ -145,7 +146,7 @@ def test_swin_tiny_trains_and_exports_through_the_cli(tiny_market, tmp_path, cap
         "model.reduce_feat_dim": True, "train.num_epochs": 1, "dataset.interpolation": "bicubic"})
     assert main(["train"] + overrides) == 0, capsys.readouterr().err
     checkpoint = results / "train" / "reid_model_latest.pth"
-    assert torch.load(checkpoint, weights_only=True)["reid_tao"]["interpolation"] == "bicubic"
+    assert torch.load(checkpoint, weights_only=True)["reid_tao"]["preprocessing"]["interpolation"] == "bicubic"
     onnx_file = tmp_path / "swin.onnx"
     assert main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}",
                  f"export.onnx_file={onnx_file}"]) == 0, capsys.readouterr().err

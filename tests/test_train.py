@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from reid_tao.cli import main
-from reid_tao.engine.checkpoint import atomic_torch_save, model_state_dict
+from reid_tao.engine.checkpoint import model_state_dict
+from reid_tao.io import atomic_torch_save
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
 
 def run_train(capsys, market, results, **extra):
@@ -28,8 +29,9 @@ def test_train_writes_tao_checkpoints_and_metadata(tiny_market, tmp_path, capsys
     assert not list(train_dir.glob(".*tmp*"))  # no temporary files left behind
     checkpoint = torch.load(train_dir / "reid_model_latest.pth", weights_only=True)
     meta = checkpoint["reid_tao"]
-    assert meta["num_classes"] == 6 and meta["input_size"] == [32, 16] and meta["feat_dim"] == 32
-    assert meta["config"]["model"]["backbone"] == "resnet_18"
+    # the stored config is the one source for the architecture; preprocessing travels as its own value
+    assert meta["num_classes"] == 6 and meta["preprocessing"]["input_size"] == [32, 16]
+    assert meta["config"]["model"]["backbone"] == "resnet_18" and meta["config"]["model"]["feat_dim"] == 32
     assert checkpoint["epoch"] == 2
     # one summary line per epoch, with validation metrics
     lines = [line for line in out.out.splitlines() if "img/s" in line]
@@ -37,6 +39,7 @@ def test_train_writes_tao_checkpoints_and_metadata(tiny_market, tmp_path, capsys
     assert (results / "train" / "logs").is_dir()
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tiny_market, tmp_path, capsys):
     extra = {"train.num_epochs": 3, "model.with_center_loss": True, "train.optim.lr_steps": "[2]"}
     run_train(capsys, tiny_market, tmp_path / "full", **extra)
@@ -63,16 +66,17 @@ def test_centers_move_during_training(tiny_market, tmp_path, capsys):
     first = torch.load(tmp_path / "c/train/model_epoch_000.pth", weights_only=True)
     # rebuild the initial centers: the same seed gives the same initialisation
     from reid_tao.build import build_module
-    from reid_tao.config.loader import load_config
+    from reid_tao.build import load_experiment
     import pytorch_lightning as pl
 
-    config = load_config(None, tiny_overrides(tiny_market, tmp_path / "c", **{"model.with_center_loss": True}))
+    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path / "c", **{"model.with_center_loss": True}))
     pl.seed_everything(config.train.seed, verbose=False)
     initial = build_module(config, num_classes=6).loss.center_loss.centers.detach()
     trained = first["state_dict"]["loss.center_loss.centers"]
     assert not torch.allclose(initial, trained)  # TAO never steps the center optimiser (bug B2)
 
 
+@pytest.mark.slow
 def test_raising_num_epochs_continues(tiny_market, tmp_path, capsys):
     run_train(capsys, tiny_market, tmp_path / "r", **{"train.num_epochs": 1})
     run_train(capsys, tiny_market, tmp_path / "r", **{"train.num_epochs": 2})
@@ -106,9 +110,10 @@ def test_bad_input_gets_one_line_and_exit_code_2(tiny_market, tmp_path, capsys, 
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_resume_from_other_dataset_is_refused(tiny_market, tmp_path, capsys):
     run_train(capsys, tiny_market, tmp_path / "x", **{"train.num_epochs": 1})
-    from conftest import make_market
+    from helpers import make_market
 
     other = make_market(tmp_path / "other", train_ids=range(1, 10))
     code = main(["train"] + tiny_overrides(other, tmp_path / "x"))
@@ -122,11 +127,11 @@ def test_grad_clip_limits_the_update(tiny_market, tmp_path, capsys):
             "train.optim.warmup_iters": 1, "train.optim.weight_decay": 0.0, "train.optim.weight_decay_bias": 0.0,
             "train.grad_clip": clip})
         from reid_tao.build import build_model
-        from reid_tao.config.loader import load_config
+        from reid_tao.build import load_experiment
         import pytorch_lightning as pl
 
         pl.seed_everything(1234, verbose=False)
-        initial = build_model(load_config(None, tiny_overrides(tiny_market, tmp_path)), num_classes=6)
+        initial = build_model(load_experiment(None, tiny_overrides(tiny_market, tmp_path)), num_classes=6)
         trained = torch.load(tmp_path / name / "train/reid_model_latest.pth", weights_only=True)["state_dict"]
         return (trained["model.backbone.conv1.weight"] - initial.backbone.conv1.weight).norm().item()
 

@@ -5,16 +5,17 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from reid_tao.data.datamodule import ReidDataModule
+from reid_tao.data.datamodule import MARKET_PREPROCESSING, LoaderSettings, ReidDataModule
 from reid_tao.data.market import scan_market_folder
 from reid_tao.data.synthetic import generate_synthetic_market
 from reid_tao.errors import ConfigError, DataError
 
-from conftest import write_person
+from helpers import write_person
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_val_split.py"
 _spec = importlib.util.spec_from_file_location("make_val_split", SCRIPT)
@@ -142,8 +143,9 @@ def test_queries_without_cross_camera_gallery_go_back(tmp_path):
 
 def test_result_loads_like_reid_train_reads_it(split_root):
     module = ReidDataModule(str(split_root / "bounding_box_train"), str(split_root / "query"),
-                            str(split_root / "bounding_box_test"), image_size=(32, 16), batch_size=8,
-                            num_instances=2, num_workers=0)
+                            str(split_root / "bounding_box_test"),
+                            preprocessing=replace(MARKET_PREPROCESSING, input_size=(32, 16)),
+                            loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0))
     module.setup("fit")
     assert module.num_classes == 12 - 4 + 1 and module.has_validation  # + the distractor label, as in the source
     assert len(module.query_records) == 12

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
+from ..io import first_line
 from .schema import ExperimentConfig
 from .validate import validate_config
 
@@ -27,7 +28,8 @@ def schema_config() -> DictConfig:
     return OmegaConf.structured(ExperimentConfig)
 
 
-def _closest(key: str, candidates: Iterable[str]) -> str:
+def closest_hint(key: str, candidates: Iterable[str]) -> str:
+    """"; did you mean X?" for the closest candidate, or "" when none is close."""
     match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
     return f"; did you mean {match[0]}?" if match else ""
 
@@ -40,7 +42,7 @@ def _check_known_keys(schema: DictConfig, spec: Any, prefix: str, source: str) -
         path = f"{prefix}{key}"
         if key not in schema:
             siblings = [f"{prefix}{name}" for name in schema.keys()]
-            raise ConfigError(f"unknown field {path} in {source}{_closest(path, siblings)}")
+            raise ConfigError(f"unknown field {path} in {source}{closest_hint(path, siblings)}")
         child = schema[key]
         if isinstance(child, DictConfig):
             if value is not None and not isinstance(value, dict):
@@ -64,7 +66,7 @@ def _apply_aliases(spec: dict, source: str) -> None:
 
 def _validation_message(error: OmegaConfBaseException, source: str) -> str:
     key = getattr(error, "full_key", None) or "?"
-    msg = str(getattr(error, "msg", error)).splitlines()[0]
+    msg = first_line(str(getattr(error, "msg", error)))
     return f"invalid value for {key} in {source}: {msg}"
 
 
@@ -75,8 +77,7 @@ def _read_spec(spec_path: str) -> dict:
     try:
         loaded = OmegaConf.load(path)
     except Exception as error:  # yaml errors come in several types
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"cannot parse spec file {spec_path}: {first_line}") from None
+        raise ConfigError(f"cannot parse spec file {spec_path}: {first_line(error)}") from None
     container = OmegaConf.to_container(loaded, resolve=False) if loaded is not None else {}
     if container is None:
         return {}
@@ -95,8 +96,7 @@ def _parse_overrides(overrides: List[str]):
         try:
             override = parser.parse_override(text)
         except HydraException as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise ConfigError(f"cannot parse override '{text}': {first_line}; write section.key=value") from None
+            raise ConfigError(f"cannot parse override '{text}': {first_line(error)}; write section.key=value") from None
         if override.is_delete() or override.is_add() or override.is_force_add() or override.is_sweep_override():
             raise ConfigError(f"override '{text}' is not supported: only section.key=value overrides are")
         parsed.append((text, override.key_or_group, override.value()))
@@ -122,7 +122,7 @@ def load_config(spec_path: Optional[str], overrides: List[str] = ()) -> DictConf
         parent = OmegaConf.select(config, parent_key) if parent_key else config
         if not isinstance(parent, DictConfig) or leaf not in parent:
             candidates = _all_keys(config)
-            raise ConfigError(f"unknown field {key} in override '{text}'{_closest(key, candidates)}")
+            raise ConfigError(f"unknown field {key} in override '{text}'{closest_hint(key, candidates)}")
         try:
             OmegaConf.update(config, key, value, merge=True)
         except OmegaConfBaseException as error:

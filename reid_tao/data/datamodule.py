@@ -1,6 +1,5 @@
-"""LightningDataModule for Market-1501 style folders (train, query, gallery)."""
+"""LightningDataModule for re-identification splits (train, query, gallery) in any known layout."""
 import logging
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
@@ -8,14 +7,22 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
-from .datasets import ImageDataset, SeededSampler, ShardSampler
-from .gpu_pipeline import DecodedImageCache, DeviceAugment, IndexDataset, augment_batch, collate_index_batch, \
-    resolve_pipeline
-from .market import ImageRecord, relabel, scan_market_folder, summary_table
+from .datasets import ImageDataset, SeededSampler, ShardSampler, effective_workers
+from .gpu_pipeline import resolve_pipeline
+from .layouts import read_split
+from .pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
+from .records import ImageRecord, relabel, summary_table
 from .samplers import PKSampler
-from .transforms import build_eval_transform, build_train_transform
+from .preprocessing import Preprocessing
+from .settings import AugmentSettings, LoaderSettings
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ReidDataModule", "Preprocessing", "MARKET_PREPROCESSING", "AugmentSettings", "LoaderSettings",
+           "eval_dataset", "eval_loader", "effective_workers"]
+
+MARKET_PREPROCESSING = Preprocessing(input_size=(256, 128), pixel_mean=(0.485, 0.456, 0.406),
+                                     pixel_std=(0.226, 0.226, 0.226))
 
 
 def eval_dataset(records: Sequence[ImageRecord], transform) -> ImageDataset:
@@ -28,34 +35,23 @@ def eval_loader(dataset: ImageDataset, batch_size: int, num_workers: int, sample
                       num_workers=effective_workers(num_workers), pin_memory=torch.cuda.is_available())
 
 
-def effective_workers(requested: int) -> int:
-    """More loader processes than CPU cores only adds overhead."""
-    return min(requested, os.cpu_count() or 1)
-
-
 class ReidDataModule(pl.LightningDataModule):
     def __init__(self, train_dir: Optional[str], query_dir: Optional[str] = None, gallery_dir: Optional[str] = None,
-                 image_size: Tuple[int, int] = (256, 128), pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 pixel_std: Sequence[float] = (0.226, 0.226, 0.226), batch_size: int = 64,
-                 val_batch_size: int = 128, num_workers: int = 8, sampler: str = "softmax_triplet",
-                 num_instances: int = 4, flip_prob: float = 0.5, padding: int = 10, erase_prob: float = 0.5,
-                 interpolation: str = "bilinear", seed: int = 0, pipeline: str = "cpu", channels_last: bool = False):
-        """pipeline: "cpu" decodes and augments in loader workers; "gpu" decodes once into a
+                 preprocessing: Preprocessing = MARKET_PREPROCESSING, augment: AugmentSettings = AugmentSettings(),
+                 loader: LoaderSettings = LoaderSettings(), pipeline: str = "cpu", channels_last: bool = False):
+        """Splits are read with :func:`~reid_tao.data.layouts.read_split` (layout detected from the path).
+
+        pipeline: "cpu" decodes and augments in loader workers; "gpu" decodes once into a
         :class:`DecodedImageCache` and augments batches on the training device (also works on CPU);
-        "auto" is "gpu" when training on CUDA. channels_last: "gpu" pipeline batches on CUDA come in
-        channels_last memory format (set it when the model trains channels_last: no conversion copy)."""
+        "auto" is "gpu" when training on CUDA (see :mod:`reid_tao.data.pipelines`). channels_last: "gpu"
+        pipeline batches on CUDA come in channels_last memory format."""
         super().__init__()
         self.train_dir, self.query_dir, self.gallery_dir = train_dir, query_dir, gallery_dir
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.sampler, self.num_instances, self.seed = num_workers, sampler, num_instances, seed
-        self.train_transform = build_train_transform(image_size, pixel_mean, pixel_std, flip_prob, padding,
-                                                     erase_prob, interpolation)
-        self.eval_transform = build_eval_transform(image_size, pixel_mean, pixel_std, interpolation)
+        self.preprocessing, self.augment, self.loader_settings = preprocessing, augment, loader
         resolve_pipeline(pipeline)  # reject unknown names now, resolve "auto" once the device is known
-        self.pipeline, self.image_size, self.interpolation = pipeline, tuple(image_size), interpolation
-        self.device_augment = DeviceAugment(pixel_mean, pixel_std, flip_prob, padding, erase_prob)
-        self.channels_last = channels_last
-        self.image_cache: Optional[DecodedImageCache] = None
+        self.pipeline, self.channels_last = pipeline, channels_last
+        self.eval_transform = preprocessing.eval_transform()
+        self.train_pipeline: Optional[TrainPipeline] = None  # chosen by the first train_dataloader()
         self.train_records: List[ImageRecord] = []
         self.query_records: List[ImageRecord] = []
         self.gallery_records: List[ImageRecord] = []
@@ -72,70 +68,70 @@ class ReidDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_records:
             return
-        self.train_records = scan_market_folder(self.train_dir, "dataset.train_dataset_dir")
+        self.train_records = read_split(self.train_dir, "dataset.train_dataset_dir")
         self.train_labels, _ = relabel(self.train_records)
         if self.num_classes < 2:
             raise DataError(f"dataset.train_dataset_dir: {self.train_dir} holds a single identity; "
                             "re-identification training needs at least 2 (Market-1501 has 751)")
-        if self.sampler != "softmax" and self.num_classes < self.batch_size // self.num_instances:
-            raise DataError(f"dataset.train_dataset_dir: {self.num_classes} identities are fewer than the "
-                            f"{self.batch_size // self.num_instances} per PK batch (dataset.batch_size / "
-                            "dataset.num_instances); lower dataset.batch_size")
+        self._check_identities_per_batch()
         subsets = {"train": self.train_records}
         if self.query_dir and self.gallery_dir:
-            self.query_records = scan_market_folder(self.query_dir, "dataset.query_dataset_dir")
-            self.gallery_records = scan_market_folder(self.gallery_dir, "dataset.test_dataset_dir")
+            self.query_records = read_split(self.query_dir, "dataset.query_dataset_dir")
+            self.gallery_records = read_split(self.gallery_dir, "dataset.test_dataset_dir")
             subsets.update(query=self.query_records, gallery=self.gallery_records)
         log.info("dataset summary\n%s", summary_table(subsets))
+
+    def _check_identities_per_batch(self) -> None:
+        """PK batches need P distinct identities per process (P x processes per step over all of them)."""
+        settings = self.loader_settings
+        if not settings.pk_batches:
+            return
+        per_batch = settings.batch_size // settings.num_instances
+        _, world_size = self._rank_and_world()
+        if self.num_classes >= per_batch * world_size:
+            return
+        needed = f"{per_batch} per PK batch (dataset.batch_size / dataset.num_instances)"
+        fix = "lower dataset.batch_size"
+        if world_size > 1:
+            needed, fix = f"{needed} x {world_size} processes", f"{fix} or use fewer devices"
+        raise DataError(f"dataset.train_dataset_dir: {self.num_classes} identities are fewer than the {needed}; {fix}")
 
     def _rank_and_world(self) -> Tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _uses_device_pipeline(self) -> bool:
+    def _make_train_pipeline(self) -> TrainPipeline:
         device = self.trainer.strategy.root_device if self.trainer is not None else None
-        return resolve_pipeline(self.pipeline, device) == "gpu"
+        if resolve_pipeline(self.pipeline, device) == "gpu":
+            return DevicePipeline(self.preprocessing, self.augment, self.channels_last)
+        return WorkerPipeline(self.preprocessing, self.augment, self.loader_settings.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        rank, world_size = self._rank_and_world()
-        camids = [r.camid for r in self.train_records]
-        on_device = self._uses_device_pipeline()
-        if on_device:
-            # Only indices travel through the loader; on_after_batch_transfer makes the images.
-            dataset = IndexDataset(self.train_labels, camids)
-            if self.image_cache is None:
-                self.image_cache = DecodedImageCache.build([r.path for r in self.train_records], self.image_size,
-                                                           self.interpolation)
+        if self.train_pipeline is None:
+            self.train_pipeline = self._make_train_pipeline()
+        settings, (rank, world_size) = self.loader_settings, self._rank_and_world()
+        if not settings.pk_batches:
+            # DistributedSampler only takes the length of its "dataset": one label per training image.
+            base = DistributedSampler(self.train_labels, num_replicas=world_size, rank=rank, shuffle=True,
+                                      seed=settings.seed, drop_last=True)
         else:
-            dataset = ImageDataset([r.path for r in self.train_records], self.train_labels, camids,
-                                   self.train_transform)
-        if self.sampler == "softmax":
-            base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed,
-                                      drop_last=True)
-        else:
-            base = PKSampler(self.train_labels, self.batch_size, self.num_instances, seed=self.seed, rank=rank,
-                             world_size=world_size)
-        sampler = SeededSampler(base, self.seed, rank)
+            base = PKSampler(self.train_labels, settings.batch_size, settings.num_instances, seed=settings.seed,
+                             rank=rank, world_size=world_size)
+        sampler = SeededSampler(base, settings.seed, rank)
         # Lightning sets the epoch only after creating the first iterator; set it now for resumed runs.
         sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
-        if on_device:
-            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                              collate_fn=collate_index_batch)
-        workers = effective_workers(self.num_workers)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
-                          drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+        return self.train_pipeline.loader(self.train_records, self.train_labels, sampler, settings.batch_size)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Training batches of the "gpu" pipeline arrive as indices: gather and augment them on the device."""
+        """Training batches go through the training pipeline (the "gpu" one makes the images here)."""
         trainer = self.trainer
-        if self.image_cache is None or trainer is None or not trainer.training:
+        if self.train_pipeline is None or trainer is None or not trainer.training:
             return batch
-        return augment_batch(batch, self.image_cache, self.device_augment, rank=trainer.global_rank,
-                             channels_last=self.channels_last and batch[0].is_cuda)
+        return self.train_pipeline.on_after_batch_transfer(batch, trainer.global_rank)
 
     def val_dataloader(self) -> DataLoader:
         """Each process extracts a contiguous shard; the module gathers the features in dataset order."""
         records = self.query_records + self.gallery_records
         rank, world_size = self._rank_and_world()
-        return eval_loader(eval_dataset(records, self.eval_transform), self.val_batch_size, self.num_workers,
-                           sampler=ShardSampler(len(records), rank, world_size))
+        return eval_loader(eval_dataset(records, self.eval_transform), self.loader_settings.val_batch_size,
+                           self.loader_settings.num_workers, sampler=ShardSampler(len(records), rank, world_size))

@@ -1,4 +1,5 @@
 """Torch datasets over image records, and the sampler wrapper that makes augmentation reproducible."""
+import os
 from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
@@ -6,6 +7,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import DataError
+from .batch import Batch
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -17,8 +19,14 @@ def load_rgb(path: str) -> Image.Image:
                         "remove or replace the file") from None
 
 
+def effective_workers(requested: int) -> int:
+    """More loader processes than CPU cores only adds overhead."""
+    return min(requested, os.cpu_count() or 1)
+
+
 class ImageDataset(Dataset):
-    """Items are (image tensor, label, camera id, index).
+    """Items are :class:`Batch` es of one sample: (image tensor, label, camera id, index); the default
+    collate stacks them into a :class:`Batch`.
 
     An index may come as ``(index, seed)`` from :class:`SeededSampler`: the transform then draws its
     randomness from that seed only, so an epoch's augmentation does not depend on worker count,
@@ -43,7 +51,7 @@ class ImageDataset(Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
                     image = self.transform(image)
-        return image, self.labels[index], self.camids[index], index
+        return Batch(image, self.labels[index], self.camids[index], index)
 
 
 class SeededSampler(Sampler):

@@ -10,8 +10,9 @@ that work, not the model, sets the pace. Here:
   batch in one batched pass on the batch's device, with the same parameter distributions as
   :func:`reid_tao.data.transforms.build_train_transform` (torchvision), and the same values whenever
   the random draws agree (resize and normalisation are computed exactly as the CPU path does).
-* The loader only yields indices (see :class:`IndexDataset`); the data module's
-  ``on_after_batch_transfer`` turns them into images with :func:`augment_batch`.
+* The loader only yields indices (an :class:`~reid_tao.data.batch.IndexBatch`, see :class:`IndexDataset`);
+  the data module's ``on_after_batch_transfer`` turns them into a ``Batch`` of images with
+  :func:`augment_batch`.
 
 Randomness comes from a ``torch.Generator`` on the batch's device, seeded per batch from the
 :class:`~reid_tao.data.datasets.SeededSampler` seed of the batch's first sample (a function of seed,
@@ -33,7 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from ..errors import ConfigError
+from .batch import Batch, IndexBatch
 from .datasets import load_rgb
 from .transforms import INTERPOLATIONS
 
@@ -47,7 +48,7 @@ _MASK64 = (1 << 64) - 1
 def resolve_pipeline(pipeline: str, device: Optional[torch.device] = None) -> str:
     """The pipeline to use: "auto" is "gpu" on a CUDA training device (device unknown: when CUDA is available)."""
     if pipeline not in PIPELINES:
-        raise ConfigError(f"dataset.pipeline={pipeline!r} is not one of {', '.join(PIPELINES)}")
+        raise ValueError(f"pipeline={pipeline!r} is not one of {', '.join(PIPELINES)}")
     if pipeline != "auto":
         return pipeline
     on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
@@ -277,7 +278,7 @@ def batch_generator(batch_seed: int, rank: int, device: torch.device) -> torch.G
 
 # -- the index-only loader --------------------------------------------------------------------------------
 class IndexDataset(Dataset):
-    """Items are (index, label, camera id, index, sample seed): no image is read in the loader.
+    """Items are (index, label, camera id, sample seed): no image is read in the loader.
 
     Takes the ``(index, seed)`` pairs of :class:`~reid_tao.data.datasets.SeededSampler` (or plain indices,
     seed 0); :func:`collate_index_batch` keeps the first sample's seed as the batch seed.
@@ -289,23 +290,22 @@ class IndexDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, item):
+    def __getitem__(self, item) -> Tuple[int, int, int, int]:
         index, seed = item if isinstance(item, tuple) else (item, 0)
-        return index, self.labels[index], self.camids[index], index, seed
+        return index, self.labels[index], self.camids[index], seed
 
 
-def collate_index_batch(items: List[tuple]) -> list:
-    """[indices, labels, camids, indices, batch seed]; the seed stays a Python int (no device sync to read it)."""
-    indices, labels, camids, _, seeds = zip(*items)
-    index_tensor = torch.tensor(indices, dtype=torch.int64)
-    return [index_tensor, torch.tensor(labels, dtype=torch.int64), torch.tensor(camids, dtype=torch.int64),
-            index_tensor.clone(), int(seeds[0])]
+def collate_index_batch(items: List[Tuple[int, int, int, int]]) -> IndexBatch:
+    """An :class:`IndexBatch`; the batch seed (the first sample's) stays a Python int."""
+    indices, labels, camids, seeds = zip(*items)
+    return IndexBatch(indices=torch.tensor(indices, dtype=torch.int64), pids=torch.tensor(labels, dtype=torch.int64),
+                      camids=torch.tensor(camids, dtype=torch.int64), seed=int(seeds[0]))
 
 
-def augment_batch(batch: list, cache: DecodedImageCache, augment: DeviceAugment, rank: int = 0,
-                  channels_last: Optional[bool] = None) -> list:
-    """Index batch (already on the device) -> [augmented images, labels, camids, indices]."""
-    indices, labels, camids, _, batch_seed = batch
-    images = cache.gather(indices)
-    generator = batch_generator(batch_seed, rank, indices.device)
-    return [augment(images, generator, channels_last), labels, camids, indices]
+def augment_batch(batch: IndexBatch, cache: DecodedImageCache, augment: DeviceAugment, rank: int = 0,
+                  channels_last: Optional[bool] = None) -> Batch:
+    """Index batch (already on the device) -> :class:`Batch` of augmented images."""
+    images = cache.gather(batch.indices)
+    generator = batch_generator(batch.seed, rank, batch.indices.device)
+    return Batch(images=augment(images, generator, channels_last), pids=batch.pids, camids=batch.camids,
+                 indices=batch.indices)

@@ -1,28 +1,23 @@
 """Market-1501 folders: parse ``<pid>_c<cam>...`` file names into image records.
 
+:func:`scan_market_folder` is the reader of the "market1501" layout (see :mod:`reid_tao.data.layouts`).
+
 The person id is signed: ``-1`` marks junk boxes (skipped everywhere, TAO reads them as id 1) and
 ``0000`` marks distractors (kept in the gallery, never a match).
 """
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 from ..errors import DataError
+from .records import ImageRecord
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 JUNK_PID = -1
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    path: str
-    pid: int
-    camid: int
 
 
 def parse_market_name(file_name: str) -> Optional[Tuple[int, int]]:
@@ -43,7 +38,9 @@ def list_images(folder: str, field: str) -> List[Path]:
 
 
 def scan_market_folder(folder: str, field: str) -> List[ImageRecord]:
-    """Records of every identified image in a folder; junk (-1) and unparsable names are skipped."""
+    """Records of every identified image in a folder; junk (-1) and unparsable names are skipped.
+
+    ``field`` names the folder for the user in messages (e.g. the spec field it came from)."""
     images = list_images(folder, field)
     records, unparsable, junk = [], [], 0
     for image in images:
@@ -66,21 +63,3 @@ def scan_market_folder(folder: str, field: str) -> List[ImageRecord]:
     if junk:
         log.info("%s: skipped %d junk images (person id -1)", field, junk)
     return records
-
-
-def relabel(records: Sequence[ImageRecord]) -> Tuple[List[int], Dict[int, int]]:
-    """Map the identities of the training records to 0..N-1 (sorted by original id)."""
-    mapping = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
-    return [mapping[r.pid] for r in records], mapping
-
-
-def summary_table(subsets: Dict[str, Sequence[ImageRecord]]) -> str:
-    """Plain-text table: subset, ids, images, cameras."""
-    rows = [("subset", "ids", "images", "cameras")]
-    for name, records in subsets.items():
-        rows.append((name, str(len({r.pid for r in records})), str(len(records)),
-                     str(len({r.camid for r in records}))))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)

@@ -17,19 +17,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from reid_tao.errors import ConfigError, DataError
-
-__all__ = ["PKSampler", "PKSamplerConfigError", "PKSamplerDataError"]
+__all__ = ["PKSampler"]
 
 _UINT64 = 2**64
-
-
-class PKSamplerConfigError(ConfigError, ValueError):
-    """Invalid batch_size / num_instances / rank arguments (also a ValueError for library callers)."""
-
-
-class PKSamplerDataError(DataError, ValueError):
-    """The dataset has too few identities for one PK batch (also a ValueError for library callers)."""
 
 
 class PKSampler(torch.utils.data.Sampler[int]):
@@ -52,6 +42,9 @@ class PKSampler(torch.utils.data.Sampler[int]):
     global batch, so concatenating the ranks' batches of one step gives exactly the batch of a
     single-process sampler with ``batch_size * world_size``.
 
+    Raises ValueError, naming the argument, for invalid arguments and for ``pids`` with fewer than
+    ``batch_size // num_instances * world_size`` identities (the data module and the config check the
+    same rules first, in the user's terms).
     """
 
     def __init__(
@@ -64,20 +57,17 @@ class PKSampler(torch.utils.data.Sampler[int]):
         world_size: int = 1,
     ) -> None:
         if num_instances < 1:
-            raise PKSamplerConfigError(
-                f"num_instances must be >= 1, got {num_instances}: set dataset.num_instances (K of the PK sampler)"
-            )
+            raise ValueError(f"PKSampler: num_instances must be >= 1, got {num_instances}")
         if batch_size < 1 or batch_size % num_instances != 0:
-            raise PKSamplerConfigError(
-                f"batch_size {batch_size} is not a positive multiple of num_instances {num_instances}: "
-                "set train batch_size to P*num_instances"
+            raise ValueError(
+                f"PKSampler: batch_size {batch_size} is not a positive multiple of num_instances {num_instances}"
             )
         if world_size < 1 or not 0 <= rank < world_size:
-            raise PKSamplerConfigError(f"rank {rank} is outside [0, world_size={world_size})")
+            raise ValueError(f"PKSampler: rank {rank} is outside [0, world_size={world_size})")
 
         labels = np.asarray(pids)
         if labels.ndim != 1 or labels.size == 0:
-            raise PKSamplerDataError("PKSampler got no identity labels: the training set is empty")
+            raise ValueError("PKSampler: pids is empty")
         _, self._label_index = np.unique(labels, return_inverse=True)
         self._label_index = self._label_index.reshape(-1).astype(np.int64)
         self._num_ids = int(self._label_index.max()) + 1
@@ -92,10 +82,9 @@ class PKSampler(torch.utils.data.Sampler[int]):
 
         global_ids = self.ids_per_batch * world_size
         if self._num_ids < global_ids:
-            raise PKSamplerDataError(
-                f"the training set has {self._num_ids} identities but a PK batch needs "
-                f"{self.ids_per_batch} per process x {world_size} processes = {global_ids}: "
-                "lower batch_size, raise num_instances, or use fewer devices"
+            raise ValueError(
+                f"PKSampler: pids holds {self._num_ids} identities but a PK batch needs batch_size / "
+                f"num_instances = {self.ids_per_batch} per process x world_size {world_size} = {global_ids}"
             )
 
         self._counts = np.bincount(self._label_index, minlength=self._num_ids)

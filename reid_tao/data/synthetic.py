@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from reid_tao.errors import ConfigError, DataError
+from reid_tao.io import staging_dir
 
 __all__ = ["generate_synthetic_market", "SyntheticConfigError", "MARKER_NAME", "SPLIT_FOLDERS"]
 
@@ -386,15 +387,9 @@ def generate_synthetic_market(
     if root.exists() and (not root.is_dir() or (any(root.iterdir()) and _read_marker(root) is None)):
         raise DataError(f"{root} exists and is not a synthetic Market dataset: choose a new or empty folder")
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with staging_dir(root) as tmp:  # mode per umask, removed unless moved into place
         counts = _write_dataset(tmp, params)
         marker = {"format": "synthetic_market", "version": _FORMAT_VERSION, "params": params, "counts": counts}
         (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; a dataset folder should be readable like any other
         _move_into_place(tmp, root, params)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root

@@ -1,36 +1,20 @@
-"""Checkpoints: atomic writes, TAO file names, and loading a self-describing checkpoint."""
+"""Checkpoints: atomic writes, TAO file names, and reading a self-describing checkpoint safely."""
 import logging
-import os
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ..errors import DataError
+from ..io import atomic_torch_save, first_line
 
 log = logging.getLogger(__name__)
 
 LATEST_NAME = "reid_model_latest"
 EPOCH_NAME = "model_epoch_{epoch:03d}"
 MODEL_PREFIX = "model."
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file beside the target, fsync, then rename: a crash never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -73,8 +57,7 @@ def read_checkpoint(path: str, field: str) -> Dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"{field}: cannot read checkpoint {path} ({reason[:200]})") from None
+        raise DataError(f"{field}: cannot read checkpoint {path} ({first_line(error, limit=200)})") from None
     if not isinstance(checkpoint, dict) or "reid_tao" not in checkpoint or "state_dict" not in checkpoint:
         raise DataError(f"{field}: {path} is not a reid_tao training checkpoint (no model metadata inside); "
                         "use a file written by `reid train`")
@@ -83,38 +66,3 @@ def read_checkpoint(path: str, field: str) -> Dict[str, Any]:
 
 def model_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     return {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
-
-
-def load_model_from_checkpoint(path: str, field: str) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """Rebuild the trained model from the config and num_classes stored in the checkpoint."""
-    from omegaconf import OmegaConf
-
-    from ..build import build_model
-    from ..config.loader import schema_config
-
-    checkpoint = read_checkpoint(path, field)
-    metadata = checkpoint["reid_tao"]
-    config = OmegaConf.merge(schema_config(), metadata["config"])
-    model = build_model(config, metadata["num_classes"], load_pretrained=False)
-    model.load_state_dict(model_state_dict(checkpoint))
-    model.eval()
-    return model, metadata
-
-
-def load_self_pretrained(model: torch.nn.Module, path: str) -> None:
-    """model.pretrain_choice=self: backbone (and neck, when shapes agree) from a reid_tao checkpoint.
-
-    The classifier is not loaded: it is re-created for the new number of identities.
-    """
-    state = model_state_dict(read_checkpoint(path, "model.pretrained_model_path"))
-    own = model.state_dict()
-    transferable = {k: v for k, v in state.items()
-                    if not k.startswith("classifier.") and k in own and own[k].shape == v.shape}
-    backbone_keys = [k for k in own if k.startswith("backbone.")]
-    loaded_backbone = sum(1 for k in backbone_keys if k in transferable)
-    if loaded_backbone < 0.9 * len(backbone_keys):
-        raise DataError(f"model.pretrained_model_path: {path} matches only {loaded_backbone}/{len(backbone_keys)} "
-                        "backbone tensors of this model; was it trained with the same model.backbone?")
-    model.load_state_dict(transferable, strict=False)
-    log.info("model.pretrain_choice=self: loaded %d/%d backbone tensors and %d head tensors from %s",
-             loaded_backbone, len(backbone_keys), len(transferable) - loaded_backbone, path)

@@ -9,6 +9,8 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+ACCELERATORS = ("auto", "gpu", "cpu")
+
 
 @dataclass
 class DevicePlan:

@@ -10,9 +10,9 @@ from torch import nn
 from ..data.datamodule import eval_loader
 from ..data.datasets import ImageDataset, ShardSampler
 from ..evaluation.features import embed
-from ..build import precision_for
 from .devices import plan_devices
 from .distributed import gather_by_index
+from .precision import precision_for
 
 
 class FeatureExtractor(pl.LightningModule):
@@ -31,8 +31,8 @@ class FeatureExtractor(pl.LightningModule):
         self._rows, self._indices = [], []
 
     def predict_step(self, batch, batch_idx: int) -> None:
-        self._rows.append(embed(self.model, batch[0], self.flip))
-        self._indices.append(batch[3])
+        self._rows.append(embed(self.model, batch.images, self.flip))
+        self._indices.append(batch.indices)
 
     def on_predict_epoch_end(self) -> None:
         if self._rows:

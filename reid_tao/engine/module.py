@@ -55,7 +55,7 @@ class ReidModule(pl.LightningModule):
             pl.seed_everything(self.seed + self.current_epoch, verbose=False)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels = batch[0], batch[1]
+        images, labels = batch.images, batch.pids
         if self.channels_last and images.is_cuda:
             images = images.contiguous(memory_format=torch.channels_last)
         optimizers = self.optimizers()
@@ -101,9 +101,9 @@ class ReidModule(pl.LightningModule):
 
     # -- validation ----------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
-        features = embed(self.model, batch[0], self.flip_feature)
-        ids = torch.stack([batch[1], batch[2]], dim=1).to(features.dtype)
-        self._val_outputs.append((torch.cat([features, ids], dim=1), batch[3]))
+        features = embed(self.model, batch.images, self.flip_feature)
+        ids = torch.stack([batch.pids, batch.camids], dim=1).to(features.dtype)
+        self._val_outputs.append((torch.cat([features, ids], dim=1), batch.indices))
 
     def on_validation_epoch_end(self) -> None:
         from ..evaluation.distance import pairwise_distance

@@ -18,7 +18,6 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +44,15 @@ def available_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    """The ``torch.optim`` class called ``name`` (case-insensitive); ConfigError if there is none."""
+    """The ``torch.optim`` class called ``name`` (case-insensitive); ValueError if there is none."""
     key = str(name).lower()
     if key in UNSUPPORTED_OPTIMIZERS:
-        raise ConfigError(f"train.optim.name {name!r} is not supported: it {UNSUPPORTED_OPTIMIZERS[key]}; "
-                          "use e.g. Adam, AdamW or SGD")
+        raise ValueError(f"optimizer {name!r} is not supported: it {UNSUPPORTED_OPTIMIZERS[key]}; "
+                         "use e.g. Adam, AdamW or SGD")
     classes = available_optimizers()
     if key not in classes:
         names = ", ".join(sorted(cls.__name__ for cls in classes.values()))
-        raise ConfigError(f"train.optim.name {name!r} is not a torch.optim optimiser; use one of: {names}")
+        raise ValueError(f"optimizer {name!r} is not a torch.optim optimiser; use one of: {names}")
     return classes[key]
 
 
@@ -99,11 +98,11 @@ def build_optimizer(model: nn.Module, name: str, base_lr: float, weight_decay: f
     """
     cls = optimizer_class(name)
     if base_lr <= 0:
-        raise ConfigError(f"train.optim.base_lr must be > 0, got {base_lr}")
+        raise ValueError(f"base_lr must be > 0, got {base_lr}")
     groups = _param_groups(model, base_lr, weight_decay, weight_decay_bias, bias_lr_factor,
                            large_fc_lr, classifier_prefix)
     if not groups:
-        raise ConfigError("the model has no trainable parameters; check model.pretrain_choice / freezing")
+        raise ValueError("the model has no trainable parameters")
     accepted = inspect.signature(cls).parameters
     if "weight_decay" not in accepted:
         if weight_decay or weight_decay_bias:
@@ -120,7 +119,7 @@ def build_optimizer(model: nn.Module, name: str, base_lr: float, weight_decay: f
 def build_center_optimizer(params: Iterable[nn.Parameter], center_lr: float) -> torch.optim.SGD:
     """Plain SGD (no momentum, no weight decay) with lr ``center_lr`` for the center-loss centers."""
     if center_lr <= 0:
-        raise ConfigError(f"train.optim.center_lr must be > 0, got {center_lr}")
+        raise ValueError(f"center_lr must be > 0, got {center_lr}")
     return torch.optim.SGD(list(params), lr=center_lr)
 
 
@@ -141,23 +140,22 @@ class WarmupSchedule:
                  gamma: float, warmup_epochs: int, num_epochs: int):
         method = str(method).lower()
         if method not in WARMUP_METHODS:
-            raise ConfigError(f"train.optim.warmup_method must be one of {', '.join(WARMUP_METHODS)}, "
-                              f"got {method!r}")
+            raise ValueError(f"method must be one of {', '.join(WARMUP_METHODS)}, got {method!r}")
         milestones = [int(m) for m in milestones]
         if any(b <= a for a, b in zip(milestones, milestones[1:])):
-            raise ConfigError(f"train.optim.lr_steps must be strictly increasing epochs, got {milestones}")
+            raise ValueError(f"milestones must be strictly increasing epochs, got {milestones}")
         if warmup_factor < 0:
-            raise ConfigError(f"train.optim.warmup_factor must be >= 0, got {warmup_factor}")
+            raise ValueError(f"warmup_factor must be >= 0, got {warmup_factor}")
         if warmup_iters < 0:
-            raise ConfigError(f"train.optim.warmup_iters must be >= 0, got {warmup_iters}")
+            raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
         if gamma <= 0:
-            raise ConfigError(f"train.optim.gamma must be > 0, got {gamma}")
+            raise ValueError(f"gamma must be > 0, got {gamma}")
         if method == "cosine":
             if warmup_epochs < 0:
-                raise ConfigError(f"train.optim.warmup_epochs must be >= 0, got {warmup_epochs}")
+                raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
             if num_epochs <= warmup_epochs:
-                raise ConfigError(f"train.num_epochs ({num_epochs}) must be larger than "
-                                  f"train.optim.warmup_epochs ({warmup_epochs}) for the cosine schedule")
+                raise ValueError(f"num_epochs ({num_epochs}) must be larger than warmup_epochs ({warmup_epochs}) "
+                                 "for the cosine schedule")
         self.method = method
         self.warmup_factor = float(warmup_factor)
         self.warmup_iters = int(warmup_iters)

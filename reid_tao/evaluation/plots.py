@@ -2,7 +2,7 @@
 
 The figures are drawn on ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot, so they
 neither change a user's interactive backend nor stay registered as open figures. Files are written
-atomically (temporary file in the same folder, then ``os.replace``) so a crash never leaves half a PNG.
+atomically (``reid_tao.io.atomic_save_figure``) so a crash never leaves half a PNG.
 """
 
 from __future__ import annotations
@@ -10,17 +10,16 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, MultipleLocator
 from PIL import Image, UnidentifiedImageError
 
 from reid_tao.errors import DataError
+from reid_tao.io import atomic_save_figure
 
 if TYPE_CHECKING:  # only for the annotations; the module works on numpy arrays as well
     from torch import Tensor
@@ -34,24 +33,6 @@ FRAME_LEGEND = "blue = query, green = same identity, red = other identity"
 CMC_FIGSIZE_IN = (8.0, 5.0)
 CMC_DPI = 120
 MATCHES_DPI = 100
-
-
-def _save_figure_atomically(figure: Figure, path: str | Path, dpi: int) -> Path:
-    """Render ``figure`` as PNG to ``path`` via a temporary sibling file and ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(figure)  # attach an Agg canvas: independent of the user's pyplot backend
-    # A unique sibling name opened with "xb" (not mkstemp, whose 0600 mode would survive os.replace).
-    temporary = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(temporary, "xb") as handle:
-            figure.savefig(handle, format="png", dpi=dpi)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return target
 
 
 def cmc_legend_label(label: str, rank1: float, mean_ap: float) -> str:
@@ -119,7 +100,7 @@ def plot_cmc_curves(
     axes.grid(True, linestyle="--", alpha=0.5)
     axes.legend(loc="lower right")
     figure.tight_layout()
-    return _save_figure_atomically(figure, path, CMC_DPI)
+    return atomic_save_figure(figure, path, CMC_DPI)
 
 
 def _as_numpy(values: np.ndarray | Tensor | Sequence[float]) -> np.ndarray:
@@ -264,7 +245,7 @@ def plot_sampled_matches(
     for x_px, y_px, text, style in texts:
         style = {"ha": "center", "va": "bottom", **style}
         figure.text(x_px / canvas_width, 1.0 - y_px / canvas_height, text, **style)
-    return _save_figure_atomically(figure, path, MATCHES_DPI)
+    return atomic_save_figure(figure, path, MATCHES_DPI)
 
 
 def choose_query_rows(

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from reid_tao.errors import ConfigError, DataError
+from reid_tao.errors import DataError
 
 # Bytes of temporaries one block may use; tiles, query blocks and pair batches are sized from it.
 _CPU_BLOCK_BYTES = 256 * 2**20
@@ -160,17 +160,15 @@ def _check_arguments(
     lambda_value: float,
     block_size: int | None,
 ) -> None:
-    """Raise ConfigError for bad re-ranking parameters and ValueError for misshaped inputs."""
+    """Raise ValueError for bad re-ranking parameters or misshaped inputs."""
     if isinstance(k1, bool) or not isinstance(k1, int) or k1 < 1:
-        raise ConfigError(f"re_ranking.k1 must be an integer >= 1, got {k1!r}; set e.g. k1=20.")
+        raise ValueError(f"k1 must be an integer >= 1, got {k1!r}")
     if isinstance(k2, bool) or not isinstance(k2, int) or k2 < 1:
-        raise ConfigError(f"re_ranking.k2 must be an integer >= 1, got {k2!r}; set e.g. k2=6.")
+        raise ValueError(f"k2 must be an integer >= 1, got {k2!r}")
     if not 0.0 <= float(lambda_value) <= 1.0:
-        raise ConfigError(
-            f"re_ranking.lambda_value must lie in [0, 1], got {lambda_value!r}; set e.g. 0.3."
-        )
+        raise ValueError(f"lambda_value must lie in [0, 1], got {lambda_value!r}")
     if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
-        raise ConfigError(f"re-ranking block_size must be a positive integer or None, got {block_size!r}.")
+        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
     if query_features.dim() != 2 or gallery_features.dim() != 2:
         raise ValueError(
             "re_ranking expects (Q, D) query and (G, D) gallery features, got shapes "

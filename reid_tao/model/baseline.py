@@ -9,11 +9,17 @@ from torch import nn
 
 from .pooling import AveragePooling, GeneralizedMeanPooling
 
+NECKS = ("bnneck", "")  # a BatchNorm1d with frozen bias, or none
+NECK_FEATURES = ("after", "before")  # the test feature: after or before the neck
+
 
 class Baseline(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, feat_dim: int, neck: str = "bnneck",
                  neck_feat: str = "after", gem_pooling: bool = False, reduce_feat_dim: bool = True):
         super().__init__()
+        if neck not in NECKS or neck_feat not in NECK_FEATURES:
+            raise ValueError(f"neck must be one of {NECKS} and neck_feat one of {NECK_FEATURES}, "
+                             f"got {neck!r} and {neck_feat!r}")
         self.backbone = backbone
         self.pool = GeneralizedMeanPooling() if gem_pooling else AveragePooling()
         width = backbone.out_channels

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import re
 import socket
 import warnings
 from collections import Counter
@@ -22,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
+from ..io import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict")
 HEAD_NAMES = ("fc", "head", "classifier")
 MAX_PREFIX_DEPTH = 4
 DOWNLOAD_TIMEOUT_S = 30.0
-_RESNET_NAME = re.compile(r"^resnet_(\d+)$")
 
 
 @dataclass
@@ -235,11 +234,12 @@ def load_imagenet_weights(backbone: nn.Module, backbone_name: str) -> LoadReport
     which fails fast when offline). Any download problem becomes one DataError telling the user to
     download the file elsewhere and set model.pretrained_model_path.
     """
-    match = _RESNET_NAME.match(backbone_name)
-    if match:
-        fetch, source = _resnet_imagenet_fetcher(int(match.group(1)))
-    else:
-        fetch, source = _swin_imagenet_fetcher(backbone_name)
+    from .backbones import BACKBONES
+
+    if backbone_name not in BACKBONES:
+        raise ValueError(f"backbone_name={backbone_name!r} is not in the backbone table")
+    imagenet = BACKBONES[backbone_name].imagenet
+    fetch, source = _IMAGENET_FETCHERS[imagenet.library](imagenet.name)
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             state_dict = fetch()
@@ -252,24 +252,24 @@ def load_imagenet_weights(backbone: nn.Module, backbone_name: str) -> LoadReport
     return load_backbone_weights(backbone, _flatten_checkpoint(state_dict))
 
 
-def _resnet_imagenet_fetcher(depth: int):
+def _torchvision_imagenet_fetcher(enum_name: str):
     from torchvision import models
-    weights_enum = getattr(models, f"ResNet{depth}_Weights", None)
+    weights_enum = getattr(models, enum_name, None)
     if weights_enum is None:
-        raise ConfigError(f"model.backbone=resnet_{depth}: torchvision has no ImageNet weights for this depth")
+        raise ValueError(f"torchvision has no weights enum {enum_name!r}")
     weights = weights_enum.IMAGENET1K_V1
     return (lambda: weights.get_state_dict(progress=True)), weights.url
 
 
-def _swin_imagenet_fetcher(name: str):
+def _timm_imagenet_fetcher(name: str):
     import timm
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except Exception:
         cfg = None
     if cfg is None or not (cfg.url or cfg.hf_hub_id):
-        raise ConfigError(f"model.backbone={name}: no ImageNet weights known for it; "
-                          f"set model.pretrain_choice='' or model.pretrained_model_path")
+        raise DataError(f"model.backbone={name}: timm knows no ImageNet weights for it; "
+                        f"set model.pretrain_choice='' or {PATH_FIELD}")
     hf_repo = cfg.hf_hub_id  # e.g. timm/swin_tiny_patch4_window7_224.ms_in1k
 
     def fetch():
@@ -283,6 +283,9 @@ def _swin_imagenet_fetcher(name: str):
                                                   weights_only=True)
 
     return fetch, cfg.url or f"https://huggingface.co/{hf_repo}"
+
+
+_IMAGENET_FETCHERS = {"torchvision": _torchvision_imagenet_fetcher, "timm": _timm_imagenet_fetcher}
 
 
 def _hf_cached_file(repo_id: str) -> str | None:
@@ -310,6 +313,5 @@ def _socket_timeout(seconds: float):
 
 
 def _short_reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    text = first_line(str(error))
+    return first_line(f"{type(error).__name__}: {text}" if text else type(error).__name__, limit=160)

@@ -1,14 +1,13 @@
 """What every task does first: results folder, experiment.yaml, logging."""
 import logging
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from ..config.loader import task_results_dir
+from ..io import atomic_write_text
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -39,19 +38,6 @@ def setup_logging() -> None:
         root.propagate = False
     # Only the global-zero process of a multi-process run talks (warnings and errors from all).
     root.setLevel(logging.INFO if is_global_zero() else logging.WARNING)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 class _DropAdverts(logging.Filter):

@@ -1,24 +1,24 @@
 """`reid evaluate`: Market-1501 metrics (plain and re-ranked), metrics.json, CMC and sampled-match plots."""
-import json
 import logging
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from ..data.datamodule import eval_dataset
-from ..data.market import scan_market_folder, summary_table
-from ..data.transforms import build_eval_transform
-from ..engine.checkpoint import load_model_from_checkpoint
+from ..data.layouts import read_split
+from ..data.records import summary_table
+from ..build import load_trained_model
 from ..engine.extractor import extract
 from ..errors import ConfigError
 from ..evaluation.distance import pairwise_distance
 from ..evaluation.metrics import RankMetrics, evaluate_rankings, top_ranked
 from ..evaluation.plots import choose_query_rows, plot_cmc_curves, plot_sampled_matches
 from ..evaluation.rerank import re_ranking
-from .common import atomic_write_text, prepare_task
+from ..io import atomic_write_json
+from .common import prepare_task
 
 log = logging.getLogger("reid_tao.evaluate")
 
@@ -61,15 +61,13 @@ def metrics_dict(metrics: RankMetrics, max_rank: int) -> dict:
 
 def run(config: DictConfig) -> Dict[str, RankMetrics]:
     results_dir = prepare_task(config, "evaluate")
-    model, meta = load_model_from_checkpoint(config.evaluate.checkpoint, "evaluate.checkpoint")
+    model, preprocessing, _ = load_trained_model(config.evaluate.checkpoint, "evaluate.checkpoint")
     query_dir, query_field = eval_folder(config, "query_dataset", "query_dataset_dir")
     gallery_dir, gallery_field = eval_folder(config, "test_dataset", "test_dataset_dir")
-    query, gallery = scan_market_folder(query_dir, query_field), scan_market_folder(gallery_dir, gallery_field)
+    query, gallery = read_split(query_dir, query_field), read_split(gallery_dir, gallery_field)
     log.info("evaluation data\n%s", summary_table({"query": query, "gallery": gallery}))
 
-    transform = build_eval_transform(tuple(meta["input_size"]), meta["pixel_mean"], meta["pixel_std"],
-                                     meta.get("interpolation", "bilinear"))
-    features = extract(model, eval_dataset(query + gallery, transform), config.evaluate,
+    features = extract(model, eval_dataset(query + gallery, preprocessing.eval_transform()), config.evaluate,
                        config.dataset.val_batch_size, config.dataset.num_workers, config.model.with_flip_feature)
     if features is None:
         return {}  # another process of a multi-process run: the global-zero process reports
@@ -93,7 +91,7 @@ def run(config: DictConfig) -> Dict[str, RankMetrics]:
     report["re_ranking"] = bool(rerank_cfg.re_ranking)
     if "re-ranked" in results:
         report["re_ranked"] = metrics_dict(results["re-ranked"], max_rank)
-    atomic_write_text(results_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_json(results_dir / "metrics.json", report)
 
     curves = {name: (m.cmc[:max_rank], m.mAP) for name, m in results.items()}
     cmc_path = Path(config.evaluate.output_cmc_curve_plot or results_dir / "cmc_curve.png")

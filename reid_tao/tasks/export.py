@@ -1,7 +1,5 @@
 """`reid export`: ONNX with a dynamic batch axis, checked by onnx.checker and against onnxruntime."""
-import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -9,9 +7,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ..engine.checkpoint import load_model_from_checkpoint
+from ..build import load_trained_model
 from ..errors import ConfigError, ReidError
-from .common import atomic_write_text, prepare_task
+from ..io import atomic_path, atomic_write_json
+from .common import prepare_task
 
 log = logging.getLogger("reid_tao.export")
 
@@ -35,17 +34,11 @@ def onnx_path_for(config: DictConfig) -> Path:
 def export_onnx(model: torch.nn.Module, path: Path, input_size, opset: int) -> None:
     """Trace on the CPU with a batch of 2 and a dynamic batch axis; written atomically."""
     example = torch.randn(2, 3, *input_size)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(temporary), input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_path(path) as temporary, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(temporary), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
 
 
 def parity_check(model: torch.nn.Module, path: Path, input_size, batch: int = 3) -> float:
@@ -69,7 +62,7 @@ def run(config: DictConfig) -> Path:
     section = config.export
     if not section.checkpoint:
         raise ConfigError("export.checkpoint is not set; pass export.checkpoint=/path/to/reid_model_latest.pth")
-    model, meta = load_model_from_checkpoint(section.checkpoint, "export.checkpoint")
+    model, preprocessing, trained_config = load_trained_model(section.checkpoint, "export.checkpoint")
     path = onnx_path_for(config)
     if path.exists() and not section.overwrite:
         raise ConfigError(f"export.onnx_file {path} already exists; set export.overwrite=true to replace it")
@@ -77,7 +70,7 @@ def run(config: DictConfig) -> Path:
     if section.gpu_id != 0:
         log.info("export runs on the CPU; export.gpu_id=%d is not needed", section.gpu_id)
     model = model.cpu().eval()
-    input_size = tuple(meta["input_size"])
+    input_size = preprocessing.input_size
     export_onnx(model, path, input_size, section.opset)
     difference = parity_check(model, path, input_size)
     log.info("onnxruntime vs PyTorch: max abs difference %.2e (tolerance %.0e)", difference, PARITY_TOLERANCE)
@@ -85,13 +78,13 @@ def run(config: DictConfig) -> Path:
         path.unlink()
         raise ExportError(f"exported model disagrees with PyTorch (max abs difference {difference:.2e} > "
                           f"{PARITY_TOLERANCE:.0e}); the ONNX file was removed")
-    preprocessing = {
+    # The sidecar holds the Preprocessing fields (Preprocessing.from_dict reads it back) plus the graph's names.
+    sidecar = {
         "onnx_file": path.name, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-        "input_shape": ["batch", 3, *input_size], "color": "RGB", "scale": 1 / 255,
-        "pixel_mean": meta["pixel_mean"], "pixel_std": meta["pixel_std"],
-        "interpolation": meta.get("interpolation", "bilinear"), "feature_dim": meta["feat_dim"],
-        "backbone": meta["backbone"], "opset": section.opset, "parity_max_abs_diff": difference,
+        "input_shape": ["batch", 3, *input_size], "color": "RGB", "scale": 1 / 255, **preprocessing.to_dict(),
+        "feature_dim": model.feat_dim, "backbone": trained_config.model.backbone, "opset": section.opset,
+        "parity_max_abs_diff": difference,
     }
-    atomic_write_text(path.with_suffix(".json"), json.dumps(preprocessing, indent=2) + "\n")
+    atomic_write_json(path.with_suffix(".json"), sidecar)
     log.info("wrote %s and %s", path, path.with_suffix(".json"))
     return path

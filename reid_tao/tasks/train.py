@@ -7,10 +7,11 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
-from ..build import build_datamodule, build_module, precision_for, resume_path
+from ..build import build_datamodule, build_module, resume_path, trained_num_classes
 from ..engine.callbacks import EpochSummary
-from ..engine.checkpoint import AtomicCheckpointIO, checkpoint_callbacks, read_checkpoint
+from ..engine.checkpoint import AtomicCheckpointIO, checkpoint_callbacks
 from ..engine.devices import plan_devices
+from ..engine.precision import precision_for
 from ..errors import ConfigError, DataError
 from .common import prepare_task
 
@@ -44,8 +45,7 @@ def _loggers(results: Path):
 
 
 def _check_resume(path: str, num_classes: int) -> None:
-    checkpoint = read_checkpoint(path, "train.resume_training_checkpoint_path")
-    trained = checkpoint["reid_tao"]["num_classes"]
+    trained = trained_num_classes(path, "train.resume_training_checkpoint_path")
     if trained != num_classes:
         raise DataError(f"cannot resume from {path}: it was trained on {trained} identities but "
                         f"dataset.train_dataset_dir has {num_classes}; use a new results_dir or "

@@ -3,7 +3,9 @@ import torch
 from torch import nn
 from torchvision import models
 
-RESNET_DEPTHS = (18, 34, 50, 101, 152)
+# Feature width per depth: BasicBlock nets end with 512 channels, Bottleneck nets with 2048.
+RESNET_WIDTHS = {18: 512, 34: 512, 50: 2048, 101: 2048, 152: 2048}
+RESNET_DEPTHS = tuple(RESNET_WIDTHS)
 
 
 class ResNetBackbone(nn.Module):

@@ -16,8 +16,6 @@ import timm
 import torch
 from torch import nn
 
-from ...errors import ConfigError
-
 SWIN_WIDTHS = {
     "swin_tiny_patch4_window7_224": 768,
     "swin_small_patch4_window7_224": 768,
@@ -50,13 +48,11 @@ def fit_window_sizes(img_size: tuple[int, int], preferred: int = PRETRAINED_WIND
 
 
 def check_swin_input_size(img_size: tuple[int, int]) -> None:
-    """Raise ConfigError unless both sides are positive multiples of the Swin output stride (32)."""
+    """Raise ValueError unless both sides are positive multiples of the Swin output stride (32)."""
     height, width = img_size
     if height <= 0 or width <= 0 or height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
-        raise ConfigError(
-            f"model.input_height/input_width = {height}x{width}: Swin backbones need both sides to be "
-            f"multiples of {OUTPUT_STRIDE} (e.g. 256x128, 384x128, 224x224)"
-        )
+        raise ValueError(f"img_size={height}x{width}: Swin needs both sides to be multiples of {OUTPUT_STRIDE} "
+                         "(e.g. 256x128, 384x128, 224x224)")
 
 
 class SwinBackbone(nn.Module):
@@ -71,7 +67,7 @@ class SwinBackbone(nn.Module):
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0):
         super().__init__()
         if name not in SWIN_WIDTHS:
-            raise ConfigError(f"model.backbone={name!r} is not a Swin backbone; use one of {sorted(SWIN_WIDTHS)}")
+            raise ValueError(f"name={name!r} is not a Swin backbone; use one of {sorted(SWIN_WIDTHS)}")
         img_size = (int(img_size[0]), int(img_size[1]))
         check_swin_input_size(img_size)
         self.name = name

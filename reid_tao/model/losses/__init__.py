@@ -4,4 +4,7 @@ from .combined import ReidLoss
 from .cross_entropy import IdLoss
 from .triplet import TripletLoss
 
-__all__ = ["CenterLoss", "IdLoss", "ReidLoss", "TripletLoss"]
+# model.id_loss_type -> the ID loss (TAO's margin heads are broken, bug B4, and not implemented).
+ID_LOSSES = {"softmax": IdLoss}
+
+__all__ = ["CenterLoss", "ID_LOSSES", "IdLoss", "ReidLoss", "TripletLoss"]

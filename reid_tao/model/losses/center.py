@@ -9,7 +9,6 @@ steps it (bug B2). Computed in fp32 with autocast disabled: under fp16 the squar
 import torch
 from torch import nn
 
-from ...errors import ConfigError
 
 MIN_SQUARED_DISTANCE = 1e-12
 MAX_SQUARED_DISTANCE = 1e12
@@ -42,8 +41,7 @@ class CenterLoss(nn.Module):
     def __init__(self, num_classes: int, feat_dim: int):
         super().__init__()
         if num_classes < 1 or feat_dim < 1:
-            raise ConfigError(f"center loss needs num_classes >= 1 and feat_dim >= 1, got "
-                              f"{num_classes} and {feat_dim}; check model.feat_dim and the training set")
+            raise ValueError(f"num_classes and feat_dim must be >= 1, got {num_classes} and {feat_dim}")
         self.num_classes = num_classes
         self.feat_dim = feat_dim
         self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))

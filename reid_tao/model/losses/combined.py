@@ -1,52 +1,17 @@
 """The training objective: weighted sum of ID, triplet and center losses.
 
-Mapping of TAO spec fields onto the constructor flags (see ``loss_components``, which implements it):
-
-* ``dataset.sampler``: ``softmax`` -> ID loss only; ``triplet`` -> triplet loss only;
-  ``softmax_triplet`` -> ID + triplet.
-* ``model.metric_loss_type``: ``triplet`` -> the sampler decides; ``center`` -> the metric loss is the
-  center loss (ID + center, no triplet, as reid-strong-baseline); ``triplet_center`` -> triplet + center.
-* ``model.with_center_loss: True`` adds the center loss to whatever the above selected.
-* The sampler wins over the metric type: with sampler ``softmax`` no triplet loss is used (its batches are
-  not PK batches, so most anchors would have no positive); sampler ``triplet`` with metric ``center`` is
-  rejected (only the center loss would remain).
-* ``model.label_smooth`` -> ``label_smooth``; ``model.no_margin`` -> ``triplet_margin=None``, otherwise
-  ``train.optim.triplet_loss_margin``; ``model.id_loss_weight``, ``model.triplet_loss_weight``,
-  ``train.optim.center_loss_weight`` -> the weights.
-
-Inputs follow BoT: the ID loss sees the classifier logits (after the BNNeck), triplet and center losses see
-the global feature before the BNNeck.
+Which losses are active is decided by the caller (``reid_tao.build`` maps the spec's sampler and metric
+loss type onto ``use_id`` / ``use_triplet`` / ``use_center``). Inputs follow BoT: the ID loss sees the
+classifier logits (after the BNNeck), triplet and center losses see the global feature before the BNNeck.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ...errors import ConfigError
 from .center import CenterLoss, center_loss
 from .cross_entropy import IdLoss
 from .triplet import TripletLoss
-
-SAMPLERS = ("softmax", "triplet", "softmax_triplet")
-METRIC_LOSS_TYPES = ("triplet", "center", "triplet_center")
-
-
-def loss_components(sampler: str, metric_loss_type: str, with_center_loss: bool
-                    ) -> tuple[bool, bool, bool]:
-    """(use_id, use_triplet, use_center) for the TAO fields, following the mapping in the module doc."""
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"dataset.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if metric_loss_type not in METRIC_LOSS_TYPES:
-        raise ConfigError(f"model.metric_loss_type must be one of {', '.join(METRIC_LOSS_TYPES)}, "
-                          f"got {metric_loss_type!r}")
-    use_id = sampler in ("softmax", "softmax_triplet")
-    use_triplet = sampler in ("triplet", "softmax_triplet") and metric_loss_type != "center"
-    use_center = metric_loss_type in ("center", "triplet_center") or bool(with_center_loss)
-    if not use_id and not use_triplet:
-        # sampler triplet + metric center: only the center loss would remain, and alone it collapses.
-        raise ConfigError("dataset.sampler 'triplet' with model.metric_loss_type 'center' leaves only the "
-                          "center loss; use sampler softmax_triplet or metric_loss_type triplet_center")
-    return use_id, use_triplet, use_center
 
 
 class ReidLoss(nn.Module):
@@ -72,13 +37,11 @@ class ReidLoss(nn.Module):
                  use_center: bool = False, center_loss_weight: float = 0.0005):
         super().__init__()
         if not (use_id or use_triplet):
-            raise ConfigError("no ID or triplet loss is active (the center loss alone collapses); set "
-                              "dataset.sampler to softmax, triplet or softmax_triplet")
-        for field, weight in (("model.id_loss_weight", id_loss_weight),
-                              ("model.triplet_loss_weight", triplet_loss_weight),
-                              ("train.optim.center_loss_weight", center_loss_weight)):
+            raise ValueError("use_id or use_triplet must be set (the center loss alone collapses)")
+        for name, weight in (("id_loss_weight", id_loss_weight), ("triplet_loss_weight", triplet_loss_weight),
+                             ("center_loss_weight", center_loss_weight)):
             if weight < 0:
-                raise ConfigError(f"{field} must be >= 0, got {weight}")
+                raise ValueError(f"{name} must be >= 0, got {weight}")
         self.id_loss_weight = float(id_loss_weight)
         self.triplet_loss_weight = float(triplet_loss_weight)
         self.center_loss_weight = float(center_loss_weight)

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ConfigError
 
 DEFAULT_LABEL_SMOOTH_EPSILON = 0.1
 
@@ -22,8 +21,7 @@ class IdLoss(nn.Module):
     def __init__(self, label_smooth: bool = True, epsilon: float = DEFAULT_LABEL_SMOOTH_EPSILON):
         super().__init__()
         if not 0.0 <= epsilon < 1.0:
-            raise ConfigError(f"label smoothing epsilon must be in [0, 1), got {epsilon}; "
-                              "use 0.1 (the BoT/TAO value) or turn model.label_smooth off")
+            raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
         self.label_smooth = label_smooth
         self.epsilon = float(epsilon) if label_smooth else 0.0
 

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ConfigError
 
 # Squared distances are clamped to this before the square root: sqrt has an infinite slope at 0.
 SQUARED_DISTANCE_EPS = 1e-12
@@ -60,8 +59,7 @@ class TripletLoss(nn.Module):
     def __init__(self, margin: float | None = 0.3):
         super().__init__()
         if margin is not None and margin < 0:
-            raise ConfigError(f"train.optim.triplet_loss_margin must be >= 0, got {margin}; "
-                              "use e.g. 0.3, or model.no_margin: True for the soft margin")
+            raise ValueError(f"margin must be >= 0 (or None for the soft margin), got {margin}")
         self.margin = None if margin is None else float(margin)
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor, return_distances: bool = False):

@@ -1,0 +1,50 @@
+"""Dataset layouts: how a split (train, query or gallery) is stored on disk, and the one way to read one.
+
+Every caller reads a split with :func:`read_split`. A layout is a reader, which takes ``(path, field)``
+(``field`` names the path for the user in error messages, e.g. the spec field it came from) and returns
+the split's :class:`~reid_tao.data.records.ImageRecord` s, plus a ``detect`` rule that says whether a path
+looks like that layout. ``layout="auto"`` takes the first layout in :data:`LAYOUTS` whose rule matches,
+else :data:`DEFAULT_LAYOUT` (whose reader then explains what is wrong with the path).
+
+Adding a layout is one reader function and one :data:`LAYOUTS` entry. Detection rules look at the form of
+the path only (folder, file suffix), so a missing path still reaches the reader that reports it; e.g. a
+list-file layout (a ``.txt`` file of ``relative/path pid [camid]`` lines, as MSMT17's ``list_train.txt``)
+would be ``"list_file": Layout(read_list_file, detect=lambda path: Path(path).suffix.lower() == ".txt")``.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List
+
+from .market import scan_market_folder
+from .records import ImageRecord
+
+Reader = Callable[[str, str], List[ImageRecord]]
+
+
+@dataclass(frozen=True)
+class Layout:
+    reader: Reader
+    detect: Callable[[str], bool]
+    description: str
+
+
+LAYOUTS: Dict[str, Layout] = {
+    "market1501": Layout(scan_market_folder, detect=lambda path: Path(path).is_dir(),
+                         description="a folder of Market-1501 named images '<pid>_c<camera>...'"),
+}
+DEFAULT_LAYOUT = "market1501"
+
+
+def detect_layout(path: str) -> str:
+    """The name of the first layout whose rule matches ``path``, else :data:`DEFAULT_LAYOUT`."""
+    return next((name for name, layout in LAYOUTS.items() if layout.detect(path)), DEFAULT_LAYOUT)
+
+
+def read_split(path: str, field: str, layout: str = "auto") -> List[ImageRecord]:
+    """The records of one split stored at ``path`` in ``layout`` ("auto": detected from the path).
+
+    Raises DataError (naming ``field``) for unreadable data, ValueError for an unknown ``layout``."""
+    if layout != "auto" and layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of auto, {', '.join(LAYOUTS)}")
+    name = detect_layout(path) if layout == "auto" else layout
+    return LAYOUTS[name].reader(path, field)

@@ -1,0 +1,85 @@
+"""The two training data paths behind one interface; the data module picks one once the device is known.
+
+* :class:`WorkerPipeline` ("cpu"): DataLoader workers decode and augment each image (torchvision).
+* :class:`DevicePipeline` ("gpu"): images are decoded once into a :class:`DecodedImageCache`; the loader
+  yields :class:`~reid_tao.data.batch.IndexBatch` es and :meth:`on_after_batch_transfer` gathers and
+  augments them on the training device (:class:`DeviceAugment`; also works on CPU).
+
+Both give the same batches (labels, cameras, indices) for the same sampler, and images drawn from the
+same augmentation distributions.
+"""
+from typing import Optional, Protocol, Sequence, Union
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .batch import Batch, IndexBatch
+from .datasets import ImageDataset, effective_workers
+from .gpu_pipeline import DecodedImageCache, DeviceAugment, IndexDataset, augment_batch, collate_index_batch
+from .records import ImageRecord
+from .preprocessing import Preprocessing
+from .settings import AugmentSettings
+from .transforms import build_train_transform
+
+
+class TrainPipeline(Protocol):
+    name: str
+
+    def loader(self, records: Sequence[ImageRecord], labels: Sequence[int], sampler: Sampler,
+               batch_size: int) -> DataLoader:
+        """The training loader over ``records`` (with training ``labels``) in ``sampler`` order."""
+
+    def on_after_batch_transfer(self, batch: Union[Batch, IndexBatch], rank: int) -> Batch:
+        """A training batch once on the training device, as the model takes it."""
+
+
+class WorkerPipeline:
+    """Decode + augment in DataLoader worker processes with torchvision transforms."""
+
+    name = "cpu"
+
+    def __init__(self, preprocessing: Preprocessing, augment: AugmentSettings, num_workers: int):
+        p = preprocessing
+        self.transform = build_train_transform(p.input_size, p.pixel_mean, p.pixel_std, augment.flip_prob,
+                                               augment.padding, augment.erase_prob, p.interpolation)
+        self.num_workers = num_workers
+
+    def loader(self, records: Sequence[ImageRecord], labels: Sequence[int], sampler: Sampler,
+               batch_size: int) -> DataLoader:
+        dataset = ImageDataset([r.path for r in records], labels, [r.camid for r in records], self.transform)
+        workers = effective_workers(self.num_workers)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+
+    def on_after_batch_transfer(self, batch: Batch, rank: int) -> Batch:
+        return batch
+
+
+class DevicePipeline:
+    """Decode once into a :class:`DecodedImageCache`, gather + augment whole batches on the device.
+
+    channels_last: batches on CUDA come in channels_last memory format (set it when the model trains
+    channels_last: no conversion copy)."""
+
+    name = "gpu"
+
+    def __init__(self, preprocessing: Preprocessing, augment: AugmentSettings, channels_last: bool = False):
+        self.preprocessing = preprocessing
+        self.augment = DeviceAugment(preprocessing.pixel_mean, preprocessing.pixel_std, augment.flip_prob,
+                                     augment.padding, augment.erase_prob)
+        self.channels_last = channels_last
+        self.image_cache: Optional[DecodedImageCache] = None
+
+    def loader(self, records: Sequence[ImageRecord], labels: Sequence[int], sampler: Sampler,
+               batch_size: int) -> DataLoader:
+        if self.image_cache is None:
+            self.image_cache = DecodedImageCache.build([r.path for r in records], self.preprocessing.input_size,
+                                                       self.preprocessing.interpolation)
+        # Only indices travel through the loader; on_after_batch_transfer makes the images.
+        dataset = IndexDataset(labels, [r.camid for r in records])
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                          collate_fn=collate_index_batch)
+
+    def on_after_batch_transfer(self, batch: IndexBatch, rank: int) -> Batch:
+        return augment_batch(batch, self.image_cache, self.augment, rank=rank,
+                             channels_last=self.channels_last and batch.indices.is_cuda)

@@ -1,0 +1,195 @@
+"""Atomic file writes and one-line error messages: the bottom layer (imports nothing but ``errors``).
+
+Atomic writes go to a unique temporary sibling (``.NAME.tmpPID-RANDOM`` in the target's folder), are
+flushed and fsynced, then ``os.replace``d over the target: a reader sees the old file or the new one,
+never half a file. On any exception (``BaseException``: also KeyboardInterrupt) the temporary file is
+removed and the previous target is left untouched. The temporary file is created with
+``os.open(..., 0o666)``, so the final file's mode follows the process umask exactly as a plain
+``open(path, "w")`` would (0644 under umask 022), unlike ``tempfile.mkstemp``'s 0600.
+
+torch and matplotlib are imported inside the helpers that need them, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import stat
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+__all__ = [
+    "atomic_output", "atomic_path", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
+    "atomic_save_figure", "staging_dir", "first_line", "last_line",
+]
+
+_ATTEMPTS = 100  # unique names to try before giving up (a clash needs the same pid and 32 random bits)
+
+
+def _temporary_name(target: Path, suffix: str = "tmp") -> Path:
+    return target.with_name(f".{target.name}.{suffix}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _create_sibling(target: Path) -> tuple[int, Path]:
+    """Create (O_EXCL) a fresh temporary sibling of ``target``, mode 0o666 minus the umask; (fd, path)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_ATTEMPTS):
+        temporary = _temporary_name(target)
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file beside {target}")
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, binary: bool = False, encoding: str = "utf-8") -> Iterator[IO]:
+    """Open ``path`` for writing atomically: yields a handle on a temporary sibling file (text, or
+    bytes with ``binary=True``), renamed over ``path`` when the block ends without an exception."""
+    target = Path(path)
+    fd, temporary = _create_sibling(target)
+    try:
+        handle = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding=encoding)
+    except BaseException:
+        os.close(fd)
+        _remove_quietly(temporary)
+        raise
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """For writers that take a file name (e.g. ``torch.onnx.export``): yields the path of a temporary
+    sibling (already created, empty) to write to; renamed over ``path`` on success, removed on failure.
+
+    The file keeps the umask-derived mode even when the writer replaces it with a file of its own.
+    """
+    target = Path(path)
+    fd, temporary = _create_sibling(target)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0o666 minus the umask, applied by os.open
+    finally:
+        os.close(fd)
+    try:
+        yield temporary
+        os.chmod(temporary, mode)
+        _fsync_path(temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically; returns ``path`` as a Path."""
+    with atomic_output(path, encoding=encoding) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON (indent 2, trailing newline) to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: a crash never leaves a torn checkpoint."""
+    import torch
+
+    with atomic_output(path, binary=True) as handle:
+        torch.save(obj, handle)
+    return Path(path)
+
+
+def atomic_save_figure(figure: Any, path: str | os.PathLike, dpi: int, format: str = "png") -> Path:
+    """Render a ``matplotlib.figure.Figure`` to ``path`` atomically, on an Agg canvas (never pyplot's
+    backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)  # attach an Agg canvas: independent of the user's pyplot backend
+    with atomic_output(path, binary=True) as handle:
+        figure.savefig(handle, format=format, dpi=dpi)
+    return Path(path)
+
+
+@contextmanager
+def staging_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh, empty sibling folder of ``path`` (mode 0o777 minus the umask) to build a whole tree in.
+
+    The block moves it into place itself (``os.rename``: how to treat an existing ``path`` is the
+    caller's choice); whatever is left of it when the block ends, on failure or otherwise, is removed.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(_ATTEMPTS):
+        staging = _temporary_name(target)
+        try:
+            os.mkdir(staging, 0o777)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"cannot create a temporary folder beside {target}")
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# one-line messages
+
+
+def _lines(error_or_text: BaseException | str) -> list[str]:
+    return [line.strip() for line in str(error_or_text).splitlines() if line.strip()]
+
+
+def _pick(error_or_text: BaseException | str, index: int, limit: int | None) -> str:
+    lines = _lines(error_or_text)
+    if lines:
+        text = lines[index]
+    else:
+        text = "" if isinstance(error_or_text, str) else type(error_or_text).__name__
+    if limit is not None and len(text) > limit:
+        text = text[:max(0, limit - 3)] + "..."
+    return text
+
+
+def first_line(error_or_text: BaseException | str, limit: int | None = None) -> str:
+    """The first non-empty line of ``str(error_or_text)``, stripped. An exception with an empty
+    message gives its type name (a string gives ""). With ``limit``, a longer line is cut to ``limit``
+    characters ending in "..."."""
+    return _pick(error_or_text, 0, limit)
+
+
+def last_line(error_or_text: BaseException | str, limit: int | None = None) -> str:
+    """Like :func:`first_line` but the last non-empty line (e.g. the exception line at the end of an
+    error re-raised with a DataLoader worker's traceback)."""
+    return _pick(error_or_text, -1, limit)
