@@ -7,16 +7,19 @@ here, in spec field names, by :func:`check_spec`, so a new table entry needs no 
 """
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from .config.loader import closest_hint, load_config, schema_config
 from .data.datamodule import AugmentSettings, LoaderSettings, ReidDataModule
 from .data.gpu_pipeline import PIPELINES
 from .data.preprocessing import Preprocessing
 from .data.transforms import INTERPOLATIONS
-from .engine.checkpoint import model_state_dict, read_checkpoint
+from .engine.checkpoint import (is_reid_tao_checkpoint, is_tao_checkpoint, model_state_dict, read_checkpoint,
+                                read_checkpoint_file)
 from .engine.devices import ACCELERATORS
 from .engine.module import ReidModule
 from .engine.optim import WARMUP_METHODS, optimizer_class
@@ -26,6 +29,7 @@ from .model import weights
 from .model.backbones import BACKBONES, BackboneOptions
 from .model.baseline import NECK_FEATURES, NECKS, Baseline
 from .model.losses import ID_LOSSES, ReidLoss
+from .model.tao_baseline import TAO_RESNET_LAYERS, TAO_RESNET_WIDTH, TaoBaseline, TaoResNet
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +188,18 @@ def _load_imagenet(model: Baseline, model_cfg: DictConfig) -> None:
 
 
 def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
-    """Backbone (and neck, when shapes agree) from a reid_tao checkpoint; the classifier is re-created."""
+    """From a reid_tao checkpoint: backbone (and neck, when shapes agree), the classifier re-created. Any
+    other file (TAO checkpoint, timm/Microsoft/torchvision weights) is read as backbone weights, as TAO does."""
     path = model_cfg.pretrained_model_path
-    state = model_state_dict(read_checkpoint(path, "model.pretrained_model_path"))
+    checkpoint = read_checkpoint_file(path, "model.pretrained_model_path")
+    if not is_reid_tao_checkpoint(checkpoint):
+        if is_tao_checkpoint(checkpoint):
+            _check_tao_backbone_fits(model, checkpoint, model_cfg)
+        report = weights.load_backbone_weights(model.backbone, checkpoint)
+        log.info("model.pretrain_choice=self: %s is not a reid_tao checkpoint, read as backbone weights: %s",
+                 path, report.summary())
+        return
+    state = model_state_dict(checkpoint)
     own = model.state_dict()
     transferable = {k: v for k, v in state.items()
                     if not k.startswith("classifier.") and k in own and own[k].shape == v.shape}
@@ -198,6 +211,27 @@ def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
     model.load_state_dict(transferable, strict=False)
     log.info("model.pretrain_choice=self: loaded %d/%d backbone tensors and %d head tensors from %s",
              loaded_backbone, len(backbone_keys), len(transferable) - loaded_backbone, path)
+
+
+def _check_tao_backbone_fits(model: Baseline, checkpoint: Dict[str, Any], model_cfg: DictConfig) -> None:
+    """TAO's ResNets are Bottleneck nets for every depth; say so when ours is not, and what differs when it is."""
+    state = model_state_dict(checkpoint)
+    if "base.conv1.weight" not in state:
+        return  # a TAO Swin: the weight report tells how much matched
+    layers = _tao_resnet_layers(state)
+    fitting = [name for name, entry in BACKBONES.items() if entry.family == "ResNet"
+               and entry.feature_width == TAO_RESNET_WIDTH and TAO_RESNET_LAYERS.get(name) == layers]
+    own_width = BACKBONES[model_cfg.backbone].feature_width if model_cfg.backbone in BACKBONES else None
+    if model_cfg.backbone not in fitting:
+        advice = (f"use model.backbone={fitting[0]}, which has the same layout" if fitting else
+                  "no reid_tao backbone has this layout; use pretrain_choice=imagenet")
+        raise DataError(f"model.pretrained_model_path: {model_cfg.pretrained_model_path} is a TAO ResNet with "
+                        f"Bottleneck blocks {list(layers)} (TAO builds every resnet_* that way), but "
+                        f"model.backbone={model_cfg.backbone} here is a torchvision ResNet "
+                        f"({'BasicBlock' if own_width != TAO_RESNET_WIDTH else 'other block counts'}); "
+                        f"{advice}")
+    log.info("model.pretrain_choice=self: TAO ResNet weights; this %s has a ReLU after the stem BatchNorm (TAO "
+             "has none) and no base.feature 1x1 convolution, so features differ until fine-tuned", model_cfg.backbone)
 
 
 def _random_init(model: Baseline, model_cfg: DictConfig) -> None:
@@ -253,22 +287,132 @@ def build_module(config: DictConfig, num_classes: int, num_query: int = 0, load_
 
 
 class TrainedModel(NamedTuple):
-    model: Baseline  # in eval mode, on the CPU
+    model: nn.Module  # in eval mode, on the CPU; eval forward gives embeddings, .feat_dim their width
     preprocessing: Preprocessing
-    config: DictConfig  # the training run's config
+    config: DictConfig  # the training run's config (for a TAO checkpoint: the settings it was rebuilt with)
 
 
-def load_trained_model(path: str, field: str) -> TrainedModel:
-    """Rebuild the trained model from the config and num_classes stored in a reid_tao checkpoint."""
-    checkpoint = read_checkpoint(path, field)
+def load_trained_model(path: str, field: str, config: Optional[DictConfig] = None) -> TrainedModel:
+    """Rebuild a trained model from a checkpoint of any known architecture (see ARCHITECTURES).
+
+    ``config`` is the current spec: a TAO checkpoint without hyper-parameters takes its test-time settings
+    (neck_feat, last_stride, input size, mean/std) from it.
+    """
+    checkpoint = read_checkpoint_file(path, field)
+    for architecture in ARCHITECTURES.values():
+        if architecture.detect(checkpoint):
+            trained = architecture.rebuild(checkpoint, config, f"{field}: {path}")
+            trained.model.eval()
+            return trained
+    raise DataError(f"{field}: {path} is neither a reid_tao checkpoint nor a TAO ReIdentificationNet checkpoint "
+                    "(no reid_tao metadata, no model.base.* weights); use a file written by `reid train` or TAO")
+
+
+def _rebuild_reid_tao(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
+    """Our Baseline from the config and num_classes stored in a reid_tao checkpoint."""
     metadata = checkpoint["reid_tao"]
-    config = OmegaConf.merge(schema_config(), metadata["config"])
-    model = build_model(config, metadata["num_classes"], load_pretrained=False)
+    trained_config = OmegaConf.merge(schema_config(), metadata["config"])
+    model = build_model(trained_config, metadata["num_classes"], load_pretrained=False)
     model.load_state_dict(model_state_dict(checkpoint))
-    model.eval()
     stored = metadata.get("preprocessing")
-    preprocessing = Preprocessing.from_dict(stored) if stored else preprocessing_for(config)
-    return TrainedModel(model, preprocessing, config)
+    preprocessing = Preprocessing.from_dict(stored) if stored else preprocessing_for(trained_config)
+    return TrainedModel(model, preprocessing, trained_config)
+
+
+# What a TAO checkpoint's weights do not tell: taken from its hyper-parameters, else from the current spec.
+TAO_SETTINGS = {"model": ("backbone", "last_stride", "neck_feat", "input_height", "input_width"),
+                "dataset": ("pixel_mean", "pixel_std")}
+
+
+def _tao_settings(checkpoint: Dict[str, Any], config: Optional[DictConfig]) -> Tuple[DictConfig, str]:
+    """The current spec (or the defaults) with TAO_SETTINGS replaced by the checkpoint's hyper-parameters."""
+    base = OmegaConf.to_container(config if config is not None else schema_config(), resolve=True)
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, DictConfig):
+        hparams = OmegaConf.to_container(hparams, resolve=True)
+    spec = hparams.get("experiment_spec", hparams) if isinstance(hparams, Mapping) else None
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    taken = {}
+    if isinstance(spec, Mapping):
+        for section, names in TAO_SETTINGS.items():
+            stored = spec.get(section)
+            if isinstance(stored, Mapping):
+                taken[section] = {name: stored[name] for name in names if stored.get(name) is not None}
+    found = sum(len(values) for values in taken.values())
+    origin = ("the checkpoint's hyper_parameters" if found else
+              "the current spec (model.*, dataset.*)" if config is not None else "reid_tao's defaults")
+    if found and found < sum(len(names) for names in TAO_SETTINGS.values()):
+        origin += ", the rest from the current spec"
+    return OmegaConf.merge(schema_config(), base, taken), origin
+
+
+def _tao_resnet_layers(state: Dict[str, Any]) -> Tuple[int, ...]:
+    """Blocks per stage, counted from the keys base.layer<stage>.<block>.*."""
+    blocks = [set() for _ in range(4)]
+    for key in state:
+        parts = key.split(".")
+        if len(parts) > 3 and parts[0] == "base" and parts[1] in ("layer1", "layer2", "layer3", "layer4"):
+            blocks[int(parts[1][-1]) - 1].add(parts[2])
+    return tuple(len(found) for found in blocks)
+
+
+def _rebuild_tao_resnet(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
+    """TAO's own ResNet network (see reid_tao.model.tao_baseline) from the weights' shapes and TAO's settings."""
+    if checkpoint.get("state_dict_encrypted"):
+        raise DataError(f"{source} is encrypted by TAO; decrypt it with TAO (its encryption key) first")
+    state = model_state_dict(checkpoint)
+    if "classifier.weight" not in state:
+        raise DataError(f"{source} is a TAO checkpoint without model.classifier.weight; is the file complete?")
+    settings, origin = _tao_settings(checkpoint, config)
+    layers = _tao_resnet_layers(state)
+    feature = state.get("base.feature.weight")
+    feat_dim = int(feature.shape[0]) if feature is not None else TAO_RESNET_WIDTH
+    neck = "bnneck" if "bottleneck.weight" in state else ""
+    num_classes = int(state["classifier.weight"].shape[0])
+    name = settings.model.backbone
+    if TAO_RESNET_LAYERS.get(name) != layers:  # the weights decide; the spec's name may be another one
+        name = next((known for known, counts in TAO_RESNET_LAYERS.items() if counts == layers), name)
+    try:
+        model = TaoBaseline(TaoResNet(layers, last_stride=settings.model.last_stride, feat_dim=feat_dim),
+                            num_classes=num_classes, neck=neck, neck_feat=settings.model.neck_feat)
+    except ValueError as error:
+        raise DataError(f"{source}: cannot rebuild TAO's ResNet ({error})") from None
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise DataError(f"{source}: TAO ResNet weights do not fit TAO's network (missing "
+                        f"{', '.join(result.missing_keys[:3]) or '-'}; unexpected "
+                        f"{', '.join(result.unexpected_keys[:3]) or '-'})")
+    trained_config = OmegaConf.merge(settings, {"model": {"backbone": name, "feat_dim": feat_dim, "neck": neck},
+                                                "dataset": {"num_classes": num_classes}})
+    known = name if TAO_RESNET_LAYERS.get(name) == layers else "no TAO name"
+    log.info("%s: TAO ResNet checkpoint (%s: Bottleneck blocks %s, %d-d features, %d classes, neck %r); "
+             "neck_feat=%s, last_stride=%d, input %dx%d and pixel mean/std from %s", source, known, list(layers),
+             feat_dim, num_classes, neck, settings.model.neck_feat, settings.model.last_stride,
+             settings.model.input_height, settings.model.input_width, origin)
+    return TrainedModel(model, preprocessing_for(settings), trained_config)
+
+
+def _rebuild_tao_swin(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
+    raise DataError(f"{source} is a TAO Swin checkpoint; reid_tao rebuilds TAO's ResNet networks only. Fine-tune "
+                    "from it with model.pretrain_choice=self and model.pretrained_model_path")
+
+
+class Architecture(NamedTuple):
+    detect: Callable[[Dict[str, Any]], bool]  # is a checkpoint dict of this architecture?
+    rebuild: Callable[[Dict[str, Any], Optional[DictConfig], str], TrainedModel]
+
+
+def _tao_with(key: str) -> Callable[[Dict[str, Any]], bool]:
+    return lambda checkpoint: is_tao_checkpoint(checkpoint) and key in checkpoint["state_dict"]
+
+
+# Trained-model architectures, tried in order: reid_tao's own checkpoints, then TAO's by their key layout.
+ARCHITECTURES = {
+    "reid_tao": Architecture(is_reid_tao_checkpoint, _rebuild_reid_tao),
+    "tao_resnet": Architecture(_tao_with("model.base.conv1.weight"), _rebuild_tao_resnet),
+    "tao_swin": Architecture(_tao_with("model.base.patch_embed.projection.weight"), _rebuild_tao_swin),
+}
 
 
 def trained_num_classes(path: str, field: str) -> int:
