@@ -193,11 +193,10 @@ def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
     path = model_cfg.pretrained_model_path
     checkpoint = read_checkpoint_file(path, "model.pretrained_model_path")
     if not is_reid_tao_checkpoint(checkpoint):
+        log.info("model.pretrain_choice=self: %s is not a reid_tao checkpoint; reading it as backbone weights", path)
         if is_tao_checkpoint(checkpoint):
-            _check_tao_backbone_fits(model, checkpoint, model_cfg)
-        report = weights.load_backbone_weights(model.backbone, checkpoint)
-        log.info("model.pretrain_choice=self: %s is not a reid_tao checkpoint, read as backbone weights: %s",
-                 path, report.summary())
+            _check_tao_backbone_fits(checkpoint, model_cfg)
+        weights.load_backbone_weights(model.backbone, checkpoint)  # logs its match report, fails when poor
         return
     state = model_state_dict(checkpoint)
     own = model.state_dict()
@@ -213,23 +212,24 @@ def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
              loaded_backbone, len(backbone_keys), len(transferable) - loaded_backbone, path)
 
 
-def _check_tao_backbone_fits(model: Baseline, checkpoint: Dict[str, Any], model_cfg: DictConfig) -> None:
+def _check_tao_backbone_fits(checkpoint: Dict[str, Any], model_cfg: DictConfig) -> None:
     """TAO's ResNets are Bottleneck nets for every depth; say so when ours is not, and what differs when it is."""
     state = model_state_dict(checkpoint)
     if "base.conv1.weight" not in state:
         return  # a TAO Swin: the weight report tells how much matched
     layers = _tao_resnet_layers(state)
+    # Our 2048-wide ResNets are Bottleneck nets with TAO's block counts; resnet_18/34 are BasicBlock nets.
     fitting = [name for name, entry in BACKBONES.items() if entry.family == "ResNet"
                and entry.feature_width == TAO_RESNET_WIDTH and TAO_RESNET_LAYERS.get(name) == layers]
-    own_width = BACKBONES[model_cfg.backbone].feature_width if model_cfg.backbone in BACKBONES else None
     if model_cfg.backbone not in fitting:
+        ours = BACKBONES[model_cfg.backbone]
+        kind = ("BasicBlock" if ours.feature_width != TAO_RESNET_WIDTH else "other block counts") \
+            if ours.family == "ResNet" else ours.family
         advice = (f"use model.backbone={fitting[0]}, which has the same layout" if fitting else
-                  "no reid_tao backbone has this layout; use pretrain_choice=imagenet")
+                  "no reid_tao backbone has this layout; use model.pretrain_choice=imagenet")
         raise DataError(f"model.pretrained_model_path: {model_cfg.pretrained_model_path} is a TAO ResNet with "
                         f"Bottleneck blocks {list(layers)} (TAO builds every resnet_* that way), but "
-                        f"model.backbone={model_cfg.backbone} here is a torchvision ResNet "
-                        f"({'BasicBlock' if own_width != TAO_RESNET_WIDTH else 'other block counts'}); "
-                        f"{advice}")
+                        f"model.backbone={model_cfg.backbone} here has {kind}; {advice}")
     log.info("model.pretrain_choice=self: TAO ResNet weights; this %s has a ReLU after the stem BatchNorm (TAO "
              "has none) and no base.feature 1x1 convolution, so features differ until fine-tuned", model_cfg.backbone)
 

@@ -229,3 +229,71 @@ def test_evaluate_inference_export_through_the_cli(tiny_market, tmp_path, capsys
     assert_same_embeddings(torch.from_numpy(np.asarray(onnx_features)), expected)
     sidecar = json.loads(onnx_file.with_suffix(".json").read_text())
     assert sidecar["feature_dim"] == 32 and sidecar["input_shape"] == ["batch", 3, 32, 16]
+
+
+# ------------------------------------------------------------------ model.pretrain_choice=self with other files
+def self_config(market, tmp_path, path, backbone, *extra):
+    return load_experiment(None, tiny_overrides(market, tmp_path / "r", **{
+        "model.pretrain_choice": "self", "model.pretrained_model_path": str(path), "model.backbone": backbone,
+        **dict(item.split("=", 1) for item in extra)}))
+
+
+@pytest.fixture(scope="module")
+def tao_resnet50_file(tmp_path_factory):
+    state = tao_state_dict(layers=(3, 4, 6, 3), feat_dim=256, num_classes=751)
+    path = tmp_path_factory.mktemp("tao50") / "model_epoch_119.pth"
+    torch.save(lightning_checkpoint(state), path)
+    return path, state
+
+
+def test_self_with_a_tao_checkpoint_loads_its_backbone(tiny_market, tmp_path, tao_resnet50_file, caplog):
+    from reid_tao.build import build_model
+
+    path, state = tao_resnet50_file
+    with caplog.at_level("INFO", logger="reid_tao"):
+        model = build_model(self_config(tiny_market, tmp_path, path, "resnet_50"), num_classes=6)
+    own = model.backbone.state_dict()
+    tao_backbone = {k[len("model.base."):]: v for k, v in state.items()
+                    if k.startswith("model.base.") and not k.startswith("model.base.feature.")}
+    assert set(own) == set(tao_backbone)
+    assert all(torch.equal(own[name], value) for name, value in tao_backbone.items())
+    assert model.classifier.weight.shape == (6, model.feat_dim)  # a new classifier for the new identities
+    assert "loaded 265/265 backbone tensors" in caplog.text and "is not a reid_tao checkpoint" in caplog.text
+    assert "ReLU after the stem" in caplog.text  # the one non-weight difference is said
+
+
+@pytest.mark.parametrize("backbone", ["resnet_34", "resnet_18"])
+def test_self_with_a_tao_checkpoint_names_the_block_mismatch(tiny_market, tmp_path, tao_resnet50_file, backbone):
+    from reid_tao.build import build_model
+
+    path, _ = tao_resnet50_file
+    with pytest.raises(DataError, match="Bottleneck blocks .* model.backbone=resnet_50") as error:
+        build_model(self_config(tiny_market, tmp_path, path, backbone), num_classes=6)
+    assert "BasicBlock" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("layout", ["timm", "microsoft"])
+def test_self_with_a_swin_weights_file(tiny_market, tmp_path, layout, caplog):
+    import timm
+
+    from reid_tao.build import build_model
+    from reid_tao.model.backbones.swin import fit_window_sizes
+
+    from test_weights import to_microsoft_layout
+
+    name, size = "swin_tiny_patch4_window7_224", (64, 32)
+    torch.manual_seed(3)
+    if layout == "timm":  # timm's own layout at this input size (what reid_tao and timm users save)
+        source = timm.create_model(name, pretrained=False, img_size=size, window_size=fit_window_sizes(size))
+        torch.save(source.state_dict(), tmp_path / "swin.pth")
+    else:  # the official release at 224x224 (the file TAO's Swin spec points at with pretrain_choice self)
+        source = timm.create_model(name, pretrained=False)
+        torch.save({"model": to_microsoft_layout(source)}, tmp_path / "swin.pth")
+    config = self_config(tiny_market, tmp_path, tmp_path / "swin.pth", name, "model.input_height=64",
+                         "model.input_width=32")
+    with caplog.at_level("INFO", logger="reid_tao"):
+        model = build_model(config, num_classes=6)
+    assert "is not a reid_tao checkpoint" in caplog.text and "loaded 1" in caplog.text
+    target = model.backbone.model
+    assert torch.equal(target.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    assert torch.equal(target.layers[2].blocks[3].mlp.fc2.weight, source.layers[2].blocks[3].mlp.fc2.weight)
