@@ -216,7 +216,8 @@ def test_evaluate_inference_export_through_the_cli(tiny_market, tmp_path, capsys
     assert main(["inference", f"inference.checkpoint={checkpoint}", f"inference.query_dataset={tiny_market / 'query'}",
                  f"inference.output_file={output}"] + spec) == 0, capsys.readouterr().err
     entries = json.loads(output.read_text())
-    transform = Preprocessing(input_size=(32, 16), pixel_mean=(0.4, 0.5, 0.6), pixel_std=(0.2, 0.25, 0.3)).eval_transform()
+    transform = Preprocessing(input_size=(32, 16), pixel_mean=(0.4, 0.5, 0.6),
+                              pixel_std=(0.2, 0.25, 0.3)).eval_transform()
     batch = torch.stack([transform(Image.open(entry["img_path"]).convert("RGB")) for entry in entries])
     expected = tao_forward(state, batch)
     assert_same_embeddings(torch.tensor([entry["embedding"] for entry in entries]), expected)
@@ -272,7 +273,30 @@ def test_self_with_a_tao_checkpoint_names_the_block_mismatch(tiny_market, tmp_pa
     assert "BasicBlock" in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("layout", ["timm", "microsoft"])
+def to_tao_swin_layout(microsoft: dict) -> dict:
+    """Official Swin keys -> TAO's (SOLIDER/mmcv) Swin as its Lightning state dict, after TAO's swin_converter:
+    stages.*, attn.w_msa, ffn.layers, patch merging in nn.Unfold order, final norm as norm3."""
+    tao = {}
+    for name, value in microsoft.items():
+        if name.startswith("head") or name.endswith(("relative_position_index", "attn_mask")):
+            continue
+        name = name.replace("attn.", "attn.w_msa.").replace("mlp.fc1.", "ffn.layers.0.0.")
+        name = name.replace("mlp.fc2.", "ffn.layers.1.").replace("patch_embed.proj.", "patch_embed.projection.")
+        if "downsample.reduction" in name:
+            out_ch, in_ch = value.shape
+            value = value.reshape(out_ch, 4, in_ch // 4)[:, [0, 2, 1, 3], :].transpose(1, 2).reshape(out_ch, in_ch)
+        elif "downsample.norm" in name:
+            value = value.reshape(4, -1)[[0, 2, 1, 3], :].transpose(0, 1).reshape(-1)
+        name = name.replace("layers", "stages", 1).replace("norm.", "norm3.") if name.startswith("norm.") \
+            else name.replace("layers", "stages", 1)
+        tao[f"model.base.{name}"] = value
+    tao["model.base.semantic_embed_w.0.weight"] = torch.zeros(192, 2)  # SOLIDER's, no counterpart here
+    tao["model.bottleneck.weight"] = torch.ones(768)
+    tao["model.classifier.weight"] = torch.zeros(751, 768)
+    return tao
+
+
+@pytest.mark.parametrize("layout", ["timm", "microsoft", "tao"])
 def test_self_with_a_swin_weights_file(tiny_market, tmp_path, layout, caplog):
     import timm
 
@@ -286,9 +310,15 @@ def test_self_with_a_swin_weights_file(tiny_market, tmp_path, layout, caplog):
     if layout == "timm":  # timm's own layout at this input size (what reid_tao and timm users save)
         source = timm.create_model(name, pretrained=False, img_size=size, window_size=fit_window_sizes(size))
         torch.save(source.state_dict(), tmp_path / "swin.pth")
-    else:  # the official release at 224x224 (the file TAO's Swin spec points at with pretrain_choice self)
+    elif layout == "microsoft":  # the official release at 224x224
         source = timm.create_model(name, pretrained=False)
         torch.save({"model": to_microsoft_layout(source)}, tmp_path / "swin.pth")
+    else:  # a Swin checkpoint trained with TAO (what TAO's Swin spec fine-tunes from with pretrain_choice self)
+        source = timm.create_model(name, pretrained=False)
+        with torch.no_grad():  # LayerNorm weights start as ones: make every tensor tell its order
+            for parameter in source.parameters():
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+        torch.save(lightning_checkpoint(to_tao_swin_layout(to_microsoft_layout(source))), tmp_path / "swin.pth")
     config = self_config(tiny_market, tmp_path, tmp_path / "swin.pth", name, "model.input_height=64",
                          "model.input_width=32")
     with caplog.at_level("INFO", logger="reid_tao"):
@@ -297,3 +327,8 @@ def test_self_with_a_swin_weights_file(tiny_market, tmp_path, layout, caplog):
     target = model.backbone.model
     assert torch.equal(target.patch_embed.proj.weight, source.patch_embed.proj.weight)
     assert torch.equal(target.layers[2].blocks[3].mlp.fc2.weight, source.layers[2].blocks[3].mlp.fc2.weight)
+    for stage in (1, 2, 3):  # patch merging: TAO's unfold order maps back onto timm's
+        assert torch.equal(target.layers[stage].downsample.reduction.weight,
+                           source.layers[stage].downsample.reduction.weight)
+        assert torch.equal(target.layers[stage].downsample.norm.weight, source.layers[stage].downsample.norm.weight)
+    assert torch.equal(target.norm.weight, source.norm.weight)

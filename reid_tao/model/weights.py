@@ -134,6 +134,8 @@ def load_backbone_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Te
     source = _flatten_checkpoint(state_dict)
     target = backbone.state_dict()
     swin_prefix, swin = _find_timm_swin(backbone)
+    if swin is not None and any(name.endswith("patch_embed.projection.weight") for name in source):
+        source = _mmcv_swin_to_microsoft(source)
     own_names = {name[len(swin_prefix):] for name in target if name.startswith(swin_prefix)}
 
     prefix = _best_prefix(source, own_names)
@@ -192,6 +194,31 @@ def _best_prefix(source: Mapping[str, torch.Tensor], own_names: set[str]) -> str
     if not votes:
         return ""
     return max(votes, key=lambda prefix: (votes[prefix], -len(prefix)))
+
+
+def _mmcv_swin_to_microsoft(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The mmcv/SOLIDER Swin layout (TAO's Swin: ``stages.*``, ``attn.w_msa``, ``ffn.layers``, unfold-ordered
+    patch merging, final ``norm3``) back to the official Microsoft layout, which timm's filter then reads.
+    Keys keep their prefix (``model.base.`` etc.); SOLIDER's semantic embeddings have no counterpart."""
+    renames = ((".attn.w_msa.", ".attn."), (".ffn.layers.0.0.", ".mlp.fc1."), (".ffn.layers.1.", ".mlp.fc2."),
+               ("patch_embed.projection.", "patch_embed.proj."))
+    converted = {}
+    for name, value in state_dict.items():
+        parts = name.split(".")
+        if "stages" in parts:
+            parts[parts.index("stages")] = "layers"
+        if parts[-2:-1] == ["norm3"]:
+            parts[-2] = "norm"  # the last stage's output norm is the final norm
+        name = ".".join(parts)
+        for old, new in renames:
+            name = name.replace(old, new)
+        if ".downsample.reduction." in name and value.ndim == 2:  # mmcv's nn.Unfold order -> (x0, x1, x2, x3)
+            out_ch, in_ch = value.shape
+            value = value.reshape(out_ch, in_ch // 4, 4).transpose(1, 2)[:, [0, 2, 1, 3]].reshape(out_ch, in_ch)
+        elif ".downsample.norm." in name and value.ndim == 1:
+            value = value.reshape(-1, 4).transpose(0, 1)[[0, 2, 1, 3]].reshape(-1)
+        converted[name] = value
+    return converted
 
 
 def _convert_swin(state_dict: dict[str, torch.Tensor], swin: nn.Module) -> dict[str, torch.Tensor]:
