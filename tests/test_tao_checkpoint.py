@@ -332,3 +332,14 @@ def test_self_with_a_swin_weights_file(tiny_market, tmp_path, layout, caplog):
                            source.layers[stage].downsample.reduction.weight)
         assert torch.equal(target.layers[stage].downsample.norm.weight, source.layers[stage].downsample.norm.weight)
     assert torch.equal(target.norm.weight, source.norm.weight)
+
+
+def test_tao_network_constructors_name_their_bad_arguments():
+    from reid_tao.model.tao_baseline import TaoBaseline, TaoResNet
+
+    with pytest.raises(ValueError, match="layers"):
+        TaoResNet(layers=(1, 1, 1))
+    with pytest.raises(ValueError, match="last_stride"):
+        TaoResNet(layers=TINY_LAYERS, last_stride=3)
+    with pytest.raises(ValueError, match="neck_feat"):
+        TaoBaseline(TaoResNet(layers=TINY_LAYERS, feat_dim=16), num_classes=3, neck_feat="middle")
