@@ -304,7 +304,12 @@ def test_host_cache_gathers_with_the_host_copy_of_the_indices(image_files, monke
     assert moved.indices.device.type == "meta" and moved.host_indices is batch.host_indices
     cache._placed_for = torch.device("meta")  # as place_for leaves a cache too big for the device: on the host
     copies, real_cpu = [], torch.Tensor.cpu
-    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: copies.append(self.device) or real_cpu(self, *a, **k))
+
+    def counting_cpu(self, *args, **kwargs):
+        copies.append(self.device)
+        return real_cpu(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
     out = cache.gather(moved.indices, moved.host_indices)
     assert copies == [] and out.device.type == "meta" and out.shape == expected.shape
     # and the device pipeline hands the host copy to the cache

@@ -109,7 +109,7 @@ class ReidModule(pl.LightningModule):
         """Gather the features, rank this process's share of the queries against the whole gallery and
         add the per-query sums over the processes: no process builds the full (Q, G) distance matrix, and
         every process logs the same reduced values (checkpoint and early-stopping callbacks see them)."""
-        from ..data.datasets import shard_range
+        from ..data.datasets import ShardSampler, shard_range
         from ..evaluation.metrics import RankSums
         from ..evaluation.query_share import query_share_sums
         from .distributed import gather_by_index
@@ -120,10 +120,9 @@ class ReidModule(pl.LightningModule):
         total = len(self.trainer.datamodule.query_records) + len(self.trainer.datamodule.gallery_records)
         # The val loader's ShardSampler gives an empty shard one borrowed image (so this hook runs on every
         # rank and reaches the collectives); index -1 tells gather_by_index to drop it.
-        first, last = shard_range(total, rank, world_size)
         rows = torch.cat([r for r, _ in self._val_outputs])
         indices = torch.cat([i for _, i in self._val_outputs])
-        indices = torch.where((indices >= first) & (indices < last), indices, -1)
+        indices = torch.where(ShardSampler(total, rank, world_size).owns(indices), indices, -1)
         self._val_outputs.clear()
         outputs = gather_by_index(self.all_gather, rows, indices, total, world_size)
         features, pids, camids = outputs[:, :-2], outputs[:, -2].long(), outputs[:, -1].long()
