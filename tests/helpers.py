@@ -55,3 +55,16 @@ def tiny_overrides(market: Path, results: Path, **extra) -> list:
     }
     overrides.update(extra)
     return [f"{key}={value}" for key, value in overrides.items()]
+
+
+def write_untrained_checkpoint(market: Path, path: Path, num_classes: int = 6) -> Path:
+    """A reid_tao checkpoint of an untrained tiny_overrides model (no training run needed)."""
+    import torch
+
+    from reid_tao.build import build_model, checkpoint_metadata, load_experiment
+
+    config = load_experiment(None, tiny_overrides(market, path.parent))
+    model = build_model(config, num_classes, load_pretrained=False)
+    torch.save({"state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
+                "reid_tao": checkpoint_metadata(config, num_classes)}, path)
+    return path

@@ -3,9 +3,12 @@
 These spawn real processes, so they are few and small."""
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +108,75 @@ def test_two_nodes_with_torchrun_over_loopback(tiny_market, tmp_path):
     assert "2 node(s)" in outputs[0] and "global batch 8" in outputs[0]
     assert sorted(p.name for p in (tmp_path / "train").glob("*.pth")) == ["model_epoch_000.pth",
                                                                           "reid_model_latest.pth"]
+
+
+# -- validation metrics split over ranks, and ranks with nothing to extract -------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+HANG_TIMEOUT = 240  # a rank stuck in a collective fails the test instead of blocking the suite
+
+
+def run_or_kill(command, timeout=HANG_TIMEOUT):
+    """Run ``command`` in its own process group; on timeout kill the group (launched ranks included) and fail."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+                               start_new_session=True)
+    try:
+        output = process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output = process.communicate()[0]
+        pytest.fail(f"{command[1:3]} did not finish in {timeout} s (a rank waiting in a collective?)\n{output[-3000:]}")
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def validate_in_processes(out_dir: Path, devices: int, overrides) -> list:
+    run_or_kill([sys.executable, str(ROOT / "tests" / "ddp_validation.py"), str(out_dir), str(devices), *overrides])
+    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(devices)]
+
+
+def test_validation_splits_queries_over_ranks_and_equals_one_process(tiny_market, tmp_path):
+    from ddp_validation import validate
+
+    overrides = tiny_overrides(tiny_market, tmp_path)
+    single = validate(overrides, devices=1)
+    num_query, num_gallery = 4, 17  # tiny_market: query, bounding_box_test without the junk image
+    assert single["shapes"] == [[num_query, num_gallery]]
+    ranks = validate_in_processes(tmp_path, 2, overrides)
+    # each rank ranks only its half of the queries; nobody builds the full 4 x 17 matrix
+    assert [r["shapes"] for r in ranks] == [[[2, num_gallery]], [[2, num_gallery]]]
+    for result in ranks:
+        assert result["metrics"].keys() == single["metrics"].keys() and "val/mAP" in single["metrics"]
+        for name, value in single["metrics"].items():
+            assert result["metrics"][name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_validation_with_fewer_images_than_processes_finishes(tiny_market, tmp_path):
+    """2 images over 3 processes: rank 0's shard is empty, and ranks 0 and 1 have no query."""
+    query, gallery = tmp_path / "query", tmp_path / "gallery"
+    query.mkdir(), gallery.mkdir()
+    shutil.copy(tiny_market / "query" / "0101_c1s1_000000_00.jpg", query)
+    shutil.copy(tiny_market / "bounding_box_test" / "0101_c2s1_000001_00.jpg", gallery)
+    overrides = tiny_overrides(tiny_market, tmp_path, **{"dataset.query_dataset_dir": query,
+                                                         "dataset.test_dataset_dir": gallery})
+    ranks = validate_in_processes(tmp_path, 3, overrides)
+    assert [r["shapes"] for r in ranks] == [[], [], [[1, 1]]]
+    assert all(r["metrics"]["val/mAP"] == 1.0 and r["metrics"]["val/rank1"] == 1.0 for r in ranks)
+
+
+def test_two_process_inference_on_one_image_finishes(tiny_market, tmp_path):
+    """Rank 1 has no image of its own: it must still run the loop and join the gather."""
+    from helpers import write_untrained_checkpoint
+
+    checkpoint = write_untrained_checkpoint(tiny_market, tmp_path / "untrained.pth")
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(tiny_market / "query" / "0101_c1s1_000000_00.jpg", folder)
+    output = tmp_path / "emb.json"
+    run_or_kill([sys.executable, "-m", "reid_tao", "inference", f"inference.checkpoint={checkpoint}",
+                 f"inference.test_dataset={folder}", f"inference.output_file={output}", "inference.accelerator=cpu",
+                 "inference.num_gpus=2", "dataset.num_workers=0", f"results_dir={tmp_path}"])
+    entries = json.loads(output.read_text())
+    assert [e["img_path"] for e in entries] == [str(folder / "0101_c1s1_000000_00.jpg")]
+    assert len(entries[0]["embedding"]) == 32

@@ -1,5 +1,6 @@
 """The "gpu" training data path on CPU: cache == CPU resize, augmentation == torchvision in values and
 distributions, determinism, data-module integration and an end-to-end `reid train`."""
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +14,8 @@ from reid_tao.cli import main
 from reid_tao.data.datamodule import AugmentSettings, LoaderSettings, Preprocessing, ReidDataModule
 from reid_tao.data.datasets import load_rgb
 from reid_tao.data.gpu_pipeline import (AugmentParams, DecodedImageCache, DeviceAugment, IndexDataset,
-                                        augment_batch, batch_generator, collate_index_batch, resolve_pipeline)
+                                        augment_batch, batch_generator, collate_index_batch, decode_threads,
+                                        resolve_pipeline)
 from reid_tao.data.transforms import build_eval_transform
 from reid_tao.errors import DataError
 
@@ -209,17 +211,18 @@ def test_resolve_pipeline():
 
 
 # -- data-module integration ------------------------------------------------------------------------------------
-def fake_trainer(training=True, rank=0, epoch=0):
+def fake_trainer(training=True, rank=0, epoch=0, device="cpu", num_devices=1):
+    # world_size stays 1 (the tiny set has too few identities for several PK plans); num_devices is per node
     return SimpleNamespace(training=training, global_rank=rank, world_size=1, current_epoch=epoch,
-                           strategy=SimpleNamespace(root_device=torch.device("cpu")))
+                           num_devices=num_devices, strategy=SimpleNamespace(root_device=torch.device(device)))
 
 
-def make_module(market, pipeline, **augment):
+def make_module(market, pipeline, trainer=None, **augment):
     module = ReidDataModule(str(market / "bounding_box_train"), pipeline=pipeline,
                             preprocessing=Preprocessing((32, 16), MEAN, STD),
                             augment=AugmentSettings(**{"padding": 2, **augment}),
                             loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0, seed=3))
-    module.trainer = fake_trainer()
+    module.trainer = trainer or fake_trainer()
     module.setup("fit")
     return module
 
@@ -284,3 +287,54 @@ def test_reid_train_with_gpu_pipeline_on_cpu_and_resume(tiny_market, tmp_path, c
     for key, value in full["state_dict"].items():
         assert torch.isfinite(value).all() if value.is_floating_point() else True, key
         assert torch.equal(value, split["state_dict"][key]), key
+
+
+# -- no per-step host syncs; cache threads per local process ---------------------------------------------------
+def test_host_cache_gathers_with_the_host_copy_of_the_indices(image_files, monkeypatch):
+    """A cache kept in host memory must not copy the step's indices back from the device (a sync per step)."""
+    from lightning_fabric.utilities.apply_func import move_data_to_device
+
+    cache = DecodedImageCache.build(image_files, (24, 12), num_threads=2)
+    dataset = IndexDataset([0] * len(image_files), [1] * len(image_files))
+    batch = collate_index_batch([dataset[(3, 7)], dataset[(0, 8)], dataset[(3, 9)]])
+    expected = cache.images[torch.tensor([3, 0, 3])]
+    assert torch.equal(cache.gather_on_host(torch.from_numpy(batch.host_indices)), expected)
+    # Lightning's transfer (here to "meta", standing in for a GPU) moves the indices, not their host copy
+    moved = move_data_to_device(batch, torch.device("meta"))
+    assert moved.indices.device.type == "meta" and moved.host_indices is batch.host_indices
+    cache._placed_for = torch.device("meta")  # as place_for leaves a cache too big for the device: on the host
+    copies, real_cpu = [], torch.Tensor.cpu
+
+    def counting_cpu(self, *args, **kwargs):
+        copies.append(self.device)
+        return real_cpu(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    out = cache.gather(moved.indices, moved.host_indices)
+    assert copies == [] and out.device.type == "meta" and out.shape == expected.shape
+    # and the device pipeline hands the host copy to the cache
+    seen = []
+    real_gather = DecodedImageCache.gather
+    monkeypatch.setattr(DecodedImageCache, "gather", lambda self, i, h=None: seen.append(h) or real_gather(self, i, h))
+    cache._placed_for = None
+    augment_batch(batch, cache, DeviceAugment(MEAN, STD))
+    assert seen and seen[0] is batch.host_indices
+
+
+@pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])
+def test_index_batches_are_pinned_when_training_on_cuda(tiny_market, device, pinned):
+    module = make_module(tiny_market, "gpu", trainer=fake_trainer(device=device))
+    assert module.train_dataloader().pin_memory is pinned
+
+
+def test_cache_decode_threads_share_the_affinity_set_between_local_processes(tiny_market, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    assert [decode_threads(n) for n in (1, 2, 5, 24)] == [12, 6, 2, 1]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)))
+    assert decode_threads() == 32 and decode_threads(8) == 12
+    built, real_build = [], DecodedImageCache.build
+    monkeypatch.setattr(DecodedImageCache, "build",
+                        classmethod(lambda cls, *args, **kwargs: built.append(kwargs["num_threads"])
+                                    or real_build(*args, **kwargs)))
+    make_module(tiny_market, "gpu", trainer=fake_trainer(num_devices=4)).train_dataloader()
+    assert built == [24]  # 96 CPUs shared by the 4 processes of this node

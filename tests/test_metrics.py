@@ -377,6 +377,40 @@ def test_pairwise_distance_then_metrics_end_to_end():
     assert result.mAP == pytest.approx(1.0) and result.cmc[0] == 1.0
 
 
+def test_query_shares_add_up_to_the_full_metrics_block_by_block(monkeypatch):
+    """Distributed validation: sums over disjoint query shares (one empty, one without a valid query)
+    reduced as one float64 vector give evaluate_rankings' metrics, never computing more than a block."""
+    from reid_tao.evaluation import query_share
+    from reid_tao.evaluation.metrics import RankSums
+
+    rng = np.random.default_rng(4)
+    num_query, num_gallery = 23, 57
+    query_pids, gallery_pids = rng.integers(1, 8, num_query), rng.integers(-1, 8, num_gallery)
+    query_cams, gallery_cams = rng.integers(0, 3, num_query), rng.integers(0, 3, num_gallery)
+    query_pids[:3] = 99  # no gallery image: the first share has no valid query
+    query, gallery = torch.randn(num_query, 16), torch.randn(num_gallery, 16)
+    ids = [torch.as_tensor(a) for a in (query_pids, gallery_pids, query_cams, gallery_cams)]
+    full = evaluate_rankings(pairwise_distance(query, gallery), *ids, max_rank=10)
+
+    shapes, real = [], query_share.pairwise_distance
+
+    def recording(query_features, gallery_features):
+        shapes.append((len(query_features), len(gallery_features)))
+        return real(query_features, gallery_features)
+
+    monkeypatch.setattr(query_share, "pairwise_distance", recording)
+    shares = [(0, 0), (0, 3), (3, 11), (11, 23)]
+    vectors = [query_share.query_share_sums(query[a:b], gallery, ids[0][a:b], ids[1], ids[2][a:b], ids[3], max_rank=10,
+                                            block_elements=3 * num_gallery).to_vector() for a, b in shares]
+    assert max(rows for rows, _ in shapes) == 3 and sum(rows for rows, _ in shapes) == num_query
+    summed = RankSums.from_vector(torch.stack(vectors).sum(0), num_gallery).metrics()
+    assert summed.num_valid_query == full.num_valid_query and summed.num_query == num_query
+    assert summed.mAP == pytest.approx(full.mAP, abs=1e-12) and summed.mINP == pytest.approx(full.mINP, abs=1e-12)
+    np.testing.assert_allclose(summed.cmc, full.cmc, atol=1e-12)
+    with pytest.raises(DataError, match="no query has a matching gallery image"):
+        RankSums.from_vector(vectors[1], num_gallery).metrics()
+
+
 # ----------------------------------------------------------------------------------------------
 # benchmark script (its data maker; the timing itself is not a test)
 

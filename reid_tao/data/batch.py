@@ -25,10 +25,12 @@ class IndexBatch(NamedTuple):
     through the loader; :func:`~reid_tao.data.gpu_pipeline.augment_batch` turns it into a :class:`Batch`.
 
     indices, pids, camids: int64 (B,); seed: the batch's augmentation seed, a Python int (no device sync
-    to read it).
+    to read it); host_indices: int64 numpy array, a host copy of ``indices`` that the transfer to the
+    device leaves alone (a cache kept in host memory gathers with it instead of copying ``indices`` back).
     """
 
     indices: Any
     pids: Any
     camids: Any
     seed: int
+    host_indices: Any = None

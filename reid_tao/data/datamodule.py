@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
 from .datasets import ImageDataset, SeededSampler, ShardSampler, effective_workers
-from .gpu_pipeline import resolve_pipeline
+from .gpu_pipeline import decode_threads, resolve_pipeline
 from .layouts import read_split
 from .pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
 from .records import ImageRecord, relabel, summary_table
@@ -103,7 +103,11 @@ class ReidDataModule(pl.LightningDataModule):
     def _make_train_pipeline(self) -> TrainPipeline:
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         if resolve_pipeline(self.pipeline, device) == "gpu":
-            return DevicePipeline(self.preprocessing, self.augment, self.channels_last)
+            on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+            # every process on this machine builds its own cache at the same time: share the CPUs
+            local_processes = self.trainer.num_devices if self.trainer is not None else 1
+            return DevicePipeline(self.preprocessing, self.augment, self.channels_last, pin_memory=on_cuda,
+                                  decode_threads=decode_threads(local_processes))
         return WorkerPipeline(self.preprocessing, self.augment, self.loader_settings.num_workers)
 
     def train_dataloader(self) -> DataLoader:

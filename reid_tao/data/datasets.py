@@ -75,16 +75,35 @@ class SeededSampler(Sampler):
             yield int(index), (base + position * 2_654_435_761) % (2**63)
 
 
+def shard_range(length: int, rank: int = 0, world_size: int = 1) -> Tuple[int, int]:
+    """(start, stop) of process ``rank``'s contiguous share of range(length); the shares of all ranks tile it."""
+    return length * rank // world_size, length * (rank + 1) // world_size
+
+
 class ShardSampler(Sampler):
-    """A contiguous, unpadded shard of range(length) for one process: over all ranks every index appears
-    exactly once (DistributedSampler pads with duplicates, which would double-count in the metrics)."""
+    """A contiguous, unpadded shard of range(length) for one process: over all ranks every index is owned
+    exactly once (DistributedSampler pads with duplicates, which would double-count in the metrics).
+
+    A rank whose shard is empty (fewer items than processes) still yields one item, borrowed from the
+    last shard: Lightning skips a loop that has no batches, hooks included, so that rank would never
+    reach the collectives the other ranks wait in. Callers drop borrowed items with :meth:`owns`.
+    """
 
     def __init__(self, length: int, rank: int = 0, world_size: int = 1):
-        self.start = length * rank // world_size
-        self.stop = length * (rank + 1) // world_size
+        self.length = length
+        self.start, self.stop = shard_range(length, rank, world_size)
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return len(self._indices())
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
+        return iter(self._indices())
+
+    def _indices(self) -> range:
+        if self.start == self.stop and self.length > 0:
+            return range(self.length - 1, self.length)  # borrowed: see the class docstring
+        return range(self.start, self.stop)
+
+    def owns(self, indices: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the ``indices`` in this rank's own shard (False for a borrowed item)."""
+        return (indices >= self.start) & (indices < self.stop)

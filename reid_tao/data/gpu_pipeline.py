@@ -56,6 +56,17 @@ def resolve_pipeline(pipeline: str, device: Optional[torch.device] = None) -> st
 
 
 # -- decoded-image cache -------------------------------------------------------------------------------
+MAX_DECODE_THREADS = 32
+
+
+def decode_threads(local_processes: int = 1) -> int:
+    """Threads for building the cache in one of ``local_processes`` processes on this machine: the CPUs
+    this process may run on (its affinity set, which launchers and containers restrict), shared by the
+    local processes that all build their cache at the same time; at least 1, at most 32."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_DECODE_THREADS, cpus // max(1, local_processes)))
+
+
 def decode_resized(path: str, size: Tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
     """One image as the CPU path sees it after ``Resize``: uint8 (H, W, 3) array; DataError if unreadable."""
     resized = T.Resize(size, interpolation=INTERPOLATIONS[interpolation])(load_rgb(path))
@@ -89,7 +100,7 @@ class DecodedImageCache:
         height, width = size
         images = torch.empty((len(paths), 3, height, width), dtype=torch.uint8, memory_format=torch.channels_last)
         pixels = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3) view of the same memory
-        threads = max(1, num_threads or min(32, os.cpu_count() or 1))
+        threads = max(1, num_threads or decode_threads())
         chunk = max(1, min(256, math.ceil(len(paths) / (4 * threads))))
 
         def decode_range(first: int) -> None:
@@ -136,16 +147,24 @@ class DecodedImageCache:
             self.images = self.images.to(device)
         self._placed_for = device
 
-    def gather(self, indices: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) images of ``indices``, on ``indices.device``."""
+    def gather(self, indices: torch.Tensor, host_indices: Optional[np.ndarray] = None) -> torch.Tensor:
+        """uint8 (B, 3, H, W) images of ``indices``, on ``indices.device``.
+
+        host_indices: the same indices in host memory. A cache in host memory gathers with them, so the
+        step needs no device-to-host copy of ``indices`` (a sync that stalls the CPU until the GPU has
+        caught up); without them, ``indices`` are copied back."""
         self.place_for(indices.device)
         if self.images.device == indices.device:
             return self.images[indices]  # keeps the cache's memory format
-        host_indices = indices.cpu()
+        batch = self.gather_on_host(torch.from_numpy(host_indices) if host_indices is not None else indices.cpu())
+        return batch.to(indices.device, non_blocking=batch.is_pinned())
+
+    def gather_on_host(self, host_indices: torch.Tensor) -> torch.Tensor:
+        """The images of CPU ``host_indices`` from a host cache, in pinned memory when the cache is pinned
+        (the copy to the device is then asynchronous)."""
         batch = torch.empty((host_indices.numel(), *self.images.shape[1:]), dtype=torch.uint8,
                             memory_format=_memory_format(self.images), pin_memory=self.images.is_pinned())
-        torch.index_select(self.images, 0, host_indices, out=batch)
-        return batch.to(indices.device, non_blocking=batch.is_pinned())
+        return torch.index_select(self.images, 0, host_indices, out=batch)
 
 
 def _memory_format(images: torch.Tensor) -> torch.memory_format:
@@ -296,16 +315,18 @@ class IndexDataset(Dataset):
 
 
 def collate_index_batch(items: List[Tuple[int, int, int, int]]) -> IndexBatch:
-    """An :class:`IndexBatch`; the batch seed (the first sample's) stays a Python int."""
+    """An :class:`IndexBatch`; the batch seed (the first sample's) stays a Python int, and the host copy of
+    the indices a numpy array (neither is moved to the device)."""
     indices, labels, camids, seeds = zip(*items)
     return IndexBatch(indices=torch.tensor(indices, dtype=torch.int64), pids=torch.tensor(labels, dtype=torch.int64),
-                      camids=torch.tensor(camids, dtype=torch.int64), seed=int(seeds[0]))
+                      camids=torch.tensor(camids, dtype=torch.int64), seed=int(seeds[0]),
+                      host_indices=np.asarray(indices, dtype=np.int64))
 
 
 def augment_batch(batch: IndexBatch, cache: DecodedImageCache, augment: DeviceAugment, rank: int = 0,
                   channels_last: Optional[bool] = None) -> Batch:
     """Index batch (already on the device) -> :class:`Batch` of augmented images."""
-    images = cache.gather(batch.indices)
+    images = cache.gather(batch.indices, batch.host_indices)
     generator = batch_generator(batch.seed, rank, batch.indices.device)
     return Batch(images=augment(images, generator, channels_last), pids=batch.pids, camids=batch.camids,
                  indices=batch.indices)

@@ -59,26 +59,32 @@ class DevicePipeline:
     """Decode once into a :class:`DecodedImageCache`, gather + augment whole batches on the device.
 
     channels_last: batches on CUDA come in channels_last memory format (set it when the model trains
-    channels_last: no conversion copy)."""
+    channels_last: no conversion copy). pin_memory: collate the index batches in pinned memory (set it
+    when training on CUDA: their copy to the device is then asynchronous, with no per-step sync).
+    decode_threads: threads that build the cache (default: :func:`decode_threads` of one process)."""
 
     name = "gpu"
 
-    def __init__(self, preprocessing: Preprocessing, augment: AugmentSettings, channels_last: bool = False):
+    def __init__(self, preprocessing: Preprocessing, augment: AugmentSettings, channels_last: bool = False,
+                 pin_memory: bool = False, decode_threads: Optional[int] = None):
+        if decode_threads is not None and decode_threads < 1:
+            raise ValueError(f"decode_threads must be >= 1, got {decode_threads}")
         self.preprocessing = preprocessing
         self.augment = DeviceAugment(preprocessing.pixel_mean, preprocessing.pixel_std, augment.flip_prob,
                                      augment.padding, augment.erase_prob)
-        self.channels_last = channels_last
+        self.channels_last, self.pin_memory, self.decode_threads = channels_last, pin_memory, decode_threads
         self.image_cache: Optional[DecodedImageCache] = None
 
     def loader(self, records: Sequence[ImageRecord], labels: Sequence[int], sampler: Sampler,
                batch_size: int) -> DataLoader:
         if self.image_cache is None:
             self.image_cache = DecodedImageCache.build([r.path for r in records], self.preprocessing.input_size,
-                                                       self.preprocessing.interpolation)
+                                                       self.preprocessing.interpolation,
+                                                       num_threads=self.decode_threads)
         # Only indices travel through the loader; on_after_batch_transfer makes the images.
         dataset = IndexDataset(labels, [r.camid for r in records])
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                          collate_fn=collate_index_batch)
+                          collate_fn=collate_index_batch, pin_memory=self.pin_memory)
 
     def on_after_batch_transfer(self, batch: IndexBatch, rank: int) -> Batch:
         return augment_batch(batch, self.image_cache, self.augment, rank=rank,

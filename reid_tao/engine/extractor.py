@@ -22,24 +22,24 @@ class FeatureExtractor(pl.LightningModule):
         self.model, self.dataset, self.flip = model, dataset, flip
         self.batch_size, self.num_workers = batch_size, num_workers
         self.features: Optional[torch.Tensor] = None
+        self.shard: Optional[ShardSampler] = None
 
     def predict_dataloader(self):
-        sampler = ShardSampler(len(self.dataset), self.trainer.global_rank, self.trainer.world_size)
-        return eval_loader(self.dataset, self.batch_size, self.num_workers, sampler=sampler)
+        # Never empty while the dataset has an image: every rank runs the loop and reaches the gather.
+        self.shard = ShardSampler(len(self.dataset), self.trainer.global_rank, self.trainer.world_size)
+        return eval_loader(self.dataset, self.batch_size, self.num_workers, sampler=self.shard)
 
     def on_predict_epoch_start(self) -> None:
         self._rows, self._indices = [], []
 
     def predict_step(self, batch, batch_idx: int) -> None:
         self._rows.append(embed(self.model, batch.images, self.flip))
-        self._indices.append(batch.indices)
+        # index -1: an item this rank only borrowed, which gather_by_index drops
+        self._indices.append(torch.where(self.shard.owns(batch.indices), batch.indices, -1))
 
     def on_predict_epoch_end(self) -> None:
-        if self._rows:
-            rows, indices = torch.cat(self._rows), torch.cat(self._indices)
-        else:  # an empty shard
-            rows = torch.empty((0, self.model.feat_dim), device=self.device)
-            indices = torch.empty((0,), dtype=torch.long, device=self.device)
+        # Every rank has at least one batch (see predict_dataloader), so every rank gathers.
+        rows, indices = torch.cat(self._rows), torch.cat(self._indices)
         self.features = gather_by_index(self.all_gather, rows, indices, len(self.dataset), self.trainer.world_size)
 
 

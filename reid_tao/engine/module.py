@@ -106,27 +106,32 @@ class ReidModule(pl.LightningModule):
         self._val_outputs.append((torch.cat([features, ids], dim=1), batch.indices))
 
     def on_validation_epoch_end(self) -> None:
-        from ..evaluation.distance import pairwise_distance
-        from ..evaluation.metrics import evaluate_rankings
+        """Gather the features, rank this process's share of the queries against the whole gallery and
+        add the per-query sums over the processes: no process builds the full (Q, G) distance matrix, and
+        every process logs the same reduced values (checkpoint and early-stopping callbacks see them)."""
+        from ..data.datasets import ShardSampler, shard_range
+        from ..evaluation.metrics import RankSums
+        from ..evaluation.query_share import query_share_sums
         from .distributed import gather_by_index
 
         if self.num_query == 0:
             return
-        if self._val_outputs:
-            rows = torch.cat([r for r, _ in self._val_outputs])
-            indices = torch.cat([i for _, i in self._val_outputs])
-        else:  # this process's shard was empty
-            rows = torch.empty((0, self.model.feat_dim + 2), device=self.device)
-            indices = torch.empty((0,), dtype=torch.long, device=self.device)
-        self._val_outputs.clear()
+        rank, world_size = self.global_rank, self.trainer.world_size
         total = len(self.trainer.datamodule.query_records) + len(self.trainer.datamodule.gallery_records)
-        outputs = gather_by_index(self.all_gather, rows, indices, total, self.trainer.world_size)
+        # The val loader's ShardSampler gives an empty shard one borrowed image (so this hook runs on every
+        # rank and reaches the collectives); index -1 tells gather_by_index to drop it.
+        rows = torch.cat([r for r, _ in self._val_outputs])
+        indices = torch.cat([i for _, i in self._val_outputs])
+        indices = torch.where(ShardSampler(total, rank, world_size).owns(indices), indices, -1)
+        self._val_outputs.clear()
+        outputs = gather_by_index(self.all_gather, rows, indices, total, world_size)
         features, pids, camids = outputs[:, :-2], outputs[:, -2].long(), outputs[:, -1].long()
         q = self.num_query
-        # The same two calls as `reid evaluate` (without re-ranking).
-        result = evaluate_rankings(pairwise_distance(features[:q], features[q:]), pids[:q], pids[q:], camids[:q],
-                                   camids[q:], max_rank=max(self.max_rank, 10))
-        # Every process computed the same numbers from the same gathered features.
+        begin, end = shard_range(q, rank, world_size)  # this process's queries (maybe none)
+        local = query_share_sums(features[begin:end], features[q:], pids[begin:end], pids[q:], camids[begin:end],
+                                 camids[q:], max_rank=max(self.max_rank, 10))
+        summed = self.trainer.strategy.reduce(local.to_vector(self.device), reduce_op="sum")
+        result = RankSums.from_vector(summed, local.num_gallery).metrics()
         self.log_dict({"val/mAP": result.mAP, "val/mINP": result.mINP, "val/rank1": float(result.cmc[0]),
                        "val/rank5": float(result.cmc[4]), "val/rank10": float(result.cmc[9])})
         self._last_val_epoch = self.current_epoch + 1

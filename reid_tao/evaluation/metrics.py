@@ -146,6 +146,50 @@ def _rank_block_by_sort(block: Tensor, rows: Tensor, query_pids: Tensor, query_c
 # public API
 
 
+@dataclass(frozen=True)
+class RankSums:
+    """Per-query sums behind :class:`RankMetrics`, which add up over disjoint sets of queries: the part of
+    the metrics one process computes for its share of the queries (see :meth:`to_vector`).
+
+    ap_sum, inp_sum: sums of AP and INP over the valid queries; cmc_counts: int64 (max_rank,), valid
+    queries whose first true match is at rank k + 1; num_valid, num_query, num_gallery: counts.
+    """
+
+    ap_sum: float
+    inp_sum: float
+    cmc_counts: np.ndarray
+    num_valid: int
+    num_query: int
+    num_gallery: int
+
+    def to_vector(self, device: torch.device | str = "cpu") -> Tensor:
+        """float64 [ap_sum, inp_sum, num_valid, num_query, *cmc_counts]: one tensor for one all_reduce(SUM)
+        (counts stay exact in float64 up to 2**53)."""
+        head = [self.ap_sum, self.inp_sum, self.num_valid, self.num_query]
+        return torch.tensor(head + [int(c) for c in self.cmc_counts], dtype=torch.float64, device=device)
+
+    @classmethod
+    def from_vector(cls, vector: Tensor, num_gallery: int) -> "RankSums":
+        values = vector.detach().cpu().to(torch.float64).numpy()
+        return cls(ap_sum=float(values[0]), inp_sum=float(values[1]), cmc_counts=np.rint(values[4:]).astype(np.int64),
+                   num_valid=int(round(values[2])), num_query=int(round(values[3])), num_gallery=num_gallery)
+
+    def __add__(self, other: "RankSums") -> "RankSums":
+        if len(self.cmc_counts) != len(other.cmc_counts) or self.num_gallery != other.num_gallery:
+            raise ValueError("RankSums of different max_rank or gallery cannot be added")
+        return RankSums(self.ap_sum + other.ap_sum, self.inp_sum + other.inp_sum, self.cmc_counts + other.cmc_counts,
+                        self.num_valid + other.num_valid, self.num_query + other.num_query, self.num_gallery)
+
+    def metrics(self) -> RankMetrics:
+        """The means; DataError when no query has a true match."""
+        if self.num_valid == 0:
+            raise DataError("no query has a matching gallery image from another camera (person id > 0); check "
+                            "the query and gallery folders")
+        return RankMetrics(cmc=np.cumsum(self.cmc_counts) / self.num_valid, mAP=self.ap_sum / self.num_valid,
+                           mINP=self.inp_sum / self.num_valid, num_query=self.num_query,
+                           num_gallery=self.num_gallery, num_valid_query=self.num_valid)
+
+
 def evaluate_rankings(
     distmat: Tensor | np.ndarray,
     query_pids: IdArray,
@@ -164,6 +208,24 @@ def evaluate_rankings(
     is O(block_size x G). Ties in distance are broken by gallery index (stable-sort order).
     Raises DataError when no query has a true match in the gallery.
     """
+    sums = rank_sums(distmat, query_pids, gallery_pids, query_camids, gallery_camids, max_rank, block_size)
+    if sums.num_valid == 0:
+        query_pids_t = _as_ids(query_pids, sums.num_query, "query_pids", torch.device("cpu"))
+        raise DataError(_no_valid_query_reason(query_pids_t, sums.num_query, sums.num_gallery))
+    return sums.metrics()
+
+
+def rank_sums(
+    distmat: Tensor | np.ndarray,
+    query_pids: IdArray,
+    gallery_pids: IdArray,
+    query_camids: IdArray,
+    gallery_camids: IdArray,
+    max_rank: int = 50,
+    block_size: int | None = None,
+) -> RankSums:
+    """The sums of :func:`evaluate_rankings` (same arguments) without taking means: no error when no query
+    is valid (a process's share of the queries may have none, or be empty)."""
     if int(max_rank) < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     max_rank = int(max_rank)
@@ -177,7 +239,7 @@ def evaluate_rankings(
     valid = index.num_matches > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
-        raise DataError(_no_valid_query_reason(query_pids_t, num_query, num_gallery))
+        return RankSums(0.0, 0.0, np.zeros(max_rank, dtype=np.int64), 0, num_query, num_gallery)
 
     # Rows with inf/NaN (or sums that overflow) take the exact path; NaN is an error.
     finite = torch.isfinite(dist.sum(dim=1, dtype=dtype))
@@ -200,15 +262,10 @@ def evaluate_rankings(
 
     first = results.first_rank[valid]
     cmc_counts = torch.bincount(first.clamp(max=max_rank), minlength=max_rank + 1)[:max_rank]
-    cmc = (cmc_counts.cumsum(0).to(torch.float64) / num_valid).cpu().numpy()
-    return RankMetrics(
-        cmc=cmc,
-        mAP=float(results.ap[valid].mean()),
-        mINP=float(results.inp[valid].mean()),
-        num_query=num_query,
-        num_gallery=num_gallery,
-        num_valid_query=num_valid,
-    )
+    return RankSums(ap_sum=float(results.ap[valid].to(torch.float64).sum()),
+                    inp_sum=float(results.inp[valid].to(torch.float64).sum()),
+                    cmc_counts=cmc_counts.cpu().numpy().astype(np.int64), num_valid=num_valid,
+                    num_query=num_query, num_gallery=num_gallery)
 
 
 def _no_valid_query_reason(query_pids: Tensor, num_query: int, num_gallery: int) -> str:
