@@ -175,7 +175,7 @@ def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = Tr
 
 def _load_imagenet(model: Baseline, model_cfg: DictConfig) -> None:
     if model_cfg.pretrained_model_path:  # a local copy of the ImageNet weights
-        state = weights.read_state_dict(model_cfg.pretrained_model_path)
+        state = weights.read_state_dict(model_cfg.pretrained_model_path, trust=model_cfg.trust_weights_file)
         report = weights.load_backbone_weights(model.backbone, state)
         log.info("model.pretrained_model_path: %s", report.summary())
     else:
@@ -186,7 +186,7 @@ def _load_imagenet(model: Baseline, model_cfg: DictConfig) -> None:
 def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
     """Backbone (and neck, when shapes agree) from a reid_tao checkpoint; the classifier is re-created."""
     path = model_cfg.pretrained_model_path
-    state = model_state_dict(read_checkpoint(path, "model.pretrained_model_path"))
+    state = model_state_dict(read_checkpoint(path, "model.pretrained_model_path", trust=model_cfg.trust_weights_file))
     own = model.state_dict()
     transferable = {k: v for k, v in state.items()
                     if not k.startswith("classifier.") and k in own and own[k].shape == v.shape}
@@ -258,9 +258,10 @@ class TrainedModel(NamedTuple):
     config: DictConfig  # the training run's config
 
 
-def load_trained_model(path: str, field: str) -> TrainedModel:
-    """Rebuild the trained model from the config and num_classes stored in a reid_tao checkpoint."""
-    checkpoint = read_checkpoint(path, field)
+def load_trained_model(path: str, field: str, trust: bool = False) -> TrainedModel:
+    """Rebuild the trained model from the config and num_classes stored in a reid_tao checkpoint (``trust``:
+    model.trust_weights_file, full unpickling allowed)."""
+    checkpoint = read_checkpoint(path, field, trust=trust)
     metadata = checkpoint["reid_tao"]
     config = OmegaConf.merge(schema_config(), metadata["config"])
     model = build_model(config, metadata["num_classes"], load_pretrained=False)
@@ -271,8 +272,8 @@ def load_trained_model(path: str, field: str) -> TrainedModel:
     return TrainedModel(model, preprocessing, config)
 
 
-def trained_num_classes(path: str, field: str) -> int:
-    return read_checkpoint(path, field)["reid_tao"]["num_classes"]
+def trained_num_classes(path: str, field: str, trust: bool = False) -> int:
+    return read_checkpoint(path, field, trust=trust)["reid_tao"]["num_classes"]
 
 
 def resume_path(config: DictConfig, results_dir: Path) -> Optional[str]:

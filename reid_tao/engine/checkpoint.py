@@ -7,8 +7,8 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from ..errors import DataError
-from ..io import atomic_torch_save, first_line
+from ..errors import DataError, ReidError
+from ..io import atomic_torch_save, first_line, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +18,29 @@ MODEL_PREFIX = "model."
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O with atomic local writes (Lightning's default writes in place)."""
+    """Lightning checkpoint I/O with atomic local writes (Lightning's default writes in place) and safe reads:
+    Lightning's own resume load (``Trainer.fit(ckpt_path=...)``) goes through :func:`safe_torch_load` too.
+
+    field: the spec field named when a checkpoint cannot be loaded safely; trust: full unpickling allowed
+    (``model.trust_weights_file``)."""
+
+    def __init__(self, field: str = "train.resume_training_checkpoint_path", trust: bool = False):
+        super().__init__()
+        self.field, self.trust = field, trust
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> Dict[str, Any]:
+        if not Path(path).is_file():
+            raise DataError(f"{self.field}: checkpoint {path} does not exist")
+        try:
+            return safe_torch_load(path, self.field, trust=self.trust,
+                                   map_location=map_location or (lambda storage, loc: storage))
+        except ReidError:
+            raise
+        except Exception as error:
+            raise DataError(f"{self.field}: cannot read checkpoint {path} ({first_line(error, limit=200)})") from None
 
 
 class ReidCheckpoint(ModelCheckpoint):
@@ -48,14 +67,17 @@ def checkpoint_callbacks(dirpath: Path, interval: int):
     return [periodic, latest]
 
 
-def read_checkpoint(path: str, field: str) -> Dict[str, Any]:
-    """A reid_tao checkpoint as a dict; a clear error when missing, unreadable or not ours."""
+def read_checkpoint(path: str, field: str, trust: bool = False) -> Dict[str, Any]:
+    """A reid_tao checkpoint as a dict; a clear error when missing, unreadable, not ours or in need of code
+    from the file (unless ``trust``: ``model.trust_weights_file``)."""
     if not path:
         raise DataError(f"{field} is not set; pass {field}=/path/to/reid_model_latest.pth")
     if not Path(path).is_file():
         raise DataError(f"{field}: checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = safe_torch_load(path, field, trust=trust)
+    except ReidError:
+        raise
     except Exception as error:
         raise DataError(f"{field}: cannot read checkpoint {path} ({first_line(error, limit=200)})") from None
     if not isinstance(checkpoint, dict) or "reid_tao" not in checkpoint or "state_dict" not in checkpoint:

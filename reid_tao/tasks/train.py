@@ -16,6 +16,7 @@ from ..errors import ConfigError, DataError
 from .common import prepare_task
 
 log = logging.getLogger("reid_tao.train")
+RESUME_FIELD = "train.resume_training_checkpoint_path"
 
 
 def _check_dataset_fields(config: DictConfig) -> None:
@@ -44,8 +45,8 @@ def _loggers(results: Path):
     return loggers
 
 
-def _check_resume(path: str, num_classes: int) -> None:
-    trained = trained_num_classes(path, "train.resume_training_checkpoint_path")
+def _check_resume(path: str, num_classes: int, trust: bool) -> None:
+    trained = trained_num_classes(path, RESUME_FIELD, trust=trust)
     if trained != num_classes:
         raise DataError(f"cannot resume from {path}: it was trained on {trained} identities but "
                         f"dataset.train_dataset_dir has {num_classes}; use a new results_dir or "
@@ -71,7 +72,7 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool) -> pl
         callbacks=[*checkpoint_callbacks(results, train.checkpoint_interval), EpochSummary(),
                    # the bar reads the step loss back from the GPU: every 10 steps, not every step
                    TQDMProgressBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False)],
-        plugins=[AtomicCheckpointIO()], logger=_loggers(results),
+        plugins=[AtomicCheckpointIO(RESUME_FIELD, trust=config.model.trust_weights_file)], logger=_loggers(results),
         check_val_every_n_epoch=train.validation_interval, limit_val_batches=1.0 if has_validation else 0,
         num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
         log_every_n_steps=10, benchmark=plan.accelerator == "gpu")
@@ -89,7 +90,7 @@ def run(config: DictConfig) -> Path:
                  config.dataset.num_classes, datamodule.num_classes)
     checkpoint = resume_path(config, results)
     if checkpoint:
-        _check_resume(checkpoint, datamodule.num_classes)
+        _check_resume(checkpoint, datamodule.num_classes, config.model.trust_weights_file)
         log.info("resuming from %s", checkpoint)
     module = build_module(config, datamodule.num_classes, num_query=len(datamodule.query_records),
                           load_pretrained=checkpoint is None)
