@@ -21,6 +21,7 @@ cheap.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -46,7 +47,7 @@ def _temporary_name(target: Path, suffix: str = "tmp") -> Path:
 
 def _create_sibling(target: Path) -> tuple[int, Path]:
     """Create (O_EXCL) a fresh temporary sibling of ``target``, mode 0o666 minus the umask; (fd, path)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(target)
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(_ATTEMPTS):
         temporary = _temporary_name(target)
@@ -55,6 +56,13 @@ def _create_sibling(target: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(f"cannot create a temporary file beside {target}")
+
+
+def _make_parent(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where a folder should be: say so instead of "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target.parent)) from None
 
 
 def _remove_quietly(path: Path) -> None:
@@ -102,7 +110,7 @@ def _reported_as_write_error(target: Path) -> Iterator[None]:
             reason = first_line(error, limit=160)
         else:
             raise  # a RuntimeError that is not about writing the file
-        raise WriteError(f"cannot write {target} ({reason}); the previous file is unchanged: free disk space, "
+        raise WriteError(f"cannot write {target} ({reason}); any previous version is unchanged: free disk space, "
                          "raise the file-size limit or choose a writable folder, then run the same command "
                          "again") from None
 
@@ -208,7 +216,7 @@ def staging_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     with _reported_as_write_error(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(target)
         for _ in range(_ATTEMPTS):
             staging = _temporary_name(target)
             try:
