@@ -179,7 +179,7 @@ def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = Tr
 
 def _load_imagenet(model: Baseline, model_cfg: DictConfig) -> None:
     if model_cfg.pretrained_model_path:  # a local copy of the ImageNet weights
-        state = weights.read_state_dict(model_cfg.pretrained_model_path)
+        state = weights.read_state_dict(model_cfg.pretrained_model_path, trust=model_cfg.trust_weights_file)
         report = weights.load_backbone_weights(model.backbone, state)
         log.info("model.pretrained_model_path: %s", report.summary())
     else:
@@ -191,7 +191,7 @@ def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
     """From a reid_tao checkpoint: backbone (and neck, when shapes agree), the classifier re-created. Any
     other file (TAO checkpoint, timm/Microsoft/torchvision weights) is read as backbone weights, as TAO does."""
     path = model_cfg.pretrained_model_path
-    checkpoint = read_checkpoint_file(path, "model.pretrained_model_path")
+    checkpoint = read_checkpoint_file(path, "model.pretrained_model_path", trust=model_cfg.trust_weights_file)
     if not is_reid_tao_checkpoint(checkpoint):
         log.info("model.pretrain_choice=self: %s is not a reid_tao checkpoint; reading it as backbone weights", path)
         if is_tao_checkpoint(checkpoint):
@@ -292,13 +292,15 @@ class TrainedModel(NamedTuple):
     config: DictConfig  # the training run's config (for a TAO checkpoint: the settings it was rebuilt with)
 
 
-def load_trained_model(path: str, field: str, config: Optional[DictConfig] = None) -> TrainedModel:
+def load_trained_model(path: str, field: str, config: Optional[DictConfig] = None, trust: bool = False
+                       ) -> TrainedModel:
     """Rebuild a trained model from a checkpoint of any known architecture (see ARCHITECTURES).
 
     ``config`` is the current spec: a TAO checkpoint without hyper-parameters takes its test-time settings
-    (neck_feat, last_stride, input size, mean/std) from it.
+    (neck_feat, last_stride, input size, mean/std) from it. ``trust``: model.trust_weights_file, full
+    unpickling allowed.
     """
-    checkpoint = read_checkpoint_file(path, field)
+    checkpoint = read_checkpoint_file(path, field, trust=trust)
     for architecture in ARCHITECTURES.values():
         if architecture.detect(checkpoint):
             trained = architecture.rebuild(checkpoint, config, f"{field}: {path}")
@@ -415,8 +417,8 @@ ARCHITECTURES = {
 }
 
 
-def trained_num_classes(path: str, field: str) -> int:
-    return read_checkpoint(path, field)["reid_tao"]["num_classes"]
+def trained_num_classes(path: str, field: str, trust: bool = False) -> int:
+    return read_checkpoint(path, field, trust=trust)["reid_tao"]["num_classes"]
 
 
 def resume_path(config: DictConfig, results_dir: Path) -> Optional[str]:

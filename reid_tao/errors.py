@@ -1,4 +1,5 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero, without a traceback."""
+import signal
 
 
 class ReidError(Exception):
@@ -13,3 +14,25 @@ class ConfigError(ReidError):
 
 class DataError(ReidError):
     """A dataset folder, image or checkpoint is missing, empty or unreadable."""
+
+
+class WriteError(ReidError):
+    """An output file could not be written (disk full, file-size limit, read-only or forbidden folder).
+
+    The previous version of the file is untouched and no temporary file is left behind."""
+
+    exit_code = 1
+
+
+class Preempted(ReidError):
+    """Training stopped on a signal after writing a checkpoint to resume from; exit code 128 + signal number,
+    as if the signal had ended the process (what SLURM, Kubernetes and shells expect)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name

@@ -1,4 +1,4 @@
-"""Atomic file writes and one-line error messages: the bottom layer (imports nothing but ``errors``).
+"""Atomic file writes, safe loading of weight files and one-line error messages (imports only ``errors``).
 
 Atomic writes go to a unique temporary sibling (``.NAME.tmpPID-RANDOM`` in the target's folder), are
 flushed and fsynced, then ``os.replace``d over the target: a reader sees the old file or the new one,
@@ -7,11 +7,21 @@ removed and the previous target is left untouched. The temporary file is created
 ``os.open(..., 0o666)``, so the final file's mode follows the process umask exactly as a plain
 ``open(path, "w")`` would (0644 under umask 022), unlike ``tempfile.mkstemp``'s 0600.
 
-torch and matplotlib are imported inside the helpers that need them, so importing this module is cheap.
+A write that fails for an operating-system reason (disk full, file-size limit, read-only or forbidden
+folder; also torch.save's RuntimeError around such an OSError) raises :class:`~reid_tao.errors.WriteError`
+with one line naming the file and the reason.
+
+:func:`safe_torch_load` is the one way weight and checkpoint files are read: ``weights_only=True`` with an
+allow-list of the plain-data types real Lightning/TAO/timm/torchvision files hold, and full unpickling (which
+runs code from the file) only on explicit request.
+
+torch, omegaconf and matplotlib are imported inside the helpers that need them, so importing this module is
+cheap.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -19,11 +29,13 @@ import shutil
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Optional
+
+from .errors import DataError, WriteError
 
 __all__ = [
     "atomic_output", "atomic_path", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-    "atomic_save_figure", "staging_dir", "first_line", "last_line",
+    "atomic_save_figure", "staging_dir", "safe_torch_load", "TRUST_FIELD", "first_line", "last_line",
 ]
 
 _ATTEMPTS = 100  # unique names to try before giving up (a clash needs the same pid and 32 random bits)
@@ -35,7 +47,7 @@ def _temporary_name(target: Path, suffix: str = "tmp") -> Path:
 
 def _create_sibling(target: Path) -> tuple[int, Path]:
     """Create (O_EXCL) a fresh temporary sibling of ``target``, mode 0o666 minus the umask; (fd, path)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(target)
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(_ATTEMPTS):
         temporary = _temporary_name(target)
@@ -44,6 +56,13 @@ def _create_sibling(target: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(f"cannot create a temporary file beside {target}")
+
+
+def _make_parent(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where a folder should be: say so instead of "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target.parent)) from None
 
 
 def _remove_quietly(path: Path) -> None:
@@ -61,11 +80,53 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error`` (itself, or its cause/context: torch.save reports a failed write as a
+    RuntimeError raised while handling the OSError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+_TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
+@contextmanager
+def _reported_as_write_error(target: Path) -> Iterator[None]:
+    """Turn a failed write of ``target`` into one WriteError line naming the file and the OS's reason."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except (OSError, RuntimeError) as error:
+        cause = _os_error_in(error)
+        if cause is not None:
+            reason = cause.strerror or first_line(cause)
+        elif any(text in str(error) for text in _TORCH_WRITE_FAILURES):
+            reason = first_line(error, limit=160)
+        else:
+            raise  # a RuntimeError that is not about writing the file
+        raise WriteError(f"cannot write {target} ({reason}); any previous version is unchanged: free disk space, "
+                         "raise the file-size limit or choose a writable folder, then run the same command "
+                         "again") from None
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike, binary: bool = False, encoding: str = "utf-8") -> Iterator[IO]:
     """Open ``path`` for writing atomically: yields a handle on a temporary sibling file (text, or
     bytes with ``binary=True``), renamed over ``path`` when the block ends without an exception."""
     target = Path(path)
+    with _reported_as_write_error(target):
+        with _atomic_output(target, binary, encoding) as handle:
+            yield handle
+
+
+@contextmanager
+def _atomic_output(target: Path, binary: bool, encoding: str) -> Iterator[IO]:
     fd, temporary = _create_sibling(target)
     try:
         handle = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding=encoding)
@@ -92,6 +153,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The file keeps the umask-derived mode even when the writer replaces it with a file of its own.
     """
     target = Path(path)
+    with _reported_as_write_error(target):
+        with _atomic_path(target) as temporary:
+            yield temporary
+
+
+@contextmanager
+def _atomic_path(target: Path) -> Iterator[Path]:
     fd, temporary = _create_sibling(target)
     try:
         mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0o666 minus the umask, applied by os.open
@@ -147,20 +215,95 @@ def staging_dir(path: str | os.PathLike) -> Iterator[Path]:
     caller's choice); whatever is left of it when the block ends, on failure or otherwise, is removed.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(_ATTEMPTS):
-        staging = _temporary_name(target)
-        try:
-            os.mkdir(staging, 0o777)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"cannot create a temporary folder beside {target}")
+    with _reported_as_write_error(target):
+        _make_parent(target)
+        for _ in range(_ATTEMPTS):
+            staging = _temporary_name(target)
+            try:
+                os.mkdir(staging, 0o777)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"cannot create a temporary folder beside {target}")
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# reading weight files
+
+TRUST_FIELD = "model.trust_weights_file"
+
+
+def _safe_globals() -> list:
+    """Plain-data types that real checkpoints hold besides tensors, allowed on top of torch's own list:
+    OmegaConf configs saved by Lightning's ``save_hyperparameters`` (containers, their metadata and value
+    nodes, the typing annotations in that metadata), argparse Namespaces (older Lightning hparams), Python
+    containers (``collections.Counter``: torch's MultiStepLR state) and pathlib paths. Constructing any of
+    them runs only their library's code, never the file's."""
+    import argparse
+    import collections
+    import pathlib
+    import typing
+
+    from omegaconf import DictConfig, ListConfig, nodes
+    from omegaconf.base import ContainerMetadata, Metadata
+
+    return [
+        DictConfig, ListConfig, ContainerMetadata, Metadata, nodes.AnyNode, nodes.StringNode, nodes.IntegerNode,
+        nodes.FloatNode, nodes.BooleanNode, nodes.BytesNode, nodes.PathNode,
+        typing.Any, typing.List, typing.Dict, typing.Tuple,
+        dict, list, tuple, set, frozenset, int, float, str, bool, bytes, complex,
+        collections.OrderedDict, collections.defaultdict, collections.Counter,
+        pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePath, pathlib.PurePosixPath,
+        pathlib.PureWindowsPath, argparse.Namespace,
+    ]
+
+
+def _qualified(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', getattr(obj, '_name', ''))}"
+
+
+def safe_torch_load(path: str | os.PathLike, field: str, trust: bool = False, map_location: Any = "cpu") -> Any:
+    """``torch.load(path)`` without running code from the file (``weights_only=True`` + :func:`_safe_globals`).
+
+    A file that needs anything else raises one DataError line naming ``field``, the file, the types it needs
+    and the opt-in; ``trust=True`` (:data:`TRUST_FIELD`) loads it with full unpickling instead, which runs
+    whatever code the file carries. Other load failures (missing, corrupt) propagate unchanged.
+    """
+    import pickle
+
+    import torch
+
+    if trust:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    allowed = _safe_globals()
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        needed = _unsafe_globals(path, {_qualified(obj) for obj in allowed})
+        if needed is None and "Weights only load failed" not in str(error):
+            raise
+        shown = ", ".join(needed[:3]) + (", ..." if len(needed) > 3 else "") if needed else "unknown objects"
+        raise DataError(f"{field}: {path} holds Python objects that only full unpickling can load ({shown}), "
+                        f"which runs code from the file; not loaded. Only for a file you trust, set "
+                        f"{TRUST_FIELD}=true") from None
+
+
+def _unsafe_globals(path: str | os.PathLike, allowed: set) -> Optional[list]:
+    """The classes/functions the file's pickle names beyond ``allowed``, read without unpickling (None when
+    the file cannot be scanned, e.g. a legacy non-zip file)."""
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return None
+    return sorted(name for name in names if name not in allowed) or None
 
 
 # ----------------------------------------------------------------------------------------------

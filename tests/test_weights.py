@@ -84,7 +84,7 @@ def test_timm_format_files_load_completely(layout, tmp_path, swin_target, timm_s
 
 
 def test_lightning_checkpoint_with_python_objects(tmp_path):
-    """weights_only loading refuses the Namespace; the fallback loads it and the prefix is found."""
+    """An argparse Namespace (older Lightning hparams) is on the safe-load allow-list; the prefix is found."""
     source = torchvision.models.resnet18()
     state = {f"model.backbone.{k}": v for k, v in source.state_dict().items() if not k.startswith("fc.")}
     path = tmp_path / "epoch=3.ckpt"

@@ -13,6 +13,8 @@ class ModelConfig:
     last_stride: int = 1
     pretrain_choice: str = "imagenet"  # imagenet | self | "" (random init)
     pretrained_model_path: Optional[str] = None
+    # new: load weight/checkpoint files that need full unpickling; runs code from the file (trusted files only)
+    trust_weights_file: bool = False
     input_channels: int = 3
     input_width: int = 128
     input_height: int = 256

@@ -56,6 +56,7 @@ class ReidDataModule(pl.LightningDataModule):
         self.query_records: List[ImageRecord] = []
         self.gallery_records: List[ImageRecord] = []
         self.train_labels: List[int] = []
+        self._resume_at: Optional[Tuple[int, int]] = None  # (epoch, batches already trained on)
 
     @property
     def num_classes(self) -> int:
@@ -110,6 +111,10 @@ class ReidDataModule(pl.LightningDataModule):
                                   decode_threads=decode_threads(local_processes))
         return WorkerPipeline(self.preprocessing, self.augment, self.loader_settings.num_workers)
 
+    def start_epoch_at(self, epoch: int, batches: int) -> None:
+        """Resuming mid-epoch: the training loader of epoch ``epoch`` skips its first ``batches`` batches."""
+        self._resume_at = (int(epoch), int(batches))
+
     def train_dataloader(self) -> DataLoader:
         if self.train_pipeline is None:
             self.train_pipeline = self._make_train_pipeline()
@@ -122,6 +127,9 @@ class ReidDataModule(pl.LightningDataModule):
             base = PKSampler(self.train_labels, settings.batch_size, settings.num_instances, seed=settings.seed,
                              rank=rank, world_size=world_size)
         sampler = SeededSampler(base, settings.seed, rank)
+        if self._resume_at is not None:
+            epoch, batches = self._resume_at
+            sampler.start_at(epoch, batches * settings.batch_size)
         # Lightning sets the epoch only after creating the first iterator; set it now for resumed runs.
         sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
         return self.train_pipeline.loader(self.train_records, self.train_labels, sampler, settings.batch_size)

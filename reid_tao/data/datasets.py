@@ -1,4 +1,5 @@
 """Torch datasets over image records, and the sampler wrapper that makes augmentation reproducible."""
+import itertools
 import os
 from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
@@ -56,10 +57,21 @@ class ImageDataset(Dataset):
 
 class SeededSampler(Sampler):
     """Wraps an epoch-aware sampler and pairs each index with a seed derived from
-    (seed, epoch, process rank, position): processes of a multi-process run draw different augmentations."""
+    (seed, epoch, process rank, position): processes of a multi-process run draw different augmentations.
+
+    :meth:`start_at` makes one epoch start at a given position (resuming mid-epoch): the skipped positions
+    keep their numbers, so the rest of the epoch has the same indices and seeds as an uninterrupted one."""
 
     def __init__(self, sampler: Sampler, seed: int, rank: int = 0):
         self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+        self._start: Optional[Tuple[int, int]] = None  # (epoch, first position)
+
+    def start_at(self, epoch: int, position: int) -> None:
+        """Iterating epoch ``epoch`` starts at ``position`` (a sample count); other epochs start at 0.
+        ``__len__`` stays the full epoch length (Lightning measures it once)."""
+        if position < 0:
+            raise ValueError(f"SeededSampler.start_at: position must be >= 0, got {position}")
+        self._start = (int(epoch), int(position))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -71,7 +83,8 @@ class SeededSampler(Sampler):
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         base = (self.seed * 1_000_003 + self.epoch * 7_919_993 + self.rank * 104_729_999_977) % (2**62)
-        for position, index in enumerate(self.sampler):
+        skip = self._start[1] if self._start is not None and self._start[0] == self.epoch else 0
+        for position, index in itertools.islice(enumerate(self.sampler), skip, None):
             yield int(index), (base + position * 2_654_435_761) % (2**63)
 
 

@@ -10,6 +10,9 @@ log = logging.getLogger("reid_tao.train")
 class EpochSummary(pl.Callback):
     """Prints epoch, loss, ID accuracy, lr, throughput (and validation metrics when they ran)."""
 
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()  # a run resumed mid-epoch skips on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
 

@@ -1,20 +1,14 @@
 """Checkpoints: atomic writes, TAO file names, and reading a self-describing checkpoint safely."""
-import collections
 import logging
-import re
-import typing
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
-from omegaconf import DictConfig, ListConfig
-from omegaconf.base import ContainerMetadata, Metadata
-from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from ..errors import DataError
-from ..io import atomic_torch_save, first_line
+from ..errors import DataError, ReidError
+from ..io import atomic_torch_save, first_line, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +16,25 @@ LATEST_NAME = "reid_model_latest"
 EPOCH_NAME = "model_epoch_{epoch:03d}"
 MODEL_PREFIX = "model."
 TAO_BACKBONE_PREFIX = "model.base."
-# Lightning stores hyper-parameters given as OmegaConf containers as such (TAO's spec is one); these plain
-# data classes rebuild them. Dataclass-typed ("structured") configs name their own classes and stay refused.
-OMEGACONF_SAFE_GLOBALS = (DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, StringNode, IntegerNode,
-                          FloatNode, BooleanNode, typing.Any, typing.List, typing.Dict, collections.defaultdict,
-                          dict, list, int, float, str, bool)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O with atomic local writes (Lightning's default writes in place)."""
+    """Lightning checkpoint I/O with atomic local writes (Lightning's default writes in place) and safe reads:
+    Lightning's own resume load (``Trainer.fit(ckpt_path=...)``) goes through :func:`safe_torch_load` too.
+
+    field: the spec field named when a checkpoint cannot be loaded safely; trust: full unpickling allowed
+    (``model.trust_weights_file``)."""
+
+    def __init__(self, field: str = "train.resume_training_checkpoint_path", trust: bool = False):
+        super().__init__()
+        self.field, self.trust = field, trust
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> Dict[str, Any]:
+        # Loaded onto the CPU; Lightning moves the states to the training device when it restores them.
+        return read_checkpoint_file(str(path), self.field, self.trust)
 
 
 class ReidCheckpoint(ModelCheckpoint):
@@ -60,29 +61,28 @@ def checkpoint_callbacks(dirpath: Path, interval: int):
     return [periodic, latest]
 
 
-def read_checkpoint_file(path: str, field: str) -> Dict[str, Any]:
-    """Any checkpoint file as a dict, read without running code (tensors, containers, OmegaConf configs)."""
+def read_checkpoint_file(path: str, field: str, trust: bool = False) -> Dict[str, Any]:
+    """Any checkpoint file as a dict, read without running code from it (unless ``trust``:
+    ``model.trust_weights_file``); one clear line when missing, unreadable or in need of code."""
     if not path:
         raise DataError(f"{field} is not set; pass {field}=/path/to/reid_model_latest.pth")
     if not Path(path).is_file():
         raise DataError(f"{field}: checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals(list(OMEGACONF_SAFE_GLOBALS)):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = safe_torch_load(path, field, trust=trust)
+    except ReidError:
+        raise
     except Exception as error:
-        blocked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        reason = (f"it holds the Python object {blocked.group(1)}, which is not unpickled for safety" if blocked
-                  else first_line(error, limit=200))
-        raise DataError(f"{field}: cannot read checkpoint {path} ({reason})") from None
+        raise DataError(f"{field}: cannot read checkpoint {path} ({first_line(error, limit=200)})") from None
     if not isinstance(checkpoint, dict):
         raise DataError(f"{field}: {path} is not a checkpoint (a {type(checkpoint).__name__}, not a dict)")
     return checkpoint
 
 
-def read_checkpoint(path: str, field: str) -> Dict[str, Any]:
-    """A reid_tao checkpoint as a dict; a clear error when missing, unreadable or not ours."""
-    checkpoint = read_checkpoint_file(path, field)
-    if "reid_tao" not in checkpoint or "state_dict" not in checkpoint:
+def read_checkpoint(path: str, field: str, trust: bool = False) -> Dict[str, Any]:
+    """A reid_tao checkpoint as a dict; a clear error when missing, unreadable, not ours or in need of code."""
+    checkpoint = read_checkpoint_file(path, field, trust)
+    if not is_reid_tao_checkpoint(checkpoint):
         raise DataError(f"{field}: {path} is not a reid_tao training checkpoint (no model metadata inside); "
                         "use a file written by `reid train`")
     return checkpoint

@@ -9,7 +9,6 @@ fails loudly when most of them did not match.
 from __future__ import annotations
 
 import logging
-import pickle
 import socket
 import warnings
 from collections import Counter
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from ..io import first_line
+from ..io import first_line, safe_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +60,12 @@ class LoadReport:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
     """Read a weights file (.pth/.pt/.pth.tar/.ckpt via torch.load, .safetensors) into a flat tensor dict.
 
     Unwraps ``{"state_dict": ...}``, ``{"model": ...}``, ``{"model_state": ...}`` (also nested, as in
-    Lightning checkpoints) and strips leading ``module.`` (DataParallel) prefixes.
+    Lightning checkpoints) and strips leading ``module.`` (DataParallel) prefixes. Never runs code from the
+    file unless ``trust`` (see :func:`reid_tao.io.safe_torch_load`).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -76,7 +76,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             raw = load_file(str(path), device="cpu")
         else:
-            raw = _torch_load(path)
+            raw = safe_torch_load(path, PATH_FIELD, trust=trust)
     except DataError:
         raise
     except Exception as error:  # corrupt, truncated or not a weights file at all
@@ -86,18 +86,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not state_dict:
         raise DataError(f"{PATH_FIELD}: {path} holds no tensors; expected a model state dict or checkpoint")
     return state_dict
-
-
-def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass
-    # Full checkpoints (Lightning/TAO, with configs or optimiser objects) need full unpickling.
-    raw = torch.load(path, map_location="cpu", weights_only=False)
-    logger.warning("%s: %s holds Python objects besides tensors and was loaded with full unpickling "
-                   "(only use checkpoints you trust)", PATH_FIELD, path)
-    return raw
 
 
 def _flatten_checkpoint(raw) -> dict[str, torch.Tensor]:

@@ -61,7 +61,8 @@ def metrics_dict(metrics: RankMetrics, max_rank: int) -> dict:
 
 def run(config: DictConfig) -> Dict[str, RankMetrics]:
     results_dir = prepare_task(config, "evaluate")
-    model, preprocessing, _ = load_trained_model(config.evaluate.checkpoint, "evaluate.checkpoint", config)
+    model, preprocessing, _ = load_trained_model(config.evaluate.checkpoint, "evaluate.checkpoint",
+                                                 config, trust=config.model.trust_weights_file)
     query_dir, query_field = eval_folder(config, "query_dataset", "query_dataset_dir")
     gallery_dir, gallery_field = eval_folder(config, "test_dataset", "test_dataset_dir")
     query, gallery = read_split(query_dir, query_field), read_split(gallery_dir, gallery_field)

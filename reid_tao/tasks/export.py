@@ -62,7 +62,8 @@ def run(config: DictConfig) -> Path:
     section = config.export
     if not section.checkpoint:
         raise ConfigError("export.checkpoint is not set; pass export.checkpoint=/path/to/reid_model_latest.pth")
-    model, preprocessing, trained_config = load_trained_model(section.checkpoint, "export.checkpoint", config)
+    model, preprocessing, trained_config = load_trained_model(section.checkpoint, "export.checkpoint",
+                                                              config, trust=config.model.trust_weights_file)
     path = onnx_path_for(config)
     if path.exists() and not section.overwrite:
         raise ConfigError(f"export.onnx_file {path} already exists; set export.overwrite=true to replace it")

@@ -45,7 +45,8 @@ def write_embeddings_json(path: Path, image_paths: List[str], batches) -> int:
 
 def run(config: DictConfig) -> Path:
     results_dir = prepare_task(config, "inference")
-    model, preprocessing, _ = load_trained_model(config.inference.checkpoint, "inference.checkpoint", config)
+    model, preprocessing, _ = load_trained_model(config.inference.checkpoint, "inference.checkpoint",
+                                                 config, trust=config.model.trust_weights_file)
     image_paths = inference_images(config)
     dataset = ImageDataset(image_paths, [0] * len(image_paths), [0] * len(image_paths), preprocessing.eval_transform())
     features = extract(model, dataset, config.inference, config.dataset.val_batch_size,

@@ -9,13 +9,15 @@ from pytorch_lightning.loggers import CSVLogger
 
 from ..build import build_datamodule, build_module, resume_path, trained_num_classes
 from ..engine.callbacks import EpochSummary
-from ..engine.checkpoint import AtomicCheckpointIO, checkpoint_callbacks
+from ..engine.checkpoint import LATEST_NAME, AtomicCheckpointIO, checkpoint_callbacks
 from ..engine.devices import plan_devices
 from ..engine.precision import precision_for
+from ..engine.preemption import PreemptionCheckpoint
 from ..errors import ConfigError, DataError
 from .common import prepare_task
 
 log = logging.getLogger("reid_tao.train")
+RESUME_FIELD = "train.resume_training_checkpoint_path"
 
 
 def _check_dataset_fields(config: DictConfig) -> None:
@@ -44,15 +46,15 @@ def _loggers(results: Path):
     return loggers
 
 
-def _check_resume(path: str, num_classes: int) -> None:
-    trained = trained_num_classes(path, "train.resume_training_checkpoint_path")
+def _check_resume(path: str, num_classes: int, trust: bool) -> None:
+    trained = trained_num_classes(path, RESUME_FIELD, trust=trust)
     if trained != num_classes:
         raise DataError(f"cannot resume from {path}: it was trained on {trained} identities but "
                         f"dataset.train_dataset_dir has {num_classes}; use a new results_dir or "
                         "model.pretrain_choice=self to start from it")
 
 
-def build_trainer(config: DictConfig, results: Path, has_validation: bool) -> pl.Trainer:
+def build_trainer(config: DictConfig, results: Path, has_validation: bool, extra_callbacks=()) -> pl.Trainer:
     train = config.train
     plan = plan_devices(train.accelerator, train.num_gpus, train.gpu_ids, train.num_nodes)
     precision = precision_for(train.precision, plan.accelerator)
@@ -70,8 +72,9 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool) -> pl
         precision=precision, max_epochs=train.num_epochs, default_root_dir=str(results),
         callbacks=[*checkpoint_callbacks(results, train.checkpoint_interval), EpochSummary(),
                    # the bar reads the step loss back from the GPU: every 10 steps, not every step
-                   TQDMProgressBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False)],
-        plugins=[AtomicCheckpointIO()], logger=_loggers(results),
+                   TQDMProgressBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False),
+                   *extra_callbacks],
+        plugins=[AtomicCheckpointIO(RESUME_FIELD, trust=config.model.trust_weights_file)], logger=_loggers(results),
         check_val_every_n_epoch=train.validation_interval, limit_val_batches=1.0 if has_validation else 0,
         num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
         log_every_n_steps=10, benchmark=plan.accelerator == "gpu")
@@ -89,11 +92,14 @@ def run(config: DictConfig) -> Path:
                  config.dataset.num_classes, datamodule.num_classes)
     checkpoint = resume_path(config, results)
     if checkpoint:
-        _check_resume(checkpoint, datamodule.num_classes)
+        _check_resume(checkpoint, datamodule.num_classes, config.model.trust_weights_file)
         log.info("resuming from %s", checkpoint)
     module = build_module(config, datamodule.num_classes, num_query=len(datamodule.query_records),
                           load_pretrained=checkpoint is None)
-    trainer = build_trainer(config, results, datamodule.has_validation)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+    # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
+    preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
+    trainer = build_trainer(config, results, datamodule.has_validation, extra_callbacks=[preemption])
+    with preemption.catching_signals():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     log.info("training finished; checkpoints in %s", results)
     return results
