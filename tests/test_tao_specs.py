@@ -113,3 +113,86 @@ def test_warmup_longer_than_the_run_is_shortened_with_a_warning():
     assert warmup_warning(fits) is None and scheduler_arguments(fits)["warmup_epochs"] == 20
     one_epoch = load_experiment(str(TAO_SWIN), ["train.num_epochs=1"])
     assert scheduler_arguments(one_epoch)["warmup_epochs"] == 0  # the schedule still builds
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def pk_market(tmp_path_factory):
+    """16 identities x 4 images: exactly one PK batch of TAO's batch_size 64 / num_instances 4."""
+    from helpers import make_market
+
+    return make_market(tmp_path_factory.mktemp("pk_market"), train_ids=range(1, 17), per_cam=2)
+
+
+def data_overrides(market, results):
+    return [f"results_dir={results}", f"dataset.train_dataset_dir={market / 'bounding_box_train'}",
+            f"dataset.query_dataset_dir={market / 'query'}", f"dataset.test_dataset_dir={market / 'bounding_box_test'}"]
+
+
+def resnet50_weights(path):
+    """A local file in torchvision's ResNet50 format, standing in for TAO's pretrained_model_path."""
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_full_tao73_experiment_yaml_runs_every_task(pk_market, tmp_path, capsys):
+    from reid_tao.cli import main
+
+    spec = tao73_spec(tmp_path)
+    results = tmp_path / "results"
+    weights = resnet50_weights(tmp_path / "resnet50.pth")
+    train = ["train", "-e", spec, *data_overrides(pk_market, results), "train.num_epochs=1",
+             f"model.pretrained_model_path={weights}"]
+    assert main(train) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "wandb.enable=true but the wandb package is not installed" in out  # TAO's default: wandb on
+    for task in ("evaluate", "inference", "export"):
+        assert main([task, "-e", spec, *data_overrides(pk_market, results)]) == 0, capsys.readouterr().err
+        assert f"{task}.checkpoint is not set: using" in capsys.readouterr().out
+    assert (results / "evaluate" / "metrics.json").is_file() and (results / "inference" / "inference.json").is_file()
+    assert (results / "train" / "reid_model_latest.onnx").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", [TAO_RESNET, TAO_SWIN], ids=["resnet", "swin"])
+def test_tao_sample_specs_train(spec, pk_market, tmp_path, capsys):
+    from reid_tao.cli import main
+
+    overrides = [*data_overrides(pk_market, tmp_path / "results"), "train.num_epochs=1"]
+    if spec == TAO_RESNET:
+        overrides.append(f"model.pretrained_model_path={resnet50_weights(tmp_path / 'resnet50.pth')}")
+    else:
+        # pretrain_choice=self with a Swin backbone file is another branch's work (issue 11, item 2): start
+        # from random weights here.
+        overrides.append("model.pretrain_choice=''")
+    assert main(["train", "-e", str(spec), *overrides]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert (tmp_path / "results" / "train" / "model_epoch_000.pth").is_file()
+    if spec == TAO_SWIN:
+        assert "train.optim.warmup_epochs=20 is not shorter than train.num_epochs=1" in out
+
+
+def test_wandb_logger_when_installed_else_one_line(tmp_path, monkeypatch, caplog):
+    import importlib.util
+    import logging
+
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    from reid_tao.engine import loggers
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with caplog.at_level(logging.INFO, logger="reid_tao"):
+        found = loggers.experiment_loggers(tmp_path, {"project": "p"})
+    assert [type(x) for x in found] == [TensorBoardLogger, loggers.ResumableCSVLogger]
+    assert issubclass(loggers.ResumableCSVLogger, CSVLogger)
+    assert "wandb package is not installed" in caplog.text
+    made = {}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr("pytorch_lightning.loggers.WandbLogger", lambda **kw: made.setdefault("kw", kw))
+    found = loggers.experiment_loggers(tmp_path, {"project": "p", "id": "run1"})
+    assert len(found) == 3 and made["kw"]["project"] == "p" and made["kw"]["id"] == "run1"
+    assert WandbLogger is not None
