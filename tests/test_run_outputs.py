@@ -115,3 +115,17 @@ def test_append_line_adds_whole_lines_and_follows_the_umask(tmp_path):
         os.umask(old)
     assert path.read_text() == '{"a": 1}\n{"b": 2}\n'
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_checkpointer_best_k_and_step_interval(tiny_market, tmp_path, capsys):
+    results = tmp_path / "ckpt"
+    code = main(["train"] + tiny_overrides(tiny_market, results, **{
+        "train.num_epochs": 3, "train.checkpointer.enable_topk": True, "train.checkpointer.save_top_k": 2,
+        "train.checkpoint_interval_unit": "step", "train.checkpoint_interval": 2}))
+    assert code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in (results / "train").glob("*.pth"))
+    best = [name for name in names if name.startswith("model_best_")]
+    steps = [name for name in names if name.startswith("model_step_")]
+    assert len(best) == 2 and "reid_model_latest.pth" in names  # top 2 of 3 epochs by mAP, beside the latest
+    assert steps and all(int(name[len("model_step_"):-4]) % 2 == 0 for name in steps)
+    assert not [name for name in names if name.startswith("model_epoch_")]
