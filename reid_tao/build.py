@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .config.loader import closest_hint, load_config, schema_config
+from .config.loader import closest_hint, load_config, schema_config, task_results_dir
+from .config.notices import warmup_length
 from .data.datamodule import AugmentSettings, LoaderSettings, ReidDataModule
 from .data.gpu_pipeline import PIPELINES
 from .data.preprocessing import Preprocessing
@@ -21,7 +22,8 @@ from .data.transforms import INTERPOLATIONS
 from .engine.checkpoint import (is_reid_tao_checkpoint, is_tao_checkpoint, model_state_dict, read_checkpoint,
                                 read_checkpoint_file)
 from .engine.devices import ACCELERATORS
-from .engine.module import ReidModule
+from .engine.checkpoint import INTERVAL_UNITS, LATEST_NAME
+from .engine.module import METRIC_MODES, VALIDATION_METRICS, ReidModule
 from .engine.optim import WARMUP_METHODS, optimizer_class
 from .engine.precision import PRECISIONS
 from .errors import ConfigError, DataError
@@ -80,6 +82,9 @@ def check_spec(config: DictConfig) -> None:
     _choice("dataset.pipeline", data.pipeline, PIPELINES)
     _choice("train.optim.warmup_method", optim.warmup_method, WARMUP_METHODS)
     _choice("train.precision", train.precision, PRECISIONS)
+    _choice("train.checkpoint_interval_unit", train.checkpoint_interval_unit, INTERVAL_UNITS)
+    if train.checkpointer.monitor is not None:
+        _choice("train.checkpointer.monitor", train.checkpointer.monitor, METRIC_MODES)
     for section in ("train", "evaluate", "inference"):
         _choice(f"{section}.accelerator", config[section].accelerator, ACCELERATORS)
     try:
@@ -260,13 +265,69 @@ def optimizer_arguments(config: DictConfig) -> Dict[str, Any]:
 
 
 def scheduler_arguments(config: DictConfig) -> Dict[str, Any]:
+    """The schedule's arguments, with a warmup longer than the run shortened (see config.notices.warmup_length)."""
     optim = config.train.optim
-    return dict(method=optim.warmup_method, warmup_factor=optim.warmup_factor, warmup_iters=optim.warmup_iters,
-                milestones=list(optim.lr_steps), gamma=optim.gamma, warmup_epochs=optim.warmup_epochs,
-                num_epochs=config.train.num_epochs)
+    arguments = dict(method=optim.warmup_method, warmup_factor=optim.warmup_factor, warmup_iters=optim.warmup_iters,
+                     milestones=list(optim.lr_steps), gamma=optim.gamma, warmup_epochs=optim.warmup_epochs,
+                     num_epochs=config.train.num_epochs)
+    warmup = warmup_length(config)
+    arguments[warmup.field.rpartition(".")[2]] = warmup.used
+    return arguments
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_settings(config: DictConfig) -> Dict[str, Any]:
+    """Keyword arguments of engine.checkpoint.checkpoint_callbacks from train.checkpoint_interval(_unit) and
+    train.checkpointer (TAO 7.3: best-k by a metric, default mAP, beside the periodic and latest files)."""
+    train, chosen = config.train, config.train.checkpointer
+    best = None
+    if chosen.enable_topk:
+        monitor = chosen.monitor or "mAP"
+        best = dict(monitor=monitor, mode=chosen.mode or METRIC_MODES[monitor], save_top_k=chosen.save_top_k,
+                    filename=chosen.filename, dirpath=chosen.dirpath,
+                    auto_insert_metric_name=chosen.auto_insert_metric_name,
+                    save_on_train_epoch_end=monitor not in VALIDATION_METRICS)
+    return dict(interval=train.checkpoint_interval, unit=train.checkpoint_interval_unit,
+                periodic=not (chosen.enable_topk and chosen.replace_periodic), best=best)
+
+
+def needs_validation(config: DictConfig) -> Optional[str]:
+    """The spec field that needs validation folders (a best-k checkpoint on a validation metric), or None."""
+    chosen = config.train.checkpointer
+    if chosen.enable_topk and (chosen.monitor or "mAP") in VALIDATION_METRICS:
+        return "train.checkpointer.monitor"
+    return None
+
+
+def wandb_settings(config: DictConfig) -> Optional[Dict[str, Any]]:
+    """WandbLogger keyword arguments from the wandb section, or None when wandb.enable is false."""
+    wandb = config.wandb
+    if not wandb.enable:
+        return None
+    return dict(project=wandb.project, name=wandb.name, id=wandb.run_id or None, entity=wandb.entity or None,
+                group=wandb.group or None, tags=list(wandb.tags), reinit=wandb.reinit,
+                sync_tensorboard=wandb.sync_tensorboard, save_code=wandb.save_code)
+
+
+def task_checkpoint(config: DictConfig, task: str) -> str:
+    """<task>.checkpoint, or, when unset, the latest checkpoint of this results_dir's training (said in the log)."""
+    own = config[task].checkpoint
+    if own:
+        return own
+    latest = task_results_dir(config, "train") / f"{LATEST_NAME}.pth"
+    if not latest.is_file():
+        raise ConfigError(f"{task}.checkpoint is not set and there is no {latest} to fall back to; "
+                          f"pass {task}.checkpoint=/path/to/reid_model_latest.pth")
+    log.info("%s.checkpoint is not set: using %s", task, latest)
+    return str(latest)
+
+
+def extraction_batch_size(config: DictConfig, task: str) -> int:
+    """<task>.batch_size, or dataset.val_batch_size when it is -1 (TAO's default)."""
+    own = config[task].batch_size
+    return own if own > 0 else config.dataset.val_batch_size
+
+
 def checkpoint_metadata(config: DictConfig, num_classes: int) -> Dict[str, Any]:
     """Stored in every checkpoint: the resolved config (the one source for the architecture), the number of
     identities (TAO needs it by hand, B9) and the preprocessing that evaluation and export must apply."""

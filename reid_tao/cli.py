@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from .config.loader import TASKS, describe_fields
 from .errors import ReidError
-from .io import last_line
+from .io import error_line
 
 DESCRIPTIONS = {
     "train": "train a re-identification model (resumes from results_dir/train/reid_model_latest.pth)",
@@ -41,13 +41,6 @@ def _task_parser(task: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(error: ReidError) -> str:
-    # Errors raised in DataLoader workers come back wrapped with the worker's traceback: keep the last line.
-    last = last_line(error)
-    prefix = f"{type(error).__module__}.{type(error).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -65,7 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         module = importlib.import_module(f"reid_tao.tasks.{task}")
         module.run(config)
     except ReidError as error:
-        print(f"reid {task}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"reid {task}: error: {error_line(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"reid {task}: interrupted", file=sys.stderr)

@@ -35,7 +35,8 @@ from .errors import DataError, WriteError
 
 __all__ = [
     "atomic_output", "atomic_path", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-    "atomic_save_figure", "staging_dir", "safe_torch_load", "TRUST_FIELD", "first_line", "last_line",
+    "atomic_save_figure", "staging_dir", "safe_torch_load", "TRUST_FIELD", "append_line", "error_line",
+    "first_line", "last_line",
 ]
 
 _ATTEMPTS = 100  # unique names to try before giving up (a clash needs the same pid and 32 random bits)
@@ -310,6 +311,23 @@ def _unsafe_globals(path: str | os.PathLike, allowed: set) -> Optional[list]:
 # one-line messages
 
 
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line with a single O_APPEND write: the kernel moves to the end and writes in one step, so
+    lines from a resumed run, or from two processes, never interleave and earlier lines are never rewritten
+    (rewriting the whole file per line would cost O(n) per line and lose a concurrent writer's lines). The
+    file is created mode 0o666 minus the umask, like a plain open()."""
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0),
+                 0o666)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # only on a full disk or a signal: finish the line rather than leave half
+            os.write(fd, data[written:])
+    finally:
+        os.close(fd)
+
+
 def _lines(error_or_text: BaseException | str) -> list[str]:
     return [line.strip() for line in str(error_or_text).splitlines() if line.strip()]
 
@@ -330,6 +348,14 @@ def first_line(error_or_text: BaseException | str, limit: int | None = None) -> 
     message gives its type name (a string gives ""). With ``limit``, a longer line is cut to ``limit``
     characters ending in "..."."""
     return _pick(error_or_text, 0, limit)
+
+
+def error_line(error: BaseException) -> str:
+    """An error's one-line message: the last line (errors raised in DataLoader workers come back wrapped with
+    the worker's traceback), without a leading "module.Class: " that such a wrapper adds."""
+    last = last_line(error)
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
 
 
 def last_line(error_or_text: BaseException | str, limit: int | None = None) -> str:

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from reid_tao.cli import _one_line, main
+from reid_tao.cli import main
+from reid_tao.io import error_line
 from reid_tao.errors import DataError
 
 
@@ -32,7 +33,7 @@ def test_unknown_task(capsys):
 def test_errors_from_loader_workers_are_cut_to_their_last_line():
     wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                         '  File "x.py", line 1\nreid_tao.errors.DataError: cannot read image /a.jpg; remove it')
-    assert _one_line(wrapped) == "cannot read image /a.jpg; remove it"
+    assert error_line(wrapped) == "cannot read image /a.jpg; remove it"
 
 
 def test_console_entry_point_runs_as_module():

@@ -147,7 +147,7 @@ def test_validation_splits_queries_over_ranks_and_equals_one_process(tiny_market
     # each rank ranks only its half of the queries; nobody builds the full 4 x 17 matrix
     assert [r["shapes"] for r in ranks] == [[[2, num_gallery]], [[2, num_gallery]]]
     for result in ranks:
-        assert result["metrics"].keys() == single["metrics"].keys() and "val/mAP" in single["metrics"]
+        assert result["metrics"].keys() == single["metrics"].keys() and "mAP" in single["metrics"]
         for name, value in single["metrics"].items():
             assert result["metrics"][name] == pytest.approx(value, abs=1e-6), name
 
@@ -162,7 +162,7 @@ def test_validation_with_fewer_images_than_processes_finishes(tiny_market, tmp_p
                                                          "dataset.test_dataset_dir": gallery})
     ranks = validate_in_processes(tmp_path, 3, overrides)
     assert [r["shapes"] for r in ranks] == [[], [], [[1, 1]]]
-    assert all(r["metrics"]["val/mAP"] == 1.0 and r["metrics"]["val/rank1"] == 1.0 for r in ranks)
+    assert all(r["metrics"]["mAP"] == 1.0 and r["metrics"]["cmc_rank_1"] == 1.0 for r in ranks)
 
 
 def test_two_process_inference_on_one_image_finishes(tiny_market, tmp_path):

@@ -50,6 +50,22 @@ def _check_known_keys(schema: DictConfig, spec: Any, prefix: str, source: str) -
             _check_known_keys(child, value, f"{path}.", source)
 
 
+def _unset_mandatory_markers(schema: DictConfig, spec: Any, prefix: str, source: str) -> None:
+    """TAO 7.3 writes `???` (OmegaConf's "mandatory") for evaluate/inference.checkpoint in experiment.yaml:
+    read it as "not set" where the field may be unset, so the task's own fallback applies."""
+    if not isinstance(spec, dict):
+        return
+    for key, value in spec.items():
+        child = schema[key]
+        if isinstance(child, DictConfig):
+            _unset_mandatory_markers(child, value, f"{prefix}{key}.", source)
+        elif value == "???":
+            if schema._get_node(key)._is_optional():
+                spec[key] = None
+            else:
+                raise ConfigError(f"{prefix}{key} is `???` (not filled in) in {source}; set a value")
+
+
 def _apply_aliases(spec: dict, source: str) -> None:
     for alias, target in ALIASES.items():
         *parents, leaf = alias.split(".")
@@ -111,6 +127,7 @@ def load_config(spec_path: Optional[str], overrides: List[str] = ()) -> DictConf
         spec = _read_spec(spec_path)
         _apply_aliases(spec, spec_path)
         _check_known_keys(config, spec, "", spec_path)
+        _unset_mandatory_markers(config, spec, "", spec_path)
         try:
             config = OmegaConf.merge(config, spec)
         except OmegaConfBaseException as error:

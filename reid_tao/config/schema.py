@@ -102,6 +102,38 @@ class OptimConfig:
     center_lr: float = 0.5
     triplet_loss_margin: float = 0.3
     large_fc_lr: bool = False
+    # TAO 7.3: margin-head settings (cosine_*) and triplet L2; the margin heads are not implemented (B4)
+    cosine_margin: float = 0.5
+    cosine_scale: float = 30.0
+    trp_l2: bool = False
+
+
+@dataclass
+class CheckpointerConfig:
+    """TAO 7.3: best-k checkpoints ranked by a monitored metric, beside the periodic and latest files."""
+    enable_topk: bool = False
+    replace_periodic: bool = False  # true: no model_epoch_* history, only the best-k files (and the latest)
+    monitor: Optional[str] = None  # None: mAP (validation)
+    mode: Optional[str] = None  # min | max; None: max for accuracies and mAP, min for losses
+    save_top_k: int = 1
+    filename: str = "model_best_{epoch:03d}"
+    dirpath: Optional[str] = None  # None: the train results folder
+    auto_insert_metric_name: bool = False
+
+
+@dataclass
+class WandbConfig:
+    """TAO 7.3: Weights & Biases logging (used when the wandb package is installed)."""
+    enable: bool = True
+    project: str = "TAO Toolkit"
+    entity: str = ""
+    group: str = ""
+    tags: List[str] = field(default_factory=lambda: ["training", "tao-toolkit"])
+    reinit: bool = False
+    sync_tensorboard: bool = False
+    save_code: bool = False
+    name: str = "TAO Toolkit training experiment"
+    run_id: str = ""
 
 
 @dataclass
@@ -112,6 +144,7 @@ class TrainConfig:
     seed: int = 1234
     num_epochs: int = 10
     checkpoint_interval: int = 1
+    checkpoint_interval_unit: str = "epoch"  # epoch | step
     validation_interval: int = 1
     resume_training_checkpoint_path: Optional[str] = None
     results_dir: Optional[str] = None
@@ -121,6 +154,7 @@ class TrainConfig:
     sync_bn: bool = True  # new: SyncBatchNorm when training with several processes
     compile: bool = False  # new: torch.compile the model for training
     channels_last: bool = True  # new: channels_last memory format on GPU
+    checkpointer: CheckpointerConfig = field(default_factory=CheckpointerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -133,6 +167,9 @@ class EvaluateConfig:
     output_sampled_matches_plot: Optional[str] = None
     gpu_ids: List[int] = field(default_factory=lambda: [0])
     num_gpus: int = 1
+    num_nodes: int = 1
+    batch_size: int = -1  # -1: dataset.val_batch_size
+    trt_engine: Optional[str] = None  # TensorRT engines are built from the exported ONNX outside reid_tao
     accelerator: str = "auto"  # new: auto | gpu | cpu
     results_dir: Optional[str] = None
 
@@ -145,6 +182,9 @@ class InferenceConfig:
     output_file: Optional[str] = None
     gpu_ids: List[int] = field(default_factory=lambda: [0])
     num_gpus: int = 1
+    num_nodes: int = 1
+    batch_size: int = -1  # -1: dataset.val_batch_size
+    trt_engine: Optional[str] = None  # TensorRT engines are built from the exported ONNX outside reid_tao
     accelerator: str = "auto"  # new: auto | gpu | cpu
     results_dir: Optional[str] = None
 
@@ -161,8 +201,10 @@ class ExportConfig:
 
 @dataclass
 class ExperimentConfig:
+    model_name: Optional[str] = None  # TAO 7.3 writes re_identification here
     results_dir: str = "results"
     encryption_key: Optional[str] = None
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     re_ranking: ReRankingConfig = field(default_factory=ReRankingConfig)

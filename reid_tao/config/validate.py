@@ -17,7 +17,9 @@ POSITIVE_INTS = ("model.last_stride", "model.input_width", "model.input_height",
                  "dataset.batch_size", "dataset.val_batch_size", "dataset.num_instances",
                  "train.num_epochs", "train.checkpoint_interval", "train.validation_interval",
                  "train.num_gpus", "train.num_nodes", "re_ranking.k1", "re_ranking.k2", "re_ranking.max_rank",
-                 "evaluate.num_gpus", "inference.num_gpus", "export.opset")
+                 "evaluate.num_gpus", "inference.num_gpus", "evaluate.num_nodes", "inference.num_nodes",
+                 "export.opset")
+CHOICES = {"train.checkpoint_interval_unit": ("epoch", "step"), "train.checkpointer.mode": (None, "min", "max")}
 PROBABILITIES = ("dataset.prob", "dataset.re_prob", "re_ranking.lambda_value", "model.dropout_rate",
                  "model.drop_path", "model.att_drop_rate")
 
@@ -37,6 +39,18 @@ def validate_config(config: DictConfig) -> None:
         value = _get(config, field)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{field} must be between 0 and 1, got {value}")
+
+    for field, allowed in CHOICES.items():
+        if _get(config, field) not in allowed:
+            shown = ", ".join(repr(value) for value in allowed if value is not None)
+            raise ConfigError(f"{field}={_get(config, field)!r} is not supported; choose one of {shown}")
+    for section in ("evaluate", "inference"):
+        if config[section].batch_size == 0 or config[section].batch_size < -1:
+            raise ConfigError(f"{section}.batch_size must be at least 1, or -1 for dataset.val_batch_size; "
+                              f"got {config[section].batch_size}")
+    top_k = config.train.checkpointer.save_top_k
+    if top_k == 0 or top_k < -1:
+        raise ConfigError(f"train.checkpointer.save_top_k must be at least 1 (or -1: keep all), got {top_k}")
 
     model, dataset, optim = config.model, config.dataset, config.train.optim
     defaults = ModelConfig()
@@ -59,8 +73,6 @@ def validate_config(config: DictConfig) -> None:
         raise ConfigError(f"dataset.pixel_std values must be > 0, got {list(dataset.pixel_std)}")
     if dataset.padding < 0 or dataset.num_workers < 0:
         raise ConfigError("dataset.padding and dataset.num_workers must be >= 0")
-    if optim.lr_monitor != "val_loss":
-        raise ConfigError("train.optim.lr_monitor is not used (TAO declares it but never uses it); remove it")
     steps = list(optim.lr_steps)
     if steps != sorted(steps) or len(set(steps)) != len(steps):
         raise ConfigError(f"train.optim.lr_steps must be strictly increasing epochs, got {steps}")
@@ -74,9 +86,6 @@ def validate_config(config: DictConfig) -> None:
     for name in ("warmup_iters", "warmup_epochs"):
         if optim[name] < 0:
             raise ConfigError(f"train.optim.{name} must be >= 0, got {optim[name]}")
-    if optim.warmup_method == "cosine" and optim.warmup_epochs >= config.train.num_epochs:
-        raise ConfigError(f"train.optim.warmup_epochs={optim.warmup_epochs} must be smaller than "
-                          f"train.num_epochs={config.train.num_epochs} for the cosine schedule")
     if config.train.grad_clip < 0:
         raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {config.train.grad_clip}")
 

@@ -24,16 +24,17 @@ class EpochSummary(pl.Callback):
         metrics = trainer.callback_metrics
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-        if "train/loss" in metrics:
-            parts.append(f"loss {float(metrics['train/loss']):.4f}")
-        if "train/id_acc" in metrics:
-            parts.append(f"id_acc {100 * float(metrics['train/id_acc']):.1f}%")
+        if "train_loss" in metrics:
+            parts.append(f"loss {float(metrics['train_loss']):.4f}")
+        if "train_acc_1" in metrics:
+            parts.append(f"id_acc {100 * float(metrics['train_acc_1']):.1f}%")
         parts += [f"lr {lr:.2e}", f"{images / max(seconds, 1e-9):.0f} img/s"]
-        if "val/mAP" in metrics and trainer.current_epoch + 1 == getattr(module, "_last_val_epoch", 0):
-            parts.append(f"val mAP {100 * float(metrics['val/mAP']):.1f}% R1 {100 * float(metrics['val/rank1']):.1f}%")
+        if "mAP" in metrics and trainer.current_epoch + 1 == getattr(module, "_last_val_epoch", 0):
+            parts.append(f"val mAP {100 * float(metrics['mAP']):.1f}% R1 {100 * float(metrics['cmc_rank_1']):.1f}%")
         line = "  ".join(parts)
         bar = trainer.progress_bar_callback
         if bar is not None and bar.is_enabled:
             bar.print(line)  # on its own line, not inside the progress bar
+            log.info(line, extra={"printed": True})  # for the log file only
         else:
             log.info(line)

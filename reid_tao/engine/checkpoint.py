@@ -1,7 +1,7 @@
 """Checkpoints: atomic writes, TAO file names, and reading a self-describing checkpoint safely."""
 import logging
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -51,14 +51,33 @@ class ReidCheckpoint(ModelCheckpoint):
         return self._generate_state_key(role=self.role, every_n_epochs=self._every_n_epochs)
 
 
-def checkpoint_callbacks(dirpath: Path, interval: int):
-    """model_epoch_{epoch:03d}.pth every `interval` epochs, and reid_model_latest.pth every epoch."""
-    periodic = ReidCheckpoint("epoch", dirpath=dirpath, filename=EPOCH_NAME, auto_insert_metric_name=False,
-                              every_n_epochs=interval, save_top_k=-1, save_on_train_epoch_end=True,
-                              enable_version_counter=False)
-    latest = ReidCheckpoint("latest", dirpath=dirpath, filename=LATEST_NAME, every_n_epochs=1, save_top_k=1,
-                            save_on_train_epoch_end=True, enable_version_counter=False)
-    return [periodic, latest]
+STEP_NAME = "model_step_{step:06d}"
+INTERVAL_UNITS = ("epoch", "step")
+
+
+def checkpoint_callbacks(dirpath: Path, interval: int, unit: str = "epoch", periodic: bool = True,
+                         best: Optional[Dict[str, Any]] = None):
+    """reid_model_latest.pth every epoch (for resume); with `periodic`, model_epoch_{epoch:03d}.pth every
+    `interval` epochs or model_step_{step:06d}.pth every `interval` steps (`unit`); with `best` (monitor, mode,
+    save_top_k, filename, dirpath, auto_insert_metric_name, save_on_train_epoch_end: False for a validation
+    metric), the best-k files by a logged metric."""
+    if unit not in INTERVAL_UNITS:
+        raise ValueError(f"unit must be one of {', '.join(INTERVAL_UNITS)}, got {unit!r}")
+    if interval < 1:
+        raise ValueError(f"interval must be >= 1, got {interval}")
+    callbacks = [ReidCheckpoint("latest", dirpath=dirpath, filename=LATEST_NAME, every_n_epochs=1, save_top_k=1,
+                                save_on_train_epoch_end=True, enable_version_counter=False)]
+    if periodic and unit == "epoch":
+        callbacks.append(ReidCheckpoint("epoch", dirpath=dirpath, filename=EPOCH_NAME, auto_insert_metric_name=False,
+                                        every_n_epochs=interval, save_top_k=-1, save_on_train_epoch_end=True,
+                                        enable_version_counter=False))
+    elif periodic:
+        callbacks.append(ReidCheckpoint("step", dirpath=dirpath, filename=STEP_NAME, auto_insert_metric_name=False,
+                                        every_n_train_steps=interval, save_top_k=-1, enable_version_counter=False))
+    if best is not None:
+        callbacks.append(ReidCheckpoint("best", **{**best, "dirpath": best.get("dirpath") or dirpath},
+                                        enable_version_counter=False))
+    return callbacks
 
 
 def read_checkpoint_file(path: str, field: str, trust: bool = False) -> Dict[str, Any]:

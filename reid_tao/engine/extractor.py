@@ -47,8 +47,10 @@ def extract(model: nn.Module, dataset: ImageDataset, section: DictConfig, batch_
             flip: bool = False) -> Optional[torch.Tensor]:
     """(N, D) float32 features in dataset order, on the device that extracted them, on the global-zero
     process (so metrics and re-ranking run on the GPU when there is one); None on the other processes."""
-    plan = plan_devices(section.accelerator, section.num_gpus, section.gpu_ids, 1, section=section._key())
-    trainer = pl.Trainer(accelerator=plan.accelerator, devices=plan.devices, strategy=plan.strategy,
+    plan = plan_devices(section.accelerator, section.num_gpus, section.gpu_ids, section.num_nodes,
+                        section=section._key())
+    trainer = pl.Trainer(accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes,
+                         strategy=plan.strategy,
                          precision=precision_for("auto", plan.accelerator), logger=False, enable_checkpointing=False,
                          use_distributed_sampler=False, enable_model_summary=False)
     extractor = FeatureExtractor(model, dataset, batch_size, num_workers, flip)

@@ -12,6 +12,13 @@ from .optim import build_center_optimizer, build_optimizer, build_scheduler
 log = logging.getLogger(__name__)
 
 
+# Logged metric names (TAO's) -> the direction that is better, for train.checkpointer.monitor / mode.
+METRIC_MODES = {"train_loss": "min", "train_id_loss": "min", "train_triplet_loss": "min", "train_center_loss": "min",
+                "train_acc_1": "max", "mAP": "max", "mINP": "max", "cmc_rank_1": "max",
+                "cmc_rank_5": "max", "cmc_rank_10": "max"}
+VALIDATION_METRICS = ("mAP", "mINP", "cmc_rank_1", "cmc_rank_5", "cmc_rank_10")
+
+
 class ReidModule(pl.LightningModule):
     """Manual optimisation, because the center-loss centers have their own SGD optimiser that must step
     (TAO builds it and never steps it, bug B2)."""
@@ -72,8 +79,9 @@ class ReidModule(pl.LightningModule):
         if center_scale is not None:
             self._step_centers(optimizers[1].optimizer, center_scale)
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
-        metrics = {f"train/{name}": value.detach() for name, value in losses.items()}
-        metrics["train/id_acc"] = accuracy
+        # TAO's scalar names: train_loss, train_acc_1 (and train_id_loss, train_triplet_loss, ...)
+        metrics = {f"train_{name}": value.detach() for name, value in losses.items()}
+        metrics["train_acc_1"] = accuracy
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False, batch_size=labels.shape[0],
                       sync_dist=False)
         self.log("loss", losses["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
@@ -96,6 +104,10 @@ class ReidModule(pl.LightningModule):
         optimizer.step()
 
     def on_train_epoch_end(self) -> None:
+        # the lr this epoch trained with, before the schedule moves on
+        optimizers = self.optimizers()
+        main = optimizers[0] if isinstance(optimizers, list) else optimizers
+        self.log("base_lr", main.optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
         scheduler = self.lr_schedulers()
         scheduler.step()
 
@@ -132,8 +144,8 @@ class ReidModule(pl.LightningModule):
                                  camids[q:], max_rank=max(self.max_rank, 10))
         summed = self.trainer.strategy.reduce(local.to_vector(self.device), reduce_op="sum")
         result = RankSums.from_vector(summed, local.num_gallery).metrics()
-        self.log_dict({"val/mAP": result.mAP, "val/mINP": result.mINP, "val/rank1": float(result.cmc[0]),
-                       "val/rank5": float(result.cmc[4]), "val/rank10": float(result.cmc[9])})
+        self.log_dict({"mAP": result.mAP, "mINP": result.mINP, "cmc_rank_1": float(result.cmc[0]),
+                       "cmc_rank_5": float(result.cmc[4]), "cmc_rank_10": float(result.cmc[9])})
         self._last_val_epoch = self.current_epoch + 1
 
     # -- checkpoint ----------------------------------------------------------------------------------

@@ -1,17 +1,29 @@
-"""What every task does first: results folder, experiment.yaml, logging."""
+"""What every task does: results folder, experiment.yaml, logging to the console and <task>.log, and
+status.json (STARTED, then SUCCESS or FAILURE with the one-line error) around the task's work."""
+import functools
 import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from ..config.loader import task_results_dir
-from ..io import atomic_write_text
+from ..config.notices import field_notices
+from ..engine.status import FAILURE, STARTED, STATUS_FILE, SUCCESS, StatusFile
+from ..errors import ReidError
+from ..io import atomic_write_text, error_line
+
+log = logging.getLogger("reid_tao")
 
 
 class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever sys.stdout is at the time (it may be replaced after setup, e.g. by pytest)."""
+    """Writes to whatever sys.stdout is at the time (it may be replaced after setup, e.g. by pytest).
+    Records marked `printed` were already shown on the console (through the progress bar)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "printed", False) and super().filter(record)
 
     @property
     def stream(self):
@@ -53,6 +65,58 @@ def quiet_lightning() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
 
 
+class _TaskLogFile(logging.FileHandler):
+    """results_dir/<task>/<task>.log: the console log of the task, appended to by every run."""
+
+
+def _attach_log_file(path: Path) -> _TaskLogFile:
+    root = logging.getLogger("reid_tao")
+    for old in [h for h in root.handlers if isinstance(h, _TaskLogFile)]:  # a previous task in this process
+        root.removeHandler(old)
+        old.close()
+    handler = _TaskLogFile(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    return handler
+
+
+def reported(task: str) -> Callable:
+    """Decorator for a task's run(config, status): status.json and <task>.log in the task's results folder.
+
+    Every failure ends up here once: a ReidError (or any unexpected exception, or an interrupt) writes a
+    FAILURE line with its one-line message and is raised on unchanged, for the CLI to report."""
+    def decorate(run: Callable) -> Callable:
+        @functools.wraps(run)
+        def wrapper(config: DictConfig):
+            setup_logging()
+            results = task_results_dir(config, task)
+            zero = is_global_zero()
+            if zero:
+                results.mkdir(parents=True, exist_ok=True)
+            handler = _attach_log_file(results / f"{task}.log") if zero else None
+            status = StatusFile(results / STATUS_FILE, enabled=zero)
+            status.write(STARTED, f"Starting {task}.")
+            try:
+                outcome = run(config, status)
+            except KeyboardInterrupt:
+                status.write(FAILURE, f"{task} interrupted", verbosity="ERROR")
+                raise
+            except ReidError as error:
+                status.write(FAILURE, error_line(error), verbosity="ERROR")
+                raise
+            except Exception as error:
+                status.write(FAILURE, f"{type(error).__name__}: {error_line(error)}", verbosity="ERROR")
+                raise
+            finally:
+                if handler is not None:
+                    logging.getLogger("reid_tao").removeHandler(handler)
+                    handler.close()
+            status.write(SUCCESS, f"{task.capitalize()} finished successfully.")
+            return outcome
+        return wrapper
+    return decorate
+
+
 def prepare_task(config: DictConfig, task: str, write_config: bool = True) -> Path:
     """Create results_dir/<task> (or <task>.results_dir) and write the resolved experiment.yaml there."""
     setup_logging()
@@ -62,5 +126,7 @@ def prepare_task(config: DictConfig, task: str, write_config: bool = True) -> Pa
     if write_config and is_global_zero():
         atomic_write_text(results / "experiment.yaml", OmegaConf.to_yaml(config))
     if config.encryption_key:
-        logging.getLogger("reid_tao").info("encryption_key is set: reid_tao writes unencrypted checkpoints")
+        log.info("encryption_key is set: reid_tao writes unencrypted checkpoints")
+    for line in field_notices(config, task):
+        log.info(line)
     return results

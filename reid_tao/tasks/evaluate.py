@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from ..data.datamodule import eval_dataset
 from ..data.layouts import read_split
 from ..data.records import summary_table
-from ..build import load_trained_model
+from ..build import extraction_batch_size, load_trained_model, task_checkpoint
+from ..engine.status import RUNNING, StatusFile
 from ..engine.extractor import extract
 from ..errors import ConfigError
 from ..evaluation.distance import pairwise_distance
@@ -18,7 +19,7 @@ from ..evaluation.metrics import RankMetrics, evaluate_rankings, top_ranked
 from ..evaluation.plots import choose_query_rows, plot_cmc_curves, plot_sampled_matches
 from ..evaluation.rerank import re_ranking
 from ..io import atomic_write_json
-from .common import prepare_task
+from .common import prepare_task, reported
 
 log = logging.getLogger("reid_tao.evaluate")
 
@@ -59,9 +60,10 @@ def metrics_dict(metrics: RankMetrics, max_rank: int) -> dict:
     return out
 
 
-def run(config: DictConfig) -> Dict[str, RankMetrics]:
+@reported("evaluate")
+def run(config: DictConfig, status: StatusFile) -> Dict[str, RankMetrics]:
     results_dir = prepare_task(config, "evaluate")
-    model, preprocessing, _ = load_trained_model(config.evaluate.checkpoint, "evaluate.checkpoint",
+    model, preprocessing, _ = load_trained_model(task_checkpoint(config, "evaluate"), "evaluate.checkpoint",
                                                  config, trust=config.model.trust_weights_file)
     query_dir, query_field = eval_folder(config, "query_dataset", "query_dataset_dir")
     gallery_dir, gallery_field = eval_folder(config, "test_dataset", "test_dataset_dir")
@@ -69,7 +71,7 @@ def run(config: DictConfig) -> Dict[str, RankMetrics]:
     log.info("evaluation data\n%s", summary_table({"query": query, "gallery": gallery}))
 
     features = extract(model, eval_dataset(query + gallery, preprocessing.eval_transform()), config.evaluate,
-                       config.dataset.val_batch_size, config.dataset.num_workers, config.model.with_flip_feature)
+                       extraction_batch_size(config, "evaluate"), config.dataset.num_workers, config.model.with_flip_feature)
     if features is None:
         return {}  # another process of a multi-process run: the global-zero process reports
     pids = torch.tensor([r.pid for r in query + gallery])
@@ -93,6 +95,10 @@ def run(config: DictConfig) -> Dict[str, RankMetrics]:
     if "re-ranked" in results:
         report["re_ranked"] = metrics_dict(results["re-ranked"], max_rank)
     atomic_write_json(results_dir / "metrics.json", report)
+    plain = results["plain"]
+    status.kpi = {"mAP": float(plain.mAP), "cmc_rank_1": float(plain.cmc[0]), "cmc_rank_5": float(plain.cmc[4]),
+                  "cmc_rank_10": float(plain.cmc[9])}
+    status.write(RUNNING, "Evaluation metrics generated.")
 
     curves = {name: (m.cmc[:max_rank], m.mAP) for name, m in results.items()}
     cmc_path = Path(config.evaluate.output_cmc_curve_plot or results_dir / "cmc_curve.png")

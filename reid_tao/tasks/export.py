@@ -7,10 +7,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ..build import load_trained_model
+from ..build import load_trained_model, task_checkpoint
+from ..engine.status import StatusFile
 from ..errors import ConfigError, ReidError
 from ..io import atomic_path, atomic_write_json
-from .common import prepare_task
+from .common import prepare_task, reported
 
 log = logging.getLogger("reid_tao.export")
 
@@ -24,11 +25,11 @@ class ExportError(ReidError):
     exit_code = 1
 
 
-def onnx_path_for(config: DictConfig) -> Path:
+def onnx_path_for(config: DictConfig, checkpoint: str) -> Path:
     """export.onnx_file, by default beside the checkpoint (as TAO does)."""
     if config.export.onnx_file:
         return Path(config.export.onnx_file)
-    return Path(config.export.checkpoint).with_suffix(".onnx")
+    return Path(checkpoint).with_suffix(".onnx")
 
 
 def export_onnx(model: torch.nn.Module, path: Path, input_size, opset: int) -> None:
@@ -57,14 +58,14 @@ def parity_check(model: torch.nn.Module, path: Path, input_size, batch: int = 3)
     return float(np.abs(actual - expected).max())
 
 
-def run(config: DictConfig) -> Path:
-    results_dir = prepare_task(config, "export")
+@reported("export")
+def run(config: DictConfig, status: StatusFile) -> Path:
+    prepare_task(config, "export")
     section = config.export
-    if not section.checkpoint:
-        raise ConfigError("export.checkpoint is not set; pass export.checkpoint=/path/to/reid_model_latest.pth")
-    model, preprocessing, trained_config = load_trained_model(section.checkpoint, "export.checkpoint",
+    checkpoint = task_checkpoint(config, "export")
+    model, preprocessing, trained_config = load_trained_model(checkpoint, "export.checkpoint",
                                                               config, trust=config.model.trust_weights_file)
-    path = onnx_path_for(config)
+    path = onnx_path_for(config, checkpoint)
     if path.exists() and not section.overwrite:
         raise ConfigError(f"export.onnx_file {path} already exists; set export.overwrite=true to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)

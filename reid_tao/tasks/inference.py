@@ -2,30 +2,42 @@
 import json
 import logging
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 from omegaconf import DictConfig
 
 from ..data.datasets import ImageDataset
 from ..data.market import list_images
-from ..build import load_trained_model
+from ..build import extraction_batch_size, load_trained_model, task_checkpoint
+from ..engine.status import StatusFile
 from ..errors import ConfigError
 from ..io import atomic_output
 from ..engine.extractor import extract
-from .common import prepare_task
+from .common import prepare_task, reported
 
 log = logging.getLogger("reid_tao.inference")
 
 
+def inference_folders(config: DictConfig) -> List[Tuple[str, str]]:
+    """(folder, spec field) pairs: inference.query_dataset / test_dataset, or, when neither is set,
+    dataset.query_dataset_dir / test_dataset_dir (as evaluate; never evaluate.*)."""
+    section, data = config.inference, config.dataset
+    own = [(section[f], f"inference.{f}") for f in ("query_dataset", "test_dataset") if section[f]]
+    if own:
+        return own
+    fallback = [(data[f], f"dataset.{f}") for f in ("query_dataset_dir", "test_dataset_dir") if data[f]]
+    if not fallback:
+        raise ConfigError("set inference.query_dataset and/or inference.test_dataset (or dataset.query_dataset_dir "
+                          "/ test_dataset_dir) to folders of images")
+    log.info("inference.query_dataset and test_dataset are not set: using %s", ", ".join(f for _, f in fallback))
+    return fallback
+
+
 def inference_images(config: DictConfig) -> List[str]:
     """Every image of the query folder then the test folder, each sorted by path (names need not be Market's)."""
-    section = config.inference
-    if not section.query_dataset and not section.test_dataset:
-        raise ConfigError("set inference.query_dataset and/or inference.test_dataset to folders of images")
     paths: List[str] = []
-    for field in ("query_dataset", "test_dataset"):
-        if section[field]:
-            paths += [str(p) for p in list_images(section[field], f"inference.{field}")]
+    for folder, field in inference_folders(config):
+        paths += [str(p) for p in list_images(folder, field)]
     return paths
 
 
@@ -43,13 +55,14 @@ def write_embeddings_json(path: Path, image_paths: List[str], batches) -> int:
     return written
 
 
-def run(config: DictConfig) -> Path:
+@reported("inference")
+def run(config: DictConfig, status: StatusFile) -> Path:
     results_dir = prepare_task(config, "inference")
-    model, preprocessing, _ = load_trained_model(config.inference.checkpoint, "inference.checkpoint",
+    model, preprocessing, _ = load_trained_model(task_checkpoint(config, "inference"), "inference.checkpoint",
                                                  config, trust=config.model.trust_weights_file)
     image_paths = inference_images(config)
     dataset = ImageDataset(image_paths, [0] * len(image_paths), [0] * len(image_paths), preprocessing.eval_transform())
-    features = extract(model, dataset, config.inference, config.dataset.val_batch_size,
+    features = extract(model, dataset, config.inference, extraction_batch_size(config, "inference"),
                        config.dataset.num_workers, config.model.with_flip_feature)
     if features is None:
         return None  # another process of a multi-process run: the global-zero process writes the file

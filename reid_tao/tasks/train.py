@@ -5,16 +5,19 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger
 
-from ..build import build_datamodule, build_module, resume_path, trained_num_classes
+from ..build import (build_datamodule, build_module, checkpoint_settings, needs_validation, resume_path,
+                     trained_num_classes, wandb_settings)
+from ..config.notices import warmup_warning
 from ..engine.callbacks import EpochSummary
 from ..engine.checkpoint import LATEST_NAME, AtomicCheckpointIO, checkpoint_callbacks
 from ..engine.devices import plan_devices
+from ..engine.loggers import experiment_loggers
 from ..engine.precision import precision_for
 from ..engine.preemption import PreemptionCheckpoint
+from ..engine.status import StatusCallback, StatusFile
 from ..errors import ConfigError, DataError
-from .common import prepare_task
+from .common import prepare_task, reported
 
 log = logging.getLogger("reid_tao.train")
 RESUME_FIELD = "train.resume_training_checkpoint_path"
@@ -26,24 +29,17 @@ def _check_dataset_fields(config: DictConfig) -> None:
         raise ConfigError("dataset.train_dataset_dir is not set; point it to a Market-1501 bounding_box_train folder")
     if bool(data.query_dataset_dir) != bool(data.test_dataset_dir):
         raise ConfigError("set both dataset.query_dataset_dir and dataset.test_dataset_dir for validation, or neither")
+    field = needs_validation(config)
+    if field and not data.query_dataset_dir:
+        raise ConfigError(f"{field} is a validation metric (train.checkpointer.enable_topk=true) but no validation "
+                          "folders are set; set dataset.query_dataset_dir and dataset.test_dataset_dir, or monitor "
+                          "train_loss")
     if data.synthetic and not Path(data.train_dataset_dir).is_dir():
         from ..data.synthetic import generate_synthetic_market
 
         root = Path(data.train_dataset_dir).parent
         log.info("dataset.synthetic=true: generating the synthetic Market-format dataset in %s", root)
         generate_synthetic_market(root)
-
-
-def _loggers(results: Path):
-    loggers = [CSVLogger(save_dir=str(results), name="logs")]
-    try:
-        from pytorch_lightning.loggers import TensorBoardLogger
-        import tensorboard  # noqa: F401  (optional dependency)
-
-        loggers.append(TensorBoardLogger(save_dir=str(results), name="tensorboard"))
-    except ImportError:
-        pass
-    return loggers
 
 
 def _check_resume(path: str, num_classes: int, trust: bool) -> None:
@@ -54,7 +50,8 @@ def _check_resume(path: str, num_classes: int, trust: bool) -> None:
                         "model.pretrain_choice=self to start from it")
 
 
-def build_trainer(config: DictConfig, results: Path, has_validation: bool, extra_callbacks=()) -> pl.Trainer:
+def build_trainer(config: DictConfig, results: Path, has_validation: bool, status: StatusFile,
+                  extra_callbacks=()) -> pl.Trainer:
     train = config.train
     plan = plan_devices(train.accelerator, train.num_gpus, train.gpu_ids, train.num_nodes)
     precision = precision_for(train.precision, plan.accelerator)
@@ -70,19 +67,24 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool, extra
         accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes, strategy=plan.strategy,
         sync_batchnorm=sync_bn,
         precision=precision, max_epochs=train.num_epochs, default_root_dir=str(results),
-        callbacks=[*checkpoint_callbacks(results, train.checkpoint_interval), EpochSummary(),
+        callbacks=[*checkpoint_callbacks(results, **checkpoint_settings(config)), EpochSummary(), StatusCallback(status),
                    # the bar reads the step loss back from the GPU: every 10 steps, not every step
                    TQDMProgressBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False),
                    *extra_callbacks],
-        plugins=[AtomicCheckpointIO(RESUME_FIELD, trust=config.model.trust_weights_file)], logger=_loggers(results),
+        plugins=[AtomicCheckpointIO(RESUME_FIELD, trust=config.model.trust_weights_file)],
+        logger=experiment_loggers(results, wandb_settings(config)),
         check_val_every_n_epoch=train.validation_interval, limit_val_batches=1.0 if has_validation else 0,
         num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
         log_every_n_steps=10, benchmark=plan.accelerator == "gpu")
 
 
-def run(config: DictConfig) -> Path:
+@reported("train")
+def run(config: DictConfig, status: StatusFile) -> Path:
     _check_dataset_fields(config)
     results = prepare_task(config, "train")
+    warning = warmup_warning(config)
+    if warning:
+        log.warning(warning)
     if config.train.seed >= 0:
         pl.seed_everything(config.train.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config)
@@ -98,7 +100,7 @@ def run(config: DictConfig) -> Path:
                           load_pretrained=checkpoint is None)
     # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
-    trainer = build_trainer(config, results, datamodule.has_validation, extra_callbacks=[preemption])
+    trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=[preemption])
     with preemption.catching_signals():
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     log.info("training finished; checkpoints in %s", results)
