@@ -28,7 +28,7 @@ def eval_folder(config: DictConfig, own: str, fallback: str) -> tuple:
     value = config.evaluate[own] or config.dataset[fallback]
     field = f"evaluate.{own}" if config.evaluate[own] else f"dataset.{fallback}"
     if not value:
-        raise ConfigError(f"evaluate.{own} is not set (nor dataset.{fallback}); point it to a Market-1501 folder")
+        raise ConfigError(f"evaluate.{own} is not set (nor dataset.{fallback}); point it to a Market-1501 folder or a list file")
     return value, field
 
 
@@ -104,6 +104,6 @@ def run(config: DictConfig) -> Dict[str, RankMetrics]:
         ranked, is_match = top_ranked(final[row_index], ids[0][rows], ids[1], ids[2][rows], ids[3], max_rank)
         plot_sampled_matches([query[i].path for i in rows], [r.path for r in gallery], ranked.cpu(),
                              is_match.cpu(), matches_path,
-                             query_labels=[f"id {query[i].pid} cam {query[i].camid}" for i in rows])
+                             query_labels=[f"id {query[i].shown_pid} cam {query[i].camid}" for i in rows])
     log.info("wrote %s, %s and %s", results_dir / "metrics.json", cmc_path, matches_path)
     return results

@@ -7,7 +7,7 @@ from typing import List
 from omegaconf import DictConfig
 
 from ..data.datasets import ImageDataset
-from ..data.market import list_images
+from ..data.layouts import split_images
 from ..build import load_trained_model
 from ..errors import ConfigError
 from ..io import atomic_output
@@ -18,14 +18,15 @@ log = logging.getLogger("reid_tao.inference")
 
 
 def inference_images(config: DictConfig) -> List[str]:
-    """Every image of the query folder then the test folder, each sorted by path (names need not be Market's)."""
+    """Every image of the query split then the test split: a folder's sorted by path (names need not be
+    Market's), a list file's in file order."""
     section = config.inference
     if not section.query_dataset and not section.test_dataset:
-        raise ConfigError("set inference.query_dataset and/or inference.test_dataset to folders of images")
+        raise ConfigError("set inference.query_dataset and/or inference.test_dataset to folders of images or list files")
     paths: List[str] = []
     for field in ("query_dataset", "test_dataset"):
         if section[field]:
-            paths += [str(p) for p in list_images(section[field], f"inference.{field}")]
+            paths += split_images(section[field], f"inference.{field}")
     return paths
 
 
