@@ -12,6 +12,7 @@ from ..build import load_trained_model
 from ..errors import ConfigError
 from ..io import atomic_output
 from ..engine.extractor import extract
+from ..engine.onnx_runner import OnnxModel, is_onnx_file, onnx_feature_batches
 from .common import prepare_task
 
 log = logging.getLogger("reid_tao.inference")
@@ -44,8 +45,32 @@ def write_embeddings_json(path: Path, image_paths: List[str], batches) -> int:
     return written
 
 
+def output_path(config: DictConfig, results_dir: Path) -> Path:
+    return Path(config.inference.output_file or results_dir / "inference.json")
+
+
+def run_onnx(config: DictConfig, results_dir: Path) -> Path:
+    """inference.checkpoint=model.onnx: onnxruntime in this process (CUDA when available), preprocessing from
+    the sidecar export wrote beside the model (not from the spec), features streamed batch by batch."""
+    section = config.inference
+    model = OnnxModel(section.checkpoint, "inference.checkpoint", section.accelerator, section.gpu_ids[0])
+    if section.num_gpus > 1:
+        log.info("ONNX inference runs in one process; inference.num_gpus=%d is not used", section.num_gpus)
+    image_paths = inference_images(config)
+    dataset = ImageDataset(image_paths, [0] * len(image_paths), [0] * len(image_paths),
+                           model.preprocessing.eval_transform())
+    batches = onnx_feature_batches(model, dataset, config.dataset.val_batch_size, config.dataset.num_workers,
+                                   config.model.with_flip_feature)
+    output = output_path(config, results_dir)
+    count = write_embeddings_json(output, image_paths, batches)
+    log.info("wrote %d embeddings (%d-d) to %s", count, model.feat_dim, output)
+    return output
+
+
 def run(config: DictConfig) -> Path:
     results_dir = prepare_task(config, "inference")
+    if is_onnx_file(config.inference.checkpoint):
+        return run_onnx(config, results_dir)
     model, preprocessing, _ = load_trained_model(config.inference.checkpoint, "inference.checkpoint")
     image_paths = inference_images(config)
     dataset = ImageDataset(image_paths, [0] * len(image_paths), [0] * len(image_paths), preprocessing.eval_transform())
@@ -53,7 +78,7 @@ def run(config: DictConfig) -> Path:
                        config.dataset.num_workers, config.model.with_flip_feature)
     if features is None:
         return None  # another process of a multi-process run: the global-zero process writes the file
-    output = Path(config.inference.output_file or results_dir / "inference.json")
+    output = output_path(config, results_dir)
     count = write_embeddings_json(output, image_paths, features.cpu().split(1024))
     log.info("wrote %d embeddings (%d-d) to %s", count, model.feat_dim, output)
     return output
