@@ -22,6 +22,7 @@ from .engine.module import ReidModule
 from .engine.optim import WARMUP_METHODS, optimizer_class
 from .engine.precision import PRECISIONS
 from .errors import ConfigError, DataError
+from .evaluation.plots import QUERY_CHOICES
 from .model import weights
 from .model.backbones import BACKBONES, BackboneOptions
 from .model.baseline import NECK_FEATURES, NECKS, Baseline
@@ -76,6 +77,7 @@ def check_spec(config: DictConfig) -> None:
     _choice("dataset.pipeline", data.pipeline, PIPELINES)
     _choice("train.optim.warmup_method", optim.warmup_method, WARMUP_METHODS)
     _choice("train.precision", train.precision, PRECISIONS)
+    _choice("evaluate.sampled_matches", config.evaluate.sampled_matches, QUERY_CHOICES)
     for section in ("train", "evaluate", "inference"):
         _choice(f"{section}.accelerator", config[section].accelerator, ACCELERATORS)
     try:

@@ -17,7 +17,7 @@ stable sort of the whole row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -45,6 +45,8 @@ class RankMetrics:
     num_query: int
     num_gallery: int
     num_valid_query: int
+    # Average precision of each query (NaN for skipped ones); not part of as_dict() / metrics.json.
+    query_ap: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-Python dict. rank5/rank10 are always present: when the CMC is shorter they take its
@@ -208,6 +210,7 @@ def evaluate_rankings(
         num_query=num_query,
         num_gallery=num_gallery,
         num_valid_query=num_valid,
+        query_ap=torch.where(valid, results.ap, float("nan")).cpu().numpy(),
     )
 
 
