@@ -49,12 +49,14 @@ class Embedder:
     def from_checkpoint(cls, path: Union[str, Path], device: Optional[str] = None, batch_size: int = 64) -> "Embedder":
         """A reid_tao .pth checkpoint (config and preprocessing from inside it) or an exported .onnx file
         (preprocessing from the JSON beside it). ``device``: "cuda", "cpu", ...; default: cuda when available."""
+        if is_onnx_file(path):
+            # Default: CUDA when this onnxruntime build has it (a CPU-only onnxruntime on a GPU machine is fine).
+            accelerator = "auto" if device is None else "gpu" if str(device).startswith("cuda") else "cpu"
+            model = OnnxModel(path, "checkpoint", accelerator=accelerator,
+                              device_id=(torch.device(device).index or 0) if device else 0)
+            return cls(model, model.preprocessing, "cpu", batch_size)  # onnxruntime takes host arrays
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if is_onnx_file(path):
-            model = OnnxModel(path, "checkpoint", accelerator="gpu" if str(device).startswith("cuda") else "cpu",
-                              device_id=torch.device(device).index or 0)
-            return cls(model, model.preprocessing, "cpu", batch_size)  # onnxruntime takes host arrays
         trained = load_trained_model(str(path), "checkpoint")
         return cls(trained.model.to(device).eval(), trained.preprocessing, device, batch_size)
 

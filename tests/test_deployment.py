@@ -159,3 +159,13 @@ def test_readme_gallery_search_example_runs(tiny_market, exported, tmp_path, cap
     exec(compile(code, "README.md", "exec"), {})
     top5 = eval(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(top5) == 5 and top5[0] == str(query) and all(Path(p).is_file() for p in top5)
+
+
+def test_embedder_onnx_default_device_falls_back_to_the_cpu_provider(exported, monkeypatch):
+    from reid_tao import Embedder
+    from reid_tao.errors import DataError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine with a CPU-only onnxruntime
+    assert Embedder.from_checkpoint(exported[1]).model.providers == [CPU]
+    with pytest.raises(DataError, match="onnxruntime-gpu"):
+        Embedder.from_checkpoint(exported[1], device="cuda")
