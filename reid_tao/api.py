@@ -64,7 +64,8 @@ class Embedder:
     def feat_dim(self) -> int:
         return int(self.model.feat_dim)
 
-    def embed(self, inputs: Union[ImageInput, Iterable[ImageInput], torch.Tensor], normalize: bool = False) -> np.ndarray:
+    def embed(self, inputs: Union[ImageInput, Iterable[ImageInput], torch.Tensor],
+              normalize: bool = False) -> np.ndarray:
         """(N, D) float32 embeddings of image paths, PIL images, uint8 H x W x 3 arrays (one or a list), or a
         float (N, 3, H, W) tensor already preprocessed. ``normalize``: unit-length rows (cosine = dot product)."""
         if isinstance(inputs, torch.Tensor):

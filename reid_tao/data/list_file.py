@@ -65,7 +65,8 @@ def parse_list_file(path: str, field: str, require_ids: bool = True) -> List[Lis
         if not parts:
             continue
         if len(parts) > 3 or (require_ids and len(parts) < 2):
-            raise DataError(f"{field}: {path} line {number}: expected 'relative/path pid [camid]', got {text.strip()!r}")
+            raise DataError(f"{field}: {path} line {number}: expected 'relative/path pid [camid]', "
+                            f"got {text.strip()!r}")
         try:
             numbers = [int(value) for value in parts[1:]]
         except ValueError:

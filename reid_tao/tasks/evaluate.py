@@ -28,7 +28,8 @@ def eval_folder(config: DictConfig, own: str, fallback: str) -> tuple:
     value = config.evaluate[own] or config.dataset[fallback]
     field = f"evaluate.{own}" if config.evaluate[own] else f"dataset.{fallback}"
     if not value:
-        raise ConfigError(f"evaluate.{own} is not set (nor dataset.{fallback}); point it to a Market-1501 folder or a list file")
+        raise ConfigError(f"evaluate.{own} is not set (nor dataset.{fallback}); point it to a Market-1501 folder "
+                          "or a list file")
     return value, field
 
 

@@ -23,7 +23,8 @@ def inference_images(config: DictConfig) -> List[str]:
     Market's), a list file's in file order."""
     section = config.inference
     if not section.query_dataset and not section.test_dataset:
-        raise ConfigError("set inference.query_dataset and/or inference.test_dataset to folders of images or list files")
+        raise ConfigError("set inference.query_dataset and/or inference.test_dataset to folders of images or "
+                          "list files")
     paths: List[str] = []
     for field in ("query_dataset", "test_dataset"):
         if section[field]:
