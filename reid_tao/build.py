@@ -27,6 +27,7 @@ from .engine.module import METRIC_MODES, VALIDATION_METRICS, ReidModule
 from .engine.optim import WARMUP_METHODS, optimizer_class
 from .engine.precision import PRECISIONS
 from .errors import ConfigError, DataError
+from .evaluation.plots import QUERY_CHOICES
 from .model import weights
 from .model.backbones import BACKBONES, BackboneOptions
 from .model.baseline import NECK_FEATURES, NECKS, Baseline
@@ -85,6 +86,7 @@ def check_spec(config: DictConfig) -> None:
     _choice("train.checkpoint_interval_unit", train.checkpoint_interval_unit, INTERVAL_UNITS)
     if train.checkpointer.monitor is not None:
         _choice("train.checkpointer.monitor", train.checkpointer.monitor, METRIC_MODES)
+    _choice("evaluate.sampled_matches", config.evaluate.sampled_matches, QUERY_CHOICES)
     for section in ("train", "evaluate", "inference"):
         _choice(f"{section}.accelerator", config[section].accelerator, ACCELERATORS)
     try:

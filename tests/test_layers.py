@@ -1,4 +1,4 @@
-"""The package reads as layers: errors < io < config < model, data, evaluation < engine < build < tasks, cli.
+"""The package reads as layers: errors < io < config < model, data, evaluation < engine < build < tasks, cli, api.
 
 Every import (module level or inside a function) must go down a layer, or stay inside its own package;
 packages of the same layer do not import each other, and no set of modules imports itself in a circle.
@@ -10,7 +10,7 @@ import reid_tao
 
 PACKAGE = Path(reid_tao.__file__).parent
 LAYERS = [("errors",), ("io",), ("config",), ("model", "data", "evaluation"), ("engine",), ("build",),
-          ("tasks", "cli"), ("__main__",)]
+          ("tasks", "cli", "api"), ("__main__",)]
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}
 
 

@@ -252,3 +252,24 @@ def test_choose_query_rows_is_deterministic_sorted_and_within_candidates() -> No
         choose_query_rows(5, 2, candidates=np.array([7]))
     with pytest.raises(ValueError):
         choose_query_rows(5, -1)
+
+
+def test_choose_query_rows_worst_picks_the_lowest_ap_queries() -> None:
+    query_ap = np.array([0.9, 0.2, np.nan, 0.5, 0.2, 1.0, 0.05])  # NaN: a skipped query
+    assert choose_query_rows(7, 3, choice="worst", query_ap=query_ap).tolist() == [6, 1, 4]  # ties by index
+    assert choose_query_rows(7, 10, choice="worst", query_ap=query_ap).tolist() == [6, 1, 4, 3, 0, 5]
+    assert choose_query_rows(7, 2, choice="worst", query_ap=query_ap, candidates=np.array([0, 3, 5])).tolist() == [3, 0]
+    with pytest.raises(ValueError, match="needs query_ap"):
+        choose_query_rows(7, 2, choice="worst")
+    with pytest.raises(ValueError, match="choice must be"):
+        choose_query_rows(7, 2, choice="best")
+
+
+def test_rank_metrics_carry_per_query_ap() -> None:
+    from reid_tao.evaluation.metrics import evaluate_rankings
+
+    # Query 0: match first (AP 1); query 1: match second (AP 0.5); query 2 (id 9): no match, skipped.
+    distmat = np.array([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3]])
+    metrics = evaluate_rankings(distmat, [1, 2, 9], [1, 2, 3], [0, 0, 0], [1, 1, 1], max_rank=3)
+    assert metrics.query_ap[:2].tolist() == [1.0, 0.5] and np.isnan(metrics.query_ap[2])
+    assert "query_ap" not in metrics.as_dict()

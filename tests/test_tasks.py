@@ -151,3 +151,24 @@ def test_swin_tiny_trains_and_exports_through_the_cli(tiny_market, tmp_path, cap
     assert main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}",
                  f"export.onnx_file={onnx_file}"]) == 0, capsys.readouterr().err
     assert "max abs difference" in capsys.readouterr().out
+
+
+def test_evaluate_sampled_matches_worst_shows_the_lowest_ap_queries(tiny_market, trained, tmp_path, monkeypatch,
+                                                                      capsys):
+    from reid_tao.build import load_experiment
+    from reid_tao.tasks import evaluate
+
+    # The option and the per-query AP reach the row choice (its own test proves the lowest-AP selection),
+    # and the figure labels each row with its AP.
+    calls, shown = [], {}
+    real = evaluate.choose_query_rows
+    monkeypatch.setattr(evaluate, "choose_query_rows", lambda *a, **k: calls.append(k) or real(*a, **k))
+    monkeypatch.setattr(evaluate, "plot_sampled_matches",
+                        lambda queries, *args, query_labels, **kwargs: shown.update(labels=query_labels))
+    results = evaluate.run(load_experiment(None, eval_overrides(tiny_market, tmp_path, trained, "re_ranking.num_query=2",
+                                                                "evaluate.sampled_matches=worst")))
+    assert calls[0]["choice"] == "worst" and calls[0]["query_ap"] is results["plain"].query_ap
+    worst = np.sort(results["plain"].query_ap)[:2]
+    assert [float(label.rsplit("AP ", 1)[1]) for label in shown["labels"]] == pytest.approx(worst, abs=0.005)
+    assert main(["evaluate"] + eval_overrides(tiny_market, tmp_path, trained, "evaluate.sampled_matches=best")) == 2
+    assert "evaluate.sampled_matches='best' is not supported" in capsys.readouterr().err

@@ -165,6 +165,7 @@ class EvaluateConfig:
     query_dataset: Optional[str] = None
     output_cmc_curve_plot: Optional[str] = None
     output_sampled_matches_plot: Optional[str] = None
+    sampled_matches: str = "random"  # new: random (seeded) | worst (lowest AP first)
     gpu_ids: List[int] = field(default_factory=lambda: [0])
     num_gpus: int = 1
     num_nodes: int = 1

@@ -6,16 +6,16 @@ the split's :class:`~reid_tao.data.records.ImageRecord` s, plus a ``detect`` rul
 looks like that layout. ``layout="auto"`` takes the first layout in :data:`LAYOUTS` whose rule matches,
 else :data:`DEFAULT_LAYOUT` (whose reader then explains what is wrong with the path).
 
-Adding a layout is one reader function and one :data:`LAYOUTS` entry. Detection rules look at the form of
-the path only (folder, file suffix), so a missing path still reaches the reader that reports it; e.g. a
-list-file layout (a ``.txt`` file of ``relative/path pid [camid]`` lines, as MSMT17's ``list_train.txt``)
-would be ``"list_file": Layout(read_list_file, detect=lambda path: Path(path).suffix.lower() == ".txt")``.
+Adding a layout is one reader function (plus an image lister, for inference) and one :data:`LAYOUTS`
+entry. Detection rules look at the form of the path only (folder, file suffix), so a missing path still
+reaches the reader that reports it.
 """
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from .market import scan_market_folder
+from .list_file import list_file_images, read_list_file
+from .market import list_images, scan_market_folder
 from .records import ImageRecord
 
 Reader = Callable[[str, str], List[ImageRecord]]
@@ -26,11 +26,16 @@ class Layout:
     reader: Reader
     detect: Callable[[str], bool]
     description: str
+    images: Callable[[str, str], List[str]]  # every image path of a split, any names (what inference embeds)
 
 
 LAYOUTS: Dict[str, Layout] = {
+    "list_file": Layout(read_list_file, detect=lambda path: Path(path).suffix.lower() == ".txt",
+                        description="a .txt list of 'relative/path pid [camid]' lines (e.g. MSMT17's list_train.txt)",
+                        images=list_file_images),
     "market1501": Layout(scan_market_folder, detect=lambda path: Path(path).is_dir(),
-                         description="a folder of Market-1501 named images '<pid>_c<camera>...'"),
+                         description="a folder of Market-1501 named images '<pid>_c<camera>...'",
+                         images=lambda path, field: [str(p) for p in list_images(path, field)]),
 }
 DEFAULT_LAYOUT = "market1501"
 
@@ -48,3 +53,8 @@ def read_split(path: str, field: str, layout: str = "auto") -> List[ImageRecord]
         raise ValueError(f"layout {layout!r} is not one of auto, {', '.join(LAYOUTS)}")
     name = detect_layout(path) if layout == "auto" else layout
     return LAYOUTS[name].reader(path, field)
+
+
+def split_images(path: str, field: str) -> List[str]:
+    """Every image of a split, names unparsed: a folder's images sorted by path, a list file's in file order."""
+    return LAYOUTS[detect_layout(path)].images(path, field)

@@ -1,15 +1,24 @@
 """Image records (path, person id, camera id), whatever dataset layout they were read from."""
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image; ``pid`` -1 marks junk (readers skip it), 0 a distractor (kept in galleries, never a match)."""
+    """One image; ``pid`` -1 marks junk (readers skip it), 0 a distractor (kept in galleries, never a match).
+
+    ``pid`` follows that evaluation convention whatever the layout; a reader whose dataset numbers ordinary
+    people from 0 (list files) shifts its ids and keeps the dataset's own id in ``dataset_pid``."""
 
     path: str
     pid: int
     camid: int
+    dataset_pid: Optional[int] = None
+
+    @property
+    def shown_pid(self) -> int:
+        """The id as the dataset writes it (for plots and messages)."""
+        return self.pid if self.dataset_pid is None else self.dataset_pid
 
 
 def relabel(records: Sequence[ImageRecord]) -> Tuple[List[int], Dict[int, int]]:

@@ -248,11 +248,17 @@ def plot_sampled_matches(
     return atomic_save_figure(figure, path, MATCHES_DPI)
 
 
+# How the sampled-matches figure picks its queries (evaluate.sampled_matches).
+QUERY_CHOICES = ("random", "worst")
+
+
 def choose_query_rows(
     num_queries: int,
     num_rows: int,
     seed: int = 0,
     candidates: np.ndarray | None = None,
+    choice: str = "random",
+    query_ap: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pick which queries the sampled-matches plot shows, reproducibly.
 
@@ -262,12 +268,19 @@ def choose_query_rows(
         seed: seed of ``numpy.random.default_rng``; the same inputs always give the same rows.
         candidates: query indices allowed (e.g. those with a valid match), or a boolean mask of length
             ``num_queries``; default: all queries.
+        choice: "random" (a seeded draw) or "worst" (the lowest average precision first: what a
+            researcher looks at first).
+        query_ap: (num_queries,) average precision per query (NaN for skipped queries, which "worst" never
+            picks); needed for "worst".
 
     Returns:
-        Sorted distinct int64 indices, ``min(num_rows, len(candidates))`` of them.
+        ``min(num_rows, len(candidates))`` distinct int64 indices: sorted for "random"; for "worst" in
+        increasing AP (ties by index).
     """
     if num_rows < 0:
         raise ValueError(f"num_rows must be >= 0, got {num_rows}")
+    if choice not in QUERY_CHOICES:
+        raise ValueError(f"choice must be one of {', '.join(QUERY_CHOICES)}, got {choice!r}")
     if candidates is None:
         pool = np.arange(num_queries, dtype=np.int64)
     else:
@@ -280,6 +293,13 @@ def choose_query_rows(
             pool = np.unique(candidates.astype(np.int64).reshape(-1))
             if pool.size and (pool[0] < 0 or pool[-1] >= num_queries):
                 raise ValueError(f"candidates must be query indices in 0..{num_queries - 1}")
+    if choice == "worst":
+        if query_ap is None or np.shape(query_ap) != (num_queries,):
+            raise ValueError(f"choice 'worst' needs query_ap with one value per query ({num_queries})")
+        ap = np.asarray(query_ap, dtype=np.float64)[pool]
+        pool = pool[~np.isnan(ap)]
+        order = np.argsort(ap[~np.isnan(ap)], kind="stable")
+        return pool[order[:num_rows]].astype(np.int64)
     count = min(num_rows, pool.size)
     chosen = np.random.default_rng(seed).choice(pool, size=count, replace=False)
     return np.sort(chosen).astype(np.int64)

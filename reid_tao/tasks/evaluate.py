@@ -29,7 +29,8 @@ def eval_folder(config: DictConfig, own: str, fallback: str) -> tuple:
     value = config.evaluate[own] or config.dataset[fallback]
     field = f"evaluate.{own}" if config.evaluate[own] else f"dataset.{fallback}"
     if not value:
-        raise ConfigError(f"evaluate.{own} is not set (nor dataset.{fallback}); point it to a Market-1501 folder")
+        raise ConfigError(f"evaluate.{own} is not set (nor dataset.{fallback}); point it to a Market-1501 folder "
+                          "or a list file")
     return value, field
 
 
@@ -104,13 +105,16 @@ def run(config: DictConfig, status: StatusFile) -> Dict[str, RankMetrics]:
     cmc_path = Path(config.evaluate.output_cmc_curve_plot or results_dir / "cmc_curve.png")
     plot_cmc_curves(curves, cmc_path)
     candidates = np.flatnonzero(queries_with_a_match(*ids))
-    rows = choose_query_rows(q, rerank_cfg.num_query, seed=max(config.train.seed, 0), candidates=candidates)
+    query_ap = results["re-ranked" if "re-ranked" in results else "plain"].query_ap  # of the ranking shown
+    rows = choose_query_rows(q, rerank_cfg.num_query, seed=max(config.train.seed, 0), candidates=candidates,
+                             choice=config.evaluate.sampled_matches, query_ap=query_ap)
     matches_path = Path(config.evaluate.output_sampled_matches_plot or results_dir / "sampled_matches.png")
     if len(rows):
         row_index = torch.as_tensor(rows, device=final.device)
         ranked, is_match = top_ranked(final[row_index], ids[0][rows], ids[1], ids[2][rows], ids[3], max_rank)
         plot_sampled_matches([query[i].path for i in rows], [r.path for r in gallery], ranked.cpu(),
                              is_match.cpu(), matches_path,
-                             query_labels=[f"id {query[i].pid} cam {query[i].camid}" for i in rows])
+                             query_labels=[f"id {query[i].shown_pid} cam {query[i].camid} AP {query_ap[i]:.2f}"
+                                           for i in rows])
     log.info("wrote %s, %s and %s", results_dir / "metrics.json", cmc_path, matches_path)
     return results

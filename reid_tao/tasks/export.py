@@ -1,4 +1,5 @@
-"""`reid export`: ONNX with a dynamic batch axis, checked by onnx.checker and against onnxruntime."""
+"""`reid export`: ONNX with a dynamic batch axis, checked by onnx.checker and against onnxruntime; beside it the
+preprocessing sidecar (read by ONNX inference) and a DeepStream tracker ReID config."""
 import logging
 import warnings
 from pathlib import Path
@@ -8,10 +9,12 @@ import torch
 from omegaconf import DictConfig
 
 from ..build import load_trained_model, task_checkpoint
+from ..engine.onnx_runner import onnx_sidecar_path
 from ..engine.status import StatusFile
 from ..errors import ConfigError, ReidError
 from ..io import atomic_path, atomic_write_json
 from .common import prepare_task, reported
+from .deepstream import tracker_config_path, write_tracker_config
 
 log = logging.getLogger("reid_tao.export")
 
@@ -87,6 +90,7 @@ def run(config: DictConfig, status: StatusFile) -> Path:
         "feature_dim": model.feat_dim, "backbone": trained_config.model.backbone, "opset": section.opset,
         "parity_max_abs_diff": difference,
     }
-    atomic_write_json(path.with_suffix(".json"), sidecar)
-    log.info("wrote %s and %s", path, path.with_suffix(".json"))
+    atomic_write_json(onnx_sidecar_path(path), sidecar)
+    tracker_config = write_tracker_config(tracker_config_path(path), preprocessing, model.feat_dim, path)
+    log.info("wrote %s, %s and the DeepStream tracker ReID config %s", path, onnx_sidecar_path(path), tracker_config)
     return path

@@ -7,8 +7,9 @@ from typing import List, Tuple
 from omegaconf import DictConfig
 
 from ..data.datasets import ImageDataset
-from ..data.market import list_images
+from ..data.layouts import split_images
 from ..build import extraction_batch_size, load_trained_model, task_checkpoint
+from ..engine.onnx_runner import OnnxModel, is_onnx_file, onnx_feature_batches
 from ..engine.status import StatusFile
 from ..errors import ConfigError
 from ..io import atomic_output
@@ -28,16 +29,17 @@ def inference_folders(config: DictConfig) -> List[Tuple[str, str]]:
     fallback = [(data[f], f"dataset.{f}") for f in ("query_dataset_dir", "test_dataset_dir") if data[f]]
     if not fallback:
         raise ConfigError("set inference.query_dataset and/or inference.test_dataset (or dataset.query_dataset_dir "
-                          "/ test_dataset_dir) to folders of images")
+                          "/ test_dataset_dir) to folders of images or list files")
     log.info("inference.query_dataset and test_dataset are not set: using %s", ", ".join(f for _, f in fallback))
     return fallback
 
 
 def inference_images(config: DictConfig) -> List[str]:
-    """Every image of the query folder then the test folder, each sorted by path (names need not be Market's)."""
+    """Every image of the query split then the test split: a folder's sorted by path (names need not be
+    Market's), a list file's in file order."""
     paths: List[str] = []
     for folder, field in inference_folders(config):
-        paths += [str(p) for p in list_images(folder, field)]
+        paths += split_images(folder, field)
     return paths
 
 
@@ -55,18 +57,43 @@ def write_embeddings_json(path: Path, image_paths: List[str], batches) -> int:
     return written
 
 
+def output_path(config: DictConfig, results_dir: Path) -> Path:
+    return Path(config.inference.output_file or results_dir / "inference.json")
+
+
+def run_onnx(config: DictConfig, checkpoint: str, results_dir: Path) -> Path:
+    """inference.checkpoint=model.onnx: onnxruntime in this process (CUDA when available), preprocessing from
+    the sidecar export wrote beside the model (not from the spec), features streamed batch by batch."""
+    section = config.inference
+    model = OnnxModel(checkpoint, "inference.checkpoint", section.accelerator, section.gpu_ids[0])
+    if section.num_gpus > 1:
+        log.info("ONNX inference runs in one process; inference.num_gpus=%d is not used", section.num_gpus)
+    image_paths = inference_images(config)
+    dataset = ImageDataset(image_paths, [0] * len(image_paths), [0] * len(image_paths),
+                           model.preprocessing.eval_transform())
+    batches = onnx_feature_batches(model, dataset, extraction_batch_size(config, "inference"),
+                                   config.dataset.num_workers, config.model.with_flip_feature)
+    output = output_path(config, results_dir)
+    count = write_embeddings_json(output, image_paths, batches)
+    log.info("wrote %d embeddings (%d-d) to %s", count, model.feat_dim, output)
+    return output
+
+
 @reported("inference")
 def run(config: DictConfig, status: StatusFile) -> Path:
     results_dir = prepare_task(config, "inference")
-    model, preprocessing, _ = load_trained_model(task_checkpoint(config, "inference"), "inference.checkpoint",
-                                                 config, trust=config.model.trust_weights_file)
+    checkpoint = task_checkpoint(config, "inference")
+    if is_onnx_file(checkpoint):
+        return run_onnx(config, checkpoint, results_dir)
+    model, preprocessing, _ = load_trained_model(checkpoint, "inference.checkpoint", config,
+                                                 trust=config.model.trust_weights_file)
     image_paths = inference_images(config)
     dataset = ImageDataset(image_paths, [0] * len(image_paths), [0] * len(image_paths), preprocessing.eval_transform())
     features = extract(model, dataset, config.inference, extraction_batch_size(config, "inference"),
                        config.dataset.num_workers, config.model.with_flip_feature)
     if features is None:
         return None  # another process of a multi-process run: the global-zero process writes the file
-    output = Path(config.inference.output_file or results_dir / "inference.json")
+    output = output_path(config, results_dir)
     count = write_embeddings_json(output, image_paths, features.cpu().split(1024))
     log.info("wrote %d embeddings (%d-d) to %s", count, model.feat_dim, output)
     return output

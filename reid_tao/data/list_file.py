@@ -1,0 +1,107 @@
+"""List files: one image per line, ``relative/path pid [camid]`` (MSMT17's ``list_train.txt`` and the like).
+
+:func:`read_list_file` is the reader of the "list_file" layout (see :mod:`reid_tao.data.layouts`).
+
+Where the paths start from: the list's own folder, or, for MSMT17, the image folder beside the list (V1:
+``train/`` and ``test/``; V2: ``mask_train_v2/`` and ``mask_test_v2/``). The first of these folders in which
+the list's first image exists is taken for the whole list.
+
+The camera, when the third column is missing, comes from the file name: Market-1501's ``..._c<camera>...``
+or MSMT17's third underscore field (``0000_000_01_0303morning_0015_0.jpg`` -> camera 1).
+
+Identities: in a list file every id >= 0 is an ordinary identity (MSMT17 numbers its people from 0) and -1
+marks junk (skipped). Records carry ids in the evaluation protocol's convention, where 0 is Market's
+"distractor, never a match", so this reader stores ``pid + 1`` and keeps the file's own id in
+``ImageRecord.dataset_pid`` (what plots and messages show).
+"""
+import logging
+from pathlib import Path
+from typing import List, NamedTuple, Optional
+
+from ..errors import DataError
+from .market import JUNK_PID, parse_market_name
+from .records import ImageRecord
+
+log = logging.getLogger(__name__)
+
+# Folders (beside the list) that list paths may be relative to, after the list's own folder.
+MSMT17_IMAGE_FOLDERS = ("train", "test", "mask_train_v2", "mask_test_v2")
+
+
+class ListEntry(NamedTuple):
+    path: str  # resolved image path
+    pid: Optional[int]  # as written in the file; None when the line has no id (allowed for inference lists)
+    camid: Optional[int]
+    line: int  # 1-based line number, for messages
+
+
+def camera_from_name(file_name: str) -> Optional[int]:
+    """Market ``0002_c1s1_000451_03.jpg`` -> 1; MSMT17 ``0000_000_01_0303morning_0015_0.jpg`` -> 1; else None."""
+    market = parse_market_name(file_name)
+    if market is not None:
+        return market[1]
+    fields = Path(file_name).name.split("_")
+    return int(fields[2]) if len(fields) > 3 and fields[2].isdigit() else None
+
+
+def _image_root(list_path: Path, first: str, field: str, line: int) -> Path:
+    candidates = [list_path.parent] + [list_path.parent / name for name in MSMT17_IMAGE_FOLDERS]
+    for root in candidates:
+        if (root / first).is_file():
+            return root
+    tried = ", ".join(str(root) for root in candidates if root.is_dir())
+    raise DataError(f"{field}: {list_path} line {line}: image {first} is not found relative to the list's folder "
+                    f"or its MSMT17 image folders (tried {tried}); paths must be relative to one of them")
+
+
+def parse_list_file(path: str, field: str, require_ids: bool = True) -> List[ListEntry]:
+    """Every non-empty line of a list file ('#' starts a comment), paths resolved; DataError names the line."""
+    list_path = Path(path)
+    if not list_path.is_file():
+        raise DataError(f"{field}: list file {path} does not exist; set {field} to a folder or a list file")
+    rows = []
+    for number, text in enumerate(list_path.read_text().splitlines(), start=1):
+        parts = text.split("#", 1)[0].split()
+        if not parts:
+            continue
+        if len(parts) > 3 or (require_ids and len(parts) < 2):
+            raise DataError(f"{field}: {path} line {number}: expected 'relative/path pid [camid]', "
+                            f"got {text.strip()!r}")
+        try:
+            numbers = [int(value) for value in parts[1:]]
+        except ValueError:
+            raise DataError(f"{field}: {path} line {number}: pid and camid must be integers, got "
+                            f"{text.strip()!r}") from None
+        pid = numbers[0] if numbers else None
+        camid = numbers[1] if len(numbers) > 1 else None
+        if pid is not None and pid < JUNK_PID:
+            raise DataError(f"{field}: {path} line {number}: person id {pid} is invalid (ids are >= 0, -1 = junk)")
+        if camid is None and require_ids:
+            camid = camera_from_name(parts[0])
+            if camid is None:
+                raise DataError(f"{field}: {path} line {number}: no camera in the file name {parts[0]!r} "
+                                "(Market '..._c<N>...' or MSMT17 'pid_index_camera_...'); add it as a third column")
+        if camid is not None and camid < 0:
+            raise DataError(f"{field}: {path} line {number}: camera id {camid} is negative")
+        rows.append((parts[0], pid, camid, number))
+    if not rows:
+        raise DataError(f"{field}: list file {path} has no entries")
+    root = _image_root(list_path, rows[0][0], field, rows[0][3])
+    return [ListEntry(str(root / relative), pid, camid, number) for relative, pid, camid, number in rows]
+
+
+def read_list_file(path: str, field: str) -> List[ImageRecord]:
+    """Records of every identified image of a list file (junk, id -1, skipped); ids shifted by one, see above."""
+    entries = parse_list_file(path, field)
+    records = [ImageRecord(entry.path, entry.pid + 1, entry.camid, dataset_pid=entry.pid)
+               for entry in entries if entry.pid != JUNK_PID]
+    if not records:
+        raise DataError(f"{field}: list file {path} holds only junk entries (person id -1)")
+    if len(records) < len(entries):
+        log.info("%s: skipped %d junk entries (person id -1)", field, len(entries) - len(records))
+    return records
+
+
+def list_file_images(path: str, field: str) -> List[str]:
+    """Every image path of a list file in file order (ids optional, junk included): what inference embeds."""
+    return [entry.path for entry in parse_list_file(path, field, require_ids=False)]

@@ -1,0 +1,93 @@
+"""Exported ONNX models through onnxruntime, behind the same "features for a dataset" interface as the
+PyTorch extractor.
+
+The preprocessing comes from the JSON sidecar that `reid export` writes beside the model (the
+:class:`~reid_tao.data.preprocessing.Preprocessing` fields plus the graph's input/output names), never
+from a spec: the ONNX file must be usable on its own.
+"""
+import json
+import logging
+from pathlib import Path
+from typing import Iterator, List, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..data.datamodule import eval_loader
+from ..data.datasets import ImageDataset
+from ..data.preprocessing import Preprocessing
+from ..errors import DataError
+from ..evaluation.features import embed
+from ..io import first_line
+
+log = logging.getLogger(__name__)
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def is_onnx_file(path) -> bool:
+    return bool(path) and Path(str(path)).suffix.lower() == ".onnx"
+
+
+def onnx_sidecar_path(onnx_path) -> Path:
+    """Where export writes (and inference reads) the preprocessing of ``model.onnx``: ``model.json``."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+def execution_providers(accelerator: str, available: Sequence[str], device_id: int = 0) -> List:
+    """onnxruntime providers for ``accelerator`` (auto | gpu | cpu): CUDA when asked for or, with auto, when
+    this onnxruntime build has it; always CPU as the fallback for operators CUDA lacks."""
+    if accelerator not in ("auto", "gpu", "cpu"):
+        raise ValueError(f"accelerator must be auto, gpu or cpu, got {accelerator!r}")
+    if accelerator == "gpu" and CUDA not in available:
+        raise ValueError("accelerator 'gpu' needs onnxruntime's CUDAExecutionProvider (pip install onnxruntime-gpu); "
+                         f"this onnxruntime has {', '.join(available)}")
+    if accelerator != "cpu" and CUDA in available:
+        return [(CUDA, {"device_id": int(device_id)}), CPU]
+    return [CPU]
+
+
+class OnnxModel:
+    """A callable like the PyTorch model: normalised (N, 3, H, W) float tensor -> (N, D) float32 tensor (CPU)."""
+
+    def __init__(self, path: Union[str, Path], field: str, accelerator: str = "auto", device_id: int = 0):
+        import onnxruntime
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{field}: ONNX file {path} does not exist")
+        sidecar = onnx_sidecar_path(path)
+        try:
+            meta = json.loads(sidecar.read_text())
+            self.preprocessing = Preprocessing.from_dict(meta)
+            self.input_name, self.output_name = meta["input_name"], meta["output_name"]
+            self.feat_dim = int(meta["feature_dim"])
+        except FileNotFoundError:
+            raise DataError(f"{field}: {sidecar} (the preprocessing `reid export` writes beside {path.name}) is "
+                            "missing; keep it next to the ONNX file or export again") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise DataError(f"{field}: {sidecar} is not a reid_tao export sidecar ({first_line(error, limit=200)})") \
+                from None
+        try:
+            providers = execution_providers(accelerator, onnxruntime.get_available_providers(), device_id)
+        except ValueError as error:
+            raise DataError(f"{field}: {error}") from None
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
+            raise DataError(f"{field}: cannot load ONNX file {path} ({first_line(error, limit=200)})") from None
+        self.providers = self.session.get_providers()
+        log.info("%s: onnxruntime with %s", field, ", ".join(self.providers))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        (features,) = self.session.run([self.output_name], {self.input_name: array})
+        return torch.from_numpy(features)
+
+
+def onnx_feature_batches(model: OnnxModel, dataset: ImageDataset, batch_size: int, num_workers: int,
+                         flip: bool = False) -> Iterator[torch.Tensor]:
+    """(batch, D) float32 features in dataset order, one loader batch at a time (streamed, never all held)."""
+    with torch.no_grad():
+        for batch in eval_loader(dataset, batch_size, num_workers):
+            yield embed(model, batch.images, flip)
