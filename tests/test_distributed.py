@@ -105,3 +105,16 @@ def test_two_nodes_with_torchrun_over_loopback(tiny_market, tmp_path):
     assert "2 node(s)" in outputs[0] and "global batch 8" in outputs[0]
     assert sorted(p.name for p in (tmp_path / "train").glob("*.pth")) == ["model_epoch_000.pth",
                                                                           "reid_model_latest.pth"]
+
+
+def test_every_sampler_and_loss_combination_trains_under_ddp(tiny_market, tmp_path):
+    """Two steps per combination: a parameter left without a gradient (the classifier without ID loss)
+    fails DDP at the second step."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+               os.path.join(os.path.dirname(__file__), "ddp_loss_combinations.py"), str(tiny_market), str(tmp_path)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=environment)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trained = [line for line in result.stdout.splitlines() if line.startswith("trained ")]
+    assert len(trained) == 8, result.stdout  # 3 samplers x 3 metric losses, less triplet + center
