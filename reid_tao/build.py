@@ -75,7 +75,8 @@ def check_spec(config: DictConfig) -> None:
     _choice("dataset.interpolation", data.interpolation, INTERPOLATIONS)
     _choice("dataset.pipeline", data.pipeline, PIPELINES)
     _choice("train.optim.warmup_method", optim.warmup_method, WARMUP_METHODS)
-    _choice("train.precision", train.precision, PRECISIONS)
+    for section in ("train", "evaluate", "inference"):
+        _choice(f"{section}.precision", config[section].precision, PRECISIONS)
     for section in ("train", "evaluate", "inference"):
         _choice(f"{section}.accelerator", config[section].accelerator, ACCELERATORS)
     try:

@@ -125,6 +125,8 @@ def test_overrides_use_hydra_grammar(tmp_path):
     (["train.optim.lr_monitor=train_loss"], "lr_monitor"),
     (["train.optim.lr_steps=[70,40]"], "strictly increasing"),
     (["train.precision=64"], "train.precision"),
+    (["evaluate.precision=fp32"], "evaluate.precision"),
+    (["inference.precision=bf16"], "inference.precision"),
     (["dataset.prob=1.5"], "dataset.prob"),
     (["model.drop_path=0.2"], "Swin backbones only"),
     (["+model.extra=1"], "only section.key=value"),

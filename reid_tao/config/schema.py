@@ -103,6 +103,13 @@ class OptimConfig:
 
 
 @dataclass
+class CudnnConfig:
+    """TAO 7.3's train.cudnn section, mapped onto Lightning's ``benchmark`` / ``deterministic``."""
+    benchmark: bool = False  # autotune convolution algorithms (fast; chosen per run, so not bit-reproducible)
+    deterministic: bool = False  # deterministic algorithms where torch has them (warns where it has none)
+
+
+@dataclass
 class TrainConfig:
     num_gpus: int = 1
     gpu_ids: List[int] = field(default_factory=lambda: [0])
@@ -116,9 +123,10 @@ class TrainConfig:
     grad_clip: float = 0.0
     precision: str = "auto"  # new: auto | 32 | 16-mixed | bf16-mixed
     accelerator: str = "auto"  # new: auto | gpu | cpu (with cpu, num_gpus = number of CPU processes)
-    sync_bn: bool = True  # new: SyncBatchNorm when training with several processes
+    sync_bn: bool = False  # new: SyncBatchNorm with several GPU processes (per-GPU batches under ~16 images)
     compile: bool = False  # new: torch.compile the model for training
     channels_last: bool = True  # new: channels_last memory format on GPU
+    cudnn: CudnnConfig = field(default_factory=CudnnConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -132,6 +140,7 @@ class EvaluateConfig:
     gpu_ids: List[int] = field(default_factory=lambda: [0])
     num_gpus: int = 1
     accelerator: str = "auto"  # new: auto | gpu | cpu
+    precision: str = "32"  # new: 32 (TF32 matmuls allowed) | 16-mixed | bf16-mixed | auto, for the features
     results_dir: Optional[str] = None
 
 
@@ -144,6 +153,7 @@ class InferenceConfig:
     gpu_ids: List[int] = field(default_factory=lambda: [0])
     num_gpus: int = 1
     accelerator: str = "auto"  # new: auto | gpu | cpu
+    precision: str = "32"  # new: as evaluate.precision
     results_dir: Optional[str] = None
 
 

@@ -11,7 +11,7 @@ from ..data.datamodule import eval_dataset
 from ..data.layouts import read_split
 from ..data.records import summary_table
 from ..build import load_trained_model
-from ..engine.extractor import extract
+from ..engine.extractor import extract, section_precision
 from ..errors import ConfigError
 from ..evaluation.distance import pairwise_distance
 from ..evaluation.metrics import RankMetrics, evaluate_rankings, top_ranked
@@ -89,6 +89,7 @@ def run(config: DictConfig) -> Dict[str, RankMetrics]:
 
     report = metrics_dict(results["plain"], max_rank)
     report["re_ranking"] = bool(rerank_cfg.re_ranking)
+    report["precision"] = section_precision(config.evaluate)  # of the features the metrics come from
     if "re-ranked" in results:
         report["re_ranked"] = metrics_dict(results["re-ranked"], max_rank)
     atomic_write_json(results_dir / "metrics.json", report)
