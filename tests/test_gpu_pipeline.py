@@ -202,8 +202,13 @@ def test_index_loader_collates_batch_seed():
 
 def test_resolve_pipeline():
     assert resolve_pipeline("cpu") == "cpu" and resolve_pipeline("gpu") == "gpu"
-    assert resolve_pipeline("auto", torch.device("cpu")) == "cpu"
+    assert resolve_pipeline("auto", torch.device("cpu")) == "cpu"  # cache size unknown
     assert resolve_pipeline("auto", torch.device("cuda", 0)) == "gpu"
+    # on a CPU the decoded cache is chosen when it fits in half of the available memory
+    gib = 2**30
+    assert resolve_pipeline("auto", torch.device("cpu"), cache_bytes=4 * gib, available_bytes=8 * gib) == "gpu"
+    assert resolve_pipeline("auto", torch.device("cpu"), cache_bytes=5 * gib, available_bytes=8 * gib) == "cpu"
+    assert resolve_pipeline("cpu", torch.device("cpu"), cache_bytes=1, available_bytes=8 * gib) == "cpu"
     with pytest.raises(ValueError, match="pipeline='fast'"):
         resolve_pipeline("fast")
 
@@ -284,3 +289,29 @@ def test_reid_train_with_gpu_pipeline_on_cpu_and_resume(tiny_market, tmp_path, c
     for key, value in full["state_dict"].items():
         assert torch.isfinite(value).all() if value.is_floating_point() else True, key
         assert torch.equal(value, split["state_dict"][key]), key
+
+
+def test_auto_pipeline_on_cpu_takes_the_cache_when_it_fits_and_says_so(tiny_market, monkeypatch, caplog):
+    from reid_tao.data import gpu_pipeline
+    from reid_tao.data.pipelines import DevicePipeline, WorkerPipeline
+
+    def chosen(available, processes=1):
+        monkeypatch.setattr(gpu_pipeline, "available_memory_bytes", lambda: available)
+        module = ReidDataModule(str(tiny_market / "bounding_box_train"), pipeline="auto",
+                                loader=LoaderSettings(batch_size=4, num_instances=2),
+                                preprocessing=Preprocessing((32, 16), (0.5,) * 3, (0.5,) * 3))
+        module.setup("fit")
+        module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")),
+                                         num_devices=processes, global_rank=0, world_size=1, current_epoch=0)
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            pipeline = module._make_train_pipeline()
+        lines = [r.getMessage() for r in caplog.records if "dataset.pipeline=auto" in r.getMessage()]
+        assert len(lines) == 1
+        return pipeline, lines[0]
+
+    need = 36 * 32 * 16 * 3  # 36 training images at 32x16
+    pipeline, line = chosen(available=2 * need)
+    assert isinstance(pipeline, DevicePipeline) and "decoded-image cache" in line
+    pipeline, line = chosen(available=2 * need, processes=2)  # one cache per process of this machine
+    assert isinstance(pipeline, WorkerPipeline) and "would not fit" in line

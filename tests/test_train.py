@@ -146,7 +146,8 @@ def test_corrupt_training_image_in_a_loader_worker_gives_one_line(tiny_market, t
     shutil.copytree(tiny_market, market)
     broken = sorted((market / "bounding_box_train").iterdir())[0]
     broken.write_bytes(b"truncated")
-    code = main(["train"] + tiny_overrides(market, tmp_path / "r", **{"dataset.num_workers": 1}))
+    code = main(["train"] + tiny_overrides(market, tmp_path / "r", **{"dataset.num_workers": 1,
+                                                                     "dataset.pipeline": "cpu"}))
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.splitlines() == [err] and f"cannot read image {broken}" in err and "Traceback" not in err

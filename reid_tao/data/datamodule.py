@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
 from .datasets import ImageDataset, SeededSampler, ShardSampler, effective_workers
-from .gpu_pipeline import resolve_pipeline
+from .gpu_pipeline import available_memory_bytes, cache_bytes_for, resolve_pipeline
 from .layouts import read_split
 from .pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
 from .records import ImageRecord, relabel, summary_table
@@ -35,6 +35,17 @@ def eval_loader(dataset: ImageDataset, batch_size: int, num_workers: int, sample
                       num_workers=effective_workers(num_workers), pin_memory=torch.cuda.is_available())
 
 
+def _pipeline_reason(chosen: str, device: Optional[torch.device], cache_bytes: int) -> str:
+    where = device.type if device is not None else "this machine"
+    if chosen == "gpu":
+        return (f"decoded-image cache ({cache_bytes / 2**20:.0f} MB) with batched augmentation on {where} "
+                "(the 'gpu' pipeline)")
+    available = available_memory_bytes()
+    shown = f"{available / 2**30:.1f} GB available" if available is not None else "unknown available memory"
+    return (f"loader workers decode every image (the 'cpu' pipeline): the decoded cache "
+            f"({cache_bytes / 2**30:.1f} GB) would not fit in half of the {shown}")
+
+
 class ReidDataModule(pl.LightningDataModule):
     def __init__(self, train_dir: Optional[str], query_dir: Optional[str] = None, gallery_dir: Optional[str] = None,
                  preprocessing: Preprocessing = MARKET_PREPROCESSING, augment: AugmentSettings = AugmentSettings(),
@@ -43,7 +54,8 @@ class ReidDataModule(pl.LightningDataModule):
 
         pipeline: "cpu" decodes and augments in loader workers; "gpu" decodes once into a
         :class:`DecodedImageCache` and augments batches on the training device (also works on CPU);
-        "auto" is "gpu" when training on CUDA (see :mod:`reid_tao.data.pipelines`). channels_last: "gpu"
+        "auto" is "gpu" on CUDA, and on a CPU when the cache fits in memory (see
+        :func:`~reid_tao.data.gpu_pipeline.resolve_pipeline`). channels_last: "gpu"
         pipeline batches on CUDA come in channels_last memory format."""
         super().__init__()
         self.train_dir, self.query_dir, self.gallery_dir = train_dir, query_dir, gallery_dir
@@ -102,7 +114,13 @@ class ReidDataModule(pl.LightningDataModule):
 
     def _make_train_pipeline(self) -> TrainPipeline:
         device = self.trainer.strategy.root_device if self.trainer is not None else None
-        if resolve_pipeline(self.pipeline, device) == "gpu":
+        # every process of this machine keeps its own cache
+        copies = self.trainer.num_devices if self.trainer is not None else 1
+        cache_bytes = cache_bytes_for(len(self.train_records), self.preprocessing.input_size) * copies
+        chosen = resolve_pipeline(self.pipeline, device, cache_bytes)
+        if self.pipeline == "auto":
+            log.info("dataset.pipeline=auto: %s", _pipeline_reason(chosen, device, cache_bytes))
+        if chosen == "gpu":
             return DevicePipeline(self.preprocessing, self.augment, self.channels_last)
         return WorkerPipeline(self.preprocessing, self.augment, self.loader_settings.num_workers)
 
