@@ -173,13 +173,14 @@ def test_erasing_matches_torchvision_distribution(height, width):
         assert abs(fraction.mean() - tv_fraction.mean()) < 0.03
 
 
-def test_erase_probability_and_erased_pixels_are_mean_coloured():
-    augment = DeviceAugment(MEAN, STD, flip_prob=0.0, padding=0, erase_prob=0.5)
+@pytest.mark.parametrize("erase_prob", [0.5, 0.2, 0.85])
+def test_erase_probability_and_erased_pixels_are_mean_coloured(erase_prob):
+    augment = DeviceAugment(MEAN, STD, flip_prob=0.0, padding=0, erase_prob=erase_prob)
     images = torch.full((2000, 3, 16, 8), 200, dtype=torch.uint8)
     out = augment(images, torch.Generator().manual_seed(2))
     erased_pixels = (out == 0).all(dim=1)  # 200/255 is not the mean in any channel: 0 only where erased
     rate = erased_pixels.flatten(1).any(dim=1).float().mean().item()
-    assert abs(rate - 0.5) < 0.04
+    assert abs(rate - erase_prob) < 0.04
 
 
 # -- determinism -----------------------------------------------------------------------------------------------
