@@ -136,8 +136,10 @@ class ReidDataModule(pl.LightningDataModule):
             base = PKSampler(self.train_labels, settings.batch_size, settings.num_instances, seed=settings.seed,
                              rank=rank, world_size=world_size)
         sampler = SeededSampler(base, settings.seed, rank)
-        # Lightning sets the epoch only after creating the first iterator; set it now for resumed runs.
-        sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+        # Lightning creates the first iterator (and loader workers start drawing indices) before it sets the
+        # sampler's epoch, so set it now. On resume trainer.current_epoch still reads the last finished
+        # epoch here; the epoch about to run is the one Lightning itself gives samplers: epochs processed.
+        sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
         return self.train_pipeline.loader(self.train_records, self.train_labels, sampler, settings.batch_size)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
