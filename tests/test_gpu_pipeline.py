@@ -216,7 +216,9 @@ def test_resolve_pipeline():
 
 # -- data-module integration ------------------------------------------------------------------------------------
 def fake_trainer(training=True, rank=0, epoch=0):
-    return SimpleNamespace(training=training, global_rank=rank, world_size=1, current_epoch=epoch,
+    return SimpleNamespace(training=training, global_rank=rank, world_size=1, current_epoch=epoch, num_devices=1,
+                           fit_loop=SimpleNamespace(epoch_progress=SimpleNamespace(
+                               current=SimpleNamespace(processed=epoch))),
                            strategy=SimpleNamespace(root_device=torch.device("cpu")))
 
 
@@ -303,7 +305,7 @@ def test_auto_pipeline_on_cpu_takes_the_cache_when_it_fits_and_says_so(tiny_mark
                                 preprocessing=Preprocessing((32, 16), (0.5,) * 3, (0.5,) * 3))
         module.setup("fit")
         module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")),
-                                         num_devices=processes, global_rank=0, world_size=1, current_epoch=0)
+                                         num_devices=processes)
         caplog.clear()
         with caplog.at_level("INFO"):
             pipeline = module._make_train_pipeline()
