@@ -82,11 +82,12 @@ def check_spec(config: DictConfig) -> None:
     _choice("dataset.interpolation", data.interpolation, INTERPOLATIONS)
     _choice("dataset.pipeline", data.pipeline, PIPELINES)
     _choice("train.optim.warmup_method", optim.warmup_method, WARMUP_METHODS)
-    _choice("train.precision", train.precision, PRECISIONS)
     _choice("train.checkpoint_interval_unit", train.checkpoint_interval_unit, INTERVAL_UNITS)
     if train.checkpointer.monitor is not None:
         _choice("train.checkpointer.monitor", train.checkpointer.monitor, METRIC_MODES)
     _choice("evaluate.sampled_matches", config.evaluate.sampled_matches, QUERY_CHOICES)
+    for section in ("train", "evaluate", "inference"):
+        _choice(f"{section}.precision", config[section].precision, PRECISIONS)
     for section in ("train", "evaluate", "inference"):
         _choice(f"{section}.accelerator", config[section].accelerator, ACCELERATORS)
     try:

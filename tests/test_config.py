@@ -128,6 +128,8 @@ def test_overrides_use_hydra_grammar(tmp_path):
     (["evaluate.batch_size=0"], "evaluate.batch_size"),
     (["train.optim.lr_steps=[70,40]"], "strictly increasing"),
     (["train.precision=64"], "train.precision"),
+    (["evaluate.precision=fp32"], "evaluate.precision"),
+    (["inference.precision=bf16"], "inference.precision"),
     (["dataset.prob=1.5"], "dataset.prob"),
     (["model.drop_path=0.2"], "Swin backbones only"),
     (["+model.extra=1"], "only section.key=value"),

@@ -117,8 +117,47 @@ def test_train_transform_flip_rate_and_erasing():
 
 
 def test_pad_and_crop_keep_size():
-    out = build_train_transform((40, 20), [0, 0, 0], [1, 1, 1], padding=5, erase_prob=0)(_image())
-    assert out.shape == (3, 40, 20)
+    image = _image()
+    reference = build_eval_transform((40, 20), [0, 0, 0], [1, 1, 1])(image)
+    padded = torch.nn.functional.pad(reference, (5, 5, 5, 5))  # zero border, as T.Pad(5) then ToTensor
+    transform = build_train_transform((40, 20), [0, 0, 0], [1, 1, 1], flip_prob=0, padding=5, erase_prob=0)
+    offsets = set()
+    torch.manual_seed(0)
+    for _ in range(60):
+        out = transform(image)
+        assert out.shape == (3, 40, 20)
+        # the output is a 40x20 window of the zero-padded image at some offset in 0..10
+        matches = [(dy, dx) for dy in range(11) for dx in range(11)
+                   if torch.equal(out, padded[:, dy:dy + 40, dx:dx + 20])]
+        assert matches, "the crop is not a window of the padded image"
+        offsets.add(matches[0])
+    assert len(offsets) > 20  # random offsets, not always the same window
+
+
+@pytest.mark.parametrize("pipeline", ["cpu", "gpu"])
+def test_training_batches_are_normalised_with_each_channels_own_mean_and_std(tiny_market, tmp_path, pipeline):
+    """A flat-coloured image through the training pipeline (no flip/pad/erase effect) gives
+    (value / 255 - mean[c]) / std[c] in channel c: mean and std are not reversed or mixed up."""
+    from reid_tao.data.datamodule import AugmentSettings, Preprocessing
+
+    root = tmp_path / "flat"
+    root.mkdir()
+    colours = {1: (200, 100, 30), 2: (20, 220, 160)}
+    for pid, colour in colours.items():
+        for index in range(4):
+            Image.new("RGB", (16, 32), colour).save(root / f"{pid:04d}_c1s1_{index:06d}_00.jpg", quality=100)
+    mean, std = (0.1, 0.5, 0.8), (0.2, 0.3, 0.4)
+    module = ReidDataModule(str(root), preprocessing=Preprocessing((32, 16), mean, std),
+                            augment=AugmentSettings(flip_prob=0.0, padding=0, erase_prob=0.0),
+                            loader=LoaderSettings(batch_size=4, num_instances=2), pipeline=pipeline)
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    batch = module.train_pipeline.on_after_batch_transfer(batch, 0)
+    paths = [module.train_records[i].path for i in batch.indices.tolist()]
+    for image, path in zip(batch.images, paths):
+        pixel = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)[16, 8] / 255
+        expected = torch.tensor((pixel - np.array(mean)) / np.array(std), dtype=torch.float32)
+        torch.testing.assert_close(image[:, 16, 8], expected, atol=1e-5, rtol=0)
 
 
 def test_seeded_sampler_makes_augmentation_reproducible(tiny_market):

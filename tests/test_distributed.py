@@ -180,3 +180,16 @@ def test_two_process_inference_on_one_image_finishes(tiny_market, tmp_path):
     entries = json.loads(output.read_text())
     assert [e["img_path"] for e in entries] == [str(folder / "0101_c1s1_000000_00.jpg")]
     assert len(entries[0]["embedding"]) == 32
+
+
+def test_every_sampler_and_loss_combination_trains_under_ddp(tiny_market, tmp_path):
+    """Two steps per combination: a parameter left without a gradient (the classifier without ID loss)
+    fails DDP at the second step."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+               os.path.join(os.path.dirname(__file__), "ddp_loss_combinations.py"), str(tiny_market), str(tmp_path)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=environment)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trained = [line for line in result.stdout.splitlines() if line.startswith("trained ")]
+    assert len(trained) == 8, result.stdout  # 3 samplers x 3 metric losses, less triplet + center

@@ -175,13 +175,14 @@ def test_erasing_matches_torchvision_distribution(height, width):
         assert abs(fraction.mean() - tv_fraction.mean()) < 0.03
 
 
-def test_erase_probability_and_erased_pixels_are_mean_coloured():
-    augment = DeviceAugment(MEAN, STD, flip_prob=0.0, padding=0, erase_prob=0.5)
+@pytest.mark.parametrize("erase_prob", [0.5, 0.2, 0.85])
+def test_erase_probability_and_erased_pixels_are_mean_coloured(erase_prob):
+    augment = DeviceAugment(MEAN, STD, flip_prob=0.0, padding=0, erase_prob=erase_prob)
     images = torch.full((2000, 3, 16, 8), 200, dtype=torch.uint8)
     out = augment(images, torch.Generator().manual_seed(2))
     erased_pixels = (out == 0).all(dim=1)  # 200/255 is not the mean in any channel: 0 only where erased
     rate = erased_pixels.flatten(1).any(dim=1).float().mean().item()
-    assert abs(rate - 0.5) < 0.04
+    assert abs(rate - erase_prob) < 0.04
 
 
 # -- determinism -----------------------------------------------------------------------------------------------
@@ -204,8 +205,13 @@ def test_index_loader_collates_batch_seed():
 
 def test_resolve_pipeline():
     assert resolve_pipeline("cpu") == "cpu" and resolve_pipeline("gpu") == "gpu"
-    assert resolve_pipeline("auto", torch.device("cpu")) == "cpu"
+    assert resolve_pipeline("auto", torch.device("cpu")) == "cpu"  # cache size unknown
     assert resolve_pipeline("auto", torch.device("cuda", 0)) == "gpu"
+    # on a CPU the decoded cache is chosen when it fits in half of the available memory
+    gib = 2**30
+    assert resolve_pipeline("auto", torch.device("cpu"), cache_bytes=4 * gib, available_bytes=8 * gib) == "gpu"
+    assert resolve_pipeline("auto", torch.device("cpu"), cache_bytes=5 * gib, available_bytes=8 * gib) == "cpu"
+    assert resolve_pipeline("cpu", torch.device("cpu"), cache_bytes=1, available_bytes=8 * gib) == "cpu"
     with pytest.raises(ValueError, match="pipeline='fast'"):
         resolve_pipeline("fast")
 
@@ -214,7 +220,9 @@ def test_resolve_pipeline():
 def fake_trainer(training=True, rank=0, epoch=0, device="cpu", num_devices=1):
     # world_size stays 1 (the tiny set has too few identities for several PK plans); num_devices is per node
     return SimpleNamespace(training=training, global_rank=rank, world_size=1, current_epoch=epoch,
-                           num_devices=num_devices, strategy=SimpleNamespace(root_device=torch.device(device)))
+                           num_devices=num_devices, fit_loop=SimpleNamespace(epoch_progress=SimpleNamespace(
+                               current=SimpleNamespace(processed=epoch))),
+                           strategy=SimpleNamespace(root_device=torch.device(device)))
 
 
 def make_module(market, pipeline, trainer=None, **augment):
@@ -338,3 +346,29 @@ def test_cache_decode_threads_share_the_affinity_set_between_local_processes(tin
                                     or real_build(*args, **kwargs)))
     make_module(tiny_market, "gpu", trainer=fake_trainer(num_devices=4)).train_dataloader()
     assert built == [24]  # 96 CPUs shared by the 4 processes of this node
+
+
+def test_auto_pipeline_on_cpu_takes_the_cache_when_it_fits_and_says_so(tiny_market, monkeypatch, caplog):
+    from reid_tao.data import gpu_pipeline
+    from reid_tao.data.pipelines import DevicePipeline, WorkerPipeline
+
+    def chosen(available, processes=1):
+        monkeypatch.setattr(gpu_pipeline, "available_memory_bytes", lambda: available)
+        module = ReidDataModule(str(tiny_market / "bounding_box_train"), pipeline="auto",
+                                loader=LoaderSettings(batch_size=4, num_instances=2),
+                                preprocessing=Preprocessing((32, 16), (0.5,) * 3, (0.5,) * 3))
+        module.setup("fit")
+        module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")),
+                                         num_devices=processes)
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            pipeline = module._make_train_pipeline()
+        lines = [r.getMessage() for r in caplog.records if "dataset.pipeline=auto" in r.getMessage()]
+        assert len(lines) == 1
+        return pipeline, lines[0]
+
+    need = 36 * 32 * 16 * 3  # 36 training images at 32x16
+    pipeline, line = chosen(available=2 * need)
+    assert isinstance(pipeline, DevicePipeline) and "decoded-image cache" in line
+    pipeline, line = chosen(available=2 * need, processes=2)  # one cache per process of this machine
+    assert isinstance(pipeline, WorkerPipeline) and "would not fit" in line

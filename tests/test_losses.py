@@ -60,6 +60,24 @@ def test_triplet_gradients_finite_on_degenerate_batches():
     single = TripletLoss(0.3)(x, torch.tensor([3, 3, 3, 3]))
     single.backward()
     assert single.item() == 0.0 and torch.isfinite(x.grad).all()
+    # the values too: anchors 0 and 1 coincide (d_ap 0); nearest negatives sqrt 2, sqrt 2, sqrt 2 (from
+    # point 2); anchors 2 and 3 have no positive (d_ap 0) and nearest negatives sqrt 2 and sqrt 32
+    d_an = torch.tensor([2.0, 2.0, 2.0, 32.0]).sqrt()
+    torch.testing.assert_close(TripletLoss(2.0)(x, torch.tensor([0, 0, 1, 2])), F.relu(2.0 - d_an).mean())
+    torch.testing.assert_close(TripletLoss(None)(x, torch.tensor([0, 0, 1, 2])), F.softplus(-d_an).mean())
+
+
+def test_triplet_takes_the_hardest_of_several_positives():
+    """Three positives per anchor at different distances: the farthest one is mined, not the nearest."""
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0],   # id 0
+                           [10.0, 0.0], [10.0, 1.0], [12.0, 0.0], [10.0, 4.0]])  # id 1
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    loss, d_ap, _ = TripletLoss(margin=100.0)(points, labels, return_distances=True)
+    expected_ap = torch.cdist(points, points).masked_fill(labels[:, None] != labels[None, :], 0).amax(dim=1)
+    torch.testing.assert_close(d_ap, expected_ap)
+    assert d_ap[0].item() == pytest.approx(3.0) and d_ap[4].item() == pytest.approx(4.0)
+    negatives = torch.cdist(points, points).masked_fill(labels[:, None] == labels[None, :], float("inf"))
+    torch.testing.assert_close(loss, (expected_ap - negatives.amin(dim=1) + 100.0).mean())
 
 
 def test_triplet_loss_trains_features_apart():

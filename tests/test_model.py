@@ -1,4 +1,6 @@
 """The BNNeck model: every ResNet depth, block types, strides, neck settings, pooling."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -82,7 +84,8 @@ def test_train_compile_wraps_forward_but_keeps_checkpoint_keys():
     module = build_module(config, num_classes=3)
     keys_before = set(module.state_dict())
     assert module._train_forward is module.model
-    module.on_fit_start()
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    module.configure_model()
     assert isinstance(module._train_forward, torch._dynamo.eval_frame.OptimizedModule)
     assert set(module.state_dict()) == keys_before
 
@@ -96,3 +99,17 @@ def test_flip_feature_is_the_mean_of_image_and_mirror():
         expected = (model(images) + model(images.flip(3))) / 2
         assert torch.allclose(embed(model, images, flip=True), expected, atol=1e-6)
         assert not torch.allclose(embed(model, images, flip=False), expected, atol=1e-4)
+
+
+def test_without_id_loss_the_classifier_is_not_run_and_the_id_head_is_frozen():
+    model = Baseline(ResNetBackbone(18), num_classes=3, feat_dim=16)
+    model.freeze_id_head()
+    assert not any(p.requires_grad for p in model.classifier.parameters())
+    assert not any(p.requires_grad for p in model.bottleneck.parameters())
+    model.train()
+    logits, features = model(torch.randn(4, 3, 32, 16))
+    assert logits is None and features.shape == (4, 16)
+    assert model.bottleneck.num_batches_tracked.item() == 1  # the neck still tracks its statistics
+    features.sum().backward()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert all(model.get_parameter(name).grad is not None for name in trainable)  # DDP needs every one

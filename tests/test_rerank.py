@@ -273,3 +273,20 @@ def test_features_that_require_grad_are_accepted():
 def test_mismatched_feature_dimensions_raise():
     with pytest.raises(ValueError, match="dimensions"):
         re_ranking(torch.randn(2, 8), torch.randn(5, 4))
+
+
+def test_jaccard_overlaps_are_accumulated_in_float64():
+    """One large shared weight and a thousand tiny ones: a float32 accumulator drops every tiny term (and
+    CUDA's atomic order would decide which); float64 keeps them."""
+    from reid_tao.evaluation.rerank import _min_overlap
+
+    columns = 1001
+    weights = torch.full((columns,), 1e-8, dtype=torch.float32)
+    weights[0] = 1.0
+    members = torch.arange(columns)[None, :]  # the query uses every column, as does gallery row 0
+    overlap = _min_overlap(members, weights[None, :], posting_row=torch.zeros(columns, dtype=torch.long),
+                           posting_weight=weights, posting_start=torch.arange(columns + 1),
+                           posting_length=torch.cat([torch.ones(columns, dtype=torch.long), torch.zeros(1, dtype=torch.long)]),
+                           num_gallery=1, total_pairs=columns)
+    expected = weights.double().sum().item()
+    assert overlap.dtype == torch.float64 and overlap.item() == pytest.approx(expected, rel=1e-12, abs=0)

@@ -199,10 +199,18 @@ def test_market_sized_epoch_runs_quickly() -> None:
     sampler = PKSampler(pids, batch_size=64, num_instances=4, seed=0)
     start = time.perf_counter()
     sampler.set_epoch(1)
-    n = len(sampler)
+    batches = _batches(sampler)  # the whole epoch, as the loader draws it
     elapsed = time.perf_counter() - start
-    assert n // 64 > 100
-    print(f"Market-sized plan ({pids.size} images, 751 ids): {elapsed * 1000:.1f} ms")
+    # every step is 16 distinct identities x 4 distinct images, and the epoch uses nearly every chunk of 4
+    chunks = int((np.maximum(counts, 4) // 4).sum())
+    assert batches.shape[1] == 64 and batches.shape[0] * 64 == len(sampler)
+    assert chunks // 16 - 20 <= batches.shape[0] <= chunks // 16
+    for batch in batches:
+        ids, per_id = np.unique(pids[batch], return_counts=True)
+        assert ids.size == 16 and (per_id == 4).all()
+        large = counts[pids[batch] - 1] >= 4  # identities with 4+ images give 4 distinct ones
+        assert np.unique(batch[large]).size == large.sum()
+    assert elapsed < 5.0, f"Market-sized epoch plan took {elapsed:.2f} s"
 
 
 def test_global_batches_match_the_ranks(mixed_pids: np.ndarray) -> None:

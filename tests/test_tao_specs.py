@@ -106,7 +106,7 @@ def test_warmup_longer_than_the_run_is_shortened_with_a_warning():
     swin = load_experiment(str(TAO_SWIN))  # cosine, warmup_epochs 20 of 5 epochs
     assert warmup_length(swin) == ("train.optim.warmup_epochs", 20, 2)
     assert scheduler_arguments(swin)["warmup_epochs"] == 2
-    assert "train.optim.warmup_epochs=20 is not shorter than train.num_epochs=5" in warmup_warning(swin)
+    assert "train.optim.warmup_epochs=20 does not fit in train.num_epochs=5" in warmup_warning(swin)
     resnet = load_experiment(str(TAO_RESNET))  # linear, warmup_iters 10 of 5 epochs
     assert scheduler_arguments(resnet)["warmup_iters"] == 2
     fits = load_experiment(str(TAO_SWIN), ["train.num_epochs=120"])
@@ -173,7 +173,7 @@ def test_tao_sample_specs_train(spec, pk_market, tmp_path, capsys):
     out = capsys.readouterr().out
     assert (tmp_path / "results" / "train" / "model_epoch_000.pth").is_file()
     if spec == TAO_SWIN:
-        assert "train.optim.warmup_epochs=20 is not shorter than train.num_epochs=1" in out
+        assert "train.optim.warmup_epochs=20 does not fit in train.num_epochs=1" in out
 
 
 def test_wandb_logger_when_installed_else_one_line(tmp_path, monkeypatch, caplog):

@@ -36,6 +36,7 @@ def test_evaluate_writes_metrics_and_plots(tiny_market, trained, tmp_path, capsy
                             "num_valid_query", "re_ranking", "re_ranked"}
     assert metrics["num_query"] == 4 and metrics["num_gallery"] == 17 and metrics["num_valid_query"] == 4
     assert len(metrics["cmc"]) == 5 and metrics["re_ranking"] is True
+    assert metrics["precision"] == "32"  # evaluation defaults to fp32 on every device
     assert 0 <= metrics["mAP"] <= 1 and metrics["cmc"] == sorted(metrics["cmc"])
     assert "mAP" in metrics["re_ranked"]
     assert "Rank-1" in out.out and "re-ranked" in out.out
@@ -172,3 +173,26 @@ def test_evaluate_sampled_matches_worst_shows_the_lowest_ap_queries(tiny_market,
     assert [float(label.rsplit("AP ", 1)[1]) for label in shown["labels"]] == pytest.approx(worst, abs=0.005)
     assert main(["evaluate"] + eval_overrides(tiny_market, tmp_path, trained, "evaluate.sampled_matches=best")) == 2
     assert "evaluate.sampled_matches='best' is not supported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("section", ["evaluate", "inference"])
+def test_extraction_precision_comes_from_the_section(monkeypatch, section):
+    """evaluate/inference extract in <section>.precision ("32" by default), never an automatic bf16."""
+    from reid_tao.build import load_experiment
+    from reid_tao.engine import extractor
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(**kwargs):
+        seen.append(kwargs["precision"])
+        raise Stop
+
+    monkeypatch.setattr(extractor.pl, "Trainer", fake_trainer)
+    seen = []
+    for overrides in ([], [f"{section}.precision=bf16-mixed"]):
+        config = load_experiment(None, [f"{section}.accelerator=cpu", *overrides])
+        with pytest.raises(Stop):
+            extractor.extract(torch.nn.Identity(), None, config[section], 4, 0)
+    assert seen == ["32", "bf16-mixed"]
+    assert load_experiment(None).evaluate.precision == load_experiment(None).inference.precision == "32"

@@ -44,13 +44,16 @@ class Warmup(NamedTuple):
 
 
 def warmup_length(config: DictConfig) -> Warmup:
-    """The warmup in epochs: as set, or, when it is not shorter than the run (TAO's Swin sample warms up for 20
-    of 5 epochs, so its lr never reaches base_lr), half the run, so the schedule still reaches base_lr and,
-    for cosine, decays."""
+    """The warmup in epochs: as set, or, when it is longer than the run (TAO's Swin sample warms up for 20 of 5
+    epochs, so its lr never reaches base_lr), half the run, so the schedule still reaches base_lr and, for
+    cosine, decays. Cosine also needs an epoch after the warmup; a linear warmup as long as the run is kept,
+    so a short run extended later (raising train.num_epochs and resuming) follows the same schedule."""
     optim, num_epochs = config.train.optim, config.train.num_epochs
-    field = "warmup_epochs" if optim.warmup_method == "cosine" else "warmup_iters"
+    cosine = optim.warmup_method == "cosine"
+    field = "warmup_epochs" if cosine else "warmup_iters"
     requested = int(optim[field])
-    used = requested if requested < num_epochs else num_epochs // 2
+    fits = requested < num_epochs if cosine else requested <= num_epochs
+    used = requested if fits else num_epochs // 2
     return Warmup(f"train.optim.{field}", requested, used)
 
 
@@ -58,5 +61,5 @@ def warmup_warning(config: DictConfig) -> Optional[str]:
     warmup = warmup_length(config)
     if warmup.used == warmup.requested:
         return None
-    return (f"{warmup.field}={warmup.requested} is not shorter than train.num_epochs={config.train.num_epochs}: "
+    return (f"{warmup.field}={warmup.requested} does not fit in train.num_epochs={config.train.num_epochs}: "
             f"warming up for {warmup.used} epoch(s) instead, so the lr reaches train.optim.base_lr")

@@ -137,6 +137,13 @@ class WandbConfig:
 
 
 @dataclass
+class CudnnConfig:
+    """TAO 7.3's train.cudnn section, mapped onto Lightning's ``benchmark`` / ``deterministic``."""
+    benchmark: bool = False  # autotune convolution algorithms (fast; chosen per run, so not bit-reproducible)
+    deterministic: bool = False  # deterministic algorithms where torch has them (warns where it has none)
+
+
+@dataclass
 class TrainConfig:
     num_gpus: int = 1
     gpu_ids: List[int] = field(default_factory=lambda: [0])
@@ -151,10 +158,11 @@ class TrainConfig:
     grad_clip: float = 0.0
     precision: str = "auto"  # new: auto | 32 | 16-mixed | bf16-mixed
     accelerator: str = "auto"  # new: auto | gpu | cpu (with cpu, num_gpus = number of CPU processes)
-    sync_bn: bool = True  # new: SyncBatchNorm when training with several processes
+    sync_bn: bool = False  # new: SyncBatchNorm with several GPU processes (per-GPU batches under ~16 images)
     compile: bool = False  # new: torch.compile the model for training
     channels_last: bool = True  # new: channels_last memory format on GPU
     checkpointer: CheckpointerConfig = field(default_factory=CheckpointerConfig)
+    cudnn: CudnnConfig = field(default_factory=CudnnConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -172,6 +180,7 @@ class EvaluateConfig:
     batch_size: int = -1  # -1: dataset.val_batch_size
     trt_engine: Optional[str] = None  # TensorRT engines are built from the exported ONNX outside reid_tao
     accelerator: str = "auto"  # new: auto | gpu | cpu
+    precision: str = "32"  # new: 32 (TF32 matmuls allowed) | 16-mixed | bf16-mixed | auto, for the features
     results_dir: Optional[str] = None
 
 
@@ -187,6 +196,7 @@ class InferenceConfig:
     batch_size: int = -1  # -1: dataset.val_batch_size
     trt_engine: Optional[str] = None  # TensorRT engines are built from the exported ONNX outside reid_tao
     accelerator: str = "auto"  # new: auto | gpu | cpu
+    precision: str = "32"  # new: as evaluate.precision
     results_dir: Optional[str] = None
 
 

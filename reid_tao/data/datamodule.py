@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
 from .datasets import ImageDataset, SeededSampler, ShardSampler, effective_workers
-from .gpu_pipeline import decode_threads, resolve_pipeline
+from .gpu_pipeline import available_memory_bytes, cache_bytes_for, decode_threads, resolve_pipeline
 from .layouts import read_split
 from .pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
 from .records import ImageRecord, relabel, summary_table
@@ -35,6 +35,17 @@ def eval_loader(dataset: ImageDataset, batch_size: int, num_workers: int, sample
                       num_workers=effective_workers(num_workers), pin_memory=torch.cuda.is_available())
 
 
+def _pipeline_reason(chosen: str, device: Optional[torch.device], cache_bytes: int) -> str:
+    where = device.type if device is not None else "this machine"
+    if chosen == "gpu":
+        return (f"decoded-image cache ({cache_bytes / 2**20:.0f} MB) with batched augmentation on {where} "
+                "(the 'gpu' pipeline)")
+    available = available_memory_bytes()
+    shown = f"{available / 2**30:.1f} GB available" if available is not None else "unknown available memory"
+    return (f"loader workers decode every image (the 'cpu' pipeline): the decoded cache "
+            f"({cache_bytes / 2**30:.1f} GB) would not fit in half of the {shown}")
+
+
 class ReidDataModule(pl.LightningDataModule):
     def __init__(self, train_dir: Optional[str], query_dir: Optional[str] = None, gallery_dir: Optional[str] = None,
                  preprocessing: Preprocessing = MARKET_PREPROCESSING, augment: AugmentSettings = AugmentSettings(),
@@ -43,7 +54,8 @@ class ReidDataModule(pl.LightningDataModule):
 
         pipeline: "cpu" decodes and augments in loader workers; "gpu" decodes once into a
         :class:`DecodedImageCache` and augments batches on the training device (also works on CPU);
-        "auto" is "gpu" when training on CUDA (see :mod:`reid_tao.data.pipelines`). channels_last: "gpu"
+        "auto" is "gpu" on CUDA, and on a CPU when the cache fits in memory (see
+        :func:`~reid_tao.data.gpu_pipeline.resolve_pipeline`). channels_last: "gpu"
         pipeline batches on CUDA come in channels_last memory format."""
         super().__init__()
         self.train_dir, self.query_dir, self.gallery_dir = train_dir, query_dir, gallery_dir
@@ -103,12 +115,17 @@ class ReidDataModule(pl.LightningDataModule):
 
     def _make_train_pipeline(self) -> TrainPipeline:
         device = self.trainer.strategy.root_device if self.trainer is not None else None
-        if resolve_pipeline(self.pipeline, device) == "gpu":
+        # every process of this machine keeps its own cache
+        copies = self.trainer.num_devices if self.trainer is not None else 1
+        cache_bytes = cache_bytes_for(len(self.train_records), self.preprocessing.input_size) * copies
+        chosen = resolve_pipeline(self.pipeline, device, cache_bytes)
+        if self.pipeline == "auto":
+            log.info("dataset.pipeline=auto: %s", _pipeline_reason(chosen, device, cache_bytes))
+        if chosen == "gpu":
             on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
             # every process on this machine builds its own cache at the same time: share the CPUs
-            local_processes = self.trainer.num_devices if self.trainer is not None else 1
             return DevicePipeline(self.preprocessing, self.augment, self.channels_last, pin_memory=on_cuda,
-                                  decode_threads=decode_threads(local_processes))
+                                  decode_threads=decode_threads(copies))
         return WorkerPipeline(self.preprocessing, self.augment, self.loader_settings.num_workers)
 
     def start_epoch_at(self, epoch: int, batches: int) -> None:
@@ -130,8 +147,10 @@ class ReidDataModule(pl.LightningDataModule):
         if self._resume_at is not None:
             epoch, batches = self._resume_at
             sampler.start_at(epoch, batches * settings.batch_size)
-        # Lightning sets the epoch only after creating the first iterator; set it now for resumed runs.
-        sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+        # Lightning creates the first iterator (and loader workers start drawing indices) before it sets the
+        # sampler's epoch, so set it now. On resume trainer.current_epoch still reads the last finished
+        # epoch here; the epoch about to run is the one Lightning itself gives samplers: epochs processed.
+        sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
         return self.train_pipeline.loader(self.train_records, self.train_labels, sampler, settings.batch_size)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

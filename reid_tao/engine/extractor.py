@@ -1,5 +1,6 @@
 """Feature extraction for evaluate/inference through Lightning's predict loop: one process or sharded
 over several (DDP), with the features gathered back in dataset order."""
+from contextlib import contextmanager
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -43,16 +44,43 @@ class FeatureExtractor(pl.LightningModule):
         self.features = gather_by_index(self.all_gather, rows, indices, len(self.dataset), self.trainer.world_size)
 
 
+def _plan(section: DictConfig):
+    return plan_devices(section.accelerator, section.num_gpus, section.gpu_ids, section.num_nodes,
+                        section=section._key())
+
+
+def _first_gpu(plan) -> Optional[int]:
+    return plan.devices[0] if plan.accelerator == "gpu" else None
+
+
+def section_precision(section: DictConfig) -> str:
+    """The precision evaluate/inference extract with: <section>.precision resolved on the section's device
+    (default "32", so metrics and embeddings match the CPU and TAO's fp32 evaluation)."""
+    plan = _plan(section)
+    return precision_for(section.precision, plan.accelerator, _first_gpu(plan))
+
+
+@contextmanager
+def _float32_matmul_precision(value: str):
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(value)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def extract(model: nn.Module, dataset: ImageDataset, section: DictConfig, batch_size: int, num_workers: int,
             flip: bool = False) -> Optional[torch.Tensor]:
     """(N, D) float32 features in dataset order, on the device that extracted them, on the global-zero
     process (so metrics and re-ranking run on the GPU when there is one); None on the other processes."""
-    plan = plan_devices(section.accelerator, section.num_gpus, section.gpu_ids, section.num_nodes,
-                        section=section._key())
+    plan = _plan(section)
+    precision = precision_for(section.precision, plan.accelerator, _first_gpu(plan))
     trainer = pl.Trainer(accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes,
-                         strategy=plan.strategy,
-                         precision=precision_for("auto", plan.accelerator), logger=False, enable_checkpointing=False,
+                         strategy=plan.strategy, precision=precision, logger=False, enable_checkpointing=False,
                          use_distributed_sampler=False, enable_model_summary=False)
     extractor = FeatureExtractor(model, dataset, batch_size, num_workers, flip)
-    trainer.predict(extractor, return_predictions=False)
+    # fp32 features may use TF32 matrix products on the GPU ("high"): ~1e-3 relative, far below ranking gaps.
+    with _float32_matmul_precision("high"):
+        trainer.predict(extractor, return_predictions=False)
     return extractor.features if trainer.is_global_zero else None

@@ -1,6 +1,6 @@
 """LightningModule: the training step (ID + triplet + center loss), per-epoch lr, and validation."""
 import logging
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -10,6 +10,14 @@ from ..evaluation.features import embed
 from .optim import build_center_optimizer, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
+
+# Rank stride of the per-epoch seed: ranks stay apart for any realistic number of epochs.
+_RANK_SEED_STRIDE = 1_000_003
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The global-RNG seed of one epoch on one process: reproducible, different per epoch and per rank."""
+    return (seed + epoch + rank * _RANK_SEED_STRIDE) % 2**32
 
 
 # Logged metric names (TAO's) -> the direction that is better, for train.checkpointer.monitor / mode.
@@ -35,8 +43,14 @@ class ReidModule(pl.LightningModule):
         self.seed, self.flip_feature, self.max_rank, self.num_query = seed, flip_feature, max_rank, num_query
         self.metadata = metadata or {}
         self.compile_model, self.channels_last = compile_model, channels_last
+        if loss.id_loss is None:
+            model.freeze_id_head()  # no ID loss: parameters without gradients would break DDP
         # Not registered as a submodule, so checkpoints keep the plain `model.` keys.
         self.__dict__["_train_forward"] = self.model
+        self._configured_for: Optional[torch.device] = None
+        # Step losses summed on the device; the progress bar reads (and resets) them when it refreshes.
+        self._running_loss: Optional[torch.Tensor] = None
+        self._running_steps = 0
         self._val_outputs: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._last_val_epoch = 0
 
@@ -50,16 +64,24 @@ class ReidModule(pl.LightningModule):
             optimizers.append(build_center_optimizer(centers, self.center_lr))
         return optimizers, [{"scheduler": scheduler, "interval": "epoch"}]
 
-    def on_fit_start(self) -> None:
-        if self.channels_last and self.device.type == "cuda":
+    def configure_model(self) -> None:
+        """Memory format and compilation, before the strategy moves and wraps the model: DDP then builds
+        its gradient buckets in channels_last layout (no strided copy per conv gradient per step) and
+        calls the compiled forward from inside its own forward (dynamo splits the graph at its buckets)."""
+        device = self.trainer.strategy.root_device
+        if self._configured_for == device:
+            return  # configure_model runs again for every fit/validate call
+        self._configured_for = device
+        if self.channels_last and device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
         if self.compile_model:
             self.__dict__["_train_forward"] = torch.compile(self.model)
 
     def on_train_epoch_start(self) -> None:
-        # Stochastic layers draw from the global RNG: reseed per epoch so a resumed run matches.
+        # Stochastic layers (dropout, drop path) draw from the global RNG: reseed per epoch so a resumed run
+        # matches, and per rank so the processes do not all draw the same masks.
         if self.seed >= 0:
-            pl.seed_everything(self.seed + self.current_epoch, verbose=False)
+            pl.seed_everything(epoch_seed(self.seed, self.current_epoch, self.global_rank), verbose=False)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch.images, batch.pids
@@ -73,19 +95,35 @@ class ReidModule(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
         self.manual_backward(losses["loss"])
         center_scale = self._center_grad_scale() if len(optimizers) > 1 else None
-        if self.grad_clip > 0:
-            self.clip_gradients(optimizers[0], gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-        optimizers[0].step()
+        optimizers[0].step()  # gradient clipping: on_before_optimizer_step, after a fp16 scaler unscaled
         if center_scale is not None:
             self._step_centers(optimizers[1].optimizer, center_scale)
-        accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
         # TAO's scalar names: train_loss, train_acc_1 (and train_id_loss, train_triplet_loss, ...)
         metrics = {f"train_{name}": value.detach() for name, value in losses.items()}
-        metrics["train_acc_1"] = accuracy
+        if logits is not None:
+            metrics["train_acc_1"] = (logits.detach().argmax(dim=1) == labels).float().mean()
+        # Epoch means accumulate on the device; nothing here reads a value back to the host (a per-step
+        # prog_bar metric would: Lightning turns those into Python numbers after every step).
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False, batch_size=labels.shape[0],
                       sync_dist=False)
-        self.log("loss", losses["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        loss = losses["loss"].detach()
+        self._running_loss = loss if self._running_loss is None else self._running_loss + loss
+        self._running_steps += 1
         return losses["loss"]
+
+    def take_running_loss(self) -> Optional[float]:
+        """Mean step loss since the last call (one device-to-host read), or None when no step ran."""
+        if self._running_loss is None:
+            return None
+        value = self._running_loss.item() / self._running_steps
+        self._running_loss, self._running_steps = None, 0
+        return value
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Lightning calls this after a fp16 GradScaler unscaled the gradients (and only for the main
+        optimiser: the centers step outside Lightning), so the clip threshold applies to true gradients."""
+        if self.grad_clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     def _center_grad_scale(self) -> float:
         """The loss already gives the centers the unweighted center-loss gradient (as BoT's rescaling

@@ -1,15 +1,24 @@
 """Numeric precision of a run: what train.precision=auto (and evaluation) resolve to on a device."""
+from typing import Optional
+
 import torch
 
 PRECISIONS = ("auto", "32", "16-mixed", "bf16-mixed")
 
+# bf16 tensor cores arrived with Ampere (sm_80). torch.cuda.is_bf16_supported() also says yes on older
+# GPUs (V100, T4) where bf16 is emulated and slower than fp16, so ask for the capability instead.
+BF16_MIN_CAPABILITY = (8, 0)
 
-def precision_for(requested: str, accelerator: str) -> str:
-    """``auto``: bf16-mixed on a GPU that supports it, 32 elsewhere; anything else is returned as is."""
+
+def precision_for(requested: str, accelerator: str, device_index: Optional[int] = None) -> str:
+    """``auto``: bf16-mixed on a GPU with native bf16 (compute capability >= 8.0), 16-mixed on an older
+    GPU, 32 on the CPU; anything else is returned as is. ``device_index`` is the CUDA device the run
+    uses (the first of gpu_ids), not whichever device happens to be current."""
     if requested not in PRECISIONS:
         raise ValueError(f"requested={requested!r} is not one of {', '.join(PRECISIONS)}")
     if requested != "auto":
         return requested
-    if accelerator == "gpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32"
+    if accelerator != "gpu" or not torch.cuda.is_available():
+        return "32"
+    index = 0 if device_index is None else int(device_index)
+    return "bf16-mixed" if torch.cuda.get_device_capability(index) >= BF16_MIN_CAPABILITY else "16-mixed"

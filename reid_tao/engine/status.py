@@ -56,6 +56,9 @@ class StatusCallback(pl.Callback):
     def __init__(self, status: StatusFile):
         self.status = status
 
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.on_train_epoch_start(trainer, module)  # a run resumed mid-epoch skips on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
         self._epoch_first_step = trainer.global_step

@@ -440,9 +440,12 @@ def _min_overlap(
     num_gallery: int,
     total_pairs: int,
 ) -> Tensor:
-    """(rows, G) matrix of sum_c min(V[q, c], V[g, c]) for a block of queries."""
+    """(rows, G) float64 matrix of sum_c min(V[q, c], V[g, c]) for a block of queries.
+
+    Accumulated in float64: the scatter-add order of CUDA atomics varies from run to run, and in float32
+    that rounding noise can swap near-tied gallery items; in float64 it stays far below float32 output."""
     rows = query_members.shape[0]
-    overlap = torch.zeros(rows * num_gallery, dtype=query_weights.dtype, device=query_weights.device)
+    overlap = torch.zeros(rows * num_gallery, dtype=torch.float64, device=query_weights.device)
     if total_pairs == 0:
         return overlap.view(rows, num_gallery)
     lengths = posting_length[query_members]
@@ -459,5 +462,5 @@ def _min_overlap(
     position = shift[pair_entry] + torch.arange(total_pairs, device=lengths.device)
     shared = torch.minimum(entry_weight[pair_entry], posting_weight[position])
     target = entry_row[pair_entry] * num_gallery + posting_row[position]
-    overlap.index_add_(0, target, shared)
+    overlap.index_add_(0, target, shared.double())
     return overlap.view(rows, num_gallery)

@@ -1,7 +1,8 @@
 """The BNNeck re-identification model ("Bag of Tricks", Luo et al. 2019) in one short module.
 
 backbone -> global pooling -> [linear reduction to feat_dim] -> BNNeck -> bias-free classifier.
-Training returns (logits, global feature) for the ID and metric losses; evaluation returns the test
+Training returns (logits, global feature) for the ID and metric losses (logits None once
+:meth:`Baseline.freeze_id_head` was called: no ID loss); evaluation returns the test
 feature chosen by ``neck_feat``: "after" the BNNeck (default) or "before" it.
 """
 import torch
@@ -35,7 +36,17 @@ class Baseline(nn.Module):
         else:
             self.bottleneck = nn.Identity()
         self.classifier = nn.Linear(feat_dim, num_classes, bias=False)
+        self.classifier_trained = True
         self._init_head()
+
+    def freeze_id_head(self) -> None:
+        """Train without an ID loss: the classifier is no longer run, and it and the BNNeck scale are frozen
+        (only the ID loss gives them a gradient; a parameter that requires a gradient and never gets one
+        makes DDP fail at the second step). The BNNeck still runs, so its statistics keep being tracked
+        for the "after" test feature."""
+        self.classifier.requires_grad_(False)
+        self.bottleneck.requires_grad_(False)
+        self.classifier_trained = False
 
     def _init_head(self) -> None:
         nn.init.normal_(self.classifier.weight, std=0.001)
@@ -49,5 +60,5 @@ class Baseline(nn.Module):
         global_feat = self.reduction(self.pool(self.backbone(images)))
         neck_out = self.bottleneck(global_feat)
         if self.training:
-            return self.classifier(neck_out), global_feat
+            return (self.classifier(neck_out) if self.classifier_trained else None), global_feat
         return neck_out if self.neck_feat == "after" else global_feat

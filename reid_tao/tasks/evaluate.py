@@ -12,7 +12,7 @@ from ..data.layouts import read_split
 from ..data.records import summary_table
 from ..build import extraction_batch_size, load_trained_model, task_checkpoint
 from ..engine.status import RUNNING, StatusFile
-from ..engine.extractor import extract
+from ..engine.extractor import extract, section_precision
 from ..errors import ConfigError
 from ..evaluation.distance import pairwise_distance
 from ..evaluation.metrics import RankMetrics, evaluate_rankings, top_ranked
@@ -93,6 +93,7 @@ def run(config: DictConfig, status: StatusFile) -> Dict[str, RankMetrics]:
 
     report = metrics_dict(results["plain"], max_rank)
     report["re_ranking"] = bool(rerank_cfg.re_ranking)
+    report["precision"] = section_precision(config.evaluate)  # of the features the metrics come from
     if "re-ranked" in results:
         report["re_ranked"] = metrics_dict(results["re-ranked"], max_rank)
     atomic_write_json(results_dir / "metrics.json", report)

@@ -4,12 +4,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import TQDMProgressBar
 
 from ..build import (build_datamodule, build_module, checkpoint_settings, needs_validation, resume_path,
                      trained_num_classes, wandb_settings)
 from ..config.notices import warmup_warning
-from ..engine.callbacks import EpochSummary
+from ..engine.callbacks import EpochSummary, StepLossBar
 from ..engine.checkpoint import LATEST_NAME, AtomicCheckpointIO, checkpoint_callbacks
 from ..engine.devices import plan_devices
 from ..engine.loggers import experiment_loggers
@@ -54,7 +53,7 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool, statu
                   extra_callbacks=()) -> pl.Trainer:
     train = config.train
     plan = plan_devices(train.accelerator, train.num_gpus, train.gpu_ids, train.num_nodes)
-    precision = precision_for(train.precision, plan.accelerator)
+    precision = precision_for(train.precision, plan.accelerator, plan.devices[0] if plan.accelerator == "gpu" else None)
     log.info("devices: %s x %s on %d node(s), precision %s; global batch %d (dataset.batch_size is per process), "
              "base lr %g (not scaled with the number of processes)", plan.num_processes, plan.accelerator,
              plan.num_nodes, precision, config.dataset.batch_size * plan.num_processes * plan.num_nodes,
@@ -63,19 +62,33 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool, statu
     sync_bn = train.sync_bn and multi_process and plan.accelerator == "gpu"
     if train.sync_bn and multi_process and not sync_bn:
         log.info("train.sync_bn: SyncBatchNorm needs GPUs; CPU processes keep per-process BatchNorm statistics")
+    if sync_bn and train.compile:
+        log.warning("train.sync_bn with train.compile: SyncBatchNorm syncs with the host in every BatchNorm "
+                    "layer and breaks the compiled graph there; set train.sync_bn=false unless the per-GPU "
+                    "batch is very small")
+    benchmark, deterministic = cudnn_flags(train.cudnn, plan.accelerator)
     return pl.Trainer(
         accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes, strategy=plan.strategy,
         sync_batchnorm=sync_bn,
         precision=precision, max_epochs=train.num_epochs, default_root_dir=str(results),
         callbacks=[*checkpoint_callbacks(results, **checkpoint_settings(config)), EpochSummary(), StatusCallback(status),
-                   # the bar reads the step loss back from the GPU: every 10 steps, not every step
-                   TQDMProgressBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False),
+                   # the bar reads the step loss back from the device when it redraws: every 10 steps on a GPU
+                   StepLossBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False),
                    *extra_callbacks],
         plugins=[AtomicCheckpointIO(RESUME_FIELD, trust=config.model.trust_weights_file)],
         logger=experiment_loggers(results, wandb_settings(config)),
         check_val_every_n_epoch=train.validation_interval, limit_val_batches=1.0 if has_validation else 0,
         num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
-        log_every_n_steps=10, benchmark=plan.accelerator == "gpu")
+        log_every_n_steps=10, benchmark=benchmark, deterministic=deterministic)
+
+
+def cudnn_flags(cudnn: DictConfig, accelerator: str):
+    """(benchmark, deterministic) for pl.Trainer from train.cudnn. On a GPU cuDNN autotuning stays on unless
+    train.cudnn.deterministic asks for reproducible kernels; deterministic is "warn": ops without a
+    deterministic implementation (e.g. some CUDA scatter/index_add backward passes) warn instead of failing."""
+    deterministic = "warn" if cudnn.deterministic else None
+    benchmark = bool(cudnn.benchmark) or (accelerator == "gpu" and not cudnn.deterministic)
+    return benchmark, deterministic
 
 
 @reported("train")
