@@ -11,6 +11,7 @@ import torch
 
 from reid_tao.build import build_datamodule, build_module, load_experiment
 from reid_tao.engine.callbacks import StepLossBar
+from reid_tao.engine.module import epoch_seed
 
 from helpers import tiny_overrides
 
@@ -60,7 +61,7 @@ def test_step_loss_is_read_back_only_when_the_bar_redraws(tiny_market, tmp_path,
     assert counter.steps >= 8
     # one read per redraw (+ the epoch-end redraw and the loader's own seed draw), not one per step
     assert len(reads) <= counter.steps // refresh + 2, (len(reads), counter.steps)
-    assert "train/loss" in trainer.callback_metrics
+    assert "train_loss" in trainer.callback_metrics
 
 
 # -- item: gradient clipping and the center step under a fp16 loss scale ---------------------------------

@@ -1,6 +1,7 @@
 """`reid train`: fit the model, checkpoint every epoch, resume automatically."""
 import logging
 from pathlib import Path
+from typing import Optional
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
@@ -49,8 +50,9 @@ def _check_resume(path: str, num_classes: int, trust: bool) -> None:
                         "model.pretrain_choice=self to start from it")
 
 
-def build_trainer(config: DictConfig, results: Path, has_validation: bool, status: StatusFile,
+def build_trainer(config: DictConfig, results: Path, has_validation: bool, status: Optional[StatusFile] = None,
                   extra_callbacks=()) -> pl.Trainer:
+    """The Trainer for train.*; with ``status``, epoch lines go to status.json."""
     train = config.train
     plan = plan_devices(train.accelerator, train.num_gpus, train.gpu_ids, train.num_nodes)
     precision = precision_for(train.precision, plan.accelerator, plan.devices[0] if plan.accelerator == "gpu" else None)
@@ -71,7 +73,8 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool, statu
         accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes, strategy=plan.strategy,
         sync_batchnorm=sync_bn,
         precision=precision, max_epochs=train.num_epochs, default_root_dir=str(results),
-        callbacks=[*checkpoint_callbacks(results, **checkpoint_settings(config)), EpochSummary(), StatusCallback(status),
+        callbacks=[*checkpoint_callbacks(results, **checkpoint_settings(config)), EpochSummary(),
+                   *([StatusCallback(status)] if status is not None else []),
                    # the bar reads the step loss back from the device when it redraws: every 10 steps on a GPU
                    StepLossBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False),
                    *extra_callbacks],
