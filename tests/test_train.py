@@ -1,11 +1,8 @@
 """`reid train` end to end on tiny data: checkpoints, metadata, resume, errors."""
-from pathlib import Path
-
 import pytest
 import torch
 
 from reid_tao.cli import main
-from reid_tao.engine.checkpoint import model_state_dict
 from reid_tao.io import atomic_torch_save
 
 from helpers import tiny_overrides
