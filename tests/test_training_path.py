@@ -179,6 +179,32 @@ def test_auto_precision_uses_the_capability_of_the_chosen_gpu(monkeypatch, capab
     assert precision_for("16-mixed", "gpu", index) == "16-mixed"
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True),
+                                                          (False, False, False)])
+def test_cpu_bf16_is_native_with_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx, expected):
+    from reid_tao.engine.precision import cpu_has_native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert cpu_has_native_bf16() is expected
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch, tmp_path, tiny_market, caplog, native):
+    from reid_tao.engine.devices import DevicePlan
+    from reid_tao.tasks import train
+
+    monkeypatch.setattr(train, "plan_devices", lambda *a: DevicePlan("cpu", 1, 1, 1, "auto"))
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(train.pl, "Trainer", FakeTrainer)
+    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{"train.precision": "bf16-mixed"}))
+    with caplog.at_level("INFO"):
+        kwargs = train.build_trainer(config, tmp_path, has_validation=False).kwargs
+    assert kwargs["precision"] == "bf16-mixed"
+    warnings = [r for r in caplog.records if "no native bf16" in r.getMessage()]
+    assert len(warnings) == (0 if native else 1)
+
+
 # -- items: sync_bn default and compile warning, cuDNN flags ------------------------------------------
 class FakeTrainer:
     def __init__(self, **kwargs):

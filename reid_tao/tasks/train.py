@@ -13,7 +13,7 @@ from ..engine.callbacks import EpochSummary, StepLossBar
 from ..engine.checkpoint import LATEST_NAME, AtomicCheckpointIO, checkpoint_callbacks
 from ..engine.devices import plan_devices
 from ..engine.loggers import experiment_loggers
-from ..engine.precision import precision_for
+from ..engine.precision import cpu_has_native_bf16, precision_for
 from ..engine.preemption import PreemptionCheckpoint
 from ..engine.status import StatusCallback, StatusFile
 from ..errors import ConfigError, DataError
@@ -60,6 +60,9 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool, statu
              "base lr %g (not scaled with the number of processes)", plan.num_processes, plan.accelerator,
              plan.num_nodes, precision, config.dataset.batch_size * plan.num_processes * plan.num_nodes,
              train.optim.base_lr)
+    if precision == "bf16-mixed" and plan.accelerator == "cpu" and not cpu_has_native_bf16():
+        log.warning("train.precision=bf16-mixed: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is "
+                    "emulated and trains slower than train.precision=32")
     multi_process = plan.num_processes * plan.num_nodes > 1
     sync_bn = train.sync_bn and multi_process and plan.accelerator == "gpu"
     if train.sync_bn and multi_process and not sync_bn:
