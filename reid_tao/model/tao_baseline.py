@@ -10,7 +10,7 @@ Module names follow TAO (``base.*``, ``bottleneck.*``, ``classifier.*``), so TAO
 stripped) loads with strict checking. The blocks are torchvision's Bottleneck, which has TAO's layout
 (stride in the 3x3 convolution, ``downsample.0/1``).
 """
-from typing import Sequence
+from typing import Any, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -23,6 +23,16 @@ TAO_RESNET_LAYERS = {"resnet_18": (2, 2, 2, 2), "resnet_34": (3, 4, 6, 3), "resn
                      "resnet_101": (3, 4, 23, 3), "resnet_152": (3, 8, 36, 3)}
 TAO_RESNET_WIDTH = 2048  # channels after layer4 (Bottleneck expansion 4 x 512)
 TAO_NECKS = ("bnneck", "")
+
+
+def tao_resnet_layers(state: Mapping[str, Any]) -> Tuple[int, ...]:
+    """Bottleneck blocks per stage of TAO ResNet weights (``model.`` stripped), counted from the keys base.layer<stage>.<block>.*."""
+    blocks = [set() for _ in range(4)]
+    for key in state:
+        parts = key.split(".")
+        if len(parts) > 3 and parts[0] == "base" and parts[1] in ("layer1", "layer2", "layer3", "layer4"):
+            blocks[int(parts[1][-1]) - 1].add(parts[2])
+    return tuple(len(found) for found in blocks)
 
 
 class TaoResNet(nn.Module):

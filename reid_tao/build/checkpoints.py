@@ -1,0 +1,164 @@
+"""Trained checkpoints: which one a task uses, and rebuilding its model (reid_tao's own and TAO's)."""
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..config.loader import schema_config, task_results_dir
+from ..data.preprocessing import Preprocessing
+from ..engine.checkpoint import (LATEST_NAME, is_reid_tao_checkpoint, is_tao_checkpoint, model_state_dict,
+                                 read_checkpoint, read_checkpoint_file)
+from ..errors import ConfigError, DataError
+from ..model.tao_baseline import TAO_RESNET_LAYERS, TAO_RESNET_WIDTH, TaoBaseline, TaoResNet, tao_resnet_layers
+from .training import build_model, preprocessing_for
+
+log = logging.getLogger(__name__)
+
+
+def task_checkpoint(config: DictConfig, task: str) -> str:
+    """<task>.checkpoint, or, when unset, the latest checkpoint of this results_dir's training (said in the log)."""
+    own = config[task].checkpoint
+    if own:
+        return own
+    latest = task_results_dir(config, "train") / f"{LATEST_NAME}.pth"
+    if not latest.is_file():
+        raise ConfigError(f"{task}.checkpoint is not set and there is no {latest} to fall back to; "
+                          f"pass {task}.checkpoint=/path/to/reid_model_latest.pth")
+    log.info("%s.checkpoint is not set: using %s", task, latest)
+    return str(latest)
+
+
+class TrainedModel(NamedTuple):
+    model: nn.Module  # in eval mode, on the CPU; eval forward gives embeddings, .feat_dim their width
+    preprocessing: Preprocessing
+    config: DictConfig  # the training run's config (for a TAO checkpoint: the settings it was rebuilt with)
+
+
+def load_trained_model(path: str, field: str, config: Optional[DictConfig] = None, trust: bool = False
+                       ) -> TrainedModel:
+    """Rebuild a trained model from a checkpoint of any known architecture (see ARCHITECTURES).
+
+    ``config`` is the current spec: a TAO checkpoint without hyper-parameters takes its test-time settings
+    (neck_feat, last_stride, input size, mean/std) from it. ``trust``: model.trust_weights_file, full
+    unpickling allowed.
+    """
+    checkpoint = read_checkpoint_file(path, field, trust=trust)
+    for architecture in ARCHITECTURES.values():
+        if architecture.detect(checkpoint):
+            trained = architecture.rebuild(checkpoint, config, f"{field}: {path}")
+            trained.model.eval()
+            return trained
+    raise DataError(f"{field}: {path} is neither a reid_tao checkpoint nor a TAO ReIdentificationNet checkpoint "
+                    "(no reid_tao metadata, no model.base.* weights); use a file written by `reid train` or TAO")
+
+
+def _rebuild_reid_tao(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
+    """Our Baseline from the config and num_classes stored in a reid_tao checkpoint."""
+    metadata = checkpoint["reid_tao"]
+    trained_config = OmegaConf.merge(schema_config(), metadata["config"])
+    model = build_model(trained_config, metadata["num_classes"], load_pretrained=False)
+    model.load_state_dict(model_state_dict(checkpoint))
+    stored = metadata.get("preprocessing")
+    preprocessing = Preprocessing.from_dict(stored) if stored else preprocessing_for(trained_config)
+    return TrainedModel(model, preprocessing, trained_config)
+
+
+# What a TAO checkpoint's weights do not tell: taken from its hyper-parameters, else from the current spec.
+TAO_SETTINGS = {"model": ("backbone", "last_stride", "neck_feat", "input_height", "input_width"),
+                "dataset": ("pixel_mean", "pixel_std")}
+
+
+def _tao_settings(checkpoint: Dict[str, Any], config: Optional[DictConfig]) -> Tuple[DictConfig, str]:
+    """The current spec (or the defaults) with TAO_SETTINGS replaced by the checkpoint's hyper-parameters."""
+    base = OmegaConf.to_container(config if config is not None else schema_config(), resolve=True)
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, DictConfig):
+        hparams = OmegaConf.to_container(hparams, resolve=True)
+    spec = hparams.get("experiment_spec", hparams) if isinstance(hparams, Mapping) else None
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    taken = {}
+    if isinstance(spec, Mapping):
+        for section, names in TAO_SETTINGS.items():
+            stored = spec.get(section)
+            if isinstance(stored, Mapping):
+                taken[section] = {name: stored[name] for name in names if stored.get(name) is not None}
+    found = sum(len(values) for values in taken.values())
+    origin = ("the checkpoint's hyper_parameters" if found else
+              "the current spec (model.*, dataset.*)" if config is not None else "reid_tao's defaults")
+    if found and found < sum(len(names) for names in TAO_SETTINGS.values()):
+        origin += ", the rest from the current spec"
+    return OmegaConf.merge(schema_config(), base, taken), origin
+
+
+def _rebuild_tao_resnet(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
+    """TAO's own ResNet network (see reid_tao.model.tao_baseline) from the weights' shapes and TAO's settings."""
+    if checkpoint.get("state_dict_encrypted"):
+        raise DataError(f"{source} is encrypted by TAO; decrypt it with TAO (its encryption key) first")
+    state = model_state_dict(checkpoint)
+    if "classifier.weight" not in state:
+        raise DataError(f"{source} is a TAO checkpoint without model.classifier.weight; is the file complete?")
+    settings, origin = _tao_settings(checkpoint, config)
+    layers = tao_resnet_layers(state)
+    feature = state.get("base.feature.weight")
+    feat_dim = int(feature.shape[0]) if feature is not None else TAO_RESNET_WIDTH
+    neck = "bnneck" if "bottleneck.weight" in state else ""
+    num_classes = int(state["classifier.weight"].shape[0])
+    name = settings.model.backbone
+    if TAO_RESNET_LAYERS.get(name) != layers:  # the weights decide; the spec's name may be another one
+        name = next((known for known, counts in TAO_RESNET_LAYERS.items() if counts == layers), name)
+    try:
+        model = TaoBaseline(TaoResNet(layers, last_stride=settings.model.last_stride, feat_dim=feat_dim),
+                            num_classes=num_classes, neck=neck, neck_feat=settings.model.neck_feat)
+    except ValueError as error:
+        raise DataError(f"{source}: cannot rebuild TAO's ResNet ({error})") from None
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise DataError(f"{source}: TAO ResNet weights do not fit TAO's network (missing "
+                        f"{', '.join(result.missing_keys[:3]) or '-'}; unexpected "
+                        f"{', '.join(result.unexpected_keys[:3]) or '-'})")
+    trained_config = OmegaConf.merge(settings, {"model": {"backbone": name, "feat_dim": feat_dim, "neck": neck},
+                                                "dataset": {"num_classes": num_classes}})
+    known = name if TAO_RESNET_LAYERS.get(name) == layers else "no TAO name"
+    log.info("%s: TAO ResNet checkpoint (%s: Bottleneck blocks %s, %d-d features, %d classes, neck %r); "
+             "neck_feat=%s, last_stride=%d, input %dx%d and pixel mean/std from %s", source, known, list(layers),
+             feat_dim, num_classes, neck, settings.model.neck_feat, settings.model.last_stride,
+             settings.model.input_height, settings.model.input_width, origin)
+    return TrainedModel(model, preprocessing_for(settings), trained_config)
+
+
+def _rebuild_tao_swin(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
+    raise DataError(f"{source} is a TAO Swin checkpoint; reid_tao rebuilds TAO's ResNet networks only. Fine-tune "
+                    "from it with model.pretrain_choice=self and model.pretrained_model_path")
+
+
+class Architecture(NamedTuple):
+    detect: Callable[[Dict[str, Any]], bool]  # is a checkpoint dict of this architecture?
+    rebuild: Callable[[Dict[str, Any], Optional[DictConfig], str], TrainedModel]
+
+
+def _tao_with(key: str) -> Callable[[Dict[str, Any]], bool]:
+    return lambda checkpoint: is_tao_checkpoint(checkpoint) and key in checkpoint["state_dict"]
+
+
+# Trained-model architectures, tried in order: reid_tao's own checkpoints, then TAO's by their key layout.
+ARCHITECTURES = {
+    "reid_tao": Architecture(is_reid_tao_checkpoint, _rebuild_reid_tao),
+    "tao_resnet": Architecture(_tao_with("model.base.conv1.weight"), _rebuild_tao_resnet),
+    "tao_swin": Architecture(_tao_with("model.base.patch_embed.projection.weight"), _rebuild_tao_swin),
+}
+
+
+def trained_num_classes(path: str, field: str, trust: bool = False) -> int:
+    return read_checkpoint(path, field, trust=trust)["reid_tao"]["num_classes"]
+
+
+def resume_path(config: DictConfig, results_dir: Path) -> Optional[str]:
+    explicit = config.train.resume_training_checkpoint_path
+    if explicit:
+        return explicit
+    latest = Path(results_dir) / "reid_model_latest.pth"
+    return str(latest) if latest.is_file() else None

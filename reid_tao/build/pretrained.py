@@ -1,0 +1,79 @@
+"""Initial weights of a new model, per model.pretrain_choice: ImageNet, a reid_tao/TAO checkpoint, or none."""
+import logging
+from typing import Any, Dict
+
+from omegaconf import DictConfig
+
+from ..engine.checkpoint import is_reid_tao_checkpoint, is_tao_checkpoint, model_state_dict, read_checkpoint_file
+from ..errors import DataError
+from ..model import weights
+from ..model.backbones import BACKBONES
+from ..model.baseline import Baseline
+from ..model.tao_baseline import TAO_RESNET_LAYERS, TAO_RESNET_WIDTH, tao_resnet_layers
+
+log = logging.getLogger(__name__)
+
+
+def _load_imagenet(model: Baseline, model_cfg: DictConfig) -> None:
+    if model_cfg.pretrained_model_path:  # a local copy of the ImageNet weights
+        state = weights.read_state_dict(model_cfg.pretrained_model_path, trust=model_cfg.trust_weights_file)
+        report = weights.load_backbone_weights(model.backbone, state)
+        log.info("model.pretrained_model_path: %s", report.summary())
+    else:
+        report = weights.load_imagenet_weights(model.backbone, model_cfg.backbone)
+        log.info("ImageNet weights: %s", report.summary())
+
+
+def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
+    """From a reid_tao checkpoint: backbone (and neck, when shapes agree), the classifier re-created. Any
+    other file (TAO checkpoint, timm/Microsoft/torchvision weights) is read as backbone weights, as TAO does."""
+    path = model_cfg.pretrained_model_path
+    checkpoint = read_checkpoint_file(path, "model.pretrained_model_path", trust=model_cfg.trust_weights_file)
+    if not is_reid_tao_checkpoint(checkpoint):
+        log.info("model.pretrain_choice=self: %s is not a reid_tao checkpoint; reading it as backbone weights", path)
+        if is_tao_checkpoint(checkpoint):
+            _check_tao_backbone_fits(checkpoint, model_cfg)
+        weights.load_backbone_weights(model.backbone, checkpoint)  # logs its match report, fails when poor
+        return
+    state = model_state_dict(checkpoint)
+    own = model.state_dict()
+    transferable = {k: v for k, v in state.items()
+                    if not k.startswith("classifier.") and k in own and own[k].shape == v.shape}
+    backbone_keys = [k for k in own if k.startswith("backbone.")]
+    loaded_backbone = sum(1 for k in backbone_keys if k in transferable)
+    if loaded_backbone < 0.9 * len(backbone_keys):
+        raise DataError(f"model.pretrained_model_path: {path} matches only {loaded_backbone}/{len(backbone_keys)} "
+                        "backbone tensors of this model; was it trained with the same model.backbone?")
+    model.load_state_dict(transferable, strict=False)
+    log.info("model.pretrain_choice=self: loaded %d/%d backbone tensors and %d head tensors from %s",
+             loaded_backbone, len(backbone_keys), len(transferable) - loaded_backbone, path)
+
+
+def _check_tao_backbone_fits(checkpoint: Dict[str, Any], model_cfg: DictConfig) -> None:
+    """TAO's ResNets are Bottleneck nets for every depth; say so when ours is not, and what differs when it is."""
+    state = model_state_dict(checkpoint)
+    if "base.conv1.weight" not in state:
+        return  # a TAO Swin: the weight report tells how much matched
+    layers = tao_resnet_layers(state)
+    # Our 2048-wide ResNets are Bottleneck nets with TAO's block counts; resnet_18/34 are BasicBlock nets.
+    fitting = [name for name, entry in BACKBONES.items() if entry.family == "ResNet"
+               and entry.feature_width == TAO_RESNET_WIDTH and TAO_RESNET_LAYERS.get(name) == layers]
+    if model_cfg.backbone not in fitting:
+        ours = BACKBONES[model_cfg.backbone]
+        kind = ("BasicBlock" if ours.feature_width != TAO_RESNET_WIDTH else "other block counts") \
+            if ours.family == "ResNet" else ours.family
+        advice = (f"use model.backbone={fitting[0]}, which has the same layout" if fitting else
+                  "no reid_tao backbone has this layout; use model.pretrain_choice=imagenet")
+        raise DataError(f"model.pretrained_model_path: {model_cfg.pretrained_model_path} is a TAO ResNet with "
+                        f"Bottleneck blocks {list(layers)} (TAO builds every resnet_* that way), but "
+                        f"model.backbone={model_cfg.backbone} here has {kind}; {advice}")
+    log.info("model.pretrain_choice=self: TAO ResNet weights; this %s has a ReLU after the stem BatchNorm (TAO "
+             "has none) and no base.feature 1x1 convolution, so features differ until fine-tuned", model_cfg.backbone)
+
+
+def _random_init(model: Baseline, model_cfg: DictConfig) -> None:
+    log.info("model.pretrain_choice='': training %s from random initialisation", model_cfg.backbone)
+
+
+# model.pretrain_choice -> how the new model's weights are initialised.
+PRETRAINED_LOADERS = {"imagenet": _load_imagenet, "self": _load_self, "": _random_init}

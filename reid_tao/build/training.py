@@ -1,0 +1,154 @@
+"""The training objects built from the spec: data module, model, loss, optimiser and schedule arguments,
+checkpoint and logger settings, and the LightningModule that holds them."""
+import logging
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config.notices import warmup_length
+from ..data.datamodule import AugmentSettings, LoaderSettings, ReidDataModule
+from ..data.preprocessing import Preprocessing
+from ..engine.module import METRIC_MODES, VALIDATION_METRICS, ReidModule
+from ..model.backbones import BACKBONES, BackboneOptions
+from ..model.baseline import Baseline
+from ..model.losses import ReidLoss
+from .pretrained import PRETRAINED_LOADERS
+from .spec import SAMPLERS, loss_components
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ data
+def preprocessing_for(config: DictConfig) -> Preprocessing:
+    return Preprocessing(input_size=(config.model.input_height, config.model.input_width),
+                         pixel_mean=config.dataset.pixel_mean, pixel_std=config.dataset.pixel_std,
+                         interpolation=config.dataset.interpolation)
+
+
+def image_size(config: DictConfig):
+    return (config.model.input_height, config.model.input_width)
+
+
+def build_datamodule(config: DictConfig, with_validation: bool = True) -> ReidDataModule:
+    data = config.dataset
+    return ReidDataModule(
+        train_dir=data.train_dataset_dir,
+        query_dir=data.query_dataset_dir if with_validation else None,
+        gallery_dir=data.test_dataset_dir if with_validation else None,
+        preprocessing=preprocessing_for(config),
+        augment=AugmentSettings(flip_prob=data.prob, padding=data.padding, erase_prob=data.re_prob),
+        loader=LoaderSettings(batch_size=data.batch_size, val_batch_size=data.val_batch_size,
+                              num_workers=data.num_workers, pk_batches=SAMPLERS[data.sampler].pk_batches,
+                              num_instances=data.num_instances,
+                              seed=max(config.train.seed, 0)),
+        pipeline=data.pipeline, channels_last=config.train.channels_last)
+
+
+# ------------------------------------------------------------------------------------------ model
+def backbone_options(config: DictConfig) -> BackboneOptions:
+    model = config.model
+    return BackboneOptions(image_size=image_size(config), last_stride=model.last_stride, drop_rate=model.dropout_rate,
+                           drop_path_rate=model.drop_path, attn_drop_rate=model.att_drop_rate)
+
+
+def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = True) -> Baseline:
+    """The BNNeck model; with load_pretrained, backbone weights per model.pretrain_choice."""
+    model_cfg = config.model
+    entry = BACKBONES[model_cfg.backbone]
+    backbone = entry.build(backbone_options(config))
+    reduce = entry.reduces_to_feat_dim or model_cfg.reduce_feat_dim
+    if not reduce and model_cfg.feat_dim != backbone.out_channels:
+        log.info("model.feat_dim=%d is not used: %s embeddings are %d-d unless model.reduce_feat_dim=true",
+                 model_cfg.feat_dim, model_cfg.backbone, backbone.out_channels)
+    model = Baseline(backbone, num_classes=num_classes, feat_dim=model_cfg.feat_dim, neck=model_cfg.neck,
+                     neck_feat=model_cfg.neck_feat, gem_pooling=model_cfg.gem_pooling, reduce_feat_dim=reduce)
+    if load_pretrained:
+        PRETRAINED_LOADERS[model_cfg.pretrain_choice](model, model_cfg)
+    return model
+
+
+def build_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss:
+    model, data, optim = config.model, config.dataset, config.train.optim
+    use_id, use_triplet, use_center = loss_components(data.sampler, model.metric_loss_type, model.with_center_loss)
+    return ReidLoss(num_classes=num_classes, feat_dim=feat_dim, label_smooth=model.label_smooth,
+                    id_loss_weight=model.id_loss_weight, triplet_loss_weight=model.triplet_loss_weight,
+                    triplet_margin=None if model.no_margin else optim.triplet_loss_margin,
+                    use_id=use_id, use_triplet=use_triplet, use_center=use_center,
+                    center_loss_weight=optim.center_loss_weight)
+
+
+def optimizer_arguments(config: DictConfig) -> Dict[str, Any]:
+    optim = config.train.optim
+    return dict(name=optim.name, base_lr=optim.base_lr, weight_decay=optim.weight_decay,
+                weight_decay_bias=optim.weight_decay_bias, bias_lr_factor=optim.bias_lr_factor,
+                momentum=optim.momentum, large_fc_lr=optim.large_fc_lr)
+
+
+def scheduler_arguments(config: DictConfig) -> Dict[str, Any]:
+    """The schedule's arguments, with a warmup longer than the run shortened (see config.notices.warmup_length)."""
+    optim = config.train.optim
+    arguments = dict(method=optim.warmup_method, warmup_factor=optim.warmup_factor, warmup_iters=optim.warmup_iters,
+                     milestones=list(optim.lr_steps), gamma=optim.gamma, warmup_epochs=optim.warmup_epochs,
+                     num_epochs=config.train.num_epochs)
+    warmup = warmup_length(config)
+    arguments[warmup.field.rpartition(".")[2]] = warmup.used
+    return arguments
+
+
+# ------------------------------------------------------------------------------------------ checkpoints and loggers
+def checkpoint_settings(config: DictConfig) -> Dict[str, Any]:
+    """Keyword arguments of engine.checkpoint.checkpoint_callbacks from train.checkpoint_interval(_unit) and
+    train.checkpointer (TAO 7.3: best-k by a metric, default mAP, beside the periodic and latest files)."""
+    train, chosen = config.train, config.train.checkpointer
+    best = None
+    if chosen.enable_topk:
+        monitor = chosen.monitor or "mAP"
+        best = dict(monitor=monitor, mode=chosen.mode or METRIC_MODES[monitor], save_top_k=chosen.save_top_k,
+                    filename=chosen.filename, dirpath=chosen.dirpath,
+                    auto_insert_metric_name=chosen.auto_insert_metric_name,
+                    save_on_train_epoch_end=monitor not in VALIDATION_METRICS)
+    return dict(interval=train.checkpoint_interval, unit=train.checkpoint_interval_unit,
+                periodic=not (chosen.enable_topk and chosen.replace_periodic), best=best)
+
+
+def needs_validation(config: DictConfig) -> Optional[str]:
+    """The spec field that needs validation folders (a best-k checkpoint on a validation metric), or None."""
+    chosen = config.train.checkpointer
+    if chosen.enable_topk and (chosen.monitor or "mAP") in VALIDATION_METRICS:
+        return "train.checkpointer.monitor"
+    return None
+
+
+def wandb_settings(config: DictConfig) -> Optional[Dict[str, Any]]:
+    """WandbLogger keyword arguments from the wandb section, or None when wandb.enable is false."""
+    wandb = config.wandb
+    if not wandb.enable:
+        return None
+    return dict(project=wandb.project, name=wandb.name, id=wandb.run_id or None, entity=wandb.entity or None,
+                group=wandb.group or None, tags=list(wandb.tags), reinit=wandb.reinit,
+                sync_tensorboard=wandb.sync_tensorboard, save_code=wandb.save_code)
+
+
+def extraction_batch_size(config: DictConfig, task: str) -> int:
+    """<task>.batch_size, or dataset.val_batch_size when it is -1 (TAO's default)."""
+    own = config[task].batch_size
+    return own if own > 0 else config.dataset.val_batch_size
+
+
+def checkpoint_metadata(config: DictConfig, num_classes: int) -> Dict[str, Any]:
+    """Stored in every checkpoint: the resolved config (the one source for the architecture), the number of
+    identities (TAO needs it by hand, B9) and the preprocessing that evaluation and export must apply."""
+    return {"config": OmegaConf.to_container(config, resolve=True), "num_classes": num_classes,
+            "preprocessing": preprocessing_for(config).to_dict()}
+
+
+def build_module(config: DictConfig, num_classes: int, num_query: int = 0, load_pretrained: bool = True) -> ReidModule:
+    model = build_model(config, num_classes, load_pretrained=load_pretrained)
+    return ReidModule(
+        model=model, loss=build_loss(config, num_classes, model.feat_dim),
+        optimizer=optimizer_arguments(config), scheduler=scheduler_arguments(config),
+        center_lr=config.train.optim.center_lr,
+        grad_clip=config.train.grad_clip, seed=config.train.seed, flip_feature=config.model.with_flip_feature,
+        max_rank=config.re_ranking.max_rank, num_query=num_query,
+        metadata=checkpoint_metadata(config, num_classes),
+        compile_model=config.train.compile, channels_last=config.train.channels_last)
