@@ -13,12 +13,14 @@ DESCRIPTIONS = {
     "evaluate": "CMC / mAP / mINP on query + gallery folders, plots, optional re-ranking",
     "inference": "write one embedding per image to a JSON file",
     "export": "export to ONNX (dynamic batch) and check it against PyTorch",
+    "tune": "search spec fields (tune.space) on a validation split of the training ids; resumable (Optuna)",
 }
 HELP_SECTIONS = {
     "train": ("model", "dataset", "train", "re_ranking"),
     "evaluate": ("model", "dataset", "re_ranking", "evaluate"),
     "inference": ("dataset", "inference"),
     "export": ("export",),
+    "tune": ("tune", "model", "dataset", "train"),
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from reid_tao.data.datamodule import MARKET_PREPROCESSING, LoaderSettings, ReidDataModule
 from reid_tao.data.market import scan_market_folder
+from reid_tao.data import val_split
 from reid_tao.data.synthetic import generate_synthetic_market
 from reid_tao.errors import ConfigError, DataError
 
@@ -94,7 +95,7 @@ def test_falls_back_to_copies_when_linking_fails(market, tmp_path, monkeypatch):
     def refuse(*_args, **_kwargs):
         raise OSError(18, "Invalid cross-device link")
 
-    monkeypatch.setattr(mvs.os, "link", refuse)
+    monkeypatch.setattr(val_split.os, "link", refuse)
     split = mvs.make_val_split(market, tmp_path / "copy", num_val_ids=2, seed=0)
     copy = next((tmp_path / "copy" / "query").iterdir())
     assert copy.stat().st_ino != (market / "bounding_box_train" / copy.name).stat().st_ino

@@ -12,9 +12,10 @@ from ..data.gpu_pipeline import PIPELINES
 from ..data.transforms import INTERPOLATIONS
 from ..engine.checkpoint import INTERVAL_UNITS
 from ..engine.devices import ACCELERATORS
-from ..engine.module import METRIC_MODES
+from ..engine.module import METRIC_MODES, VALIDATION_METRICS
 from ..engine.optim import WARMUP_METHODS, optimizer_class
 from ..engine.precision import PRECISIONS
+from ..engine.tuning import PRUNERS as TUNE_PRUNERS, SAMPLERS as TUNE_SAMPLERS
 from ..errors import ConfigError
 from ..evaluation.plots import QUERY_CHOICES
 from ..model.backbones import BACKBONES
@@ -74,6 +75,9 @@ def check_spec(config: DictConfig) -> None:
     if train.checkpointer.monitor is not None:
         _choice("train.checkpointer.monitor", train.checkpointer.monitor, METRIC_MODES)
     _choice("evaluate.sampled_matches", config.evaluate.sampled_matches, QUERY_CHOICES)
+    _choice("tune.sampler", config.tune.sampler, TUNE_SAMPLERS)
+    _choice("tune.pruner", config.tune.pruner, TUNE_PRUNERS)
+    _choice("tune.metric", config.tune.metric, VALIDATION_METRICS)
     for section in ("train", "evaluate", "inference"):
         _choice(f"{section}.precision", config[section].precision, PRECISIONS)
     for section in ("train", "evaluate", "inference"):

@@ -20,7 +20,7 @@ ALIASES = {
     "train.clip_grad_norm": "train.grad_clip",
 }
 
-TASKS = ("train", "evaluate", "inference", "export")
+TASKS = ("train", "evaluate", "inference", "export", "tune")
 
 
 def schema_config() -> DictConfig:
@@ -47,7 +47,13 @@ def _check_known_keys(schema: DictConfig, spec: Any, prefix: str, source: str) -
         if isinstance(child, DictConfig):
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"{path} in {source} must be a section (mapping), got {value!r}")
-            _check_known_keys(child, value, f"{path}.", source)
+            if _is_section(child):  # a free-form mapping (e.g. tune.space) has keys of its own
+                _check_known_keys(child, value, f"{path}.", source)
+
+
+def _is_section(node: DictConfig) -> bool:
+    """A schema section (a dataclass), not a free-form Dict field."""
+    return OmegaConf.get_type(node) not in (dict, None)
 
 
 def _unset_mandatory_markers(schema: DictConfig, spec: Any, prefix: str, source: str) -> None:
@@ -58,7 +64,8 @@ def _unset_mandatory_markers(schema: DictConfig, spec: Any, prefix: str, source:
     for key, value in spec.items():
         child = schema[key]
         if isinstance(child, DictConfig):
-            _unset_mandatory_markers(child, value, f"{prefix}{key}.", source)
+            if _is_section(child):
+                _unset_mandatory_markers(child, value, f"{prefix}{key}.", source)
         elif value == "???":
             if schema._get_node(key)._is_optional():
                 spec[key] = None

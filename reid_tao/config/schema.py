@@ -4,7 +4,7 @@ A TAO spec file is merged over these dataclasses (see ``loader.py``), so an unkn
 the wrong type is caught before any work starts. Fields added by reid_tao are marked "new".
 """
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -211,6 +211,24 @@ class ExportConfig:
 
 
 @dataclass
+class TuneConfig:
+    """new: `reid tune`, a hyperparameter search over spec fields (Optuna); see docs/tune.md."""
+    # spec field -> {log: [low, high]} | {range: [low, high]} | {int: [low, high]} | {choice: [a, b, ...]}
+    space: Dict[str, Any] = field(default_factory=dict)
+    trials: int = 20  # finished (complete or pruned) trials to reach; re-running continues the study
+    time_budget_minutes: float = 0.0  # 0: no limit; checked between trials (a started trial runs to its end)
+    metric: str = "mAP"  # the validation metric to optimise (its direction is the metric's: mAP up, loss down)
+    sampler: str = "tpe"  # tpe | random
+    pruner: str = "median"  # median | hyperband | none: stop trials that fall behind, on per-epoch validation
+    num_val_ids: int = 100  # training identities held out as the validation split
+    seed: int = 0  # the split's and the sampler's seed
+    query_dataset: Optional[str] = None  # validation folders of your own (else carved from the training ids)
+    test_dataset: Optional[str] = None
+    keep_checkpoints: bool = False  # keep each finished trial's reid_model_latest.pth
+    results_dir: Optional[str] = None
+
+
+@dataclass
 class ExperimentConfig:
     model_name: Optional[str] = None  # TAO 7.3 writes re_identification here
     results_dir: str = "results"
@@ -223,3 +241,4 @@ class ExperimentConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)

@@ -71,9 +71,6 @@ class _TaskLogFile(logging.FileHandler):
 
 def _attach_log_file(path: Path) -> _TaskLogFile:
     root = logging.getLogger("reid_tao")
-    for old in [h for h in root.handlers if isinstance(h, _TaskLogFile)]:  # a previous task in this process
-        root.removeHandler(old)
-        old.close()
     handler = _TaskLogFile(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root.addHandler(handler)
@@ -81,13 +78,13 @@ def _attach_log_file(path: Path) -> _TaskLogFile:
 
 
 def reported(task: str) -> Callable:
-    """Decorator for a task's run(config, status): status.json and <task>.log in the task's results folder.
+    """Decorator for a task's run(config, status, **options): status.json and <task>.log in its results folder.
 
     Every failure ends up here once: a ReidError (or any unexpected exception, or an interrupt) writes a
     FAILURE line with its one-line message and is raised on unchanged, for the CLI to report."""
     def decorate(run: Callable) -> Callable:
         @functools.wraps(run)
-        def wrapper(config: DictConfig):
+        def wrapper(config: DictConfig, **options):
             setup_logging()
             results = task_results_dir(config, task)
             zero = is_global_zero()
@@ -97,7 +94,7 @@ def reported(task: str) -> Callable:
             status = StatusFile(results / STATUS_FILE, enabled=zero)
             status.write(STARTED, f"Starting {task}.")
             try:
-                outcome = run(config, status)
+                outcome = run(config, status, **options)
             except KeyboardInterrupt:
                 status.write(FAILURE, f"{task} interrupted", verbosity="ERROR")
                 raise

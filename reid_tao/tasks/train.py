@@ -98,7 +98,8 @@ def cudnn_flags(cudnn: DictConfig, accelerator: str):
 
 
 @reported("train")
-def run(config: DictConfig, status: StatusFile) -> Path:
+def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
+    """Train per the spec; ``extra_callbacks`` join the Trainer's (``reid tune`` adds its reporter)."""
     _check_dataset_fields(config)
     results = prepare_task(config, "train")
     warning = warmup_warning(config)
@@ -119,7 +120,7 @@ def run(config: DictConfig, status: StatusFile) -> Path:
                           load_pretrained=checkpoint is None)
     # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
-    trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=[preemption])
+    trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=[preemption, *extra_callbacks])
     with preemption.catching_signals():
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     log.info("training finished; checkpoints in %s", results)
