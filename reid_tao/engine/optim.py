@@ -18,6 +18,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..config.catalog import find_field
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ UNSUPPORTED_OPTIMIZERS = {
 }
 LARGE_FC_LR_FACTOR = 2.0
 WARMUP_METHODS = ("linear", "constant", "cosine")
+# The spec's rule for train.optim.warmup_factor (> 0: a factor of 0 trains the first epoch at lr 0).
+WARMUP_FACTOR = find_field("train.optim.warmup_factor").meta.bounds
 
 
 def available_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
@@ -144,8 +147,8 @@ class WarmupSchedule:
         milestones = [int(m) for m in milestones]
         if any(b <= a for a, b in zip(milestones, milestones[1:])):
             raise ValueError(f"milestones must be strictly increasing epochs, got {milestones}")
-        if warmup_factor < 0:
-            raise ValueError(f"warmup_factor must be >= 0, got {warmup_factor}")
+        if not WARMUP_FACTOR.allows(warmup_factor):
+            raise ValueError(f"warmup_factor must be {WARMUP_FACTOR.text()}, got {warmup_factor}")
         if warmup_iters < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
         if gamma <= 0:
