@@ -4,7 +4,8 @@ import importlib
 import sys
 from typing import List, Optional
 
-from .config.loader import TASKS, describe_fields
+from .config.catalog import describe_fields
+from .config.loader import TASKS
 from .errors import ReidError
 from .io import error_line
 
@@ -33,10 +34,13 @@ def _top_level_help() -> str:
 
 
 def _task_parser(task: str) -> argparse.ArgumentParser:
-    fields = describe_fields(HELP_SECTIONS[task])
+    from .build import resolve_choices  # the choices of table-backed fields are the implementations' tables
+
+    fields = describe_fields(HELP_SECTIONS[task], resolve_choices)
     parser = argparse.ArgumentParser(
         prog=f"reid {task}", description=DESCRIPTIONS[task], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"spec fields (section.key = default), settable in the spec or as overrides:\n{fields}")
+        epilog="spec fields (section.key = default  [allowed values; status], then what it does), settable in "
+               f"the spec or as overrides:\n{fields}")
     parser.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="spec",
                         help="TAO-style experiment spec (YAML); omitted: schema defaults + overrides")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (Hydra grammar)")

@@ -1,5 +1,4 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero, without a traceback."""
-import signal
 
 
 class ReidError(Exception):
@@ -32,7 +31,3 @@ class Preempted(ReidError):
         super().__init__(message)
         self.signum = int(signum)
         self.exit_code = 128 + self.signum
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name

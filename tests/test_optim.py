@@ -187,3 +187,30 @@ def test_schedule_validation(override, field):
 
 def test_warmup_method_is_case_insensitive():
     assert WarmupSchedule(**{**TAO_SCHEDULE, "method": "Linear"})(5) == pytest.approx(0.505)
+
+
+def test_swin_position_tables_train_without_weight_decay():
+    # Swin declares its relative position bias tables free of weight decay (no_weight_decay_names); the
+    # optimiser the engine builds over the whole model must honour it, and only for those tables.
+    from reid_tao.model.backbones.swin import SwinBackbone
+    from reid_tao.model.baseline import Baseline
+
+    model = Baseline(SwinBackbone("swin_tiny_patch4_window7_224", (64, 32)), num_classes=4, feat_dim=256)
+    params = dict(model.named_parameters())
+    tables = {name for name in params if name.endswith("relative_position_bias_table")}
+    assert len(tables) == 12  # one per block of the 2-2-6-2 stages
+    optimizer = _build(model, large_fc_lr=True)
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert {decay_of[id(params[name])] for name in tables} == {0.0}
+    for name, param in params.items():
+        if name not in tables and param.requires_grad:
+            assert decay_of[id(param)] == (1e-4 if name.endswith(".bias") else 5e-4), name
+    no_decay = _groups(optimizer)["weights_no_weight_decay"]
+    assert no_decay["lr"] == BASE_LR and len(no_decay["params"]) == 12
+    assert optimizer.param_groups[0]["name"] == "weights"  # the group whose lr is logged as base_lr
+
+
+def test_warmup_factor_follows_the_spec_rule():
+    # One rule (> 0) for train.optim.warmup_factor in the spec and in the scheduler: 0 would train at lr 0.
+    with pytest.raises(ValueError, match="warmup_factor must be > 0"):
+        WarmupSchedule(**{**TAO_SCHEDULE, "warmup_factor": 0.0})

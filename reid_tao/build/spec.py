@@ -3,25 +3,17 @@
 The config layer checks the spec's own rules; what depends on a table of an implementation is checked here,
 in spec field names, so a new table entry needs no second list anywhere.
 """
-from typing import List, NamedTuple, Optional, Tuple
+import importlib
+from typing import Any, List, NamedTuple, Optional, Tuple
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from ..config.catalog import SpecField, choices_text, find_field, literal_choices, markdown_table, spec_fields
+from ..config.fields import Choices
 from ..config.loader import closest_hint, load_config, schema_config
-from ..data.gpu_pipeline import PIPELINES
-from ..data.transforms import INTERPOLATIONS
-from ..engine.checkpoint import INTERVAL_UNITS
-from ..engine.devices import ACCELERATORS
-from ..engine.module import METRIC_MODES, VALIDATION_METRICS
-from ..engine.optim import WARMUP_METHODS, optimizer_class
-from ..engine.precision import PRECISIONS
-from ..engine.tuning import PRUNERS as TUNE_PRUNERS, SAMPLERS as TUNE_SAMPLERS
+from ..engine.optim import optimizer_class
 from ..errors import ConfigError
-from ..evaluation.plots import QUERY_CHOICES
 from ..model.backbones import BACKBONES
-from ..model.baseline import NECK_FEATURES, NECKS
-from ..model.losses import ID_LOSSES
-from .pretrained import PRETRAINED_LOADERS
 
 
 class Sampler(NamedTuple):
@@ -50,38 +42,36 @@ def load_experiment(spec_path: Optional[str], overrides: List[str] = ()) -> Dict
     return config
 
 
-def _choice(field: str, value, table, hint: str = "") -> None:
-    if value not in table:
-        shown = ", ".join(repr(name) for name in table)
-        raise ConfigError(f"{field}={value!r} is not supported{hint}; choose one of {shown}"
-                          f"{closest_hint(str(value), [str(name) for name in table])}")
+def resolve_choices(choices: Choices) -> Tuple[Any, ...]:
+    """A field's choices: the literal tuple, or the keys (items) of the table named "module:TABLE"."""
+    literal = literal_choices(choices)
+    if literal is not None:
+        return literal
+    module, _, name = choices.partition(":")
+    return tuple(getattr(importlib.import_module(module), name))
+
+
+def check_choice(path: str, value, found: Optional[SpecField] = None) -> None:
+    """``value`` is one of the choices of the spec field ``path`` (None passes where None is the default)."""
+    found = found or find_field(path)
+    allowed = resolve_choices(found.meta.choices)
+    if value in allowed or (value is None and found.default is None):
+        return
+    raise ConfigError(f"{path}={value!r} is not supported{found.meta.hint}; choose one of {choices_text(allowed)}"
+                      f"{closest_hint(str(value), [str(name) for name in allowed if name is not None])}")
+
+
+def spec_fields_markdown() -> str:
+    """The text of docs/spec_fields.md (``python scripts/gen_spec_fields.py`` writes it)."""
+    return markdown_table(resolve_choices)
 
 
 def check_spec(config: DictConfig) -> None:
-    """Check the spec's names and per-backbone rules against the implementations' tables."""
-    model, data, train, optim = config.model, config.dataset, config.train, config.train.optim
-    _choice("model.backbone", model.backbone, BACKBONES)
-    _choice("model.pretrain_choice", model.pretrain_choice, PRETRAINED_LOADERS)
-    _choice("model.neck", model.neck, NECKS)
-    _choice("model.neck_feat", model.neck_feat, NECK_FEATURES)
-    _choice("model.metric_loss_type", model.metric_loss_type, METRIC_LOSSES)
-    _choice("model.id_loss_type", model.id_loss_type, ID_LOSSES,
-            " (margin heads are broken in TAO and not implemented here)")
-    _choice("dataset.sampler", data.sampler, SAMPLERS)
-    _choice("dataset.interpolation", data.interpolation, INTERPOLATIONS)
-    _choice("dataset.pipeline", data.pipeline, PIPELINES)
-    _choice("train.optim.warmup_method", optim.warmup_method, WARMUP_METHODS)
-    _choice("train.checkpoint_interval_unit", train.checkpoint_interval_unit, INTERVAL_UNITS)
-    if train.checkpointer.monitor is not None:
-        _choice("train.checkpointer.monitor", train.checkpointer.monitor, METRIC_MODES)
-    _choice("evaluate.sampled_matches", config.evaluate.sampled_matches, QUERY_CHOICES)
-    _choice("tune.sampler", config.tune.sampler, TUNE_SAMPLERS)
-    _choice("tune.pruner", config.tune.pruner, TUNE_PRUNERS)
-    _choice("tune.metric", config.tune.metric, VALIDATION_METRICS)
-    for section in ("train", "evaluate", "inference"):
-        _choice(f"{section}.precision", config[section].precision, PRECISIONS)
-    for section in ("train", "evaluate", "inference"):
-        _choice(f"{section}.accelerator", config[section].accelerator, ACCELERATORS)
+    """Check the spec's names against the implementations' tables, and the per-backbone rules."""
+    model, data, optim = config.model, config.dataset, config.train.optim
+    for found in spec_fields():
+        if isinstance(found.meta.choices, str):  # a table name; written-out choices are the config layer's
+            check_choice(found.path, OmegaConf.select(config, found.path), found)
     try:
         optimizer_class(optim.name)
     except ValueError as error:
@@ -116,8 +106,8 @@ def loss_components(sampler: str, metric_loss_type: str, with_center_loss: bool)
     The sampler decides ID and triplet; metric type "center" replaces the triplet loss by the center loss
     (BoT), "triplet_center" adds it, and with_center_loss adds it to whatever was selected.
     """
-    _choice("dataset.sampler", sampler, SAMPLERS)
-    _choice("model.metric_loss_type", metric_loss_type, METRIC_LOSSES)
+    check_choice("dataset.sampler", sampler)
+    check_choice("model.metric_loss_type", metric_loss_type)
     use_id, sampler_triplet = SAMPLERS[sampler].id_loss, SAMPLERS[sampler].triplet_loss
     keeps_triplet, adds_center = METRIC_LOSSES[metric_loss_type]
     use_triplet = sampler_triplet and keeps_triplet

@@ -170,22 +170,6 @@ def _all_keys(config: DictConfig, prefix: str = "") -> List[str]:
     return keys
 
 
-def describe_fields(sections: Iterable[str]) -> str:
-    """Text listing of the top-level fields and every field of `sections`, for ``reid <task> --help``."""
-    config = schema_config()
-    wanted = tuple(sections)
-    lines = []
-    for key in _all_keys(config):
-        if "." in key and not key.startswith(tuple(f"{section}." for section in wanted)):
-            continue
-        value = OmegaConf.select(config, key)
-        if isinstance(value, DictConfig):
-            continue
-        shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-        lines.append(f"  {key} = {shown!r}")
-    return "\n".join(lines)
-
-
 def task_results_dir(config: DictConfig, task: str) -> Path:
     """results_dir/<task> unless <task>.results_dir is set."""
     own = config[task].results_dir

@@ -7,18 +7,7 @@ from typing import List, NamedTuple, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from .schema import ExperimentConfig
-
-# field -> why it has no effect here
-INERT_FIELDS = {
-    "model_name": "reid_tao only trains re-identification models",
-    "train.optim.lr_monitor": "the lr follows the epoch schedule (TAO does not read it either)",
-    "train.optim.cosine_margin": "it belongs to the margin heads (arcface, cosface, ...), not implemented (TAO bug B4)",
-    "train.optim.cosine_scale": "it belongs to the margin heads (arcface, cosface, ...), not implemented (TAO bug B4)",
-    "train.optim.trp_l2": "the triplet loss uses the features as they are (TAO does not read it either)",
-}
-TRT_ENGINE_LINE = ("{task}.trt_engine is not used: reid_tao runs the PyTorch checkpoint; TensorRT engines are built "
-                   "from the exported ONNX (reid export) outside reid_tao, e.g. with trtexec")
+from .catalog import spec_fields
 
 
 def _applies(field: str, task: str) -> bool:
@@ -27,14 +16,12 @@ def _applies(field: str, task: str) -> bool:
 
 
 def field_notices(config: DictConfig, task: str) -> List[str]:
-    """One line per field that is set to a non-default value but has no effect on `task`."""
-    defaults = OmegaConf.structured(ExperimentConfig)
-    lines = [f"{field}={OmegaConf.select(config, field)!r} has no effect: {reason}"
-             for field, reason in INERT_FIELDS.items()
-             if _applies(field, task) and OmegaConf.select(config, field) != OmegaConf.select(defaults, field)]
-    if task in ("evaluate", "inference") and config[task].trt_engine:
-        lines.append(TRT_ENGINE_LINE.format(task=task))
-    return lines
+    """One line per field without effect (status "inert" in the schema) that is set to a non-default value
+    and belongs to `task` (or to no task)."""
+    return [f"{found.path}={OmegaConf.select(config, found.path)!r} has no effect: {found.meta.why}"
+            for found in spec_fields()
+            if found.meta.status == "inert" and _applies(found.path, task)
+            and OmegaConf.select(config, found.path) != found.default]
 
 
 class Warmup(NamedTuple):

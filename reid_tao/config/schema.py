@@ -1,238 +1,327 @@
-"""The experiment schema: every TAO ReIdentificationNet spec field with TAO's default.
+"""The experiment schema: every TAO ReIdentificationNet spec field with TAO's default, and its rules.
 
 A TAO spec file is merged over these dataclasses (see ``loader.py``), so an unknown key or a value of
-the wrong type is caught before any work starts. Fields added by reid_tao are marked "new".
+the wrong type is caught before any work starts. Each field carries its help, choices, bounds and status
+(:func:`~reid_tao.config.fields.spec_field`); validation, ``reid TASK --help`` and docs/spec_fields.md read
+them from here. Choices written as "module:TABLE" are the keys of that implementation's table.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from .fields import Bounds, spec_field
+
+AT_LEAST_1 = Bounds(low=1)
+NON_NEGATIVE = Bounds(low=0)
+POSITIVE = Bounds(low=0, low_open=True)
+PROBABILITY = Bounds(low=0, high=1)
+
+BACKBONES = "reid_tao.model.backbones:BACKBONES"
+ACCELERATORS = "reid_tao.engine.devices:ACCELERATORS"
+PRECISIONS = "reid_tao.engine.precision:PRECISIONS"
+TAO_B4 = "TAO declares it but never uses it"
+
+
+def _unused_by_tao(default, what: str, instead: Optional[str] = None):
+    """A TransReID/SOLIDER option that TAO declares but never wires (TAO bug B4): rejected when changed."""
+    return spec_field(default, help=what, status="unsupported", why=TAO_B4, instead=instead)
+
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet_50"
-    last_stride: int = 1
-    pretrain_choice: str = "imagenet"  # imagenet | self | "" (random init)
-    pretrained_model_path: Optional[str] = None
-    # new: load weight/checkpoint files that need full unpickling; runs code from the file (trusted files only)
-    trust_weights_file: bool = False
-    input_channels: int = 3
-    input_width: int = 128
-    input_height: int = 256
-    neck: str = "bnneck"  # bnneck | ""
-    feat_dim: int = 256
-    neck_feat: str = "after"  # after | before
-    metric_loss_type: str = "triplet"  # triplet | center | triplet_center
-    with_center_loss: bool = False
-    with_flip_feature: bool = False
-    label_smooth: bool = True
-    id_loss_type: str = "softmax"
-    id_loss_weight: float = 1.0
-    triplet_loss_weight: float = 1.0
-    no_margin: bool = False
-    gem_pooling: bool = False
-    # Swin regularisation
-    dropout_rate: float = 0.0
-    drop_path: float = 0.1
-    drop_out: float = 0.0
-    att_drop_rate: float = 0.0
-    reduce_feat_dim: bool = False
+    backbone: str = spec_field("resnet_50", choices=BACKBONES, help=(
+        "feature extractor: ResNet 18/34 (BasicBlock, 512 channels), 50/101/152, or Swin tiny/small/base"))
+    last_stride: int = spec_field(1, bounds=AT_LEAST_1, help="stride of the last ResNet stage (1 doubles the map)")
+    pretrain_choice: str = spec_field("imagenet", choices="reid_tao.build.pretrained:PRETRAINED_LOADERS", help=(
+        "initial weights: imagenet (the backbone's official ImageNet weights), self (a reid_tao checkpoint in "
+        "pretrained_model_path), \"\" (random)"))
+    pretrained_model_path: Optional[str] = spec_field(None, help=(
+        "local weights file; the load reports matched / missing tensors and fails when almost none match"))
+    trust_weights_file: bool = spec_field(False, new=True, help=(
+        "load weight/checkpoint files that need full unpickling: runs code from the file (trusted files only)"))
+    input_channels: int = spec_field(3, choices=(3,), hint=" (images are RGB)", help="image channels")
+    input_width: int = spec_field(128, bounds=AT_LEAST_1, help="network input width in pixels")
+    input_height: int = spec_field(256, bounds=AT_LEAST_1, help="network input height in pixels")
+    neck: str = spec_field("bnneck", choices="reid_tao.model.baseline:NECKS", help=(
+        "bnneck: BatchNorm1d with frozen bias before the classifier; \"\": none"))
+    feat_dim: int = spec_field(256, bounds=AT_LEAST_1, help=(
+        "embedding size (ResNet: a 1x1 reduction when it differs from the backbone's width; Swin: with "
+        "reduce_feat_dim)"))
+    neck_feat: str = spec_field("after", choices="reid_tao.model.baseline:NECK_FEATURES", help=(
+        "test-time feature: after (post-BN) or before (pre-BN) the neck"))
+    metric_loss_type: str = spec_field("triplet", choices="reid_tao.build.spec:METRIC_LOSSES", help=(
+        "metric loss: triplet; center replaces the sampler's triplet loss by the center loss; triplet_center "
+        "adds it"))
+    with_center_loss: bool = spec_field(False, help="add the center loss to whatever else is selected")
+    with_flip_feature: bool = spec_field(False, help=(
+        "test time: average the features of each image and its mirror image"))
+    label_smooth: bool = spec_field(True, help="cross entropy with label smoothing (epsilon 0.1)")
+    id_loss_type: str = spec_field("softmax", choices="reid_tao.model.losses:ID_LOSSES",
+                                   hint=" (margin heads are broken in TAO and not implemented here)",
+                                   help="identity loss head")
+    id_loss_weight: float = spec_field(1.0, bounds=NON_NEGATIVE, help="weight of the identity loss")
+    triplet_loss_weight: float = spec_field(1.0, bounds=NON_NEGATIVE, help="weight of the triplet loss")
+    no_margin: bool = spec_field(False, help="soft-margin triplet loss instead of train.optim.triplet_loss_margin")
+    gem_pooling: bool = spec_field(False, help="generalised-mean (GeM) pooling instead of average pooling")
+    # Swin regularisation (check_spec rejects them for backbones that do not have the option)
+    dropout_rate: float = spec_field(0.0, bounds=PROBABILITY, help="Swin: dropout after the patch embedding "
+                                     "and in the MLPs / projections")
+    drop_path: float = spec_field(0.1, bounds=PROBABILITY, help="Swin: stochastic depth rate")
+    drop_out: float = _unused_by_tao(0.0, "Swin dropout (a second name)", instead="use model.dropout_rate")
+    att_drop_rate: float = spec_field(0.0, bounds=PROBABILITY, help="Swin: attention dropout")
+    reduce_feat_dim: bool = spec_field(False, help="Swin: a linear layer to feat_dim before the neck")
     # TransReID / SOLIDER extras that TAO declares but never wires (rejected when changed)
-    pretrain_hw_ratio: float = 2.0
-    stride_size: List[int] = field(default_factory=lambda: [16, 16])
-    jpm: bool = False
-    shift_num: int = 5
-    shuffle_group: int = 2
-    devide_length: int = 4
-    re_arrange: bool = True
-    sie_coe: float = 3.0
-    sie_camera: bool = False
-    sie_view: bool = False
-    semantic_weight: float = 1.0
-    cos_layer: bool = False
-    stem_conv: bool = False
+    pretrain_hw_ratio: float = _unused_by_tao(2.0, "TransReID/SOLIDER: height/width ratio of the pretraining")
+    stride_size: List[int] = _unused_by_tao([16, 16], "TransReID: patch embedding stride")
+    jpm: bool = _unused_by_tao(False, "TransReID: jigsaw patch module")
+    shift_num: int = _unused_by_tao(5, "TransReID: JPM shift")
+    shuffle_group: int = _unused_by_tao(2, "TransReID: JPM shuffle groups")
+    devide_length: int = _unused_by_tao(4, "TransReID: JPM groups")
+    re_arrange: bool = _unused_by_tao(True, "TransReID: JPM re-arrangement")
+    sie_coe: float = _unused_by_tao(3.0, "TransReID: side-information embedding weight")
+    sie_camera: bool = _unused_by_tao(False, "TransReID: camera side-information embedding")
+    sie_view: bool = _unused_by_tao(False, "TransReID: view side-information embedding")
+    semantic_weight: float = _unused_by_tao(1.0, "SOLIDER: semantic weight")
+    cos_layer: bool = _unused_by_tao(False, "TransReID: cosine classifier layer")
+    stem_conv: bool = _unused_by_tao(False, "SOLIDER: convolutional stem")
 
 
 @dataclass
 class DatasetConfig:
-    train_dataset_dir: Optional[str] = None
-    test_dataset_dir: Optional[str] = None
-    query_dataset_dir: Optional[str] = None
-    num_classes: int = 751
-    batch_size: int = 64
-    val_batch_size: int = 128
-    num_workers: int = 8
-    pixel_mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    pixel_std: List[float] = field(default_factory=lambda: [0.226, 0.226, 0.226])
-    padding: int = 10
-    prob: float = 0.5
-    re_prob: float = 0.5
-    sampler: str = "softmax_triplet"  # softmax | triplet | softmax_triplet
-    num_instances: int = 4
-    interpolation: str = "bilinear"  # new: resize filter, bilinear | bicubic (train AND eval)
-    synthetic: bool = False  # new: generate the bundled synthetic dataset into the folders when missing
-    pipeline: str = "auto"  # new: auto | gpu | cpu; gpu = decoded-image cache + batched on-device augmentation
+    train_dataset_dir: Optional[str] = spec_field(None, help="training images (Market-1501 layout or list files)")
+    test_dataset_dir: Optional[str] = spec_field(None, help="gallery images")
+    query_dataset_dir: Optional[str] = spec_field(None, help="query images")
+    num_classes: int = spec_field(751, help=(
+        "identities; training counts them in train_dataset_dir, evaluate/inference/export read them from the "
+        "checkpoint (a different value is logged)"))
+    batch_size: int = spec_field(64, bounds=AT_LEAST_1, help="training batch per process")
+    val_batch_size: int = spec_field(128, bounds=AT_LEAST_1, help="evaluation batch per process")
+    num_workers: int = spec_field(8, bounds=NON_NEGATIVE, help="data-loading worker processes (0: in-process)")
+    pixel_mean: List[float] = spec_field([0.485, 0.456, 0.406], help="normalisation mean per channel")
+    pixel_std: List[float] = spec_field([0.226, 0.226, 0.226], bounds=POSITIVE, help=(
+        "normalisation standard deviation per channel"))
+    padding: int = spec_field(10, bounds=NON_NEGATIVE, help="padding before the random crop (pixels)")
+    prob: float = spec_field(0.5, bounds=PROBABILITY, help="horizontal flip probability")
+    re_prob: float = spec_field(0.5, bounds=PROBABILITY, help=(
+        "random erasing probability (area 0.02-0.4, aspect 0.3-3.33, filled with pixel_mean)"))
+    sampler: str = spec_field("softmax_triplet", choices="reid_tao.build.spec:SAMPLERS", help=(
+        "softmax: shuffled batches, identity loss; triplet / softmax_triplet: PK batches (batch_size / "
+        "num_instances identities x num_instances images), triplet loss / both"))
+    num_instances: int = spec_field(4, bounds=AT_LEAST_1, help="images per identity in a PK batch")
+    interpolation: str = spec_field("bilinear", choices="reid_tao.data.transforms:INTERPOLATIONS", new=True, help=(
+        "resize filter, the same in training, evaluation and the ONNX sidecar (bicubic for Swin)"))
+    synthetic: bool = spec_field(False, new=True, help=(
+        "generate the bundled synthetic dataset into the folders when they are missing"))
+    pipeline: str = spec_field("auto", choices="reid_tao.data.gpu_pipeline:PIPELINES", new=True, help=(
+        "training augmentation: gpu = decoded-image cache + batched on-device augmentation; cpu = torchvision "
+        "transforms in loader workers; auto = gpu when the cache fits"))
 
 
 @dataclass
 class ReRankingConfig:
-    re_ranking: bool = False
-    k1: int = 20
-    k2: int = 6
-    lambda_value: float = 0.3
-    max_rank: int = 10
-    num_query: int = 10
+    re_ranking: bool = spec_field(False, help=(
+        "k-reciprocal re-ranking at evaluation (reported beside the plain metrics)"))
+    k1: int = spec_field(20, bounds=AT_LEAST_1, help="re-ranking: k of the k-reciprocal neighbours")
+    k2: int = spec_field(6, bounds=AT_LEAST_1, help="re-ranking: neighbours of the local query expansion")
+    lambda_value: float = spec_field(0.3, bounds=PROBABILITY, help=(
+        "re-ranking: weight of the original distance against the Jaccard distance"))
+    max_rank: int = spec_field(10, bounds=AT_LEAST_1, help=(
+        "length of the reported CMC and columns of the sampled-matches plot"))
+    num_query: int = spec_field(10, help="rows of the sampled-matches plot (not the number of queries)")
 
 
 @dataclass
 class OptimConfig:
-    name: str = "Adam"
-    lr_monitor: str = "val_loss"
-    lr_steps: List[int] = field(default_factory=lambda: [40, 70])
-    gamma: float = 0.1
-    bias_lr_factor: float = 1.0
-    weight_decay: float = 0.0005
-    weight_decay_bias: float = 0.0005
-    warmup_factor: float = 0.01
-    warmup_iters: int = 10
-    warmup_epochs: int = 20
-    warmup_method: str = "linear"  # linear | constant | cosine
-    base_lr: float = 0.00035
-    momentum: float = 0.9
-    center_loss_weight: float = 0.0005
-    center_lr: float = 0.5
-    triplet_loss_margin: float = 0.3
-    large_fc_lr: bool = False
+    name: str = spec_field("Adam", help="any torch.optim optimiser by name, case-insensitive (SGD uses momentum)")
+    lr_monitor: str = spec_field("val_loss", help="metric for an lr-on-plateau schedule", status="inert",
+                                 why="the lr follows the epoch schedule (TAO does not read it either)")
+    lr_steps: List[int] = spec_field([40, 70], help=(
+        "epochs (strictly increasing) at which the lr is multiplied by gamma; TAO's docs also write `steps`"))
+    gamma: float = spec_field(0.1, bounds=POSITIVE, help="lr factor at each of lr_steps")
+    bias_lr_factor: float = spec_field(1.0, bounds=NON_NEGATIVE, help="biases train at base_lr x this")
+    weight_decay: float = spec_field(0.0005, bounds=NON_NEGATIVE, help=(
+        "weight decay of the weights (not of norm/position tables a backbone declares, which get none)"))
+    weight_decay_bias: float = spec_field(0.0005, bounds=NON_NEGATIVE, help="weight decay of the biases")
+    warmup_factor: float = spec_field(0.01, bounds=POSITIVE, help=(
+        "warmup starts at base_lr x this (0 would train the first epoch(s) at lr 0)"))
+    warmup_iters: int = spec_field(10, bounds=NON_NEGATIVE, help="warmup epochs of linear / constant")
+    warmup_epochs: int = spec_field(20, bounds=NON_NEGATIVE, help="warmup epochs of cosine")
+    warmup_method: str = spec_field("linear", choices="reid_tao.engine.optim:WARMUP_METHODS", help=(
+        "linear / constant warmup then steps at lr_steps, or cosine: linear warmup then cosine decay"))
+    base_lr: float = spec_field(0.00035, bounds=POSITIVE, help="learning rate after the warmup")
+    momentum: float = spec_field(0.9, bounds=NON_NEGATIVE, help="SGD momentum (other optimisers keep their own)")
+    center_loss_weight: float = spec_field(0.0005, bounds=NON_NEGATIVE, help="weight of the center loss")
+    center_lr: float = spec_field(0.5, bounds=POSITIVE, help="lr of the center-loss centers (their own SGD)")
+    triplet_loss_margin: float = spec_field(0.3, bounds=NON_NEGATIVE, help="triplet loss margin")
+    large_fc_lr: bool = spec_field(False, help="the classifier trains at twice its lr")
     # TAO 7.3: margin-head settings (cosine_*) and triplet L2; the margin heads are not implemented (B4)
-    cosine_margin: float = 0.5
-    cosine_scale: float = 30.0
-    trp_l2: bool = False
+    cosine_margin: float = spec_field(0.5, help="margin of the margin heads", status="inert", why=(
+        "it belongs to the margin heads (arcface, cosface, ...), not implemented (TAO bug B4)"))
+    cosine_scale: float = spec_field(30.0, help="scale of the margin heads", status="inert", why=(
+        "it belongs to the margin heads (arcface, cosface, ...), not implemented (TAO bug B4)"))
+    trp_l2: bool = spec_field(False, help="L2-normalise the triplet loss features", status="inert", why=(
+        "the triplet loss uses the features as they are (TAO does not read it either)"))
 
 
 @dataclass
 class CheckpointerConfig:
     """TAO 7.3: best-k checkpoints ranked by a monitored metric, beside the periodic and latest files."""
-    enable_topk: bool = False
-    replace_periodic: bool = False  # true: no model_epoch_* history, only the best-k files (and the latest)
-    monitor: Optional[str] = None  # None: mAP (validation)
-    mode: Optional[str] = None  # min | max; None: max for accuracies and mAP, min for losses
-    save_top_k: int = 1
-    filename: str = "model_best_{epoch:03d}"
-    dirpath: Optional[str] = None  # None: the train results folder
-    auto_insert_metric_name: bool = False
+    enable_topk: bool = spec_field(False, help="keep the best save_top_k checkpoints by monitor")
+    replace_periodic: bool = spec_field(False, help=(
+        "true: no model_epoch_* history, only the best-k files (and the latest)"))
+    monitor: Optional[str] = spec_field(None, choices="reid_tao.engine.module:METRIC_MODES", help=(
+        "metric that ranks the checkpoints; None: mAP (validation)"))
+    mode: Optional[str] = spec_field(None, choices=("min", "max"), help=(
+        "None: max for accuracies and mAP, min for losses"))
+    save_top_k: int = spec_field(1, bounds=Bounds(low=1, special=(-1, "keep all")), help="best files kept")
+    filename: str = spec_field("model_best_{epoch:03d}", help="name of the best-k files")
+    dirpath: Optional[str] = spec_field(None, help="folder of the best-k files; None: the train results folder")
+    auto_insert_metric_name: bool = spec_field(False, help="Lightning's metric name in the file name")
 
 
 @dataclass
 class WandbConfig:
     """TAO 7.3: Weights & Biases logging (used when the wandb package is installed)."""
-    enable: bool = True
-    project: str = "TAO Toolkit"
-    entity: str = ""
-    group: str = ""
-    tags: List[str] = field(default_factory=lambda: ["training", "tao-toolkit"])
-    reinit: bool = False
-    sync_tensorboard: bool = False
-    save_code: bool = False
-    name: str = "TAO Toolkit training experiment"
-    run_id: str = ""
+    enable: bool = spec_field(True, help="log to Weights & Biases when the wandb package is installed")
+    project: str = spec_field("TAO Toolkit", help="wandb project")
+    entity: str = spec_field("", help="wandb entity (team or user)")
+    group: str = spec_field("", help="wandb run group")
+    tags: List[str] = spec_field(["training", "tao-toolkit"], help="wandb run tags")
+    reinit: bool = spec_field(False, help="wandb.init's reinit")
+    sync_tensorboard: bool = spec_field(False, help="wandb.init's sync_tensorboard")
+    save_code: bool = spec_field(False, help="wandb.init's save_code")
+    name: str = spec_field("TAO Toolkit training experiment", help="wandb run name")
+    run_id: str = spec_field("", help="wandb run id (resume that run)")
 
 
 @dataclass
 class CudnnConfig:
     """TAO 7.3's train.cudnn section, mapped onto Lightning's ``benchmark`` / ``deterministic``."""
-    benchmark: bool = False  # autotune convolution algorithms (fast; chosen per run, so not bit-reproducible)
-    deterministic: bool = False  # deterministic algorithms where torch has them (warns where it has none)
+    benchmark: bool = spec_field(False, help=(
+        "autotune convolution algorithms (fast; chosen per run, so not bit-reproducible)"))
+    deterministic: bool = spec_field(False, help=(
+        "deterministic algorithms where torch has them (warns where it has none)"))
 
 
 @dataclass
 class TrainConfig:
-    num_gpus: int = 1
-    gpu_ids: List[int] = field(default_factory=lambda: [0])
-    num_nodes: int = 1
-    seed: int = 1234
-    num_epochs: int = 10
-    checkpoint_interval: int = 1
-    checkpoint_interval_unit: str = "epoch"  # epoch | step
-    validation_interval: int = 1
-    resume_training_checkpoint_path: Optional[str] = None
-    results_dir: Optional[str] = None
-    grad_clip: float = 0.0
-    precision: str = "auto"  # new: auto | 32 | 16-mixed | bf16-mixed
-    accelerator: str = "auto"  # new: auto | gpu | cpu (with cpu, num_gpus = number of CPU processes)
-    sync_bn: bool = False  # new: SyncBatchNorm with several GPU processes (per-GPU batches under ~16 images)
-    compile: bool = False  # new: torch.compile the model for training
-    channels_last: bool = True  # new: channels_last memory format on GPU
+    num_gpus: int = spec_field(1, bounds=AT_LEAST_1, help="processes (GPUs, or CPU processes with accelerator cpu)")
+    gpu_ids: List[int] = spec_field([0], help="GPUs to use (with num_gpus: the larger count wins)")
+    num_nodes: int = spec_field(1, bounds=AT_LEAST_1, help="machines")
+    seed: int = spec_field(1234, help="seeds python, numpy and torch; negative: unseeded")
+    num_epochs: int = spec_field(10, bounds=AT_LEAST_1, help="training epochs")
+    checkpoint_interval: int = spec_field(1, bounds=AT_LEAST_1, help=(
+        "save model_epoch_NNN.pth every this many epochs (or steps), beside reid_model_latest.pth"))
+    checkpoint_interval_unit: str = spec_field("epoch", choices="reid_tao.engine.checkpoint:INTERVAL_UNITS", help=(
+        "unit of checkpoint_interval (step writes model_step_NNNNNN.pth)"))
+    validation_interval: int = spec_field(1, bounds=AT_LEAST_1, help=(
+        "evaluate on query/gallery every this many epochs (when those folders are given)"))
+    resume_training_checkpoint_path: Optional[str] = spec_field(None, help=(
+        "resume from this file; None: from results_dir/train/reid_model_latest.pth when it exists"))
+    results_dir: Optional[str] = spec_field(None, help="None: results_dir/train")
+    grad_clip: float = spec_field(0.0, bounds=NON_NEGATIVE, help="clip the gradient norm to this (0: off)")
+    precision: str = spec_field("auto", choices=PRECISIONS, new=True, help=(
+        "auto: bf16-mixed on GPUs with native bf16, 16-mixed on older GPUs, 32 on the CPU"))
+    accelerator: str = spec_field("auto", choices=ACCELERATORS, new=True, help=(
+        "with cpu, num_gpus is the number of CPU processes"))
+    sync_bn: bool = spec_field(False, new=True, help=(
+        "SyncBatchNorm with several GPU processes (per-GPU batches under ~16 images)"))
+    compile: bool = spec_field(False, new=True, help="torch.compile the model for training")
+    channels_last: bool = spec_field(True, new=True, help="channels_last memory format on GPU")
     checkpointer: CheckpointerConfig = field(default_factory=CheckpointerConfig)
     cudnn: CudnnConfig = field(default_factory=CudnnConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
+TRT_ENGINE_WHY = ("reid_tao runs the PyTorch checkpoint; TensorRT engines are built from the exported ONNX "
+                  "(reid export) outside reid_tao, e.g. with trtexec")
+
+
 @dataclass
 class EvaluateConfig:
-    checkpoint: Optional[str] = None
-    test_dataset: Optional[str] = None
-    query_dataset: Optional[str] = None
-    output_cmc_curve_plot: Optional[str] = None
-    output_sampled_matches_plot: Optional[str] = None
-    sampled_matches: str = "random"  # new: random (seeded) | worst (lowest AP first)
-    gpu_ids: List[int] = field(default_factory=lambda: [0])
-    num_gpus: int = 1
-    num_nodes: int = 1
-    batch_size: int = -1  # -1: dataset.val_batch_size
-    trt_engine: Optional[str] = None  # TensorRT engines are built from the exported ONNX outside reid_tao
-    accelerator: str = "auto"  # new: auto | gpu | cpu
-    precision: str = "32"  # new: 32 (TF32 matmuls allowed) | 16-mixed | bf16-mixed | auto, for the features
-    results_dir: Optional[str] = None
+    checkpoint: Optional[str] = spec_field(None, help=(
+        "model to evaluate (.pth or exported .onnx); None: results_dir/train/reid_model_latest.pth"))
+    test_dataset: Optional[str] = spec_field(None, help="gallery folder; None: dataset.test_dataset_dir")
+    query_dataset: Optional[str] = spec_field(None, help="query folder; None: dataset.query_dataset_dir")
+    output_cmc_curve_plot: Optional[str] = spec_field(None, help="CMC plot path; None: in the results folder")
+    output_sampled_matches_plot: Optional[str] = spec_field(None, help=(
+        "sampled-matches plot path; None: in the results folder"))
+    sampled_matches: str = spec_field("random", choices="reid_tao.evaluation.plots:QUERY_CHOICES", new=True, help=(
+        "queries shown in the sampled-matches plot: random (seeded) or worst (lowest AP first)"))
+    gpu_ids: List[int] = spec_field([0], help="GPUs to use")
+    num_gpus: int = spec_field(1, bounds=AT_LEAST_1, help="processes")
+    num_nodes: int = spec_field(1, bounds=AT_LEAST_1, help="machines")
+    batch_size: int = spec_field(-1, bounds=Bounds(low=1, special=(-1, "dataset.val_batch_size")), help=(
+        "feature-extraction batch"))
+    trt_engine: Optional[str] = spec_field(None, help="TensorRT engine", status="inert", why=TRT_ENGINE_WHY)
+    accelerator: str = spec_field("auto", choices=ACCELERATORS, new=True, help="device for the features")
+    precision: str = spec_field("32", choices=PRECISIONS, new=True, help=(
+        "precision of the features; 32 (TF32 matmuls allowed) keeps metrics equal across devices"))
+    results_dir: Optional[str] = spec_field(None, help="None: results_dir/evaluate")
 
 
 @dataclass
 class InferenceConfig:
-    checkpoint: Optional[str] = None
-    test_dataset: Optional[str] = None
-    query_dataset: Optional[str] = None
-    output_file: Optional[str] = None
-    gpu_ids: List[int] = field(default_factory=lambda: [0])
-    num_gpus: int = 1
-    num_nodes: int = 1
-    batch_size: int = -1  # -1: dataset.val_batch_size
-    trt_engine: Optional[str] = None  # TensorRT engines are built from the exported ONNX outside reid_tao
-    accelerator: str = "auto"  # new: auto | gpu | cpu
-    precision: str = "32"  # new: as evaluate.precision
-    results_dir: Optional[str] = None
+    checkpoint: Optional[str] = spec_field(None, help=(
+        "model (.pth or exported .onnx); None: results_dir/train/reid_model_latest.pth"))
+    test_dataset: Optional[str] = spec_field(None, help="folder to embed; None: dataset.test_dataset_dir")
+    query_dataset: Optional[str] = spec_field(None, help="folder to embed; None: dataset.query_dataset_dir")
+    output_file: Optional[str] = spec_field(None, help=(
+        "JSON list of {img_path, embedding} for every image; None: inference.json in the results folder"))
+    gpu_ids: List[int] = spec_field([0], help="GPUs to use")
+    num_gpus: int = spec_field(1, bounds=AT_LEAST_1, help="processes")
+    num_nodes: int = spec_field(1, bounds=AT_LEAST_1, help="machines")
+    batch_size: int = spec_field(-1, bounds=Bounds(low=1, special=(-1, "dataset.val_batch_size")), help=(
+        "feature-extraction batch"))
+    trt_engine: Optional[str] = spec_field(None, help="TensorRT engine", status="inert", why=TRT_ENGINE_WHY)
+    accelerator: str = spec_field("auto", choices=ACCELERATORS, new=True, help="device for the features")
+    precision: str = spec_field("32", choices=PRECISIONS, new=True, help="as evaluate.precision")
+    results_dir: Optional[str] = spec_field(None, help="None: results_dir/inference")
 
 
 @dataclass
 class ExportConfig:
-    checkpoint: Optional[str] = None
-    onnx_file: Optional[str] = None
-    gpu_id: int = 0
-    opset: int = 17  # new
-    overwrite: bool = False  # new
-    results_dir: Optional[str] = None
+    checkpoint: Optional[str] = spec_field(None, help=(
+        "model to export; None: results_dir/train/reid_model_latest.pth"))
+    onnx_file: Optional[str] = spec_field(None, help=(
+        "ONNX path (a .json sidecar with the preprocessing goes beside it); None: in the results folder"))
+    gpu_id: int = spec_field(0, help="export runs on the CPU; a different value is logged")
+    opset: int = spec_field(17, bounds=AT_LEAST_1, new=True, help="ONNX opset")
+    overwrite: bool = spec_field(False, new=True, help="replace an existing ONNX file")
+    results_dir: Optional[str] = spec_field(None, help="None: results_dir/export")
 
 
 @dataclass
 class TuneConfig:
-    """new: `reid tune`, a hyperparameter search over spec fields (Optuna); see docs/tune.md."""
-    # spec field -> {log: [low, high]} | {range: [low, high]} | {int: [low, high]} | {choice: [a, b, ...]}
-    space: Dict[str, Any] = field(default_factory=dict)
-    trials: int = 20  # finished (complete or pruned) trials to reach; re-running continues the study
-    time_budget_minutes: float = 0.0  # 0: no limit; checked between trials (a started trial runs to its end)
-    metric: str = "mAP"  # the validation metric to optimise (its direction is the metric's: mAP up, loss down)
-    sampler: str = "tpe"  # tpe | random
-    pruner: str = "median"  # median | hyperband | none: stop trials that fall behind, on per-epoch validation
-    num_val_ids: int = 100  # training identities held out as the validation split
-    seed: int = 0  # the split's and the sampler's seed
-    query_dataset: Optional[str] = None  # validation folders of your own (else carved from the training ids)
-    test_dataset: Optional[str] = None
-    keep_checkpoints: bool = False  # keep each finished trial's reid_model_latest.pth
-    results_dir: Optional[str] = None
+    """`reid tune`: a hyperparameter search over spec fields (Optuna); see docs/tune.md."""
+    space: Dict[str, Any] = spec_field({}, new=True, help=(
+        "spec field -> {log: [low, high]} | {range: [low, high]} | {int: [low, high]} | {choice: [a, b, ...]}"))
+    trials: int = spec_field(20, bounds=AT_LEAST_1, new=True, help=(
+        "finished (complete or pruned) trials to reach; running again continues the study"))
+    time_budget_minutes: float = spec_field(0.0, bounds=NON_NEGATIVE, new=True, help=(
+        "0: no limit; the finished trials' training minutes, checked between trials"))
+    metric: str = spec_field("mAP", choices="reid_tao.engine.module:VALIDATION_METRICS", new=True, help=(
+        "the validation metric to optimise, in its direction"))
+    sampler: str = spec_field("tpe", choices="reid_tao.engine.tuning:SAMPLERS", new=True, help=(
+        "Optuna sampler, seeded with tune.seed"))
+    pruner: str = spec_field("median", choices="reid_tao.engine.tuning:PRUNERS", new=True, help=(
+        "stop trials that fall behind, on the per-epoch validation metric"))
+    num_val_ids: int = spec_field(100, bounds=AT_LEAST_1, new=True, help=(
+        "training identities held out as the validation split"))
+    seed: int = spec_field(0, new=True, help="the validation split's and the sampler's seed")
+    query_dataset: Optional[str] = spec_field(None, new=True, help=(
+        "validation query folder of your own (with test_dataset); None: carved from the training identities"))
+    test_dataset: Optional[str] = spec_field(None, new=True, help="validation gallery folder of your own")
+    keep_checkpoints: bool = spec_field(False, new=True, help="keep each finished trial's reid_model_latest.pth")
+    results_dir: Optional[str] = spec_field(None, new=True, help="None: results_dir/tune")
 
 
 @dataclass
 class ExperimentConfig:
-    model_name: Optional[str] = None  # TAO 7.3 writes re_identification here
-    results_dir: str = "results"
-    encryption_key: Optional[str] = None
+    model_name: Optional[str] = spec_field(None, help="TAO 7.3 writes re_identification here", status="inert",
+                                           why="reid_tao only trains re-identification models")
+    results_dir: str = spec_field("results", help="each task writes to results_dir/<task> unless <task>.results_dir")
+    encryption_key: Optional[str] = spec_field(None, help=(
+        "TAO's checkpoint encryption key; accepted, checkpoints stay unencrypted (the log says so)"))
     wandb: WandbConfig = field(default_factory=WandbConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

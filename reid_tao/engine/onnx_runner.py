@@ -19,6 +19,7 @@ from ..data.preprocessing import Preprocessing
 from ..errors import DataError
 from ..evaluation.features import embed
 from ..io import first_line
+from .devices import ACCELERATORS
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ def onnx_sidecar_path(onnx_path) -> Path:
 def execution_providers(accelerator: str, available: Sequence[str], device_id: int = 0) -> List:
     """onnxruntime providers for ``accelerator`` (auto | gpu | cpu): CUDA when asked for or, with auto, when
     this onnxruntime build has it; always CPU as the fallback for operators CUDA lacks."""
-    if accelerator not in ("auto", "gpu", "cpu"):
-        raise ValueError(f"accelerator must be auto, gpu or cpu, got {accelerator!r}")
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}")
     if accelerator == "gpu" and CUDA not in available:
         raise ValueError("accelerator 'gpu' needs onnxruntime's CUDAExecutionProvider (pip install onnxruntime-gpu); "
                          f"this onnxruntime has {', '.join(available)}")

@@ -1,7 +1,8 @@
 """Optimisers and the per-epoch learning-rate schedule (TAO / reid-strong-baseline semantics).
 
 * ``build_optimizer``: any ``torch.optim`` optimiser by name with a handful of parameter groups (weights,
-  biases, and optionally the classifier at 2x lr), not one group per tensor as TAO (bug B12).
+  biases, optionally the classifier at 2x lr, and the parameters the backbone trains without weight decay),
+  not one group per tensor as TAO (bug B12).
 * ``build_center_optimizer``: plain SGD for the center-loss centers.
 * ``WarmupSchedule`` / ``build_scheduler``: warmup then multi-step decay (or warmup then cosine), as an
   lr multiplier per EPOCH for ``LambdaLR``. Step the scheduler once at the end of every epoch and never at
@@ -18,6 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..config.catalog import find_field
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ UNSUPPORTED_OPTIMIZERS = {
 }
 LARGE_FC_LR_FACTOR = 2.0
 WARMUP_METHODS = ("linear", "constant", "cosine")
+# The spec's rule for train.optim.warmup_factor (> 0: a factor of 0 trains the first epoch at lr 0).
+WARMUP_FACTOR = find_field("train.optim.warmup_factor").meta.bounds
 
 
 def available_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
@@ -60,27 +64,41 @@ def _is_bias(name: str) -> bool:
     return name == "bias" or name.endswith(".bias")
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Parameter names of ``model`` that train without weight decay: those its submodules declare through a
+    ``no_weight_decay_names()`` method (relative to themselves), e.g. Swin's relative position bias tables."""
+    names = set()
+    for prefix, module in model.named_modules():
+        declared = getattr(module, "no_weight_decay_names", None)
+        if callable(declared):
+            names.update(f"{prefix}.{name}" if prefix else name for name in declared())
+    return names
+
+
 def _param_groups(model: nn.Module, base_lr: float, weight_decay: float, weight_decay_bias: float,
                   bias_lr_factor: float, large_fc_lr: bool, classifier_prefix: str) -> list[dict]:
-    """Trainable parameters split into (at most) weights, biases, classifier weights, classifier biases.
+    """Trainable parameters split into (at most) weights, biases, classifier weights, classifier biases, and
+    the parameters the model declares free of weight decay (same lr as their kind, weight decay 0).
 
     Empty groups are left out. Each group carries a "name" key for logging.
     """
-    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    no_decay = no_weight_decay_names(model)
+    buckets: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue  # e.g. the frozen BNNeck bias
         in_classifier = large_fc_lr and (name == classifier_prefix
                                          or name.startswith(classifier_prefix + "."))
-        buckets.setdefault((in_classifier, _is_bias(name)), []).append(param)
+        buckets.setdefault((in_classifier, _is_bias(name), name in no_decay), []).append(param)
     groups = []
-    for (in_classifier, is_bias), params in sorted(buckets.items()):
+    for (in_classifier, is_bias, decay_free), params in sorted(buckets.items()):
         lr = base_lr * (bias_lr_factor if is_bias else 1.0)
         # large_fc_lr multiplies what the parameter would otherwise get (as fast-reid's head lr factor).
         lr *= LARGE_FC_LR_FACTOR if in_classifier else 1.0
         name = ("classifier_" if in_classifier else "") + ("biases" if is_bias else "weights")
-        groups.append({"name": name, "params": params, "lr": lr,
-                       "weight_decay": weight_decay_bias if is_bias else weight_decay})
+        decay = 0.0 if decay_free else (weight_decay_bias if is_bias else weight_decay)
+        groups.append({"name": name + ("_no_weight_decay" if decay_free else ""), "params": params, "lr": lr,
+                       "weight_decay": decay})
     return groups
 
 
@@ -91,9 +109,10 @@ def build_optimizer(model: nn.Module, name: str, base_lr: float, weight_decay: f
 
     Groups: weights (lr ``base_lr``, ``weight_decay``), biases (names ending in ".bias": lr
     ``base_lr * bias_lr_factor``, ``weight_decay_bias``) and, with ``large_fc_lr``, the parameters whose
-    names start with ``classifier_prefix`` in their own weight/bias groups at twice their lr. Frozen
-    parameters are left out. SGD gets ``momentum``; other optimisers keep their own defaults (TAO
-    behaviour). Options an optimiser does not accept (e.g. Rprop has no weight decay) are not passed; a
+    names start with ``classifier_prefix`` in their own weight/bias groups at twice their lr. Parameters
+    that a submodule declares in ``no_weight_decay_names()`` (Swin's position tables) get their own group(s)
+    with weight decay 0. Frozen parameters are left out. SGD gets ``momentum``; other optimisers keep their
+    own defaults (TAO behaviour). Options an optimiser does not accept (e.g. Rprop has no weight decay) are not passed; a
     non-zero weight decay that cannot be applied is logged as a warning.
     """
     cls = optimizer_class(name)
@@ -144,8 +163,8 @@ class WarmupSchedule:
         milestones = [int(m) for m in milestones]
         if any(b <= a for a, b in zip(milestones, milestones[1:])):
             raise ValueError(f"milestones must be strictly increasing epochs, got {milestones}")
-        if warmup_factor < 0:
-            raise ValueError(f"warmup_factor must be >= 0, got {warmup_factor}")
+        if not WARMUP_FACTOR.allows(warmup_factor):
+            raise ValueError(f"warmup_factor must be {WARMUP_FACTOR.text()}, got {warmup_factor}")
         if warmup_iters < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
         if gamma <= 0:

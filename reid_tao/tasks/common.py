@@ -114,13 +114,13 @@ def reported(task: str) -> Callable:
     return decorate
 
 
-def prepare_task(config: DictConfig, task: str, write_config: bool = True) -> Path:
+def prepare_task(config: DictConfig, task: str) -> Path:
     """Create results_dir/<task> (or <task>.results_dir) and write the resolved experiment.yaml there."""
     setup_logging()
     quiet_lightning()
     results = task_results_dir(config, task)
     results.mkdir(parents=True, exist_ok=True)
-    if write_config and is_global_zero():
+    if is_global_zero():
         atomic_write_text(results / "experiment.yaml", OmegaConf.to_yaml(config))
     if config.encryption_key:
         log.info("encryption_key is set: reid_tao writes unencrypted checkpoints")

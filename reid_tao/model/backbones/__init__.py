@@ -65,10 +65,3 @@ BACKBONES: Dict[str, BackboneEntry] = {
         reduces_to_feat_dim=False)
        for name, width in SWIN_WIDTHS.items()},
 }
-
-
-def build_backbone(name: str, options: BackboneOptions = BackboneOptions()) -> nn.Module:
-    """The backbone called ``name`` (a key of BACKBONES); ValueError for an unknown name."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
-    return BACKBONES[name].build(options)
