@@ -12,29 +12,36 @@ from ..data.gpu_pipeline import PIPELINES
 from ..data.transforms import INTERPOLATIONS
 from ..engine.checkpoint import INTERVAL_UNITS
 from ..engine.devices import ACCELERATORS
-from ..engine.module import METRIC_MODES
+from ..engine.metric_names import metric_modes
 from ..engine.optim import WARMUP_METHODS, optimizer_class
 from ..engine.precision import PRECISIONS
 from ..errors import ConfigError
 from ..evaluation.plots import QUERY_CHOICES
 from ..model.backbones import BACKBONES
 from ..model.baseline import NECK_FEATURES, NECKS
-from ..model.losses import ID_LOSSES
+from ..model.losses import ID_LOSSES, LOSS_TERMS
 from .pretrained import PRETRAINED_LOADERS
 
 
 class Sampler(NamedTuple):
     pk_batches: bool  # PK batches (else shuffled: most anchors of a shuffled batch have no positive)
-    id_loss: bool
-    triplet_loss: bool
+    terms: Tuple[str, ...]  # the LOSS_TERMS it trains with
 
 
-# dataset.sampler -> the batches it draws and the losses it trains with (TAO's meaning of the names).
-SAMPLERS = {"softmax": Sampler(pk_batches=False, id_loss=True, triplet_loss=False),
-            "triplet": Sampler(pk_batches=True, id_loss=False, triplet_loss=True),
-            "softmax_triplet": Sampler(pk_batches=True, id_loss=True, triplet_loss=True)}
-# model.metric_loss_type -> (keeps the sampler's triplet loss, adds the center loss).
-METRIC_LOSSES = {"triplet": (True, False), "center": (False, True), "triplet_center": (True, True)}
+class MetricLoss(NamedTuple):
+    drops: Tuple[str, ...]  # LOSS_TERMS removed from the sampler's
+    adds: Tuple[str, ...]  # LOSS_TERMS added
+
+
+# dataset.sampler -> the batches it draws and the loss terms it trains with (TAO's meaning of the names).
+SAMPLERS = {"softmax": Sampler(pk_batches=False, terms=("id",)),
+            "triplet": Sampler(pk_batches=True, terms=("triplet",)),
+            "softmax_triplet": Sampler(pk_batches=True, terms=("id", "triplet"))}
+# model.metric_loss_type -> how it changes the sampler's terms (BoT: "center" replaces the triplet loss).
+METRIC_LOSSES = {"triplet": MetricLoss(drops=(), adds=()), "center": MetricLoss(drops=("triplet",), adds=("center",)),
+                 "triplet_center": MetricLoss(drops=(), adds=("center",))}
+# model.with_center_loss: True adds these terms to whatever was selected.
+WITH_CENTER_LOSS = ("center",)
 # model.backbone options per spec field (a field applies only to backbones whose entry lists its option).
 BACKBONE_OPTION_FIELDS = {"last_stride": "last_stride", "dropout_rate": "drop_rate", "drop_path": "drop_path_rate",
                           "att_drop_rate": "attn_drop_rate"}
@@ -72,7 +79,7 @@ def check_spec(config: DictConfig) -> None:
     _choice("train.optim.warmup_method", optim.warmup_method, WARMUP_METHODS)
     _choice("train.checkpoint_interval_unit", train.checkpoint_interval_unit, INTERVAL_UNITS)
     if train.checkpointer.monitor is not None:
-        _choice("train.checkpointer.monitor", train.checkpointer.monitor, METRIC_MODES)
+        _choice("train.checkpointer.monitor", train.checkpointer.monitor, metric_modes())
     _choice("evaluate.sampled_matches", config.evaluate.sampled_matches, QUERY_CHOICES)
     for section in ("train", "evaluate", "inference"):
         _choice(f"{section}.precision", config[section].precision, PRECISIONS)
@@ -82,7 +89,7 @@ def check_spec(config: DictConfig) -> None:
         optimizer_class(optim.name)
     except ValueError as error:
         raise ConfigError(f"train.optim.name: {error}") from None
-    loss_components(data.sampler, model.metric_loss_type, model.with_center_loss)
+    loss_terms(data.sampler, model.metric_loss_type, model.with_center_loss)
     if SAMPLERS[data.sampler].pk_batches:
         if data.batch_size % data.num_instances:
             raise ConfigError(f"dataset.batch_size={data.batch_size} must be divisible by "
@@ -106,19 +113,26 @@ def check_spec(config: DictConfig) -> None:
                           f"divisible by {entry.input_multiple}, got {model.input_height}x{model.input_width}")
 
 
-def loss_components(sampler: str, metric_loss_type: str, with_center_loss: bool) -> Tuple[bool, bool, bool]:
-    """(use_id, use_triplet, use_center) for dataset.sampler, model.metric_loss_type, model.with_center_loss.
+def loss_terms(sampler: str, metric_loss_type: str, with_center_loss: bool) -> Tuple[str, ...]:
+    """The LOSS_TERMS names (in the table's order) for dataset.sampler, model.metric_loss_type and
+    model.with_center_loss.
 
     The sampler decides ID and triplet; metric type "center" replaces the triplet loss by the center loss
     (BoT), "triplet_center" adds it, and with_center_loss adds it to whatever was selected.
     """
     _choice("dataset.sampler", sampler, SAMPLERS)
     _choice("model.metric_loss_type", metric_loss_type, METRIC_LOSSES)
-    use_id, sampler_triplet = SAMPLERS[sampler].id_loss, SAMPLERS[sampler].triplet_loss
-    keeps_triplet, adds_center = METRIC_LOSSES[metric_loss_type]
-    use_triplet = sampler_triplet and keeps_triplet
-    if not use_id and not use_triplet:
+    metric = METRIC_LOSSES[metric_loss_type]
+    chosen = (set(SAMPLERS[sampler].terms) - set(metric.drops)) | set(metric.adds)
+    if with_center_loss:
+        chosen |= set(WITH_CENTER_LOSS)
+    unknown = chosen - set(LOSS_TERMS)
+    if unknown:  # a table entry naming a term that is not registered: a programming error
+        raise ValueError(f"loss terms {sorted(unknown)} are not in LOSS_TERMS")
+    names = tuple(name for name in LOSS_TERMS if name in chosen)
+    if not any(LOSS_TERMS[name].standalone for name in names):
         # sampler triplet + metric center: only the center loss would remain, and alone it collapses.
-        raise ConfigError("dataset.sampler 'triplet' with model.metric_loss_type 'center' leaves only the "
-                          "center loss; use sampler softmax_triplet or metric_loss_type triplet_center")
-    return use_id, use_triplet, adds_center or bool(with_center_loss)
+        raise ConfigError(f"dataset.sampler {sampler!r} with model.metric_loss_type {metric_loss_type!r} leaves "
+                          f"only the {' and '.join(names)} loss; use sampler softmax_triplet or metric_loss_type "
+                          "triplet_center")
+    return names
