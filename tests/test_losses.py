@@ -241,6 +241,19 @@ def test_each_sampler_and_metric_loss_yields_taos_terms(combination):
         assert loss_terms(*combination) == expected
 
 
+def test_build_loss_takes_each_weight_from_the_field_its_term_names():
+    from reid_tao.build import build_loss, load_experiment
+
+    config = load_experiment(None, ["model.with_center_loss=true", "model.id_loss_weight=0.5",
+                                    "model.triplet_loss_weight=2.0", "train.optim.center_loss_weight=0.01",
+                                    "model.no_margin=true", "model.label_smooth=false"])
+    loss = build_loss(config, num_classes=5, feat_dim=6)
+    assert loss.names == ("id", "triplet", "center")
+    assert loss.weights == {"id": 0.5, "triplet": 2.0, "center": 0.01}
+    assert loss.term("triplet").margin is None and loss.term("id").epsilon == 0.0
+    assert tuple(loss.term("center").centers.shape) == (5, 6)
+
+
 def test_loss_terms_mapping_rejects_unknown_names():
     with pytest.raises(ConfigError, match="dataset.sampler"):
         loss_terms("random", "triplet", False)

@@ -74,8 +74,13 @@ def build_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss:
     names = loss_terms(data.sampler, model.metric_loss_type, model.with_center_loss)
     settings = LossSettings(num_classes=num_classes, feat_dim=feat_dim, label_smooth=model.label_smooth,
                             triplet_margin=None if model.no_margin else config.train.optim.triplet_loss_margin)
-    weights = {name: OmegaConf.select(config, LOSS_TERMS[name].weight_field, throw_on_missing=True)
-               for name in names if LOSS_TERMS[name].weight_field}
+    weights = {}
+    for name in names:
+        field = LOSS_TERMS[name].weight_field
+        if field:
+            weights[name] = OmegaConf.select(config, field, default=None)
+            if weights[name] is None:  # a programming error: the term names a field the schema lacks
+                raise ValueError(f"loss term {name!r} takes its weight from {field}, which is not a spec field")
     return build_reid_loss(names, settings, weights)
 
 
