@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from reid_tao.errors import ConfigError
 from reid_tao.engine.optim import build_center_optimizer
 from reid_tao.model.losses.center import CenterLoss
-from reid_tao.build import loss_components
+from reid_tao.build import loss_terms
+from reid_tao.model.losses import LOSS_TERMS, LossSettings, LossTerm, build_reid_loss
 from reid_tao.model.losses.combined import ReidLoss
 from reid_tao.model.losses.cross_entropy import IdLoss
 from reid_tao.model.losses.triplet import TripletLoss, pairwise_euclidean
@@ -21,6 +22,10 @@ LABELS = torch.tensor([0, 0, 1, 1])
 # Per anchor (d_ap, d_an): a0 (1, 3); a1 (1, sqrt 10); b0 (4, 3); b1 (4, min(5, sqrt 18) = sqrt 18).
 D_AP = torch.tensor([1.0, 1.0, 4.0, 4.0])
 D_AN = torch.tensor([3.0, math.sqrt(10.0), 3.0, math.sqrt(18.0)])
+
+
+def make_loss(names=("id", "triplet"), num_classes=4, feat_dim=6, triplet_margin=0.3, **weights) -> ReidLoss:
+    return build_reid_loss(names, LossSettings(num_classes, feat_dim, triplet_margin=triplet_margin), weights)
 
 
 def test_pairwise_distances_match_cdist_with_exact_zero_diagonal():
@@ -145,7 +150,7 @@ def test_losses_are_fp32_under_autocast(dtype):
     net = torch.nn.Linear(6, 4)
     x = torch.randn(8, 6)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    criterion = ReidLoss(num_classes=4, feat_dim=4, use_center=True)
+    criterion = make_loss(("id", "triplet", "center"), feat_dim=4)
     with torch.autocast(device_type="cpu", dtype=dtype):
         features = net(x)
         assert features.dtype == dtype  # autocast really is active
@@ -162,8 +167,7 @@ def test_reid_loss_components_and_weights():
     torch.manual_seed(0)
     logits, features = torch.randn(8, 4), torch.randn(8, 6)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    full = ReidLoss(4, 6, label_smooth=True, id_loss_weight=0.5, triplet_loss_weight=2.0, triplet_margin=0.3,
-                    use_id=True, use_triplet=True, use_center=True, center_loss_weight=0.01)
+    full = make_loss(("id", "triplet", "center"), id=0.5, triplet=2.0, center=0.01)
     out = full(logits, features, labels)
     assert set(out) == {"loss", "id_loss", "triplet_loss", "center_loss"}
     torch.testing.assert_close(out["id_loss"], IdLoss(True)(logits, labels))
@@ -173,20 +177,20 @@ def test_reid_loss_components_and_weights():
     torch.testing.assert_close(out["loss"], expected)
     assert full.center_parameters() == [full.center_loss.centers]
 
-    id_only = ReidLoss(4, 6, use_id=True, use_triplet=False)
+    id_only = make_loss(("id",))
     out = id_only(logits, features, labels)
     assert set(out) == {"loss", "id_loss"} and id_only.center_parameters() == []
     torch.testing.assert_close(out["loss"], out["id_loss"])
 
-    triplet_only = ReidLoss(4, 6, triplet_margin=None, use_id=False, use_triplet=True)
+    triplet_only = make_loss(("triplet",), triplet_margin=None)
     out = triplet_only(None, features, labels)
     assert set(out) == {"loss", "triplet_loss"}
     torch.testing.assert_close(out["loss"], TripletLoss(None)(features, labels))
 
-    with pytest.raises(ValueError):
-        ReidLoss(4, 6, use_id=False, use_triplet=False, use_center=True)
-    with pytest.raises(ValueError, match="triplet_loss_weight"):
-        ReidLoss(4, 6, triplet_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="cannot train alone"):
+        make_loss(("center",))
+    with pytest.raises(ValueError, match="triplet loss must be >= 0"):
+        make_loss(triplet=-1.0)
 
 
 def test_center_gradient_routing_matches_bot():
@@ -195,7 +199,7 @@ def test_center_gradient_routing_matches_bot():
     weight = 0.0005
     features = torch.randn(8, 6, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    criterion = ReidLoss(4, 6, use_id=False, use_triplet=True, use_center=True, center_loss_weight=weight)
+    criterion = make_loss(("triplet", "center"), center=weight)
     # Reference: plain center loss on copies.
     ref_features = features.detach().clone().requires_grad_(True)
     ref = CenterLoss(4, 6)
@@ -209,24 +213,56 @@ def test_center_gradient_routing_matches_bot():
     torch.testing.assert_close(criterion.center_loss.centers.grad, ref.centers.grad)
 
 
-def test_loss_components_mapping():
-    assert loss_components("softmax", "triplet", False) == (True, False, False)
-    assert loss_components("triplet", "triplet", False) == (False, True, False)
-    assert loss_components("softmax_triplet", "triplet", False) == (True, True, False)
-    assert loss_components("softmax_triplet", "triplet", True) == (True, True, True)
-    assert loss_components("softmax_triplet", "center", False) == (True, False, True)
-    assert loss_components("softmax_triplet", "triplet_center", False) == (True, True, True)
-    assert loss_components("softmax", "triplet_center", False) == (True, False, True)
+# Every dataset.sampler x model.metric_loss_type x model.with_center_loss -> TAO's terms (None: refused).
+EXPECTED_TERMS = {
+    ("softmax", "triplet", False): ("id",), ("softmax", "triplet", True): ("id", "center"),
+    ("softmax", "center", False): ("id", "center"), ("softmax", "center", True): ("id", "center"),
+    ("softmax", "triplet_center", False): ("id", "center"), ("softmax", "triplet_center", True): ("id", "center"),
+    ("triplet", "triplet", False): ("triplet",), ("triplet", "triplet", True): ("triplet", "center"),
+    ("triplet", "center", False): None, ("triplet", "center", True): None,
+    ("triplet", "triplet_center", False): ("triplet", "center"),
+    ("triplet", "triplet_center", True): ("triplet", "center"),
+    ("softmax_triplet", "triplet", False): ("id", "triplet"),
+    ("softmax_triplet", "triplet", True): ("id", "triplet", "center"),
+    ("softmax_triplet", "center", False): ("id", "center"), ("softmax_triplet", "center", True): ("id", "center"),
+    ("softmax_triplet", "triplet_center", False): ("id", "triplet", "center"),
+    ("softmax_triplet", "triplet_center", True): ("id", "triplet", "center"),
+}
+
+
+@pytest.mark.parametrize("combination", list(EXPECTED_TERMS))
+def test_each_sampler_and_metric_loss_yields_taos_terms(combination):
+    expected = EXPECTED_TERMS[combination]
+    if expected is None:
+        with pytest.raises(ConfigError, match="dataset.sampler 'triplet' with model.metric_loss_type 'center' "
+                                              "leaves only the center loss"):
+            loss_terms(*combination)
+    else:
+        assert loss_terms(*combination) == expected
+
+
+def test_build_loss_takes_each_weight_from_the_field_its_term_names():
+    from reid_tao.build import build_loss, load_experiment
+
+    config = load_experiment(None, ["model.with_center_loss=true", "model.id_loss_weight=0.5",
+                                    "model.triplet_loss_weight=2.0", "train.optim.center_loss_weight=0.01",
+                                    "model.no_margin=true", "model.label_smooth=false"])
+    loss = build_loss(config, num_classes=5, feat_dim=6)
+    assert loss.names == ("id", "triplet", "center")
+    assert loss.weights == {"id": 0.5, "triplet": 2.0, "center": 0.01}
+    assert loss.term("triplet").margin is None and loss.term("id").epsilon == 0.0
+    assert tuple(loss.term("center").centers.shape) == (5, 6)
+
+
+def test_loss_terms_mapping_rejects_unknown_names():
     with pytest.raises(ConfigError, match="dataset.sampler"):
-        loss_components("random", "triplet", False)
-    with pytest.raises(ConfigError, match="only the center loss"):
-        loss_components("triplet", "center", False)
+        loss_terms("random", "triplet", False)
     with pytest.raises(ConfigError, match="metric_loss_type"):
-        loss_components("softmax", "arcface", False)
+        loss_terms("softmax", "arcface", False)
 
 
 def test_losses_pickle_and_state_dict():
-    criterion = ReidLoss(4, 6, use_center=True)
+    criterion = make_loss(("id", "triplet", "center"))
     clone = pickle.loads(pickle.dumps(criterion))
     torch.testing.assert_close(clone.center_loss.centers, criterion.center_loss.centers)
     assert list(criterion.state_dict()) == ["center_loss.centers"]
@@ -236,7 +272,7 @@ def test_losses_pickle_and_state_dict():
     "cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_reid_loss_runs_on_the_device_of_its_inputs(device):
     torch.manual_seed(0)
-    criterion = ReidLoss(4, 6, use_center=True).to(device)
+    criterion = make_loss(("id", "triplet", "center")).to(device)
     logits = torch.randn(8, 4, device=device, requires_grad=True)
     features = torch.randn(8, 6, device=device, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3], device=device)
@@ -245,3 +281,58 @@ def test_reid_loss_runs_on_the_device_of_its_inputs(device):
     out["loss"].backward()
     assert all(v.device.type == device and v.dtype == torch.float32 for v in out.values())
     assert features.grad.device.type == device and criterion.center_loss.centers.grad is not None
+
+
+class SpreadTerm(LossTerm):
+    """A made-up term for the tests: mean squared feature norm (needs nothing but the features)."""
+
+    def value(self, logits, features, targets):
+        return features.float().pow(2).sum(dim=1).mean()
+
+
+def test_a_term_registered_in_the_table_is_summed_and_returned_by_name(monkeypatch):
+    monkeypatch.setitem(LOSS_TERMS, "spread", SpreadTerm)
+    torch.manual_seed(0)
+    logits, features = torch.randn(8, 4), torch.randn(8, 6)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    criterion = make_loss(("id", "spread"), spread=0.25)
+    out = criterion(logits, features, labels)
+    assert set(out) == {"loss", "id_loss", "spread_loss"}
+    torch.testing.assert_close(out["spread_loss"], features.pow(2).sum(dim=1).mean())
+    torch.testing.assert_close(out["loss"], out["id_loss"] + 0.25 * out["spread_loss"])
+
+
+@pytest.mark.slow
+def test_a_registered_term_is_trained_logged_and_monitorable_without_other_edits(tiny_market, tmp_path,
+                                                                                monkeypatch):
+    """One table entry (plus the spec value that selects it) is all a new loss needs."""
+    import pytorch_lightning as pl
+
+    from reid_tao.build import METRIC_LOSSES, MetricLoss, build_datamodule, build_module, load_experiment
+    from reid_tao.engine.metric_names import metric_modes
+    from reid_tao.engine.status import kpi_from
+
+    from helpers import tiny_overrides
+
+    monkeypatch.setitem(LOSS_TERMS, "spread", SpreadTerm)
+    monkeypatch.setitem(METRIC_LOSSES, "triplet_spread", MetricLoss(drops=(), adds=("spread",)))
+    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
+        "model.metric_loss_type": "triplet_spread", "train.checkpointer.monitor": "train_spread_loss",
+        "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null", "dataset.pipeline": "gpu"}))
+    assert metric_modes()["train_spread_loss"] == "min"
+    pl.seed_everything(0, verbose=False)
+    datamodule = build_datamodule(config)
+    datamodule.setup("fit")
+    module = build_module(config, datamodule.num_classes)
+    assert module.loss.names == ("id", "triplet", "spread")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False)
+    trainer.fit(module, datamodule=datamodule)
+    logged = trainer.callback_metrics
+    assert {"train_loss", "train_id_loss", "train_triplet_loss", "train_spread_loss"} <= set(logged)
+    assert float(logged["train_spread_loss"]) > 0
+    # weight 1 (the term names no weight field): the total is the sum of the three epoch means
+    total = sum(float(logged[name]) for name in ("train_id_loss", "train_triplet_loss", "train_spread_loss"))
+    assert float(logged["train_loss"]) == pytest.approx(total, rel=1e-5)
+    assert "train_loss" in kpi_from(dict(logged))

@@ -117,6 +117,9 @@ def test_query_without_match_is_skipped_and_counted():
     assert result.num_valid_query == 1
     assert result.mAP == pytest.approx(0.5)
     np.testing.assert_allclose(result.cmc, [0, 1, 1])
+    # the has-a-true-match mask the sampled-matches figure draws from comes with the ranking
+    np.testing.assert_array_equal(result.valid_query, [True, False, False])
+    np.testing.assert_array_equal(np.isnan(result.query_ap), ~result.valid_query)
 
 
 def test_ties_are_broken_by_gallery_index():
@@ -134,6 +137,7 @@ def test_distractors_never_match_even_for_a_distractor_query():
     distmat = np.array([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]])
     result = evaluate_rankings(distmat, [0, 3], [0, 0, 3], [0, 0], [1, 1, 1], max_rank=3)
     assert result.num_valid_query == 1  # the id-0 query has no true match
+    np.testing.assert_array_equal(result.valid_query, [False, True])
     assert result.mAP == pytest.approx(1 / 3)
 
 
@@ -433,3 +437,26 @@ def test_benchmark_data_is_market_like_and_every_query_can_match(capsys):
     benchmark.main(["metrics", "--num-query", "20", "--num-gallery", "120", "--dim", "8"])
     line = json.loads(capsys.readouterr().out.strip())
     assert line["task"] == "metrics" and line["metrics_seconds"] >= 0 and line["device"] == "cpu"
+
+
+def test_evaluate_features_computes_every_ranking_once_into_the_result():
+    from types import SimpleNamespace
+
+    from reid_tao.evaluation.distance import pairwise_distance
+    from reid_tao.evaluation.result import evaluate_features
+
+    torch.manual_seed(0)
+    query = [SimpleNamespace(pid=p, camid=0) for p in (1, 2, 3)]
+    gallery = [SimpleNamespace(pid=p, camid=c) for p, c in ((1, 1), (2, 0), (3, 1), (3, 2), (0, 1), (4, 1))]
+    features = torch.randn(len(query) + len(gallery), 8)
+    plain = evaluate_features(features, query, gallery, max_rank=5)
+    assert list(plain.rankings) == ["plain"] and plain.shown_name == "plain" and plain.max_rank == 5
+    torch.testing.assert_close(plain.distances, pairwise_distance(features[:3], features[3:]))
+    np.testing.assert_array_equal(plain.valid_query, [True, False, True])  # id 2 only on its own camera
+    assert plain.valid_query is plain.plain.valid_query
+    assert len(plain.plain.cmc) == 10  # Rank-10 is always available
+
+    both = evaluate_features(features, query, gallery, max_rank=5, re_rank=dict(k1=3, k2=1, lambda_value=0.3))
+    assert list(both.rankings) == ["plain", "re-ranked"] and both.shown is both.rankings["re-ranked"]
+    assert both.plain.mAP == plain.plain.mAP and np.array_equal(both.plain.cmc, plain.plain.cmc)
+    assert not torch.equal(both.distances, plain.distances)  # the figures show the re-ranked distances

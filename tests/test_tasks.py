@@ -45,6 +45,28 @@ def test_evaluate_writes_metrics_and_plots(tiny_market, trained, tmp_path, capsy
             assert image.format == "PNG"
 
 
+def test_a_writer_registered_in_the_table_is_called_with_the_result(tiny_market, trained, tmp_path, monkeypatch):
+    from reid_tao.build import load_experiment
+    from reid_tao.evaluation.result import EvaluationResult
+    from reid_tao.tasks import evaluate, evaluate_outputs
+
+    seen = []
+
+    def write_rank1(result, out):  # a new output: one function ...
+        seen.append(result)
+        path = out.results_dir / "rank1.txt"
+        path.write_text(f"{result.plain.cmc[0]:.4f}\n")
+        return path
+
+    monkeypatch.setitem(evaluate_outputs.EVALUATE_WRITERS, "rank-1 text", write_rank1)  # ... and one entry
+    result = evaluate.run(load_experiment(None, eval_overrides(tiny_market, tmp_path, trained)))
+    assert isinstance(result, EvaluationResult) and seen == [result]
+    assert (tmp_path / "evaluate" / "rank1.txt").read_text() == f"{result.plain.cmc[0]:.4f}\n"
+    assert "rank1.txt" in (tmp_path / "evaluate" / "evaluate.log").read_text().splitlines()[-1]
+    metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())  # the others still ran
+    assert metrics["mAP"] == pytest.approx(result.plain.mAP)
+
+
 def test_evaluate_prefers_evaluate_folders_and_never_inference(tiny_market, trained, tmp_path, capsys):
     # evaluate.* folders win over dataset.*; inference.* folders are never read (TAO bug B6).
     code = main(["evaluate"] + eval_overrides(tiny_market, tmp_path, trained,
@@ -157,19 +179,21 @@ def test_swin_tiny_trains_and_exports_through_the_cli(tiny_market, tmp_path, cap
 def test_evaluate_sampled_matches_worst_shows_the_lowest_ap_queries(tiny_market, trained, tmp_path, monkeypatch,
                                                                       capsys):
     from reid_tao.build import load_experiment
-    from reid_tao.tasks import evaluate
+    from reid_tao.tasks import evaluate, evaluate_outputs
 
     # The option and the per-query AP reach the row choice (its own test proves the lowest-AP selection),
     # and the figure labels each row with its AP.
     calls, shown = [], {}
-    real = evaluate.choose_query_rows
-    monkeypatch.setattr(evaluate, "choose_query_rows", lambda *a, **k: calls.append(k) or real(*a, **k))
-    monkeypatch.setattr(evaluate, "plot_sampled_matches",
+    real = evaluate_outputs.choose_query_rows
+    monkeypatch.setattr(evaluate_outputs, "choose_query_rows", lambda *a, **k: calls.append(k) or real(*a, **k))
+    monkeypatch.setattr(evaluate_outputs, "plot_sampled_matches",
                         lambda queries, *args, query_labels, **kwargs: shown.update(labels=query_labels))
     results = evaluate.run(load_experiment(None, eval_overrides(tiny_market, tmp_path, trained, "re_ranking.num_query=2",
                                                                 "evaluate.sampled_matches=worst")))
-    assert calls[0]["choice"] == "worst" and calls[0]["query_ap"] is results["plain"].query_ap
-    worst = np.sort(results["plain"].query_ap)[:2]
+    assert calls[0]["choice"] == "worst" and calls[0]["query_ap"] is results.plain.query_ap
+    # the candidates are the ranking's own has-a-true-match mask, not a second computation
+    assert calls[0]["candidates"] is results.valid_query is results.plain.valid_query
+    worst = np.sort(results.plain.query_ap)[:2]
     assert [float(label.rsplit("AP ", 1)[1]) for label in shown["labels"]] == pytest.approx(worst, abs=0.005)
     assert main(["evaluate"] + eval_overrides(tiny_market, tmp_path, trained, "evaluate.sampled_matches=best")) == 2
     assert "evaluate.sampled_matches='best' is not supported" in capsys.readouterr().err

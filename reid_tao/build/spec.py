@@ -14,20 +14,28 @@ from ..config.loader import closest_hint, load_config, schema_config
 from ..engine.optim import optimizer_class
 from ..errors import ConfigError
 from ..model.backbones import BACKBONES
+from ..model.losses import LOSS_TERMS
 
 
 class Sampler(NamedTuple):
     pk_batches: bool  # PK batches (else shuffled: most anchors of a shuffled batch have no positive)
-    id_loss: bool
-    triplet_loss: bool
+    terms: Tuple[str, ...]  # the LOSS_TERMS it trains with
 
 
-# dataset.sampler -> the batches it draws and the losses it trains with (TAO's meaning of the names).
-SAMPLERS = {"softmax": Sampler(pk_batches=False, id_loss=True, triplet_loss=False),
-            "triplet": Sampler(pk_batches=True, id_loss=False, triplet_loss=True),
-            "softmax_triplet": Sampler(pk_batches=True, id_loss=True, triplet_loss=True)}
-# model.metric_loss_type -> (keeps the sampler's triplet loss, adds the center loss).
-METRIC_LOSSES = {"triplet": (True, False), "center": (False, True), "triplet_center": (True, True)}
+class MetricLoss(NamedTuple):
+    drops: Tuple[str, ...]  # LOSS_TERMS removed from the sampler's
+    adds: Tuple[str, ...]  # LOSS_TERMS added
+
+
+# dataset.sampler -> the batches it draws and the loss terms it trains with (TAO's meaning of the names).
+SAMPLERS = {"softmax": Sampler(pk_batches=False, terms=("id",)),
+            "triplet": Sampler(pk_batches=True, terms=("triplet",)),
+            "softmax_triplet": Sampler(pk_batches=True, terms=("id", "triplet"))}
+# model.metric_loss_type -> how it changes the sampler's terms (BoT: "center" replaces the triplet loss).
+METRIC_LOSSES = {"triplet": MetricLoss(drops=(), adds=()), "center": MetricLoss(drops=("triplet",), adds=("center",)),
+                 "triplet_center": MetricLoss(drops=(), adds=("center",))}
+# model.with_center_loss: True adds these terms to whatever was selected.
+WITH_CENTER_LOSS = ("center",)
 # model.backbone options per spec field (a field applies only to backbones whose entry lists its option).
 BACKBONE_OPTION_FIELDS = {"last_stride": "last_stride", "dropout_rate": "drop_rate", "drop_path": "drop_path_rate",
                           "att_drop_rate": "attn_drop_rate"}
@@ -43,12 +51,14 @@ def load_experiment(spec_path: Optional[str], overrides: List[str] = ()) -> Dict
 
 
 def resolve_choices(choices: Choices) -> Tuple[Any, ...]:
-    """A field's choices: the literal tuple, or the keys (items) of the table named "module:TABLE"."""
+    """A field's choices: the literal tuple, or the keys (items) of the table named "module:TABLE" (a function
+    named so is called: its table is derived, e.g. the metric names from the loss terms)."""
     literal = literal_choices(choices)
     if literal is not None:
         return literal
     module, _, name = choices.partition(":")
-    return tuple(getattr(importlib.import_module(module), name))
+    table = getattr(importlib.import_module(module), name)
+    return tuple(table() if callable(table) else table)
 
 
 def check_choice(path: str, value, found: Optional[SpecField] = None) -> None:
@@ -76,7 +86,7 @@ def check_spec(config: DictConfig) -> None:
         optimizer_class(optim.name)
     except ValueError as error:
         raise ConfigError(f"train.optim.name: {error}") from None
-    loss_components(data.sampler, model.metric_loss_type, model.with_center_loss)
+    loss_terms(data.sampler, model.metric_loss_type, model.with_center_loss)
     if SAMPLERS[data.sampler].pk_batches:
         if data.batch_size % data.num_instances:
             raise ConfigError(f"dataset.batch_size={data.batch_size} must be divisible by "
@@ -100,19 +110,26 @@ def check_spec(config: DictConfig) -> None:
                           f"divisible by {entry.input_multiple}, got {model.input_height}x{model.input_width}")
 
 
-def loss_components(sampler: str, metric_loss_type: str, with_center_loss: bool) -> Tuple[bool, bool, bool]:
-    """(use_id, use_triplet, use_center) for dataset.sampler, model.metric_loss_type, model.with_center_loss.
+def loss_terms(sampler: str, metric_loss_type: str, with_center_loss: bool) -> Tuple[str, ...]:
+    """The LOSS_TERMS names (in the table's order) for dataset.sampler, model.metric_loss_type and
+    model.with_center_loss.
 
     The sampler decides ID and triplet; metric type "center" replaces the triplet loss by the center loss
     (BoT), "triplet_center" adds it, and with_center_loss adds it to whatever was selected.
     """
     check_choice("dataset.sampler", sampler)
     check_choice("model.metric_loss_type", metric_loss_type)
-    use_id, sampler_triplet = SAMPLERS[sampler].id_loss, SAMPLERS[sampler].triplet_loss
-    keeps_triplet, adds_center = METRIC_LOSSES[metric_loss_type]
-    use_triplet = sampler_triplet and keeps_triplet
-    if not use_id and not use_triplet:
+    metric = METRIC_LOSSES[metric_loss_type]
+    chosen = (set(SAMPLERS[sampler].terms) - set(metric.drops)) | set(metric.adds)
+    if with_center_loss:
+        chosen |= set(WITH_CENTER_LOSS)
+    unknown = chosen - set(LOSS_TERMS)
+    if unknown:  # a table entry naming a term that is not registered: a programming error
+        raise ValueError(f"loss terms {sorted(unknown)} are not in LOSS_TERMS")
+    names = tuple(name for name in LOSS_TERMS if name in chosen)
+    if not any(LOSS_TERMS[name].standalone for name in names):
         # sampler triplet + metric center: only the center loss would remain, and alone it collapses.
-        raise ConfigError("dataset.sampler 'triplet' with model.metric_loss_type 'center' leaves only the "
-                          "center loss; use sampler softmax_triplet or metric_loss_type triplet_center")
-    return use_id, use_triplet, adds_center or bool(with_center_loss)
+        raise ConfigError(f"dataset.sampler {sampler!r} with model.metric_loss_type {metric_loss_type!r} leaves "
+                          f"only the {' and '.join(names)} loss; use sampler softmax_triplet or metric_loss_type "
+                          "triplet_center")
+    return names

@@ -8,12 +8,13 @@ from omegaconf import DictConfig, OmegaConf
 from ..config.notices import warmup_length
 from ..data.datamodule import AugmentSettings, LoaderSettings, ReidDataModule
 from ..data.preprocessing import Preprocessing
-from ..engine.module import METRIC_MODES, VALIDATION_METRICS, ReidModule
+from ..engine.metric_names import VALIDATION_METRICS, metric_modes
+from ..engine.module import ReidModule
 from ..model.backbones import BACKBONES, BackboneOptions
 from ..model.baseline import Baseline
-from ..model.losses import ReidLoss
+from ..model.losses import LOSS_TERMS, LossSettings, ReidLoss, build_reid_loss
 from .pretrained import PRETRAINED_LOADERS
-from .spec import SAMPLERS, loss_components
+from .spec import SAMPLERS, loss_terms
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,19 @@ def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = Tr
 
 
 def build_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss:
-    model, data, optim = config.model, config.dataset, config.train.optim
-    use_id, use_triplet, use_center = loss_components(data.sampler, model.metric_loss_type, model.with_center_loss)
-    return ReidLoss(num_classes=num_classes, feat_dim=feat_dim, label_smooth=model.label_smooth,
-                    id_loss_weight=model.id_loss_weight, triplet_loss_weight=model.triplet_loss_weight,
-                    triplet_margin=None if model.no_margin else optim.triplet_loss_margin,
-                    use_id=use_id, use_triplet=use_triplet, use_center=use_center,
-                    center_loss_weight=optim.center_loss_weight)
+    """The chosen LOSS_TERMS, each weighted by the spec field its class names (weight_field)."""
+    model, data = config.model, config.dataset
+    names = loss_terms(data.sampler, model.metric_loss_type, model.with_center_loss)
+    settings = LossSettings(num_classes=num_classes, feat_dim=feat_dim, label_smooth=model.label_smooth,
+                            triplet_margin=None if model.no_margin else config.train.optim.triplet_loss_margin)
+    weights = {}
+    for name in names:
+        field = LOSS_TERMS[name].weight_field
+        if field:
+            weights[name] = OmegaConf.select(config, field, default=None)
+            if weights[name] is None:  # a programming error: the term names a field the schema lacks
+                raise ValueError(f"loss term {name!r} takes its weight from {field}, which is not a spec field")
+    return build_reid_loss(names, settings, weights)
 
 
 def optimizer_arguments(config: DictConfig) -> Dict[str, Any]:
@@ -103,7 +110,7 @@ def checkpoint_settings(config: DictConfig) -> Dict[str, Any]:
     best = None
     if chosen.enable_topk:
         monitor = chosen.monitor or "mAP"
-        best = dict(monitor=monitor, mode=chosen.mode or METRIC_MODES[monitor], save_top_k=chosen.save_top_k,
+        best = dict(monitor=monitor, mode=chosen.mode or metric_modes()[monitor], save_top_k=chosen.save_top_k,
                     filename=chosen.filename, dirpath=chosen.dirpath,
                     auto_insert_metric_name=chosen.auto_insert_metric_name,
                     save_on_train_epoch_end=monitor not in VALIDATION_METRICS)

@@ -168,7 +168,7 @@ class CheckpointerConfig:
     enable_topk: bool = spec_field(False, help="keep the best save_top_k checkpoints by monitor")
     replace_periodic: bool = spec_field(False, help=(
         "true: no model_epoch_* history, only the best-k files (and the latest)"))
-    monitor: Optional[str] = spec_field(None, choices="reid_tao.engine.module:METRIC_MODES", help=(
+    monitor: Optional[str] = spec_field(None, choices="reid_tao.engine.metric_names:metric_modes", help=(
         "metric that ranks the checkpoints; None: mAP (validation)"))
     mode: Optional[str] = spec_field(None, choices=("min", "max"), help=(
         "None: max for accuracies and mAP, min for losses"))
@@ -299,7 +299,7 @@ class TuneConfig:
         "finished (complete or pruned) trials to reach; running again continues the study"))
     time_budget_minutes: float = spec_field(0.0, bounds=NON_NEGATIVE, new=True, help=(
         "0: no limit; the finished trials' training minutes, checked between trials"))
-    metric: str = spec_field("mAP", choices="reid_tao.engine.module:VALIDATION_METRICS", new=True, help=(
+    metric: str = spec_field("mAP", choices="reid_tao.engine.metric_names:VALIDATION_METRICS", new=True, help=(
         "the validation metric to optimise, in its direction"))
     sampler: str = spec_field("tpe", choices="reid_tao.engine.tuning:SAMPLERS", new=True, help=(
         "Optuna sampler, seeded with tune.seed"))

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..evaluation.features import embed
+from .metric_names import train_name, validation_values
 from .optim import build_center_optimizer, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -18,13 +19,6 @@ _RANK_SEED_STRIDE = 1_000_003
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The global-RNG seed of one epoch on one process: reproducible, different per epoch and per rank."""
     return (seed + epoch + rank * _RANK_SEED_STRIDE) % 2**32
-
-
-# Logged metric names (TAO's) -> the direction that is better, for train.checkpointer.monitor / mode.
-METRIC_MODES = {"train_loss": "min", "train_id_loss": "min", "train_triplet_loss": "min", "train_center_loss": "min",
-                "train_acc_1": "max", "mAP": "max", "mINP": "max", "cmc_rank_1": "max",
-                "cmc_rank_5": "max", "cmc_rank_10": "max"}
-VALIDATION_METRICS = ("mAP", "mINP", "cmc_rank_1", "cmc_rank_5", "cmc_rank_10")
 
 
 class ReidModule(pl.LightningModule):
@@ -43,7 +37,7 @@ class ReidModule(pl.LightningModule):
         self.seed, self.flip_feature, self.max_rank, self.num_query = seed, flip_feature, max_rank, num_query
         self.metadata = metadata or {}
         self.compile_model, self.channels_last = compile_model, channels_last
-        if loss.id_loss is None:
+        if not loss.needs_logits:
             model.freeze_id_head()  # no ID loss: parameters without gradients would break DDP
         # Not registered as a submodule, so checkpoints keep the plain `model.` keys.
         self.__dict__["_train_forward"] = self.model
@@ -99,9 +93,9 @@ class ReidModule(pl.LightningModule):
         if center_scale is not None:
             self._step_centers(optimizers[1].optimizer, center_scale)
         # TAO's scalar names: train_loss, train_acc_1 (and train_id_loss, train_triplet_loss, ...)
-        metrics = {f"train_{name}": value.detach() for name, value in losses.items()}
+        metrics = {train_name(name): value.detach() for name, value in losses.items()}
         if logits is not None:
-            metrics["train_acc_1"] = (logits.detach().argmax(dim=1) == labels).float().mean()
+            metrics[train_name("acc_1")] = (logits.detach().argmax(dim=1) == labels).float().mean()
         # Epoch means accumulate on the device; nothing here reads a value back to the host (a per-step
         # prog_bar metric would: Lightning turns those into Python numbers after every step).
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False, batch_size=labels.shape[0],
@@ -182,8 +176,7 @@ class ReidModule(pl.LightningModule):
                                  camids[q:], max_rank=max(self.max_rank, 10))
         summed = self.trainer.strategy.reduce(local.to_vector(self.device), reduce_op="sum")
         result = RankSums.from_vector(summed, local.num_gallery).metrics()
-        self.log_dict({"mAP": result.mAP, "mINP": result.mINP, "cmc_rank_1": float(result.cmc[0]),
-                       "cmc_rank_5": float(result.cmc[4]), "cmc_rank_10": float(result.cmc[9])})
+        self.log_dict(validation_values(result))
         self._last_val_epoch = self.current_epoch + 1
 
     # -- checkpoint ----------------------------------------------------------------------------------

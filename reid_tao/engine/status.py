@@ -14,12 +14,10 @@ from typing import Any, Dict, Optional
 import pytorch_lightning as pl
 
 from ..io import append_line
+from .metric_names import VALIDATION_METRICS, kpi_names
 
 STARTED, RUNNING, SUCCESS, FAILURE = "STARTED", "RUNNING", "SUCCESS", "FAILURE"
 STATUS_FILE = "status.json"
-# Lightning metric name -> TAO's status.json KPI name
-KPI_NAMES = {"train_loss": "train_loss", "train_acc_1": "train_acc", "mAP": "mAP", "cmc_rank_1": "cmc_rank_1",
-             "cmc_rank_5": "cmc_rank_5", "cmc_rank_10": "cmc_rank_10"}
 
 
 class StatusFile:
@@ -46,7 +44,7 @@ class StatusFile:
 
 def kpi_from(metrics: Dict[str, Any]) -> Dict[str, float]:
     """The TAO KPIs among Lightning's logged metrics, as plain floats."""
-    return {kpi: float(metrics[name]) for name, kpi in KPI_NAMES.items() if name in metrics}
+    return {kpi: float(metrics[name]) for name, kpi in kpi_names().items() if name in metrics}
 
 
 class StatusCallback(pl.Callback):
@@ -71,7 +69,7 @@ class StatusCallback(pl.Callback):
         remaining = trainer.max_epochs - 1 - trainer.current_epoch
         validated = trainer.current_epoch + 1 == getattr(module, "_last_val_epoch", 0)
         metrics = {name: value for name, value in trainer.callback_metrics.items()
-                   if validated or not name.startswith(("mAP", "cmc_rank", "mINP"))}
+                   if validated or name not in VALIDATION_METRICS}
         self.status.kpi = kpi_from(metrics)
         self.status.write(RUNNING, "Training loop in progress", epoch=trainer.current_epoch,
                           step=trainer.global_step, max_epoch=trainer.max_epochs - 1,

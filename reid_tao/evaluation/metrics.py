@@ -47,6 +47,8 @@ class RankMetrics:
     num_valid_query: int
     # Average precision of each query (NaN for skipped ones); not part of as_dict() / metrics.json.
     query_ap: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # Which queries have a true match (id > 0, seen by another camera in the gallery): the valid ones.
+    valid_query: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-Python dict. rank5/rank10 are always present: when the CMC is shorter they take its
@@ -165,6 +167,8 @@ class RankSums:
     num_gallery: int
     # AP of each of these queries (NaN for skipped ones), for the sampled-matches figure; not summed.
     query_ap: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # Which of these queries have a true match (bool), for the sampled-matches figure; not summed.
+    valid_query: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_vector(self, device: torch.device | str = "cpu") -> Tensor:
         """float64 [ap_sum, inp_sum, num_valid, num_query, *cmc_counts]: one tensor for one all_reduce(SUM)
@@ -191,7 +195,8 @@ class RankSums:
                             "the query and gallery folders")
         return RankMetrics(cmc=np.cumsum(self.cmc_counts) / self.num_valid, mAP=self.ap_sum / self.num_valid,
                            mINP=self.inp_sum / self.num_valid, num_query=self.num_query,
-                           num_gallery=self.num_gallery, num_valid_query=self.num_valid, query_ap=self.query_ap)
+                           num_gallery=self.num_gallery, num_valid_query=self.num_valid, query_ap=self.query_ap,
+                           valid_query=self.valid_query)
 
 
 def evaluate_rankings(
@@ -270,7 +275,8 @@ def rank_sums(
                     inp_sum=float(results.inp[valid].to(torch.float64).sum()),
                     cmc_counts=cmc_counts.cpu().numpy().astype(np.int64), num_valid=num_valid,
                     num_query=num_query, num_gallery=num_gallery,
-                    query_ap=torch.where(valid, results.ap, float("nan")).cpu().numpy())
+                    query_ap=torch.where(valid, results.ap, float("nan")).cpu().numpy(),
+                    valid_query=valid.cpu().numpy())
 
 
 def _no_valid_query_reason(query_pids: Tensor, num_query: int, num_gallery: int) -> str:

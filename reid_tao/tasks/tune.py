@@ -17,7 +17,7 @@ from ..config.search_space import Param, parse_space
 from ..config.validate import validate_config
 from ..data.val_split import GALLERY_FOLDER, QUERY_FOLDER, SPLIT_FILE, TRAIN_FOLDER, make_val_split
 from ..engine.devices import plan_devices
-from ..engine.module import METRIC_MODES
+from ..engine.metric_names import metric_modes
 from ..engine.status import RUNNING, StatusFile
 from ..engine.tuning import PRUNERS, SAMPLERS, ValidationReporter
 from ..errors import ConfigError, DataError, Preempted
@@ -216,7 +216,7 @@ def run(config: DictConfig, status: StatusFile) -> Path:
     results = prepare_task(config, "tune")
     base = _trial_base(config, _validation_root(config, results))
     _check_ends(base, params)
-    maximize = METRIC_MODES[tune.metric] == "max"
+    maximize = metric_modes()[tune.metric] == "max"
     num_epochs = config.train.num_epochs
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(

@@ -1,10 +1,32 @@
-"""Losses: ID (cross entropy, label smoothing), batch-hard triplet, center, and their weighted sum."""
+"""Losses: ID (cross entropy, label smoothing), batch-hard triplet, center, and their weighted sum.
+
+``LOSS_TERMS`` is the one table of loss terms: a term registered here can be selected by name, is summed by
+``ReidLoss`` and is logged, monitored and reported as ``train_<name>_loss`` (see docs/contributing.md).
+"""
+from typing import Dict, Mapping, Optional, Sequence, Type
+
 from .center import CenterLoss
-from .combined import ReidLoss
+from .combined import ReidLoss, value_name
 from .cross_entropy import IdLoss
+from .term import LossSettings, LossTerm
 from .triplet import TripletLoss
 
+# term name -> the term's class (in summing order).
+LOSS_TERMS: Dict[str, Type[LossTerm]] = {"id": IdLoss, "triplet": TripletLoss, "center": CenterLoss}
 # model.id_loss_type -> the ID loss (TAO's margin heads are broken, bug B4, and not implemented).
 ID_LOSSES = {"softmax": IdLoss}
 
-__all__ = ["CenterLoss", "ID_LOSSES", "IdLoss", "ReidLoss", "TripletLoss"]
+
+def build_reid_loss(names: Sequence[str], settings: LossSettings,
+                    weights: Optional[Mapping[str, float]] = None) -> ReidLoss:
+    """ReidLoss over the named terms of ``LOSS_TERMS`` (summed in the table's order)."""
+    unknown = [name for name in names if name not in LOSS_TERMS]
+    if unknown:
+        raise ValueError(f"unknown loss terms {unknown}; known: {list(LOSS_TERMS)}")
+    chosen = [name for name in LOSS_TERMS if name in names]
+    return ReidLoss({name: LOSS_TERMS[name].from_settings(settings) for name in chosen},
+                    {name: weight for name, weight in (weights or {}).items() if name in chosen})
+
+
+__all__ = ["CenterLoss", "ID_LOSSES", "IdLoss", "LOSS_TERMS", "LossSettings", "LossTerm", "ReidLoss",
+           "TripletLoss", "build_reid_loss", "value_name"]

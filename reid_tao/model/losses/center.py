@@ -9,6 +9,8 @@ steps it (bug B2). Computed in fp32 with autocast disabled: under fp16 the squar
 import torch
 from torch import nn
 
+from .term import LossSettings, LossTerm
+
 
 MIN_SQUARED_DISTANCE = 1e-12
 MAX_SQUARED_DISTANCE = 1e12
@@ -30,13 +32,25 @@ def center_loss(features: torch.Tensor, targets: torch.Tensor, centers: torch.Te
         return squared.clamp(min=MIN_SQUARED_DISTANCE, max=MAX_SQUARED_DISTANCE).mean()
 
 
-class CenterLoss(nn.Module):
+class CenterLoss(LossTerm):
     """Mean squared distance between each feature and the center of its identity.
 
     Args:
         num_classes: number of training identities.
         feat_dim: dimension of the features the loss is applied to.
+
+    Center gradients: the centers receive the gradient of the *unweighted* loss, the features the weighted
+    one (see :meth:`weighted`). This is what BoT obtains by dividing the center gradients by the weight
+    before stepping the center optimiser; here it is built into the graph, so the engine just calls
+    ``backward()`` on the total and steps both optimisers. It must NOT rescale the center gradients again.
     """
+
+    standalone = False  # alone it collapses: every feature moves to its (moving) center
+    weight_field = "train.optim.center_loss_weight"
+
+    @classmethod
+    def from_settings(cls, settings: LossSettings) -> "CenterLoss":
+        return cls(settings.num_classes, settings.feat_dim)
 
     def __init__(self, num_classes: int, feat_dim: int):
         super().__init__()
@@ -49,6 +63,19 @@ class CenterLoss(nn.Module):
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Scalar fp32 loss for (N, feat_dim) ``features`` and (N,) integer ``targets``."""
         return center_loss(features, targets, self.centers)
+
+    def value(self, logits, features, targets):
+        return self(features, targets)
+
+    def weighted(self, weight, logits, features, targets):
+        # Same value L twice; the first sends weight * dL/df to the features only, the second dL/dc to the
+        # centers only (value cancelled, so the total is weight * L).
+        for_features = center_loss(features, targets, self.centers.detach())
+        for_centers = center_loss(features.detach(), targets, self.centers)
+        return weight * for_features + (for_centers - for_centers.detach()), for_centers.detach()
+
+    def own_parameters(self):
+        return [self.centers]
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, feat_dim={self.feat_dim}"

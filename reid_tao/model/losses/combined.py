@@ -1,83 +1,74 @@
-"""The training objective: weighted sum of ID, triplet and center losses.
+"""The training objective: the weighted sum of named loss terms (see ``LOSS_TERMS`` in this package).
 
-Which losses are active is decided by the caller (``reid_tao.build`` maps the spec's sampler and metric
-loss type onto ``use_id`` / ``use_triplet`` / ``use_center``). Inputs follow BoT: the ID loss sees the
-classifier logits (after the BNNeck), triplet and center losses see the global feature before the BNNeck.
+Which terms are active is decided by the caller (``reid_tao.build`` maps the spec's sampler and metric loss
+type onto term names). Inputs follow BoT: the ID loss sees the classifier logits (after the BNNeck), the
+triplet and center losses see the global feature before the BNNeck.
 """
 from __future__ import annotations
+
+from typing import List, Mapping, Optional
 
 import torch
 from torch import nn
 
-from .center import CenterLoss, center_loss
-from .cross_entropy import IdLoss
-from .triplet import TripletLoss
+from .term import LossTerm
+
+
+def value_name(term: str) -> str:
+    """The key of a term's value in ReidLoss's output (logged with a ``train_`` prefix): id -> id_loss."""
+    return f"{term}_loss"
 
 
 class ReidLoss(nn.Module):
-    """Weighted sum of the active losses.
+    """Weighted sum of the given terms.
 
     Args:
-        num_classes: number of training identities (size of the center table).
-        feat_dim: dimension of the features fed to triplet/center losses.
-        label_smooth: label smoothing 0.1 in the ID loss.
-        id_loss_weight, triplet_loss_weight, center_loss_weight: weights in the total.
-        triplet_margin: triplet margin, or None for the soft margin.
-        use_id, use_triplet, use_center: which losses are active (at least ID or triplet).
+        terms: term name -> term, in the order they are summed (e.g. built from ``LOSS_TERMS``).
+        weights: term name -> weight in the total (>= 0; a term without an entry weighs 1).
 
-    Center gradients: the centers receive the gradient of the *unweighted* center loss, the features the
-    weighted one. This is what BoT obtains by dividing the center gradients by ``center_loss_weight``
-    before stepping the center optimiser; here it is built into the graph, so the engine just calls
-    ``backward()`` on ``"loss"`` and steps both optimisers. It must NOT rescale the center gradients again.
+    Each term is a submodule named ``<name>_loss`` (state-dict keys such as ``center_loss.centers``).
     """
 
-    def __init__(self, num_classes: int, feat_dim: int, label_smooth: bool = True,
-                 id_loss_weight: float = 1.0, triplet_loss_weight: float = 1.0,
-                 triplet_margin: float | None = 0.3, use_id: bool = True, use_triplet: bool = True,
-                 use_center: bool = False, center_loss_weight: float = 0.0005):
+    def __init__(self, terms: Mapping[str, LossTerm], weights: Optional[Mapping[str, float]] = None):
         super().__init__()
-        if not (use_id or use_triplet):
-            raise ValueError("use_id or use_triplet must be set (the center loss alone collapses)")
-        for name, weight in (("id_loss_weight", id_loss_weight), ("triplet_loss_weight", triplet_loss_weight),
-                             ("center_loss_weight", center_loss_weight)):
+        weights = dict(weights or {})
+        if not any(term.standalone for term in terms.values()):
+            raise ValueError(f"the loss terms {sorted(terms)} cannot train alone; add one that can "
+                             "(the center loss alone collapses)")
+        unknown = set(weights) - set(terms)
+        if unknown:
+            raise ValueError(f"weights given for terms that are not used: {sorted(unknown)}")
+        for name, weight in weights.items():
             if weight < 0:
-                raise ValueError(f"{name} must be >= 0, got {weight}")
-        self.id_loss_weight = float(id_loss_weight)
-        self.triplet_loss_weight = float(triplet_loss_weight)
-        self.center_loss_weight = float(center_loss_weight)
-        self.id_loss = IdLoss(label_smooth) if use_id else None
-        self.triplet_loss = TripletLoss(triplet_margin) if use_triplet else None
-        self.center_loss = CenterLoss(num_classes, feat_dim) if use_center else None
+                raise ValueError(f"the weight of the {name} loss must be >= 0, got {weight}")
+        self.names = tuple(terms)
+        self.weights = {name: float(weights.get(name, 1.0)) for name in self.names}
+        for name, term in terms.items():
+            self.add_module(value_name(name), term)
+
+    def term(self, name: str) -> LossTerm:
+        return getattr(self, value_name(name))
+
+    @property
+    def needs_logits(self) -> bool:
+        """Whether any term reads the classifier logits (else the ID head gets no gradient)."""
+        return any(self.term(name).needs_logits for name in self.names)
 
     def forward(self, logits: torch.Tensor | None, features: torch.Tensor, targets: torch.Tensor
                 ) -> dict[str, torch.Tensor]:
         """Losses for one batch.
 
-        Returns a dict with "loss" (weighted total, fp32, to backpropagate) and the unweighted, detached
-        component values for logging: "id_loss", "triplet_loss", "center_loss" (only the active ones).
+        Returns a dict with "loss" (weighted total, fp32, to backpropagate) and each term's unweighted,
+        detached value for logging under ``<name>_loss`` (e.g. "id_loss", "triplet_loss", "center_loss").
         """
         parts: dict[str, torch.Tensor] = {}
-        terms: list[torch.Tensor] = []
-        if self.id_loss is not None:
-            if logits is None:
-                raise ValueError("the ID loss is active but the model returned no logits")
-            value = self.id_loss(logits, targets)
-            parts["id_loss"] = value.detach()
-            terms.append(self.id_loss_weight * value)
-        if self.triplet_loss is not None:
-            value = self.triplet_loss(features, targets)
-            parts["triplet_loss"] = value.detach()
-            terms.append(self.triplet_loss_weight * value)
-        if self.center_loss is not None:
-            centers = self.center_loss.centers
-            # Same value L twice; the first sends weight * dL/df to the features only, the second
-            # dL/dc to the centers only (value cancelled, so the total is weight * L).
-            for_features = center_loss(features, targets, centers.detach())
-            for_centers = center_loss(features.detach(), targets, centers)
-            parts["center_loss"] = for_centers.detach()
-            terms.append(self.center_loss_weight * for_features + (for_centers - for_centers.detach()))
-        return {"loss": torch.stack(terms).sum(), **parts}
+        total: list[torch.Tensor] = []
+        for name in self.names:
+            contribution, value = self.term(name).weighted(self.weights[name], logits, features, targets)
+            parts[value_name(name)] = value.detach()
+            total.append(contribution)
+        return {"loss": torch.stack(total).sum(), **parts}
 
-    def center_parameters(self) -> list[nn.Parameter]:
-        """The learnable centers (for their own SGD optimiser), or [] when the center loss is off."""
-        return [self.center_loss.centers] if self.center_loss is not None else []
+    def center_parameters(self) -> List[nn.Parameter]:
+        """Parameters the terms step with their own SGD optimiser (the centers), or [] when none has any."""
+        return [p for name in self.names for p in self.term(name).own_parameters()]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .term import LossSettings, LossTerm
 
 
 # Squared distances are clamped to this before the square root: sqrt has an infinite slope at 0.
@@ -48,13 +49,19 @@ def hard_example_mining(distances: torch.Tensor, targets: torch.Tensor
     return d_ap, d_an, has_negative
 
 
-class TripletLoss(nn.Module):
+class TripletLoss(LossTerm):
     """Batch-hard triplet loss on global features.
 
     Args:
         margin: the triplet margin (TAO ``train.optim.triplet_loss_margin``, default 0.3), or None for
             the soft-margin variant (TAO ``model.no_margin: True``).
     """
+
+    weight_field = "model.triplet_loss_weight"
+
+    @classmethod
+    def from_settings(cls, settings: LossSettings) -> "TripletLoss":
+        return cls(settings.triplet_margin)
 
     def __init__(self, margin: float | None = 0.3):
         super().__init__()
@@ -87,6 +94,9 @@ class TripletLoss(nn.Module):
         if return_distances:
             return loss, d_ap.detach(), d_an.detach()
         return loss
+
+    def value(self, logits, features, targets):
+        return self(features, targets)
 
     def extra_repr(self) -> str:
         return "soft_margin" if self.margin is None else f"margin={self.margin}"

@@ -1,0 +1,57 @@
+"""What a named loss term is: the base class every entry of ``LOSS_TERMS`` derives from.
+
+A term computes one scalar from what the model gives (classifier logits, global features) and the labels.
+``ReidLoss`` sums the chosen terms with their weights and reports each term's value under its table name,
+so training, logging (``train_<name>_loss``), the best-k monitor and status.json learn of a new term from
+the table alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The plain values a term may be built from (``reid_tao.build`` fills them from the spec)."""
+
+    num_classes: int  # training identities
+    feat_dim: int  # dimension of the features fed to the feature terms
+    label_smooth: bool = True
+    triplet_margin: Optional[float] = 0.3  # None: the soft margin
+
+
+class LossTerm(nn.Module):
+    """One term of the objective. Subclasses set the class attributes and implement :meth:`value`.
+
+    Class attributes:
+        needs_logits: it reads the classifier logits (without any such term the ID head is frozen, since
+            parameters without gradients break DDP).
+        standalone: it may be the only term (False for a term that collapses alone, like the center loss).
+        weight_field: the spec field holding its weight (``reid_tao.build`` reads it; None: weight 1).
+    """
+
+    needs_logits = False
+    standalone = True
+    weight_field: Optional[str] = None
+
+    @classmethod
+    def from_settings(cls, settings: LossSettings) -> "LossTerm":
+        return cls()
+
+    def value(self, logits: Optional[torch.Tensor], features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The unweighted scalar loss of one batch."""
+        raise NotImplementedError
+
+    def weighted(self, weight: float, logits: Optional[torch.Tensor], features: torch.Tensor,
+                 targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(what this term adds to the total, its unweighted value). Override to route gradients differently."""
+        value = self.value(logits, features, targets)
+        return weight * value, value
+
+    def own_parameters(self) -> List[nn.Parameter]:
+        """Parameters stepped by their own SGD optimiser (train.optim.center_lr), not the model's."""
+        return []

@@ -1,0 +1,111 @@
+"""The outputs of `reid evaluate`: each a small function of the :class:`EvaluationResult`, run in the order of
+``EVALUATE_WRITERS``. A new output is one function and one table entry (see docs/contributing.md)."""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from ..engine.extractor import section_precision
+from ..engine.metric_names import validation_values
+from ..engine.status import RUNNING, StatusFile, kpi_from
+from ..evaluation.metrics import RankMetrics, top_ranked
+from ..evaluation.plots import choose_query_rows, plot_cmc_curves, plot_sampled_matches
+from ..evaluation.result import RE_RANKED, EvaluationResult
+from ..io import atomic_write_json
+
+log = logging.getLogger("reid_tao.evaluate")
+
+
+@dataclass(frozen=True)
+class OutputContext:
+    """What a writer may need besides the result: the spec, the task's folder and its status.json."""
+
+    config: DictConfig
+    results_dir: Path
+    status: StatusFile
+
+
+# A writer returns the file it wrote (listed in the closing log line), or None.
+Writer = Callable[[EvaluationResult, OutputContext], Optional[Path]]
+
+
+def format_table(results: Dict[str, RankMetrics]) -> str:
+    lines = [f"{'':<12}{'mAP':>8}{'mINP':>8}{'Rank-1':>8}{'Rank-5':>8}{'Rank-10':>9}"]
+    for name, metrics in results.items():
+        lines.append(f"{name:<12}{100 * metrics.mAP:>7.2f}%{100 * metrics.mINP:>7.2f}%"
+                     f"{100 * metrics.cmc[0]:>7.2f}%{100 * metrics.cmc[4]:>7.2f}%{100 * metrics.cmc[9]:>8.2f}%")
+    return "\n".join(lines)
+
+
+def metrics_dict(metrics: RankMetrics, max_rank: int) -> dict:
+    out = metrics.as_dict()
+    out["cmc"] = [float(v) for v in metrics.cmc[:max_rank]]
+    return out
+
+
+def log_results(result: EvaluationResult, out: OutputContext) -> None:
+    log.info("results (%d queries, %d gallery images)\n%s", len(result.query), len(result.gallery),
+             format_table(result.rankings))
+
+
+def write_metrics_json(result: EvaluationResult, out: OutputContext) -> Path:
+    report = metrics_dict(result.plain, result.max_rank)
+    report["re_ranking"] = bool(out.config.re_ranking.re_ranking)
+    report["precision"] = section_precision(out.config.evaluate)  # of the features the metrics come from
+    if RE_RANKED in result.rankings:
+        report["re_ranked"] = metrics_dict(result.rankings[RE_RANKED], result.max_rank)
+    path = out.results_dir / "metrics.json"
+    atomic_write_json(path, report)
+    return path
+
+
+def write_status_kpi(result: EvaluationResult, out: OutputContext) -> None:
+    out.status.kpi = kpi_from(validation_values(result.plain))
+    out.status.write(RUNNING, "Evaluation metrics generated.")
+
+
+def plot_cmc(result: EvaluationResult, out: OutputContext) -> Path:
+    curves = {name: (m.cmc[:result.max_rank], m.mAP) for name, m in result.rankings.items()}
+    path = Path(out.config.evaluate.output_cmc_curve_plot or out.results_dir / "cmc_curve.png")
+    plot_cmc_curves(curves, path)
+    return path
+
+
+def plot_matches(result: EvaluationResult, out: OutputContext) -> Optional[Path]:
+    """The top-ranked gallery images of some queries with a true match (evaluate.sampled_matches picks them)."""
+    config = out.config
+    query_ap = result.shown.query_ap  # of the ranking shown
+    rows = choose_query_rows(len(result.query), config.re_ranking.num_query, seed=max(config.train.seed, 0),
+                             candidates=result.valid_query, choice=config.evaluate.sampled_matches,
+                             query_ap=query_ap)
+    if not len(rows):
+        return None
+    query_pids, gallery_pids, query_camids, gallery_camids = result.ids
+    row_index = torch.as_tensor(rows, device=result.distances.device)
+    ranked, is_match = top_ranked(result.distances[row_index], query_pids[rows], gallery_pids, query_camids[rows],
+                                  gallery_camids, result.max_rank)
+    path = Path(config.evaluate.output_sampled_matches_plot or out.results_dir / "sampled_matches.png")
+    query = result.query
+    plot_sampled_matches([query[i].path for i in rows], [r.path for r in result.gallery], ranked.cpu(),
+                         is_match.cpu(), path,
+                         query_labels=[f"id {query[i].shown_pid} cam {query[i].camid} AP {query_ap[i]:.2f}"
+                                       for i in rows])
+    return path
+
+
+# name -> writer, in the order they run (status.json's KPI line after metrics.json, as TAO writes it).
+EVALUATE_WRITERS: Dict[str, Writer] = {"results log": log_results, "metrics.json": write_metrics_json,
+                                       "status.json kpi": write_status_kpi, "CMC plot": plot_cmc,
+                                       "sampled matches plot": plot_matches}
+
+
+def write_outputs(result: EvaluationResult, out: OutputContext) -> List[Path]:
+    """Run every writer of EVALUATE_WRITERS; log and return the files they wrote."""
+    written = [path for writer in EVALUATE_WRITERS.values() if (path := writer(result, out)) is not None]
+    if written:
+        names = [str(path) for path in written]
+        log.info("wrote %s", names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}")
+    return written
