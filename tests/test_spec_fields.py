@@ -39,7 +39,7 @@ def _outside(bounds):
 
 def test_every_schema_leaf_has_help():
     assert len(FIELDS) > 140
-    missing = [found.path for found in FIELDS if found.meta is None or not found.meta.help.strip()]
+    missing = [found.path for found in FIELDS if not found.meta.help.strip()]
     assert not missing, f"fields without spec_field(help=...): {missing}"
 
 
@@ -91,7 +91,8 @@ def test_bounds_reject_a_value_just_outside(found):
     value = _outside(found.meta.bounds)
     override = (f"[{','.join([str(value)] * len(found.default))}]" if isinstance(found.default, list)
                 else str(value))
-    with pytest.raises(ConfigError, match=rf"^{re.escape(found.path)}( values)? must be {re.escape(found.meta.bounds.text())}, got "):
+    rule = re.escape(found.meta.bounds.text())
+    with pytest.raises(ConfigError, match=rf"^{re.escape(found.path)}( values)? must be {rule}, got "):
         load_experiment(None, [f"{found.path}={override}"])
 
 
