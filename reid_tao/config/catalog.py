@@ -6,13 +6,14 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Tuple
 from .fields import META_KEY, STATUSES, Choices, FieldMeta
 from .schema import ExperimentConfig
 
+NO_RULES = FieldMeta(help="")
 Resolve = Callable[[Choices], Tuple[Any, ...]]  # choices -> values (build.resolve_choices reads the tables)
 
 
 class SpecField(NamedTuple):
     path: str  # "train.optim.base_lr"
     default: Any
-    meta: Optional[FieldMeta]  # None only for a field declared without spec_field (a test forbids it)
+    meta: FieldMeta
 
 
 def spec_fields(root=None, prefix: str = "") -> Iterator[SpecField]:
@@ -23,7 +24,8 @@ def spec_fields(root=None, prefix: str = "") -> Iterator[SpecField]:
             yield from spec_fields(item.default_factory, f"{prefix}{item.name}.")
             continue
         default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
-        yield SpecField(f"{prefix}{item.name}", default, item.metadata.get(META_KEY))
+        # a field declared without spec_field has no rules and no help (a test asks for help on every field)
+        yield SpecField(f"{prefix}{item.name}", default, item.metadata.get(META_KEY, NO_RULES))
 
 
 def find_field(path: str) -> SpecField:

@@ -32,8 +32,14 @@ UNSUPPORTED_OPTIMIZERS = {
 }
 LARGE_FC_LR_FACTOR = 2.0
 WARMUP_METHODS = ("linear", "constant", "cosine")
-# The spec's rule for train.optim.warmup_factor (> 0: a factor of 0 trains the first epoch at lr 0).
-WARMUP_FACTOR = find_field("train.optim.warmup_factor").meta.bounds
+
+
+def _check_range(argument: str, value: float) -> None:
+    """``value`` within the bounds of the spec field train.optim.<argument> (one rule for spec and engine; e.g.
+    warmup_factor > 0, since a factor of 0 trains the first epoch at lr 0)."""
+    bounds = find_field(f"train.optim.{argument}").meta.bounds
+    if not bounds.allows(value):
+        raise ValueError(f"{argument} must be {bounds.text()}, got {value}")
 
 
 def available_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
@@ -112,12 +118,11 @@ def build_optimizer(model: nn.Module, name: str, base_lr: float, weight_decay: f
     names start with ``classifier_prefix`` in their own weight/bias groups at twice their lr. Parameters
     that a submodule declares in ``no_weight_decay_names()`` (Swin's position tables) get their own group(s)
     with weight decay 0. Frozen parameters are left out. SGD gets ``momentum``; other optimisers keep their
-    own defaults (TAO behaviour). Options an optimiser does not accept (e.g. Rprop has no weight decay) are not passed; a
-    non-zero weight decay that cannot be applied is logged as a warning.
+    own defaults (TAO behaviour). Options an optimiser does not accept (e.g. Rprop has no weight decay) are
+    not passed; a non-zero weight decay that cannot be applied is logged as a warning.
     """
     cls = optimizer_class(name)
-    if base_lr <= 0:
-        raise ValueError(f"base_lr must be > 0, got {base_lr}")
+    _check_range("base_lr", base_lr)
     groups = _param_groups(model, base_lr, weight_decay, weight_decay_bias, bias_lr_factor,
                            large_fc_lr, classifier_prefix)
     if not groups:
@@ -137,8 +142,7 @@ def build_optimizer(model: nn.Module, name: str, base_lr: float, weight_decay: f
 
 def build_center_optimizer(params: Iterable[nn.Parameter], center_lr: float) -> torch.optim.SGD:
     """Plain SGD (no momentum, no weight decay) with lr ``center_lr`` for the center-loss centers."""
-    if center_lr <= 0:
-        raise ValueError(f"center_lr must be > 0, got {center_lr}")
+    _check_range("center_lr", center_lr)
     return torch.optim.SGD(list(params), lr=center_lr)
 
 
@@ -163,15 +167,10 @@ class WarmupSchedule:
         milestones = [int(m) for m in milestones]
         if any(b <= a for a, b in zip(milestones, milestones[1:])):
             raise ValueError(f"milestones must be strictly increasing epochs, got {milestones}")
-        if not WARMUP_FACTOR.allows(warmup_factor):
-            raise ValueError(f"warmup_factor must be {WARMUP_FACTOR.text()}, got {warmup_factor}")
-        if warmup_iters < 0:
-            raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
-        if gamma <= 0:
-            raise ValueError(f"gamma must be > 0, got {gamma}")
+        for argument, value in (("warmup_factor", warmup_factor), ("warmup_iters", warmup_iters), ("gamma", gamma)):
+            _check_range(argument, value)
         if method == "cosine":
-            if warmup_epochs < 0:
-                raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+            _check_range("warmup_epochs", warmup_epochs)
             if num_epochs <= warmup_epochs:
                 raise ValueError(f"num_epochs ({num_epochs}) must be larger than warmup_epochs ({warmup_epochs}) "
                                  "for the cosine schedule")
