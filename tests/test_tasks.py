@@ -196,3 +196,23 @@ def test_extraction_precision_comes_from_the_section(monkeypatch, section):
             extractor.extract(torch.nn.Identity(), None, config[section], 4, 0)
     assert seen == ["32", "bf16-mixed"]
     assert load_experiment(None).evaluate.precision == load_experiment(None).inference.precision == "32"
+
+
+@pytest.mark.parametrize("task", ["evaluate", "inference", "export"])
+def test_spec_model_values_that_differ_from_the_checkpoint_are_named_and_not_recorded(task, tiny_market, trained,
+                                                                                      tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    spec_model = ["model.backbone=resnet_50", "model.input_height=256", "model.neck_feat=before"]
+    args = [task, f"results_dir={tmp_path}", f"{task}.checkpoint={trained}", "dataset.num_workers=0",
+            f"dataset.query_dataset_dir={tiny_market / 'query'}",
+            f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}", *spec_model]
+    if task == "export":
+        args.append(f"export.onnx_file={tmp_path / 'model.onnx'}")
+    assert main(args) == 0, capsys.readouterr().err
+    lines = [line for line in capsys.readouterr().out.splitlines() if "differ from the checkpoint" in line]
+    assert len(lines) == 1
+    assert "model.backbone='resnet_50'" in lines[0] and "model.input_height=256" in lines[0]
+    assert "model.neck_feat='before'" in lines[0] and "'resnet_18'" in lines[0]
+    recorded = OmegaConf.load(tmp_path / task / "experiment.yaml").model
+    assert (recorded.backbone, recorded.input_height, recorded.neck_feat) == ("resnet_18", 32, "after")

@@ -130,3 +130,28 @@ def prepare_task(config: DictConfig, task: str, write_config: bool = True) -> Pa
     for line in field_notices(config, task):
         log.info(line)
     return results
+
+
+# model.* fields that decide the network or its input: at evaluate/inference/export time the checkpoint's
+# values run; the spec's other model.* fields are training settings, except these two read from the spec:
+ARCHITECTURE_FIELDS = ("backbone", "last_stride", "input_width", "input_height", "neck", "feat_dim", "neck_feat",
+                       "gem_pooling", "reduce_feat_dim")
+SPEC_MODEL_FIELDS = ("with_flip_feature", "trust_weights_file")
+
+
+def record_checkpoint_model(config: DictConfig, trained: DictConfig, task: str) -> DictConfig:
+    """Say in one line which model.* values of the spec differ from the checkpoint's (the checkpoint's run),
+    and rewrite <task>/experiment.yaml with the model section that really ran. Returns that config."""
+    spec, ran = config.model, trained.model
+    differ = [name for name in ARCHITECTURE_FIELDS if spec[name] != ran[name]]
+    if differ:
+        log.warning("%s: the checkpoint decides the model: %s in the spec differ from the checkpoint's %s; "
+                    "running the checkpoint's (experiment.yaml records it)", task,
+                    ", ".join(f"model.{name}={spec[name]!r}" for name in differ),
+                    ", ".join(repr(ran[name]) for name in differ))
+    model = OmegaConf.to_container(ran, resolve=True)
+    model.update({name: spec[name] for name in SPEC_MODEL_FIELDS})
+    effective = OmegaConf.merge(config, {"model": model})
+    if is_global_zero():
+        atomic_write_text(task_results_dir(config, task) / "experiment.yaml", OmegaConf.to_yaml(effective))
+    return effective

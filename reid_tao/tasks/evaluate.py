@@ -19,7 +19,7 @@ from ..evaluation.metrics import RankMetrics, evaluate_rankings, top_ranked
 from ..evaluation.plots import choose_query_rows, plot_cmc_curves, plot_sampled_matches
 from ..evaluation.rerank import re_ranking
 from ..io import atomic_write_json
-from .common import prepare_task, reported
+from .common import prepare_task, record_checkpoint_model, reported
 
 log = logging.getLogger("reid_tao.evaluate")
 
@@ -64,8 +64,9 @@ def metrics_dict(metrics: RankMetrics, max_rank: int) -> dict:
 @reported("evaluate")
 def run(config: DictConfig, status: StatusFile) -> Dict[str, RankMetrics]:
     results_dir = prepare_task(config, "evaluate")
-    model, preprocessing, _ = load_trained_model(task_checkpoint(config, "evaluate"), "evaluate.checkpoint",
-                                                 config, trust=config.model.trust_weights_file)
+    model, preprocessing, trained = load_trained_model(task_checkpoint(config, "evaluate"), "evaluate.checkpoint",
+                                                       config, trust=config.model.trust_weights_file)
+    record_checkpoint_model(config, trained, "evaluate")
     query_dir, query_field = eval_folder(config, "query_dataset", "query_dataset_dir")
     gallery_dir, gallery_field = eval_folder(config, "test_dataset", "test_dataset_dir")
     query, gallery = read_split(query_dir, query_field), read_split(gallery_dir, gallery_field)

@@ -13,7 +13,7 @@ from ..engine.onnx_runner import onnx_sidecar_path
 from ..engine.status import StatusFile
 from ..errors import ConfigError, ReidError
 from ..io import atomic_path, atomic_write_json
-from .common import prepare_task, reported
+from .common import prepare_task, record_checkpoint_model, reported
 from .deepstream import tracker_config_path, write_tracker_config
 
 log = logging.getLogger("reid_tao.export")
@@ -68,6 +68,7 @@ def run(config: DictConfig, status: StatusFile) -> Path:
     checkpoint = task_checkpoint(config, "export")
     model, preprocessing, trained_config = load_trained_model(checkpoint, "export.checkpoint",
                                                               config, trust=config.model.trust_weights_file)
+    record_checkpoint_model(config, trained_config, "export")
     path = onnx_path_for(config, checkpoint)
     if path.exists() and not section.overwrite:
         raise ConfigError(f"export.onnx_file {path} already exists; set export.overwrite=true to replace it")
