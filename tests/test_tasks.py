@@ -216,3 +216,30 @@ def test_spec_model_values_that_differ_from_the_checkpoint_are_named_and_not_rec
     assert "model.neck_feat='before'" in lines[0] and "'resnet_18'" in lines[0]
     recorded = OmegaConf.load(tmp_path / task / "experiment.yaml").model
     assert (recorded.backbone, recorded.input_height, recorded.neck_feat) == ("resnet_18", 32, "after")
+
+
+@pytest.mark.parametrize("opset", [7, 99])
+def test_export_opset_outside_what_the_exporter_and_onnxruntime_support_is_one_line(opset, trained, tmp_path,
+                                                                                    capsys):
+    from reid_tao.tasks.export import supported_opsets
+
+    args = ["export", f"results_dir={tmp_path}", f"export.checkpoint={trained}", f"export.opset={opset}",
+            f"export.onnx_file={tmp_path / 'model.onnx'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    shown = f"{supported_opsets()[0]}..{supported_opsets()[-1]}"
+    assert f"export.opset={opset} is not supported" in err and shown in err and "Traceback" not in err
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_export_at_the_lowest_supported_opset_has_no_weights_as_inputs(trained, tmp_path, capsys):
+    import onnx
+
+    from reid_tao.tasks.export import supported_opsets
+
+    onnx_file = tmp_path / "model.onnx"
+    args = ["export", f"results_dir={tmp_path}", f"export.checkpoint={trained}", f"export.onnx_file={onnx_file}",
+            f"export.opset={supported_opsets()[0]}"]
+    assert main(args) == 0, capsys.readouterr().err
+    graph = onnx.load(str(onnx_file)).graph
+    assert [value.name for value in graph.input] == ["input"]
