@@ -92,16 +92,20 @@ def run(config: DictConfig, status: StatusFile) -> Dict[str, RankMetrics]:
         results["re-ranked"] = evaluate_rankings(final, *ids, max_rank=max(max_rank, 10))
     log.info("results (%d queries, %d gallery images)\n%s", q, len(gallery), format_table(results))
 
-    report = metrics_dict(results["plain"], max_rank)
+    # The figures the spec asks for (re-ranked with re_ranking.re_ranking, as TAO reports) at the top of
+    # metrics.json and in status.json, named by "ranking"; metrics.json keeps the other under its name.
+    ranking = "re-ranked" if "re-ranked" in results else "plain"
+    reported = results[ranking]
+    report = metrics_dict(reported, max_rank)
+    report["ranking"] = ranking
     report["re_ranking"] = bool(rerank_cfg.re_ranking)
     report["precision"] = section_precision(config.evaluate)  # of the features the metrics come from
-    if "re-ranked" in results:
-        report["re_ranked"] = metrics_dict(results["re-ranked"], max_rank)
+    if ranking == "re-ranked":
+        report["plain"] = metrics_dict(results["plain"], max_rank)
     atomic_write_json(results_dir / "metrics.json", report)
-    plain = results["plain"]
-    status.kpi = {"mAP": float(plain.mAP), "cmc_rank_1": float(plain.cmc[0]), "cmc_rank_5": float(plain.cmc[4]),
-                  "cmc_rank_10": float(plain.cmc[9])}
-    status.write(RUNNING, "Evaluation metrics generated.")
+    status.kpi = {"mAP": float(reported.mAP), "cmc_rank_1": float(reported.cmc[0]),
+                  "cmc_rank_5": float(reported.cmc[4]), "cmc_rank_10": float(reported.cmc[9])}
+    status.write(RUNNING, "Test metrics generated.", ranking=ranking)  # TAO's message
 
     curves = {name: (m.cmc[:max_rank], m.mAP) for name, m in results.items()}
     cmc_path = Path(config.evaluate.output_cmc_curve_plot or results_dir / "cmc_curve.png")
