@@ -5,6 +5,7 @@ import sys
 from typing import List, Optional
 
 from .config.loader import TASKS, describe_fields, load_config, task_results_dir
+from .config.paths import check_paths
 from .errors import ReidError
 from .io import error_line
 
@@ -55,6 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # The spec's own rules first: a missing file or a typo answers before torch is imported.
         config = load_config(args.spec, args.overrides)
         task_results_dir(config, task)  # set, or one line now
+        check_paths(config, task)
         from .build import check_spec  # imports torch and Lightning (seconds)
 
         check_spec(config)

@@ -70,3 +70,15 @@ def test_empty_results_dir_asks_for_it_as_tao_does(capsys):
     # TAO 7.3's own experiment.yaml has results_dir: '' (its launcher fills it in)
     assert main(["train", "-e", "tests/data/tao73_experiment.yaml"]) != 0
     assert "results_dir is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["train", "dataset.train_dataset_dir=/no/such/folder"], "dataset.train_dataset_dir"),
+    (["evaluate", "evaluate.checkpoint=/no/such.pth"], "evaluate.checkpoint"),
+    (["inference", "inference.checkpoint=/no/such.pth"], "inference.checkpoint"),
+    (["export", "export.checkpoint=/no/such.pth"], "export.checkpoint")])
+def test_missing_paths_answer_before_torch_is_imported(argv, field, tmp_path):
+    result = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *argv, f"results_dir={tmp_path}"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and f"error: {field}: " in result.stderr and "does not exist" in result.stderr
+    assert "torch not imported" in result.stdout
