@@ -38,3 +38,9 @@ def test_throughput_below_one_image_per_second_is_not_zero():
     assert throughput(1000, 10) == "100 img/s"
     assert throughput(25, 10) == "2.5 img/s"
     assert throughput(8, 20) == "2.5 s/img"
+
+
+def test_quick_start_spec_does_not_print_the_wandb_line():
+    from reid_tao.build import load_experiment, wandb_settings
+
+    assert wandb_settings(load_experiment(str(ROOT / "specs" / "quickstart.yaml"))) is None
