@@ -5,7 +5,8 @@ import sys
 from typing import List, Optional
 
 from .config.catalog import describe_fields
-from .config.loader import TASKS
+from .config.loader import TASKS, load_config, task_results_dir
+from .config.paths import check_paths
 from .errors import ReidError
 from .io import error_line
 
@@ -58,9 +59,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     args = _task_parser(task).parse_args(rest)
     try:
-        from .build import load_experiment  # imports torch: only once a task really runs
+        # The spec's own rules first: a missing file or a typo answers before torch is imported.
+        config = load_config(args.spec, args.overrides)
+        task_results_dir(config, task)  # set, or one line now
+        check_paths(config, task)
+        from .build import check_spec  # imports torch and Lightning (seconds)
 
-        config = load_experiment(args.spec, args.overrides)
+        check_spec(config)
         module = importlib.import_module(f"reid_tao.tasks.{task}")
         module.run(config)
     except ReidError as error:

@@ -42,3 +42,43 @@ def test_console_entry_point_runs_as_module():
     assert result.returncode == 2
     assert result.stderr.strip() == ("reid train: error: unknown field model.backbon in override "
                                      "'model.backbon=resnet_50'; did you mean model.backbone?")
+
+
+# Runs the CLI in a fresh interpreter and reports, at the error, whether torch was imported.
+_TORCH_PROBE = ("import sys; from reid_tao.cli import main; code = main(sys.argv[1:]); "
+                "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
+
+
+@pytest.mark.parametrize("argv", [["train", "-e", "missing.yaml"], ["evaluate", "model.backbon=resnet_18"],
+                                  ["train", "train.optim.base_lr=-1"]])
+def test_spec_errors_answer_before_torch_is_imported(argv, tmp_path):
+    result = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *argv], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    assert "torch not imported" in result.stdout
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("model:\n  backbone: resnet_18\n  input_width: [1, 2\ndataset:\n  batch_size: 4\n")
+    assert main(["train", "-e", str(spec)]) != 0
+    assert "line 4, column 8" in capsys.readouterr().err
+
+
+def test_empty_results_dir_asks_for_it_as_tao_does(capsys):
+    # TAO 7.3's own experiment.yaml has results_dir: '' (its launcher fills it in)
+    assert main(["train", "-e", "tests/data/tao73_experiment.yaml"]) != 0
+    assert "results_dir is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["train", "dataset.train_dataset_dir=/no/such/folder"], "dataset.train_dataset_dir"),
+    (["evaluate", "evaluate.checkpoint=/no/such.pth"], "evaluate.checkpoint"),
+    (["inference", "inference.checkpoint=/no/such.pth"], "inference.checkpoint"),
+    (["export", "export.checkpoint=/no/such.pth"], "export.checkpoint")])
+def test_missing_paths_answer_before_torch_is_imported(argv, field, tmp_path):
+    result = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *argv, f"results_dir={tmp_path}"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and f"error: {field}: " in result.stderr and "does not exist" in result.stderr
+    assert "torch not imported" in result.stdout

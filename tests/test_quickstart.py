@@ -19,8 +19,8 @@ def test_quickstart_generates_data_trains_and_learns(tmp_path, capsys, monkeypat
     assert (tmp_path / "data" / "quickstart" / "bounding_box_train").is_dir()
     assert (tmp_path / "results" / "quickstart" / "train" / "reid_model_latest.pth").is_file()
     rows = list(csv.DictReader(open(next((tmp_path / "results" / "quickstart" / "train" / "logs").glob("metrics.csv")))))
-    epochs = [row for row in rows if row.get("train_loss")]
-    losses = [float(row["train_loss"]) for row in epochs]
+    epochs = [row for row in rows if row.get("train_loss_epoch")]
+    losses = [float(row["train_loss_epoch"]) for row in epochs]
     accuracy = float(epochs[-1]["train_acc_1"])
     assert losses[-1] < 0.8 * losses[0]
     assert accuracy > 4 * (1 / 24)  # 24 identities: chance is ~4%

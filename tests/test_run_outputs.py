@@ -32,7 +32,12 @@ def resumed(tiny_market, tmp_path_factory):
 @pytest.mark.slow
 def test_status_json_holds_both_runs_in_tao_format(resumed):
     lines = read_status(resumed / "train" / "status.json")
-    assert [line["status"] for line in lines if line["status"] != "RUNNING"] == ["STARTED", "SUCCESS"] * 2
+    # TAO's sequence: STARTED, RUNNING lines, and a RUNNING "Train finished successfully." (no SUCCESS status)
+    assert [line["status"] for line in lines if line["status"] != "RUNNING"] == ["STARTED"] * 2
+    messages = [line.get("message") for line in lines]
+    assert messages.count("Starting ReIdentification train.") == 2 and messages[-1] == "Train finished successfully."
+    assert messages.count("Starting Training Loop.") == 2 and messages.count("Training loop complete.") == 2
+    assert lines[-1]["status"] == "RUNNING"
     epochs = [line for line in lines if "epoch" in line]
     assert [line["epoch"] for line in epochs] == [0, 1, 2]
     assert all(EPOCH_KEYS <= set(line) for line in epochs)
@@ -40,7 +45,7 @@ def test_status_json_holds_both_runs_in_tao_format(resumed):
     assert epochs[-1]["eta"] == "0:00:00" and epochs[0]["step"] < epochs[1]["step"] < epochs[2]["step"]
     for line in epochs:  # validation ran every epoch
         assert {"train_loss", "train_acc", "mAP", "cmc_rank_1", "cmc_rank_5", "cmc_rank_10"} <= set(line["kpi"])
-        assert 0 <= line["kpi"]["mAP"] <= 1
+        assert 0 <= line["kpi"]["mAP"] <= 1 and line["validation_ranking"] == "plain"
     assert lines[0]["date"].count("/") == 2 and lines[0]["time"].count(":") == 2
 
 
@@ -49,21 +54,26 @@ def test_tensorboard_and_csv_continue_in_one_folder(resumed):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     train = resumed / "train"
-    events = sorted((train / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(events) == 2 and not [p for p in (train / "tensorboard").iterdir() if p.is_dir()]
+    tensorboard = train / "lightning_logs" / "version_1"  # TAO's folder
+    events = sorted(tensorboard.glob("events.out.tfevents.*"))
+    assert len(events) == 2 and not [p for p in tensorboard.iterdir() if p.is_dir()]
     scalars = {}
     for event_file in events:
         accumulator = EventAccumulator(str(event_file))
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
             scalars.setdefault(tag, []).extend(e.step for e in accumulator.Scalars(tag))
-    for tag in ("train_loss", "train_acc_1", "base_lr", "mAP", "cmc_rank_1", "cmc_rank_5", "cmc_rank_10"):
+    for tag in ("train_loss_step", "train_loss_epoch", "train_acc_1", "base_lr", "mAP", "cmc_rank_1", "cmc_rank_5",
+                "cmc_rank_10"):  # TAO's scalar names
         assert tag in scalars, tag
     assert len(scalars["base_lr"]) == 3  # the lr of every epoch, both runs
     rows = list(csv.DictReader(open(train / "logs" / "metrics.csv")))
     assert sorted(int(row["epoch"]) for row in rows if row.get("base_lr")) == [0, 1, 2]
     log = (train / "train.log").read_text()
-    assert log.count("epoch 1/2") == 1 and log.count("epoch 3/3") == 1 and "resuming from" in log
+    # TAO's numbering (from 0, as the bar, model_epoch_NNN.pth and status.json's epoch / max_epoch)
+    assert log.count("epoch 0/1") == 1 and log.count("epoch 2/2") == 1 and "resuming from" in log
+    assert sorted(path.name for path in train.glob("model_epoch_*.pth")) == [
+        "model_epoch_000.pth", "model_epoch_001.pth", "model_epoch_002.pth"]
 
 
 @pytest.mark.slow
@@ -74,7 +84,9 @@ def test_tasks_fall_back_to_the_latest_checkpoint(tiny_market, resumed, capsys):
     latest = resumed / "train" / "reid_model_latest.pth"
     assert f"evaluate.checkpoint is not set: using {latest}" in capsys.readouterr().out
     lines = read_status(resumed / "evaluate" / "status.json")
-    assert [line["status"] for line in lines] == ["STARTED", "RUNNING", "SUCCESS"]
+    assert [line["status"] for line in lines] == ["STARTED", "RUNNING", "RUNNING"]
+    assert [line["message"] for line in lines] == ["Starting ReIdentification evaluate.", "Test metrics generated.",
+                                                   "Evaluate finished successfully."]
     assert set(lines[-1]["kpi"]) == {"mAP", "cmc_rank_1", "cmc_rank_5", "cmc_rank_10"}
     metrics = json.loads((resumed / "evaluate" / "metrics.json").read_text())
     assert lines[-1]["kpi"]["mAP"] == pytest.approx(metrics["mAP"])
@@ -90,7 +102,7 @@ def test_tasks_fall_back_to_the_latest_checkpoint(tiny_market, resumed, capsys):
 
     assert main(["export", f"results_dir={resumed}"]) == 0, capsys.readouterr().err
     assert latest.with_suffix(".onnx").is_file()
-    assert read_status(resumed / "export" / "status.json")[-1]["status"] == "SUCCESS"
+    assert read_status(resumed / "export" / "status.json")[-1]["message"] == "Export finished successfully."
 
 
 def test_failure_is_recorded_with_the_one_line_message(tmp_path, capsys):

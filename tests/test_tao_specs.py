@@ -115,6 +115,20 @@ def test_warmup_longer_than_the_run_is_shortened_with_a_warning():
     assert scheduler_arguments(one_epoch)["warmup_epochs"] == 0  # the schedule still builds
 
 
+@pytest.mark.parametrize("spec", [TAO_RESNET, TAO_SWIN], ids=["linear", "cosine"])
+def test_one_epoch_run_says_it_has_no_warmup(spec):
+    import torch
+
+    from reid_tao.engine.optim import build_scheduler
+
+    config = load_experiment(str(spec), ["train.num_epochs=1"])
+    line = warmup_warning(config)
+    assert "no warmup" in line and "0 epoch" not in line
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.train.optim.base_lr)
+    build_scheduler(optimizer, **scheduler_arguments(config))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(config.train.optim.base_lr)  # what the line says
+
+
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def pk_market(tmp_path_factory):

@@ -158,4 +158,13 @@ def build_module(config: DictConfig, num_classes: int, num_query: int = 0, load_
         grad_clip=config.train.grad_clip, seed=config.train.seed, flip_feature=config.model.with_flip_feature,
         max_rank=config.re_ranking.max_rank, num_query=num_query,
         metadata=checkpoint_metadata(config, num_classes),
-        compile_model=config.train.compile, channels_last=config.train.channels_last)
+        compile_model=config.train.compile, channels_last=config.train.channels_last,
+        re_ranking=re_ranking_arguments(config))
+
+
+def re_ranking_arguments(config: DictConfig) -> Optional[Dict[str, Any]]:
+    """re_ranking.k1/k2/lambda_value when re_ranking.re_ranking asks for re-ranked metrics, else None."""
+    section = config.re_ranking
+    if not section.re_ranking:
+        return None
+    return {"k1": section.k1, "k2": section.k2, "lambda_value": section.lambda_value}

@@ -93,6 +93,16 @@ def _validation_message(error: OmegaConfBaseException, source: str) -> str:
     return f"invalid value for {key} in {source}: {msg}"
 
 
+def _yaml_problem(error: Exception) -> str:
+    """PyYAML's error as "line L, column C: problem (context)", 1-based as editors count."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is None or not problem:
+        return first_line(error)
+    context = getattr(error, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+
+
 def _read_spec(spec_path: str) -> dict:
     path = Path(spec_path)
     if not path.is_file():
@@ -100,7 +110,7 @@ def _read_spec(spec_path: str) -> dict:
     try:
         loaded = OmegaConf.load(path)
     except Exception as error:  # yaml errors come in several types
-        raise ConfigError(f"cannot parse spec file {spec_path}: {first_line(error)}") from None
+        raise ConfigError(f"cannot parse spec file {spec_path}: {_yaml_problem(error)}") from None
     container = OmegaConf.to_container(loaded, resolve=False) if loaded is not None else {}
     if container is None:
         return {}
@@ -171,6 +181,12 @@ def _all_keys(config: DictConfig, prefix: str = "") -> List[str]:
 
 
 def task_results_dir(config: DictConfig, task: str) -> Path:
-    """results_dir/<task> unless <task>.results_dir is set."""
+    """results_dir/<task> unless <task>.results_dir is set; neither set (TAO 7.3's experiment.yaml has
+    results_dir: '') is an error, as in TAO."""
     own = config[task].results_dir
-    return Path(own) if own else Path(config.results_dir) / task
+    if own:
+        return Path(own)
+    if not config.results_dir:
+        raise ConfigError(f"results_dir is not set (nor {task}.results_dir); set results_dir to the folder for "
+                          f"the outputs, e.g. results_dir=/results")
+    return Path(config.results_dir) / task

@@ -48,5 +48,6 @@ def warmup_warning(config: DictConfig) -> Optional[str]:
     warmup = warmup_length(config)
     if warmup.used == warmup.requested:
         return None
-    return (f"{warmup.field}={warmup.requested} does not fit in train.num_epochs={config.train.num_epochs}: "
-            f"warming up for {warmup.used} epoch(s) instead, so the lr reaches train.optim.base_lr")
+    instead = (f"warming up for {warmup.used} epoch(s) instead, so the lr reaches train.optim.base_lr"
+               if warmup.used else "no warmup instead: the run trains at train.optim.base_lr from the first epoch")
+    return f"{warmup.field}={warmup.requested} does not fit in train.num_epochs={config.train.num_epochs}: {instead}"

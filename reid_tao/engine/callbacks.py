@@ -1,11 +1,29 @@
 """Callbacks: a one-line summary per epoch, and a progress bar that reads the loss only when it redraws."""
 import logging
+import sys
 import time
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 log = logging.getLogger("reid_tao.train")
+
+
+def console_is_terminal() -> bool:
+    """Progress bars only on a terminal: in a log file (CI, SLURM, a pipe) their carriage returns and escape
+    codes are noise, and the per-epoch summary line says what matters."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def throughput(images: int, seconds: float) -> str:
+    """Images per second, with the digits that matter; seconds per image below one image per second."""
+    rate = images / max(seconds, 1e-9)
+    if rate >= 10:
+        return f"{rate:.0f} img/s"
+    if rate >= 1:
+        return f"{rate:.1f} img/s"
+    return f"{seconds / max(images, 1):.1f} s/img"
 
 
 class EpochSummary(pl.Callback):
@@ -24,14 +42,16 @@ class EpochSummary(pl.Callback):
         images = trainer.num_training_batches * trainer.train_dataloader.batch_size * trainer.world_size
         metrics = trainer.callback_metrics
         lr = trainer.optimizers[0].param_groups[0]["lr"]
-        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        # TAO's numbering, as the bar, model_epoch_NNN.pth and status.json (epoch / max_epoch): from 0
+        parts = [f"epoch {trainer.current_epoch}/{trainer.max_epochs - 1}"]
         if "train_loss" in metrics:
             parts.append(f"loss {float(metrics['train_loss']):.4f}")
         if "train_acc_1" in metrics:
             parts.append(f"id_acc {100 * float(metrics['train_acc_1']):.1f}%")
-        parts += [f"lr {lr:.2e}", f"{images / max(seconds, 1e-9):.0f} img/s"]
+        parts += [f"lr {lr:.2e}", throughput(images, seconds)]
         if "mAP" in metrics and trainer.current_epoch + 1 == getattr(module, "_last_val_epoch", 0):
-            parts.append(f"val mAP {100 * float(metrics['mAP']):.1f}% R1 {100 * float(metrics['cmc_rank_1']):.1f}%")
+            parts.append(f"val ({getattr(module, 'val_ranking', 'plain')}) mAP {100 * float(metrics['mAP']):.1f}% "
+                         f"R1 {100 * float(metrics['cmc_rank_1']):.1f}%")
         line = "  ".join(parts)
         bar = trainer.progress_bar_callback
         if bar is not None and bar.is_enabled:

@@ -11,6 +11,7 @@ from torch import nn
 from ..data.datamodule import eval_loader
 from ..data.datasets import ImageDataset, ShardSampler
 from ..evaluation.features import embed
+from .callbacks import console_is_terminal
 from .devices import plan_devices
 from .distributed import gather_by_index
 from .precision import precision_for
@@ -78,7 +79,8 @@ def extract(model: nn.Module, dataset: ImageDataset, section: DictConfig, batch_
     precision = precision_for(section.precision, plan.accelerator, _first_gpu(plan))
     trainer = pl.Trainer(accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes,
                          strategy=plan.strategy, precision=precision, logger=False, enable_checkpointing=False,
-                         use_distributed_sampler=False, enable_model_summary=False)
+                         use_distributed_sampler=False, enable_model_summary=False,
+                         enable_progress_bar=console_is_terminal())
     extractor = FeatureExtractor(model, dataset, batch_size, num_workers, flip)
     # fp32 features may use TF32 matrix products on the GPU ("high"): ~1e-3 relative, far below ranking gaps.
     with _float32_matmul_precision("high"):

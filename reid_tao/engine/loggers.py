@@ -14,7 +14,9 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 log = logging.getLogger(__name__)
 
-TENSORBOARD_DIR, CSV_DIR = "tensorboard", "logs"
+# TAO's TensorBoard folder: <results_dir>/train/lightning_logs/version_1 (a fixed version, so a resumed run
+# writes into the same folder)
+TENSORBOARD_DIR, TENSORBOARD_VERSION, CSV_DIR = "lightning_logs", 1, "logs"
 
 
 class _AppendingWriter(_ExperimentWriter):
@@ -50,10 +52,10 @@ class ResumableCSVLogger(CSVLogger):
 
 
 def experiment_loggers(results: Path, wandb: Optional[dict] = None) -> List[Logger]:
-    """TensorBoard (<results>/tensorboard, one folder for every run: a resumed run adds an event file there
+    """TensorBoard (<results>/lightning_logs/version_1, one folder for every run: a resumed run adds an event file there
     and continues the global step) and CSV (<results>/logs/metrics.csv); with `wandb` (WandbLogger keyword
     arguments) also Weights & Biases when the package is installed."""
-    loggers: List[Logger] = [TensorBoardLogger(save_dir=str(results), name=TENSORBOARD_DIR, version="",
+    loggers: List[Logger] = [TensorBoardLogger(save_dir=str(results), name=TENSORBOARD_DIR, version=TENSORBOARD_VERSION,
                                                default_hp_metric=False),
                              ResumableCSVLogger(str(results))]
     if wandb is not None:

@@ -28,7 +28,8 @@ class ReidModule(pl.LightningModule):
     def __init__(self, model: nn.Module, loss: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
                  center_lr: float = 0.5, grad_clip: float = 0.0,
                  seed: int = -1, flip_feature: bool = False, max_rank: int = 10, num_query: int = 0,
-                 metadata: Dict[str, Any] = None, compile_model: bool = False, channels_last: bool = False):
+                 metadata: Dict[str, Any] = None, compile_model: bool = False, channels_last: bool = False,
+                 re_ranking: Optional[Dict[str, float]] = None):
         super().__init__()
         self.automatic_optimization = False
         self.model, self.loss = model, loss
@@ -47,6 +48,9 @@ class ReidModule(pl.LightningModule):
         self._running_steps = 0
         self._val_outputs: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._last_val_epoch = 0
+        # k1, k2, lambda_value: validation reports the re-ranked metrics (as TAO and evaluate do), else plain
+        self.re_ranking = re_ranking
+        self.val_ranking = "re-ranked" if re_ranking else "plain"
 
     # -- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -98,6 +102,10 @@ class ReidModule(pl.LightningModule):
             metrics[train_name("acc_1")] = (logits.detach().argmax(dim=1) == labels).float().mean()
         # Epoch means accumulate on the device; nothing here reads a value back to the host (a per-step
         # prog_bar metric would: Lightning turns those into Python numbers after every step).
+        # TAO's TensorBoard tags train_loss_step and train_loss_epoch (loggers read the step value every
+        # log_every_n_steps); callbacks still see train_loss (the epoch mean at the epoch's end).
+        self.log("train_loss", metrics.pop("train_loss"), on_step=True, on_epoch=True, prog_bar=False,
+                 batch_size=labels.shape[0], sync_dist=False)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False, batch_size=labels.shape[0],
                       sync_dist=False)
         loss = losses["loss"].detach()
@@ -172,8 +180,19 @@ class ReidModule(pl.LightningModule):
         features, pids, camids = outputs[:, :-2], outputs[:, -2].long(), outputs[:, -1].long()
         q = self.num_query
         begin, end = shard_range(q, rank, world_size)  # this process's queries (maybe none)
-        local = query_share_sums(features[begin:end], features[q:], pids[begin:end], pids[q:], camids[begin:end],
-                                 camids[q:], max_rank=max(self.max_rank, 10))
+        if self.re_ranking:
+            # k-reciprocal sets need every probe's neighbours: each process re-ranks all (the same result)
+            # and ranks its share of the queries.
+            from ..evaluation.metrics import rank_sums
+            from ..evaluation.rerank import re_ranking
+
+            normed = torch.nn.functional.normalize(features.float(), dim=1)
+            final = re_ranking(normed[:q], normed[q:], **self.re_ranking)
+            local = rank_sums(final[begin:end], pids[begin:end], pids[q:], camids[begin:end], camids[q:],
+                              max_rank=max(self.max_rank, 10))
+        else:
+            local = query_share_sums(features[begin:end], features[q:], pids[begin:end], pids[q:],
+                                     camids[begin:end], camids[q:], max_rank=max(self.max_rank, 10))
         summed = self.trainer.strategy.reduce(local.to_vector(self.device), reduce_op="sum")
         result = RankSums.from_vector(summed, local.num_gallery).metrics()
         self.log_dict(validation_values(result))

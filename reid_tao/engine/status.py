@@ -1,9 +1,9 @@
 """status.json in TAO's format: one JSON object per line (date, time, status, verbosity, message, kpi, ...).
 
 TAO's status logger writes "STARTED" when a task starts, "RUNNING" lines during it (per epoch in training:
-epoch, step, max_epoch, max_step, time_per_epoch, time_per_step, eta) and "SUCCESS" or "FAILURE" at the
-end; once KPIs are set they travel on every later line. Lines are appended (a resumed run continues the
-same file). Only the global-zero process writes.
+epoch, step, max_epoch, max_step, time_per_epoch, time_per_step, eta), and at the end a RUNNING
+"<Task> finished successfully." line or a "FAILURE" one; once KPIs are set they travel on every later
+line. Lines are appended (a resumed run continues the same file). Only the global-zero process writes.
 """
 import json
 import time
@@ -55,6 +55,8 @@ class StatusCallback(pl.Callback):
         self.status = status
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.status.write(RUNNING, "Starting Training Loop.")
         self.on_train_epoch_start(trainer, module)  # a run resumed mid-epoch skips on_train_epoch_start
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -71,7 +73,9 @@ class StatusCallback(pl.Callback):
         metrics = {name: value for name, value in trainer.callback_metrics.items()
                    if validated or name not in VALIDATION_METRICS}
         self.status.kpi = kpi_from(metrics)
-        self.status.write(RUNNING, "Training loop in progress", epoch=trainer.current_epoch,
+        # which ranking the validation kpi come from (re_ranking.re_ranking), on the lines that carry them
+        ranking = {"validation_ranking": getattr(module, "val_ranking", "plain")} if validated else {}
+        self.status.write(RUNNING, "Training loop in progress", **ranking, epoch=trainer.current_epoch,
                           step=trainer.global_step, max_epoch=trainer.max_epochs - 1,
                           max_step=trainer.max_epochs * trainer.num_training_batches,
                           time_per_epoch=str(timedelta(seconds=seconds)),

@@ -1,5 +1,6 @@
 """What every task does: results folder, experiment.yaml, logging to the console and <task>.log, and
-status.json (STARTED, then SUCCESS or FAILURE with the one-line error) around the task's work."""
+status.json around the task's work as TAO writes it (STARTED "Starting ReIdentification <task>.", then a
+RUNNING "<Task> finished successfully." line, or FAILURE with the one-line error)."""
 import functools
 import logging
 import sys
@@ -11,11 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config.loader import task_results_dir
 from ..config.notices import field_notices
-from ..engine.status import FAILURE, STARTED, STATUS_FILE, SUCCESS, StatusFile
+from ..engine.status import FAILURE, RUNNING, STARTED, STATUS_FILE, StatusFile
 from ..errors import ReidError
 from ..io import atomic_write_text, error_line
 
 log = logging.getLogger("reid_tao")
+TAO_MODEL_NAME = "ReIdentification"  # in TAO's status.json start line
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -52,17 +54,37 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO if is_global_zero() else logging.WARNING)
 
 
-class _DropAdverts(logging.Filter):
+# Lightning's info lines that say nothing to a reid_tao user (the devices line of build_trainer says what runs).
+LIGHTNING_CHATTER = ("litlogger", "GPU available:", "TPU available:", "HPU available:", "IPU available:",
+                     "was configured so", "`Trainer.fit` stopped: `max_epochs=", "`Trainer.fit` stopped: `max_steps=")
+# Lightning's warnings about cases reid_tao handles itself.
+HANDLED_WARNINGS = (
+    ".*exists and is not empty.*",  # re-runs resume in place
+    ".*is smaller than the logging interval.*",
+    ".*LeafSpec.*is deprecated.*",
+    ".*predict returned None.*",  # extract(): the processes other than global zero return nothing on purpose
+    # the sampler position is restored on resume (engine.preemption, data.samplers): mid-epoch resume is exact
+    ".*resuming from a checkpoint that ended before the epoch ended.*",
+    # step checkpoints hold the state after the step, which is what a resume needs
+    ".*ModelCheckpoint with manual optimization.*",
+)
+
+
+class _DropChatter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return not any(phrase in message for phrase in LIGHTNING_CHATTER)
 
 
 def quiet_lightning() -> None:
     """Silence messages that are expected here and say nothing to a reid_tao user."""
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # re-runs resume in place
-    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
+    for pattern in HANDLED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                 "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _DropChatter) for existing in logger.filters):
+            logger.addFilter(_DropChatter())
 
 
 class _TaskLogFile(logging.FileHandler):
@@ -92,7 +114,7 @@ def reported(task: str) -> Callable:
                 results.mkdir(parents=True, exist_ok=True)
             handler = _attach_log_file(results / f"{task}.log") if zero else None
             status = StatusFile(results / STATUS_FILE, enabled=zero)
-            status.write(STARTED, f"Starting {task}.")
+            status.write(STARTED, f"Starting {TAO_MODEL_NAME} {task}.")
             try:
                 outcome = run(config, status, **options)
             except KeyboardInterrupt:
@@ -108,7 +130,8 @@ def reported(task: str) -> Callable:
                 if handler is not None:
                     logging.getLogger("reid_tao").removeHandler(handler)
                     handler.close()
-            status.write(SUCCESS, f"{task.capitalize()} finished successfully.")
+            # TAO ends a task that worked with a RUNNING line (no SUCCESS status): scripts wait for this message
+            status.write(RUNNING, f"{task.capitalize()} finished successfully.")
             return outcome
         return wrapper
     return decorate
@@ -127,3 +150,28 @@ def prepare_task(config: DictConfig, task: str) -> Path:
     for line in field_notices(config, task):
         log.info(line)
     return results
+
+
+# model.* fields that decide the network or its input: at evaluate/inference/export time the checkpoint's
+# values run; the spec's other model.* fields are training settings, except these two read from the spec:
+ARCHITECTURE_FIELDS = ("backbone", "last_stride", "input_width", "input_height", "neck", "feat_dim", "neck_feat",
+                       "gem_pooling", "reduce_feat_dim")
+SPEC_MODEL_FIELDS = ("with_flip_feature", "trust_weights_file")
+
+
+def record_checkpoint_model(config: DictConfig, trained: DictConfig, task: str) -> DictConfig:
+    """Say in one line which model.* values of the spec differ from the checkpoint's (the checkpoint's run),
+    and rewrite <task>/experiment.yaml with the model section that really ran. Returns that config."""
+    spec, ran = config.model, trained.model
+    differ = [name for name in ARCHITECTURE_FIELDS if spec[name] != ran[name]]
+    if differ:
+        log.warning("%s: the checkpoint decides the model: %s in the spec differ from the checkpoint's %s; "
+                    "running the checkpoint's (experiment.yaml records it)", task,
+                    ", ".join(f"model.{name}={spec[name]!r}" for name in differ),
+                    ", ".join(repr(ran[name]) for name in differ))
+    model = OmegaConf.to_container(ran, resolve=True)
+    model.update({name: spec[name] for name in SPEC_MODEL_FIELDS})
+    effective = OmegaConf.merge(config, {"model": model})
+    if is_global_zero():
+        atomic_write_text(task_results_dir(config, task) / "experiment.yaml", OmegaConf.to_yaml(effective))
+    return effective

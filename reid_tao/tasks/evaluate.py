@@ -13,7 +13,7 @@ from ..engine.status import StatusFile
 from ..engine.extractor import extract
 from ..errors import ConfigError
 from ..evaluation.result import EvaluationResult, evaluate_features
-from .common import prepare_task, reported
+from .common import prepare_task, record_checkpoint_model, reported
 from .evaluate_outputs import OutputContext, write_outputs
 
 log = logging.getLogger("reid_tao.evaluate")
@@ -32,8 +32,9 @@ def eval_folder(config: DictConfig, own: str, fallback: str) -> tuple:
 @reported("evaluate")
 def run(config: DictConfig, status: StatusFile) -> Optional[EvaluationResult]:
     results_dir = prepare_task(config, "evaluate")
-    model, preprocessing, _ = load_trained_model(task_checkpoint(config, "evaluate"), "evaluate.checkpoint",
-                                                 config, trust=config.model.trust_weights_file)
+    model, preprocessing, trained = load_trained_model(task_checkpoint(config, "evaluate"), "evaluate.checkpoint",
+                                                       config, trust=config.model.trust_weights_file)
+    record_checkpoint_model(config, trained, "evaluate")
     query_dir, query_field = eval_folder(config, "query_dataset", "query_dataset_dir")
     gallery_dir, gallery_field = eval_folder(config, "test_dataset", "test_dataset_dir")
     query, gallery = read_split(query_dir, query_field), read_split(gallery_dir, gallery_field)

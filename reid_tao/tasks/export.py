@@ -12,8 +12,8 @@ from ..build import load_trained_model, task_checkpoint
 from ..engine.onnx_runner import onnx_sidecar_path
 from ..engine.status import StatusFile
 from ..errors import ConfigError, ReidError
-from ..io import atomic_path, atomic_write_json
-from .common import prepare_task, reported
+from ..io import atomic_path, atomic_write_json, first_line
+from .common import prepare_task, record_checkpoint_model, reported
 from .deepstream import tracker_config_path, write_tracker_config
 
 log = logging.getLogger("reid_tao.export")
@@ -26,6 +26,46 @@ class ExportError(ReidError):
     """The exported graph is invalid or disagrees with PyTorch."""
 
     exit_code = 1
+
+
+# Below opset 9 (ONNX IR v3) the exporter writes the weights as graph inputs, which runtimes treat as inputs.
+MIN_USEFUL_OPSET = 9
+
+
+def supported_opsets() -> range:
+    """The opsets torch's TorchScript exporter writes (from torch itself), from MIN_USEFUL_OPSET up."""
+    from torch.onnx import _constants
+
+    low = max(getattr(_constants, "ONNX_MIN_OPSET", MIN_USEFUL_OPSET), MIN_USEFUL_OPSET)
+    high = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET)
+    return range(low, high + 1)
+
+
+def onnxruntime_runs_opset(opset: int) -> bool:
+    """Whether this onnxruntime loads a model of `opset` (asked of onnxruntime with a one-node graph)."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises its own Fail / InvalidGraph types
+        return False
+    return True
+
+
+def check_opset(opset: int) -> None:
+    """export.opset within what the exporter writes and onnxruntime (the parity check) loads, else one line."""
+    opsets = supported_opsets()
+    if opset not in opsets or not onnxruntime_runs_opset(opset):
+        usable = [value for value in (opsets[0], opsets[-1]) if onnxruntime_runs_opset(value)]
+        shown = f"{usable[0]}..{usable[-1]}" if usable else f"{opsets[0]}..{opsets[-1]}"
+        raise ConfigError(f"export.opset={opset} is not supported: torch {torch.__version__}'s ONNX exporter and "
+                          f"this onnxruntime support opsets {shown} (below {MIN_USEFUL_OPSET} the weights become "
+                          f"graph inputs); choose one in {shown}, e.g. 17")
 
 
 def onnx_path_for(config: DictConfig, checkpoint: str) -> Path:
@@ -65,9 +105,11 @@ def parity_check(model: torch.nn.Module, path: Path, input_size, batch: int = 3)
 def run(config: DictConfig, status: StatusFile) -> Path:
     prepare_task(config, "export")
     section = config.export
+    check_opset(section.opset)
     checkpoint = task_checkpoint(config, "export")
     model, preprocessing, trained_config = load_trained_model(checkpoint, "export.checkpoint",
                                                               config, trust=config.model.trust_weights_file)
+    record_checkpoint_model(config, trained_config, "export")
     path = onnx_path_for(config, checkpoint)
     if path.exists() and not section.overwrite:
         raise ConfigError(f"export.onnx_file {path} already exists; set export.overwrite=true to replace it")
@@ -76,7 +118,11 @@ def run(config: DictConfig, status: StatusFile) -> Path:
         log.info("export runs on the CPU; export.gpu_id=%d is not needed", section.gpu_id)
     model = model.cpu().eval()
     input_size = preprocessing.input_size
-    export_onnx(model, path, input_size, section.opset)
+    try:
+        export_onnx(model, path, input_size, section.opset)
+    except torch.onnx.errors.OnnxExporterError as error:  # an operator without a form in this opset
+        raise ExportError(f"cannot export at export.opset={section.opset}: {first_line(error)}; "
+                          "try a newer opset, e.g. 17") from None
     difference = parity_check(model, path, input_size)
     log.info("onnxruntime vs PyTorch: max abs difference %.2e (tolerance %.0e)", difference, PARITY_TOLERANCE)
     if difference > PARITY_TOLERANCE:

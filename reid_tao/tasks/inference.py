@@ -14,7 +14,7 @@ from ..engine.status import StatusFile
 from ..errors import ConfigError
 from ..io import atomic_output
 from ..engine.extractor import extract
-from .common import prepare_task, reported
+from .common import prepare_task, record_checkpoint_model, reported
 
 log = logging.getLogger("reid_tao.inference")
 
@@ -85,8 +85,9 @@ def run(config: DictConfig, status: StatusFile) -> Path:
     checkpoint = task_checkpoint(config, "inference")
     if is_onnx_file(checkpoint):
         return run_onnx(config, checkpoint, results_dir)
-    model, preprocessing, _ = load_trained_model(checkpoint, "inference.checkpoint", config,
-                                                 trust=config.model.trust_weights_file)
+    model, preprocessing, trained = load_trained_model(checkpoint, "inference.checkpoint", config,
+                                                       trust=config.model.trust_weights_file)
+    record_checkpoint_model(config, trained, "inference")
     image_paths = inference_images(config)
     dataset = ImageDataset(image_paths, [0] * len(image_paths), [0] * len(image_paths), preprocessing.eval_transform())
     features = extract(model, dataset, config.inference, extraction_batch_size(config, "inference"),

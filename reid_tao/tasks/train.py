@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from ..build import (build_datamodule, build_module, checkpoint_settings, needs_validation, resume_path,
                      trained_num_classes, wandb_settings)
 from ..config.notices import warmup_warning
-from ..engine.callbacks import EpochSummary, StepLossBar
+from ..engine.callbacks import EpochSummary, StepLossBar, console_is_terminal
 from ..engine.checkpoint import LATEST_NAME, AtomicCheckpointIO, checkpoint_callbacks
 from ..engine.devices import plan_devices
 from ..engine.loggers import experiment_loggers
@@ -72,6 +72,7 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool, statu
                     "layer and breaks the compiled graph there; set train.sync_bn=false unless the per-GPU "
                     "batch is very small")
     benchmark, deterministic = cudnn_flags(train.cudnn, plan.accelerator)
+    bar = console_is_terminal()  # else the EpochSummary line per epoch only
     return pl.Trainer(
         accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes, strategy=plan.strategy,
         sync_batchnorm=sync_bn,
@@ -79,12 +80,12 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool, statu
         callbacks=[*checkpoint_callbacks(results, **checkpoint_settings(config)), EpochSummary(),
                    *([StatusCallback(status)] if status is not None else []),
                    # the bar reads the step loss back from the device when it redraws: every 10 steps on a GPU
-                   StepLossBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False),
+                   *([StepLossBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False)] if bar else []),
                    *extra_callbacks],
         plugins=[AtomicCheckpointIO(RESUME_FIELD, trust=config.model.trust_weights_file)],
         logger=experiment_loggers(results, wandb_settings(config)),
         check_val_every_n_epoch=train.validation_interval, limit_val_batches=1.0 if has_validation else 0,
-        num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False,
+        num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False, enable_progress_bar=bar,
         log_every_n_steps=10, benchmark=benchmark, deterministic=deterministic)
 
 

@@ -1,0 +1,47 @@
+"""The files and folders a task's spec names, checked for existence before torch is imported (seconds), so a
+mistyped path answers at once. The tasks read them later and check their contents."""
+from pathlib import Path
+from typing import List, Tuple
+
+from omegaconf import DictConfig
+
+from ..errors import DataError
+
+# task -> (spec field, kind) of paths that must exist when set; "data" is a folder or a list file
+TASK_PATHS = {
+    "train": (("train.resume_training_checkpoint_path", "checkpoint"),),
+    "evaluate": (("evaluate.checkpoint", "checkpoint"), ("evaluate.query_dataset", "data"),
+                 ("evaluate.test_dataset", "data")),
+    "inference": (("inference.checkpoint", "checkpoint"), ("inference.query_dataset", "data"),
+                  ("inference.test_dataset", "data")),
+    "export": (("export.checkpoint", "checkpoint"),),
+    "tune": (("dataset.train_dataset_dir", "data"), ("tune.query_dataset", "data"), ("tune.test_dataset", "data")),
+}
+DATASET_FOLDERS = ("dataset.train_dataset_dir", "dataset.query_dataset_dir", "dataset.test_dataset_dir")
+
+
+def _value(config: DictConfig, dotted: str):
+    section, key = dotted.split(".")
+    return config[section][key]
+
+
+def named_paths(config: DictConfig, task: str) -> List[Tuple[str, str]]:
+    """(field, kind) of the set paths `task` reads."""
+    fields = list(TASK_PATHS.get(task, ()))
+    if task == "train" and not config.dataset.synthetic:  # synthetic data is generated when missing
+        fields += [(field, "data") for field in DATASET_FOLDERS]
+    elif task == "evaluate":  # each of evaluate.* falls back to its dataset.* folder
+        fields += [(f"dataset.{split}_dataset_dir", "data") for split in ("query", "test")
+                   if not config.evaluate[f"{split}_dataset"]]
+    elif task == "inference" and not (config.inference.query_dataset or config.inference.test_dataset):
+        fields += [(field, "data") for field in DATASET_FOLDERS[1:]]  # both fall back together
+    return [(field, kind) for field, kind in fields if _value(config, field)]
+
+
+def check_paths(config: DictConfig, task: str) -> None:
+    """One DataError line for the first path named in the spec that does not exist."""
+    for field, kind in named_paths(config, task):
+        path = _value(config, field)
+        if not Path(path).exists():
+            what = "checkpoint" if kind == "checkpoint" else "folder or list file"
+            raise DataError(f"{field}: {what} {path} does not exist; correct {field}")
