@@ -34,14 +34,19 @@ def _top_level_help() -> str:
     return "\n".join(lines)
 
 
-def _task_parser(task: str) -> argparse.ArgumentParser:
+def _fields_help(task: str) -> str:
     from .build import resolve_choices  # the choices of table-backed fields are the implementations' tables
 
     fields = describe_fields(HELP_SECTIONS[task], resolve_choices)
+    return ("spec fields (section.key = default  [allowed values; status], then what it does), settable in "
+            f"the spec or as overrides:\n{fields}")
+
+
+def _task_parser(task: str, with_fields: bool) -> argparse.ArgumentParser:
+    """with_fields (only for --help: it imports the implementations' tables, i.e. torch): the field list."""
     parser = argparse.ArgumentParser(
         prog=f"reid {task}", description=DESCRIPTIONS[task], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="spec fields (section.key = default  [allowed values; status], then what it does), settable in "
-               f"the spec or as overrides:\n{fields}")
+        epilog=_fields_help(task) if with_fields else None)
     parser.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="spec",
                         help="TAO-style experiment spec (YAML); omitted: schema defaults + overrides")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (Hydra grammar)")
@@ -57,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if task not in TASKS:
         print(f"reid: unknown task '{task}'; choose one of {', '.join(TASKS)}", file=sys.stderr)
         return 2
-    args = _task_parser(task).parse_args(rest)
+    args = _task_parser(task, with_fields=bool({"-h", "--help"} & set(rest))).parse_args(rest)
     try:
         # The spec's own rules first: a missing file or a typo answers before torch is imported.
         config = load_config(args.spec, args.overrides)
