@@ -13,6 +13,7 @@ from ..data.transforms import INTERPOLATIONS
 from ..engine.checkpoint import INTERVAL_UNITS
 from ..engine.devices import ACCELERATORS
 from ..engine.module import METRIC_MODES
+from ..engine.onnx_precision import DATA_TYPES
 from ..engine.optim import WARMUP_METHODS, optimizer_class
 from ..engine.precision import PRECISIONS
 from ..errors import ConfigError
@@ -74,6 +75,7 @@ def check_spec(config: DictConfig) -> None:
     if train.checkpointer.monitor is not None:
         _choice("train.checkpointer.monitor", train.checkpointer.monitor, METRIC_MODES)
     _choice("evaluate.sampled_matches", config.evaluate.sampled_matches, QUERY_CHOICES)
+    _choice("export.data_type", config.export.data_type, DATA_TYPES)
     for section in ("train", "evaluate", "inference"):
         _choice(f"{section}.precision", config[section].precision, PRECISIONS)
     for section in ("train", "evaluate", "inference"):

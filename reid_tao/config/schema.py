@@ -207,6 +207,9 @@ class ExportConfig:
     gpu_id: int = 0
     opset: int = 17  # new
     overwrite: bool = False  # new
+    data_type: str = "fp32"  # new (TAO's deploy name): fp32 | fp16 | int8 (QDQ, needs calibration_dataset)
+    calibration_dataset: Optional[str] = None  # new: int8 calibration images, any image folder or list file
+    calibration_images: int = 200  # new: int8: images calibrated on; up to 64 others check parity
     results_dir: Optional[str] = None
 
 

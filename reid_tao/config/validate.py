@@ -18,7 +18,7 @@ POSITIVE_INTS = ("model.last_stride", "model.input_width", "model.input_height",
                  "train.num_epochs", "train.checkpoint_interval", "train.validation_interval",
                  "train.num_gpus", "train.num_nodes", "re_ranking.k1", "re_ranking.k2", "re_ranking.max_rank",
                  "evaluate.num_gpus", "inference.num_gpus", "evaluate.num_nodes", "inference.num_nodes",
-                 "export.opset")
+                 "export.opset", "export.calibration_images")
 CHOICES = {"train.checkpoint_interval_unit": ("epoch", "step"), "train.checkpointer.mode": (None, "min", "max")}
 PROBABILITIES = ("dataset.prob", "dataset.re_prob", "re_ranking.lambda_value", "model.dropout_rate",
                  "model.drop_path", "model.att_drop_rate")
@@ -86,6 +86,10 @@ def validate_config(config: DictConfig) -> None:
     for name in ("warmup_iters", "warmup_epochs"):
         if optim[name] < 0:
             raise ConfigError(f"train.optim.{name} must be >= 0, got {optim[name]}")
+    export = config.export
+    if export.data_type == "int8" and not export.calibration_dataset:
+        raise ConfigError("export.data_type=int8 needs export.calibration_dataset: a folder of images (or a list "
+                          "file) like the ones the model will see, e.g. the training folder")
     if config.train.grad_clip < 0:
         raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {config.train.grad_clip}")
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from ..data.datamodule import eval_dataset
 from ..data.layouts import read_split
 from ..data.records import summary_table
-from ..build import extraction_batch_size, load_trained_model, task_checkpoint
+from ..build import extraction_batch_size, load_embedding_model, task_checkpoint
 from ..engine.status import RUNNING, StatusFile
 from ..engine.extractor import extract, section_precision
 from ..errors import ConfigError
@@ -64,8 +64,9 @@ def metrics_dict(metrics: RankMetrics, max_rank: int) -> dict:
 @reported("evaluate")
 def run(config: DictConfig, status: StatusFile) -> Dict[str, RankMetrics]:
     results_dir = prepare_task(config, "evaluate")
-    model, preprocessing, _ = load_trained_model(task_checkpoint(config, "evaluate"), "evaluate.checkpoint",
-                                                 config, trust=config.model.trust_weights_file)
+    # a .pth checkpoint or an exported .onnx (fp32, fp16 or int8): the metrics of what ships
+    model, preprocessing = load_embedding_model(task_checkpoint(config, "evaluate"), "evaluate.checkpoint", config,
+                                                config.evaluate, trust=config.model.trust_weights_file)
     query_dir, query_field = eval_folder(config, "query_dataset", "query_dataset_dir")
     gallery_dir, gallery_field = eval_folder(config, "test_dataset", "test_dataset_dir")
     query, gallery = read_split(query_dir, query_field), read_split(gallery_dir, gallery_field)
@@ -93,7 +94,7 @@ def run(config: DictConfig, status: StatusFile) -> Dict[str, RankMetrics]:
 
     report = metrics_dict(results["plain"], max_rank)
     report["re_ranking"] = bool(rerank_cfg.re_ranking)
-    report["precision"] = section_precision(config.evaluate)  # of the features the metrics come from
+    report["precision"] = section_precision(config.evaluate, model)  # of the features the metrics come from
     if "re-ranked" in results:
         report["re_ranked"] = metrics_dict(results["re-ranked"], max_rank)
     atomic_write_json(results_dir / "metrics.json", report)
