@@ -11,6 +11,7 @@ docs/deployment.md): :data:`FLOAT_LAYERS` names them, :func:`float_node_names` f
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -41,7 +42,9 @@ def convert_fp16(source: Path, target: Path, calibration: Optional[Calibration] 
     import onnx
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    with warnings.catch_warnings():  # one warning per tiny weight rounded to fp16's smallest value
+        warnings.simplefilter("ignore")
+        model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     onnx.save(model, str(target))
     return []
 
