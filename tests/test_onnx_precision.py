@@ -11,8 +11,6 @@ from reid_tao.cli import main
 
 from helpers import write_untrained_checkpoint
 
-pytestmark = pytest.mark.slow  # exports and evaluations of a tiny model, a few seconds each
-
 
 def export(checkpoint: Path, onnx_file: Path, *extra: str) -> int:
     return main(["export", f"results_dir={onnx_file.parent}", f"export.checkpoint={checkpoint}",
@@ -36,6 +34,7 @@ def models(tiny_market, tmp_path_factory):
     return checkpoint, files
 
 
+@pytest.mark.slow  # exports (and evaluations) of a tiny model
 def test_int8_export_is_quantized_runs_and_agrees_with_the_checkpoint(tiny_market, models):
     from reid_tao import Embedder
 
@@ -58,6 +57,7 @@ def test_int8_export_is_quantized_runs_and_agrees_with_the_checkpoint(tiny_marke
     assert agreement.mean() > 0.95 and agreement.min() > 0.9
 
 
+@pytest.mark.slow  # exports (and evaluations) of a tiny model
 def test_fp16_export_keeps_float32_inputs_and_agrees(tiny_market, models):
     from reid_tao import Embedder
 
@@ -79,6 +79,7 @@ def evaluate(model: Path, market: Path, results: Path) -> dict:
     return json.loads((results / "evaluate" / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # exports (and evaluations) of a tiny model
 def test_evaluate_an_onnx_file_like_a_checkpoint(tiny_market, models, tmp_path):
     checkpoint, files = models
     metrics = {name: evaluate(path, tiny_market, tmp_path / name) for name, path in
@@ -95,6 +96,7 @@ def test_evaluate_an_onnx_file_like_a_checkpoint(tiny_market, models, tmp_path):
         assert status[-1]["status"] == "SUCCESS" and "mAP" in status[-1]["kpi"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty", "unreadable", "one image"])
 def test_a_bad_calibration_folder_gets_one_line(tiny_market, models, tmp_path, capsys, case):
     checkpoint, _ = models
@@ -113,6 +115,7 @@ def test_a_bad_calibration_folder_gets_one_line(tiny_market, models, tmp_path, c
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow  # exports (and evaluations) of a tiny model
 def test_int8_needs_a_calibration_folder(tiny_market, models, tmp_path, capsys):
     checkpoint, _ = models
     assert export(checkpoint, tmp_path / "m.onnx", "export.data_type=int8") != 0
@@ -130,3 +133,16 @@ def test_default_file_names_say_the_data_type():
     for data_type, name in (("fp32", "model.onnx"), ("fp16", "model_fp16.onnx"), ("int8", "model_int8.onnx")):
         config = OmegaConf.create({"export": {"onnx_file": None, "data_type": data_type}})
         assert onnx_path_for(config, "/r/model.pth") == Path("/r") / name
+
+
+def test_calibration_fields_without_int8_are_noticed():
+    from reid_tao.build import load_experiment
+    from reid_tao.config.notices import field_notices
+
+    config = load_experiment(None, ["export.data_type=fp16", "export.calibration_images=10"])
+    expected = "export.calibration_images has no effect: only export.data_type=int8 calibrates"
+    assert field_notices(config, "export") == [expected]
+    config = load_experiment(None, ["export.calibration_dataset=/data/train"])
+    assert len(field_notices(config, "export")) == 1 and "calibration_dataset" in field_notices(config, "export")[0]
+    assert field_notices(load_experiment(None, ["export.data_type=int8", "export.calibration_dataset=/d"]),
+                         "export") == []
