@@ -70,16 +70,16 @@ def parity_batches(held_out: List[str], preprocessing: Preprocessing) -> Tuple[I
     return [noise.numpy()], "16 random inputs (set export.calibration_dataset for real images)"
 
 
-def convert(section: DictConfig, fp32_path: Path, path: Path, preprocessing: Preprocessing) -> dict:
-    """export.data_type's copy of the fp32 graph at ``path``; returns the sidecar's record of it."""
+def convert(section: DictConfig, fp32_path: Path, path: Path, preprocessing: Preprocessing,
+            images: Tuple[List[str], List[str]]) -> dict:
+    """export.data_type's copy of the fp32 graph at ``path``; ``images``: (calibration, held-out) image paths
+    (both empty without export.calibration_dataset). Returns the sidecar's record of the conversion."""
     data_type = section.data_type
-    calibration, held_out = None, []
-    if section.calibration_dataset:
-        calibration_paths, held_out = calibration_split(section.calibration_dataset, section.calibration_images)
-        if data_type in CALIBRATED:
-            log.info("calibrating %s on %d images of %s", data_type, len(calibration_paths),
-                     section.calibration_dataset)
-            calibration = Calibration(INPUT_NAME, image_batches(calibration_paths, preprocessing))
+    calibration_paths, held_out = images
+    calibration = None
+    if calibration_paths and data_type in CALIBRATED:
+        log.info("calibrating %s on %d images of %s", data_type, len(calibration_paths), section.calibration_dataset)
+        calibration = Calibration(INPUT_NAME, image_batches(calibration_paths, preprocessing))
     with atomic_path(path) as temporary:
         float_nodes = DATA_TYPES[data_type](fp32_path, temporary, calibration)
     batches, described = parity_batches(held_out, preprocessing)
@@ -137,6 +137,9 @@ def run(config: DictConfig, status: StatusFile) -> Path:
         log.info("export runs on the CPU; export.gpu_id=%d is not needed", section.gpu_id)
     model = model.cpu().eval()
     input_size = preprocessing.input_size
+    # read the calibration folder first: a bad one stops export before any work
+    images = (calibration_split(section.calibration_dataset, section.calibration_images)
+              if section.calibration_dataset and section.data_type != "fp32" else ([], []))
     with tempfile.TemporaryDirectory(prefix="reid_export_") as scratch:
         # fp32 is written in place; another data type is converted from a checked fp32 graph in scratch.
         fp32_path = path if section.data_type == "fp32" else Path(scratch) / "fp32.onnx"
@@ -147,7 +150,7 @@ def run(config: DictConfig, status: StatusFile) -> Path:
             fp32_path.unlink()
             raise ExportError(f"exported model disagrees with PyTorch (max abs difference {difference:.2e} > "
                               f"{PARITY_TOLERANCE:.0e}); the ONNX file was removed")
-        precision = {} if section.data_type == "fp32" else convert(section, fp32_path, path, preprocessing)
+        precision = {} if section.data_type == "fp32" else convert(section, fp32_path, path, preprocessing, images)
     # The sidecar holds the Preprocessing fields (Preprocessing.from_dict reads it back) plus the graph's names.
     sidecar = {
         "onnx_file": path.name, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
