@@ -35,7 +35,8 @@ def field_notices(config: DictConfig, task: str) -> List[str]:
     if task in ("evaluate", "inference") and config[task].trt_engine:
         lines.append(TRT_ENGINE_LINE.format(task=task))
     export = config.export
-    if task == "export" and export.data_type != "int8" and export.calibration_images != defaults.export.calibration_images:
+    calibrates = export.data_type == "int8"
+    if task == "export" and not calibrates and export.calibration_images != defaults.export.calibration_images:
         lines.append("export.calibration_images has no effect: only export.data_type=int8 calibrates")
     if task == "export" and export.data_type == "fp32" and export.calibration_dataset:
         lines.append("export.calibration_dataset has no effect with export.data_type=fp32 (it calibrates int8 and "
