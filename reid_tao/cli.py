@@ -12,9 +12,9 @@ from .io import error_line
 
 DESCRIPTIONS = {
     "train": "train a re-identification model (resumes from results_dir/train/reid_model_latest.pth)",
-    "evaluate": "CMC / mAP / mINP on query + gallery folders, plots, optional re-ranking",
+    "evaluate": "CMC / mAP / mINP of a checkpoint or exported ONNX on query + gallery folders, plots, re-ranking",
     "inference": "write one embedding per image to a JSON file",
-    "export": "export to ONNX (dynamic batch) and check it against PyTorch",
+    "export": "export to ONNX (dynamic batch; fp32, fp16 or calibrated INT8) and check it against PyTorch",
     "tune": "search spec fields (tune.space) on a validation split of the training ids; resumable (Optuna)",
 }
 HELP_SECTIONS = {

@@ -5,6 +5,7 @@
   python scripts/benchmark.py rerank  --num-query 3368 --num-gallery 15913 --dim 2048 --device cpu
   python scripts/benchmark.py train    --data /data/market1501 --device cuda --epochs 2
   python scripts/benchmark.py evaluate --data /data/market1501 --device cuda
+  python scripts/benchmark.py onnx     --data /data/market1501 --checkpoint model.pth --accuracy
 
 train and evaluate run on real images: a Market-1501 root, or (no --data) a small synthetic set
 generated into a temporary folder (CPU smoke runs: --backbone resnet_18 --height 64 --width 32).
@@ -540,6 +541,118 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+# -- exported models: fp32 vs fp16 vs INT8 ONNX through onnxruntime ---------------------------------------
+def _onnx_images_per_s(session: Any, input_name: str, shape: tuple, min_seconds: float) -> float:
+    """Embedding throughput of one onnxruntime session on preprocessed random images: two untimed runs,
+    then whole runs until ``min_seconds`` have passed (at least three)."""
+    import numpy as np
+
+    batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    for _ in range(2):
+        session.run(None, {input_name: batch})
+    runs, start = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - start < min_seconds:
+        session.run(None, {input_name: batch})
+        runs += 1
+    return runs * shape[0] / (time.perf_counter() - start)
+
+
+def _onnx_accuracy(run: Callable, query: list, gallery: list, preprocessing: Any) -> dict[str, float]:
+    """Rank-1 / mAP of the embeddings ``run`` (float32 batch -> embeddings) gives query and gallery."""
+    import numpy as np
+    import torch
+
+    from reid_tao.engine.onnx_precision import image_batches
+    from reid_tao.evaluation.distance import pairwise_distance
+    from reid_tao.evaluation.metrics import evaluate_rankings
+
+    records = query + gallery
+    features = torch.from_numpy(np.concatenate([run(batch) for batch in
+                                                image_batches([r.path for r in records], preprocessing, 64)]))
+    pids = torch.tensor([r.pid for r in records])
+    camids = torch.tensor([r.camid for r in records])
+    q = len(query)
+    result = evaluate_rankings(pairwise_distance(features[:q], features[q:]), pids[:q], pids[q:], camids[:q],
+                               camids[q:], max_rank=10)
+    return {"rank1": round(float(result.cmc[0]), 4), "mAP": round(float(result.mAP), 4)}
+
+
+def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
+    """fp32, fp16 and INT8 ONNX of one model, side by side: images/s of embedding with onnxruntime on the CPU
+    at each batch size, cosine parity with fp32, and (--accuracy) Rank-1 / mAP on the query/gallery split."""
+    import random
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime
+    import torch
+
+    from reid_tao.build import build_model, load_experiment, load_trained_model, preprocessing_for
+    from reid_tao.data.layouts import read_split, split_images
+    from reid_tao.engine.onnx_precision import (DATA_TYPES, Calibration, cosine_parity, image_batches,
+                                                session_runner)
+    from reid_tao.tasks.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+
+    data_types = args.data_types.split(",")
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    with _TemporaryMarket(args.data) as root, tempfile.TemporaryDirectory(prefix="reid_onnx_bench_") as scratch:
+        if args.checkpoint:
+            model, preprocessing, _ = load_trained_model(args.checkpoint, "--checkpoint")
+        else:
+            config = load_experiment(None, _model_overrides(args, root) + [f"model.feat_dim={args.feat_dim}"])
+            torch.manual_seed(0)
+            model, preprocessing = build_model(config, 751, load_pretrained=False), preprocessing_for(config)
+        model = model.cpu().eval()
+        files = {"fp32": Path(scratch) / "fp32.onnx"}
+        export_onnx(model, files["fp32"], preprocessing.input_size, 17)
+        calibration_paths = split_images(str(args.calibration or root / "bounding_box_train"), "--calibration")
+        random.Random(0).shuffle(calibration_paths)
+        held_out, calibration_paths = calibration_paths[:64], calibration_paths[64:64 + args.calibration_images]
+        float_nodes, parity = {}, {}
+        reference = session_runner(files["fp32"], INPUT_NAME, OUTPUT_NAME)
+        parity_batches = list(image_batches(held_out, preprocessing, 32))
+        for data_type in data_types:
+            if data_type == "fp32":
+                continue
+            files[data_type] = Path(scratch) / f"{data_type}.onnx"
+            calibration = Calibration(INPUT_NAME, image_batches(calibration_paths, preprocessing))
+            float_nodes[data_type] = DATA_TYPES[data_type](files["fp32"], files[data_type], calibration)
+            mean, minimum = cosine_parity(reference, session_runner(files[data_type], INPUT_NAME, OUTPUT_NAME),
+                                          parity_batches)
+            parity[data_type] = {"cosine_mean": round(mean, 5), "cosine_min": round(minimum, 5)}
+
+        options = onnxruntime.SessionOptions()
+        if args.threads:
+            options.intra_op_num_threads = args.threads
+        speed = {}
+        for data_type in data_types:
+            session = onnxruntime.InferenceSession(str(files[data_type]), options, providers=["CPUExecutionProvider"])
+            speed[data_type] = {str(size): round(_onnx_images_per_s(session, INPUT_NAME,
+                                                                    (size, 3, *preprocessing.input_size),
+                                                                    args.min_seconds), 1) for size in batch_sizes}
+        report: dict[str, Any] = {
+            "task": "onnx", "images_per_s": speed, "parity_vs_fp32": parity, "float_nodes": float_nodes,
+            "model": args.checkpoint or f"{args.backbone} random weights", "input_size": list(preprocessing.input_size),
+            "calibration_images": len(calibration_paths), "onnxruntime": onnxruntime.__version__,
+            "threads": args.threads or "onnxruntime default", "cpu_count": os.cpu_count(),
+        }
+        if "fp32" in speed:
+            report["speedup_vs_fp32"] = {data_type: {size: round(rate / speed["fp32"][size], 2)
+                                                     for size, rate in rates.items()}
+                                         for data_type, rates in speed.items() if data_type != "fp32"}
+        if args.accuracy:
+            query = read_split(str(args.query or root / "query"), "--query")
+            gallery = read_split(str(args.gallery or root / "bounding_box_test"), "--gallery")
+            runners = {name: session_runner(path, INPUT_NAME, OUTPUT_NAME) for name, path in files.items()}
+            if args.checkpoint:
+                runners = {"pth": lambda batch: model(torch.from_numpy(batch)).detach().numpy(), **runners}
+            with torch.no_grad():
+                report["accuracy"] = {name: _onnx_accuracy(run, query, gallery, preprocessing)
+                                      for name, run in runners.items()}
+            report["num_query"], report["num_gallery"] = len(query), len(gallery)
+    return report
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("--data", default=None,
                         help="Market-1501 root (bounding_box_train, bounding_box_test, query); default: a small "
@@ -592,6 +705,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default=None, help="a reid checkpoint (default: random weights)")
     evaluate.add_argument("--rerank", action="store_true", help="also k-reciprocal re-ranking")
     evaluate.set_defaults(run=run_evaluate, repeats=1, num_instances=4)
+
+    onnx = tasks.add_parser("onnx", help="fp32 vs fp16 vs INT8 ONNX: onnxruntime images/s, parity, accuracy")
+    _add_model_arguments(onnx, batch_size=64)
+    onnx.add_argument("--checkpoint", default=None, help="a reid checkpoint (default: random weights, speed only)")
+    onnx.add_argument("--feat-dim", type=int, default=256, help="model.feat_dim of the random-weight model")
+    onnx.add_argument("--data-types", default="fp32,fp16,int8", help="comma-separated export.data_type values")
+    onnx.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes to time")
+    onnx.add_argument("--calibration", default=None,
+                      help="INT8 calibration images, folder or list file (default: <data>/bounding_box_train); "
+                           "64 of them are held out for the parity check")
+    onnx.add_argument("--calibration-images", type=int, default=200, help="export.calibration_images")
+    onnx.add_argument("--min-seconds", type=float, default=10.0, help="timed seconds per data type and batch size")
+    onnx.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    onnx.add_argument("--accuracy", action="store_true", help="also Rank-1 / mAP of each model on query/gallery")
+    onnx.add_argument("--query", default=None, help="query folder or list file (default: <data>/query)")
+    onnx.add_argument("--gallery", default=None, help="gallery folder or list file (default: <data>/bounding_box_test)")
+    onnx.set_defaults(run=run_onnx, repeats=1, num_instances=4)
     return parser
 
 

@@ -44,3 +44,17 @@ def test_evaluate_benchmark_runs_on_cpu():
     assert report["num_query"] > 0 and report["num_gallery"] > report["num_query"]
     assert 0 < report["mAP"] <= 1 and 0 <= report["rank1"] <= 1
     assert report["seconds"] >= report["feature_seconds"] > 0
+
+
+def test_onnx_benchmark_compares_the_data_types(tmp_path):
+    from helpers import make_market
+
+    market = make_market(tmp_path / "market", train_ids=range(1, 13))  # 72 images: 64 held out, 8 calibrate
+    report = run_script("onnx", *TINY, "--data", str(market), "--batch-sizes", "1,4", "--min-seconds", "0",
+                        "--calibration-images", "8", "--accuracy")
+    assert report["task"] == "onnx" and set(report["images_per_s"]) == {"fp32", "fp16", "int8"}
+    assert all(rate > 0 for rates in report["images_per_s"].values() for rate in rates.values())
+    assert set(report["speedup_vs_fp32"]["int8"]) == {"1", "4"} and report["calibration_images"] == 8
+    assert report["parity_vs_fp32"]["fp16"]["cosine_min"] > 0.999
+    assert report["float_nodes"]["int8"][0] == "/backbone/conv1/Conv"
+    assert set(report["accuracy"]) == {"fp32", "fp16", "int8"} and report["num_query"] == 4

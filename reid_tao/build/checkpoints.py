@@ -9,6 +9,7 @@ from torch import nn
 
 from ..config.loader import schema_config, task_results_dir
 from ..data.preprocessing import Preprocessing
+from ..engine.onnx_runner import OnnxModel, is_onnx_file
 from ..engine.checkpoint import (LATEST_NAME, is_reid_tao_checkpoint, is_tao_checkpoint, model_state_dict,
                                  read_checkpoint, read_checkpoint_file)
 from ..errors import ConfigError, DataError
@@ -53,6 +54,18 @@ def load_trained_model(path: str, field: str, config: Optional[DictConfig] = Non
             return trained
     raise DataError(f"{field}: {path} is neither a reid_tao checkpoint nor a TAO ReIdentificationNet checkpoint "
                     "(no reid_tao metadata, no model.base.* weights); use a file written by `reid train` or TAO")
+
+
+def load_embedding_model(path: str, field: str, config: DictConfig, section: DictConfig, trust: bool = False
+                         ) -> Tuple[Callable, Preprocessing, Optional[DictConfig]]:
+    """(model, preprocessing, the training config) of a trained checkpoint (.pth, see :func:`load_trained_model`)
+    or of an exported model (.onnx of any data type: onnxruntime on ``section``'s accelerator, preprocessing from
+    its sidecar; no training config)."""
+    if is_onnx_file(path):
+        model = OnnxModel(path, field, section.accelerator, section.gpu_ids[0])
+        return model, model.preprocessing, None
+    trained = load_trained_model(path, field, config, trust=trust)
+    return trained.model, trained.preprocessing, trained.config
 
 
 def _rebuild_reid_tao(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:

@@ -287,6 +287,13 @@ class ExportConfig:
     gpu_id: int = spec_field(0, help="export runs on the CPU; a different value is logged")
     opset: int = spec_field(17, bounds=AT_LEAST_1, new=True, help="ONNX opset")
     overwrite: bool = spec_field(False, new=True, help="replace an existing ONNX file")
+    data_type: str = spec_field("fp32", choices="reid_tao.engine.onnx_precision:DATA_TYPES", help=(
+        "TAO's deploy name: fp32, fp16, or int8 (QDQ, calibrated on calibration_dataset)"))
+    calibration_dataset: Optional[str] = spec_field(None, help=(
+        "int8: calibration images (any image folder or list file, e.g. the training folder); fp16/int8: the "
+        "parity images"))
+    calibration_images: int = spec_field(200, bounds=AT_LEAST_1, new=True, help=(
+        "int8: images calibrated on; up to 64 others check the parity"))
     results_dir: Optional[str] = spec_field(None, help="None: results_dir/export")
 
 

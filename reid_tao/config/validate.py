@@ -41,3 +41,7 @@ def validate_config(config: DictConfig) -> None:
     steps = list(config.train.optim.lr_steps)
     if steps != sorted(steps) or len(set(steps)) != len(steps):
         raise ConfigError(f"train.optim.lr_steps must be strictly increasing epochs, got {steps}")
+    export = config.export
+    if export.data_type == "int8" and not export.calibration_dataset:
+        raise ConfigError("export.data_type=int8 needs export.calibration_dataset: a folder of images (or a list "
+                          "file) like the ones the model will see, e.g. the training folder")

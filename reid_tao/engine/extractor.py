@@ -14,6 +14,7 @@ from ..evaluation.features import embed
 from .callbacks import console_is_terminal
 from .devices import plan_devices
 from .distributed import gather_by_index
+from .onnx_runner import OnnxModel, onnx_feature_batches
 from .precision import precision_for
 
 
@@ -54,9 +55,12 @@ def _first_gpu(plan) -> Optional[int]:
     return plan.devices[0] if plan.accelerator == "gpu" else None
 
 
-def section_precision(section: DictConfig) -> str:
+def section_precision(section: DictConfig, model=None) -> str:
     """The precision evaluate/inference extract with: <section>.precision resolved on the section's device
-    (default "32", so metrics and embeddings match the CPU and TAO's fp32 evaluation)."""
+    (default "32", so metrics and embeddings match the CPU and TAO's fp32 evaluation); for an exported
+    model, its data type (fp32, fp16, int8)."""
+    if isinstance(model, OnnxModel):
+        return model.data_type
     plan = _plan(section)
     return precision_for(section.precision, plan.accelerator, _first_gpu(plan))
 
@@ -74,7 +78,10 @@ def _float32_matmul_precision(value: str):
 def extract(model: nn.Module, dataset: ImageDataset, section: DictConfig, batch_size: int, num_workers: int,
             flip: bool = False) -> Optional[torch.Tensor]:
     """(N, D) float32 features in dataset order, on the device that extracted them, on the global-zero
-    process (so metrics and re-ranking run on the GPU when there is one); None on the other processes."""
+    process (so metrics and re-ranking run on the GPU when there is one); None on the other processes.
+    An exported model (:class:`OnnxModel`) runs in this one process, through onnxruntime."""
+    if isinstance(model, OnnxModel):
+        return torch.cat(list(onnx_feature_batches(model, dataset, batch_size, num_workers, flip)))
     plan = _plan(section)
     precision = precision_for(section.precision, plan.accelerator, _first_gpu(plan))
     trainer = pl.Trainer(accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes,

@@ -63,6 +63,7 @@ class OnnxModel:
             self.preprocessing = Preprocessing.from_dict(meta)
             self.input_name, self.output_name = meta["input_name"], meta["output_name"]
             self.feat_dim = int(meta["feature_dim"])
+            self.data_type = str(meta.get("data_type", "fp32"))  # fp32 | fp16 | int8 (older exports: fp32)
         except FileNotFoundError:
             raise DataError(f"{field}: {sidecar} (the preprocessing `reid export` writes beside {path.name}) is "
                             "missing; keep it next to the ONNX file or export again") from None

@@ -19,7 +19,11 @@ from ..io import atomic_write_text
 log = logging.getLogger("reid_tao.export")
 
 REID_REASSOCIATION = 2  # NvDCF's ReID-based re-association (1 = NvDeepSORT, 3 = both)
-NETWORK_MODE_FP16 = 1  # {fp32=0, fp16=1, int8=2}
+# export.data_type -> the tracker's networkMode {fp32=0, fp16=1, int8=2} (the tracker's own enum: gst-nvinfer's
+# network-mode numbers INT8 and FP16 the other way round). TensorRT builds an fp32 ONNX in FP16 (as NVIDIA's
+# samples do); the INT8 file carries its own scales (QDQ), so no calibration table is needed.
+NETWORK_MODES = {"fp32": 1, "fp16": 1, "int8": 2}
+ENGINE_PRECISION = {0: "fp32", 1: "fp16", 2: "int8"}
 BATCH_SIZE = 100  # crops per TensorRT batch, NVIDIA's sample value
 HISTORY_SIZE = 100  # features kept per target, NVIDIA's sample value
 
@@ -31,11 +35,13 @@ def scale_factor(pixel_std) -> Tuple[float, float]:
     return 1.0 / (255.0 * mean_std), max(abs(std / mean_std - 1.0) for std in pixel_std)
 
 
-def reid_block(preprocessing: Preprocessing, feature_dim: int, onnx_file: Path) -> Dict[str, Any]:
+def reid_block(preprocessing: Preprocessing, feature_dim: int, onnx_file: Path, data_type: str = "fp32"
+               ) -> Dict[str, Any]:
     """The values of the `ReID:` block (engine path suggested beside the ONNX; change it per GPU/precision)."""
     height, width = preprocessing.input_size
     factor, _ = scale_factor(preprocessing.pixel_std)
     onnx_file = Path(onnx_file).resolve()
+    network_mode = NETWORK_MODES[data_type]
     return {
         "reidType": REID_REASSOCIATION,
         "batchSize": BATCH_SIZE,
@@ -43,7 +49,7 @@ def reid_block(preprocessing: Preprocessing, feature_dim: int, onnx_file: Path) 
         "reidFeatureSize": int(feature_dim),
         "reidHistorySize": HISTORY_SIZE,
         "inferDims": [3, height, width],
-        "networkMode": NETWORK_MODE_FP16,
+        "networkMode": network_mode,
         "inputOrder": 0,
         "colorFormat": 0,
         "offsets": [round(255.0 * mean, 6) for mean in preprocessing.pixel_mean],
@@ -53,7 +59,7 @@ def reid_block(preprocessing: Preprocessing, feature_dim: int, onnx_file: Path) 
         # The exported embedding is not L2-normalised; the tracker compares normalised features.
         "addFeatureNormalization": 1,
         "onnxFile": str(onnx_file),
-        "modelEngineFile": str(onnx_file.with_name(f"{onnx_file.name}_b{BATCH_SIZE}_gpu0_fp16.engine")),
+        "modelEngineFile": str(onnx_file.with_name(f"{onnx_file.name}_b{BATCH_SIZE}_gpu0_{ENGINE_PRECISION[network_mode]}.engine")),
     }
 
 
@@ -66,14 +72,15 @@ HEADER = """\
 """
 
 
-def write_tracker_config(path: Path, preprocessing: Preprocessing, feature_dim: int, onnx_file: Path) -> Path:
+def write_tracker_config(path: Path, preprocessing: Preprocessing, feature_dim: int, onnx_file: Path,
+                         data_type: str = "fp32") -> Path:
     _, error = scale_factor(preprocessing.pixel_std)
     if error > 0:
         log.warning("DeepStream takes one netScaleFactor: the per-channel pixel_std %s becomes its mean, which "
                     "scales each channel's input by up to %.1f%% off; train with a uniform std (e.g. "
                     "dataset.pixel_std=[0.226,0.226,0.226], as specs/market1501_deepstream.yaml) for an exact match",
                     list(preprocessing.pixel_std), 100 * error)
-    body = yaml.safe_dump({"ReID": reid_block(preprocessing, feature_dim, onnx_file)}, sort_keys=False,
+    body = yaml.safe_dump({"ReID": reid_block(preprocessing, feature_dim, onnx_file, data_type)}, sort_keys=False,
                           default_flow_style=None)
     atomic_write_text(path, HEADER.format(onnx=Path(onnx_file).name) + body)
     return path

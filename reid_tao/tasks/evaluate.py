@@ -8,9 +8,9 @@ from omegaconf import DictConfig
 from ..data.datamodule import eval_dataset
 from ..data.layouts import read_split
 from ..data.records import summary_table
-from ..build import extraction_batch_size, load_trained_model, task_checkpoint
+from ..build import extraction_batch_size, load_embedding_model, task_checkpoint
 from ..engine.status import StatusFile
-from ..engine.extractor import extract
+from ..engine.extractor import extract, section_precision
 from ..errors import ConfigError
 from ..evaluation.result import EvaluationResult, evaluate_features
 from .common import prepare_task, record_checkpoint_model, reported
@@ -32,9 +32,12 @@ def eval_folder(config: DictConfig, own: str, fallback: str) -> tuple:
 @reported("evaluate")
 def run(config: DictConfig, status: StatusFile) -> Optional[EvaluationResult]:
     results_dir = prepare_task(config, "evaluate")
-    model, preprocessing, trained = load_trained_model(task_checkpoint(config, "evaluate"), "evaluate.checkpoint",
-                                                       config, trust=config.model.trust_weights_file)
-    record_checkpoint_model(config, trained, "evaluate")
+    # a .pth checkpoint or an exported .onnx (fp32, fp16 or int8): the metrics of what ships
+    model, preprocessing, trained = load_embedding_model(task_checkpoint(config, "evaluate"), "evaluate.checkpoint",
+                                                         config, config.evaluate,
+                                                         trust=config.model.trust_weights_file)
+    if trained is not None:  # a .pth: its config decides the model
+        record_checkpoint_model(config, trained, "evaluate")
     query_dir, query_field = eval_folder(config, "query_dataset", "query_dataset_dir")
     gallery_dir, gallery_field = eval_folder(config, "test_dataset", "test_dataset_dir")
     query, gallery = read_split(query_dir, query_field), read_split(gallery_dir, gallery_field)
@@ -48,5 +51,5 @@ def run(config: DictConfig, status: StatusFile) -> Optional[EvaluationResult]:
     re_rank = (dict(k1=rerank_cfg.k1, k2=rerank_cfg.k2, lambda_value=rerank_cfg.lambda_value)
                if rerank_cfg.re_ranking else None)
     result = evaluate_features(features, query, gallery, rerank_cfg.max_rank, re_rank)
-    write_outputs(result, OutputContext(config, results_dir, status))
+    write_outputs(result, OutputContext(config, results_dir, status, section_precision(config.evaluate, model)))
     return result

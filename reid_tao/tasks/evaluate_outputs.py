@@ -8,7 +8,6 @@ from typing import Callable, Dict, List, Optional
 import torch
 from omegaconf import DictConfig
 
-from ..engine.extractor import section_precision
 from ..engine.metric_names import validation_values
 from ..engine.status import RUNNING, StatusFile, kpi_from
 from ..evaluation.metrics import RankMetrics, top_ranked
@@ -26,6 +25,7 @@ class OutputContext:
     config: DictConfig
     results_dir: Path
     status: StatusFile
+    precision: str  # of the features: evaluate.precision, or an exported model's data type
 
 
 # A writer returns the file it wrote (listed in the closing log line), or None.
@@ -57,7 +57,7 @@ def write_metrics_json(result: EvaluationResult, out: OutputContext) -> Path:
     report = metrics_dict(result.shown, result.max_rank)
     report["ranking"] = result.shown_name
     report["re_ranking"] = bool(out.config.re_ranking.re_ranking)
-    report["precision"] = section_precision(out.config.evaluate)  # of the features the metrics come from
+    report["precision"] = out.precision  # of the features the metrics come from
     if result.shown_name == RE_RANKED:
         report[PLAIN] = metrics_dict(result.plain, result.max_rank)
     path = out.results_dir / "metrics.json"

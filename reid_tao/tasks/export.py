@@ -1,17 +1,27 @@
 """`reid export`: ONNX with a dynamic batch axis, checked by onnx.checker and against onnxruntime; beside it the
-preprocessing sidecar (read by ONNX inference) and a DeepStream tracker ReID config."""
+preprocessing sidecar (read by ONNX inference) and a DeepStream tracker ReID config.
+
+export.data_type=fp16 or int8 converts the checked fp32 graph (see engine/onnx_precision.py) and reports the
+cosine of its embeddings against the fp32 graph's on held-out images: what the lower precision costs."""
 import logging
+import random
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Iterable, List, Tuple
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from ..build import load_trained_model, task_checkpoint
+from ..data.layouts import split_images
+from ..data.preprocessing import Preprocessing
+from ..engine.onnx_precision import (CALIBRATED, DATA_TYPES, Calibration, cosine_parity, image_batches,
+                                     session_runner)
 from ..engine.onnx_runner import onnx_sidecar_path
 from ..engine.status import StatusFile
-from ..errors import ConfigError, ReidError
+from ..errors import ConfigError, DataError, ReidError
 from ..io import atomic_path, atomic_write_json, first_line
 from .common import prepare_task, record_checkpoint_model, reported
 from .deepstream import tracker_config_path, write_tracker_config
@@ -20,6 +30,8 @@ log = logging.getLogger("reid_tao.export")
 
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input", "fc_pred"
+HELD_OUT_IMAGES = 64  # calibration-folder images kept out of calibration to measure the parity on
+COSINE_WARNING = 0.99  # mean cosine to the fp32 embeddings below which export warns
 
 
 class ExportError(ReidError):
@@ -69,10 +81,59 @@ def check_opset(opset: int) -> None:
 
 
 def onnx_path_for(config: DictConfig, checkpoint: str) -> Path:
-    """export.onnx_file, by default beside the checkpoint (as TAO does)."""
+    """export.onnx_file, by default beside the checkpoint (as TAO does): model.onnx, model_int8.onnx, ..."""
     if config.export.onnx_file:
         return Path(config.export.onnx_file)
-    return Path(checkpoint).with_suffix(".onnx")
+    data_type = config.export.data_type
+    suffix = "" if data_type == "fp32" else f"_{data_type}"
+    return Path(checkpoint).with_name(f"{Path(checkpoint).stem}{suffix}.onnx")
+
+
+def calibration_split(folder: str, count: int) -> Tuple[List[str], List[str]]:
+    """(calibration images, held-out images) of export.calibration_dataset, in a seeded shuffle (a folder sorted
+    by identity would otherwise calibrate on a few people). Up to HELD_OUT_IMAGES (a fifth of a small folder)
+    are held out for the parity check; ``count`` of the rest calibrate."""
+    paths = split_images(folder, "export.calibration_dataset")
+    if len(paths) < 2:
+        raise DataError(f"export.calibration_dataset: {folder} has {len(paths)} image; INT8 calibration needs at "
+                        "least 2 (one to calibrate on, one held out to check the result), ideally hundreds")
+    random.Random(0).shuffle(paths)
+    held_out = max(1, min(HELD_OUT_IMAGES, len(paths) // 5))
+    return paths[held_out:held_out + count], paths[:held_out]
+
+
+def parity_batches(held_out: List[str], preprocessing: Preprocessing) -> Tuple[Iterable, str]:
+    """Held-out images when there are some, else a seeded random batch (fp16 without calibration_dataset)."""
+    if held_out:
+        return list(image_batches(held_out, preprocessing, 32)), f"{len(held_out)} held-out images"
+    noise = torch.randn(16, 3, *preprocessing.input_size, generator=torch.Generator().manual_seed(0))
+    return [noise.numpy()], "16 random inputs (set export.calibration_dataset for real images)"
+
+
+def convert(section: DictConfig, fp32_path: Path, path: Path, preprocessing: Preprocessing,
+            images: Tuple[List[str], List[str]]) -> dict:
+    """export.data_type's copy of the fp32 graph at ``path``; ``images``: (calibration, held-out) image paths
+    (both empty without export.calibration_dataset). Returns the sidecar's record of the conversion."""
+    data_type = section.data_type
+    calibration_paths, held_out = images
+    calibration = None
+    if calibration_paths and data_type in CALIBRATED:
+        log.info("calibrating %s on %d images of %s", data_type, len(calibration_paths), section.calibration_dataset)
+        calibration = Calibration(INPUT_NAME, image_batches(calibration_paths, preprocessing))
+    with atomic_path(path) as temporary:
+        float_nodes = DATA_TYPES[data_type](fp32_path, temporary, calibration)
+    batches, described = parity_batches(held_out, preprocessing)
+    mean, minimum = cosine_parity(session_runner(fp32_path, INPUT_NAME, OUTPUT_NAME),
+                                  session_runner(path, INPUT_NAME, OUTPUT_NAME), batches)
+    log.info("%s vs fp32 ONNX on %s: cosine of the embeddings mean %.5f, min %.5f", data_type, described, mean,
+             minimum)
+    if mean < COSINE_WARNING:
+        log.warning("the %s embeddings differ from fp32 (mean cosine %.4f < %.2f): measure its accuracy with "
+                    "`reid evaluate evaluate.checkpoint=%s` before shipping it", data_type, mean, COSINE_WARNING, path)
+    if float_nodes:
+        log.info("left in float: %s", ", ".join(float_nodes))
+    return {"parity_cosine_mean": mean, "parity_cosine_min": minimum, "parity_images": described,
+            "float_nodes": float_nodes}
 
 
 def export_onnx(model: torch.nn.Module, path: Path, input_size, opset: int) -> None:
@@ -118,25 +179,33 @@ def run(config: DictConfig, status: StatusFile) -> Path:
         log.info("export runs on the CPU; export.gpu_id=%d is not needed", section.gpu_id)
     model = model.cpu().eval()
     input_size = preprocessing.input_size
-    try:
-        export_onnx(model, path, input_size, section.opset)
-    except torch.onnx.errors.OnnxExporterError as error:  # an operator without a form in this opset
-        raise ExportError(f"cannot export at export.opset={section.opset}: {first_line(error)}; "
-                          "try a newer opset, e.g. 17") from None
-    difference = parity_check(model, path, input_size)
-    log.info("onnxruntime vs PyTorch: max abs difference %.2e (tolerance %.0e)", difference, PARITY_TOLERANCE)
-    if difference > PARITY_TOLERANCE:
-        path.unlink()
-        raise ExportError(f"exported model disagrees with PyTorch (max abs difference {difference:.2e} > "
-                          f"{PARITY_TOLERANCE:.0e}); the ONNX file was removed")
+    # read the calibration folder first: a bad one stops export before any work
+    images = (calibration_split(section.calibration_dataset, section.calibration_images)
+              if section.calibration_dataset and section.data_type != "fp32" else ([], []))
+    with tempfile.TemporaryDirectory(prefix="reid_export_") as scratch:
+        # fp32 is written in place; another data type is converted from a checked fp32 graph in scratch.
+        fp32_path = path if section.data_type == "fp32" else Path(scratch) / "fp32.onnx"
+        try:
+            export_onnx(model, fp32_path, input_size, section.opset)
+        except torch.onnx.errors.OnnxExporterError as error:  # an operator without a form in this opset
+            raise ExportError(f"cannot export at export.opset={section.opset}: {first_line(error)}; "
+                              "try a newer opset, e.g. 17") from None
+        difference = parity_check(model, fp32_path, input_size)
+        log.info("onnxruntime vs PyTorch: max abs difference %.2e (tolerance %.0e)", difference, PARITY_TOLERANCE)
+        if difference > PARITY_TOLERANCE:
+            fp32_path.unlink()
+            raise ExportError(f"exported model disagrees with PyTorch (max abs difference {difference:.2e} > "
+                              f"{PARITY_TOLERANCE:.0e}); the ONNX file was removed")
+        precision = {} if section.data_type == "fp32" else convert(section, fp32_path, path, preprocessing, images)
     # The sidecar holds the Preprocessing fields (Preprocessing.from_dict reads it back) plus the graph's names.
     sidecar = {
         "onnx_file": path.name, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
         "input_shape": ["batch", 3, *input_size], "color": "RGB", "scale": 1 / 255, **preprocessing.to_dict(),
         "feature_dim": model.feat_dim, "backbone": trained_config.model.backbone, "opset": section.opset,
-        "parity_max_abs_diff": difference,
+        "data_type": section.data_type, "parity_max_abs_diff": difference, **precision,
     }
     atomic_write_json(onnx_sidecar_path(path), sidecar)
-    tracker_config = write_tracker_config(tracker_config_path(path), preprocessing, model.feat_dim, path)
+    tracker_config = write_tracker_config(tracker_config_path(path), preprocessing, model.feat_dim, path,
+                                          section.data_type)
     log.info("wrote %s, %s and the DeepStream tracker ReID config %s", path, onnx_sidecar_path(path), tracker_config)
     return path
