@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from ..config.loader import closest_hint, load_config, schema_config
 from ..data.gpu_pipeline import PIPELINES
+from ..data.layouts import LAYOUT_CHOICES
 from ..data.transforms import INTERPOLATIONS
 from ..engine.checkpoint import INTERVAL_UNITS
 from ..engine.devices import ACCELERATORS
@@ -69,6 +70,7 @@ def check_spec(config: DictConfig) -> None:
     _choice("dataset.sampler", data.sampler, SAMPLERS)
     _choice("dataset.interpolation", data.interpolation, INTERPOLATIONS)
     _choice("dataset.pipeline", data.pipeline, PIPELINES)
+    _choice("dataset.layout", data.layout, LAYOUT_CHOICES)
     _choice("train.optim.warmup_method", optim.warmup_method, WARMUP_METHODS)
     _choice("train.checkpoint_interval_unit", train.checkpoint_interval_unit, INTERVAL_UNITS)
     if train.checkpointer.monitor is not None:

@@ -71,6 +71,7 @@ class DatasetConfig:
     interpolation: str = "bilinear"  # new: resize filter, bilinear | bicubic (train AND eval)
     synthetic: bool = False  # new: generate the bundled synthetic dataset into the folders when missing
     pipeline: str = "auto"  # new: auto | gpu | cpu; gpu = decoded-image cache + batched on-device augmentation
+    layout: str = "auto"  # new: how the dataset paths are stored: auto (by the path's form) | market1501 | list_file
 
 
 @dataclass
