@@ -198,3 +198,15 @@ def test_dataset_layout_is_honoured(msmt17, tmp_path, capsys):
     code = main(["train"] + tiny_overrides(msmt17, tmp_path / "r", **{**lists, "dataset.layout": "msmt"}))
     err = capsys.readouterr().err.strip()
     assert code == 2 and "dataset.layout='msmt' is not supported" in err and "'list_file'" in err, err
+
+
+@pytest.mark.parametrize("camera_field", ["ab", "c1", "\u00b9\u00b2"])  # letters; Market-like; superscript digits
+def test_camera_field_without_ascii_digits_is_one_data_error_line(tmp_path, camera_field):
+    name = f"0000_000_{camera_field}_0303morning_0015_0.jpg"
+    assert camera_from_name(name) is None  # not a ValueError from int()
+    (tmp_path / "0000").mkdir()
+    write_person(tmp_path / "0000" / name, 1, 1, 0)
+    (tmp_path / "own.txt").write_text(f"0000/{name} 0\n")
+    with pytest.raises(DataError, match="line 1: no camera in the file name") as error:
+        read_split(str(tmp_path / "own.txt"), "dataset.train_dataset_dir")
+    assert len(str(error.value).splitlines()) == 1
