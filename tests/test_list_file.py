@@ -186,7 +186,7 @@ def test_dataset_layout_is_honoured(msmt17, tmp_path, capsys):
     datamodule.setup()
     assert len(datamodule.train_records) == 36 and len(datamodule.query_records) == 4
     # A named layout is used as named: market1501 on a list file, or on the folder of the lists, is one line.
-    for path, message in ((msmt17 / "list_train.txt", "as dataset.layout=market1501 says; set dataset.layout=list_file"),
+    for path, message in ((msmt17 / "list_train.txt", "dataset.layout=market1501 says; set dataset.layout=list_file"),
                           (msmt17, "holds list files (list_gallery.txt, list_query.txt, list_train.txt)")):
         code = main(["train"] + tiny_overrides(msmt17, tmp_path / "r", **{
             **lists, "dataset.train_dataset_dir": str(path), "dataset.layout": "market1501"}))
