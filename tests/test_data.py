@@ -232,3 +232,30 @@ def test_too_few_identities_for_pk_batches_over_all_processes(tiny_market):
     module.trainer = Trainer()
     with pytest.raises(DataError, match=r"6 identities are fewer than the 2 per PK batch .* x 4 processes"):
         module.setup("fit")
+
+
+@pytest.mark.parametrize("pipeline", ["cpu", "gpu"])
+@pytest.mark.parametrize("flip, erase", [(1.0, 0.0), (0.0, 1.0)])
+def test_flip_and_erase_probabilities_reach_both_pipelines_unswapped(tiny_market, tmp_path, pipeline, flip, erase):
+    """dataset.prob (flip) and dataset.re_prob (erasing), unequal, from the spec to each pipeline's images."""
+    from reid_tao.build import build_datamodule, load_experiment
+    from reid_tao.data.datasets import load_rgb
+
+    from helpers import tiny_overrides
+
+    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
+        "dataset.prob": flip, "dataset.re_prob": erase, "dataset.padding": 0, "dataset.pipeline": pipeline}))
+    datamodule = build_datamodule(config, with_validation=False)
+    datamodule.setup()
+    batch = next(iter(datamodule.train_dataloader()))
+    assert datamodule.train_pipeline.name == pipeline
+    images = datamodule.train_pipeline.on_after_batch_transfer(batch, 0).images
+    plain = torch.stack([datamodule.eval_transform(load_rgb(datamodule.train_records[i].path))
+                         for i in batch.indices.tolist()])
+    expected = plain.flip(3) if flip else plain  # no padding: a flip is the only change...
+    erased = ~torch.isclose(images, expected, atol=1e-5).all(dim=1)  # ...besides erased (zeroed) pixels
+    if erase:
+        assert erased.flatten(1).any(dim=1).all() and torch.all(images.masked_select(erased.unsqueeze(1)) == 0)
+    else:
+        assert not erased.any()
+    assert not torch.allclose(plain, plain.flip(3), atol=1e-5)  # the images are not mirror-symmetric

@@ -169,3 +169,37 @@ def test_embedder_onnx_default_device_falls_back_to_the_cpu_provider(exported, m
     assert Embedder.from_checkpoint(exported[1]).model.providers == [CPU]
     with pytest.raises(DataError, match="onnxruntime-gpu"):
         Embedder.from_checkpoint(exported[1], device="cuda")
+
+
+@pytest.mark.slow
+def test_onnx_inference_resizes_with_the_sidecars_interpolation(tmp_path, capsys):
+    """A bicubic model on images larger than its input: .pth and .onnx embeddings agree, and the sidecar's
+    interpolation is what makes them agree (a bilinear sidecar moves the ONNX embeddings)."""
+    from helpers import make_market
+
+    market = make_market(tmp_path / "large", train_ids=range(1, 5), test_ids=range(101, 103), size=(96, 48))
+    results = tmp_path / "run"
+    assert main(["train"] + tiny_overrides(market, results, **{
+        "train.num_epochs": 1, "dataset.interpolation": "bicubic", "dataset.query_dataset_dir": "null",
+        "dataset.test_dataset_dir": "null"})) == 0, capsys.readouterr().err
+    checkpoint, onnx_file = results / "train" / "reid_model_latest.pth", results / "export" / "model.onnx"
+    assert main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}",
+                 f"export.onnx_file={onnx_file}"]) == 0, capsys.readouterr().err
+    sidecar = json.loads(onnx_file.with_suffix(".json").read_text())
+    assert sidecar["interpolation"] == "bicubic" and sidecar["input_size"] == [32, 16]
+    bilinear = tmp_path / "bilinear.onnx"
+    bilinear.write_bytes(onnx_file.read_bytes())
+    bilinear.with_suffix(".json").write_text(json.dumps({**sidecar, "onnx_file": bilinear.name,
+                                                         "interpolation": "bilinear"}))
+    outputs = {}
+    for name, model in (("pth", checkpoint), ("onnx", onnx_file), ("bilinear", bilinear)):
+        outputs[name] = tmp_path / f"{name}.json"
+        # the spec says bilinear (the default): inference must follow the model's own preprocessing
+        code = main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={model}",
+                     f"inference.query_dataset={market / 'query'}", f"inference.output_file={outputs[name]}",
+                     "dataset.interpolation=bilinear", "dataset.num_workers=0", "inference.accelerator=cpu"])
+        assert code == 0, capsys.readouterr().err
+    pth, onnx, wrong = (embeddings(outputs[name]) for name in ("pth", "onnx", "bilinear"))
+    assert list(pth) == list(onnx) and len(pth) == 2
+    assert max(float(np.abs(pth[key] - onnx[key]).max()) for key in pth) <= 1e-4
+    assert min(float(np.abs(pth[key] - wrong[key]).max()) for key in pth) > 1e-3  # the filter matters here

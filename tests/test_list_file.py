@@ -133,3 +133,80 @@ def test_msmt17_lists_train_and_evaluate_through_the_cli(msmt17, tmp_path, capsy
     # Every query, the one with id 0 included, has a gallery match on another camera: all are valid.
     assert (metrics["num_query"], metrics["num_gallery"], metrics["num_valid_query"]) == (num_query, num_gallery,
                                                                                         num_query) == (4, 12, 4)
+
+
+def test_query_list_resolves_to_test_by_msmt17_rule_when_its_first_name_is_also_in_train(tmp_path):
+    # MSMT17 numbers test identities from 0 again: the query list's first name also exists under train/.
+    root = make_msmt17(tmp_path / "msmt17_v1")
+    first_query = (root / "list_query.txt").read_text().split()[0]
+    (root / "train" / first_query).write_bytes((root / "test" / first_query).read_bytes())
+    for name in ("list_query.txt", "list_gallery.txt"):
+        records = read_split(str(root / name), "dataset.query_dataset_dir")
+        assert all(r.path.startswith(str(root / "test") + "/") for r in records), name
+    assert all(r.path.startswith(str(root / "train") + "/")
+               for r in read_split(str(root / "list_train.txt"), "dataset.train_dataset_dir"))
+
+
+def test_list_with_a_missing_image_is_one_line_naming_list_and_line(msmt17, tmp_path, capsys):
+    lines = (msmt17 / "list_query.txt").read_text().splitlines()
+    partial = tmp_path / "list_query.txt"
+    partial.write_text("\n".join(lines[:2] + ["0003/0003_099_01_0303morning_0099_0.jpg 3"] + lines[2:]) + "\n")
+    (tmp_path / "test").symlink_to(msmt17 / "test")
+    with pytest.raises(DataError, match=r"line 3: image 0003/0003_099_01_0303morning_0099_0\.jpg is missing from"):
+        read_split(str(partial), "dataset.query_dataset_dir")
+    # Through the CLI: one line before training starts (no train/ folder output beyond the config).
+    code = main(["train"] + tiny_overrides(msmt17, tmp_path / "r", **{
+        "dataset.train_dataset_dir": str(msmt17 / "list_train.txt"), "dataset.query_dataset_dir": str(partial),
+        "dataset.test_dataset_dir": str(msmt17 / "list_gallery.txt")}))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and f"{partial} line 3" in err, err
+    assert not list((tmp_path / "r").rglob("*.pth"))
+
+
+def test_list_complete_under_two_unruled_folders_is_ambiguous(msmt17, tmp_path):
+    (tmp_path / "train").symlink_to(msmt17 / "train")
+    (tmp_path / "test").symlink_to(msmt17 / "train")  # the same names under both folders
+    mine = tmp_path / "my_split.txt"
+    mine.write_text((msmt17 / "list_train.txt").read_text())
+    with pytest.raises(DataError, match="ambiguous"):
+        read_split(str(mine), "dataset.train_dataset_dir")
+    (tmp_path / "list_train.txt").write_text(mine.read_text())  # MSMT17's rule decides: train/
+    assert read_split(str(tmp_path / "list_train.txt"), "x")[0].path.startswith(str(tmp_path / "train") + "/")
+
+
+def test_dataset_layout_is_honoured(msmt17, tmp_path, capsys):
+    from reid_tao.build import build_datamodule, load_experiment
+
+    lists = {"dataset.train_dataset_dir": str(msmt17 / "list_train.txt"),
+             "dataset.query_dataset_dir": str(msmt17 / "list_query.txt"),
+             "dataset.test_dataset_dir": str(msmt17 / "list_gallery.txt")}
+    config = load_experiment(None, tiny_overrides(msmt17, tmp_path, **lists, **{"dataset.layout": "list_file"}))
+    datamodule = build_datamodule(config)
+    assert datamodule.layout == "list_file"
+    datamodule.setup()
+    assert len(datamodule.train_records) == 36 and len(datamodule.query_records) == 4
+    # A named layout is used as named: market1501 on a list file, or on the folder of the lists, is one line.
+    for path, message in ((msmt17 / "list_train.txt", "dataset.layout=market1501 says; set dataset.layout=list_file"),
+                          (msmt17, "holds list files (list_gallery.txt, list_query.txt, list_train.txt)")):
+        code = main(["train"] + tiny_overrides(msmt17, tmp_path / "r", **{
+            **lists, "dataset.train_dataset_dir": str(path), "dataset.layout": "market1501"}))
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    # list_file on a Market folder, and an unknown layout name.
+    with pytest.raises(DataError, match="looks like a folder of Market-1501"):
+        read_split(str(msmt17 / "train"), "dataset.train_dataset_dir", "list_file")
+    code = main(["train"] + tiny_overrides(msmt17, tmp_path / "r", **{**lists, "dataset.layout": "msmt"}))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "dataset.layout='msmt' is not supported" in err and "'list_file'" in err, err
+
+
+@pytest.mark.parametrize("camera_field", ["ab", "c1", "\u00b9\u00b2"])  # letters; Market-like; superscript digits
+def test_camera_field_without_ascii_digits_is_one_data_error_line(tmp_path, camera_field):
+    name = f"0000_000_{camera_field}_0303morning_0015_0.jpg"
+    assert camera_from_name(name) is None  # not a ValueError from int()
+    (tmp_path / "0000").mkdir()
+    write_person(tmp_path / "0000" / name, 1, 1, 0)
+    (tmp_path / "own.txt").write_text(f"0000/{name} 0\n")
+    with pytest.raises(DataError, match="line 1: no camera in the file name") as error:
+        read_split(str(tmp_path / "own.txt"), "dataset.train_dataset_dir")
+    assert len(str(error.value).splitlines()) == 1

@@ -119,3 +119,27 @@ def test_first_signal_sets_a_flag_and_a_second_stops_at_once(tmp_path):
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGUSR1)
     assert signal.getsignal(signal.SIGUSR1) == previous  # handlers restored after fit
+
+
+@pytest.mark.slow
+def test_resume_restores_the_global_rng_that_dropout_draws_from(tiny_market, tmp_path, capsys):
+    """A Swin with dropout and drop path draws its masks from the global RNG: resuming mid-epoch gives the
+    uninterrupted run's weights bit for bit only if the checkpoint's RNG states are restored."""
+    extra = {"train.num_epochs": 1, "model.backbone": "swin_tiny_patch4_window7_224", "model.input_height": 32,
+             "model.input_width": 32, "model.dropout_rate": 0.3, "model.drop_path": 0.2,
+             "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"}
+    run_train(capsys, tiny_overrides(tiny_market, tmp_path / "full", **extra))
+    full = torch.load(tmp_path / "full/train/reid_model_latest.pth", weights_only=True)
+    per_epoch = full["global_step"]
+    assert per_epoch >= 3
+    at_step = per_epoch // 2 + 1  # inside the (only) epoch: it started from the epoch's reseeded RNG
+
+    split = tiny_overrides(tiny_market, tmp_path / "split", **extra)
+    done = train_with_signal(split, at_step, signal.SIGTERM)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    out = run_train(capsys, split)
+    assert "resuming inside epoch 1 after batch" in out.out
+    resumed = torch.load(tmp_path / "split/train/reid_model_latest.pth", weights_only=True)
+    assert resumed["global_step"] == full["global_step"]
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key

@@ -42,7 +42,7 @@ def build_datamodule(config: DictConfig, with_validation: bool = True) -> ReidDa
                               num_workers=data.num_workers, pk_batches=SAMPLERS[data.sampler].pk_batches,
                               num_instances=data.num_instances,
                               seed=max(config.train.seed, 0)),
-        pipeline=data.pipeline, channels_last=config.train.channels_last)
+        pipeline=data.pipeline, channels_last=config.train.channels_last, layout=data.layout)
 
 
 # ------------------------------------------------------------------------------------------ model

@@ -49,8 +49,10 @@ def _pipeline_reason(chosen: str, device: Optional[torch.device], cache_bytes: i
 class ReidDataModule(pl.LightningDataModule):
     def __init__(self, train_dir: Optional[str], query_dir: Optional[str] = None, gallery_dir: Optional[str] = None,
                  preprocessing: Preprocessing = MARKET_PREPROCESSING, augment: AugmentSettings = AugmentSettings(),
-                 loader: LoaderSettings = LoaderSettings(), pipeline: str = "cpu", channels_last: bool = False):
-        """Splits are read with :func:`~reid_tao.data.layouts.read_split` (layout detected from the path).
+                 loader: LoaderSettings = LoaderSettings(), pipeline: str = "cpu", channels_last: bool = False,
+                 layout: str = "auto"):
+        """Splits are read with :func:`~reid_tao.data.layouts.read_split` in ``layout`` (a name in
+        :data:`~reid_tao.data.layouts.LAYOUTS`, or "auto": detected from each path).
 
         pipeline: "cpu" decodes and augments in loader workers; "gpu" decodes once into a
         :class:`DecodedImageCache` and augments batches on the training device (also works on CPU);
@@ -58,7 +60,7 @@ class ReidDataModule(pl.LightningDataModule):
         :func:`~reid_tao.data.gpu_pipeline.resolve_pipeline`). channels_last: "gpu"
         pipeline batches on CUDA come in channels_last memory format."""
         super().__init__()
-        self.train_dir, self.query_dir, self.gallery_dir = train_dir, query_dir, gallery_dir
+        self.train_dir, self.query_dir, self.gallery_dir, self.layout = train_dir, query_dir, gallery_dir, layout
         self.preprocessing, self.augment, self.loader_settings = preprocessing, augment, loader
         resolve_pipeline(pipeline)  # reject unknown names now, resolve "auto" once the device is known
         self.pipeline, self.channels_last = pipeline, channels_last
@@ -81,7 +83,7 @@ class ReidDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_records:
             return
-        self.train_records = read_split(self.train_dir, "dataset.train_dataset_dir")
+        self.train_records = read_split(self.train_dir, "dataset.train_dataset_dir", self.layout)
         self.train_labels, _ = relabel(self.train_records)
         if self.num_classes < 2:
             raise DataError(f"dataset.train_dataset_dir: {self.train_dir} holds a single identity; "
@@ -89,8 +91,8 @@ class ReidDataModule(pl.LightningDataModule):
         self._check_identities_per_batch()
         subsets = {"train": self.train_records}
         if self.query_dir and self.gallery_dir:
-            self.query_records = read_split(self.query_dir, "dataset.query_dataset_dir")
-            self.gallery_records = read_split(self.gallery_dir, "dataset.test_dataset_dir")
+            self.query_records = read_split(self.query_dir, "dataset.query_dataset_dir", self.layout)
+            self.gallery_records = read_split(self.gallery_dir, "dataset.test_dataset_dir", self.layout)
             subsets.update(query=self.query_records, gallery=self.gallery_records)
         log.info("dataset summary\n%s", summary_table(subsets))
 

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import DataError
 from .batch import Batch
+from .seeding import derive_seeds
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -57,7 +58,8 @@ class ImageDataset(Dataset):
 
 class SeededSampler(Sampler):
     """Wraps an epoch-aware sampler and pairs each index with a seed derived from
-    (seed, epoch, process rank, position): processes of a multi-process run draw different augmentations.
+    (seed, epoch, process rank, position) (:func:`~reid_tao.data.seeding.derive_seeds`): processes of a
+    multi-process run draw different augmentations.
 
     :meth:`start_at` makes one epoch start at a given position (resuming mid-epoch): the skipped positions
     keep their numbers, so the rest of the epoch has the same indices and seeds as an uninterrupted one."""
@@ -82,10 +84,9 @@ class SeededSampler(Sampler):
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        base = (self.seed * 1_000_003 + self.epoch * 7_919_993 + self.rank * 104_729_999_977) % (2**62)
+        seeds = derive_seeds(len(self.sampler), self.seed, self.epoch, self.rank).tolist()  # one per position
         skip = self._start[1] if self._start is not None and self._start[0] == self.epoch else 0
-        for position, index in itertools.islice(enumerate(self.sampler), skip, None):
-            yield int(index), (base + position * 2_654_435_761) % (2**63)
+        yield from itertools.islice(zip((int(index) for index in self.sampler), seeds, strict=True), skip, None)
 
 
 def shard_range(length: int, rank: int = 0, world_size: int = 1) -> Tuple[int, int]:

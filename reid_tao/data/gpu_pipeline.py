@@ -16,7 +16,8 @@ that work, not the model, sets the pace. Here:
 
 Randomness comes from a ``torch.Generator`` on the batch's device, seeded per batch from the
 :class:`~reid_tao.data.datasets.SeededSampler` seed of the batch's first sample (a function of seed,
-epoch and batch index) and the process rank: a resumed run replays the same augmentation.
+epoch, rank and position) and the process rank (:func:`~reid_tao.data.seeding.derive_seed`): a resumed run
+replays the same augmentation.
 """
 from __future__ import annotations
 
@@ -36,13 +37,12 @@ from torchvision import transforms as T
 
 from .batch import Batch, IndexBatch
 from .datasets import load_rgb
+from .seeding import derive_seed
 from .transforms import INTERPOLATIONS
 
 log = logging.getLogger(__name__)
 
 PIPELINES = ("auto", "gpu", "cpu")
-_MASK63 = (1 << 63) - 1
-_MASK64 = (1 << 64) - 1
 
 
 # The decoded cache may take at most this share of the available host memory when "auto" picks it on a CPU.
@@ -315,17 +315,9 @@ class DeviceAugment(nn.Module):
 
 
 # -- seeding -----------------------------------------------------------------------------------------------
-def _splitmix64(value: int) -> int:
-    value = (value + 0x9E3779B97F4A7C15) & _MASK64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return value ^ (value >> 31)
-
-
 def batch_generator(batch_seed: int, rank: int, device: torch.device) -> torch.Generator:
     """A generator on ``device`` seeded from the batch seed and the process rank (ranks must not share draws)."""
-    seed = _splitmix64(_splitmix64(int(batch_seed) & _MASK64) ^ (int(rank) & _MASK64)) & _MASK63
-    return torch.Generator(device=device).manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(derive_seed(batch_seed, rank))
 
 
 # -- the index-only loader --------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Every caller reads a split with :func:`read_split`. A layout is a reader, which 
 (``field`` names the path for the user in error messages, e.g. the spec field it came from) and returns
 the split's :class:`~reid_tao.data.records.ImageRecord` s, plus a ``detect`` rule that says whether a path
 looks like that layout. ``layout="auto"`` takes the first layout in :data:`LAYOUTS` whose rule matches,
-else :data:`DEFAULT_LAYOUT` (whose reader then explains what is wrong with the path).
+else :data:`DEFAULT_LAYOUT` (whose reader then explains what is wrong with the path). A layout named
+explicitly (the spec's ``dataset.layout``) is used as it is; an existing path whose form does not fit it is
+a DataError that says which layout the path does look like.
 
 Adding a layout is one reader function (plus an image lister, for inference) and one :data:`LAYOUTS`
 entry. Detection rules look at the form of the path only (folder, file suffix), so a missing path still
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List
 
+from ..errors import DataError
 from .list_file import list_file_images, read_list_file
 from .market import list_images, scan_market_folder
 from .records import ImageRecord
@@ -38,6 +41,7 @@ LAYOUTS: Dict[str, Layout] = {
                          images=lambda path, field: [str(p) for p in list_images(path, field)]),
 }
 DEFAULT_LAYOUT = "market1501"
+LAYOUT_CHOICES = ("auto", *LAYOUTS)  # what dataset.layout accepts
 
 
 def detect_layout(path: str) -> str:
@@ -45,16 +49,29 @@ def detect_layout(path: str) -> str:
     return next((name for name, layout in LAYOUTS.items() if layout.detect(path)), DEFAULT_LAYOUT)
 
 
+def resolve_layout(path: str, field: str, layout: str = "auto") -> str:
+    """The layout to read ``path`` with: ``layout`` itself, or the detected one for "auto".
+
+    Raises ValueError for an unknown ``layout``, DataError when an existing path does not fit the named one."""
+    if layout == "auto":
+        return detect_layout(path)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUT_CHOICES)}")
+    if Path(path).exists() and not LAYOUTS[layout].detect(path):
+        detected = detect_layout(path)
+        raise DataError(f"{field}: {path} looks like {LAYOUTS[detected].description}, not "
+                        f"{LAYOUTS[layout].description} as dataset.layout={layout} says; set "
+                        f"dataset.layout={detected} (or auto) or point {field} at {layout} data")
+    return layout
+
+
 def read_split(path: str, field: str, layout: str = "auto") -> List[ImageRecord]:
     """The records of one split stored at ``path`` in ``layout`` ("auto": detected from the path).
 
     Raises DataError (naming ``field``) for unreadable data, ValueError for an unknown ``layout``."""
-    if layout != "auto" and layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r} is not one of auto, {', '.join(LAYOUTS)}")
-    name = detect_layout(path) if layout == "auto" else layout
-    return LAYOUTS[name].reader(path, field)
+    return LAYOUTS[resolve_layout(path, field, layout)].reader(path, field)
 
 
-def split_images(path: str, field: str) -> List[str]:
+def split_images(path: str, field: str, layout: str = "auto") -> List[str]:
     """Every image of a split, names unparsed: a folder's images sorted by path, a list file's in file order."""
-    return LAYOUTS[detect_layout(path)].images(path, field)
+    return LAYOUTS[resolve_layout(path, field, layout)].images(path, field)

@@ -3,8 +3,12 @@
 :func:`read_list_file` is the reader of the "list_file" layout (see :mod:`reid_tao.data.layouts`).
 
 Where the paths start from: the list's own folder, or, for MSMT17, the image folder beside the list (V1:
-``train/`` and ``test/``; V2: ``mask_train_v2/`` and ``mask_test_v2/``). The first of these folders in which
-the list's first image exists is taken for the whole list.
+``train/`` and ``test/``; V2: ``mask_train_v2/`` and ``mask_test_v2/``). MSMT17 numbers its test identities
+from 0 again, so one relative name can exist under both ``train/`` and ``test/``: its own rule decides first
+(``list_train``/``list_val`` -> the train folders, ``list_query``/``list_gallery`` -> the test folders), then
+the list's own folder, then the other image folders. The folder chosen must hold every path of the list
+(checked when the list is read, before any training); a list complete under two folders that the rule does
+not separate, or with a missing image, is a DataError naming the list and the line.
 
 The camera, when the third column is missing, comes from the file name: Market-1501's ``..._c<camera>...``
 or MSMT17's third underscore field (``0000_000_01_0303morning_0015_0.jpg`` -> camera 1).
@@ -15,6 +19,7 @@ marks junk (skipped). Records carry ids in the evaluation protocol's convention,
 ``ImageRecord.dataset_pid`` (what plots and messages show).
 """
 import logging
+import re
 from pathlib import Path
 from typing import List, NamedTuple, Optional
 
@@ -24,8 +29,11 @@ from .records import ImageRecord
 
 log = logging.getLogger(__name__)
 
-# Folders (beside the list) that list paths may be relative to, after the list's own folder.
+# Folders (beside the list) that list paths may be relative to, besides the list's own folder.
 MSMT17_IMAGE_FOLDERS = ("train", "test", "mask_train_v2", "mask_test_v2")
+# MSMT17's rule: which image folders a list belongs to, by the start of the list's file name.
+MSMT17_LIST_FOLDERS = {"list_train": ("train", "mask_train_v2"), "list_val": ("train", "mask_train_v2"),
+                       "list_query": ("test", "mask_test_v2"), "list_gallery": ("test", "mask_test_v2")}
 
 
 class ListEntry(NamedTuple):
@@ -41,17 +49,49 @@ def camera_from_name(file_name: str) -> Optional[int]:
     if market is not None:
         return market[1]
     fields = Path(file_name).name.split("_")
-    return int(fields[2]) if len(fields) > 3 and fields[2].isdigit() else None
+    # ASCII digits only: str.isdigit() also accepts e.g. superscripts, which int() rejects
+    return int(fields[2]) if len(fields) > 3 and re.fullmatch(r"[0-9]+", fields[2]) else None
 
 
-def _image_root(list_path: Path, first: str, field: str, line: int) -> Path:
-    candidates = [list_path.parent] + [list_path.parent / name for name in MSMT17_IMAGE_FOLDERS]
-    for root in candidates:
-        if (root / first).is_file():
-            return root
-    tried = ", ".join(str(root) for root in candidates if root.is_dir())
-    raise DataError(f"{field}: {list_path} line {line}: image {first} is not found relative to the list's folder "
-                    f"or its MSMT17 image folders (tried {tried}); paths must be relative to one of them")
+def _ruled_roots(list_path: Path) -> List[Path]:
+    """The image folders MSMT17's rule gives this list by its name (none for other names)."""
+    folders = next((folders for prefix, folders in MSMT17_LIST_FOLDERS.items() if list_path.stem.startswith(prefix)),
+                   ())
+    return [list_path.parent / name for name in folders]
+
+
+def _candidate_roots(list_path: Path) -> List[Path]:
+    """Folders the list's paths may be relative to, most likely first (MSMT17's rule, see the module doc)."""
+    others = [list_path.parent] + [list_path.parent / name for name in MSMT17_IMAGE_FOLDERS]
+    ruled = _ruled_roots(list_path)
+    return [root for root in ruled + [root for root in others if root not in ruled] if root.is_dir()]
+
+
+def _first_missing(root: Path, rows) -> Optional[tuple]:
+    return next((row for row in rows if not (root / row[0]).is_file()), None)
+
+
+def _image_root(list_path: Path, rows, field: str) -> Path:
+    """The one folder that holds every image of the list (``rows``: (relative path, ..., line number))."""
+    candidates = _candidate_roots(list_path)
+    first, first_line = rows[0][0], rows[0][-1]
+    holding_first = [root for root in candidates if (root / first).is_file()]
+    if not holding_first:
+        tried = ", ".join(str(root) for root in candidates)
+        raise DataError(f"{field}: {list_path} line {first_line}: image {first} is not found relative to the list's "
+                        f"folder or its MSMT17 image folders (tried {tried}); paths must be relative to one of them")
+    complete = [root for root in holding_first if _first_missing(root, rows) is None]
+    if not complete:
+        root = holding_first[0]
+        missing = _first_missing(root, rows)
+        raise DataError(f"{field}: {list_path} line {missing[-1]}: image {missing[0]} is missing from {root}, "
+                        f"the folder of the list's first image; every path of a list must be relative to the same "
+                        f"folder: add the image or remove the line")
+    if len(complete) > 1 and complete[0] not in _ruled_roots(list_path):
+        raise DataError(f"{field}: {list_path}: every image of the list exists under both {complete[0]} and "
+                        f"{complete[1]}, so it is ambiguous which is meant; name the list list_train/list_val "
+                        f"(train images) or list_query/list_gallery (test images), or move it beside its images")
+    return complete[0]
 
 
 def parse_list_file(path: str, field: str, require_ids: bool = True) -> List[ListEntry]:
@@ -86,7 +126,7 @@ def parse_list_file(path: str, field: str, require_ids: bool = True) -> List[Lis
         rows.append((parts[0], pid, camid, number))
     if not rows:
         raise DataError(f"{field}: list file {path} has no entries")
-    root = _image_root(list_path, rows[0][0], field, rows[0][3])
+    root = _image_root(list_path, rows, field)
     return [ListEntry(str(root / relative), pid, camid, number) for relative, pid, camid, number in rows]
 
 

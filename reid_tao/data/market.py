@@ -33,7 +33,9 @@ def list_images(folder: str, field: str) -> List[Path]:
         raise DataError(f"{field}: folder {folder} does not exist; set {field} to a Market-1501 style folder")
     images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
-        raise DataError(f"{field}: folder {folder} contains no .jpg/.jpeg/.png images")
+        lists = sorted(p.name for p in path.glob("*.txt"))
+        hint = (f"; it holds list files ({', '.join(lists[:3])}): set {field} to one of them" if lists else "")
+        raise DataError(f"{field}: folder {folder} contains no .jpg/.jpeg/.png images{hint}")
     return images
 
 

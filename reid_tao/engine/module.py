@@ -6,19 +6,17 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ..data.seeding import derive_seed
 from ..evaluation.features import embed
 from .metric_names import train_name, validation_values
 from .optim import build_center_optimizer, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
-# Rank stride of the per-epoch seed: ranks stay apart for any realistic number of epochs.
-_RANK_SEED_STRIDE = 1_000_003
-
-
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The global-RNG seed of one epoch on one process: reproducible, different per epoch and per rank."""
-    return (seed + epoch + rank * _RANK_SEED_STRIDE) % 2**32
+    """The global-RNG seed of one epoch on one process: reproducible, different per epoch and per rank
+    (32 bits: what ``seed_everything`` takes)."""
+    return derive_seed(seed, epoch, rank, bits=32)
 
 
 class ReidModule(pl.LightningModule):

@@ -40,7 +40,8 @@ def run(config: DictConfig, status: StatusFile) -> Optional[EvaluationResult]:
         record_checkpoint_model(config, trained, "evaluate")
     query_dir, query_field = eval_folder(config, "query_dataset", "query_dataset_dir")
     gallery_dir, gallery_field = eval_folder(config, "test_dataset", "test_dataset_dir")
-    query, gallery = read_split(query_dir, query_field), read_split(gallery_dir, gallery_field)
+    layout = config.dataset.layout
+    query, gallery = read_split(query_dir, query_field, layout), read_split(gallery_dir, gallery_field, layout)
     log.info("evaluation data\n%s", summary_table({"query": query, "gallery": gallery}))
 
     features = extract(model, eval_dataset(query + gallery, preprocessing.eval_transform()), config.evaluate,

@@ -39,7 +39,7 @@ def inference_images(config: DictConfig) -> List[str]:
     Market's), a list file's in file order."""
     paths: List[str] = []
     for folder, field in inference_folders(config):
-        paths += split_images(folder, field)
+        paths += split_images(folder, field, config.dataset.layout)
     return paths
 
 
