@@ -1,11 +1,12 @@
 """`reid {train,evaluate,inference,export} -e SPEC [section.key=value ...]`."""
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
 from .config.loader import TASKS, describe_fields
-from .errors import ReidError
+from .errors import Preempted, ReidError
 from .io import error_line
 
 DESCRIPTIONS = {
@@ -41,6 +42,11 @@ def _task_parser(task: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _worker_rank() -> bool:
+    """A non-zero rank of a multi-process run (torchrun's RANK, Lightning's DDP children's LOCAL_RANK/NODE_RANK)."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -57,6 +63,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = load_experiment(args.spec, args.overrides)
         module = importlib.import_module(f"reid_tao.tasks.{task}")
         module.run(config)
+    except Preempted as error:  # every process of a multi-process run stops with it: rank 0 says it
+        if not _worker_rank():
+            print(f"reid {task}: error: {error_line(error)}", file=sys.stderr)
+        return error.exit_code
     except ReidError as error:
         print(f"reid {task}: error: {error_line(error)}", file=sys.stderr)
         return error.exit_code

@@ -80,16 +80,72 @@ def _apply_aliases(spec: dict, source: str) -> None:
         node[target_leaf] = node.pop(leaf)
 
 
-def _validation_message(error: OmegaConfBaseException, source: str) -> str:
-    key = getattr(error, "full_key", None) or "?"
-    msg = first_line(str(getattr(error, "msg", error)))
+def _validation_message(error: OmegaConfBaseException, source: str, key: Optional[str] = None) -> str:
+    key = key or getattr(error, "full_key", None) or "?"
+    msg = first_line(str(getattr(error, "msg", None) or error))
     return f"invalid value for {key} in {source}: {msg}"
+
+
+def _unresolvable_field(config: DictConfig) -> Optional[str]:
+    """The first field whose interpolation cannot be resolved (OmegaConf.resolve does not say which)."""
+    def leaves(node, prefix: str):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    for key in leaves(OmegaConf.to_container(config, resolve=False), ""):
+        try:
+            OmegaConf.select(config, key, throw_on_resolution_failure=True)
+        except OmegaConfBaseException:
+            return key
+    return None
+
+
+# A spec is a few hundred values; YAML aliases can make a small file expand without bound (a "billion laughs"
+# spec) and a huge list takes minutes to merge, so the file and its expanded size are bounded before loading.
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_VALUES = 20_000
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """Values in a composed YAML node graph once every alias is expanded (aliases share nodes: memoised)."""
+    import yaml
+
+    key = id(node)
+    if key not in sizes:
+        sizes[key] = MAX_SPEC_VALUES + 1  # a node that contains itself expands without end
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+        else:
+            size = 1
+        sizes[key] = min(size, MAX_SPEC_VALUES + 1)
+    return sizes[key]
+
+
+def _check_spec_size(path: Path, spec_path: str) -> None:
+    import yaml
+
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise ConfigError(f"spec file {spec_path} is {path.stat().st_size} bytes; a spec is at most "
+                          f"{MAX_SPEC_BYTES} bytes")
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except Exception as error:  # yaml and decoding errors come in several types
+        raise ConfigError(f"cannot parse spec file {spec_path}: {first_line(error)}") from None
+    if root is not None and _expanded_size(root, {}) > MAX_SPEC_VALUES:
+        raise ConfigError(f"spec file {spec_path} expands to more than {MAX_SPEC_VALUES} values (YAML aliases or "
+                          "huge lists); a spec holds a few hundred settings, write them out plainly")
 
 
 def _read_spec(spec_path: str) -> dict:
     path = Path(spec_path)
     if not path.is_file():
         raise ConfigError(f"spec file {spec_path} does not exist; pass an existing YAML file with -e")
+    _check_spec_size(path, spec_path)
     try:
         loaded = OmegaConf.load(path)
     except Exception as error:  # yaml errors come in several types
@@ -148,7 +204,7 @@ def load_config(spec_path: Optional[str], overrides: List[str] = ()) -> DictConf
     try:
         OmegaConf.resolve(config)
     except OmegaConfBaseException as error:
-        raise ConfigError(_validation_message(error, source)) from None
+        raise ConfigError(_validation_message(error, source, _unresolvable_field(config))) from None
     validate_config(config)
     OmegaConf.set_readonly(config, True)
     return config

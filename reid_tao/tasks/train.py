@@ -1,10 +1,12 @@
 """`reid train`: fit the model, checkpoint every epoch, resume automatically."""
 import logging
+import signal
 from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..build import (build_datamodule, build_module, checkpoint_settings, needs_validation, resume_path,
                      trained_num_classes, wandb_settings)
@@ -16,7 +18,7 @@ from ..engine.loggers import experiment_loggers
 from ..engine.precision import cpu_has_native_bf16, precision_for
 from ..engine.preemption import PreemptionCheckpoint
 from ..engine.status import StatusCallback, StatusFile
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, Preempted
 from .common import prepare_task, reported
 
 log = logging.getLogger("reid_tao.train")
@@ -121,6 +123,10 @@ def run(config: DictConfig, status: StatusFile) -> Path:
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
     trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=[preemption])
     with preemption.catching_signals():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+        except SIGTERMException:  # Lightning's own handler, in the moment before ours replace it in fit
+            raise Preempted("stopped by SIGTERM while training started, before a checkpoint of this run; "
+                            "run the same command to resume", signal.SIGTERM) from None
     log.info("training finished; checkpoints in %s", results)
     return results
