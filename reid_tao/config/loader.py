@@ -9,7 +9,7 @@ from typing import Any, Iterable, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..io import first_line
 from .schema import ExperimentConfig
 from .validate import validate_config
@@ -239,3 +239,49 @@ def task_results_dir(config: DictConfig, task: str) -> Path:
     """results_dir/<task> unless <task>.results_dir is set."""
     own = config[task].results_dir
     return Path(own) if own else Path(config.results_dir) / task
+
+
+def _plain_data(value, where: str, source: str, budget: list) -> None:
+    """Refuse what is not plain data: an interpolation (``${oc.env:SECRET}`` would read this environment),
+    non-string keys, other types, and more values than a spec may hold."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise DataError(f"{source}: its stored config holds more than {MAX_SPEC_VALUES} values; it is not one "
+                        "that `reid train` wrote")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise DataError(f"{source}: its stored config has a non-text key {key!r} under {where or 'the top'}")
+            _plain_data(item, f"{where}.{key}" if where else key, source, budget)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _plain_data(item, f"{where}[{index}]", source, budget)
+    elif isinstance(value, str):
+        if "${" in value:
+            raise DataError(f"{source}: its stored config has an interpolation at {where} ({value[:60]!r}); stored "
+                            "configs are data and are never resolved; use a checkpoint written by `reid train`")
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        raise DataError(f"{source}: its stored config has a {type(value).__name__} at {where}; expected plain values")
+
+
+def check_stored_data(stored: Any, source: str) -> None:
+    """One line (DataError) unless ``stored`` is plain, bounded data without interpolations."""
+    _plain_data(stored, "", source, [MAX_SPEC_VALUES])
+
+
+def load_stored_config(stored: Any, source: str) -> DictConfig:
+    """A config stored in a checkpoint (or a TAO checkpoint's hyper-parameters), read as data: never resolved
+    against this environment, bounded in size, and checked by the same schema and rules as a spec."""
+    if not isinstance(stored, dict):
+        raise DataError(f"{source}: its stored config is a {type(stored).__name__}, not a mapping of sections")
+    check_stored_data(stored, source)
+    try:
+        config = OmegaConf.merge(schema_config(), stored)
+    except OmegaConfBaseException as error:
+        raise DataError(_validation_message(error, f"the config stored in {source}")) from None
+    try:
+        validate_config(config)
+    except ConfigError as error:
+        raise DataError(f"{source}: its stored config is invalid: {error}") from None
+    OmegaConf.set_readonly(config, True)
+    return config

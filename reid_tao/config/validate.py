@@ -19,6 +19,9 @@ POSITIVE_INTS = ("model.last_stride", "model.input_width", "model.input_height",
                  "train.num_gpus", "train.num_nodes", "re_ranking.k1", "re_ranking.k2", "re_ranking.max_rank",
                  "evaluate.num_gpus", "inference.num_gpus", "evaluate.num_nodes", "inference.num_nodes",
                  "export.opset")
+# Upper bounds: a spec or a checkpoint's stored config must not make the model allocate without limit.
+MAX_INPUT_SIDE = 4096
+MAX_VALUES = {"model.input_height": MAX_INPUT_SIDE, "model.input_width": MAX_INPUT_SIDE, "model.feat_dim": 65536}
 CHOICES = {"train.checkpoint_interval_unit": ("epoch", "step"), "train.checkpointer.mode": (None, "min", "max")}
 PROBABILITIES = ("dataset.prob", "dataset.re_prob", "re_ranking.lambda_value", "model.dropout_rate",
                  "model.drop_path", "model.att_drop_rate")
@@ -35,6 +38,9 @@ def validate_config(config: DictConfig) -> None:
     for field in POSITIVE_INTS:
         if _get(config, field) < 1:
             raise ConfigError(f"{field} must be at least 1, got {_get(config, field)}")
+    for field, most in MAX_VALUES.items():
+        if _get(config, field) > most:
+            raise ConfigError(f"{field} must be at most {most}, got {_get(config, field)}")
     for field in PROBABILITIES:
         value = _get(config, field)
         if not 0.0 <= value <= 1.0:
