@@ -15,6 +15,7 @@ marks junk (skipped). Records carry ids in the evaluation protocol's convention,
 ``ImageRecord.dataset_pid`` (what plots and messages show).
 """
 import logging
+import re
 from pathlib import Path
 from typing import List, NamedTuple, Optional
 
@@ -54,14 +55,18 @@ def _image_root(list_path: Path, first: str, field: str, line: int) -> Path:
                     f"or its MSMT17 image folders (tried {tried}); paths must be relative to one of them")
 
 
+_COMMENT = re.compile(r"(?:^|\s)#")  # '#' inside a path (a/b#1.jpg) is part of the path
+
+
 def parse_list_file(path: str, field: str, require_ids: bool = True) -> List[ListEntry]:
-    """Every non-empty line of a list file ('#' starts a comment), paths resolved; DataError names the line."""
+    """Every non-empty line of a list file ('#' at a line's start or after a space starts a comment), paths
+    resolved; DataError names the line."""
     list_path = Path(path)
     if not list_path.is_file():
         raise DataError(f"{field}: list file {path} does not exist; set {field} to a folder or a list file")
     rows = []
     for number, text in enumerate(list_path.read_text().splitlines(), start=1):
-        parts = text.split("#", 1)[0].split()
+        parts = _COMMENT.split(text, 1)[0].split()  # a comment starts a line or follows a space
         if not parts:
             continue
         if len(parts) > 3 or (require_ids and len(parts) < 2):
