@@ -281,15 +281,15 @@ def safe_torch_load(path: str | os.PathLike, field: str, trust: bool = False, ma
 
     if trust:
         return torch.load(path, map_location=map_location, weights_only=False)
-    if not _looks_like_torch_file(path):  # JSON, text, random bytes: no opt-in would help
-        raise DataError(f"{field}: {path} is not a PyTorch checkpoint (neither a torch.save zip file nor a "
-                        "pickle); pass the .pth file that `reid train` or TAO wrote")
     allowed = _safe_globals()
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         needed = _unsafe_globals(path, {_qualified(obj) for obj in allowed})
+        if needed is None and not _looks_like_torch_file(path):  # JSON, text: no opt-in would help
+            raise DataError(f"{field}: {path} is not a PyTorch checkpoint (neither a torch.save zip file nor a "
+                            "pickle); pass the .pth file that `reid train` or TAO wrote") from None
         if needed is None and "Weights only load failed" not in str(error):
             raise
         shown = ", ".join(needed[:3]) + (", ..." if len(needed) > 3 else "") if needed else "unknown objects"

@@ -221,6 +221,6 @@ def test_a_second_run_in_the_same_results_folder_names_the_first_ones_pid(tiny_m
 def test_json_or_garbage_given_as_a_checkpoint_is_not_a_checkpoint(content, tmp_path):
     path = tmp_path / "model.pth"
     path.write_bytes(content)
-    with pytest.raises(DataError, match="is not a PyTorch checkpoint") as error:
+    with pytest.raises(DataError, match="not a PyTorch checkpoint") as error:
         read_checkpoint_file(str(path), "evaluate.checkpoint")
     assert "trust_weights_file" not in str(error.value)
