@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
-
 from omegaconf import DictConfig, OmegaConf
 
 from ..config.loader import task_results_dir
