@@ -105,11 +105,16 @@ def stored_training_config(metadata: Dict[str, Any], source: str) -> DictConfig:
     return trained_config
 
 
+MAX_STORED_CLASSES = 1_000_000  # identities; the largest re-id sets have a few tens of thousands
+
+
 def _stored_num_classes(metadata: Dict[str, Any], checkpoint: Dict[str, Any], source: str) -> int:
     """num_classes as stored: a positive int agreeing with the classifier's rows (it sizes the classifier)."""
     value = metadata.get("num_classes")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DataError(f"{source}: its stored num_classes {value!r} is not a positive whole number")
+    if value > MAX_STORED_CLASSES:  # it sizes the classifier before any weight is read
+        raise DataError(f"{source}: its stored num_classes {value} is over {MAX_STORED_CLASSES}")
     classifier = model_state_dict(checkpoint).get("classifier.weight")
     if isinstance(classifier, torch.Tensor) and classifier.dim() == 2 and classifier.shape[0] != value:
         raise DataError(f"{source}: its stored num_classes {value} disagrees with its classifier "
