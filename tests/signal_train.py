@@ -5,7 +5,8 @@ signal tests in test_preemption.py. Lightning's DDP launcher re-runs this script
 
 WHERE: step (after the COUNT-th training step), validation (inside the COUNT-th validation step) or
 checkpoint (inside the COUNT-th checkpoint write, before the file is written); TARGET: self (this process),
-twice (this process, two signals in a row) or group (its whole process group, what SLURM and Ctrl-C do). Everything else is the production path.
+twice (this process, two signals in a row) or group (its whole process group, what SLURM and Ctrl-C do).
+Everything else is the production path.
 """
 import os
 import sys

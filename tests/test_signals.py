@@ -105,4 +105,5 @@ def test_sigterm_to_the_process_group_of_a_two_process_run_saves_and_resumes(tin
     code, _, err = signalled("step", 2, signal.SIGTERM, "group", overrides)
     assert_stopped(code, err, tmp_path / "split", signal.SIGTERM, "preempted by SIGTERM in epoch 1/2 after batch 2")
     train(overrides)
-    assert_same_weights(full / "train" / "reid_model_latest.pth", tmp_path / "split" / "train" / "reid_model_latest.pth")
+    latest = Path("train") / "reid_model_latest.pth"
+    assert_same_weights(full / latest, tmp_path / "split" / latest)

@@ -17,7 +17,7 @@ from .training import (backbone_options, build_datamodule, build_loss, build_mod
 
 __all__ = ["ARCHITECTURES", "BACKBONE_OPTION_FIELDS", "METRIC_LOSSES", "PRETRAINED_LOADERS", "SAMPLERS", "Sampler",
            "TrainedModel", "backbone_options", "build_datamodule", "build_loss", "build_model", "build_module",
-           "check_resumable", "check_spec", "checkpoint_metadata", "checkpoint_settings", "extraction_batch_size", "image_size",
-           "load_experiment", "load_trained_model", "loss_components", "needs_validation", "optimizer_arguments",
+           "check_resumable", "check_spec", "checkpoint_metadata", "checkpoint_settings", "extraction_batch_size",
+           "image_size", "load_experiment", "load_trained_model", "loss_components", "needs_validation", "optimizer_arguments",
            "preprocessing_for", "resume_path", "scheduler_arguments", "task_checkpoint", "trained_num_classes",
            "wandb_settings"]

@@ -18,7 +18,7 @@ from ..engine.loggers import experiment_loggers
 from ..engine.precision import cpu_has_native_bf16, precision_for
 from ..engine.preemption import PreemptionCheckpoint
 from ..engine.status import StatusCallback, StatusFile
-from ..errors import ConfigError, DataError, Preempted
+from ..errors import ConfigError, Preempted
 from .common import prepare_task, reported
 
 log = logging.getLogger("reid_tao.train")
