@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from .build import load_trained_model
-from .data.datasets import load_rgb
+from .data.datasets import as_rgb, load_rgb
 from .data.preprocessing import Preprocessing
 from .engine.onnx_runner import OnnxModel, is_onnx_file
 from .evaluation.features import embed
@@ -24,7 +24,7 @@ def _as_pil(item: ImageInput, position: int) -> Image.Image:
     if isinstance(item, (str, Path)):
         return load_rgb(str(item))
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return as_rgb(item)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
             raise ValueError(f"inputs[{position}]: arrays must be uint8 H x W x 3 (RGB), got {item.dtype} "

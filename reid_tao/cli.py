@@ -1,13 +1,17 @@
 """`reid {train,evaluate,inference,export} -e SPEC [section.key=value ...]`."""
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from typing import List, Optional
 
 from .config.catalog import describe_fields
 from .config.loader import TASKS, load_config, task_results_dir
 from .config.paths import check_paths
-from .errors import ReidError
+from .errors import Preempted, ReidError, Stopped
 from .io import error_line
 
 DESCRIPTIONS = {
@@ -53,6 +57,30 @@ def _task_parser(task: str, with_fields: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def _worker_rank() -> bool:
+    """A non-zero rank of a multi-process run (torchrun's RANK, Lightning's DDP children's LOCAL_RANK/NODE_RANK)."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+@contextmanager
+def _sigterm_raises(task: str):
+    """SIGTERM raises :class:`Stopped` in the main thread instead of killing the process on the spot, so open
+    atomic writes remove their temporary files and status.json gets its FAILURE line (training replaces this
+    with its own handlers while it fits)."""
+    def stop(signum, frame):
+        raise Stopped(f"{task} stopped by {signal.Signals(signum).name} before it finished; nothing partial was "
+                      "written; run the same command again", signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -72,7 +100,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         check_spec(config)
         module = importlib.import_module(f"reid_tao.tasks.{task}")
-        module.run(config)
+        with _sigterm_raises(task):
+            module.run(config)
+    except Preempted as error:  # every process of a multi-process run stops with it: rank 0 says it
+        if not _worker_rank():
+            print(f"reid {task}: error: {error_line(error)}", file=sys.stderr)
+        return error.exit_code
     except ReidError as error:
         print(f"reid {task}: error: {error_line(error)}", file=sys.stderr)
         return error.exit_code

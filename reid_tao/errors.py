@@ -31,3 +31,13 @@ class Preempted(ReidError):
         super().__init__(message)
         self.signum = int(signum)
         self.exit_code = 128 + self.signum
+
+
+class Stopped(ReidError):
+    """A task other than training's step loop stopped on SIGTERM (its outputs are written atomically, so no
+    partial or temporary file is left); exit code 128 + signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum

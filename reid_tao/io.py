@@ -287,12 +287,25 @@ def safe_torch_load(path: str | os.PathLike, field: str, trust: bool = False, ma
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         needed = _unsafe_globals(path, {_qualified(obj) for obj in allowed})
+        if needed is None and not _looks_like_torch_file(path):  # JSON, text: no opt-in would help
+            raise DataError(f"{field}: {path} is not a PyTorch checkpoint (neither a torch.save zip file nor a "
+                            "pickle); pass the .pth file that `reid train` or TAO wrote") from None
         if needed is None and "Weights only load failed" not in str(error):
             raise
         shown = ", ".join(needed[:3]) + (", ..." if len(needed) > 3 else "") if needed else "unknown objects"
         raise DataError(f"{field}: {path} holds Python objects that only full unpickling can load ({shown}), "
                         f"which runs code from the file; not loaded. Only for a file you trust, set "
                         f"{TRUST_FIELD}=true") from None
+
+
+def _looks_like_torch_file(path: str | os.PathLike) -> bool:
+    """torch.save writes a zip file (new format) or a pickle (legacy format, first byte 0x80 = PROTO)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return True  # let the load's own error speak
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _unsafe_globals(path: str | os.PathLike, allowed: set) -> Optional[list]:
@@ -317,6 +330,11 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     (rewriting the whole file per line would cost O(n) per line and lose a concurrent writer's lines). The
     file is created mode 0o666 minus the umask, like a plain open()."""
     data = (line.rstrip("\n") + "\n").encode("utf-8")
+    with _reported_as_write_error(Path(path)):  # e.g. ENOSPC: one line, not a traceback
+        _append(path, data)
+
+
+def _append(path: str | os.PathLike, data: bytes) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0),
                  0o666)

@@ -12,6 +12,7 @@ import torch
 from reid_tao.cli import main
 from reid_tao.data.datasets import SeededSampler
 from reid_tao.engine.preemption import RESUME_KEY, PreemptionCheckpoint, rng_states, set_rng_states
+from reid_tao.errors import Preempted
 
 from helpers import tiny_overrides
 
@@ -116,8 +117,9 @@ def test_first_signal_sets_a_flag_and_a_second_stops_at_once(tmp_path):
     with callback.catching_signals():
         os.kill(os.getpid(), signal.SIGUSR1)
         assert callback.received == signal.SIGUSR1
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(Preempted, match="second SIGUSR1") as stopped:  # not KeyboardInterrupt: Lightning
+            os.kill(os.getpid(), signal.SIGUSR1)                           # turns that into exit 1 (issue 25)
+        assert stopped.value.exit_code == 128 + signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) == previous  # handlers restored after fit
 
 

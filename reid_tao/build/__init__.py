@@ -7,7 +7,8 @@ naming them; the config layer checks the spec's own rules. By concern:
 - training: data module, model, loss, optimiser/schedule, checkpoint settings, the LightningModule;
 - checkpoints: which trained checkpoint a task reads, and rebuilding reid_tao's and TAO's models from it.
 """
-from .checkpoints import (ARCHITECTURES, TrainedModel, load_embedding_model, load_trained_model, resume_path,
+from .checkpoints import (ARCHITECTURES, TrainedModel, check_resumable, load_embedding_model, load_trained_model,
+                          resume_path,
                           task_checkpoint, trained_num_classes)
 from .pretrained import PRETRAINED_LOADERS
 from .spec import (BACKBONE_OPTION_FIELDS, METRIC_LOSSES, SAMPLERS, MetricLoss, Sampler, check_choice, check_spec,
@@ -18,7 +19,7 @@ from .training import (backbone_options, build_datamodule, build_loss, build_mod
 
 __all__ = ["ARCHITECTURES", "BACKBONE_OPTION_FIELDS", "METRIC_LOSSES", "MetricLoss", "PRETRAINED_LOADERS", "SAMPLERS",
            "Sampler", "TrainedModel", "backbone_options", "build_datamodule", "build_loss", "build_model",
-           "build_module", "check_choice", "check_spec", "checkpoint_metadata", "checkpoint_settings",
+           "build_module", "check_choice", "check_resumable", "check_spec", "checkpoint_metadata", "checkpoint_settings",
            "extraction_batch_size", "image_size", "load_embedding_model", "load_experiment", "load_trained_model",
            "loss_terms", "needs_validation", "optimizer_arguments", "preprocessing_for", "resolve_choices",
            "resume_path", "scheduler_arguments", "spec_fields_markdown", "task_checkpoint", "trained_num_classes",

@@ -5,15 +5,21 @@ from pathlib import Path
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+import torch
 from torch import nn
 
-from ..config.loader import schema_config, task_results_dir
+from ..config.loader import check_stored_data, load_stored_config, schema_config, task_results_dir
+from ..config.schema import MAX_INPUT_SIDE
+from ..config.validate import validate_config
 from ..data.preprocessing import Preprocessing
 from ..engine.onnx_runner import OnnxModel, is_onnx_file
 from ..engine.checkpoint import (LATEST_NAME, is_reid_tao_checkpoint, is_tao_checkpoint, model_state_dict,
                                  read_checkpoint, read_checkpoint_file)
 from ..errors import ConfigError, DataError
+from ..io import first_line
 from ..model.tao_baseline import TAO_RESNET_LAYERS, TAO_RESNET_WIDTH, TaoBaseline, TaoResNet, tao_resnet_layers
+from .spec import check_spec
 from .training import build_model, preprocessing_for
 
 log = logging.getLogger(__name__)
@@ -69,14 +75,65 @@ def load_embedding_model(path: str, field: str, config: DictConfig, section: Dic
 
 
 def _rebuild_reid_tao(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
-    """Our Baseline from the config and num_classes stored in a reid_tao checkpoint."""
-    metadata = checkpoint["reid_tao"]
-    trained_config = OmegaConf.merge(schema_config(), metadata["config"])
-    model = build_model(trained_config, metadata["num_classes"], load_pretrained=False)
-    model.load_state_dict(model_state_dict(checkpoint))
+    """Our Baseline from the config and num_classes stored in a reid_tao checkpoint, both read as data and
+    checked like a spec before anything is built (a crafted file gets one line, not a traceback or 17 GB)."""
+    metadata = _stored_metadata(checkpoint, source)
+    trained_config = stored_training_config(metadata, source)
+    num_classes = _stored_num_classes(metadata, checkpoint, source)
+    model = build_model(trained_config, num_classes, load_pretrained=False)
+    try:
+        result = model.load_state_dict(model_state_dict(checkpoint), strict=False)
+    except RuntimeError as error:  # a tensor of the wrong shape
+        raise DataError(f"{source}: its weights do not fit the {trained_config.model.backbone} model its config "
+                        f"describes ({first_line(error, limit=200)})") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise DataError(f"{source}: its weights do not fit the {trained_config.model.backbone} model its config "
+                        f"describes (missing {', '.join(result.missing_keys[:3]) or '-'}; unexpected "
+                        f"{', '.join(result.unexpected_keys[:3]) or '-'}); is the file complete?")
     stored = metadata.get("preprocessing")
-    preprocessing = Preprocessing.from_dict(stored) if stored else preprocessing_for(trained_config)
+    try:
+        preprocessing = Preprocessing.from_dict(stored) if stored else preprocessing_for(trained_config)
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{source}: its stored preprocessing is invalid ({first_line(error, limit=200)})") from None
+    if max(preprocessing.input_size) > MAX_INPUT_SIDE:
+        raise DataError(f"{source}: its stored input size {list(preprocessing.input_size)} is over "
+                        f"{MAX_INPUT_SIDE} pixels a side")
     return TrainedModel(model, preprocessing, trained_config)
+
+
+def _stored_metadata(checkpoint: Dict[str, Any], source: str) -> Dict[str, Any]:
+    metadata = checkpoint.get("reid_tao")
+    if not isinstance(metadata, dict):
+        raise DataError(f"{source}: its reid_tao metadata is a {type(metadata).__name__}, not a mapping; use a file "
+                        "written by `reid train`")
+    return metadata
+
+
+def stored_training_config(metadata: Dict[str, Any], source: str) -> DictConfig:
+    """The training config stored in a reid_tao checkpoint: read as data, checked like a spec."""
+    trained_config = load_stored_config(metadata.get("config"), source)
+    try:
+        check_spec(trained_config)
+    except ConfigError as error:
+        raise DataError(f"{source}: its stored config is invalid: {error}") from None
+    return trained_config
+
+
+MAX_STORED_CLASSES = 1_000_000  # identities; the largest re-id sets have a few tens of thousands
+
+
+def _stored_num_classes(metadata: Dict[str, Any], checkpoint: Dict[str, Any], source: str) -> int:
+    """num_classes as stored: a positive int agreeing with the classifier's rows (it sizes the classifier)."""
+    value = metadata.get("num_classes")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"{source}: its stored num_classes {value!r} is not a positive whole number")
+    if value > MAX_STORED_CLASSES:  # it sizes the classifier before any weight is read
+        raise DataError(f"{source}: its stored num_classes {value} is over {MAX_STORED_CLASSES}")
+    classifier = model_state_dict(checkpoint).get("classifier.weight")
+    if isinstance(classifier, torch.Tensor) and classifier.dim() == 2 and classifier.shape[0] != value:
+        raise DataError(f"{source}: its stored num_classes {value} disagrees with its classifier "
+                        f"({classifier.shape[0]} rows)")
+    return value
 
 
 # What a TAO checkpoint's weights do not tell: taken from its hyper-parameters, else from the current spec.
@@ -89,22 +146,28 @@ def _tao_settings(checkpoint: Dict[str, Any], config: Optional[DictConfig]) -> T
     base = OmegaConf.to_container(config if config is not None else schema_config(), resolve=True)
     hparams = checkpoint.get("hyper_parameters")
     if isinstance(hparams, DictConfig):
-        hparams = OmegaConf.to_container(hparams, resolve=True)
+        hparams = OmegaConf.to_container(hparams, resolve=False)  # data: never resolved here
     spec = hparams.get("experiment_spec", hparams) if isinstance(hparams, Mapping) else None
     if isinstance(spec, DictConfig):
-        spec = OmegaConf.to_container(spec, resolve=True)
+        spec = OmegaConf.to_container(spec, resolve=False)
     taken = {}
     if isinstance(spec, Mapping):
         for section, names in TAO_SETTINGS.items():
             stored = spec.get(section)
             if isinstance(stored, Mapping):
                 taken[section] = {name: stored[name] for name in names if stored.get(name) is not None}
+    check_stored_data(taken, "the checkpoint's hyper_parameters")
     found = sum(len(values) for values in taken.values())
     origin = ("the checkpoint's hyper_parameters" if found else
               "the current spec (model.*, dataset.*)" if config is not None else "reid_tao's defaults")
     if found and found < sum(len(names) for names in TAO_SETTINGS.values()):
         origin += ", the rest from the current spec"
-    return OmegaConf.merge(schema_config(), base, taken), origin
+    try:
+        settings = OmegaConf.merge(schema_config(), base, taken)
+        validate_config(settings)
+    except (OmegaConfBaseException, ConfigError) as error:
+        raise DataError(f"the TAO checkpoint's hyper_parameters are invalid: {first_line(error, limit=200)}") from None
+    return settings, origin
 
 
 def _rebuild_tao_resnet(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
@@ -166,7 +229,25 @@ ARCHITECTURES = {
 
 
 def trained_num_classes(path: str, field: str, trust: bool = False) -> int:
-    return read_checkpoint(path, field, trust=trust)["reid_tao"]["num_classes"]
+    checkpoint = read_checkpoint(path, field, trust=trust)
+    return _stored_num_classes(_stored_metadata(checkpoint, f"{field}: {path}"), checkpoint, f"{field}: {path}")
+
+
+def check_resumable(path: str, field: str, config: DictConfig, num_classes: int, trust: bool = False) -> None:
+    """Training resumes from ``path`` only with the model it holds: same backbone, same identities."""
+    checkpoint = read_checkpoint(path, field, trust=trust)
+    source = f"{field}: {path}"
+    metadata = _stored_metadata(checkpoint, source)
+    trained = stored_training_config(metadata, source)
+    if trained.model.backbone != config.model.backbone:
+        raise DataError(f"cannot resume from {path}: it holds a {trained.model.backbone} model but the spec asks "
+                        f"for model.backbone={config.model.backbone}; use a new results_dir, or set "
+                        f"model.backbone={trained.model.backbone}")
+    trained_classes = _stored_num_classes(metadata, checkpoint, source)
+    if trained_classes != num_classes:
+        raise DataError(f"cannot resume from {path}: it was trained on {trained_classes} identities but "
+                        f"dataset.train_dataset_dir has {num_classes}; use a new results_dir or "
+                        "model.pretrain_choice=self to start from it")
 
 
 def resume_path(config: DictConfig, results_dir: Path) -> Optional[str]:

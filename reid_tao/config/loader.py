@@ -9,7 +9,7 @@ from typing import Any, Iterable, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..io import first_line
 from .schema import ExperimentConfig
 from .validate import validate_config
@@ -87,9 +87,9 @@ def _apply_aliases(spec: dict, source: str) -> None:
         node[target_leaf] = node.pop(leaf)
 
 
-def _validation_message(error: OmegaConfBaseException, source: str) -> str:
-    key = getattr(error, "full_key", None) or "?"
-    msg = first_line(str(getattr(error, "msg", error)))
+def _validation_message(error: OmegaConfBaseException, source: str, key: Optional[str] = None) -> str:
+    key = key or getattr(error, "full_key", None) or "?"
+    msg = first_line(str(getattr(error, "msg", None) or error))
     return f"invalid value for {key} in {source}: {msg}"
 
 
@@ -103,10 +103,66 @@ def _yaml_problem(error: Exception) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
 
 
+def _unresolvable_field(config: DictConfig) -> Optional[str]:
+    """The first field whose interpolation cannot be resolved (OmegaConf.resolve does not say which)."""
+    def leaves(node, prefix: str):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    for key in leaves(OmegaConf.to_container(config, resolve=False), ""):
+        try:
+            OmegaConf.select(config, key, throw_on_resolution_failure=True)
+        except OmegaConfBaseException:
+            return key
+    return None
+
+
+# A spec is a few hundred values; YAML aliases can make a small file expand without bound (a "billion laughs"
+# spec) and a huge list takes minutes to merge, so the file and its expanded size are bounded before loading.
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_VALUES = 20_000
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """Values in a composed YAML node graph once every alias is expanded (aliases share nodes: memoised)."""
+    import yaml
+
+    key = id(node)
+    if key not in sizes:
+        sizes[key] = MAX_SPEC_VALUES + 1  # a node that contains itself expands without end
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+        else:
+            size = 1
+        sizes[key] = min(size, MAX_SPEC_VALUES + 1)
+    return sizes[key]
+
+
+def _check_spec_size(path: Path, spec_path: str) -> None:
+    import yaml
+
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise ConfigError(f"spec file {spec_path} is {path.stat().st_size} bytes; a spec is at most "
+                          f"{MAX_SPEC_BYTES} bytes")
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except Exception as error:  # yaml and decoding errors come in several types
+        raise ConfigError(f"cannot parse spec file {spec_path}: {first_line(error)}") from None
+    if root is not None and _expanded_size(root, {}) > MAX_SPEC_VALUES:
+        raise ConfigError(f"spec file {spec_path} expands to more than {MAX_SPEC_VALUES} values (YAML aliases or "
+                          "huge lists); a spec holds a few hundred settings, write them out plainly")
+
+
 def _read_spec(spec_path: str) -> dict:
     path = Path(spec_path)
     if not path.is_file():
         raise ConfigError(f"spec file {spec_path} does not exist; pass an existing YAML file with -e")
+    _check_spec_size(path, spec_path)
     try:
         loaded = OmegaConf.load(path)
     except Exception as error:  # yaml errors come in several types
@@ -165,7 +221,7 @@ def load_config(spec_path: Optional[str], overrides: List[str] = ()) -> DictConf
     try:
         OmegaConf.resolve(config)
     except OmegaConfBaseException as error:
-        raise ConfigError(_validation_message(error, source)) from None
+        raise ConfigError(_validation_message(error, source, _unresolvable_field(config))) from None
     validate_config(config)
     OmegaConf.set_readonly(config, True)
     return config
@@ -190,3 +246,50 @@ def task_results_dir(config: DictConfig, task: str) -> Path:
         raise ConfigError(f"results_dir is not set (nor {task}.results_dir); set results_dir to the folder for "
                           f"the outputs, e.g. results_dir=/results")
     return Path(config.results_dir) / task
+
+
+
+def _plain_data(value, where: str, source: str, budget: list) -> None:
+    """Refuse what is not plain data: an interpolation (``${oc.env:SECRET}`` would read this environment),
+    non-string keys, other types, and more values than a spec may hold."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise DataError(f"{source}: its stored config holds more than {MAX_SPEC_VALUES} values; it is not one "
+                        "that `reid train` wrote")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise DataError(f"{source}: its stored config has a non-text key {key!r} under {where or 'the top'}")
+            _plain_data(item, f"{where}.{key}" if where else key, source, budget)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _plain_data(item, f"{where}[{index}]", source, budget)
+    elif isinstance(value, str):
+        if "${" in value:
+            raise DataError(f"{source}: its stored config has an interpolation at {where} ({value[:60]!r}); stored "
+                            "configs are data and are never resolved; use a checkpoint written by `reid train`")
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        raise DataError(f"{source}: its stored config has a {type(value).__name__} at {where}; expected plain values")
+
+
+def check_stored_data(stored: Any, source: str) -> None:
+    """One line (DataError) unless ``stored`` is plain, bounded data without interpolations."""
+    _plain_data(stored, "", source, [MAX_SPEC_VALUES])
+
+
+def load_stored_config(stored: Any, source: str) -> DictConfig:
+    """A config stored in a checkpoint (or a TAO checkpoint's hyper-parameters), read as data: never resolved
+    against this environment, bounded in size, and checked by the same schema and rules as a spec."""
+    if not isinstance(stored, dict):
+        raise DataError(f"{source}: its stored config is a {type(stored).__name__}, not a mapping of sections")
+    check_stored_data(stored, source)
+    try:
+        config = OmegaConf.merge(schema_config(), stored)
+    except OmegaConfBaseException as error:
+        raise DataError(_validation_message(error, f"the config stored in {source}")) from None
+    try:
+        validate_config(config)
+    except ConfigError as error:
+        raise DataError(f"{source}: its stored config is invalid: {error}") from None
+    OmegaConf.set_readonly(config, True)
+    return config

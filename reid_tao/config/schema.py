@@ -14,6 +14,8 @@ AT_LEAST_1 = Bounds(low=1)
 NON_NEGATIVE = Bounds(low=0)
 POSITIVE = Bounds(low=0, low_open=True)
 PROBABILITY = Bounds(low=0, high=1)
+MAX_INPUT_SIDE = 4096  # a spec or a checkpoint's stored config must not make the model allocate without limit
+INPUT_SIDE = Bounds(low=1, high=MAX_INPUT_SIDE)
 
 BACKBONES = "reid_tao.model.backbones:BACKBONES"
 ACCELERATORS = "reid_tao.engine.devices:ACCELERATORS"
@@ -39,11 +41,11 @@ class ModelConfig:
     trust_weights_file: bool = spec_field(False, new=True, help=(
         "load weight/checkpoint files that need full unpickling: runs code from the file (trusted files only)"))
     input_channels: int = spec_field(3, choices=(3,), hint=" (images are RGB)", help="image channels")
-    input_width: int = spec_field(128, bounds=AT_LEAST_1, help="network input width in pixels")
-    input_height: int = spec_field(256, bounds=AT_LEAST_1, help="network input height in pixels")
+    input_width: int = spec_field(128, bounds=INPUT_SIDE, help="network input width in pixels")
+    input_height: int = spec_field(256, bounds=INPUT_SIDE, help="network input height in pixels")
     neck: str = spec_field("bnneck", choices="reid_tao.model.baseline:NECKS", help=(
         "bnneck: BatchNorm1d with frozen bias before the classifier; \"\": none"))
-    feat_dim: int = spec_field(256, bounds=AT_LEAST_1, help=(
+    feat_dim: int = spec_field(256, bounds=Bounds(low=1, high=65536), help=(
         "embedding size (ResNet: a 1x1 reduction when it differs from the backbone's width; Swin: with "
         "reduce_feat_dim)"))
     neck_feat: str = spec_field("after", choices="reid_tao.model.baseline:NECK_FEATURES", help=(

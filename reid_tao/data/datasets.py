@@ -3,6 +3,7 @@ import itertools
 import os
 from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
@@ -12,10 +13,19 @@ from .batch import Batch
 from .seeding import derive_seeds
 
 
+def as_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. PIL's convert("RGB") clamps 16-bit grey (PNG modes I;16* and I) at 255, turning the image
+    white; those are scaled from 0..65535 to 0..255 first."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def load_rgb(path: str) -> Image.Image:
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return as_rgb(image)
     except Exception as error:  # PIL raises several types for truncated or corrupt files
         raise DataError(f"cannot read image {path} ({type(error).__name__}: {error}); "
                         "remove or replace the file") from None

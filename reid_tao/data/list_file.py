@@ -94,14 +94,18 @@ def _image_root(list_path: Path, rows, field: str) -> Path:
     return complete[0]
 
 
+_COMMENT = re.compile(r"(?:^|\s)#")  # '#' inside a path (a/b#1.jpg) is part of the path
+
+
 def parse_list_file(path: str, field: str, require_ids: bool = True) -> List[ListEntry]:
-    """Every non-empty line of a list file ('#' starts a comment), paths resolved; DataError names the line."""
+    """Every non-empty line of a list file ('#' at a line's start or after a space starts a comment), paths
+    resolved; DataError names the line."""
     list_path = Path(path)
     if not list_path.is_file():
         raise DataError(f"{field}: list file {path} does not exist; set {field} to a folder or a list file")
     rows = []
     for number, text in enumerate(list_path.read_text().splitlines(), start=1):
-        parts = text.split("#", 1)[0].split()
+        parts = _COMMENT.split(text, 1)[0].split()  # a comment starts a line or follows a space
         if not parts:
             continue
         if len(parts) > 3 or (require_ids and len(parts) < 2):

@@ -92,7 +92,8 @@ def read_checkpoint_file(path: str, field: str, trust: bool = False) -> Dict[str
     except ReidError:
         raise
     except Exception as error:
-        raise DataError(f"{field}: cannot read checkpoint {path} ({first_line(error, limit=200)})") from None
+        raise DataError(f"{field}: cannot read {path}: it is not a PyTorch checkpoint, or a corrupt one "
+                        f"({first_line(error, limit=200)})") from None
     if not isinstance(checkpoint, dict):
         raise DataError(f"{field}: {path} is not a checkpoint (a {type(checkpoint).__name__}, not a dict)")
     return checkpoint

@@ -78,8 +78,27 @@ class OnnxModel:
             self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
             raise DataError(f"{field}: cannot load ONNX file {path} ({first_line(error, limit=200)})") from None
+        self._check_graph(path, sidecar, field)
         self.providers = self.session.get_providers()
         log.info("%s: onnxruntime with %s", field, ", ".join(self.providers))
+
+    def _check_graph(self, path: Path, sidecar: Path, field: str) -> None:
+        """The sidecar must describe the graph: tensor names and (3, H, W) input, else one line here rather than
+        an onnxruntime traceback at the first batch."""
+        inputs = {node.name: node.shape for node in self.session.get_inputs()}
+        outputs = [node.name for node in self.session.get_outputs()]
+        expected = [3, *self.preprocessing.input_size]
+        problem = None
+        if self.input_name not in inputs:
+            problem = f"input {self.input_name!r} (the graph has {', '.join(inputs)})"
+        elif self.output_name not in outputs:
+            problem = f"output {self.output_name!r} (the graph has {', '.join(outputs)})"
+        elif len(inputs[self.input_name]) != 4 or any(
+                isinstance(dim, int) and dim != want for dim, want in zip(inputs[self.input_name][1:], expected)):
+            problem = f"input size {expected} (the graph's input is {inputs[self.input_name]})"
+        if problem:
+            raise DataError(f"{field}: {sidecar} does not describe {path.name}: it names {problem}; keep the "
+                            "sidecar that `reid export` wrote with this model, or export again")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)

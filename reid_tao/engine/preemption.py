@@ -70,6 +70,7 @@ class PreemptionCheckpoint(pl.Callback):
         self.received: Optional[int] = None
         self._position: Optional[Dict[str, Any]] = None  # written into the preemption checkpoint
         self._resume: Optional[Dict[str, Any]] = None  # read from the checkpoint training resumes from
+        self._epoch_ended = False  # in this run: a stop at an epoch start has that epoch's checkpoint
 
     # -- signals ------------------------------------------------------------------------------------------
     @contextmanager
@@ -86,8 +87,10 @@ class PreemptionCheckpoint(pl.Callback):
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
     def _on_signal(self, signum: int, frame) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt  # a second signal: stop now, without a checkpoint
+        if self.received is not None:  # a second signal: stop now, without a checkpoint of this step
+            raise Preempted(f"stopped at once by a second {signal.Signals(signum).name}, without writing a "
+                            f"checkpoint of the running step; run the same command to resume from the last "
+                            f"checkpoint ({self.path} if it exists)", signum)
         self.received = signum  # only a flag: the step that is running finishes first
 
     def _agreed_signal(self, trainer: pl.Trainer, module: pl.LightningModule) -> int:
@@ -97,6 +100,33 @@ class PreemptionCheckpoint(pl.Callback):
             flag = torch.tensor(signum, device=module.device)
             signum = int(trainer.strategy.reduce(flag, reduce_op="max"))
         return signum
+
+    # -- outside a training step (issue 25) -------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # Lightning installs its own SIGTERM handler inside fit; it runs a collective inside the handler (DDP
+        # deadlock when the whole process group gets the signal) and ends validation or a checkpoint write
+        # with a SystemExit of code 0. Ours only set a flag, so they replace it for the rest of fit.
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                signal.signal(signum, self._on_signal)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._epoch_ended = True  # the epoch-end checkpoint is written before the next epoch starts
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # a signal during validation or the epoch-end checkpoint write: that checkpoint is the running state
+        signum = self._agreed_signal(trainer, module) if self._epoch_ended else 0
+        if signum:
+            self._stop_after_epoch(trainer, signum)
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.received is not None:  # the signal came during the last epoch's validation or checkpoint
+            self._stop_after_epoch(trainer, self.received)
+
+    def _stop_after_epoch(self, trainer: pl.Trainer, signum: int) -> None:
+        raise Preempted(f"preempted by {signal.Signals(signum).name} at the end of epoch {trainer.current_epoch}/"
+                        f"{trainer.max_epochs} (global step {trainer.global_step}); checkpoint written to "
+                        f"{self.path}; run the same command to resume", signum)
 
     # -- stopping ---------------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch,

@@ -6,6 +6,7 @@ epoch, step, max_epoch, max_step, time_per_epoch, time_per_step, eta), and at th
 line. Lines are appended (a resumed run continues the same file). Only the global-zero process writes.
 """
 import json
+import logging
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,8 +14,11 @@ from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 
+from ..errors import WriteError
 from ..io import append_line
 from .metric_names import VALIDATION_METRICS, kpi_names
+
+log = logging.getLogger(__name__)
 
 STARTED, RUNNING, SUCCESS, FAILURE = "STARTED", "RUNNING", "SUCCESS", "FAILURE"
 STATUS_FILE = "status.json"
@@ -39,7 +43,12 @@ class StatusFile:
             line["message"] = message
         if self.kpi:
             line["kpi"] = dict(self.kpi)
-        append_line(self.path, json.dumps(line))
+        try:
+            append_line(self.path, json.dumps(line))
+        except WriteError as error:
+            if status != FAILURE:
+                raise
+            log.warning("%s", error)  # the failure being reported is the error the user needs to see
 
 
 def kpi_from(metrics: Dict[str, Any]) -> Dict[str, float]:

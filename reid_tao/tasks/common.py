@@ -3,17 +3,20 @@ status.json around the task's work as TAO writes it (STARTED "Starting ReIdentif
 RUNNING "<Task> finished successfully." line, or FAILURE with the one-line error)."""
 import functools
 import logging
+import os
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from ..config.loader import task_results_dir
 from ..config.notices import field_notices
 from ..engine.status import FAILURE, RUNNING, STARTED, STATUS_FILE, StatusFile
-from ..errors import ReidError
+from ..errors import ConfigError, ReidError
 from ..io import atomic_write_text, error_line
 
 log = logging.getLogger("reid_tao")
@@ -111,30 +114,71 @@ def reported(task: str) -> Callable:
             results = task_results_dir(config, task)
             zero = is_global_zero()
             if zero:
-                results.mkdir(parents=True, exist_ok=True)
-            handler = _attach_log_file(results / f"{task}.log") if zero else None
-            status = StatusFile(results / STATUS_FILE, enabled=zero)
-            status.write(STARTED, f"Starting {TAO_MODEL_NAME} {task}.")
-            try:
-                outcome = run(config, status, **options)
-            except KeyboardInterrupt:
-                status.write(FAILURE, f"{task} interrupted", verbosity="ERROR")
-                raise
-            except ReidError as error:
-                status.write(FAILURE, error_line(error), verbosity="ERROR")
-                raise
-            except Exception as error:
-                status.write(FAILURE, f"{type(error).__name__}: {error_line(error)}", verbosity="ERROR")
-                raise
-            finally:
-                if handler is not None:
-                    logging.getLogger("reid_tao").removeHandler(handler)
-                    handler.close()
-            # TAO ends a task that worked with a RUNNING line (no SUCCESS status): scripts wait for this message
-            status.write(RUNNING, f"{task.capitalize()} finished successfully.")
-            return outcome
+                make_results_folder(results, task)
+            with results_lock(results, task, enabled=zero):
+                return _run_reported(run, config, task, results, zero, options)
         return wrapper
     return decorate
+
+
+def make_results_folder(results: Path, task: str) -> None:
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # e.g. results_dir is an existing file
+        reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else \
+            (error.strerror or str(error))
+        raise ConfigError(f"cannot create the results folder {results} ({reason}); set results_dir (or "
+                          f"{task}.results_dir) to a folder") from None
+
+
+@contextmanager
+def results_lock(results: Path, task: str, enabled: bool = True) -> Iterator[None]:
+    """One run of a task per results folder at a time (two would interleave status.json, metrics.csv and the
+    checkpoints): an OS file lock (filelock; released when the process ends, even by SIGKILL), and the
+    holder's pid beside it for the message."""
+    if not enabled:
+        yield
+        return
+    lock = FileLock(results / f".{task}.lock", timeout=0)
+    holder = results / f".{task}.pid"
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            pid = holder.read_text().strip() or "unknown"
+        except OSError:
+            pid = "unknown"
+        raise ConfigError(f"another `reid {task}` (pid {pid}) is running in {results}; wait for it to finish, "
+                          "or use another results_dir") from None
+    try:
+        holder.write_text(str(os.getpid()))
+        yield
+    finally:
+        lock.release()
+
+
+def _run_reported(run: Callable, config: DictConfig, task: str, results: Path, zero: bool, options):
+    handler = _attach_log_file(results / f"{task}.log") if zero else None
+    status = StatusFile(results / STATUS_FILE, enabled=zero)
+    status.write(STARTED, f"Starting {TAO_MODEL_NAME} {task}.")
+    try:
+        outcome = run(config, status, **options)
+    except KeyboardInterrupt:
+        status.write(FAILURE, f"{task} interrupted", verbosity="ERROR")
+        raise
+    except ReidError as error:
+        status.write(FAILURE, error_line(error), verbosity="ERROR")
+        raise
+    except Exception as error:
+        status.write(FAILURE, f"{type(error).__name__}: {error_line(error)}", verbosity="ERROR")
+        raise
+    finally:
+        if handler is not None:
+            logging.getLogger("reid_tao").removeHandler(handler)
+            handler.close()
+    # TAO ends a task that worked with a RUNNING line (no SUCCESS status): scripts wait for this message
+    status.write(RUNNING, f"{task.capitalize()} finished successfully.")
+    return outcome
 
 
 def prepare_task(config: DictConfig, task: str) -> Path:

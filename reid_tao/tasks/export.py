@@ -172,6 +172,10 @@ def run(config: DictConfig, status: StatusFile) -> Path:
                                                               config, trust=config.model.trust_weights_file)
     record_checkpoint_model(config, trained_config, "export")
     path = onnx_path_for(config, checkpoint)
+    if path in (onnx_sidecar_path(path), tracker_config_path(path)):  # e.g. model.json: the sidecar is model.json
+        raise ConfigError(f"export.onnx_file {path}: the preprocessing sidecar {onnx_sidecar_path(path).name} and "
+                          f"the tracker config {tracker_config_path(path).name} are written beside it, so it would "
+                          "be overwritten; name the model file *.onnx")
     if path.exists() and not section.overwrite:
         raise ConfigError(f"export.onnx_file {path} already exists; set export.overwrite=true to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,15 @@
 """`reid train`: fit the model, checkpoint every epoch, resume automatically."""
 import logging
+import signal
 from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ..build import (build_datamodule, build_module, checkpoint_settings, needs_validation, resume_path,
-                     trained_num_classes, wandb_settings)
+from ..build import (build_datamodule, build_module, check_resumable, checkpoint_settings, needs_validation,
+                     resume_path, wandb_settings)
 from ..config.notices import warmup_warning
 from ..engine.callbacks import EpochSummary, StepLossBar, console_is_terminal
 from ..engine.checkpoint import LATEST_NAME, AtomicCheckpointIO, checkpoint_callbacks
@@ -16,7 +18,7 @@ from ..engine.loggers import experiment_loggers
 from ..engine.precision import cpu_has_native_bf16, precision_for
 from ..engine.preemption import PreemptionCheckpoint
 from ..engine.status import StatusCallback, StatusFile
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, Preempted
 from .common import prepare_task, reported
 
 log = logging.getLogger("reid_tao.train")
@@ -42,12 +44,8 @@ def _check_dataset_fields(config: DictConfig) -> None:
         generate_synthetic_market(root)
 
 
-def _check_resume(path: str, num_classes: int, trust: bool) -> None:
-    trained = trained_num_classes(path, RESUME_FIELD, trust=trust)
-    if trained != num_classes:
-        raise DataError(f"cannot resume from {path}: it was trained on {trained} identities but "
-                        f"dataset.train_dataset_dir has {num_classes}; use a new results_dir or "
-                        "model.pretrain_choice=self to start from it")
+def _check_resume(path: str, config: DictConfig, num_classes: int) -> None:
+    check_resumable(path, RESUME_FIELD, config, num_classes, trust=config.model.trust_weights_file)
 
 
 def build_trainer(config: DictConfig, results: Path, has_validation: bool, status: Optional[StatusFile] = None,
@@ -115,7 +113,7 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
                  config.dataset.num_classes, datamodule.num_classes)
     checkpoint = resume_path(config, results)
     if checkpoint:
-        _check_resume(checkpoint, datamodule.num_classes, config.model.trust_weights_file)
+        _check_resume(checkpoint, config, datamodule.num_classes)
         log.info("resuming from %s", checkpoint)
     module = build_module(config, datamodule.num_classes, num_query=len(datamodule.query_records),
                           load_pretrained=checkpoint is None)
@@ -123,6 +121,10 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
     trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=[preemption, *extra_callbacks])
     with preemption.catching_signals():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+        except SIGTERMException:  # Lightning's own handler, in the moment before ours replace it in fit
+            raise Preempted("stopped by SIGTERM while training started, before a checkpoint of this run; "
+                            "run the same command to resume", signal.SIGTERM) from None
     log.info("training finished; checkpoints in %s", results)
     return results
