@@ -192,7 +192,9 @@ def test_a_results_folder_that_is_a_file_is_one_line(field, tmp_path, capsys):
     results = [f"results_dir={blocker if field == 'results_dir' else tmp_path}"]
     if field != "results_dir":
         results.append(f"{field}={blocker}")
-    code = main(["evaluate", *results, f"evaluate.checkpoint={tmp_path / 'none.pth'}"])
+    checkpoint = tmp_path / "model.pth"  # exists (the path check passes); the results folder fails first
+    checkpoint.write_bytes(b"")
+    code = main(["evaluate", *results, f"evaluate.checkpoint={checkpoint}"])
     assert code == 2 and "cannot create the results folder" in one_line(capsys)
 
 

@@ -152,7 +152,7 @@ def _check_spec_size(path: Path, spec_path: str) -> None:
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except Exception as error:  # yaml and decoding errors come in several types
-        raise ConfigError(f"cannot parse spec file {spec_path}: {first_line(error)}") from None
+        raise ConfigError(f"cannot parse spec file {spec_path}: {_yaml_problem(error)}") from None
     if root is not None and _expanded_size(root, {}) > MAX_SPEC_VALUES:
         raise ConfigError(f"spec file {spec_path} expands to more than {MAX_SPEC_VALUES} values (YAML aliases or "
                           "huge lists); a spec holds a few hundred settings, write them out plainly")

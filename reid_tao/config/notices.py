@@ -3,11 +3,11 @@
 TAO's own experiment.yaml carries every field of its schema; a field without an effect here gets one log
 line when it is set to a non-default value (never an error), so a TAO file works unchanged.
 """
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from .catalog import spec_fields
+from .catalog import find_field, spec_fields
 
 
 def _applies(field: str, task: str) -> bool:
@@ -17,11 +17,24 @@ def _applies(field: str, task: str) -> bool:
 
 def field_notices(config: DictConfig, task: str) -> List[str]:
     """One line per field without effect (status "inert" in the schema) that is set to a non-default value
-    and belongs to `task` (or to no task)."""
-    return [f"{found.path}={OmegaConf.select(config, found.path)!r} has no effect: {found.meta.why}"
-            for found in spec_fields()
-            if found.meta.status == "inert" and _applies(found.path, task)
-            and OmegaConf.select(config, found.path) != found.default]
+    and belongs to `task` (or to no task), then the fields whose effect depends on another field's value."""
+    lines = [f"{found.path}={OmegaConf.select(config, found.path)!r} has no effect: {found.meta.why}"
+             for found in spec_fields()
+             if found.meta.status == "inert" and _applies(found.path, task)
+             and OmegaConf.select(config, found.path) != found.default]
+    return lines + [line for applies, line in _conditional_notices(config) if applies == task]
+
+
+def _conditional_notices(config: DictConfig) -> List[Tuple[str, str]]:
+    """(task, line) for fields set where the rest of the spec gives them nothing to do."""
+    export = config.export
+    notices = []
+    if export.data_type != "int8" and export.calibration_images != find_field("export.calibration_images").default:
+        notices.append(("export", "export.calibration_images has no effect: only export.data_type=int8 calibrates"))
+    if export.data_type == "fp32" and export.calibration_dataset:
+        notices.append(("export", "export.calibration_dataset has no effect with export.data_type=fp32 (it "
+                                  "calibrates int8 and gives fp16 and int8 their parity images)"))
+    return notices
 
 
 class Warmup(NamedTuple):
