@@ -242,3 +242,20 @@ def test_cudnn_flags_on_cpu():
 
     assert cudnn_flags(OmegaConf.create({"benchmark": False, "deterministic": False}), "cpu") == (False, None)
     assert cudnn_flags(OmegaConf.create({"benchmark": False, "deterministic": True}), "cpu") == (False, "warn")
+
+
+# -- validation computes in evaluate.precision, not under the training autocast (issue 22 item 5) ----------
+@pytest.mark.parametrize("evaluate_precision, expected", [("32", False), ("bf16-mixed", True)])
+def test_validation_uses_evaluate_precision_not_the_training_autocast(tiny_market, tmp_path, evaluate_precision,
+                                                                       expected):
+    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
+        "train.precision": "bf16-mixed", "evaluate.precision": evaluate_precision}))
+    datamodule = build_datamodule(config)
+    datamodule.setup("validate")
+    module = build_module(config, datamodule.num_classes, num_query=len(datamodule.query_records),
+                          load_pretrained=False)
+    seen = []
+    module.model.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    quiet_trainer(precision="bf16-mixed", limit_val_batches=1.0).validate(module, datamodule=datamodule,
+                                                                           verbose=False)
+    assert seen and set(seen) == {expected}

@@ -151,4 +151,5 @@ def build_module(config: DictConfig, num_classes: int, num_query: int = 0, load_
         grad_clip=config.train.grad_clip, seed=config.train.seed, flip_feature=config.model.with_flip_feature,
         max_rank=config.re_ranking.max_rank, num_query=num_query,
         metadata=checkpoint_metadata(config, num_classes),
-        compile_model=config.train.compile, channels_last=config.train.channels_last)
+        compile_model=config.train.compile, channels_last=config.train.channels_last,
+        val_precision=config.evaluate.precision)

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..evaluation.features import embed
 from .optim import build_center_optimizer, build_optimizer, build_scheduler
+from .precision import autocast_for
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class ReidModule(pl.LightningModule):
     def __init__(self, model: nn.Module, loss: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
                  center_lr: float = 0.5, grad_clip: float = 0.0,
                  seed: int = -1, flip_feature: bool = False, max_rank: int = 10, num_query: int = 0,
-                 metadata: Dict[str, Any] = None, compile_model: bool = False, channels_last: bool = False):
+                 metadata: Dict[str, Any] = None, compile_model: bool = False, channels_last: bool = False,
+                 val_precision: str = "32"):
         super().__init__()
         self.automatic_optimization = False
         self.model, self.loss = model, loss
@@ -43,6 +45,7 @@ class ReidModule(pl.LightningModule):
         self.seed, self.flip_feature, self.max_rank, self.num_query = seed, flip_feature, max_rank, num_query
         self.metadata = metadata or {}
         self.compile_model, self.channels_last = compile_model, channels_last
+        self.val_precision = val_precision  # evaluate.precision: validation computes as `reid evaluate` does
         if loss.id_loss is None:
             model.freeze_id_head()  # no ID loss: parameters without gradients would break DDP
         # Not registered as a submodule, so checkpoints keep the plain `model.` keys.
@@ -151,7 +154,8 @@ class ReidModule(pl.LightningModule):
 
     # -- validation ----------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
-        features = embed(self.model, batch.images, self.flip_feature)
+        with autocast_for(self.val_precision, self.device):  # replaces the training autocast in this block
+            features = embed(self.model, batch.images, self.flip_feature)
         ids = torch.stack([batch.pids, batch.camids], dim=1).to(features.dtype)
         self._val_outputs.append((torch.cat([features, ids], dim=1), batch.indices))
 
