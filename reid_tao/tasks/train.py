@@ -120,6 +120,8 @@ def run(config: DictConfig, status: StatusFile) -> Path:
     # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
     trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=[preemption])
+    # setup() ran before the Trainer existed (one process): check P x processes now, before any process starts
+    datamodule.check_identities_per_batch(trainer.world_size)
     with preemption.catching_signals():
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     log.info("training finished; checkpoints in %s", results)
