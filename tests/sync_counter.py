@@ -21,11 +21,12 @@ _HOST_SIDE = (f"{os.sep}torch{os.sep}optim{os.sep}",)
 
 
 class HostSyncCounter(TorchDispatchMode):
-    """``with HostSyncCounter() as syncs: ...``; ``syncs.total`` and ``syncs.ops`` (op name -> count)."""
+    """``with HostSyncCounter() as syncs: ...``; ``syncs.total``, ``syncs.ops`` (op name -> count) and
+    ``syncs.sources`` (the innermost reid_tao file on the stack, e.g. "engine/preemption.py" -> count)."""
 
     def __init__(self):
         super().__init__()
-        self.ops = Counter()
+        self.ops, self.sources = Counter(), Counter()
 
     @property
     def total(self) -> int:
@@ -39,6 +40,7 @@ class HostSyncCounter(TorchDispatchMode):
             name = f"{func.overloadpacket.__name__}(boolean mask)"  # calls nonzero inside the kernel
         if name is not None and not _called_from_host_side():
             self.ops[name] += 1
+            self.sources[_reid_tao_source()] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -57,3 +59,14 @@ def _called_from_host_side() -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _reid_tao_source() -> str:
+    marker = f"{os.sep}reid_tao{os.sep}"
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if marker in name:
+            return name.rsplit(marker, 1)[1].replace(os.sep, "/")
+        frame = frame.f_back
+    return "elsewhere"

@@ -106,9 +106,11 @@ class ReidModule(pl.LightningModule):
         if logits is not None:
             metrics["train_acc_1"] = (logits.detach().argmax(dim=1) == labels).float().mean()
         # Epoch means accumulate on the device; nothing here reads a value back to the host (a per-step
-        # prog_bar metric would: Lightning turns those into Python numbers after every step).
+        # prog_bar metric would: Lightning turns those into Python numbers after every step). sync_dist with
+        # on_step=False reduces over the processes once, when the epoch mean is computed: every rank (and
+        # status.json, a train_loss-monitored best-k) sees the whole global batch, not rank 0's share.
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False, batch_size=labels.shape[0],
-                      sync_dist=False)
+                      sync_dist=True)
         loss = losses["loss"].detach()
         self._running_loss = loss if self._running_loss is None else self._running_loss + loss
         self._running_steps += 1
@@ -153,6 +155,11 @@ class ReidModule(pl.LightningModule):
         scheduler.step()
 
     # -- validation ----------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        from .distributed import broadcast_buffers
+
+        broadcast_buffers(self.model)  # every rank embeds its shard with rank 0's (the checkpoint's) statistics
+
     def validation_step(self, batch, batch_idx: int) -> None:
         with autocast_for(self.val_precision, self.device):  # replaces the training autocast in this block
             features = embed(self.model, batch.images, self.flip_feature)
