@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 _EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+).*?(\d+) img/s")
@@ -67,7 +68,7 @@ def run_reid(task: str, overrides: list[str]) -> dict:
         times = [start] + [t for t, _ in epochs.lines]
         # an epoch's wall time includes what happens at its end (validation, checkpoint); the first also
         # the start (dataset scan, cache build, cuDNN autotuning)
-        report["epoch_wall_s"] = [round(b - a, 1) for a, b in zip(times, times[1:])]
+        report["epoch_wall_s"] = [round(b - a, 1) for a, b in pairwise(times)]
         report["images_per_s"] = [int(_EPOCH_LINE.search(line).group(3)) for _, line in epochs.lines]
         report["epoch_lines"] = [line for _, line in epochs.lines]
     results = Path(next((o.split("=", 1)[1] for o in overrides if o.startswith("results_dir=")), "."))

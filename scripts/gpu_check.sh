@@ -45,12 +45,12 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a timeout, append its JSON li
 
 if [ "$DEVICE" = cpu ]; then  # rehearsal: small sizes, tiny model, synthetic images
     MARKET=$WORK/market
-    DATA=($PY scripts/make_synthetic_market.py "$MARKET" --num-train-ids 8 --num-test-ids 6)
+    DATA=($PY scripts/make_synthetic_market.py "$MARKET" --num-train-ids 4 --num-test-ids 6)
     SIZES_MARKET=(--num-query 200 --num-gallery 1000 --dim 256)
     SIZES_MSMT=(--num-query 300 --num-gallery 1500 --dim 256)
-    MODEL=(model.backbone=resnet_18 model.input_height=64 model.input_width=32 dataset.batch_size=16
+    MODEL=(model.backbone=resnet_18 model.input_height=32 model.input_width=16 dataset.batch_size=16
            dataset.val_batch_size=64 dataset.num_workers=0 train.accelerator=cpu evaluate.accelerator=cpu)
-    BENCH=(--device cpu --backbone resnet_18 --height 64 --width 32 --batch-size 16 --workers 0
+    BENCH=(--device cpu --backbone resnet_18 --height 32 --width 16 --batch-size 16 --workers 0
            --steps 3 --warmup-steps 1 --ceiling-steps 2)
     EPOCHS=1; REPEATS=1
 else

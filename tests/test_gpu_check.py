@@ -19,7 +19,7 @@ def test_rehearsal_writes_one_json_line_per_step(tmp_path):
                    "GPU_CHECK_WORK": str(tmp_path / "work"), "GPU_CHECK_STEPS": " ".join(steps),
                    "PYTHON": os.environ.get("PYTHON", "python"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                          env=environment, timeout=600)
+                          env=environment, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = [json.loads(line) for line in (tmp_path / "out" / "gpu_check.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == steps
