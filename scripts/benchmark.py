@@ -6,6 +6,7 @@
   python scripts/benchmark.py train    --data /data/market1501 --device cuda --epochs 2
   python scripts/benchmark.py evaluate --data /data/market1501 --device cuda
   python scripts/benchmark.py onnx     --data /data/market1501 --checkpoint model.pth --accuracy
+  python scripts/benchmark.py checkpoint --device cuda   # reid_model_latest.pth of ResNet50 + Adam + centers
 
 train and evaluate run on real images: a Market-1501 root, or (no --data) a small synthetic set
 generated into a temporary folder (CPU smoke runs: --backbone resnet_18 --height 64 --width 32).
@@ -650,6 +651,44 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
                 report["accuracy"] = {name: _onnx_accuracy(run, query, gallery, preprocessing)
                                       for name, run in runners.items()}
             report["num_query"], report["num_gallery"] = len(query), len(gallery)
+
+def run_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """How long training waits for one epoch-end checkpoint of the BoT ResNet50 (model, Adam state, 751 x 2048
+    centers): written in the training thread (AtomicCheckpointIO, before issue 22) and from a host snapshot in
+    a background thread (BackgroundCheckpointIO, what `reid train` uses). A shared disk makes these noisy."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from reid_tao.build import build_model, load_experiment
+    from reid_tao.engine.checkpoint import AtomicCheckpointIO, BackgroundCheckpointIO
+
+    device = _chosen_device(args.device)
+    config = load_experiment(None, ["model.pretrain_choice=''", f"model.backbone={args.backbone}"])
+    model = build_model(config, MARKET_IDS, load_pretrained=False).to(device)
+    centers = torch.zeros(MARKET_IDS, model.feat_dim, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([*model.parameters(), centers])
+    for parameter in optimizer.param_groups[0]["params"]:
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()  # creates the Adam moments: the checkpoint holds three copies of the weights
+    checkpoint = {"state_dict": {**model.state_dict(), "loss.center_loss.centers": centers.detach()},
+                  "optimizer_states": [optimizer.state_dict()]}
+    report: dict[str, Any] = {"task": "checkpoint", "device": str(device), "backbone": args.backbone}
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        path = Path(folder) / "reid_model_latest.pth"
+        for name, io in (("foreground", AtomicCheckpointIO()), ("background", BackgroundCheckpointIO())):
+            blocked, total = [], []
+            for _ in range(args.repeats):
+                _sync(device)
+                start = time.perf_counter()
+                io.save_checkpoint(checkpoint, path)
+                blocked.append(time.perf_counter() - start)
+                io.teardown()  # waits for a background write
+                total.append(time.perf_counter() - start)
+            report[f"{name}_blocks_s"] = round(min(blocked), 3)
+            report[f"{name}_total_s"] = round(min(total), 3)
+        report["size_mb"] = round(path.stat().st_size / 2**20, 1)
     return report
 
 
@@ -722,6 +761,12 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--query", default=None, help="query folder or list file (default: <data>/query)")
     onnx.add_argument("--gallery", default=None, help="gallery folder or list file (default: <data>/bounding_box_test)")
     onnx.set_defaults(run=run_onnx, repeats=1, num_instances=4)
+    checkpoint = tasks.add_parser("checkpoint", help="epoch-end checkpoint write: training thread vs background")
+    checkpoint.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    checkpoint.add_argument("--backbone", default="resnet_50", help="model.backbone")
+    checkpoint.add_argument("--repeats", type=int, default=3, help="timed writes of each kind (fastest reported)")
+    checkpoint.add_argument("--dir", default=None, help="folder to write in (default: the system temp folder)")
+    checkpoint.set_defaults(run=run_checkpoint)
     return parser
 
 

@@ -109,6 +109,9 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
     (["dataset.batch_size=10", "dataset.num_instances=4"], "divisible"),
     (["model.backbone=resnet_99"], "model.backbone"),
     (["model.pretrain_choice=imagenet"], "model.pretrained_model_path"),
+    # known before the Trainer starts its processes: one line, not PKSampler's ValueError traceback
+    (["train.num_gpus=2"], "6 identities are fewer than the 4 per PK batch (dataset.batch_size / "
+                           "dataset.num_instances) x 2 processes; lower dataset.batch_size or use fewer devices"),
 ])
 def test_bad_input_gets_one_line_and_exit_code_2(tiny_market, tmp_path, capsys, overrides, message):
     code = main(["train"] + tiny_overrides(tiny_market, tmp_path / "bad") + overrides)

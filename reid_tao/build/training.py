@@ -159,7 +159,7 @@ def build_module(config: DictConfig, num_classes: int, num_query: int = 0, load_
         max_rank=config.re_ranking.max_rank, num_query=num_query,
         metadata=checkpoint_metadata(config, num_classes),
         compile_model=config.train.compile, channels_last=config.train.channels_last,
-        re_ranking=re_ranking_arguments(config))
+        re_ranking=re_ranking_arguments(config), val_precision=config.evaluate.precision)
 
 
 def re_ranking_arguments(config: DictConfig) -> Optional[Dict[str, Any]]:

@@ -88,7 +88,7 @@ class ReidDataModule(pl.LightningDataModule):
         if self.num_classes < 2:
             raise DataError(f"dataset.train_dataset_dir: {self.train_dir} holds a single identity; "
                             "re-identification training needs at least 2 (Market-1501 has 751)")
-        self._check_identities_per_batch()
+        self.check_identities_per_batch()
         subsets = {"train": self.train_records}
         if self.query_dir and self.gallery_dir:
             self.query_records = read_split(self.query_dir, "dataset.query_dataset_dir", self.layout)
@@ -96,13 +96,16 @@ class ReidDataModule(pl.LightningDataModule):
             subsets.update(query=self.query_records, gallery=self.gallery_records)
         log.info("dataset summary\n%s", summary_table(subsets))
 
-    def _check_identities_per_batch(self) -> None:
-        """PK batches need P distinct identities per process (P x processes per step over all of them)."""
+    def check_identities_per_batch(self, world_size: Optional[int] = None) -> None:
+        """PK batches need P distinct identities per process (P x processes per step over all of them).
+        ``world_size``: the number of training processes, when known before the Trainer runs setup (`reid
+        train` checks with it before any process starts); else the attached Trainer's (1 without one)."""
         settings = self.loader_settings
-        if not settings.pk_batches:
+        if not settings.pk_batches or not self.train_labels:
             return
         per_batch = settings.batch_size // settings.num_instances
-        _, world_size = self._rank_and_world()
+        if world_size is None:
+            _, world_size = self._rank_and_world()
         if self.num_classes >= per_batch * world_size:
             return
         needed = f"{per_batch} per PK batch (dataset.batch_size / dataset.num_instances)"

@@ -1,10 +1,12 @@
 """Checkpoints: atomic writes, TAO file names, and reading a self-describing checkpoint safely."""
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ..errors import DataError, ReidError
@@ -35,6 +37,54 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> Dict[str, Any]:
         # Loaded onto the CPU; Lightning moves the states to the training device when it restores them.
         return read_checkpoint_file(str(path), self.field, self.trust)
+
+
+class BackgroundCheckpointIO(AtomicCheckpointIO):
+    """Atomic writes in a background thread, so training does not wait for the disk at each epoch end
+    (reid_model_latest.pth is ~293 MB for ResNet50 with Adam state and centers).
+
+    The caller's thread takes a host snapshot first (a device-to-host copy of every tensor, new containers),
+    so the next steps cannot change what is written. One write is in flight at a time: the next save,
+    a removal (best-k) and teardown (the end of fit, also after an exception such as a preemption) wait for
+    it and raise its error there. Memory: one checkpoint-sized host copy while a write runs."""
+
+    def __init__(self, field: str = "train.resume_training_checkpoint_path", trust: bool = False):
+        super().__init__(field, trust)
+        self._writer: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options=None) -> None:
+        self.wait()
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, _host_copy)
+        self._writer = threading.Thread(target=self._write, args=(snapshot, Path(path)), name="checkpoint-writer")
+        self._writer.start()
+
+    def _write(self, snapshot: Dict[str, Any], path: Path) -> None:
+        try:
+            atomic_torch_save(snapshot, path)
+        except BaseException as error:  # raised in the training thread by wait()
+            self._error = error
+
+    def wait(self) -> None:
+        """Block until the write in flight is on disk; raise its error, if it failed."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def remove_checkpoint(self, path) -> None:
+        self.wait()  # never remove a file that is still being written (or race its rename)
+        super().remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.wait()
+        super().teardown()
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
 
 
 class ReidCheckpoint(ModelCheckpoint):

@@ -2,6 +2,7 @@
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 
 
 def gather_by_index(all_gather: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor,
@@ -32,3 +33,22 @@ def gather_by_index(all_gather: Callable[[torch.Tensor], torch.Tensor], rows: to
     keep = gathered_index >= 0
     out[gathered_index[keep]] = gathered_rows[keep]
     return out
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every process ``src``'s buffers (BatchNorm running statistics), one broadcast per dtype.
+
+    DDP broadcasts buffers before a forward only while Lightning asks it to; with manual optimisation its
+    forward redirection leaves that off after the first step, so each rank's BatchNorm statistics drift
+    with its own data. Called once per validation (not per forward: with uneven shards a rank would wait
+    in a broadcast that the others never reach). A no-op in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    by_dtype = {}
+    for buffer in module.buffers():
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for buffers in by_dtype.values():
+        flat = torch.cat([b.detach().reshape(-1) for b in buffers])
+        dist.broadcast(flat, src)
+        for buffer, part in zip(buffers, flat.split([b.numel() for b in buffers])):
+            buffer.data.copy_(part.view_as(buffer))

@@ -10,6 +10,7 @@ from ..data.seeding import derive_seed
 from ..evaluation.features import embed
 from .metric_names import train_name, validation_values
 from .optim import build_center_optimizer, build_optimizer, build_scheduler
+from .precision import autocast_for
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class ReidModule(pl.LightningModule):
                  center_lr: float = 0.5, grad_clip: float = 0.0,
                  seed: int = -1, flip_feature: bool = False, max_rank: int = 10, num_query: int = 0,
                  metadata: Dict[str, Any] = None, compile_model: bool = False, channels_last: bool = False,
-                 re_ranking: Optional[Dict[str, float]] = None):
+                 re_ranking: Optional[Dict[str, float]] = None, val_precision: str = "32"):
         super().__init__()
         self.automatic_optimization = False
         self.model, self.loss = model, loss
@@ -36,6 +37,7 @@ class ReidModule(pl.LightningModule):
         self.seed, self.flip_feature, self.max_rank, self.num_query = seed, flip_feature, max_rank, num_query
         self.metadata = metadata or {}
         self.compile_model, self.channels_last = compile_model, channels_last
+        self.val_precision = val_precision  # evaluate.precision: validation computes as `reid evaluate` does
         if not loss.needs_logits:
             model.freeze_id_head()  # no ID loss: parameters without gradients would break DDP
         # Not registered as a submodule, so checkpoints keep the plain `model.` keys.
@@ -100,12 +102,18 @@ class ReidModule(pl.LightningModule):
             metrics[train_name("acc_1")] = (logits.detach().argmax(dim=1) == labels).float().mean()
         # Epoch means accumulate on the device; nothing here reads a value back to the host (a per-step
         # prog_bar metric would: Lightning turns those into Python numbers after every step).
-        # TAO's TensorBoard tags train_loss_step and train_loss_epoch (loggers read the step value every
-        # log_every_n_steps); callbacks still see train_loss (the epoch mean at the epoch's end).
-        self.log("train_loss", metrics.pop("train_loss"), on_step=True, on_epoch=True, prog_bar=False,
-                 batch_size=labels.shape[0], sync_dist=False)
+        # TAO's TensorBoard tags: train_loss_step (this process's step value, read by the loggers every
+        # log_every_n_steps, never synced) and train_loss_epoch; callbacks (status.json, a train_loss-monitored
+        # best-k) read train_loss. The epoch values use sync_dist with on_step=False: reduced over the processes
+        # once, when the epoch mean is computed, so every rank sees the whole global batch, not rank 0's share.
+        loss_value = metrics.pop("train_loss")
+        self.log("train_loss_step", loss_value, on_step=True, on_epoch=False, batch_size=labels.shape[0])
+        self.log("train_loss_epoch", loss_value, on_step=False, on_epoch=True, batch_size=labels.shape[0],
+                 sync_dist=True)
+        self.log("train_loss", loss_value, on_step=False, on_epoch=True, batch_size=labels.shape[0],
+                 sync_dist=True, logger=False)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False, batch_size=labels.shape[0],
-                      sync_dist=False)
+                      sync_dist=True)
         loss = losses["loss"].detach()
         self._running_loss = loss if self._running_loss is None else self._running_loss + loss
         self._running_steps += 1
@@ -150,8 +158,14 @@ class ReidModule(pl.LightningModule):
         scheduler.step()
 
     # -- validation ----------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        from .distributed import broadcast_buffers
+
+        broadcast_buffers(self.model)  # every rank embeds its shard with rank 0's (the checkpoint's) statistics
+
     def validation_step(self, batch, batch_idx: int) -> None:
-        features = embed(self.model, batch.images, self.flip_feature)
+        with autocast_for(self.val_precision, self.device):  # replaces the training autocast in this block
+            features = embed(self.model, batch.images, self.flip_feature)
         ids = torch.stack([batch.pids, batch.camids], dim=1).to(features.dtype)
         self._val_outputs.append((torch.cat([features, ids], dim=1), batch.indices))
 

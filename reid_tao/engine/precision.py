@@ -29,3 +29,13 @@ def cpu_has_native_bf16() -> bool:
     made a ResNet18 training step 1.4x faster than fp32 on a 2-core EPYC; elsewhere bf16 is emulated and slower than fp32."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent in some torch releases
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def autocast_for(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context a precision (as resolved by :func:`precision_for`, or "auto") computes in on
+    ``device``: validation during training uses evaluate.precision through it, not the training autocast
+    (bf16 features would make the logged mAP that picks best-k checkpoints differ from `reid evaluate`)."""
+    accelerator = "gpu" if device.type == "cuda" else device.type
+    resolved = precision_for(precision, accelerator, device.index if device.type == "cuda" else None)
+    dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(resolved)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)

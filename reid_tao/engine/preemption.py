@@ -28,6 +28,10 @@ from ..errors import Preempted
 log = logging.getLogger("reid_tao.train")
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+# With several processes a stop signal is acted on after at most this many steps (and at an epoch's end):
+# each check is an all-reduce plus a device-to-host read, a sync that every step would otherwise pay. At
+# ResNet50 speeds 10 steps are a few seconds, well inside SLURM's or Kubernetes' grace period.
+CHECK_EVERY = 10
 RESUME_KEY = "reid_tao_resume"  # checkpoint entry: {"epoch", "batch" (batches done in that epoch), "rng"}
 
 
@@ -65,8 +69,8 @@ class PreemptionCheckpoint(pl.Callback):
     batches)`` (:class:`~reid_tao.data.datamodule.ReidDataModule` does).
     """
 
-    def __init__(self, path: Path, signals=STOP_SIGNALS):
-        self.path, self.signals = Path(path), tuple(signals)
+    def __init__(self, path: Path, signals=STOP_SIGNALS, check_every: int = CHECK_EVERY):
+        self.path, self.signals, self.check_every = Path(path), tuple(signals), int(check_every)
         self.received: Optional[int] = None
         self._position: Optional[Dict[str, Any]] = None  # written into the preemption checkpoint
         self._resume: Optional[Dict[str, Any]] = None  # read from the checkpoint training resumes from
@@ -93,10 +97,17 @@ class PreemptionCheckpoint(pl.Callback):
                             f"checkpoint ({self.path} if it exists)", signum)
         self.received = signum  # only a flag: the step that is running finishes first
 
-    def _agreed_signal(self, trainer: pl.Trainer, module: pl.LightningModule) -> int:
-        """The signal any process received (all processes must stop at the same step, or DDP hangs)."""
+    def _agreed_signal(self, trainer: pl.Trainer, module: pl.LightningModule, batch_idx: Optional[int] = None
+                       ) -> int:
+        """The signal any process received (all processes must stop at the same step, or DDP hangs). With
+        several processes agreeing costs an all-reduce and a device-to-host read, so after a step (batch_idx)
+        they agree only every ``check_every`` steps and after an epoch's last batch: the same steps on every
+        rank. Without batch_idx (between epochs) they always agree."""
         signum = self.received or 0
         if trainer.world_size > 1:
+            done = None if batch_idx is None else batch_idx + 1
+            if done is not None and done % self.check_every and done < trainer.num_training_batches:
+                return 0
             flag = torch.tensor(signum, device=module.device)
             signum = int(trainer.strategy.reduce(flag, reduce_op="max"))
         return signum
@@ -131,7 +142,7 @@ class PreemptionCheckpoint(pl.Callback):
     # -- stopping ---------------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        signum = self._agreed_signal(trainer, module)
+        signum = self._agreed_signal(trainer, module, batch_idx)
         if not signum:
             return
         self._position = {"epoch": trainer.current_epoch, "batch": batch_idx + 1, "rng": rng_states()}

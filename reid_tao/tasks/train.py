@@ -12,7 +12,7 @@ from ..build import (build_datamodule, build_module, check_resumable, checkpoint
                      resume_path, wandb_settings)
 from ..config.notices import warmup_warning
 from ..engine.callbacks import EpochSummary, StepLossBar, console_is_terminal
-from ..engine.checkpoint import LATEST_NAME, AtomicCheckpointIO, checkpoint_callbacks
+from ..engine.checkpoint import LATEST_NAME, BackgroundCheckpointIO, checkpoint_callbacks
 from ..engine.devices import plan_devices
 from ..engine.loggers import experiment_loggers
 from ..engine.precision import cpu_has_native_bf16, precision_for
@@ -80,7 +80,8 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool, statu
                    # the bar reads the step loss back from the device when it redraws: every 10 steps on a GPU
                    *([StepLossBar(refresh_rate=10 if plan.accelerator == "gpu" else 1, leave=False)] if bar else []),
                    *extra_callbacks],
-        plugins=[AtomicCheckpointIO(RESUME_FIELD, trust=config.model.trust_weights_file)],
+        # checkpoints are written in a background thread from a host snapshot (training does not wait)
+        plugins=[BackgroundCheckpointIO(RESUME_FIELD, trust=config.model.trust_weights_file)],
         logger=experiment_loggers(results, wandb_settings(config)),
         check_val_every_n_epoch=train.validation_interval, limit_val_batches=1.0 if has_validation else 0,
         num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False, enable_progress_bar=bar,
@@ -119,7 +120,10 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
                           load_pretrained=checkpoint is None)
     # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
-    trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=[preemption, *extra_callbacks])
+    trainer = build_trainer(config, results, datamodule.has_validation, status,
+                            extra_callbacks=[preemption, *extra_callbacks])
+    # setup() ran before the Trainer existed (one process): check P x processes now, before any process starts
+    datamodule.check_identities_per_batch(trainer.world_size)
     with preemption.catching_signals():
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)

@@ -75,7 +75,8 @@ class TripletLoss(LossTerm):
         Args:
             features: (N, D) features (any float dtype; computed in fp32).
             targets: (N,) integer identity labels.
-            return_distances: also return the per-anchor hardest d_ap and d_an (detached), for logging.
+            return_distances: also return the per-anchor hardest d_ap and d_an (detached), for logging
+                (every anchor: d_an is +inf for an anchor without a negative).
 
         Returns:
             The scalar fp32 loss, or (loss, d_ap, d_an) when ``return_distances``. A batch with a single
@@ -84,13 +85,13 @@ class TripletLoss(LossTerm):
         with torch.autocast(device_type=features.device.type, enabled=False):
             distances = pairwise_euclidean(features.float())
             d_ap, d_an, has_negative = hard_example_mining(distances, targets)
-            d_ap, d_an = d_ap[has_negative], d_an[has_negative]
-            if d_ap.numel() == 0:
-                loss = features.float().sum() * 0.0
-            elif self.margin is None:
-                loss = F.softplus(d_ap - d_an).mean()
-            else:
-                loss = F.relu(d_ap - d_an + self.margin).mean()
+            # A masked mean, not d_ap[has_negative]: boolean indexing calls nonzero, a host-device sync
+            # every step. Anchors without a negative (d_an = inf) count 0; a batch of one identity gives
+            # 0 / 1 = 0, still connected to the graph through the where.
+            gap = torch.where(has_negative, d_ap - d_an, torch.zeros_like(d_ap))
+            per_anchor = F.softplus(gap) if self.margin is None else F.relu(gap + self.margin)
+            per_anchor = torch.where(has_negative, per_anchor, torch.zeros_like(per_anchor))
+            loss = per_anchor.sum() / has_negative.sum().clamp(min=1)
         if return_distances:
             return loss, d_ap.detach(), d_an.detach()
         return loss
