@@ -1,4 +1,4 @@
-"""`reid {train,evaluate,inference,export} -e SPEC [section.key=value ...]`."""
+"""`reid {train,evaluate,inference,export,crops} -e SPEC [section.key=value ...]`."""
 import argparse
 import importlib
 import sys
@@ -13,12 +13,14 @@ DESCRIPTIONS = {
     "evaluate": "CMC / mAP / mINP on query + gallery folders, plots, optional re-ranking",
     "inference": "write one embedding per image to a JSON file",
     "export": "export to ONNX (dynamic batch) and check it against PyTorch",
+    "crops": "cut Market-named training crops out of tracker output (MOTChallenge or DeepStream KITTI)",
 }
 HELP_SECTIONS = {
-    "train": ("model", "dataset", "train", "re_ranking"),
+    "train": ("model", "dataset", "train", "re_ranking", "adaptation"),
     "evaluate": ("model", "dataset", "re_ranking", "evaluate"),
     "inference": ("dataset", "inference"),
     "export": ("export",),
+    "crops": ("crops",),
 }
 
 

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from ..config.loader import closest_hint, load_config, schema_config
 from ..data.gpu_pipeline import PIPELINES
+from ..data.tracks import TRACK_FORMATS
 from ..data.transforms import INTERPOLATIONS
 from ..engine.checkpoint import INTERVAL_UNITS
 from ..engine.devices import ACCELERATORS
@@ -74,6 +75,7 @@ def check_spec(config: DictConfig) -> None:
     if train.checkpointer.monitor is not None:
         _choice("train.checkpointer.monitor", train.checkpointer.monitor, METRIC_MODES)
     _choice("evaluate.sampled_matches", config.evaluate.sampled_matches, QUERY_CHOICES)
+    _choice("crops.format", config.crops.format, TRACK_FORMATS)
     for section in ("train", "evaluate", "inference"):
         _choice(f"{section}.precision", config[section].precision, PRECISIONS)
     for section in ("train", "evaluate", "inference"):

@@ -211,6 +211,37 @@ class ExportConfig:
 
 
 @dataclass
+class CropsConfig:
+    """new: `reid crops`, training crops from tracker output (docs/own_cameras.md)."""
+    format: str = "mot"  # mot (MOTChallenge text file) | kitti (DeepStream kitti-track-output-dir)
+    input: Optional[str] = None  # MOTChallenge sequence folder, folder of frames, or video file
+    tracks_file: Optional[str] = None  # mot: result file (None: <input>/gt/gt.txt); kitti: the dump folder
+    output_dir: Optional[str] = None  # where the Market-named crops are written
+    camera: int = 1  # camera number written into the names (one camera per sequence or stream)
+    stream: Optional[int] = None  # kitti: the stream of a multi-stream dump folder
+    labels: List[str] = field(default_factory=list)  # kitti: keep these object classes only (empty: all)
+    frame_step: int = 1  # crop every K-th frame
+    min_height: int = 0  # skip boxes lower than this (pixels, once clipped to the frame)
+    min_inside: float = 0.9  # skip boxes with less of their area inside the frame (cut off by the edge)
+    results_dir: Optional[str] = None
+
+
+@dataclass
+class AdaptationConfig:
+    """new: unsupervised domain adaptation in `reid train` (pseudo labels by clustering + cluster memory)."""
+    enable: bool = False  # true: dataset.train_dataset_dir is read as UNLABELED images
+    source_checkpoint: Optional[str] = None  # the model to adapt: a reid_tao or TAO checkpoint
+    cluster_interval: int = 1  # re-cluster every N epochs
+    eps: float = 0.6  # DBSCAN radius on the k-reciprocal Jaccard distance
+    min_samples: int = 4  # DBSCAN core-point neighbours (images closer than eps, itself included)
+    k1: int = 30  # k-reciprocal neighbourhood of the Jaccard distance
+    k2: int = 6  # query expansion of the Jaccard distance
+    momentum: float = 0.2  # cluster-memory update: centroid <- momentum * centroid + (1 - momentum) * feature
+    temperature: float = 0.05  # of the contrastive loss over the cluster centroids
+    memory_loss_weight: float = 1.0  # weight of the cluster-memory loss in the total
+
+
+@dataclass
 class ExperimentConfig:
     model_name: Optional[str] = None  # TAO 7.3 writes re_identification here
     results_dir: str = "results"
@@ -223,3 +254,5 @@ class ExperimentConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    crops: CropsConfig = field(default_factory=CropsConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)

@@ -18,9 +18,11 @@ POSITIVE_INTS = ("model.last_stride", "model.input_width", "model.input_height",
                  "train.num_epochs", "train.checkpoint_interval", "train.validation_interval",
                  "train.num_gpus", "train.num_nodes", "re_ranking.k1", "re_ranking.k2", "re_ranking.max_rank",
                  "evaluate.num_gpus", "inference.num_gpus", "evaluate.num_nodes", "inference.num_nodes",
-                 "export.opset")
+                 "export.opset", "crops.camera", "crops.frame_step", "adaptation.cluster_interval",
+                 "adaptation.min_samples", "adaptation.k1", "adaptation.k2")
 CHOICES = {"train.checkpoint_interval_unit": ("epoch", "step"), "train.checkpointer.mode": (None, "min", "max")}
-PROBABILITIES = ("dataset.prob", "dataset.re_prob", "re_ranking.lambda_value", "model.dropout_rate",
+PROBABILITIES = ("dataset.prob", "dataset.re_prob", "re_ranking.lambda_value", "crops.min_inside",
+                 "adaptation.momentum", "model.dropout_rate",
                  "model.drop_path", "model.att_drop_rate")
 
 
@@ -48,6 +50,14 @@ def validate_config(config: DictConfig) -> None:
         if config[section].batch_size == 0 or config[section].batch_size < -1:
             raise ConfigError(f"{section}.batch_size must be at least 1, or -1 for dataset.val_batch_size; "
                               f"got {config[section].batch_size}")
+    if config.crops.min_height < 0:
+        raise ConfigError(f"crops.min_height must be at least 0, got {config.crops.min_height}")
+    adaptation = config.adaptation
+    for name in ("eps", "temperature"):
+        if not adaptation[name] > 0:
+            raise ConfigError(f"adaptation.{name} must be greater than 0, got {adaptation[name]}")
+    if adaptation.memory_loss_weight < 0:
+        raise ConfigError(f"adaptation.memory_loss_weight must be at least 0, got {adaptation.memory_loss_weight}")
     top_k = config.train.checkpointer.save_top_k
     if top_k == 0 or top_k < -1:
         raise ConfigError(f"train.checkpointer.save_top_k must be at least 1 (or -1: keep all), got {top_k}")
