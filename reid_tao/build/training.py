@@ -11,8 +11,8 @@ from ..data.preprocessing import Preprocessing
 from ..engine.module import METRIC_MODES, VALIDATION_METRICS, ReidModule
 from ..model.backbones import BACKBONES, BackboneOptions
 from ..model.baseline import Baseline
-from ..model.losses import ReidLoss
-from .pretrained import PRETRAINED_LOADERS
+from ..model.losses import ClusterMemoryLoss, MemoryLossSum, ReidLoss
+from .pretrained import PRETRAINED_LOADERS, load_adaptation_source
 from .spec import SAMPLERS, loss_components
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def build_datamodule(config: DictConfig, with_validation: bool = True) -> ReidDa
                               num_workers=data.num_workers, pk_batches=SAMPLERS[data.sampler].pk_batches,
                               num_instances=data.num_instances,
                               seed=max(config.train.seed, 0)),
-        pipeline=data.pipeline, channels_last=config.train.channels_last)
+        pipeline=data.pipeline, channels_last=config.train.channels_last, unlabeled=config.adaptation.enable)
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -62,7 +62,9 @@ def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = Tr
                  model_cfg.feat_dim, model_cfg.backbone, backbone.out_channels)
     model = Baseline(backbone, num_classes=num_classes, feat_dim=model_cfg.feat_dim, neck=model_cfg.neck,
                      neck_feat=model_cfg.neck_feat, gem_pooling=model_cfg.gem_pooling, reduce_feat_dim=reduce)
-    if load_pretrained:
+    if load_pretrained and config.adaptation.enable:
+        load_adaptation_source(model, model_cfg, config.adaptation.source_checkpoint)
+    elif load_pretrained:
         PRETRAINED_LOADERS[model_cfg.pretrain_choice](model, model_cfg)
     return model
 
@@ -70,11 +72,26 @@ def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = Tr
 def build_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss:
     model, data, optim = config.model, config.dataset, config.train.optim
     use_id, use_triplet, use_center = loss_components(data.sampler, model.metric_loss_type, model.with_center_loss)
+    if config.adaptation.enable:
+        return build_adaptation_loss(config, feat_dim, use_triplet)
     return ReidLoss(num_classes=num_classes, feat_dim=feat_dim, label_smooth=model.label_smooth,
                     id_loss_weight=model.id_loss_weight, triplet_loss_weight=model.triplet_loss_weight,
                     triplet_margin=None if model.no_margin else optim.triplet_loss_margin,
                     use_id=use_id, use_triplet=use_triplet, use_center=use_center,
                     center_loss_weight=optim.center_loss_weight)
+
+
+def build_adaptation_loss(config: DictConfig, feat_dim: int, use_triplet: bool) -> MemoryLossSum:
+    """Adaptation: the cluster-memory loss takes the ID loss's place (pseudo identities change with every
+    clustering, so no classifier is trained), plus the sampler's triplet loss on the pseudo labels."""
+    adaptation, model, optim = config.adaptation, config.model, config.train.optim
+    metric = None
+    if use_triplet:
+        metric = ReidLoss(num_classes=1, feat_dim=feat_dim, triplet_loss_weight=model.triplet_loss_weight,
+                          triplet_margin=None if model.no_margin else optim.triplet_loss_margin,
+                          use_id=False, use_triplet=True, use_center=False)
+    memory = ClusterMemoryLoss(feat_dim, temperature=adaptation.temperature, momentum=adaptation.momentum)
+    return MemoryLossSum(memory, adaptation.memory_loss_weight, metric)
 
 
 def optimizer_arguments(config: DictConfig) -> Dict[str, Any]:
@@ -144,6 +161,8 @@ def checkpoint_metadata(config: DictConfig, num_classes: int) -> Dict[str, Any]:
 
 def build_module(config: DictConfig, num_classes: int, num_query: int = 0, load_pretrained: bool = True) -> ReidModule:
     model = build_model(config, num_classes, load_pretrained=load_pretrained)
+    if config.adaptation.enable:
+        model.train_metric_losses_on_neck()  # the clustered and memorised feature (Cluster Contrast)
     return ReidModule(
         model=model, loss=build_loss(config, num_classes, model.feat_dim),
         optimizer=optimizer_arguments(config), scheduler=scheduler_arguments(config),

@@ -34,7 +34,29 @@ def field_notices(config: DictConfig, task: str) -> List[str]:
              if _applies(field, task) and OmegaConf.select(config, field) != OmegaConf.select(defaults, field)]
     if task in ("evaluate", "inference") and config[task].trt_engine:
         lines.append(TRT_ENGINE_LINE.format(task=task))
+    if task == "train":
+        lines += _adaptation_notices(config, defaults)
     return lines
+
+
+# with adaptation.enable=true: field -> why it has no effect
+ADAPTATION_INERT_FIELDS = {
+    "model.pretrain_choice": "adaptation.source_checkpoint gives the initial weights",
+    "model.pretrained_model_path": "adaptation.source_checkpoint gives the initial weights",
+    "model.id_loss_type": "the cluster-memory loss replaces the ID loss",
+    "model.id_loss_weight": "the cluster-memory loss replaces the ID loss (adaptation.memory_loss_weight)",
+    "model.label_smooth": "the cluster-memory loss replaces the ID loss",
+}
+
+
+def _adaptation_notices(config: DictConfig, defaults: DictConfig) -> List[str]:
+    adaptation = config.adaptation
+    if adaptation.enable:
+        return [f"{field}={OmegaConf.select(config, field)!r} has no effect: {reason}"
+                for field, reason in ADAPTATION_INERT_FIELDS.items()
+                if OmegaConf.select(config, field) != OmegaConf.select(defaults, field)]
+    return [f"adaptation.{name}={adaptation[name]!r} has no effect: adaptation.enable is false"
+            for name in adaptation if name != "enable" and adaptation[name] != defaults.adaptation[name]]
 
 
 class Warmup(NamedTuple):

@@ -29,6 +29,9 @@ class EpochSummary(pl.Callback):
             parts.append(f"loss {float(metrics['train_loss']):.4f}")
         if "train_acc_1" in metrics:
             parts.append(f"id_acc {100 * float(metrics['train_acc_1']):.1f}%")
+        if "clusters" in metrics:  # domain adaptation: the pseudo labels of this epoch
+            parts.append(f"clusters {int(metrics['clusters'])} outliers {int(metrics['outliers'])} "
+                         f"used {int(metrics['images_used'])}")
         parts += [f"lr {lr:.2e}", f"{images / max(seconds, 1e-9):.0f} img/s"]
         if "mAP" in metrics and trainer.current_epoch + 1 == getattr(module, "_last_val_epoch", 0):
             parts.append(f"val mAP {100 * float(metrics['mAP']):.1f}% R1 {100 * float(metrics['cmc_rank_1']):.1f}%")

@@ -22,6 +22,7 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 # Logged metric names (TAO's) -> the direction that is better, for train.checkpointer.monitor / mode.
 METRIC_MODES = {"train_loss": "min", "train_id_loss": "min", "train_triplet_loss": "min", "train_center_loss": "min",
+                "train_memory_loss": "min",
                 "train_acc_1": "max", "mAP": "max", "mINP": "max", "cmc_rank_1": "max",
                 "cmc_rank_5": "max", "cmc_rank_10": "max"}
 VALIDATION_METRICS = ("mAP", "mINP", "cmc_rank_1", "cmc_rank_5", "cmc_rank_10")

@@ -19,7 +19,9 @@ STARTED, RUNNING, SUCCESS, FAILURE = "STARTED", "RUNNING", "SUCCESS", "FAILURE"
 STATUS_FILE = "status.json"
 # Lightning metric name -> TAO's status.json KPI name
 KPI_NAMES = {"train_loss": "train_loss", "train_acc_1": "train_acc", "mAP": "mAP", "cmc_rank_1": "cmc_rank_1",
-             "cmc_rank_5": "cmc_rank_5", "cmc_rank_10": "cmc_rank_10"}
+             "cmc_rank_5": "cmc_rank_5", "cmc_rank_10": "cmc_rank_10",
+             # domain adaptation (adaptation.enable): the pseudo labels the epoch trained on
+             "clusters": "clusters", "outliers": "outliers", "images_used": "images_used"}
 
 
 class StatusFile:
