@@ -1,4 +1,4 @@
-"""`reid {train,evaluate,inference,export} -e SPEC [section.key=value ...]`."""
+"""`reid {train,evaluate,inference,export,crops} -e SPEC [section.key=value ...]`."""
 import argparse
 import importlib
 import os
@@ -20,13 +20,15 @@ DESCRIPTIONS = {
     "inference": "write one embedding per image to a JSON file",
     "export": "export to ONNX (dynamic batch; fp32, fp16 or calibrated INT8) and check it against PyTorch",
     "tune": "search spec fields (tune.space) on a validation split of the training ids; resumable (Optuna)",
+    "crops": "cut Market-named training crops out of tracker output (MOTChallenge or DeepStream KITTI)",
 }
 HELP_SECTIONS = {
-    "train": ("model", "dataset", "train", "re_ranking"),
+    "train": ("model", "dataset", "train", "re_ranking", "adaptation"),
     "evaluate": ("model", "dataset", "re_ranking", "evaluate"),
     "inference": ("dataset", "inference"),
     "export": ("export",),
     "tune": ("tune", "model", "dataset", "train"),
+    "crops": ("crops",),
 }
 
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from reid_tao.errors import DataError
-from reid_tao.evaluation.rerank import re_ranking
+from reid_tao.evaluation.rerank import jaccard_distance, re_ranking
 
 
 def reference_re_ranking(
-    query: np.ndarray, gallery: np.ndarray, k1: int, k2: int, lambda_value: float
+    query: np.ndarray, gallery: np.ndarray, k1: int, k2: int, lambda_value: float, all_columns: bool = False
 ) -> np.ndarray:
     """Dense float64 transcription of Zhong et al.'s algorithm, one probe at a time."""
     features = np.concatenate([query, gallery]).astype(np.float64)
@@ -51,7 +51,7 @@ def reference_re_ranking(
         overlap = np.minimum(V[i][None, :], V).sum(axis=1)
         jaccard[i] = 1 - overlap / (2 - overlap)
     final = jaccard * (1 - lambda_value) + original[:num_query] * lambda_value
-    return final[:, num_query:]
+    return final if all_columns else final[:, num_query:]
 
 
 def random_features(num: int, dim: int, seed: int, dtype=torch.float32) -> torch.Tensor:
@@ -290,3 +290,13 @@ def test_jaccard_overlaps_are_accumulated_in_float64():
                            num_gallery=1, total_pairs=columns)
     expected = weights.double().sum().item()
     assert overlap.dtype == torch.float64 and overlap.item() == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("k1,k2,block_size", [(6, 3, None), (10, 1, None), (6, 3, 7)])
+def test_jaccard_distance_matches_reference_all_against_all(k1, k2, block_size):
+    """The clustering distance: every probe against every probe (itself included), no duplicated probes."""
+    features = clustered_features(8, 5, 16, seed=3)
+    expected = reference_re_ranking(features.numpy(), features.numpy()[:0], k1, k2, 0.0, all_columns=True)
+    result = jaccard_distance(features.float(), k1, k2, block_size=block_size)
+    assert result.shape == (40, 40) and result.dtype == torch.float32
+    np.testing.assert_allclose(result.numpy(), expected, atol=1e-4)

@@ -27,12 +27,20 @@ def _load_imagenet(model: Baseline, model_cfg: DictConfig) -> None:
 def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
     """From a reid_tao checkpoint: backbone (and neck, when shapes agree), the classifier re-created. Any
     other file (TAO checkpoint, timm/Microsoft/torchvision weights) is read as backbone weights, as TAO does."""
-    path = model_cfg.pretrained_model_path
-    checkpoint = read_checkpoint_file(path, "model.pretrained_model_path", trust=model_cfg.trust_weights_file)
+    _load_trained_weights(model, model_cfg, model_cfg.pretrained_model_path, "model.pretrained_model_path")
+
+
+def load_adaptation_source(model: Baseline, model_cfg: DictConfig, path: str) -> None:
+    """adaptation.source_checkpoint: the model to adapt, loaded as model.pretrain_choice=self loads its file."""
+    _load_trained_weights(model, model_cfg, path, "adaptation.source_checkpoint")
+
+
+def _load_trained_weights(model: Baseline, model_cfg: DictConfig, path: str, field: str) -> None:
+    checkpoint = read_checkpoint_file(path, field, trust=model_cfg.trust_weights_file)
     if not is_reid_tao_checkpoint(checkpoint):
-        log.info("model.pretrain_choice=self: %s is not a reid_tao checkpoint; reading it as backbone weights", path)
+        log.info("%s: %s is not a reid_tao checkpoint; reading it as backbone weights", field, path)
         if is_tao_checkpoint(checkpoint):
-            _check_tao_backbone_fits(checkpoint, model_cfg)
+            _check_tao_backbone_fits(checkpoint, model_cfg, field, path)
         weights.load_backbone_weights(model.backbone, checkpoint)  # logs its match report, fails when poor
         return
     state = model_state_dict(checkpoint)
@@ -42,14 +50,15 @@ def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
     backbone_keys = [k for k in own if k.startswith("backbone.")]
     loaded_backbone = sum(1 for k in backbone_keys if k in transferable)
     if loaded_backbone < 0.9 * len(backbone_keys):
-        raise DataError(f"model.pretrained_model_path: {path} matches only {loaded_backbone}/{len(backbone_keys)} "
+        raise DataError(f"{field}: {path} matches only {loaded_backbone}/{len(backbone_keys)} "
                         "backbone tensors of this model; was it trained with the same model.backbone?")
     model.load_state_dict(transferable, strict=False)
-    log.info("model.pretrain_choice=self: loaded %d/%d backbone tensors and %d head tensors from %s",
+    log.info("%s: loaded %d/%d backbone tensors and %d head tensors from %s", field,
              loaded_backbone, len(backbone_keys), len(transferable) - loaded_backbone, path)
 
 
-def _check_tao_backbone_fits(checkpoint: Dict[str, Any], model_cfg: DictConfig) -> None:
+def _check_tao_backbone_fits(checkpoint: Dict[str, Any], model_cfg: DictConfig,
+                             field: str = "model.pretrained_model_path", path: str = "") -> None:
     """TAO's ResNets are Bottleneck nets for every depth; say so when ours is not, and what differs when it is."""
     state = model_state_dict(checkpoint)
     if "base.conv1.weight" not in state:
@@ -64,11 +73,12 @@ def _check_tao_backbone_fits(checkpoint: Dict[str, Any], model_cfg: DictConfig) 
             if ours.family == "ResNet" else ours.family
         advice = (f"use model.backbone={fitting[0]}, which has the same layout" if fitting else
                   "no reid_tao backbone has this layout; use model.pretrain_choice=imagenet")
-        raise DataError(f"model.pretrained_model_path: {model_cfg.pretrained_model_path} is a TAO ResNet with "
+        raise DataError(f"{field}: {path or model_cfg.pretrained_model_path} is a TAO ResNet with "
                         f"Bottleneck blocks {list(layers)} (TAO builds every resnet_* that way), but "
                         f"model.backbone={model_cfg.backbone} here has {kind}; {advice}")
-    log.info("model.pretrain_choice=self: TAO ResNet weights; this %s has a ReLU after the stem BatchNorm (TAO "
-             "has none) and no base.feature 1x1 convolution, so features differ until fine-tuned", model_cfg.backbone)
+    log.info("%s: TAO ResNet weights; this %s has a ReLU after the stem BatchNorm (TAO "
+             "has none) and no base.feature 1x1 convolution, so features differ until fine-tuned", field,
+             model_cfg.backbone)
 
 
 def _random_init(model: Baseline, model_cfg: DictConfig) -> None:

@@ -100,6 +100,8 @@ def check_spec(config: DictConfig) -> None:
             raise ConfigError("dataset.batch_size / dataset.num_instances must be at least 2 identities per batch "
                               "for the triplet loss")
 
+    check_adaptation(config)
+
     entry = BACKBONES[model.backbone]
     defaults = schema_config().model
     for field, option in BACKBONE_OPTION_FIELDS.items():
@@ -113,6 +115,22 @@ def check_spec(config: DictConfig) -> None:
     if model.input_height % entry.input_multiple or model.input_width % entry.input_multiple:
         raise ConfigError(f"model.backbone={model.backbone} needs model.input_height and model.input_width "
                           f"divisible by {entry.input_multiple}, got {model.input_height}x{model.input_width}")
+
+
+def check_adaptation(config: DictConfig) -> None:
+    """adaptation.enable needs a model to adapt and PK batches over the clusters; the center loss (one center
+    per identity) does not fit identities that change with every clustering."""
+    if not config.adaptation.enable:
+        return
+    if not config.adaptation.source_checkpoint:
+        raise ConfigError("adaptation.enable=true needs adaptation.source_checkpoint: the reid_tao or TAO checkpoint "
+                          "of the model to adapt")
+    if not SAMPLERS[config.dataset.sampler].pk_batches:
+        raise ConfigError(f"adaptation trains on PK batches over the clusters; dataset.sampler="
+                          f"{config.dataset.sampler!r} draws shuffled batches: use softmax_triplet or triplet")
+    if "center" in loss_terms(config.dataset.sampler, config.model.metric_loss_type, config.model.with_center_loss):
+        raise ConfigError("the center loss (model.metric_loss_type center/triplet_center, model.with_center_loss) "
+                          "does not apply with adaptation.enable=true: its identities change with every clustering")
 
 
 def loss_terms(sampler: str, metric_loss_type: str, with_center_loss: bool) -> Tuple[str, ...]:

@@ -12,8 +12,9 @@ from ..engine.metric_names import VALIDATION_METRICS, metric_modes
 from ..engine.module import ReidModule
 from ..model.backbones import BACKBONES, BackboneOptions
 from ..model.baseline import Baseline
-from ..model.losses import LOSS_TERMS, LossSettings, ReidLoss, build_reid_loss
-from .pretrained import PRETRAINED_LOADERS
+from ..model.losses import (LOSS_TERMS, ClusterMemoryLoss, LossSettings, MemoryLossSum, ReidLoss,
+                             build_reid_loss)
+from .pretrained import PRETRAINED_LOADERS, load_adaptation_source
 from .spec import SAMPLERS, loss_terms
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def build_datamodule(config: DictConfig, with_validation: bool = True) -> ReidDa
                               num_workers=data.num_workers, pk_batches=SAMPLERS[data.sampler].pk_batches,
                               num_instances=data.num_instances,
                               seed=max(config.train.seed, 0)),
-        pipeline=data.pipeline, channels_last=config.train.channels_last, layout=data.layout)
+        pipeline=data.pipeline, channels_last=config.train.channels_last, layout=data.layout,
+        unlabeled=config.adaptation.enable)
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -63,7 +65,9 @@ def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = Tr
                  model_cfg.feat_dim, model_cfg.backbone, backbone.out_channels)
     model = Baseline(backbone, num_classes=num_classes, feat_dim=model_cfg.feat_dim, neck=model_cfg.neck,
                      neck_feat=model_cfg.neck_feat, gem_pooling=model_cfg.gem_pooling, reduce_feat_dim=reduce)
-    if load_pretrained:
+    if load_pretrained and config.adaptation.enable:
+        load_adaptation_source(model, model_cfg, config.adaptation.source_checkpoint)
+    elif load_pretrained:
         PRETRAINED_LOADERS[model_cfg.pretrain_choice](model, model_cfg)
     return model
 
@@ -72,6 +76,8 @@ def build_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss:
     """The chosen LOSS_TERMS, each weighted by the spec field its class names (weight_field)."""
     model, data = config.model, config.dataset
     names = loss_terms(data.sampler, model.metric_loss_type, model.with_center_loss)
+    if config.adaptation.enable:
+        return build_adaptation_loss(config, feat_dim, "triplet" in names)
     settings = LossSettings(num_classes=num_classes, feat_dim=feat_dim, label_smooth=model.label_smooth,
                             triplet_margin=None if model.no_margin else config.train.optim.triplet_loss_margin)
     weights = {}
@@ -82,6 +88,19 @@ def build_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss:
             if weights[name] is None:  # a programming error: the term names a field the schema lacks
                 raise ValueError(f"loss term {name!r} takes its weight from {field}, which is not a spec field")
     return build_reid_loss(names, settings, weights)
+
+
+def build_adaptation_loss(config: DictConfig, feat_dim: int, use_triplet: bool) -> MemoryLossSum:
+    """Adaptation: the cluster-memory loss takes the ID loss's place (pseudo identities change with every
+    clustering, so no classifier is trained), plus the sampler's triplet loss on the pseudo labels."""
+    adaptation, model = config.adaptation, config.model
+    metric = None
+    if use_triplet:
+        settings = LossSettings(num_classes=1, feat_dim=feat_dim, label_smooth=False,
+                                triplet_margin=None if model.no_margin else config.train.optim.triplet_loss_margin)
+        metric = build_reid_loss(["triplet"], settings, {"triplet": model.triplet_loss_weight})
+    memory = ClusterMemoryLoss(feat_dim, temperature=adaptation.temperature, momentum=adaptation.momentum)
+    return MemoryLossSum(memory, adaptation.memory_loss_weight, metric)
 
 
 def optimizer_arguments(config: DictConfig) -> Dict[str, Any]:
@@ -151,6 +170,8 @@ def checkpoint_metadata(config: DictConfig, num_classes: int) -> Dict[str, Any]:
 
 def build_module(config: DictConfig, num_classes: int, num_query: int = 0, load_pretrained: bool = True) -> ReidModule:
     model = build_model(config, num_classes, load_pretrained=load_pretrained)
+    if config.adaptation.enable:
+        model.train_metric_losses_on_neck()  # the clustered and memorised feature (Cluster Contrast)
     return ReidModule(
         model=model, loss=build_loss(config, num_classes, model.feat_dim),
         optimizer=optimizer_arguments(config), scheduler=scheduler_arguments(config),

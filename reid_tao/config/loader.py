@@ -20,7 +20,7 @@ ALIASES = {
     "train.clip_grad_norm": "train.grad_clip",
 }
 
-TASKS = ("train", "evaluate", "inference", "export", "tune")
+TASKS = ("train", "evaluate", "inference", "export", "tune", "crops")
 
 
 def schema_config() -> DictConfig:

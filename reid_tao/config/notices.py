@@ -8,6 +8,7 @@ from typing import List, NamedTuple, Optional, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from .catalog import find_field, spec_fields
+from .schema import ExperimentConfig
 
 
 def _applies(field: str, task: str) -> bool:
@@ -22,7 +23,10 @@ def field_notices(config: DictConfig, task: str) -> List[str]:
              for found in spec_fields()
              if found.meta.status == "inert" and _applies(found.path, task)
              and OmegaConf.select(config, found.path) != found.default]
-    return lines + [line for applies, line in _conditional_notices(config) if applies == task]
+    lines += [line for applies, line in _conditional_notices(config) if applies == task]
+    if task == "train":
+        lines += _adaptation_notices(config, OmegaConf.structured(ExperimentConfig))
+    return lines
 
 
 def _conditional_notices(config: DictConfig) -> List[Tuple[str, str]]:
@@ -35,6 +39,26 @@ def _conditional_notices(config: DictConfig) -> List[Tuple[str, str]]:
         notices.append(("export", "export.calibration_dataset has no effect with export.data_type=fp32 (it "
                                   "calibrates int8 and gives fp16 and int8 their parity images)"))
     return notices
+
+
+# with adaptation.enable=true: field -> why it has no effect
+ADAPTATION_INERT_FIELDS = {
+    "model.pretrain_choice": "adaptation.source_checkpoint gives the initial weights",
+    "model.pretrained_model_path": "adaptation.source_checkpoint gives the initial weights",
+    "model.id_loss_type": "the cluster-memory loss replaces the ID loss",
+    "model.id_loss_weight": "the cluster-memory loss replaces the ID loss (adaptation.memory_loss_weight)",
+    "model.label_smooth": "the cluster-memory loss replaces the ID loss",
+}
+
+
+def _adaptation_notices(config: DictConfig, defaults: DictConfig) -> List[str]:
+    adaptation = config.adaptation
+    if adaptation.enable:
+        return [f"{field}={OmegaConf.select(config, field)!r} has no effect: {reason}"
+                for field, reason in ADAPTATION_INERT_FIELDS.items()
+                if OmegaConf.select(config, field) != OmegaConf.select(defaults, field)]
+    return [f"adaptation.{name}={adaptation[name]!r} has no effect: adaptation.enable is false"
+            for name in adaptation if name != "enable" and adaptation[name] != defaults.adaptation[name]]
 
 
 class Warmup(NamedTuple):

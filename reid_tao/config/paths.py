@@ -16,7 +16,9 @@ TASK_PATHS = {
                   ("inference.test_dataset", "data")),
     "export": (("export.checkpoint", "checkpoint"),),
     "tune": (("dataset.train_dataset_dir", "data"), ("tune.query_dataset", "data"), ("tune.test_dataset", "data")),
+    "crops": (("crops.input", "input"), ("crops.tracks_file", "input")),
 }
+WHAT = {"checkpoint": "checkpoint", "data": "folder or list file", "input": "file or folder"}
 DATASET_FOLDERS = ("dataset.train_dataset_dir", "dataset.query_dataset_dir", "dataset.test_dataset_dir")
 
 
@@ -43,5 +45,5 @@ def check_paths(config: DictConfig, task: str) -> None:
     for field, kind in named_paths(config, task):
         path = _value(config, field)
         if not Path(path).exists():
-            what = "checkpoint" if kind == "checkpoint" else "folder or list file"
+            what = WHAT[kind]
             raise DataError(f"{field}: {what} {path} does not exist; correct {field}")

@@ -328,6 +328,48 @@ class TuneConfig:
 
 
 @dataclass
+class CropsConfig:
+    """`reid crops`: training crops from tracker output (docs/own_cameras.md)."""
+    format: str = spec_field("mot", choices="reid_tao.data.tracks:TRACK_FORMATS", new=True, help=(
+        "mot (MOTChallenge text file) or kitti (DeepStream kitti-track-output-dir)"))
+    input: Optional[str] = spec_field(None, new=True, help="MOTChallenge sequence folder, folder of frames, or video")
+    tracks_file: Optional[str] = spec_field(None, new=True, help=(
+        "mot: result file (None: <input>/gt/gt.txt); kitti: the dump folder"))
+    output_dir: Optional[str] = spec_field(None, new=True, help="where the Market-named crops are written")
+    camera: int = spec_field(1, bounds=AT_LEAST_1, new=True, help=(
+        "camera number written into the names (one camera per sequence or stream)"))
+    stream: Optional[int] = spec_field(None, new=True, help="kitti: the stream of a multi-stream dump folder")
+    labels: List[str] = spec_field([], new=True, help="kitti: keep these object classes only (empty: all)")
+    frame_step: int = spec_field(1, bounds=AT_LEAST_1, new=True, help="crop every K-th frame")
+    min_height: int = spec_field(0, bounds=NON_NEGATIVE, new=True, help=(
+        "skip boxes lower than this (pixels, once clipped to the frame)"))
+    min_inside: float = spec_field(0.9, bounds=PROBABILITY, new=True, help=(
+        "skip boxes with less of their area inside the frame (cut off by the edge)"))
+    results_dir: Optional[str] = spec_field(None, new=True, help="None: results_dir/crops")
+
+
+@dataclass
+class AdaptationConfig:
+    """Unsupervised domain adaptation in `reid train`: pseudo labels by clustering + a cluster memory."""
+    enable: bool = spec_field(False, new=True, help="true: dataset.train_dataset_dir is read as UNLABELED images")
+    source_checkpoint: Optional[str] = spec_field(None, new=True, help=(
+        "the model to adapt: a reid_tao or TAO checkpoint"))
+    cluster_interval: int = spec_field(1, bounds=AT_LEAST_1, new=True, help="re-cluster every N epochs")
+    eps: float = spec_field(0.6, bounds=POSITIVE, new=True, help=(
+        "DBSCAN radius on the k-reciprocal Jaccard distance"))
+    min_samples: int = spec_field(4, bounds=AT_LEAST_1, new=True, help=(
+        "DBSCAN core-point neighbours (images closer than eps, itself included)"))
+    k1: int = spec_field(30, bounds=AT_LEAST_1, new=True, help="k-reciprocal neighbourhood of the Jaccard distance")
+    k2: int = spec_field(6, bounds=AT_LEAST_1, new=True, help="query expansion of the Jaccard distance")
+    momentum: float = spec_field(0.2, bounds=PROBABILITY, new=True, help=(
+        "cluster-memory update: centroid <- momentum * centroid + (1 - momentum) * feature"))
+    temperature: float = spec_field(0.05, bounds=POSITIVE, new=True, help=(
+        "of the contrastive loss over the cluster centroids"))
+    memory_loss_weight: float = spec_field(1.0, bounds=NON_NEGATIVE, new=True, help=(
+        "weight of the cluster-memory loss in the total"))
+
+
+@dataclass
 class ExperimentConfig:
     model_name: Optional[str] = spec_field(None, help="TAO 7.3 writes re_identification here", status="inert",
                                            why="reid_tao only trains re-identification models")
@@ -343,3 +385,5 @@ class ExperimentConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    crops: CropsConfig = field(default_factory=CropsConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)

@@ -12,7 +12,8 @@ from .gpu_pipeline import available_memory_bytes, cache_bytes_for, decode_thread
 from .layouts import read_split
 from .pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
 from .records import ImageRecord, relabel, summary_table
-from .samplers import PKSampler
+from .samplers import PKSampler, SubsetSampler
+from .unlabeled import read_unlabeled
 from .preprocessing import Preprocessing
 from .settings import AugmentSettings, LoaderSettings
 
@@ -50,20 +51,24 @@ class ReidDataModule(pl.LightningDataModule):
     def __init__(self, train_dir: Optional[str], query_dir: Optional[str] = None, gallery_dir: Optional[str] = None,
                  preprocessing: Preprocessing = MARKET_PREPROCESSING, augment: AugmentSettings = AugmentSettings(),
                  loader: LoaderSettings = LoaderSettings(), pipeline: str = "cpu", channels_last: bool = False,
-                 layout: str = "auto"):
+                 layout: str = "auto", unlabeled: bool = False):
         """Splits are read with :func:`~reid_tao.data.layouts.read_split` in ``layout`` (a name in
-        :data:`~reid_tao.data.layouts.LAYOUTS`, or "auto": detected from each path).
+        :data:`~reid_tao.data.layouts.LAYOUTS`, or "auto": detected from each path); with ``unlabeled`` the
+        training split is read as unlabeled images (:mod:`~reid_tao.data.unlabeled`), labelled by clustering.
 
         pipeline: "cpu" decodes and augments in loader workers; "gpu" decodes once into a
         :class:`DecodedImageCache` and augments batches on the training device (also works on CPU);
         "auto" is "gpu" on CUDA, and on a CPU when the cache fits in memory (see
         :func:`~reid_tao.data.gpu_pipeline.resolve_pipeline`). channels_last: "gpu"
-        pipeline batches on CUDA come in channels_last memory format."""
+        pipeline batches on CUDA come in channels_last memory format. unlabeled: the training split is read
+        with :func:`~reid_tao.data.unlabeled.read_unlabeled` and has no labels until
+        :meth:`set_pseudo_labels` gives it some (domain adaptation); PK batches then draw from the
+        clustered images only."""
         super().__init__()
         self.train_dir, self.query_dir, self.gallery_dir, self.layout = train_dir, query_dir, gallery_dir, layout
         self.preprocessing, self.augment, self.loader_settings = preprocessing, augment, loader
         resolve_pipeline(pipeline)  # reject unknown names now, resolve "auto" once the device is known
-        self.pipeline, self.channels_last = pipeline, channels_last
+        self.pipeline, self.channels_last, self.unlabeled = pipeline, channels_last, unlabeled
         self.eval_transform = preprocessing.eval_transform()
         self.train_pipeline: Optional[TrainPipeline] = None  # chosen by the first train_dataloader()
         self.train_records: List[ImageRecord] = []
@@ -83,12 +88,16 @@ class ReidDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_records:
             return
-        self.train_records = read_split(self.train_dir, "dataset.train_dataset_dir", self.layout)
-        self.train_labels, _ = relabel(self.train_records)
-        if self.num_classes < 2:
-            raise DataError(f"dataset.train_dataset_dir: {self.train_dir} holds a single identity; "
-                            "re-identification training needs at least 2 (Market-1501 has 751)")
-        self.check_identities_per_batch()
+        if self.unlabeled:
+            self.train_records = read_unlabeled(self.train_dir, "dataset.train_dataset_dir")
+            self.train_labels = [-1] * len(self.train_records)  # none until the first clustering
+        else:
+            self.train_records = read_split(self.train_dir, "dataset.train_dataset_dir", self.layout)
+            self.train_labels, _ = relabel(self.train_records)
+            if self.num_classes < 2:
+                raise DataError(f"dataset.train_dataset_dir: {self.train_dir} holds a single identity; "
+                                "re-identification training needs at least 2 (Market-1501 has 751)")
+            self.check_identities_per_batch()
         subsets = {"train": self.train_records}
         if self.query_dir and self.gallery_dir:
             self.query_records = read_split(self.query_dir, "dataset.query_dataset_dir", self.layout)
@@ -96,18 +105,36 @@ class ReidDataModule(pl.LightningDataModule):
             subsets.update(query=self.query_records, gallery=self.gallery_records)
         log.info("dataset summary\n%s", summary_table(subsets))
 
+    def set_pseudo_labels(self, labels: Sequence[int]) -> None:
+        """Labels of an unlabeled training split (cluster index per image, -1 = outlier, left out); the next
+        training loader draws PK batches over them."""
+        if len(labels) != len(self.train_records):
+            raise ValueError(f"{len(labels)} labels for {len(self.train_records)} training images")
+        self.train_labels = [int(label) for label in labels]
+        self.check_identities_per_batch()
+
+    @property
+    def num_clusters(self) -> int:
+        return len({label for label in self.train_labels if label >= 0})
+
     def check_identities_per_batch(self, world_size: Optional[int] = None) -> None:
-        """PK batches need P distinct identities per process (P x processes per step over all of them).
-        ``world_size``: the number of training processes, when known before the Trainer runs setup (`reid
-        train` checks with it before any process starts); else the attached Trainer's (1 without one)."""
+        """PK batches need P distinct identities (clusters, when unlabeled) per process (P x processes per step
+        over all of them). ``world_size``: the number of training processes, when known before the Trainer
+        runs setup (`reid train` checks with it before any process starts); else the attached Trainer's."""
         settings = self.loader_settings
         if not settings.pk_batches or not self.train_labels:
             return
         per_batch = settings.batch_size // settings.num_instances
         if world_size is None:
             _, world_size = self._rank_and_world()
-        if self.num_classes >= per_batch * world_size:
+        found = self.num_clusters if self.unlabeled else self.num_classes
+        if found >= per_batch * world_size:
             return
+        if self.unlabeled:
+            raise DataError(f"dataset.train_dataset_dir: the clustering found {found} pseudo identities, fewer than "
+                            f"the {per_batch * world_size} a PK batch needs; lower adaptation.eps when the "
+                            "clusters are few and large (merged people), raise it when most images are outliers, or "
+                            "lower dataset.batch_size")
         needed = f"{per_batch} per PK batch (dataset.batch_size / dataset.num_instances)"
         fix = "lower dataset.batch_size"
         if world_size > 1:
@@ -145,6 +172,11 @@ class ReidDataModule(pl.LightningDataModule):
             # DistributedSampler only takes the length of its "dataset": one label per training image.
             base = DistributedSampler(self.train_labels, num_replicas=world_size, rank=rank, shuffle=True,
                                       seed=settings.seed, drop_last=True)
+        elif self.unlabeled:
+            clustered = [index for index, label in enumerate(self.train_labels) if label >= 0]
+            base = SubsetSampler(PKSampler([self.train_labels[i] for i in clustered], settings.batch_size,
+                                           settings.num_instances, seed=settings.seed, rank=rank,
+                                           world_size=world_size), clustered)
         else:
             base = PKSampler(self.train_labels, settings.batch_size, settings.num_instances, seed=settings.seed,
                              rank=rank, world_size=world_size)

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-__all__ = ["PKSampler"]
+__all__ = ["PKSampler", "SubsetSampler"]
 
 _UINT64 = 2**64
 
@@ -161,3 +161,24 @@ class PKSampler(torch.utils.data.Sampler[int]):
         if not batches:
             return np.empty((0, global_ids, k), dtype=np.int64)
         return chunks[np.stack(batches)].astype(np.int64, copy=False)
+
+
+class SubsetSampler(torch.utils.data.Sampler[int]):
+    """Maps the indices of ``sampler`` (over a subset) back to dataset indices: ``indices[i]`` for item i.
+
+    Used to draw PK batches over the clustered images only (outliers keep their place in the dataset, so
+    a decoded-image cache of the whole set stays valid across re-clusterings)."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler[int], indices: Sequence[int]) -> None:
+        self.sampler = sampler
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices[np.fromiter(iter(self.sampler), dtype=np.int64)].tolist())

@@ -48,6 +48,9 @@ class EpochSummary(pl.Callback):
             parts.append(f"loss {float(metrics['train_loss']):.4f}")
         if "train_acc_1" in metrics:
             parts.append(f"id_acc {100 * float(metrics['train_acc_1']):.1f}%")
+        if "clusters" in metrics:  # domain adaptation: the pseudo labels of this epoch
+            parts.append(f"clusters {int(metrics['clusters'])} outliers {int(metrics['outliers'])} "
+                         f"used {int(metrics['images_used'])}")
         parts += [f"lr {lr:.2e}", throughput(images, seconds)]
         if "mAP" in metrics and trainer.current_epoch + 1 == getattr(module, "_last_val_epoch", 0):
             parts.append(f"val ({getattr(module, 'val_ranking', 'plain')}) mAP {100 * float(metrics['mAP']):.1f}% "

@@ -17,6 +17,9 @@ TRAIN_PREFIX = "train_"  # TAO's scalar names: train_loss, train_acc_1, train_id
 VALIDATION = {"mAP": Metric("max", "mAP"), "mINP": Metric("max"), "cmc_rank_1": Metric("max", "cmc_rank_1"),
               "cmc_rank_5": Metric("max", "cmc_rank_5"), "cmc_rank_10": Metric("max", "cmc_rank_10")}
 VALIDATION_METRICS = tuple(VALIDATION)
+# Domain adaptation (adaptation.enable): its loss and the pseudo labels each epoch trained on (also KPIs).
+ADAPTATION = {"train_memory_loss": Metric("min"), "clusters": Metric("max", "clusters"),
+              "outliers": Metric("min", "outliers"), "images_used": Metric("max", "images_used")}
 
 
 def train_name(key: str) -> str:
@@ -28,7 +31,7 @@ def logged_metrics() -> Dict[str, Metric]:
     """Every logged metric name -> its Metric, with one loss per registered term (read at call time)."""
     losses = {train_name(value_name(term)): Metric("min") for term in LOSS_TERMS}
     return {train_name("loss"): Metric("min", "train_loss"), **losses,
-            train_name("acc_1"): Metric("max", "train_acc"), **VALIDATION}
+            train_name("acc_1"): Metric("max", "train_acc"), **VALIDATION, **ADAPTATION}
 
 
 def metric_modes() -> Dict[str, str]:

@@ -144,6 +144,57 @@ def _re_ranking(
     return output
 
 
+def jaccard_distance(features: Tensor, k1: int = 20, k2: int = 6, block_size: int | None = None) -> Tensor:
+    """(N, N) k-reciprocal Jaccard distances among one set of features (each probe against all, itself included).
+
+    The Jaccard part of :func:`re_ranking` (``lambda_value`` 0) with the set as both query and gallery, built
+    from the same sparse neighbour sets, so nothing but the (N, N) float32 output is dense. Used to cluster
+    unlabeled images (pseudo labels for domain adaptation, as in Zhong et al. 2017 and Cluster Contrast).
+    """
+    _check_arguments(features, features, k1, k2, 0.0, block_size)
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.no_grad():
+            return _jaccard_distance(features, k1, k2, block_size)
+    finally:
+        torch.set_float32_matmul_precision(matmul_precision)
+
+
+def _jaccard_distance(features: Tensor, k1: int, k2: int, block_size: int | None) -> Tensor:
+    features = features.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
+    num_all = features.shape[0]
+    # zeros, not empty: with lambda 0 the blend multiplies the output by 0 (NaN garbage would stay NaN)
+    output = torch.zeros((num_all, num_all), dtype=torch.float32, device=features.device)
+    if num_all == 0:
+        return output
+    if not bool(torch.isfinite(features).all()):
+        raise DataError("clustering got NaN or infinite features; the model produced invalid embeddings "
+                        "(diverged training or a broken checkpoint)")
+    element_size = features.element_size()
+    budget = _block_budget(features.device)
+    tile = block_size or max(256, math.isqrt(budget // (3 * element_size)))
+    query_rows = block_size or max(1, budget // (2 * element_size * num_all))
+    index_elements = max(1, budget // 32)
+    k_forward = min(k1 + 1, num_all)
+    k_half = min(int(round(k1 / 2)) + 1, num_all)
+    k_expand = min(k2, num_all)
+    squared_norms = torch.einsum("nd,nd->n", features, features)
+    # an empty (N, 0) "query x gallery" block: only the neighbours and row maxima are needed here
+    neighbours, row_max = _nearest_neighbours(features, squared_norms, max(k_forward, k_expand), tile,
+                                              output[:0])
+    row_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))
+    forward, half = neighbours[:, :k_forward], neighbours[:, :k_half]
+    members = _expanded_reciprocal_sets(forward, _reciprocal_mask(forward, index_elements), half,
+                                        _reciprocal_mask(half, index_elements), index_elements)
+    weights = _gaussian_weights(features, squared_norms, row_max, members, budget)
+    if k_expand > 1:
+        members, weights = _query_expansion(members, weights, neighbours[:, :k_expand], index_elements)
+    _blend_jaccard(output, members, weights, num_all, 0.0, query_rows, max(1, budget // _BYTES_PER_PAIR),
+                   gallery_start=0)
+    return output
+
+
 def _block_budget(device: torch.device) -> int:
     """Bytes of temporaries per block: 256 MiB on CPU; on CUDA 2 GiB or 1/8 of the free memory."""
     if device.type == "cuda":
@@ -383,23 +434,28 @@ def _blend_jaccard(
     lambda_value: float,
     query_rows: int,
     pair_budget: int,
+    gallery_start: int | None = None,
 ) -> None:
     """output <- lambda * output + (1 - lambda) * Jaccard(query, gallery), in query blocks.
+
+    Queries are the first ``num_query`` probes, the gallery the probes from ``gallery_start`` on (default
+    ``num_query``; 0 makes every probe a gallery item too).
 
     sum_c min(V[q, c], V[g, c]) only has terms where both rows are non-zero, so each non-zero
     column c of a query is paired with the gallery rows of c's posting list.
     """
     num_all = members.shape[0]
-    num_gallery = num_all - num_query
+    gallery_start = num_query if gallery_start is None else gallery_start
+    num_gallery = num_all - gallery_start
     device = members.device
 
     # Inverted index of the gallery rows of V: column -> (gallery row, weight), grouped by column.
-    gallery_members = members[num_query:]
+    gallery_members = members[gallery_start:]
     nonzero = gallery_members < num_all
     columns = gallery_members[nonzero]
     order = torch.argsort(columns, stable=True)
     posting_row = torch.arange(num_gallery, device=device)[:, None].expand_as(gallery_members)[nonzero][order]
-    posting_weight = weights[num_query:][nonzero][order]
+    posting_weight = weights[gallery_start:][nonzero][order]
     posting_length = torch.bincount(columns, minlength=num_all + 1)  # entry N (padding) stays 0
     posting_start = posting_length.cumsum(0) - posting_length
     del nonzero, columns, order

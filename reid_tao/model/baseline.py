@@ -37,6 +37,7 @@ class Baseline(nn.Module):
             self.bottleneck = nn.Identity()
         self.classifier = nn.Linear(feat_dim, num_classes, bias=False)
         self.classifier_trained = True
+        self.metric_on_neck = False  # training gives the metric losses the feature before the neck (BoT)
         self._init_head()
 
     def freeze_id_head(self) -> None:
@@ -48,6 +49,11 @@ class Baseline(nn.Module):
         self.bottleneck.requires_grad_(False)
         self.classifier_trained = False
 
+    def train_metric_losses_on_neck(self) -> None:
+        """Training returns the BNNeck output instead of the feature before it for the metric losses: the
+        feature that clustering-based adaptation clusters and keeps in its cluster memory (Cluster Contrast)."""
+        self.metric_on_neck = True
+
     def _init_head(self) -> None:
         nn.init.normal_(self.classifier.weight, std=0.001)
         if isinstance(self.reduction, nn.Linear):
@@ -56,9 +62,18 @@ class Baseline(nn.Module):
             nn.init.ones_(self.bottleneck.weight)
             nn.init.zeros_(self.bottleneck.bias)
 
+    def global_feature(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled (and reduced) feature before the BNNeck: what the metric losses see in training."""
+        return self.reduction(self.pool(self.backbone(images)))
+
+    def neck_feature(self, images: torch.Tensor) -> torch.Tensor:
+        """The BNNeck output (the "after" test feature)."""
+        return self.bottleneck(self.global_feature(images))
+
     def forward(self, images: torch.Tensor):
-        global_feat = self.reduction(self.pool(self.backbone(images)))
+        global_feat = self.global_feature(images)
         neck_out = self.bottleneck(global_feat)
         if self.training:
-            return (self.classifier(neck_out) if self.classifier_trained else None), global_feat
+            logits = self.classifier(neck_out) if self.classifier_trained else None
+            return logits, (neck_out if self.metric_on_neck else global_feat)
         return neck_out if self.neck_feat == "after" else global_feat

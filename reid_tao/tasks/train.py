@@ -11,6 +11,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from ..build import (build_datamodule, build_module, check_resumable, checkpoint_settings, needs_validation,
                      resume_path, wandb_settings)
 from ..config.notices import warmup_warning
+from ..engine.adaptation import PseudoLabelCallback
 from ..engine.callbacks import EpochSummary, StepLossBar, console_is_terminal
 from ..engine.checkpoint import LATEST_NAME, BackgroundCheckpointIO, checkpoint_callbacks
 from ..engine.devices import plan_devices
@@ -28,7 +29,9 @@ RESUME_FIELD = "train.resume_training_checkpoint_path"
 def _check_dataset_fields(config: DictConfig) -> None:
     data = config.dataset
     if not data.train_dataset_dir:
-        raise ConfigError("dataset.train_dataset_dir is not set; point it to a Market-1501 bounding_box_train folder")
+        what = ("the unlabeled images (adaptation.enable=true)" if config.adaptation.enable
+                else "a Market-1501 bounding_box_train folder")
+        raise ConfigError(f"dataset.train_dataset_dir is not set; point it to {what}")
     if bool(data.query_dataset_dir) != bool(data.test_dataset_dir):
         raise ConfigError("set both dataset.query_dataset_dir and dataset.test_dataset_dir for validation, or neither")
     field = needs_validation(config)
@@ -85,7 +88,9 @@ def build_trainer(config: DictConfig, results: Path, has_validation: bool, statu
         logger=experiment_loggers(results, wandb_settings(config)),
         check_val_every_n_epoch=train.validation_interval, limit_val_batches=1.0 if has_validation else 0,
         num_sanity_val_steps=0, use_distributed_sampler=False, enable_model_summary=False, enable_progress_bar=bar,
-        log_every_n_steps=10, benchmark=benchmark, deterministic=deterministic)
+        log_every_n_steps=10, benchmark=benchmark, deterministic=deterministic,
+        # adaptation: every epoch's loader draws PK batches over the latest clusters
+        reload_dataloaders_every_n_epochs=1 if config.adaptation.enable else 0)
 
 
 def cudnn_flags(cudnn: DictConfig, accelerator: str):
@@ -95,6 +100,16 @@ def cudnn_flags(cudnn: DictConfig, accelerator: str):
     deterministic = "warn" if cudnn.deterministic else None
     benchmark = bool(cudnn.benchmark) or (accelerator == "gpu" and not cudnn.deterministic)
     return benchmark, deterministic
+
+
+ADAPTATION_NUM_CLASSES = 1
+
+
+def pseudo_label_callback(config: DictConfig, module) -> PseudoLabelCallback:
+    adaptation = config.adaptation
+    return PseudoLabelCallback(module.loss.memory, interval=adaptation.cluster_interval, eps=adaptation.eps,
+                               min_samples=adaptation.min_samples, k1=adaptation.k1, k2=adaptation.k2,
+                               batch_size=config.dataset.val_batch_size, num_workers=config.dataset.num_workers)
 
 
 @reported("train")
@@ -109,21 +124,25 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
         pl.seed_everything(config.train.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config)
     datamodule.setup("fit")
-    if config.dataset.num_classes != datamodule.num_classes:
+    adaptation = config.adaptation.enable
+    # adaptation: the identities are clusters that change; the unused classifier gets one output
+    num_classes = ADAPTATION_NUM_CLASSES if adaptation else datamodule.num_classes
+    if not adaptation and config.dataset.num_classes != datamodule.num_classes:
         log.info("dataset.num_classes=%d is not needed: %d identities found in dataset.train_dataset_dir",
                  config.dataset.num_classes, datamodule.num_classes)
     checkpoint = resume_path(config, results)
     if checkpoint:
-        _check_resume(checkpoint, config, datamodule.num_classes)
+        _check_resume(checkpoint, config, num_classes)
         log.info("resuming from %s", checkpoint)
-    module = build_module(config, datamodule.num_classes, num_query=len(datamodule.query_records),
+    module = build_module(config, num_classes, num_query=len(datamodule.query_records),
                           load_pretrained=checkpoint is None)
     # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
-    trainer = build_trainer(config, results, datamodule.has_validation, status,
-                            extra_callbacks=[preemption, *extra_callbacks])
-    # setup() ran before the Trainer existed (one process): check P x processes now, before any process starts
-    datamodule.check_identities_per_batch(trainer.world_size)
+    callbacks = [preemption, *extra_callbacks] + ([pseudo_label_callback(config, module)] if adaptation else [])
+    trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=callbacks)
+    if not adaptation:  # (clusters are checked when each clustering sets them)
+        # setup() ran before the Trainer existed (one process): check P x processes now, before any starts
+        datamodule.check_identities_per_batch(trainer.world_size)
     with preemption.catching_signals():
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)

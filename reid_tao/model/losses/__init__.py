@@ -6,6 +6,7 @@
 from typing import Dict, Mapping, Optional, Sequence, Type
 
 from .center import CenterLoss
+from .cluster_memory import ClusterMemoryLoss, MemoryLossSum
 from .combined import ReidLoss, value_name
 from .cross_entropy import IdLoss
 from .term import LossSettings, LossTerm
@@ -28,5 +29,5 @@ def build_reid_loss(names: Sequence[str], settings: LossSettings,
                     {name: weight for name, weight in (weights or {}).items() if name in chosen})
 
 
-__all__ = ["CenterLoss", "ID_LOSSES", "IdLoss", "LOSS_TERMS", "LossSettings", "LossTerm", "ReidLoss",
+__all__ = ["CenterLoss", "ClusterMemoryLoss", "MemoryLossSum", "ID_LOSSES", "IdLoss", "LOSS_TERMS", "LossSettings", "LossTerm", "ReidLoss",
            "TripletLoss", "build_reid_loss", "value_name"]

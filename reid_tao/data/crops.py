@@ -1,0 +1,182 @@
+"""Cut the boxes of tracks out of their frames and write them as Market-1501 named crops.
+
+Frames come from a MOTChallenge sequence folder (``img1/000001.jpg``..., folder and suffix from
+``seqinfo.ini``), a plain folder of frame images (the n-th image in name order is frame n), or a video file
+(OpenCV; frames are decoded in order and skipped frames only grabbed, not decoded).
+"""
+import configparser
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from ..errors import DataError
+from .market import IMAGE_EXTENSIONS
+from .tracks import TrackBox
+
+log = logging.getLogger(__name__)
+
+JPEG_QUALITY = 95
+
+
+def crop_name(track: int, camera: int, frame: int) -> str:
+    """Market-1501 name: ``<track>_c<camera>s1_<frame>_00.jpg``."""
+    return f"{track:04d}_c{camera}s1_{frame:06d}_00.jpg"
+
+
+def _first_origin(boxes: Sequence[TrackBox]) -> str:
+    return boxes[0].origin if boxes else "tracks"
+
+
+def _read_image(path: Path, origin: str) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{origin}: frame image {path} cannot be read; replace or remove it")
+    return image
+
+
+def _sequence_frames(folder: Path) -> Tuple[Path, str]:
+    """(image folder, suffix) of a MOTChallenge sequence: seqinfo.ini's imDir/imExt, else img1/ and .jpg."""
+    image_dir, suffix = folder / "img1", ".jpg"
+    info = folder / "seqinfo.ini"
+    if info.is_file():
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(info, encoding="utf-8")
+        except configparser.Error as error:
+            raise DataError(f"{info}: cannot be parsed ({type(error).__name__}); fix or remove it") from None
+        section = parser["Sequence"] if parser.has_section("Sequence") else {}
+        image_dir = folder / section.get("imDir", "img1")
+        suffix = section.get("imExt", ".jpg")
+    return image_dir, suffix
+
+
+def iter_frames(source: str, frames: Dict[int, List[TrackBox]], first_frame: int) -> Iterator[Tuple[int, np.ndarray]]:
+    """(frame number, BGR image) for every frame number in ``frames`` (sorted), read from ``source``.
+
+    ``first_frame``: the number of the first frame of a video or plain folder (MOT 1, DeepStream 0). A frame
+    that does not exist is reported at the first tracks line that asked for it."""
+    path = Path(source)
+    wanted = sorted(frames)
+    if path.is_dir():
+        image_dir, suffix = _sequence_frames(path)
+        if image_dir.is_dir():
+            for frame in wanted:
+                image_path = image_dir / f"{frame:06d}{suffix}"
+                if not image_path.is_file():
+                    raise DataError(f"{_first_origin(frames[frame])}: frame {frame} has no image {image_path}")
+                yield frame, _read_image(image_path, _first_origin(frames[frame]))
+            return
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        for frame in wanted:
+            position = frame - first_frame
+            if not 0 <= position < len(images):
+                raise DataError(f"{_first_origin(frames[frame])}: frame {frame} is not among the {len(images)} "
+                                f"images of {path} (the first image is frame {first_frame})")
+            yield frame, _read_image(images[position], _first_origin(frames[frame]))
+        return
+    if not path.is_file():
+        raise DataError(f"crops.input: {source} does not exist; give a MOTChallenge sequence folder, a folder of "
+                        "frames or a video file")
+    yield from _video_frames(path, frames, wanted, first_frame)
+
+
+def _video_frames(path: Path, frames: Dict[int, List[TrackBox]], wanted: List[int], first_frame: int
+                  ) -> Iterator[Tuple[int, np.ndarray]]:
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DataError(f"crops.input: {path} cannot be opened as a video by OpenCV; convert it (e.g. to MP4/H.264 "
+                        "or MJPG AVI) or extract its frames into a folder")
+    try:
+        position, targets = first_frame, iter(wanted)
+        target = next(targets, None)
+        while target is not None:
+            if target < position:  # a frame number before the video's first frame
+                raise DataError(f"{_first_origin(frames[target])}: frame {target} is before the first frame "
+                                f"({first_frame}) of {path}")
+            if position < target:
+                if not capture.grab():  # skip without decoding
+                    break
+                position += 1
+                continue
+            ok, image = capture.read()
+            if not ok:
+                break
+            yield target, image
+            position += 1
+            target = next(targets, None)
+        if target is not None:
+            raise DataError(f"{_first_origin(frames[target])}: frame {target} is past the end of {path} "
+                            f"(it has {position - first_frame} frames, the first is frame {first_frame})")
+    finally:
+        capture.release()
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write via a temporary sibling and a rename: a crop is complete or absent (no fsync per crop: there are
+    thousands, and a lost crop after a power cut costs nothing)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise DataError(f"cannot write {path} ({error.strerror}); choose a writable crops.output_dir") from None
+
+
+@dataclass
+class CropSummary:
+    written: int = 0
+    frames: int = 0
+    cut_off: int = 0  # boxes with too much of their area outside the frame
+    too_small: int = 0  # boxes lower than min_height once clipped
+    tracks: int = 0
+
+
+def clip_box(box: TrackBox, width: int, height: int) -> Tuple[Tuple[int, int, int, int], float]:
+    """The box in whole pixels clipped to the frame, as (x0, y0, x1, y1), and the share of it inside."""
+    x0, y0 = int(round(box.left)), int(round(box.top))
+    x1, y1 = int(round(box.left + box.width)), int(round(box.top + box.height))
+    area = max(x1 - x0, 0) * max(y1 - y0, 0)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    inside = max(cx1 - cx0, 0) * max(cy1 - cy0, 0)
+    return (cx0, cy0, cx1, cy1), (inside / area if area > 0 else 0.0)
+
+
+def write_crops(boxes: Sequence[TrackBox], source: str, output_dir: str, camera: int = 1, frame_step: int = 1,
+                min_height: int = 0, min_inside: float = 0.9, first_frame: int = 1) -> CropSummary:
+    """Write every box of every ``frame_step``-th frame (counted from ``first_frame``) as a Market-named JPEG.
+
+    A box is clipped to the frame; it is skipped when less than ``min_inside`` of it lies inside the frame (a
+    person cut off by the frame edge) or when it is lower than ``min_height`` pixels once clipped."""
+    by_frame: Dict[int, List[TrackBox]] = defaultdict(list)
+    for box in boxes:
+        if (box.frame - first_frame) % frame_step == 0:
+            by_frame[box.frame].append(box)
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    summary, tracks = CropSummary(), set()
+    for frame, image in iter_frames(source, by_frame, first_frame):
+        summary.frames += 1
+        height, width = image.shape[:2]
+        for box in by_frame[frame]:
+            (x0, y0, x1, y1), inside = clip_box(box, width, height)
+            if inside < min_inside or inside == 0.0:
+                summary.cut_off += 1
+                continue
+            if y1 - y0 < max(min_height, 1):
+                summary.too_small += 1
+                continue
+            ok, encoded = cv2.imencode(".jpg", image[y0:y1, x0:x1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise DataError(f"{box.origin}: the crop could not be encoded as JPEG")
+            _write_file(output / crop_name(box.track, camera, frame), encoded.tobytes())
+            summary.written += 1
+            tracks.add(box.track)
+    summary.tracks = len(tracks)
+    return summary

@@ -1,0 +1,82 @@
+"""Domain adaptation by pseudo labels: re-cluster the unlabeled training images during training.
+
+:class:`PseudoLabelCallback` embeds the training split with the current model, clusters it
+(:func:`~reid_tao.evaluation.clustering.cluster_features`), gives the clusters to the data module as labels
+(outliers left out) and their centroids to the cluster memory. It runs before the first epoch (once the model,
+or the checkpoint of a resumed run, is loaded) and then after every ``interval``-th epoch; the trainer must
+reload the training loader every epoch (``reload_dataloaders_every_n_epochs=1``) so the next epoch draws PK
+batches over the new clusters. Per epoch it logs ``clusters``, ``outliers`` and ``images_used``.
+
+With several processes, global rank 0 embeds and clusters, and the labels and centroids are broadcast: all
+processes must draw their PK batches from the same plan.
+"""
+import logging
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from ..data.datamodule import eval_dataset, eval_loader
+from ..evaluation.clustering import cluster_features
+from ..model.losses import ClusterMemoryLoss
+
+log = logging.getLogger("reid_tao.train")
+
+
+class PseudoLabelCallback(pl.Callback):
+    def __init__(self, memory: ClusterMemoryLoss, interval: int = 1, eps: float = 0.6, min_samples: int = 4,
+                 k1: int = 30, k2: int = 6, batch_size: int = 128, num_workers: int = 0):
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.memory, self.interval = memory, interval
+        self.cluster_args = dict(eps=eps, min_samples=min_samples, k1=k1, k2=k2)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.stats: Dict[str, float] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.recluster(trainer, module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        module.log_dict(self.stats, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        next_epoch = trainer.current_epoch + 1
+        if next_epoch < trainer.max_epochs and next_epoch % self.interval == 0 and not trainer.should_stop:
+            self.recluster(trainer, module)
+
+    @torch.no_grad()
+    def embed_training_images(self, trainer: pl.Trainer, module: pl.LightningModule) -> torch.Tensor:
+        """(N, D) float32 BNNeck outputs of the training images (what the memory loss sees in training)."""
+        datamodule = trainer.datamodule
+        loader = eval_loader(eval_dataset(datamodule.train_records, datamodule.eval_transform), self.batch_size,
+                             self.num_workers)
+        model = module.model
+        was_training = model.training
+        model.eval()
+        features = []
+        try:
+            with trainer.precision_plugin.forward_context():
+                for batch in loader:
+                    features.append(model.neck_feature(batch.images.to(module.device)).float())
+        finally:
+            model.train(was_training)
+        return torch.cat(features)
+
+    def recluster(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        started = time.perf_counter()
+        result: Optional[tuple] = None
+        if trainer.is_global_zero:
+            features = self.embed_training_images(trainer, module)
+            clustering = cluster_features(features, **self.cluster_args)
+            result = (clustering.labels, clustering.centroids.cpu())
+        labels, centroids = trainer.strategy.broadcast(result, src=0)
+        labels = np.asarray(labels)
+        used = int((labels >= 0).sum())
+        self.stats = {"clusters": float(centroids.shape[0]), "outliers": float(len(labels) - used),
+                      "images_used": float(used)}
+        log.info("pseudo labels: %d clusters, %d outliers, %d of %d images used (%.1f s)", centroids.shape[0],
+                 len(labels) - used, used, len(labels), time.perf_counter() - started)
+        trainer.datamodule.set_pseudo_labels(labels.tolist())
+        self.memory.reset(centroids.to(module.device))

@@ -1,0 +1,61 @@
+"""Pseudo identities for unlabeled images: DBSCAN over k-reciprocal Jaccard distances.
+
+As in the clustering-based domain adaptation methods (SpCL, Cluster Contrast): the Jaccard distance of
+k-reciprocal neighbour sets (:func:`~reid_tao.evaluation.rerank.jaccard_distance`, sparse and blocked) is far
+more reliable than the plain feature distance, and DBSCAN (scikit-learn, on the precomputed distances) needs
+no number of identities and leaves images that belong to no dense cluster out as outliers.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import DBSCAN
+
+from .rerank import jaccard_distance
+
+
+class Clustering(NamedTuple):
+    labels: np.ndarray  # cluster index per image, 0..clusters-1, or -1 for an outlier
+    centroids: torch.Tensor  # (clusters, D) L2-normalised mean of each cluster's normalised features
+
+    @property
+    def num_clusters(self) -> int:
+        return self.centroids.shape[0]
+
+    @property
+    def num_outliers(self) -> int:
+        return int((self.labels < 0).sum())
+
+
+def cluster_features(features: torch.Tensor, eps: float = 0.6, min_samples: int = 4, k1: int = 30, k2: int = 6
+                     ) -> Clustering:
+    """Cluster (N, D) features; distances and DBSCAN as described in the module docstring.
+
+    Memory: the (N, N) float32 distance matrix (4 N^2 bytes: 100 MB for 5,000 images, 1.6 GB for 20,000)
+    and what DBSCAN keeps of it (the neighbours within eps)."""
+    normalised = F.normalize(features.float(), dim=1)
+    distance = jaccard_distance(normalised, k1=k1, k2=k2).clamp_(min=0.0).cpu().numpy()
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(distance)
+    del distance
+    num_clusters = int(labels.max()) + 1 if labels.size else 0
+    index = torch.as_tensor(labels, device=normalised.device)
+    kept = index >= 0
+    sums = torch.zeros(num_clusters, normalised.shape[1], device=normalised.device)
+    sums.index_add_(0, index[kept], normalised[kept])
+    return Clustering(labels=labels, centroids=F.normalize(sums, dim=1))
+
+
+def purity(labels: np.ndarray, identities: np.ndarray) -> float:
+    """Share of the clustered images (outliers excluded) whose cluster's majority identity is their own."""
+    kept = labels >= 0
+    if not kept.any():
+        return 0.0
+    pairs = np.stack([labels[kept], identities[kept]], axis=1)
+    _, counts = np.unique(pairs, axis=0, return_counts=True)
+    cluster_of = np.unique(pairs, axis=0)[:, 0]
+    majority = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    np.maximum.at(majority, cluster_of, counts)
+    return float(majority.sum() / kept.sum())
