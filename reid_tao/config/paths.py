@@ -1,7 +1,6 @@
 """The files and folders a task's spec names, checked for existence before torch is imported (seconds), so a
 mistyped path answers at once. The tasks read them later and check their contents."""
 from pathlib import Path
-from typing import List, Tuple
 
 from omegaconf import DictConfig
 
@@ -27,7 +26,7 @@ def _value(config: DictConfig, dotted: str):
     return config[section][key]
 
 
-def named_paths(config: DictConfig, task: str) -> List[Tuple[str, str]]:
+def named_paths(config: DictConfig, task: str) -> list[tuple[str, str]]:
     """(field, kind) of the set paths `task` reads."""
     fields = list(TASK_PATHS.get(task, ()))
     if task == "train" and not config.dataset.synthetic:  # synthetic data is generated when missing
