@@ -249,8 +249,8 @@ def _time_ours(config: Any, device: "torch.device", args: argparse.Namespace) ->
     import torch
 
     from reid_tao.build import build_datamodule, build_module
-    from reid_tao.engine.precision import precision_for
     from reid_tao.data.pipelines import DevicePipeline
+    from reid_tao.engine.precision import precision_for
 
     class StepTimer(pl.Callback):
         def __init__(self) -> None:
@@ -590,8 +590,7 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
 
     from reid_tao.build import build_model, load_experiment, load_trained_model, preprocessing_for
     from reid_tao.data.layouts import read_split, split_images
-    from reid_tao.engine.onnx_precision import (DATA_TYPES, Calibration, cosine_parity, image_batches,
-                                                session_runner)
+    from reid_tao.engine.onnx_precision import DATA_TYPES, Calibration, cosine_parity, image_batches, session_runner
     from reid_tao.tasks.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
     data_types = args.data_types.split(",")

@@ -51,6 +51,9 @@ def tiny_overrides(market: Path, results: Path, **extra) -> list:
         "dataset.batch_size": 8, "dataset.num_instances": 2, "dataset.num_workers": 0, "dataset.padding": 2,
         "dataset.val_batch_size": 16,
         "train.num_epochs": 2, "train.optim.warmup_iters": 1, "train.optim.lr_steps": "[1]",
+        # only reid_model_latest.pth (a resnet_18 checkpoint with Adam state is ~135 MB): tests that check the
+        # periodic model_epoch_NNN.pth files ask for them with train.checkpoint_interval
+        "train.checkpoint_interval": 1000,
         "train.accelerator": "cpu",
     }
     overrides.update(extra)

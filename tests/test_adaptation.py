@@ -10,7 +10,7 @@ from PIL import Image
 from reid_tao.data.samplers import PKSampler, SubsetSampler
 from reid_tao.data.unlabeled import read_unlabeled
 from reid_tao.evaluation.clustering import cluster_features, purity
-from reid_tao.model.losses import ClusterMemoryLoss, MemoryLossSum, ReidLoss
+from reid_tao.model.losses import ClusterMemoryLoss, LossSettings, MemoryLossSum, build_reid_loss
 
 
 def write_image(path: Path, value: int = 100) -> None:
@@ -70,13 +70,14 @@ def test_cluster_memory_loss_and_momentum_update():
 def test_memory_loss_sum_adds_the_triplet_loss():
     memory = ClusterMemoryLoss(feat_dim=4)
     memory.reset(torch.eye(4)[:2])
-    triplet = ReidLoss(num_classes=1, feat_dim=4, use_id=False, use_triplet=True)
+    triplet = build_reid_loss(["triplet"], LossSettings(num_classes=1, feat_dim=4, label_smooth=False,
+                                                       triplet_margin=0.3))
     total = MemoryLossSum(memory, 0.5, triplet)
     features, labels = torch.randn(4, 4), torch.tensor([0, 0, 1, 1])
     parts = total(None, features, labels)
     assert set(parts) == {"loss", "memory_loss", "triplet_loss"}
     assert torch.isclose(parts["loss"], 0.5 * parts["memory_loss"] + parts["triplet_loss"], atol=1e-5)
-    assert total.id_loss is None and total.center_parameters() == []
+    assert not total.needs_logits and total.center_parameters() == []
 
 
 def test_subset_sampler_draws_only_clustered_images():

@@ -5,8 +5,8 @@ import sys
 import pytest
 
 from reid_tao.cli import main
-from reid_tao.io import error_line
 from reid_tao.errors import DataError
+from reid_tao.io import error_line
 
 
 def test_top_level_help_lists_tasks(capsys):

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import tiny_overrides
 
 from reid_tao.engine.callbacks import throughput
+
+from helpers import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 CHATTER = ("GPU available", "TPU available", "limit_val_batches", "Trainer.fit` stopped", "max_epochs reached",

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reid_tao.data.datamodule import MARKET_PREPROCESSING, AugmentSettings, LoaderSettings, ReidDataModule
 from reid_tao.data.batch import Batch
+from reid_tao.data.datamodule import MARKET_PREPROCESSING, AugmentSettings, LoaderSettings, ReidDataModule
 from reid_tao.data.datasets import ImageDataset, SeededSampler
 from reid_tao.data.layouts import LAYOUTS, detect_layout, read_split
 from reid_tao.data.market import parse_market_name, scan_market_folder

@@ -39,7 +39,7 @@ def reid(*args, env=None, check=True):
 def ddp_run(tiny_market, tmp_path_factory):
     results = tmp_path_factory.mktemp("ddp")
     args = tiny_overrides(tiny_market, results, **{"train.num_gpus": 2, "train.num_epochs": 2, "dataset.batch_size": 4,
-                                                   "model.with_center_loss": True})
+                                                   "model.with_center_loss": True, "train.checkpoint_interval": 1})
     first = reid("train", *args)
     return results, args, first
 
@@ -94,7 +94,8 @@ def test_sharded_inference_writes_one_complete_json(ddp_run, tiny_market, tmp_pa
 
 def test_two_nodes_with_torchrun_over_loopback(tiny_market, tmp_path):
     port = str(free_port())
-    args = tiny_overrides(tiny_market, tmp_path, **{"train.num_nodes": 2, "train.num_epochs": 1, "dataset.batch_size": 4})
+    args = tiny_overrides(tiny_market, tmp_path, **{"train.num_nodes": 2, "train.num_epochs": 1, "dataset.batch_size": 4,
+                                                    "train.checkpoint_interval": 1})
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = []
     for node_rank in (0, 1):

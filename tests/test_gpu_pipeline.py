@@ -13,9 +13,17 @@ from torchvision.transforms import functional as TF
 from reid_tao.cli import main
 from reid_tao.data.datamodule import AugmentSettings, LoaderSettings, Preprocessing, ReidDataModule
 from reid_tao.data.datasets import load_rgb
-from reid_tao.data.gpu_pipeline import (AugmentParams, DecodedImageCache, DeviceAugment, IndexDataset,
-                                        augment_batch, batch_generator, collate_index_batch, decode_threads,
-                                        resolve_pipeline)
+from reid_tao.data.gpu_pipeline import (
+    AugmentParams,
+    DecodedImageCache,
+    DeviceAugment,
+    IndexDataset,
+    augment_batch,
+    batch_generator,
+    collate_index_batch,
+    decode_threads,
+    resolve_pipeline,
+)
 from reid_tao.data.transforms import build_eval_transform
 from reid_tao.errors import DataError
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid_tao.errors import ConfigError
-from reid_tao.engine.optim import build_center_optimizer
-from reid_tao.model.losses.center import CenterLoss
 from reid_tao.build import loss_terms
+from reid_tao.engine.optim import build_center_optimizer
+from reid_tao.errors import ConfigError
 from reid_tao.model.losses import LOSS_TERMS, LossSettings, LossTerm, build_reid_loss
+from reid_tao.model.losses.center import CenterLoss
 from reid_tao.model.losses.combined import ReidLoss
 from reid_tao.model.losses.cross_entropy import IdLoss
 from reid_tao.model.losses.triplet import TripletLoss, pairwise_euclidean

@@ -16,7 +16,6 @@ from reid_tao.evaluation import metrics as metrics_module
 from reid_tao.evaluation.distance import pairwise_distance
 from reid_tao.evaluation.metrics import RankMetrics, evaluate_rankings, top_ranked
 
-
 # ----------------------------------------------------------------------------------------------
 # plain per-query reference (stable argsort of each row)
 

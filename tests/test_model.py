@@ -5,8 +5,7 @@ import pytest
 import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from reid_tao.build import build_model
-from reid_tao.build import load_experiment
+from reid_tao.build import build_model, load_experiment
 from reid_tao.model.backbones.resnet import ResNetBackbone
 from reid_tao.model.baseline import Baseline
 from reid_tao.model.pooling import GeneralizedMeanPooling

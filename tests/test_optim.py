@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from reid_tao.engine.optim import (WarmupSchedule, build_center_optimizer, build_optimizer,
-                                   build_scheduler)
+from reid_tao.engine.optim import WarmupSchedule, build_center_optimizer, build_optimizer, build_scheduler
 
 BASE_LR = 3.5e-4
 TAO_SCHEDULE = dict(method="linear", warmup_factor=0.01, warmup_iters=10, milestones=[40, 70], gamma=0.1,

@@ -299,11 +299,10 @@ def to_tao_swin_layout(microsoft: dict) -> dict:
 @pytest.mark.parametrize("layout", ["timm", "microsoft", "tao"])
 def test_self_with_a_swin_weights_file(tiny_market, tmp_path, layout, caplog):
     import timm
+    from test_weights import to_microsoft_layout
 
     from reid_tao.build import build_model
     from reid_tao.model.backbones.swin import fit_window_sizes
-
-    from test_weights import to_microsoft_layout
 
     name, size = "swin_tiny_patch4_window7_224", (64, 32)
     torch.manual_seed(3)

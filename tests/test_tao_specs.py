@@ -5,8 +5,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reid_tao.build import (checkpoint_settings, extraction_batch_size, load_experiment, scheduler_arguments,
-                            wandb_settings)
+from reid_tao.build import (
+    checkpoint_settings,
+    extraction_batch_size,
+    load_experiment,
+    scheduler_arguments,
+    wandb_settings,
+)
 from reid_tao.config.loader import schema_config
 from reid_tao.config.notices import field_notices, warmup_length, warmup_warning
 from reid_tao.errors import ConfigError

@@ -149,11 +149,10 @@ def test_export_parity_failure_is_reported(trained, tmp_path, monkeypatch, capsy
 
 
 def test_pretrain_choice_self_loads_backbone_and_new_classifier(tiny_market, trained, tmp_path, capsys):
-    from helpers import make_market
-
-    from reid_tao.build import build_model
-    from reid_tao.build import load_experiment
+    from reid_tao.build import build_model, load_experiment
     from reid_tao.engine.checkpoint import model_state_dict
+
+    from helpers import make_market
 
     other = make_market(tmp_path / "other", train_ids=range(20, 29))  # 9 new identities
     config = load_experiment(None, tiny_overrides(other, tmp_path / "r", **{"model.pretrain_choice": "self",

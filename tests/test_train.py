@@ -41,7 +41,7 @@ def test_resume_equals_uninterrupted(tiny_market, tmp_path, capsys):
     # Loader workers (num_workers >= 1) create the epoch's iterator before Lightning sets the sampler's
     # epoch: the data module must set it itself, or a resumed run replays epoch 0's batches.
     extra = {"train.num_epochs": 3, "model.with_center_loss": True, "train.optim.lr_steps": "[2]",
-             "dataset.num_workers": 1, "dataset.pipeline": "cpu"}
+             "dataset.num_workers": 1, "dataset.pipeline": "cpu", "train.checkpoint_interval": 1}
     run_train(capsys, tiny_market, tmp_path / "full", **extra)
     # interrupted after epoch 1 (num_epochs=1), then re-run with num_epochs=3: resumes automatically
     run_train(capsys, tiny_market, tmp_path / "split", **{**extra, "train.num_epochs": 1})
@@ -72,9 +72,9 @@ def test_centers_move_during_training(tiny_market, tmp_path, capsys):
                                                       "train.checkpoint_interval": 1})
     first = torch.load(tmp_path / "c/train/model_epoch_000.pth", weights_only=True)
     # rebuild the initial centers: the same seed gives the same initialisation
-    from reid_tao.build import build_module
-    from reid_tao.build import load_experiment
     import pytorch_lightning as pl
+
+    from reid_tao.build import build_module, load_experiment
 
     config = load_experiment(None, tiny_overrides(tiny_market, tmp_path / "c", **{"model.with_center_loss": True}))
     pl.seed_everything(config.train.seed, verbose=False)
@@ -105,7 +105,7 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["dataset.train_dataset_dir=/nonexistent/train"], "dataset.train_dataset_dir: folder /nonexistent/train does not exist"),
+    (["dataset.train_dataset_dir=/nonexistent/train"], "dataset.train_dataset_dir: folder or list file /nonexistent/train does not exist"),
     (["dataset.batch_size=10", "dataset.num_instances=4"], "divisible"),
     (["model.backbone=resnet_99"], "model.backbone"),
     (["model.pretrain_choice=imagenet"], "model.pretrained_model_path"),
@@ -136,9 +136,9 @@ def test_grad_clip_limits_the_update(tiny_market, tmp_path, capsys):
             "train.num_epochs": 1, "train.optim.name": "SGD", "train.optim.base_lr": 0.5,
             "train.optim.warmup_iters": 1, "train.optim.weight_decay": 0.0, "train.optim.weight_decay_bias": 0.0,
             "train.grad_clip": clip})
-        from reid_tao.build import build_model
-        from reid_tao.build import load_experiment
         import pytorch_lightning as pl
+
+        from reid_tao.build import build_model, load_experiment
 
         pl.seed_everything(1234, verbose=False)
         initial = build_model(load_experiment(None, tiny_overrides(tiny_market, tmp_path)), num_classes=6)

@@ -6,13 +6,13 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
+from sync_counter import HostSyncCounter
 
 from reid_tao.build import build_datamodule, build_module, load_experiment
 from reid_tao.engine.callbacks import StepLossBar
 from reid_tao.engine.module import epoch_seed
 
 from helpers import tiny_overrides
-from sync_counter import HostSyncCounter
 
 
 def tiny_setup(market, tmp_path, **extra):
@@ -238,6 +238,7 @@ def test_cudnn_section_reaches_the_trainer(monkeypatch, tmp_path, tiny_market, c
 
 def test_cudnn_flags_on_cpu():
     from omegaconf import OmegaConf
+
     from reid_tao.tasks.train import cudnn_flags
 
     assert cudnn_flags(OmegaConf.create({"benchmark": False, "deterministic": False}), "cpu") == (False, None)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from reid_tao.data import val_split
 from reid_tao.data.datamodule import MARKET_PREPROCESSING, LoaderSettings, ReidDataModule
 from reid_tao.data.market import scan_market_folder
-from reid_tao.data import val_split
 from reid_tao.data.synthetic import generate_synthetic_market
 from reid_tao.errors import ConfigError, DataError
 

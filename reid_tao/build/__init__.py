@@ -7,15 +7,46 @@ naming them; the config layer checks the spec's own rules. By concern:
 - training: data module, model, loss, optimiser/schedule, checkpoint settings, the LightningModule;
 - checkpoints: which trained checkpoint a task reads, and rebuilding reid_tao's and TAO's models from it.
 """
-from .checkpoints import (ARCHITECTURES, TrainedModel, check_resumable, load_embedding_model, load_trained_model,
+from .checkpoints import (
+                          ARCHITECTURES,
+                          TrainedModel,
+                          check_resumable,
+                          load_embedding_model,
+                          load_trained_model,
                           resume_path,
-                          task_checkpoint, trained_num_classes)
+                          task_checkpoint,
+                          trained_num_classes,
+)
 from .pretrained import PRETRAINED_LOADERS
-from .spec import (BACKBONE_OPTION_FIELDS, METRIC_LOSSES, SAMPLERS, MetricLoss, Sampler, check_choice, check_spec,
-                   load_experiment, loss_terms, resolve_choices, spec_fields_markdown)
-from .training import (backbone_options, build_datamodule, build_loss, build_model, build_module, checkpoint_metadata,
-                       checkpoint_settings, extraction_batch_size, image_size, needs_validation, optimizer_arguments,
-                       preprocessing_for, scheduler_arguments, wandb_settings)
+from .spec import (
+                          BACKBONE_OPTION_FIELDS,
+                          METRIC_LOSSES,
+                          SAMPLERS,
+                          MetricLoss,
+                          Sampler,
+                          check_choice,
+                          check_spec,
+                          load_experiment,
+                          loss_terms,
+                          resolve_choices,
+                          spec_fields_markdown,
+)
+from .training import (
+                          backbone_options,
+                          build_datamodule,
+                          build_loss,
+                          build_model,
+                          build_module,
+                          checkpoint_metadata,
+                          checkpoint_settings,
+                          extraction_batch_size,
+                          image_size,
+                          needs_validation,
+                          optimizer_arguments,
+                          preprocessing_for,
+                          scheduler_arguments,
+                          wandb_settings,
+)
 
 __all__ = ["ARCHITECTURES", "BACKBONE_OPTION_FIELDS", "METRIC_LOSSES", "MetricLoss", "PRETRAINED_LOADERS", "SAMPLERS",
            "Sampler", "TrainedModel", "backbone_options", "build_datamodule", "build_loss", "build_model",

@@ -4,18 +4,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-import torch
 from torch import nn
 
 from ..config.loader import check_stored_data, load_stored_config, schema_config, task_results_dir
 from ..config.schema import MAX_INPUT_SIDE
 from ..config.validate import validate_config
 from ..data.preprocessing import Preprocessing
+from ..engine.checkpoint import (
+    LATEST_NAME,
+    is_reid_tao_checkpoint,
+    is_tao_checkpoint,
+    model_state_dict,
+    read_checkpoint,
+    read_checkpoint_file,
+)
 from ..engine.onnx_runner import OnnxModel, is_onnx_file
-from ..engine.checkpoint import (LATEST_NAME, is_reid_tao_checkpoint, is_tao_checkpoint, model_state_dict,
-                                 read_checkpoint, read_checkpoint_file)
 from ..errors import ConfigError, DataError
 from ..io import first_line
 from ..model.tao_baseline import TAO_RESNET_LAYERS, TAO_RESNET_WIDTH, TaoBaseline, TaoResNet, tao_resnet_layers

@@ -12,8 +12,7 @@ from ..engine.metric_names import VALIDATION_METRICS, metric_modes
 from ..engine.module import ReidModule
 from ..model.backbones import BACKBONES, BackboneOptions
 from ..model.baseline import Baseline
-from ..model.losses import (LOSS_TERMS, ClusterMemoryLoss, LossSettings, MemoryLossSum, ReidLoss,
-                             build_reid_loss)
+from ..model.losses import LOSS_TERMS, ClusterMemoryLoss, LossSettings, MemoryLossSum, ReidLoss, build_reid_loss
 from .pretrained import PRETRAINED_LOADERS, load_adaptation_source
 from .spec import SAMPLERS, loss_terms
 

@@ -11,11 +11,11 @@ from .datasets import ImageDataset, SeededSampler, ShardSampler, effective_worke
 from .gpu_pipeline import available_memory_bytes, cache_bytes_for, decode_threads, resolve_pipeline
 from .layouts import read_split
 from .pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
+from .preprocessing import Preprocessing
 from .records import ImageRecord, relabel, summary_table
 from .samplers import PKSampler, SubsetSampler
-from .unlabeled import read_unlabeled
-from .preprocessing import Preprocessing
 from .settings import AugmentSettings, LoaderSettings
+from .unlabeled import read_unlabeled
 
 log = logging.getLogger(__name__)
 

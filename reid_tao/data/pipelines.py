@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Sampler
 from .batch import Batch, IndexBatch
 from .datasets import ImageDataset, effective_workers
 from .gpu_pipeline import DecodedImageCache, DeviceAugment, IndexDataset, augment_batch, collate_index_batch
-from .records import ImageRecord
 from .preprocessing import Preprocessing
+from .records import ImageRecord
 from .settings import AugmentSettings
 from .transforms import build_train_transform
 

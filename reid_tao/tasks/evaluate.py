@@ -5,12 +5,12 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from ..build import extraction_batch_size, load_embedding_model, task_checkpoint
 from ..data.datamodule import eval_dataset
 from ..data.layouts import read_split
 from ..data.records import summary_table
-from ..build import extraction_batch_size, load_embedding_model, task_checkpoint
-from ..engine.status import StatusFile
 from ..engine.extractor import extract, section_precision
+from ..engine.status import StatusFile
 from ..errors import ConfigError
 from ..evaluation.result import EvaluationResult, evaluate_features
 from .common import prepare_task, record_checkpoint_model, reported

@@ -17,8 +17,7 @@ from omegaconf import DictConfig
 from ..build import load_trained_model, task_checkpoint
 from ..data.layouts import split_images
 from ..data.preprocessing import Preprocessing
-from ..engine.onnx_precision import (CALIBRATED, DATA_TYPES, Calibration, cosine_parity, image_batches,
-                                     session_runner)
+from ..engine.onnx_precision import CALIBRATED, DATA_TYPES, Calibration, cosine_parity, image_batches, session_runner
 from ..engine.onnx_runner import onnx_sidecar_path
 from ..engine.status import StatusFile
 from ..errors import ConfigError, DataError, ReidError

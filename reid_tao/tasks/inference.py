@@ -6,14 +6,14 @@ from typing import List, Tuple
 
 from omegaconf import DictConfig
 
+from ..build import extraction_batch_size, load_trained_model, task_checkpoint
 from ..data.datasets import ImageDataset
 from ..data.layouts import split_images
-from ..build import extraction_batch_size, load_trained_model, task_checkpoint
+from ..engine.extractor import extract
 from ..engine.onnx_runner import OnnxModel, is_onnx_file, onnx_feature_batches
 from ..engine.status import StatusFile
 from ..errors import ConfigError
 from ..io import atomic_output
-from ..engine.extractor import extract
 from .common import prepare_task, record_checkpoint_model, reported
 
 log = logging.getLogger("reid_tao.inference")

@@ -8,8 +8,15 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ..build import (build_datamodule, build_module, check_resumable, checkpoint_settings, needs_validation,
-                     resume_path, wandb_settings)
+from ..build import (
+    build_datamodule,
+    build_module,
+    check_resumable,
+    checkpoint_settings,
+    needs_validation,
+    resume_path,
+    wandb_settings,
+)
 from ..config.notices import warmup_warning
 from ..engine.adaptation import PseudoLabelCallback
 from ..engine.callbacks import EpochSummary, StepLossBar, console_is_terminal

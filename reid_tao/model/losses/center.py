@@ -11,7 +11,6 @@ from torch import nn
 
 from .term import LossSettings, LossTerm
 
-
 MIN_SQUARED_DISTANCE = 1e-12
 MAX_SQUARED_DISTANCE = 1e12
 

@@ -6,8 +6,8 @@ needed (tests/test_losses.py checks the equality against the explicit formula).
 """
 import torch
 import torch.nn.functional as F
-from .term import LossSettings, LossTerm
 
+from .term import LossSettings, LossTerm
 
 DEFAULT_LABEL_SMOOTH_EPSILON = 0.1
 

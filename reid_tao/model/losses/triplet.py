@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from .term import LossSettings, LossTerm
 
-
 # Squared distances are clamped to this before the square root: sqrt has an infinite slope at 0.
 SQUARED_DISTANCE_EPS = 1e-12
 
