@@ -336,8 +336,8 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 
 def _append(path: str | os.PathLike, data: bytes) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0),
-                 0o666)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o666)
     try:
         written = os.write(fd, data)
         if written != len(data):  # only on a full disk or a signal: finish the line rather than leave half

@@ -24,7 +24,12 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # annotations only: each subcommand imports what it needs
+    from pathlib import Path
+
+    import torch
 
 MARKET_IDS = 751
 MARKET_CAMS = 6
@@ -61,7 +66,8 @@ def make_market_like(num_query: int, num_gallery: int, dim: int, num_ids: int = 
     id_cams = (cam_offset[id_of_image] + nth_of_id) % num_cams
     gallery_pids = torch.cat([id_of_image, torch.zeros(num_distractors, dtype=torch.int64),
                               torch.full((num_junk,), -1, dtype=torch.int64)])
-    gallery_camids = torch.cat([id_cams, torch.randint(0, num_cams, (num_distractors + num_junk,), generator=generator)])
+    gallery_camids = torch.cat([id_cams, torch.randint(0, num_cams, (num_distractors + num_junk,),
+                                                       generator=generator)])
     shuffle = torch.randperm(num_gallery, generator=generator)
     gallery_pids, gallery_camids = gallery_pids[shuffle], gallery_camids[shuffle]
 
@@ -650,6 +656,8 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
                 report["accuracy"] = {name: _onnx_accuracy(run, query, gallery, preprocessing)
                                       for name, run in runners.items()}
             report["num_query"], report["num_gallery"] = len(query), len(gallery)
+    return report
+
 
 def run_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     """How long training waits for one epoch-end checkpoint of the BoT ResNet50 (model, Adam state, 751 x 2048

@@ -1,4 +1,5 @@
 """Shared fixtures (helpers live in helpers.py) and the ``gpu`` marker's skip on machines without CUDA."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_market(tmp_path_factory) -> Path:
     return make_market(tmp_path_factory.mktemp("market"))
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory) -> Path:
+    """A folder for one test module's shared (module-scoped) fixtures, removed when the module is done: a
+    trained fixture's checkpoints are ~135 MB each, and a full run must leave little behind."""
+    path = tmp_path_factory.mktemp("module")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

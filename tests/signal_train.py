@@ -12,7 +12,7 @@ import os
 import sys
 
 from reid_tao.cli import main
-from reid_tao.engine.checkpoint import AtomicCheckpointIO
+from reid_tao.engine.checkpoint import BackgroundCheckpointIO
 from reid_tao.engine.module import ReidModule
 
 WHERE, COUNT, SIGNUM, TARGET = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -49,7 +49,7 @@ if WHERE == "step":
 elif WHERE == "validation":
     patch(ReidModule, "validation_step", after=False)
 elif WHERE == "checkpoint":
-    patch(AtomicCheckpointIO, "save_checkpoint", after=False)
+    patch(BackgroundCheckpointIO, "save_checkpoint", after=False)  # the training thread's part of the write
 else:
     sys.exit(f"unknown WHERE {WHERE!r}")
 sys.exit(main(["train", *sys.argv[5:]]))

@@ -31,7 +31,8 @@ def test_unknown_task(capsys):
 
 
 def test_errors_from_loader_workers_are_cut_to_their_last_line():
-    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\n"
+                        "Original Traceback (most recent call last):\n"
                         '  File "x.py", line 1\nreid_tao.errors.DataError: cannot read image /a.jpg; remove it')
     assert error_line(wrapped) == "cannot read image /a.jpg; remove it"
 

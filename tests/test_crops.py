@@ -170,7 +170,8 @@ def test_crops_bad_input_names_file_and_line(tmp_path, capsys):
 
     missing = tmp_path / "missing.txt"
     missing.write_text("1,1,10,20,24,60,1\n99,1,10,20,24,60,1\n")
-    assert run_crops(tmp_path, f"crops.input={seq}", f"crops.tracks_file={missing}", f"crops.output_dir={tmp_path}/o") != 0
+    assert run_crops(tmp_path, f"crops.input={seq}", f"crops.tracks_file={missing}",
+                     f"crops.output_dir={tmp_path}/o") != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{missing}:2" in err and "000099.png" in err
 

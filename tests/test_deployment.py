@@ -23,9 +23,10 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_market, tmp_path_factory):
+def exported(tiny_market, module_tmp):
     """A 1-epoch checkpoint (32x16 input, 32-d) and its ONNX export with sidecar and tracker config."""
-    results = tmp_path_factory.mktemp("deploy")
+    results = module_tmp / "deploy"
+    results.mkdir()
     assert main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1})) == 0
     checkpoint = results / "train" / "reid_model_latest.pth"
     onnx_file = results / "export" / "model.onnx"

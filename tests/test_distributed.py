@@ -36,8 +36,9 @@ def reid(*args, env=None, check=True):
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tiny_market, tmp_path_factory):
-    results = tmp_path_factory.mktemp("ddp")
+def ddp_run(tiny_market, module_tmp):
+    results = module_tmp / "ddp"
+    results.mkdir()
     args = tiny_overrides(tiny_market, results, **{"train.num_gpus": 2, "train.num_epochs": 2, "dataset.batch_size": 4,
                                                    "model.with_center_loss": True, "train.checkpoint_interval": 1})
     first = reid("train", *args)
@@ -94,8 +95,8 @@ def test_sharded_inference_writes_one_complete_json(ddp_run, tiny_market, tmp_pa
 
 def test_two_nodes_with_torchrun_over_loopback(tiny_market, tmp_path):
     port = str(free_port())
-    args = tiny_overrides(tiny_market, tmp_path, **{"train.num_nodes": 2, "train.num_epochs": 1, "dataset.batch_size": 4,
-                                                    "train.checkpoint_interval": 1})
+    args = tiny_overrides(tiny_market, tmp_path, **{"train.num_nodes": 2, "train.num_epochs": 1,
+                                                    "dataset.batch_size": 4, "train.checkpoint_interval": 1})
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = []
     for node_rank in (0, 1):
@@ -208,7 +209,9 @@ def test_training_under_ddp_logs_what_one_process_evaluates_and_syncs_rarely(tin
     run_or_kill([sys.executable, str(ROOT / "tests" / "ddp_training.py"), str(tmp_path), *args])
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     logged = ranks[0]["metrics"]
-    assert ranks[1]["metrics"] == pytest.approx(logged)
+    # every epoch value is the same on both ranks; train_loss_step is each process's own step (never synced)
+    assert {k: v for k, v in ranks[1]["metrics"].items() if k != "train_loss_step"} == pytest.approx(
+        {k: v for k, v in logged.items() if k != "train_loss_step"})
     # item 6: the epoch mean over both ranks (equal batch sizes), not rank 0's alone
     own = [r["own_last_epoch_loss"] for r in ranks]
     assert abs(own[0] - own[1]) > 1e-3  # the ranks saw different data, so rank 0 alone would differ
@@ -225,5 +228,8 @@ def test_training_under_ddp_logs_what_one_process_evaluates_and_syncs_rarely(tin
     for rank in ranks:
         sources, steps = rank["syncs_by_source"], rank["steps"]
         assert steps >= 8 and rank["epochs"] == 2
-        assert sources.get("engine/preemption.py", 0) <= steps // rank["check_every"] + rank["epochs"], sources
+        # every check_every steps, after each epoch's last batch, and at each later epoch's start (a signal
+        # during validation or the epoch-end checkpoint write)
+        agreements = steps // rank["check_every"] + rank["epochs"] + (rank["epochs"] - 1)
+        assert sources.get("engine/preemption.py", 0) <= agreements, sources
         assert not any(source.startswith("model/") for source in sources), sources

@@ -96,8 +96,9 @@ def test_checkpoint_past_the_file_size_limit_keeps_the_previous_latest(tiny_mark
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_market, tmp_path_factory) -> Path:
-    results = tmp_path_factory.mktemp("trained")
+def trained(tiny_market, module_tmp) -> Path:
+    results = module_tmp / "trained"
+    results.mkdir()
     assert main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1})) == 0
     return results / "train" / "reid_model_latest.pth"
 

@@ -21,7 +21,8 @@ def make_msmt17(root: Path, train_folder="train", test_folder="test", size=(32, 
     """MSMT17-V1-style tree: images under train/ and test/, lists beside them; ids start at 0 in each split.
 
     Train: ids 0-5 x cameras 1-2 x 3 images. Query: one image per test id 0-3 (ids restart at 0, as in
-    MSMT17) on camera 1; gallery: two per test id on camera 2 and one on camera 1. Line styles vary: camera from the name, or as a third column."""
+    MSMT17) on camera 1; gallery: two per test id on camera 2 and one on camera 1. Line styles vary: camera from
+    the name, or as a third column."""
     lines = {"list_train.txt": [], "list_query.txt": [], "list_gallery.txt": []}
 
     def add(list_name, folder, pid, index, cam, with_camera_column):

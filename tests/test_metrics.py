@@ -25,7 +25,8 @@ def naive_metrics(distmat, query_pids, gallery_pids, query_cams, gallery_cams, m
     aps, inps, first_ranks = [], [], []
     for q in range(distmat.shape[0]):
         order = np.argsort(distmat[q], kind="stable")
-        keep = (gallery_pids[order] >= 0) & ~((gallery_pids[order] == query_pids[q]) & (gallery_cams[order] == query_cams[q]))
+        same_camera = (gallery_pids[order] == query_pids[q]) & (gallery_cams[order] == query_cams[q])
+        keep = (gallery_pids[order] >= 0) & ~same_camera
         order = order[keep]
         hits = (gallery_pids[order] == query_pids[q]) & (query_pids[q] > 0)
         if not hits.any():
@@ -44,7 +45,8 @@ def naive_top_ranked(distmat, query_pids, gallery_pids, query_cams, gallery_cams
     hits = np.zeros((distmat.shape[0], k), dtype=bool)
     for q in range(distmat.shape[0]):
         order = np.argsort(distmat[q], kind="stable")
-        keep = (gallery_pids[order] >= 0) & ~((gallery_pids[order] == query_pids[q]) & (gallery_cams[order] == query_cams[q]))
+        same_camera = (gallery_pids[order] == query_pids[q]) & (gallery_cams[order] == query_cams[q])
+        keep = (gallery_pids[order] >= 0) & ~same_camera
         order = order[keep][:k]
         indices[q, :len(order)] = order
         hits[q, :len(order)] = (gallery_pids[order] == query_pids[q]) & (query_pids[q] > 0)

@@ -93,7 +93,7 @@ def test_evaluate_an_onnx_file_like_a_checkpoint(tiny_market, models, tmp_path):
         folder = tmp_path / name / "evaluate"
         assert (folder / "cmc_curve.png").is_file() and (folder / "sampled_matches.png").is_file()
         status = [json.loads(line) for line in (folder / "status.json").read_text().splitlines()]
-        assert status[-1]["status"] == "SUCCESS" and "mAP" in status[-1]["kpi"]
+        assert status[-1]["message"] == "Evaluate finished successfully." and "mAP" in status[-1]["kpi"]
 
 
 @pytest.mark.slow

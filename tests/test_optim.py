@@ -47,7 +47,10 @@ def test_two_groups_with_bias_lr_and_weight_decay():
     weights, biases = groups["weights"], groups["biases"]
     assert weights["lr"] == BASE_LR and weights["weight_decay"] == 5e-4
     assert biases["lr"] == pytest.approx(2 * BASE_LR) and biases["weight_decay"] == 1e-4
-    ids = lambda params: {id(p) for p in params}
+
+    def ids(params):
+        return {id(p) for p in params}
+
     assert ids(weights["params"]) == ids([model.conv.weight, model.bn.weight, model.bottleneck.weight,
                                          model.classifier.weight])
     assert ids(biases["params"]) == ids([model.conv.bias, model.bn.bias])

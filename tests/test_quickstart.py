@@ -18,7 +18,8 @@ def test_quickstart_generates_data_trains_and_learns(tmp_path, capsys, monkeypat
     assert code == 0, out.err
     assert (tmp_path / "data" / "quickstart" / "bounding_box_train").is_dir()
     assert (tmp_path / "results" / "quickstart" / "train" / "reid_model_latest.pth").is_file()
-    rows = list(csv.DictReader(open(next((tmp_path / "results" / "quickstart" / "train" / "logs").glob("metrics.csv")))))
+    logs = tmp_path / "results" / "quickstart" / "train" / "logs"
+    rows = list(csv.DictReader(open(next(logs.glob("metrics.csv")))))
     epochs = [row for row in rows if row.get("train_loss_epoch")]
     losses = [float(row["train_loss_epoch"]) for row in epochs]
     accuracy = float(epochs[-1]["train_acc_1"])

@@ -286,7 +286,8 @@ def test_jaccard_overlaps_are_accumulated_in_float64():
     members = torch.arange(columns)[None, :]  # the query uses every column, as does gallery row 0
     overlap = _min_overlap(members, weights[None, :], posting_row=torch.zeros(columns, dtype=torch.long),
                            posting_weight=weights, posting_start=torch.arange(columns + 1),
-                           posting_length=torch.cat([torch.ones(columns, dtype=torch.long), torch.zeros(1, dtype=torch.long)]),
+                           posting_length=torch.cat([torch.ones(columns, dtype=torch.long),
+                                                     torch.zeros(1, dtype=torch.long)]),
                            num_gallery=1, total_pairs=columns)
     expected = weights.double().sum().item()
     assert overlap.dtype == torch.float64 and overlap.item() == pytest.approx(expected, rel=1e-12, abs=0)

@@ -21,11 +21,13 @@ def read_status(path):
 
 
 @pytest.fixture(scope="module")
-def resumed(tiny_market, tmp_path_factory):
+def resumed(tiny_market, module_tmp):
     """2 epochs, then the same command with num_epochs=3 (resumes from reid_model_latest.pth)."""
-    results = tmp_path_factory.mktemp("resumed")
-    assert main(["train"] + tiny_overrides(tiny_market, results)) == 0
-    assert main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 3})) == 0
+    results = module_tmp / "resumed"
+    results.mkdir()
+    periodic = {"train.checkpoint_interval": 1}  # model_epoch_NNN.pth files are checked here
+    assert main(["train"] + tiny_overrides(tiny_market, results, **periodic)) == 0
+    assert main(["train"] + tiny_overrides(tiny_market, results, **{**periodic, "train.num_epochs": 3})) == 0
     return results
 
 
@@ -95,7 +97,8 @@ def test_tasks_fall_back_to_the_latest_checkpoint(tiny_market, resumed, capsys):
     # inference: no inference.* folders -> the dataset's query then test folder
     assert main(["inference"] + base) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "inference.checkpoint is not set" in out and "using dataset.query_dataset_dir, dataset.test_dataset_dir" in out
+    assert "inference.checkpoint is not set" in out
+    assert "using dataset.query_dataset_dir, dataset.test_dataset_dir" in out
     embeddings = json.loads((resumed / "inference" / "inference.json").read_text())
     assert len(embeddings) == metrics["num_query"] + len(list((tiny_market / "bounding_box_test").iterdir()))
     assert embeddings[0]["img_path"].startswith(str(tiny_market / "query"))

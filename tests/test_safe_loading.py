@@ -28,9 +28,10 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_market, tmp_path_factory) -> Path:
+def trained(tiny_market, module_tmp) -> Path:
     """One tiny trained checkpoint for the whole module."""
-    results = tmp_path_factory.mktemp("trained")
+    results = module_tmp / "trained"
+    results.mkdir()
     code = main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1}))
     assert code == 0
     return results / "train" / "reid_model_latest.pth"

@@ -12,8 +12,9 @@ from helpers import tiny_overrides
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_market, tmp_path_factory):
-    results = tmp_path_factory.mktemp("trained")
+def trained(tiny_market, module_tmp):
+    results = module_tmp / "trained"
+    results.mkdir()
     assert main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1})) == 0
     return results / "train" / "reid_model_latest.pth"
 
@@ -192,8 +193,9 @@ def test_evaluate_sampled_matches_worst_shows_the_lowest_ap_queries(tiny_market,
     monkeypatch.setattr(evaluate_outputs, "choose_query_rows", lambda *a, **k: calls.append(k) or real(*a, **k))
     monkeypatch.setattr(evaluate_outputs, "plot_sampled_matches",
                         lambda queries, *args, query_labels, **kwargs: shown.update(labels=query_labels))
-    results = evaluate.run(load_experiment(None, eval_overrides(tiny_market, tmp_path, trained, "re_ranking.num_query=2",
-                                                                "evaluate.sampled_matches=worst")))
+    spec = load_experiment(None, eval_overrides(tiny_market, tmp_path, trained, "re_ranking.num_query=2",
+                                                "evaluate.sampled_matches=worst"))
+    results = evaluate.run(spec)
     assert calls[0]["choice"] == "worst" and calls[0]["query_ap"] is results.plain.query_ap
     # the candidates are the ranking's own has-a-true-match mask, not a second computation
     assert calls[0]["candidates"] is results.valid_query is results.plain.valid_query

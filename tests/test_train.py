@@ -105,7 +105,8 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["dataset.train_dataset_dir=/nonexistent/train"], "dataset.train_dataset_dir: folder or list file /nonexistent/train does not exist"),
+    (["dataset.train_dataset_dir=/nonexistent/train"],
+     "dataset.train_dataset_dir: folder or list file /nonexistent/train does not exist"),
     (["dataset.batch_size=10", "dataset.num_instances=4"], "divisible"),
     (["model.backbone=resnet_99"], "model.backbone"),
     (["model.pretrain_choice=imagenet"], "model.pretrained_model_path"),

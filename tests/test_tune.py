@@ -49,7 +49,7 @@ def test_study_runs_writes_its_outputs_and_best_spec_trains(market, tmp_path, ca
     assert not list((out / "trial_000").glob("*.pth"))  # tune.keep_checkpoints=false
     assert (out / "tune.png").stat().st_size > 0 and (out / "study.db").is_file()
     statuses = [json.loads(line) for line in (out / "status.json").read_text().splitlines()]
-    assert sum("trial" in line for line in statuses) == 3 and statuses[-1]["status"] == "SUCCESS"
+    assert sum("trial" in line for line in statuses) == 3 and statuses[-1]["message"] == "Tune finished successfully."
 
     best = max(rows, key=lambda row: float(row["mAP"]))
     spec = yaml.safe_load((out / "best_spec.yaml").read_text())

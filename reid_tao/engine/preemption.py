@@ -145,6 +145,11 @@ class PreemptionCheckpoint(pl.Callback):
         signum = self._agreed_signal(trainer, module, batch_idx)
         if not signum:
             return
+        if batch_idx + 1 >= trainer.num_training_batches:
+            # the epoch's last step: a mid-epoch checkpoint here would resume past the epoch-end work (lr
+            # schedule, epoch-end checkpoint); let the epoch end, then stop at the next epoch's start
+            self.received = signum
+            return
         self._position = {"epoch": trainer.current_epoch, "batch": batch_idx + 1, "rng": rng_states()}
         trainer.save_checkpoint(self.path)
         name = signal.Signals(signum).name

@@ -128,7 +128,8 @@ def _block_rows(num_gallery: int, device: torch.device, block_size: int | None) 
 
 
 def _rank_block_by_sort(block: Tensor, rows: Tensor, query_pids: Tensor, query_cams: Tensor,
-                        gallery_pids: Tensor, gallery_cams: Tensor, num_matches: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                        gallery_pids: Tensor, gallery_cams: Tensor, num_matches: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor]:
     order = torch.sort(block, dim=1, stable=True).indices
     pids = gallery_pids[order]
     same_id = pids == query_pids[rows].unsqueeze(1)
@@ -337,7 +338,8 @@ def top_ranked(
             raise DataError("distance matrix contains NaN values; check the features before ranking")
         qp = query_pids_t[begin:end].unsqueeze(1)
         same_id = gallery_pids_t.unsqueeze(0) == qp
-        valid = (gallery_pids_t >= 0).unsqueeze(0) & ~(same_id & (gallery_cams_t.unsqueeze(0) == query_cams_t[begin:end].unsqueeze(1)))
+        same_camera = gallery_cams_t.unsqueeze(0) == query_cams_t[begin:end].unsqueeze(1)
+        valid = (gallery_pids_t >= 0).unsqueeze(0) & ~(same_id & same_camera)
         if dtype == torch.float32:
             keys = _sortable_keys(block.contiguous()).masked_fill_(~valid, _INT64_MAX)
             top_keys = torch.topk(keys, kept, dim=1, largest=False, sorted=True).values

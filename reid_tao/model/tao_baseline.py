@@ -26,7 +26,8 @@ TAO_NECKS = ("bnneck", "")
 
 
 def tao_resnet_layers(state: Mapping[str, Any]) -> Tuple[int, ...]:
-    """Bottleneck blocks per stage of TAO ResNet weights (``model.`` stripped), counted from the keys base.layer<stage>.<block>.*."""
+    """Bottleneck blocks per stage of TAO ResNet weights (``model.`` stripped), counted from the keys
+    base.layer<stage>.<block>.*."""
     blocks = [set() for _ in range(4)]
     for key in state:
         parts = key.split(".")

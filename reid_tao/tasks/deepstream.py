@@ -59,7 +59,8 @@ def reid_block(preprocessing: Preprocessing, feature_dim: int, onnx_file: Path, 
         # The exported embedding is not L2-normalised; the tracker compares normalised features.
         "addFeatureNormalization": 1,
         "onnxFile": str(onnx_file),
-        "modelEngineFile": str(onnx_file.with_name(f"{onnx_file.name}_b{BATCH_SIZE}_gpu0_{ENGINE_PRECISION[network_mode]}.engine")),
+        "modelEngineFile": str(onnx_file.with_name(
+            f"{onnx_file.name}_b{BATCH_SIZE}_gpu0_{ENGINE_PRECISION[network_mode]}.engine")),
     }
 
 

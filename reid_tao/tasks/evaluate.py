@@ -45,7 +45,8 @@ def run(config: DictConfig, status: StatusFile) -> Optional[EvaluationResult]:
     log.info("evaluation data\n%s", summary_table({"query": query, "gallery": gallery}))
 
     features = extract(model, eval_dataset(query + gallery, preprocessing.eval_transform()), config.evaluate,
-                       extraction_batch_size(config, "evaluate"), config.dataset.num_workers, config.model.with_flip_feature)
+                       extraction_batch_size(config, "evaluate"), config.dataset.num_workers,
+                       config.model.with_flip_feature)
     if features is None:
         return None  # another process of a multi-process run: the global-zero process reports
     rerank_cfg = config.re_ranking

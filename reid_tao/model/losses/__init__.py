@@ -29,5 +29,6 @@ def build_reid_loss(names: Sequence[str], settings: LossSettings,
                     {name: weight for name, weight in (weights or {}).items() if name in chosen})
 
 
-__all__ = ["CenterLoss", "ClusterMemoryLoss", "MemoryLossSum", "ID_LOSSES", "IdLoss", "LOSS_TERMS", "LossSettings", "LossTerm", "ReidLoss",
+__all__ = ["CenterLoss", "ClusterMemoryLoss", "MemoryLossSum", "ID_LOSSES", "IdLoss", "LOSS_TERMS", "LossSettings",
+           "LossTerm", "ReidLoss",
            "TripletLoss", "build_reid_loss", "value_name"]
