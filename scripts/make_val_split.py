@@ -1,18 +1,8 @@
 #!/usr/bin/env python
 """Carve a validation split (query + gallery) out of the TRAINING identities of a Market-1501 root.
 
-Recipe search must pick recipes on held-out training identities, never on the test set. The new root
-has the Market layout, so ``reid train`` / ``reid evaluate`` read it unchanged::
-
-    OUT_DIR/bounding_box_train/  images of the remaining training identities (and distractors 0000)
-    OUT_DIR/query/               per held-out identity and camera, --queries-per-camera images
-    OUT_DIR/bounding_box_test/   the other images of the held-out identities
-    OUT_DIR/split.json           {"seed", "num_val_ids", "val_ids", "source", ...}
-
-A query is kept only when its identity has a gallery image on another camera (the Market protocol);
-otherwise it goes back to the gallery. Junk boxes (pid -1) are left out. Files are hard links to the
-source images (a copy only where linking fails, e.g. across file systems), so no image data is
-duplicated. The root is built in a temporary sibling folder and renamed into place when complete.
+The split itself is reid_tao.data.val_split.make_val_split (also used by `reid tune`), whose docstring
+describes the folders it writes.
 
 Example: python scripts/make_val_split.py data/market1501 data/market1501_val --num-val-ids 100 --seed 0
 """
