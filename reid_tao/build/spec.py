@@ -64,15 +64,12 @@ def resolve_choices(choices: Choices) -> Tuple[Any, ...]:
 def check_choice(path: str, value, found: Optional[SpecField] = None) -> None:
     """``value`` is one of the choices of the spec field ``path`` (None passes where None is the default)."""
     found = found or find_field(path)
-    if not (value is None and found.default is None):
-        _choice(path, value, resolve_choices(found.meta.choices), found.meta.hint)
-
-
-def _choice(path: str, value, allowed, hint: str = "") -> None:
-    """The "not supported; choose one of" line. Prefer declaring the field with spec_field(choices=...), which
-    check_spec then checks; this stays for checks not yet declared that way."""
+    if value is None and found.default is None:
+        return
+    allowed = resolve_choices(found.meta.choices)
     if value not in allowed:
-        raise ConfigError(f"{path}={value!r} is not supported{hint}; choose one of {choices_text(allowed)}"
+        raise ConfigError(f"{path}={value!r} is not supported{found.meta.hint}; choose one of "
+                          f"{choices_text(allowed)}"
                           f"{closest_hint(str(value), [str(name) for name in allowed if name is not None])}")
 
 

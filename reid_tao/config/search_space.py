@@ -17,6 +17,7 @@ from typing import Any, List, Mapping, NamedTuple, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
+from .catalog import spec_fields
 from .loader import closest_hint
 
 KINDS = ("log", "range", "int", "choice")
@@ -31,16 +32,6 @@ class Param(NamedTuple):
     path: str  # the spec field, e.g. train.optim.weight_decay
     kind: str  # one of KINDS
     values: Tuple[Any, ...]  # (low, high) for log/range/int, the options for choice: each a valid field value
-
-
-def _leaves(config: DictConfig, prefix: str = "") -> List[str]:
-    keys = []
-    for key, value in config.items():
-        if isinstance(value, DictConfig) and OmegaConf.get_type(value) not in (dict, None):
-            keys += _leaves(value, f"{prefix}{key}.")
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 def _number_pair(field: str, kind: str, values: Any, integer: bool) -> Tuple[Any, Any]:
@@ -60,12 +51,12 @@ def _number_pair(field: str, kind: str, values: Any, integer: bool) -> Tuple[Any
     return low, high
 
 
-def parse_space(space: Mapping, schema: DictConfig) -> List[Param]:
+def parse_space(space: Mapping) -> List[Param]:
     """tune.space -> Params, one line (naming tune.space.<field>) for anything wrong."""
     if not space:
         raise ConfigError("tune.space is empty; give the spec fields to search, e.g. tune.space: "
                           "{train.optim.weight_decay: {log: [1.0e-4, 3.0e-2]}}")
-    leaves = _leaves(schema)
+    leaves = [found.path for found in spec_fields()]
     params = []
     for path, spec in space.items():
         field = f"tune.space.{path}"

@@ -211,7 +211,7 @@ def run(config: DictConfig, status: StatusFile) -> Path:
     import optuna
 
     tune = config.tune
-    params = parse_space(tune.space, schema_config())
+    params = parse_space(tune.space)
     _check_one_process(config)
     results = prepare_task(config, "tune")
     base = _trial_base(config, _validation_root(config, results))
