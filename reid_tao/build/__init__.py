@@ -51,8 +51,7 @@ from .training import (
 __all__ = ["ARCHITECTURES", "BACKBONE_OPTION_FIELDS", "METRIC_LOSSES", "MetricLoss", "PRETRAINED_LOADERS", "SAMPLERS",
            "Sampler", "TrainedModel", "backbone_options", "build_datamodule", "build_loss", "build_model",
            "build_module", "check_choice", "check_resumable", "check_spec", "checkpoint_metadata",
-           "checkpoint_settings",
-           "extraction_batch_size", "image_size", "load_embedding_model", "load_experiment", "load_trained_model",
-           "loss_terms", "needs_validation", "optimizer_arguments", "preprocessing_for", "resolve_choices",
-           "resume_path", "scheduler_arguments", "spec_fields_markdown", "task_checkpoint", "trained_num_classes",
-           "wandb_settings"]
+           "checkpoint_settings", "extraction_batch_size", "image_size", "load_embedding_model", "load_experiment",
+           "load_trained_model", "loss_terms", "needs_validation", "optimizer_arguments", "preprocessing_for",
+           "resolve_choices", "resume_path", "scheduler_arguments", "spec_fields_markdown", "task_checkpoint",
+           "trained_num_classes", "wandb_settings"]

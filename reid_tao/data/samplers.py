@@ -39,9 +39,8 @@ class PKSampler(torch.utils.data.Sampler[int]):
     random and each gives one chunk, forming a global batch, until fewer than P*world_size identities
     have chunks left. Every epoch has the length of epoch 0's draw (cut, or continued with a fresh
     round of chunks), so Lightning's one-time length measurement holds. Rank r yields identities
-    ``r*P .. (r+1)*P-1`` of every
-    global batch, so concatenating the ranks' batches of one step gives exactly the batch of a
-    single-process sampler with ``batch_size * world_size``.
+    ``r*P .. (r+1)*P-1`` of every global batch, so concatenating the ranks' batches of one step gives
+    exactly the batch of a single-process sampler with ``batch_size * world_size``.
 
     Raises ValueError, naming the argument, for invalid arguments and for ``pids`` with fewer than
     ``batch_size // num_instances * world_size`` identities (the data module and the config check the

@@ -30,5 +30,4 @@ def build_reid_loss(names: Sequence[str], settings: LossSettings,
 
 
 __all__ = ["CenterLoss", "ClusterMemoryLoss", "MemoryLossSum", "ID_LOSSES", "IdLoss", "LOSS_TERMS", "LossSettings",
-           "LossTerm", "ReidLoss",
-           "TripletLoss", "build_reid_loss", "value_name"]
+           "LossTerm", "ReidLoss", "TripletLoss", "build_reid_loss", "value_name"]
