@@ -41,6 +41,8 @@ def test_study_runs_writes_its_outputs_and_best_spec_trains(market, tmp_path, ca
     assert [row["state"] for row in rows] == ["COMPLETE"] * 3 and [row["epochs"] for row in rows] == ["2"] * 3
     assert {row["folder"] for row in rows} == {"trial_000", "trial_001", "trial_002"}
     assert all(1e-4 <= float(row["train.optim.base_lr"]) <= 1e-2 for row in rows)
+    # tune.spec_values_first: trial 0 is the spec's own values, the baseline (schema defaults here)
+    assert float(rows[0]["train.optim.base_lr"]) == pytest.approx(3.5e-4) and float(rows[0]["dataset.re_prob"]) == 0.5
     # trials train on the carved split (2 held-out ids), never on the spec's own query/gallery
     split = json.loads((out / "val_split" / "split.json").read_text())
     assert len(split["val_ids"]) == 2
@@ -108,6 +110,61 @@ def test_interrupted_study_continues_without_repeating_finished_trials(market, t
     assert "resuming from" in (results / "tune" / "trial_001" / "train.log").read_text()
     # a study with all its trials does nothing more
     assert main(args) == 0 and "nothing to run" in capsys.readouterr().out
+
+
+def _study_and_params(space):
+    import optuna
+    from omegaconf import OmegaConf
+
+    from reid_tao.config.loader import schema_config
+    from reid_tao.config.search_space import parse_space
+
+    config = OmegaConf.merge(schema_config(), {"dataset": {"re_prob": 0.3}, "model": {"backbone": "resnet_34"}})
+    return optuna.create_study(direction="maximize"), config, parse_space(space)
+
+
+def test_the_first_trial_trains_the_specs_own_values():
+    study, config, params = _study_and_params({"dataset.re_prob": {"range": [0.0, 0.5]},
+                                               "model.backbone": {"choice": ["resnet_18", "resnet_34"]}})
+    tune_task._enqueue_spec_values(study, config, params)
+    trial = study.ask()
+    assert [tune_task._suggest(trial, param) for param in params] == [0.3, "resnet_34"]
+    tune_task._enqueue_spec_values(study, config, params)  # a study with trials gets no second baseline
+    assert len(study.get_trials(states=(optuna_state("WAITING"),))) == 0
+
+
+def test_spec_values_outside_the_space_or_switched_off_are_not_enqueued():
+    study, config, params = _study_and_params({"dataset.re_prob": {"range": [0.4, 0.5]}})
+    tune_task._enqueue_spec_values(study, config, params)  # 0.3 is outside [0.4, 0.5]
+    assert not study.get_trials()
+    config.tune.spec_values_first = False
+    study, _, params = _study_and_params({"dataset.re_prob": {"range": [0.0, 0.5]}})
+    tune_task._enqueue_spec_values(study, config, params)
+    assert not study.get_trials()
+
+
+def test_the_median_pruner_judges_no_trial_in_the_first_third_of_its_epochs():
+    import optuna
+
+    study = optuna.create_study(direction="maximize", pruner=tuning.PRUNERS["median"](0, 6))
+    for finals in ([0.2, 0.4, 0.5], [0.3, 0.5, 0.6]):  # two finished trials: the median exists from epoch 0
+        trial = study.ask()
+        for epoch, value in enumerate(finals):
+            trial.report(value, epoch)
+        study.tell(trial, finals[-1])
+    laggard = study.ask()
+    verdicts = []
+    for epoch in range(3):
+        laggard.report(0.01, epoch)  # far below the median at every epoch
+        verdicts.append(laggard.should_prune())
+    assert verdicts == [False, False, True]  # 6 epochs: judged from epoch index 2
+    assert tuning.median_warmup_epochs(2) == 1 and tuning.median_warmup_epochs(18) == 6
+
+
+def optuna_state(name):
+    from optuna.trial import TrialState
+
+    return TrialState[name]
 
 
 @pytest.mark.parametrize("space, expected", [

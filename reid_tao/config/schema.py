@@ -323,6 +323,9 @@ class TuneConfig:
     query_dataset: Optional[str] = spec_field(None, new=True, help=(
         "validation query folder of your own (with test_dataset); None: carved from the training identities"))
     test_dataset: Optional[str] = spec_field(None, new=True, help="validation gallery folder of your own")
+    spec_values_first: bool = spec_field(True, new=True, help=(
+        "a new study's first trial trains the spec's own values of the searched fields (when inside the space), "
+        "so the table shows whether any trial beats the spec"))
     keep_checkpoints: bool = spec_field(False, new=True, help="keep each finished trial's reid_model_latest.pth")
     results_dir: Optional[str] = spec_field(None, new=True, help="None: results_dir/tune")
 

@@ -121,6 +121,28 @@ def _requeue_interrupted(study) -> None:
     study.set_user_attr("requeued", sorted(requeued))
 
 
+def _in_space(param: Param, value: Any) -> bool:
+    if param.kind == "choice":
+        return value in param.values
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        param.values[0] <= value <= param.values[-1] and (param.kind != "int" or float(value).is_integer())
+
+
+def _enqueue_spec_values(study, config: DictConfig, params: List[Param]) -> None:
+    """tune.spec_values_first: a new study's first trial trains the spec's own values, the baseline that the
+    other trials must beat (a value outside the space is not run: Optuna would sample in its place)."""
+    if not config.tune.spec_values_first or study.get_trials(deepcopy=False):
+        return
+    values = {param.path: OmegaConf.select(config, param.path) for param in params}
+    outside = [f"{param.path}={values[param.path]!r}" for param in params if not _in_space(param, values[param.path])]
+    if outside:
+        log.info("the spec's own values are not run as the first trial: %s outside tune.space", ", ".join(outside))
+        return
+    study.enqueue_trial(values)
+    log.info("trial 0 trains the spec's own values (tune.spec_values_first): %s",
+             ", ".join(f"{path}={value!r}" for path, value in values.items()))
+
+
 def _rows(study) -> List[TrialRow]:
     rows = []
     for trial in study.get_trials(deepcopy=False):
@@ -224,6 +246,7 @@ def run(config: DictConfig, status: StatusFile) -> Path:
         direction="maximize" if maximize else "minimize", sampler=SAMPLERS[tune.sampler](tune.seed, num_epochs),
         pruner=PRUNERS[tune.pruner](tune.seed, num_epochs))
     _requeue_interrupted(study)
+    _enqueue_spec_values(study, config, params)
     budget = tune.time_budget_minutes
 
     def stop_when_done(study, _trial) -> None:
