@@ -124,13 +124,15 @@ def _study_and_params(space):
 
 
 def test_the_first_trial_trains_the_specs_own_values():
+    from optuna.trial import TrialState
+
     study, config, params = _study_and_params({"dataset.re_prob": {"range": [0.0, 0.5]},
                                                "model.backbone": {"choice": ["resnet_18", "resnet_34"]}})
     tune_task._enqueue_spec_values(study, config, params)
     trial = study.ask()
     assert [tune_task._suggest(trial, param) for param in params] == [0.3, "resnet_34"]
     tune_task._enqueue_spec_values(study, config, params)  # a study with trials gets no second baseline
-    assert len(study.get_trials(states=(optuna_state("WAITING"),))) == 0
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 0
 
 
 def test_spec_values_outside_the_space_or_switched_off_are_not_enqueued():
@@ -159,12 +161,6 @@ def test_the_median_pruner_judges_no_trial_in_the_first_third_of_its_epochs():
         verdicts.append(laggard.should_prune())
     assert verdicts == [False, False, True]  # 6 epochs: judged from epoch index 2
     assert tuning.median_warmup_epochs(2) == 1 and tuning.median_warmup_epochs(18) == 6
-
-
-def optuna_state(name):
-    from optuna.trial import TrialState
-
-    return TrialState[name]
 
 
 @pytest.mark.parametrize("space, expected", [

@@ -130,7 +130,8 @@ def _in_space(param: Param, value: Any) -> bool:
 
 def _enqueue_spec_values(study, config: DictConfig, params: List[Param]) -> None:
     """tune.spec_values_first: a new study's first trial trains the spec's own values, the baseline that the
-    other trials must beat (a value outside the space is not run: Optuna would sample in its place)."""
+    other trials must beat. A value outside the space is not enqueued: Optuna would train it with only a
+    warning (and fail on a choice it does not list), and the sampler would learn from a point outside its space."""
     if not config.tune.spec_values_first or study.get_trials(deepcopy=False):
         return
     values = {param.path: OmegaConf.select(config, param.path) for param in params}
