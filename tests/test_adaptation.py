@@ -224,3 +224,87 @@ def test_adaptation_fields_without_enable_are_noticed():
     lines = field_notices(load_experiment(None, ["adaptation.enable=true", "adaptation.source_checkpoint=x.pth",
                                                  "model.label_smooth=false"]), "train")
     assert any(line.startswith("model.label_smooth=False has no effect") for line in lines)
+
+
+# ---------------------------------------------------------------------------------------- source interpolation
+def test_source_interpolation_blends_floating_tensors_only():
+    from reid_tao.engine.adaptation import SourceInterpolation
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    source = {name: torch.full_like(tensor, 4.0) if tensor.is_floating_point() else tensor + 5
+              for name, tensor in model.state_dict().items()}
+    source["0.bias"] = torch.zeros(3)  # shaped differently (like the unused classifier): left alone
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.fill_(0) if tensor.is_floating_point() else None
+    callback = SourceInterpolation(source, 0.25)
+    callback.interpolate(model)
+    state = model.state_dict()
+    assert torch.equal(state["0.weight"], torch.full((2, 2), 1.0))  # 0.25 x 4 + 0.75 x 0
+    assert torch.equal(state["1.running_var"], torch.full((2,), 1.0))  # BN statistics too
+    assert torch.equal(state["0.bias"], torch.zeros(2))
+    assert int(state["1.num_batches_tracked"]) == 0  # integer buffers are counts, not weights
+    with pytest.raises(ValueError, match="source_weight"):
+        SourceInterpolation(source, 1.5)
+
+
+def adapt_tiny(market: Path, results: Path, source: Path, *extra: str) -> Path:
+    from reid_tao.build import load_experiment
+    from reid_tao.tasks import train
+
+    from helpers import tiny_overrides
+
+    train.run(load_experiment(None, tiny_overrides(
+        market, results, **{"dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"}) + [
+        "adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.eps=0.7",
+        "adaptation.k1=4", "adaptation.k2=2", "adaptation.min_samples=2", "train.optim.base_lr=0.01", *extra]))
+    return results / "train" / "reid_model_latest.pth"
+
+
+def model_weights(checkpoint: Path) -> dict:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    return {key: value for key, value in state.items()
+            if key.startswith("model.") and value.is_floating_point() and "classifier" not in key}
+
+
+def test_source_weight_sets_the_final_weights(tiny_market, tmp_path):
+    """source_weight 1 ends the run on the source's weights exactly; 0 keeps what training made of them."""
+    from helpers import write_untrained_checkpoint
+
+    source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
+    source_state = model_weights(source)
+    adapted = model_weights(adapt_tiny(tiny_market, tmp_path / "plain", source))
+    assert any(not torch.equal(adapted[key], source_state[key]) for key in source_state)
+    anchored = model_weights(adapt_tiny(tiny_market, tmp_path / "anchored", source, "adaptation.source_weight=1.0"))
+    assert all(torch.equal(anchored[key], source_state[key]) for key in source_state)
+
+
+def test_a_resumed_run_interpolates_with_the_source_file(tiny_market, tmp_path):
+    from reid_tao.build import build_module, load_experiment
+    from reid_tao.tasks.train import ADAPTATION_NUM_CLASSES, source_interpolation
+
+    from helpers import tiny_overrides, write_untrained_checkpoint
+
+    source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
+    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path) + [
+        "adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.source_weight=0.5"])
+    module = build_module(config, ADAPTATION_NUM_CLASSES, load_pretrained=False)  # as when resuming
+    callback = source_interpolation(config, module, resuming=True)
+    expected = model_weights(source)
+    assert all(torch.equal(callback.source_state[key[len("model."):]], value) for key, value in expected.items())
+    assert source_interpolation(load_experiment(None, tiny_overrides(tiny_market, tmp_path) + [
+        "adaptation.enable=true", f"adaptation.source_checkpoint={source}"]), module, resuming=False) is None
+
+
+def test_shift_domain_script_keeps_names_and_changes_the_camera(tmp_path):
+    spec = importlib.util.spec_from_file_location("shift_domain", _SCRIPT.parent / "shift_domain.py")
+    shift_domain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shift_domain)
+    write_image(tmp_path / "in" / "0001_c1s1_000001_00.jpg", 200)
+    Image.fromarray(np.tile(np.array([255, 0, 0], np.uint8), (16, 8, 1))).save(tmp_path / "in" / "red.png")
+    shift_domain.main([str(tmp_path / "in"), str(tmp_path / "out")])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0001_c1s1_000001_00.jpg", "red.png"]
+    red = np.asarray(Image.open(tmp_path / "out" / "red.png")).astype(int)
+    assert red.shape == (16, 8, 3)
+    # desaturated, cast and lifted: pure red becomes a dull grey-red, far from (255, 0, 0)
+    assert 60 < red[..., 0].mean() < 200 and red[..., 1].mean() > 20 and red[..., 2].mean() > 20

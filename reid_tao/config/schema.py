@@ -370,6 +370,9 @@ class AdaptationConfig:
         "of the contrastive loss over the cluster centroids"))
     memory_loss_weight: float = spec_field(1.0, bounds=NON_NEGATIVE, new=True, help=(
         "weight of the cluster-memory loss in the total"))
+    source_weight: float = spec_field(0.0, bounds=PROBABILITY, new=True, help=(
+        "share of the source model in the final weights (WiSE-FT): w * source + (1 - w) * adapted, set after "
+        "the last step; 0 keeps the adapted model"))
 
 
 @dataclass

@@ -9,10 +9,14 @@ batches over the new clusters. Per epoch it logs ``clusters``, ``outliers`` and 
 
 With several processes, global rank 0 embeds and clusters, and the labels and centroids are broadcast: all
 processes must draw their PK batches from the same plan.
+
+:class:`SourceInterpolation` ends the run with a weighted average of the adapted and the source weights
+(WiSE-FT, Wortsman et al. 2022): the pseudo labels are noisy, and when the target domain is close to the
+source's, training on them alone can lose what the labelled source training taught.
 """
 import logging
 import time
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -80,3 +84,38 @@ class PseudoLabelCallback(pl.Callback):
                  len(labels) - used, used, len(labels), time.perf_counter() - started)
         trainer.datamodule.set_pseudo_labels(labels.tolist())
         self.memory.reset(centroids.to(module.device))
+
+
+class SourceInterpolation(pl.Callback):
+    """After the run's last optimiser step, set every floating-point weight and buffer (BN statistics included)
+    of ``module.model`` to ``source_weight * source + (1 - source_weight) * adapted``.
+
+    It runs in the last batch's ``on_train_batch_end``, so the final validation and the final checkpoint see
+    the interpolated model; a run that stops earlier (a pruned trial, a preemption) is left as trained. Tensors
+    missing from ``source_state`` or shaped differently (the unused classifier) are left as they are."""
+
+    def __init__(self, source_state: Mapping[str, torch.Tensor], source_weight: float):
+        if not 0.0 <= source_weight <= 1.0:
+            raise ValueError(f"source_weight must lie in [0, 1], got {source_weight}")
+        self.source_state = {name: tensor.detach().cpu().clone() for name, tensor in source_state.items()}
+        self.source_weight = float(source_weight)
+        self.applied = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        last_epoch = trainer.current_epoch + 1 >= trainer.max_epochs
+        if last_epoch and batch_idx + 1 >= trainer.num_training_batches and not self.applied:
+            self.interpolate(module.model)
+
+    @torch.no_grad()
+    def interpolate(self, model: torch.nn.Module) -> None:
+        blended = 0
+        for name, tensor in model.state_dict().items():
+            source = self.source_state.get(name)
+            if source is None or source.shape != tensor.shape or not tensor.is_floating_point():
+                continue
+            tensor.lerp_(source.to(device=tensor.device, dtype=tensor.dtype), self.source_weight)
+            blended += 1
+        self.applied = True
+        log.info("final weights: %.2f x source + %.2f x adapted (%d tensors, adaptation.source_weight)",
+                 self.source_weight, 1 - self.source_weight, blended)

@@ -10,6 +10,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..build import (
     build_datamodule,
+    build_model,
     build_module,
     check_resumable,
     checkpoint_settings,
@@ -18,7 +19,7 @@ from ..build import (
     wandb_settings,
 )
 from ..config.notices import warmup_warning
-from ..engine.adaptation import PseudoLabelCallback
+from ..engine.adaptation import PseudoLabelCallback, SourceInterpolation
 from ..engine.callbacks import EpochSummary, StepLossBar, console_is_terminal
 from ..engine.checkpoint import LATEST_NAME, BackgroundCheckpointIO, checkpoint_callbacks
 from ..engine.devices import plan_devices
@@ -119,6 +120,16 @@ def pseudo_label_callback(config: DictConfig, module) -> PseudoLabelCallback:
                                batch_size=config.dataset.val_batch_size, num_workers=config.dataset.num_workers)
 
 
+def source_interpolation(config: DictConfig, module, resuming: bool) -> Optional[SourceInterpolation]:
+    """adaptation.source_weight > 0: the callback, with the source weights (a resumed run's module holds the
+    checkpoint's, so the source is loaded again)."""
+    weight = config.adaptation.source_weight
+    if weight <= 0:
+        return None
+    source = build_model(config, ADAPTATION_NUM_CLASSES) if resuming else module.model
+    return SourceInterpolation(source.state_dict(), weight)
+
+
 @reported("train")
 def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
     """Train per the spec; ``extra_callbacks`` join the Trainer's (``reid tune`` adds its reporter)."""
@@ -145,7 +156,10 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
                           load_pretrained=checkpoint is None)
     # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
-    callbacks = [preemption, *extra_callbacks] + ([pseudo_label_callback(config, module)] if adaptation else [])
+    callbacks = [preemption, *extra_callbacks]
+    if adaptation:
+        interpolation = source_interpolation(config, module, resuming=checkpoint is not None)
+        callbacks += [pseudo_label_callback(config, module)] + ([interpolation] if interpolation else [])
     trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=callbacks)
     if not adaptation:  # (clusters are checked when each clustering sets them)
         # setup() ran before the Trainer existed (one process): check P x processes now, before any starts
