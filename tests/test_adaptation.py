@@ -238,14 +238,28 @@ def test_source_interpolation_blends_floating_tensors_only():
         for tensor in model.state_dict().values():
             tensor.fill_(0) if tensor.is_floating_point() else None
     callback = SourceInterpolation(source, 0.25)
-    callback.interpolate(model)
+    assert callback.interpolate(model) == 5  # 0.weight; the BN layer's weight, bias, running mean and var
     state = model.state_dict()
     assert torch.equal(state["0.weight"], torch.full((2, 2), 1.0))  # 0.25 x 4 + 0.75 x 0
-    assert torch.equal(state["1.running_var"], torch.full((2,), 1.0))  # BN statistics too
     assert torch.equal(state["0.bias"], torch.zeros(2))
     assert int(state["1.num_batches_tracked"]) == 0  # integer buffers are counts, not weights
     with pytest.raises(ValueError, match="source_weight"):
         SourceInterpolation(source, 1.5)
+
+
+def test_batch_norm_statistics_are_measured_on_all_batches():
+    from reid_tao.engine.adaptation import SourceInterpolation
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)).eval()
+    batches = [torch.randn(5, 3) * 3 + 1, torch.randn(7, 3) - 2]
+    SourceInterpolation.measure_batch_norm(model, batches)
+    with torch.no_grad():
+        means = [model[0](batch).mean(0) for batch in batches]
+        variances = [model[0](batch).var(0) for batch in batches]
+    # the plain average of the per-batch statistics (momentum None), not a momentum average
+    assert torch.allclose(model[1].running_mean, (means[0] + means[1]) / 2, atol=1e-5)
+    assert torch.allclose(model[1].running_var, (variances[0] + variances[1]) / 2, atol=1e-5)
+    assert not model.training and model[1].momentum == 0.1  # mode and momentum restored
 
 
 def adapt_tiny(market: Path, results: Path, source: Path, *extra: str) -> Path:
@@ -268,7 +282,13 @@ def model_weights(checkpoint: Path) -> dict:
 
 
 def test_source_weight_sets_the_final_weights(tiny_market, tmp_path):
-    """source_weight 1 ends the run on the source's weights exactly; 0 keeps what training made of them."""
+    """source_weight 1 ends the run on the source's weights with batch-norm statistics measured on the training
+    images; 0 keeps what training made of them."""
+    from torch.optim.swa_utils import update_bn
+
+    from reid_tao.build import load_trained_model
+    from reid_tao.data.datamodule import eval_dataset, eval_loader
+
     from helpers import write_untrained_checkpoint
 
     source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
@@ -276,7 +296,16 @@ def test_source_weight_sets_the_final_weights(tiny_market, tmp_path):
     adapted = model_weights(adapt_tiny(tiny_market, tmp_path / "plain", source))
     assert any(not torch.equal(adapted[key], source_state[key]) for key in source_state)
     anchored = model_weights(adapt_tiny(tiny_market, tmp_path / "anchored", source, "adaptation.source_weight=1.0"))
-    assert all(torch.equal(anchored[key], source_state[key]) for key in source_state)
+    statistics = [key for key in source_state if key.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(anchored[key], value) for key, value in source_state.items()
+                              if key not in statistics)
+    trained = load_trained_model(str(source), "checkpoint")
+    records = read_unlabeled(str(tiny_market / "bounding_box_train"), "train")
+    update_bn((batch.images for batch in eval_loader(eval_dataset(records, trained.preprocessing.eval_transform()),
+                                                     16, 0)), trained.model)
+    measured = trained.model.state_dict()
+    assert all(torch.allclose(anchored[key], measured[key[len("model."):]], atol=1e-5) for key in statistics)
+    assert not all(torch.allclose(anchored[key], source_state[key]) for key in statistics)
 
 
 def test_a_resumed_run_interpolates_with_the_source_file(tiny_market, tmp_path):

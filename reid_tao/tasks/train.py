@@ -127,7 +127,8 @@ def source_interpolation(config: DictConfig, module, resuming: bool) -> Optional
     if weight <= 0:
         return None
     source = build_model(config, ADAPTATION_NUM_CLASSES) if resuming else module.model
-    return SourceInterpolation(source.state_dict(), weight)
+    return SourceInterpolation(source.state_dict(), weight, batch_size=config.dataset.val_batch_size,
+                               num_workers=config.dataset.num_workers)
 
 
 @reported("train")
