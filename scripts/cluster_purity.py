@@ -9,7 +9,7 @@ Example (docs/own_cameras.md): python scripts/cluster_purity.py model.pth /data/
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,14 +28,15 @@ def embed(checkpoint: str, records: Sequence, batch_size: int = 256, num_workers
 
 
 def purity_rows(features: torch.Tensor, identities: np.ndarray, eps_values: Sequence[float], k1: int = 30,
-                k2: int = 6, min_samples: int = 4) -> List[Dict[str, float]]:
+                k2: int = 6, min_samples: int = 4, cameras: Optional[torch.Tensor] = None) -> List[Dict[str, float]]:
     """One row per eps: clusters, outliers, purity (clustered images only) and the share of all images whose
-    cluster's majority identity is theirs (outliers count as wrong)."""
+    cluster's majority identity is theirs (outliers count as wrong). ``cameras``: cluster camera-centred
+    features, as adaptation.camera_centring does."""
     from reid_tao.evaluation.clustering import cluster_features, purity
 
     rows = []
     for eps in eps_values:
-        clustering = cluster_features(features, eps=eps, min_samples=min_samples, k1=k1, k2=k2)
+        clustering = cluster_features(features, eps=eps, min_samples=min_samples, k1=k1, k2=k2, cameras=cameras)
         clustered_purity = purity(clustering.labels, identities)
         kept = int((clustering.labels >= 0).sum())
         rows.append({"eps": eps, "k1": k1, "clusters": clustering.num_clusters, "outliers": clustering.num_outliers,
@@ -51,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--k1", type=int, default=30)
     parser.add_argument("--k2", type=int, default=6)
     parser.add_argument("--min-samples", type=int, default=4)
+    parser.add_argument("--camera-centring", action="store_true",
+                        help="cluster camera-centred features (adaptation.camera_centring)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -60,8 +63,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     features = embed(args.checkpoint, records, num_workers=args.workers)
     identities = np.array([record.pid for record in records])
     print(f"{len(records)} images, {len(set(identities.tolist()))} identities")
+    cameras = torch.tensor([record.camid for record in records]) if args.camera_centring else None
     for row in purity_rows(features, identities, [float(value) for value in args.eps.split(",")], args.k1, args.k2,
-                           args.min_samples):
+                           args.min_samples, cameras=cameras):
         print("eps {eps} k1 {k1}: {clusters} clusters, {outliers} outliers, purity {purity:.3f}, "
               "labelled correctly {labelled_correctly:.3f}".format(**row))
 

@@ -140,10 +140,13 @@ def adaptation_common(results: Path):
 
 
 def clustering_purity(checkpoint: Path, unlabeled: Path, identities: dict, **cluster_args) -> float:
+    """Purity of the clusters that adaptation would form with ``checkpoint`` (camera-centred features)."""
     records = read_unlabeled(str(unlabeled), "unlabeled")
     features = cluster_purity.embed(str(checkpoint), records, batch_size=128)
     truth = np.array([identities[Path(r.path).name] for r in records])
-    return cluster_purity.purity_rows(features, truth, [cluster_args.pop("eps")], **cluster_args)[0]["purity"]
+    cameras = torch.tensor([r.camid for r in records])
+    return cluster_purity.purity_rows(features, truth, [cluster_args.pop("eps")], cameras=cameras,
+                                      **cluster_args)[0]["purity"]
 
 
 def test_purity_rows_per_eps():
@@ -172,11 +175,12 @@ def test_adaptation_beats_direct_transfer_on_a_colour_shifted_domain(tmp_path):
         f"dataset.train_dataset_dir={source / 'bounding_box_train'}", "train.num_epochs=6",
         "train.optim.lr_steps=[6]", "train.optim.base_lr=0.0007"]))
     source_model = tmp_path / "src" / "train" / "reid_model_latest.pth"
-    cluster_args = dict(eps=0.4, min_samples=4, k1=10, k2=6)
+    cluster_args = dict(eps=0.5, min_samples=4, k1=10, k2=6)
     adapt = [f"dataset.train_dataset_dir={target / 'unlabeled'}", "adaptation.enable=true",
-             f"adaptation.source_checkpoint={source_model}", "train.num_epochs=3", "train.optim.lr_steps=[3]",
-             # gentle on 384 images: at BoT's 3.5e-4 the few, noisy pseudo identities pulled mAP below direct
-             "train.optim.base_lr=0.000035",
+             f"adaptation.source_checkpoint={source_model}", "train.num_epochs=6", "train.optim.lr_steps=[6]",
+             # gentle on 384 images: at BoT's 3.5e-4 (without AdaBN and camera centring) the few, noisy pseudo
+             # identities pulled mAP below direct
+             "train.optim.base_lr=0.0001", "adaptation.target_batch_norm=true", "adaptation.camera_centring=true",
              *(f"adaptation.{key}={value}" for key, value in cluster_args.items())]
     train.run(load_experiment(None, adaptation_common(tmp_path / "adapted") + adapt))
     adapted_model = tmp_path / "adapted" / "train" / "reid_model_latest.pth"
@@ -188,17 +192,18 @@ def test_adaptation_beats_direct_transfer_on_a_colour_shifted_domain(tmp_path):
         return metrics.shown.mAP
 
     direct, adapted = target_map(source_model, "ev_direct"), target_map(adapted_model, "ev_adapted")
-    assert adapted > direct  # measured: 51.7 -> 55.0 mAP
+    assert adapted > direct + 5  # measured: 51.7 -> 68.0 mAP (55.0 with neither camera centring nor AdaBN)
     # the per-epoch pseudo-label figures reach status.json
     lines = [json.loads(line) for line in (tmp_path / "adapted" / "train" / "status.json").read_text().splitlines()]
     kpi = [line["kpi"] for line in lines if line.get("status") == "RUNNING" and "epoch" in line]
-    assert len(kpi) == 3 and all({"clusters", "outliers", "images_used"} <= set(k) for k in kpi)
+    assert len(kpi) == 6 and all({"clusters", "outliers", "images_used"} <= set(k) for k in kpi)
     assert all(k["clusters"] >= 8 and k["clusters"] + k["outliers"] <= len(identities) for k in kpi)
     unlabeled = target / "unlabeled"
     before = clustering_purity(source_model, unlabeled, identities, **cluster_args)
     after = clustering_purity(adapted_model, unlabeled, identities, **cluster_args)
-    if after <= before:  # the issue's target, not reached yet at this size (measured 0.878 -> 0.843)
-        pytest.xfail(f"pseudo-label purity did not rise with adaptation: {before:.3f} -> {after:.3f}")
+    # measured 0.918 -> 0.966 (the clusters adaptation forms: camera-centred, eps 0.5); without camera centring and
+    # AdaBN, 3 epochs at lr 3.5e-5 lowered it (0.878 -> 0.843 at eps 0.4)
+    assert after > before + 0.02
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -248,11 +253,11 @@ def test_source_interpolation_blends_floating_tensors_only():
 
 
 def test_batch_norm_statistics_are_measured_on_all_batches():
-    from reid_tao.engine.adaptation import SourceInterpolation
+    from reid_tao.engine.adaptation import measure_batch_norm
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)).eval()
     batches = [torch.randn(5, 3) * 3 + 1, torch.randn(7, 3) - 2]
-    SourceInterpolation.measure_batch_norm(model, batches)
+    measure_batch_norm(model, batches)
     with torch.no_grad():
         means = [model[0](batch).mean(0) for batch in batches]
         variances = [model[0](batch).var(0) for batch in batches]
@@ -337,3 +342,49 @@ def test_shift_domain_script_keeps_names_and_changes_the_camera(tmp_path):
     assert red.shape == (16, 8, 3)
     # desaturated, cast and lifted: pure red becomes a dull grey-red, far from (255, 0, 0)
     assert 60 < red[..., 0].mean() < 200 and red[..., 1].mean() > 20 and red[..., 2].mean() > 20
+
+
+def test_camera_centring_joins_a_person_across_cameras():
+    from reid_tao.evaluation.clustering import camera_centred
+
+    generator = torch.Generator().manual_seed(1)
+    people = torch.nn.functional.normalize(torch.randn(5, 32, generator=generator), dim=1)
+    camera_looks = 1.5 * torch.nn.functional.normalize(torch.randn(2, 32, generator=generator), dim=1)
+    identities = np.tile(np.repeat(np.arange(5), 6), 2)  # 5 people x 6 images on each of 2 cameras
+    cameras = torch.repeat_interleave(torch.tensor([1, 2]), 30)
+    features = (people[identities] + camera_looks[cameras - 1] + 0.05 * torch.randn(60, 32, generator=generator))
+    plain = cluster_features(features, eps=0.3, min_samples=4, k1=11, k2=1)
+    centred = cluster_features(features, eps=0.3, min_samples=4, k1=11, k2=1, cameras=cameras)
+    # the cameras' looks split people and merge others: measured 8 clusters, 18 outliers, purity 0.86
+    assert plain.num_clusters > 5 and plain.num_outliers > 0 and purity(plain.labels, identities) < 0.9
+    assert centred.num_clusters == 5 and centred.num_outliers == 0 and purity(centred.labels, identities) == 1.0
+    # the centroids stay means of the features as given (the memory compares them with the model's output)
+    first = torch.nn.functional.normalize(torch.nn.functional.normalize(features, dim=1)[centred.labels == 0].sum(0),
+                                          dim=0)
+    assert torch.allclose(centred.centroids[0], first, atol=1e-5)
+    shifted = camera_centred(torch.nn.functional.normalize(features, dim=1), cameras)
+    assert torch.allclose(shifted.norm(dim=1), torch.ones(60))
+
+
+def test_target_batch_norm_is_measured_before_the_first_clustering_of_a_new_run(tiny_market, tmp_path, monkeypatch):
+    from helpers import write_untrained_checkpoint
+
+    from reid_tao.engine import adaptation
+
+    calls = []
+    measure, cluster = adaptation.measure_batch_norm, adaptation.cluster_features
+    monkeypatch.setattr(adaptation, "measure_batch_norm", lambda *a: (calls.append("bn"), measure(*a))[1])
+    monkeypatch.setattr(adaptation, "cluster_features",
+                        lambda *a, **k: (calls.append("cameras" if k["cameras"] is not None else "plain"),
+                                         cluster(*a, **k))[1])
+    source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
+    adapt_tiny(tiny_market, tmp_path / "run", source, "train.num_epochs=1", "adaptation.target_batch_norm=true",
+               "adaptation.camera_centring=true")
+    assert calls == ["bn", "cameras"]
+    calls.clear()
+    adapt_tiny(tiny_market, tmp_path / "run", source, "train.num_epochs=2", "adaptation.target_batch_norm=true",
+               "adaptation.camera_centring=true")  # resumes the finished epoch: its statistics are kept
+    assert calls == ["cameras"]
+    calls.clear()
+    adapt_tiny(tiny_market, tmp_path / "off", source, "train.num_epochs=1")
+    assert calls == ["plain"]

@@ -18,7 +18,7 @@ two models' statistics instead describes neither, and cost most of the gain on a
 """
 import logging
 import time
-from typing import Dict, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -38,17 +38,43 @@ def training_images(trainer: pl.Trainer, batch_size: int, num_workers: int):
     return eval_loader(eval_dataset(datamodule.train_records, datamodule.eval_transform), batch_size, num_workers)
 
 
+@torch.no_grad()
+def measure_batch_norm(model: torch.nn.Module, images: Iterable[torch.Tensor]) -> None:
+    """Replace the running statistics of every batch-norm layer by those of ``images`` (an iterable of batches):
+    the plain average of the per-batch statistics, not a momentum average (torch.optim.swa_utils.update_bn)."""
+    update_bn(images, model)
+
+
+def measure_batch_norm_on_training_images(trainer: pl.Trainer, module: pl.LightningModule, batch_size: int,
+                                          num_workers: int) -> None:
+    images = (batch.images.to(module.device) for batch in training_images(trainer, batch_size, num_workers))
+    with trainer.precision_plugin.forward_context():
+        measure_batch_norm(module.model, images)
+
+
 class PseudoLabelCallback(pl.Callback):
+    """camera_centring: cluster :func:`~reid_tao.evaluation.clustering.camera_centred` features.
+    target_batch_norm: before the first clustering of a new run (not a resumed one), measure the batch-norm
+    statistics on the training images (AdaBN, Li et al. 2016): the source's describe the source cameras, and
+    the first pseudo labels come from this model."""
+
     def __init__(self, memory: ClusterMemoryLoss, interval: int = 1, eps: float = 0.6, min_samples: int = 4,
-                 k1: int = 30, k2: int = 6, batch_size: int = 128, num_workers: int = 0):
+                 k1: int = 30, k2: int = 6, batch_size: int = 128, num_workers: int = 0,
+                 camera_centring: bool = False, target_batch_norm: bool = False):
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         self.memory, self.interval = memory, interval
         self.cluster_args = dict(eps=eps, min_samples=min_samples, k1=k1, k2=k2)
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.camera_centring, self.target_batch_norm = camera_centring, target_batch_norm
         self.stats: Dict[str, float] = {}
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.target_batch_norm and trainer.ckpt_path is None:
+            started = time.perf_counter()
+            measure_batch_norm_on_training_images(trainer, module, self.batch_size, self.num_workers)
+            log.info("batch-norm statistics measured on the training images (%.1f s, "
+                     "adaptation.target_batch_norm)", time.perf_counter() - started)
         self.recluster(trainer, module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -80,7 +106,9 @@ class PseudoLabelCallback(pl.Callback):
         result: Optional[tuple] = None
         if trainer.is_global_zero:
             features = self.embed_training_images(trainer, module)
-            clustering = cluster_features(features, **self.cluster_args)
+            cameras = (torch.tensor([record.camid for record in trainer.datamodule.train_records])
+                       if self.camera_centring else None)
+            clustering = cluster_features(features, cameras=cameras, **self.cluster_args)
             result = (clustering.labels, clustering.centroids.cpu())
         labels, centroids = trainer.strategy.broadcast(result, src=0)
         labels = np.asarray(labels)
@@ -118,10 +146,7 @@ class SourceInterpolation(pl.Callback):
         if last_epoch and batch_idx + 1 >= trainer.num_training_batches and not self.applied:
             started = time.perf_counter()
             blended = self.interpolate(module.model)
-            images = (batch.images.to(module.device) for batch in
-                      training_images(trainer, self.batch_size, self.num_workers))
-            with trainer.precision_plugin.forward_context():
-                self.measure_batch_norm(module.model, images)
+            measure_batch_norm_on_training_images(trainer, module, self.batch_size, self.num_workers)
             log.info("final weights: %.2f x source + %.2f x adapted (%d tensors, adaptation.source_weight), "
                      "batch-norm statistics measured on the training images (%.1f s)", self.source_weight,
                      1 - self.source_weight, blended, time.perf_counter() - started)
@@ -139,9 +164,3 @@ class SourceInterpolation(pl.Callback):
         self.applied = True
         return blended
 
-    @staticmethod
-    @torch.no_grad()
-    def measure_batch_norm(model: torch.nn.Module, images) -> None:
-        """Replace the running statistics of every batch-norm layer by those of ``images`` (an iterable of
-        batches): the plain average of the per-batch statistics, not a momentum average."""
-        update_bn(images, model)

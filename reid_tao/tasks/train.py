@@ -117,7 +117,9 @@ def pseudo_label_callback(config: DictConfig, module) -> PseudoLabelCallback:
     adaptation = config.adaptation
     return PseudoLabelCallback(module.loss.memory, interval=adaptation.cluster_interval, eps=adaptation.eps,
                                min_samples=adaptation.min_samples, k1=adaptation.k1, k2=adaptation.k2,
-                               batch_size=config.dataset.val_batch_size, num_workers=config.dataset.num_workers)
+                               batch_size=config.dataset.val_batch_size, num_workers=config.dataset.num_workers,
+                               camera_centring=adaptation.camera_centring,
+                               target_batch_norm=adaptation.target_batch_norm)
 
 
 def source_interpolation(config: DictConfig, module, resuming: bool) -> Optional[SourceInterpolation]:
