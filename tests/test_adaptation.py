@@ -367,9 +367,9 @@ def test_camera_centring_joins_a_person_across_cameras():
 
 
 def test_target_batch_norm_is_measured_before_the_first_clustering_of_a_new_run(tiny_market, tmp_path, monkeypatch):
-    from helpers import write_untrained_checkpoint
-
     from reid_tao.engine import adaptation
+
+    from helpers import write_untrained_checkpoint
 
     calls = []
     measure, cluster = adaptation.measure_batch_norm, adaptation.cluster_features
