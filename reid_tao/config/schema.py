@@ -370,10 +370,10 @@ class AdaptationConfig:
         "of the contrastive loss over the cluster centroids"))
     memory_loss_weight: float = spec_field(1.0, bounds=NON_NEGATIVE, new=True, help=(
         "weight of the cluster-memory loss in the total"))
-    camera_centring: bool = spec_field(False, new=True, help=(
+    camera_centring: bool = spec_field(True, new=True, help=(
         "cluster features minus their camera's mean feature, so a person's views on several cameras join "
         "one cluster rather than one per camera"))
-    target_batch_norm: bool = spec_field(False, new=True, help=(
+    target_batch_norm: bool = spec_field(True, new=True, help=(
         "before the first clustering, measure the batch-norm statistics on the unlabeled images (AdaBN)"))
     source_weight: float = spec_field(0.0, bounds=PROBABILITY, new=True, help=(
         "share of the source model in the final weights (WiSE-FT): w * source + (1 - w) * adapted, set after "

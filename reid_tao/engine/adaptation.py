@@ -8,7 +8,9 @@ reload the training loader every epoch (``reload_dataloaders_every_n_epochs=1``)
 batches over the new clusters. Per epoch it logs ``clusters``, ``outliers`` and ``images_used``.
 
 With several processes, global rank 0 embeds and clusters, and the labels and centroids are broadcast: all
-processes must draw their PK batches from the same plan.
+processes must draw their PK batches from the same plan. Batch-norm statistics (adaptation.target_batch_norm,
+and after :class:`SourceInterpolation`) are measured by every process over all training images, so the
+replicas stay equal.
 
 :class:`SourceInterpolation` ends the run with a weighted average of the adapted and the source weights
 (WiSE-FT, Wortsman et al. 2022): the pseudo labels are noisy, and when the target domain is close to the
@@ -60,7 +62,7 @@ class PseudoLabelCallback(pl.Callback):
 
     def __init__(self, memory: ClusterMemoryLoss, interval: int = 1, eps: float = 0.6, min_samples: int = 4,
                  k1: int = 30, k2: int = 6, batch_size: int = 128, num_workers: int = 0,
-                 camera_centring: bool = False, target_batch_norm: bool = False):
+                 camera_centring: bool = True, target_batch_norm: bool = True):
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         self.memory, self.interval = memory, interval
