@@ -192,7 +192,7 @@ def test_adaptation_beats_direct_transfer_on_a_colour_shifted_domain(tmp_path):
         return metrics.shown.mAP
 
     direct, adapted = target_map(source_model, "ev_direct"), target_map(adapted_model, "ev_adapted")
-    assert adapted > direct + 5  # measured: 51.7 -> 68.0 mAP (55.0 with neither camera centring nor AdaBN)
+    assert adapted > direct + 0.05  # measured: mAP 0.517 -> 0.680 (0.550 with neither camera centring nor AdaBN)
     # the per-epoch pseudo-label figures reach status.json
     lines = [json.loads(line) for line in (tmp_path / "adapted" / "train" / "status.json").read_text().splitlines()]
     kpi = [line["kpi"] for line in lines if line.get("status") == "RUNNING" and "epoch" in line]

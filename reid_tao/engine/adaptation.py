@@ -165,4 +165,3 @@ class SourceInterpolation(pl.Callback):
             blended += 1
         self.applied = True
         return blended
-
