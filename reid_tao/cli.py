@@ -64,6 +64,15 @@ def _worker_rank() -> bool:
     return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
+def _release_process_group() -> None:
+    """Destroy the process group of a multi-process run (Lightning leaves it set up) while the interpreter is
+    whole: at exit, gloo's threads otherwise abort the process now and then ("terminate called without an active
+    exception", exit -6 after the outputs were written). Only after success: a failed peer could block it."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
+
+
 @contextmanager
 def _sigterm_raises(task: str):
     """SIGTERM raises :class:`Stopped` in the main thread instead of killing the process on the spot, so open
@@ -104,6 +113,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         module = importlib.import_module(f"reid_tao.tasks.{task}")
         with _sigterm_raises(task):
             module.run(config)
+        _release_process_group()
     except Preempted as error:  # every process of a multi-process run stops with it: rank 0 says it
         if not _worker_rank():
             print(f"reid {task}: error: {error_line(error)}", file=sys.stderr)

@@ -29,10 +29,11 @@ def embed(checkpoint: str, records: Sequence, batch_size: int = 256, num_workers
 
 def purity_rows(features: torch.Tensor, identities: np.ndarray, eps_values: Sequence[float], k1: int = 30,
                 k2: int = 6, min_samples: int = 4, cameras: Optional[torch.Tensor] = None) -> List[Dict[str, float]]:
-    """One row per eps: clusters, outliers, purity (clustered images only) and the share of all images whose
-    cluster's majority identity is theirs (outliers count as wrong). ``cameras``: cluster camera-centred
+    """One row per eps: clusters, outliers, purity (clustered images only), the share of all images whose
+    cluster's majority identity is theirs (outliers count as wrong) and the adjusted Rand index of clusters and
+    identities (``agreement``: also counts people split over clusters). ``cameras``: cluster camera-centred
     features, as adaptation.camera_centring does."""
-    from reid_tao.evaluation.clustering import cluster_features, purity
+    from reid_tao.evaluation.clustering import agreement, cluster_features, purity
 
     rows = []
     for eps in eps_values:
@@ -40,7 +41,8 @@ def purity_rows(features: torch.Tensor, identities: np.ndarray, eps_values: Sequ
         clustered_purity = purity(clustering.labels, identities)
         kept = int((clustering.labels >= 0).sum())
         rows.append({"eps": eps, "k1": k1, "clusters": clustering.num_clusters, "outliers": clustering.num_outliers,
-                     "purity": clustered_purity, "labelled_correctly": clustered_purity * kept / len(identities)})
+                     "purity": clustered_purity, "labelled_correctly": clustered_purity * kept / len(identities),
+                     "agreement": agreement(clustering.labels, identities)})
     return rows
 
 
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for row in purity_rows(features, identities, [float(value) for value in args.eps.split(",")], args.k1, args.k2,
                            args.min_samples, cameras=cameras):
         print("eps {eps} k1 {k1}: {clusters} clusters, {outliers} outliers, purity {purity:.3f}, "
-              "labelled correctly {labelled_correctly:.3f}".format(**row))
+              "labelled correctly {labelled_correctly:.3f}, adjusted Rand index {agreement:.3f}".format(**row))
 
 
 if __name__ == "__main__":

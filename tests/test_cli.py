@@ -83,3 +83,24 @@ def test_missing_paths_answer_before_torch_is_imported(argv, field, tmp_path):
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and f"error: {field}: " in result.stderr and "does not exist" in result.stderr
     assert "torch not imported" in result.stdout
+
+
+def test_a_finished_multi_process_task_destroys_its_process_group(monkeypatch, tmp_path):
+    """Left to the interpreter's exit, gloo's threads sometimes abort the process after its outputs were written."""
+    import torch.distributed as dist
+
+    class OneProcessGroupTask:
+        @staticmethod
+        def run(config):
+            dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "reid_tao.tasks.inference", OneProcessGroupTask)
+    try:
+        assert main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={checkpoint}",
+                     f"inference.test_dataset={tmp_path}"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
+from sklearn.metrics import adjusted_rand_score
 
 from .rerank import jaccard_distance
 
@@ -73,3 +74,13 @@ def purity(labels: np.ndarray, identities: np.ndarray) -> float:
     majority = np.zeros(int(labels.max()) + 1, dtype=np.int64)
     np.maximum.at(majority, cluster_of, counts)
     return float(majority.sum() / kept.sum())
+
+
+def agreement(labels: np.ndarray, identities: np.ndarray) -> float:
+    """Adjusted Rand index of the clusters and the identities, each outlier its own cluster: 1 when they agree,
+    about 0 for chance. Unlike :func:`purity` it also counts people split over several clusters (or left out),
+    so a radius too small to merge anyone does not score best."""
+    labels = np.asarray(labels).copy()
+    outliers = labels < 0
+    labels[outliers] = labels.max(initial=-1) + 1 + np.arange(int(outliers.sum()))
+    return float(adjusted_rand_score(identities, labels))
