@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .build import load_trained_model
+from .builders import load_trained_model
 from .data.datasets import as_rgb, load_rgb
 from .data.preprocessing import Preprocessing
 from .engine.onnx_runner import OnnxModel, is_onnx_file

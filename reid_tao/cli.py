@@ -41,7 +41,7 @@ def _top_level_help() -> str:
 
 
 def _fields_help(task: str) -> str:
-    from .build import resolve_choices  # the choices of table-backed fields are the implementations' tables
+    from .builders import resolve_choices  # the choices of table-backed fields are the implementations' tables
 
     fields = describe_fields(HELP_SECTIONS[task], resolve_choices)
     return ("spec fields (section.key = default  [allowed values; status], then what it does), settable in "
@@ -107,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = load_config(args.spec, args.overrides)
         task_results_dir(config, task)  # set, or one line now
         check_paths(config, task)
-        from .build import check_spec  # imports torch and Lightning (seconds)
+        from .builders import check_spec  # imports torch and Lightning (seconds)
 
         check_spec(config)
         module = importlib.import_module(f"reid_tao.tasks.{task}")

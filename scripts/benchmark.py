@@ -254,7 +254,7 @@ def _time_ours(config: Any, device: "torch.device", args: argparse.Namespace) ->
     import pytorch_lightning as pl
     import torch
 
-    from reid_tao.build import build_datamodule, build_module
+    from reid_tao.builders import build_datamodule, build_module
     from reid_tao.data.pipelines import DevicePipeline
     from reid_tao.engine.precision import precision_for
 
@@ -317,7 +317,7 @@ def _time_reference(config: Any, device: "torch.device", args: argparse.Namespac
     import torch
     from torch.utils.data import DataLoader
 
-    from reid_tao.build import build_loss, build_model, image_size
+    from reid_tao.builders import build_loss, build_model, image_size
     from reid_tao.data.datasets import ImageDataset
     from reid_tao.data.layouts import read_split
     from reid_tao.data.records import relabel
@@ -385,7 +385,7 @@ def _time_ceiling(config: Any, device: "torch.device", args: argparse.Namespace,
     read back (ours reads it once per progress-bar refresh, and the benchmark runs ours without a bar)."""
     import torch
 
-    from reid_tao.build import build_loss, build_model, optimizer_arguments
+    from reid_tao.builders import build_loss, build_model, optimizer_arguments
     from reid_tao.engine.optim import build_center_optimizer, build_optimizer
 
     torch.manual_seed(0)
@@ -434,7 +434,7 @@ def _free_device_memory(device: "torch.device") -> None:
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from reid_tao.build import load_experiment
+    from reid_tao.builders import load_experiment
 
     device = _chosen_device(args.device)
     with _TemporaryMarket(args.data) as root:
@@ -488,7 +488,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     and metrics (and re-ranking with --rerank) on the device."""
     import torch
 
-    from reid_tao.build import build_model, load_experiment, load_trained_model, preprocessing_for
+    from reid_tao.builders import build_model, load_experiment, load_trained_model, preprocessing_for
     from reid_tao.data.datamodule import eval_dataset
     from reid_tao.data.layouts import read_split
     from reid_tao.engine.extractor import extract
@@ -594,7 +594,7 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from reid_tao.build import build_model, load_experiment, load_trained_model, preprocessing_for
+    from reid_tao.builders import build_model, load_experiment, load_trained_model, preprocessing_for
     from reid_tao.data.layouts import read_split, split_images
     from reid_tao.engine.onnx_precision import DATA_TYPES, Calibration, cosine_parity, image_batches, session_runner
     from reid_tao.tasks.export import INPUT_NAME, OUTPUT_NAME, export_onnx
@@ -668,7 +668,7 @@ def run_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from reid_tao.build import build_model, load_experiment
+    from reid_tao.builders import build_model, load_experiment
     from reid_tao.engine.checkpoint import AtomicCheckpointIO, BackgroundCheckpointIO
 
     device = _chosen_device(args.device)

@@ -17,7 +17,7 @@ import torch
 
 def embed(checkpoint: str, records: Sequence, batch_size: int = 256, num_workers: int = 0) -> torch.Tensor:
     """(N, D) BNNeck features of ``records`` by the model in ``checkpoint`` (what adaptation clusters)."""
-    from reid_tao.build import load_trained_model
+    from reid_tao.builders import load_trained_model
     from reid_tao.data.datamodule import eval_dataset, eval_loader
 
     trained = load_trained_model(checkpoint, "checkpoint")

@@ -6,7 +6,7 @@
 import sys
 from pathlib import Path
 
-from reid_tao.build import spec_fields_markdown
+from reid_tao.builders import spec_fields_markdown
 from reid_tao.io import atomic_write_text
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "spec_fields.md"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from reid_tao.build import METRIC_LOSSES, SAMPLERS, build_datamodule, build_module, load_experiment
+from reid_tao.builders import METRIC_LOSSES, SAMPLERS, build_datamodule, build_module, load_experiment
 from reid_tao.errors import ConfigError
 
 from helpers import tiny_overrides

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from reid_tao.build import build_datamodule, build_module, load_experiment
+from reid_tao.builders import build_datamodule, build_module, load_experiment
 from reid_tao.evaluation import query_share
 
 

@@ -64,7 +64,7 @@ def write_untrained_checkpoint(market: Path, path: Path, num_classes: int = 6) -
     """A reid_tao checkpoint of an untrained tiny_overrides model (no training run needed)."""
     import torch
 
-    from reid_tao.build import build_model, checkpoint_metadata, load_experiment
+    from reid_tao.builders import build_model, checkpoint_metadata, load_experiment
 
     config = load_experiment(None, tiny_overrides(market, path.parent))
     model = build_model(config, num_classes, load_pretrained=False)

@@ -172,7 +172,7 @@ def test_agreement_counts_split_people_that_purity_ignores():
 
 @pytest.mark.slow
 def test_adaptation_beats_direct_transfer_on_a_colour_shifted_domain(tmp_path):
-    from reid_tao.build import load_experiment
+    from reid_tao.builders import load_experiment
     from reid_tao.data.synthetic import generate_synthetic_market
     from reid_tao.tasks import evaluate, train
 
@@ -226,7 +226,7 @@ def test_adaptation_beats_direct_transfer_on_a_colour_shifted_domain(tmp_path):
     (["adaptation.source_checkpoint=x.pth", "adaptation.eps=0"], "adaptation.eps"),
 ])
 def test_adaptation_spec_errors(overrides, message):
-    from reid_tao.build import load_experiment
+    from reid_tao.builders import load_experiment
     from reid_tao.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
@@ -234,7 +234,7 @@ def test_adaptation_spec_errors(overrides, message):
 
 
 def test_adaptation_fields_without_enable_are_noticed():
-    from reid_tao.build import load_experiment
+    from reid_tao.builders import load_experiment
     from reid_tao.config.notices import field_notices
 
     lines = field_notices(load_experiment(None, ["adaptation.eps=0.5"]), "train")
@@ -281,7 +281,7 @@ def test_batch_norm_statistics_are_measured_on_all_batches():
 
 
 def adapt_tiny(market: Path, results: Path, source: Path, *extra: str) -> Path:
-    from reid_tao.build import load_experiment
+    from reid_tao.builders import load_experiment
     from reid_tao.tasks import train
 
     from helpers import tiny_overrides
@@ -304,7 +304,7 @@ def test_source_weight_sets_the_final_weights(tiny_market, tmp_path):
     images; 0 keeps what training made of them."""
     from torch.optim.swa_utils import update_bn
 
-    from reid_tao.build import load_trained_model
+    from reid_tao.builders import load_trained_model
     from reid_tao.data.datamodule import eval_dataset, eval_loader
 
     from helpers import write_untrained_checkpoint
@@ -327,7 +327,7 @@ def test_source_weight_sets_the_final_weights(tiny_market, tmp_path):
 
 
 def test_a_resumed_run_interpolates_with_the_source_file(tiny_market, tmp_path):
-    from reid_tao.build import build_module, load_experiment
+    from reid_tao.builders import build_module, load_experiment
     from reid_tao.tasks.train import ADAPTATION_NUM_CLASSES, source_interpolation
 
     from helpers import tiny_overrides, write_untrained_checkpoint

@@ -4,7 +4,7 @@ import textwrap
 import pytest
 from omegaconf import OmegaConf
 
-from reid_tao.build import load_experiment
+from reid_tao.builders import load_experiment
 from reid_tao.config.loader import task_results_dir
 from reid_tao.errors import ConfigError
 

@@ -42,6 +42,6 @@ def test_throughput_below_one_image_per_second_is_not_zero():
 
 
 def test_quick_start_spec_does_not_print_the_wandb_line():
-    from reid_tao.build import load_experiment, wandb_settings
+    from reid_tao.builders import load_experiment, wandb_settings
 
     assert wandb_settings(load_experiment(str(ROOT / "specs" / "quickstart.yaml"))) is None

@@ -238,7 +238,7 @@ def test_too_few_identities_for_pk_batches_over_all_processes(tiny_market):
 @pytest.mark.parametrize("flip, erase", [(1.0, 0.0), (0.0, 1.0)])
 def test_flip_and_erase_probabilities_reach_both_pipelines_unswapped(tiny_market, tmp_path, pipeline, flip, erase):
     """dataset.prob (flip) and dataset.re_prob (erasing), unequal, from the spec to each pipeline's images."""
-    from reid_tao.build import build_datamodule, load_experiment
+    from reid_tao.builders import build_datamodule, load_experiment
     from reid_tao.data.datasets import load_rgb
 
     from helpers import tiny_overrides

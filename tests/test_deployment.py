@@ -103,7 +103,7 @@ def test_per_channel_std_uses_the_mean_and_says_by_how_much(tmp_path, caplog):
 
 
 def test_deepstream_spec_is_the_bot_recipe_with_tao_uniform_std():
-    from reid_tao.build import load_experiment
+    from reid_tao.builders import load_experiment
 
     spec = Path(__file__).resolve().parent.parent / "specs" / "market1501_deepstream.yaml"
     config = load_experiment(str(spec))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reid_tao.build import load_trained_model
+from reid_tao.builders import load_trained_model
 from reid_tao.cli import main
 from reid_tao.config.loader import load_config
 from reid_tao.data.datasets import load_rgb

@@ -1,4 +1,4 @@
-"""The package reads as layers: errors < io < config < model, data, evaluation < engine < build < tasks, cli, api.
+"""The package reads as layers: errors < io < config < model, data, evaluation < engine < builders < tasks, cli, api.
 
 Every import (module level or inside a function) must go down a layer, or stay inside its own package;
 packages of the same layer do not import each other, and no set of modules imports itself in a circle.
@@ -9,7 +9,7 @@ from pathlib import Path
 import reid_tao
 
 PACKAGE = Path(reid_tao.__file__).parent
-LAYERS = [("errors",), ("io",), ("config",), ("model", "data", "evaluation"), ("engine",), ("build",),
+LAYERS = [("errors",), ("io",), ("config",), ("model", "data", "evaluation"), ("engine",), ("builders",),
           ("tasks", "cli", "api"), ("__main__",)]
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}
 
@@ -94,6 +94,7 @@ def test_no_import_cycles():
 
 def test_the_checker_sees_function_level_and_relative_imports():
     # A checker that finds nothing proves nothing: a probe module with imports hidden in a function.
-    source = "import torch\n\ndef f():\n    from reid_tao.build import build_model\n    from ..tasks import train\n"
-    known = {"reid_tao.build", "reid_tao.tasks", "reid_tao.tasks.train", "reid_tao.model", "reid_tao.model.probe"}
-    assert imported_modules(source, "reid_tao.model.probe", False, known) == {"reid_tao.build", "reid_tao.tasks.train"}
+    source = "import torch\n\ndef f():\n    from reid_tao.builders import build_model\n    from ..tasks import train\n"
+    known = {"reid_tao.builders", "reid_tao.tasks", "reid_tao.tasks.train", "reid_tao.model", "reid_tao.model.probe"}
+    found = imported_modules(source, "reid_tao.model.probe", False, known)
+    assert found == {"reid_tao.builders", "reid_tao.tasks.train"}

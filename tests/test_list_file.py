@@ -176,7 +176,7 @@ def test_list_complete_under_two_unruled_folders_is_ambiguous(msmt17, tmp_path):
 
 
 def test_dataset_layout_is_honoured(msmt17, tmp_path, capsys):
-    from reid_tao.build import build_datamodule, load_experiment
+    from reid_tao.builders import build_datamodule, load_experiment
 
     lists = {"dataset.train_dataset_dir": str(msmt17 / "list_train.txt"),
              "dataset.query_dataset_dir": str(msmt17 / "list_query.txt"),

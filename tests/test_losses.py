@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid_tao.build import loss_terms
+from reid_tao.builders import loss_terms
 from reid_tao.engine.optim import build_center_optimizer
 from reid_tao.errors import ConfigError
 from reid_tao.model.losses import LOSS_TERMS, LossSettings, LossTerm, build_reid_loss
@@ -242,7 +242,7 @@ def test_each_sampler_and_metric_loss_yields_taos_terms(combination):
 
 
 def test_build_loss_takes_each_weight_from_the_field_its_term_names():
-    from reid_tao.build import build_loss, load_experiment
+    from reid_tao.builders import build_loss, load_experiment
 
     config = load_experiment(None, ["model.with_center_loss=true", "model.id_loss_weight=0.5",
                                     "model.triplet_loss_weight=2.0", "train.optim.center_loss_weight=0.01",
@@ -308,7 +308,7 @@ def test_a_registered_term_is_trained_logged_and_monitorable_without_other_edits
     """One table entry (plus the spec value that selects it) is all a new loss needs."""
     import pytorch_lightning as pl
 
-    from reid_tao.build import METRIC_LOSSES, MetricLoss, build_datamodule, build_module, load_experiment
+    from reid_tao.builders import METRIC_LOSSES, MetricLoss, build_datamodule, build_module, load_experiment
     from reid_tao.engine.metric_names import metric_modes
     from reid_tao.engine.status import kpi_from
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from reid_tao.build import build_model, load_experiment
+from reid_tao.builders import build_model, load_experiment
 from reid_tao.model.backbones.resnet import ResNetBackbone
 from reid_tao.model.baseline import Baseline
 from reid_tao.model.pooling import GeneralizedMeanPooling
@@ -77,7 +77,7 @@ def test_build_model_maps_spec_fields():
 
 
 def test_train_compile_wraps_forward_but_keeps_checkpoint_keys():
-    from reid_tao.build import build_module
+    from reid_tao.builders import build_module
 
     config = load_experiment(None, ["model.backbone=resnet_18", "model.pretrain_choice=''", "train.compile=true"])
     module = build_module(config, num_classes=3)

@@ -136,7 +136,7 @@ def test_default_file_names_say_the_data_type():
 
 
 def test_calibration_fields_without_int8_are_noticed():
-    from reid_tao.build import load_experiment
+    from reid_tao.builders import load_experiment
     from reid_tao.config.notices import field_notices
 
     config = load_experiment(None, ["export.data_type=fp16", "export.calibration_images=10"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reid_tao.build import load_experiment, resolve_choices, spec_fields_markdown
+from reid_tao.builders import load_experiment, resolve_choices, spec_fields_markdown
 from reid_tao.cli import main
 from reid_tao.config.catalog import find_field, spec_fields
 from reid_tao.config.notices import field_notices

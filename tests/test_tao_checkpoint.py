@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from reid_tao.build import load_experiment, load_trained_model
+from reid_tao.builders import load_experiment, load_trained_model
 from reid_tao.cli import main
 from reid_tao.errors import DataError
 
@@ -248,7 +248,7 @@ def tao_resnet50_file(tmp_path_factory):
 
 
 def test_self_with_a_tao_checkpoint_loads_its_backbone(tiny_market, tmp_path, tao_resnet50_file, caplog):
-    from reid_tao.build import build_model
+    from reid_tao.builders import build_model
 
     path, state = tao_resnet50_file
     with caplog.at_level("INFO", logger="reid_tao"):
@@ -265,7 +265,7 @@ def test_self_with_a_tao_checkpoint_loads_its_backbone(tiny_market, tmp_path, ta
 
 @pytest.mark.parametrize("backbone", ["resnet_34", "resnet_18"])
 def test_self_with_a_tao_checkpoint_names_the_block_mismatch(tiny_market, tmp_path, tao_resnet50_file, backbone):
-    from reid_tao.build import build_model
+    from reid_tao.builders import build_model
 
     path, _ = tao_resnet50_file
     with pytest.raises(DataError, match="Bottleneck blocks .* model.backbone=resnet_50") as error:
@@ -301,7 +301,7 @@ def test_self_with_a_swin_weights_file(tiny_market, tmp_path, layout, caplog):
     import timm
     from test_weights import to_microsoft_layout
 
-    from reid_tao.build import build_model
+    from reid_tao.builders import build_model
     from reid_tao.model.backbones.swin import fit_window_sizes
 
     name, size = "swin_tiny_patch4_window7_224", (64, 32)

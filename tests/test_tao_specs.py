@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reid_tao.build import (
+from reid_tao.builders import (
     checkpoint_settings,
     extraction_batch_size,
     load_experiment,

@@ -52,7 +52,7 @@ def test_evaluate_writes_metrics_and_plots(tiny_market, trained, tmp_path, capsy
 
 
 def test_a_writer_registered_in_the_table_is_called_with_the_result(tiny_market, trained, tmp_path, monkeypatch):
-    from reid_tao.build import load_experiment
+    from reid_tao.builders import load_experiment
     from reid_tao.evaluation.result import EvaluationResult
     from reid_tao.tasks import evaluate, evaluate_outputs
 
@@ -150,7 +150,7 @@ def test_export_parity_failure_is_reported(trained, tmp_path, monkeypatch, capsy
 
 
 def test_pretrain_choice_self_loads_backbone_and_new_classifier(tiny_market, trained, tmp_path, capsys):
-    from reid_tao.build import build_model, load_experiment
+    from reid_tao.builders import build_model, load_experiment
     from reid_tao.engine.checkpoint import model_state_dict
 
     from helpers import make_market
@@ -183,7 +183,7 @@ def test_swin_tiny_trains_and_exports_through_the_cli(tiny_market, tmp_path, cap
 
 def test_evaluate_sampled_matches_worst_shows_the_lowest_ap_queries(tiny_market, trained, tmp_path, monkeypatch,
                                                                       capsys):
-    from reid_tao.build import load_experiment
+    from reid_tao.builders import load_experiment
     from reid_tao.tasks import evaluate, evaluate_outputs
 
     # The option and the per-query AP reach the row choice (its own test proves the lowest-AP selection),
@@ -208,7 +208,7 @@ def test_evaluate_sampled_matches_worst_shows_the_lowest_ap_queries(tiny_market,
 @pytest.mark.parametrize("section", ["evaluate", "inference"])
 def test_extraction_precision_comes_from_the_section(monkeypatch, section):
     """evaluate/inference extract in <section>.precision ("32" by default), never an automatic bf16."""
-    from reid_tao.build import load_experiment
+    from reid_tao.builders import load_experiment
     from reid_tao.engine import extractor
 
     class Stop(Exception):

@@ -74,7 +74,7 @@ def test_centers_move_during_training(tiny_market, tmp_path, capsys):
     # rebuild the initial centers: the same seed gives the same initialisation
     import pytorch_lightning as pl
 
-    from reid_tao.build import build_module, load_experiment
+    from reid_tao.builders import build_module, load_experiment
 
     config = load_experiment(None, tiny_overrides(tiny_market, tmp_path / "c", **{"model.with_center_loss": True}))
     pl.seed_everything(config.train.seed, verbose=False)
@@ -139,7 +139,7 @@ def test_grad_clip_limits_the_update(tiny_market, tmp_path, capsys):
             "train.grad_clip": clip})
         import pytorch_lightning as pl
 
-        from reid_tao.build import build_model, load_experiment
+        from reid_tao.builders import build_model, load_experiment
 
         pl.seed_everything(1234, verbose=False)
         initial = build_model(load_experiment(None, tiny_overrides(tiny_market, tmp_path)), num_classes=6)

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from sync_counter import HostSyncCounter
 
-from reid_tao.build import build_datamodule, build_module, load_experiment
+from reid_tao.builders import build_datamodule, build_module, load_experiment
 from reid_tao.engine.callbacks import StepLossBar
 from reid_tao.engine.module import epoch_seed
 

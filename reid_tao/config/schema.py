@@ -33,7 +33,7 @@ class ModelConfig:
     backbone: str = spec_field("resnet_50", choices=BACKBONES, help=(
         "feature extractor: ResNet 18/34 (BasicBlock, 512 channels), 50/101/152, or Swin tiny/small/base"))
     last_stride: int = spec_field(1, bounds=AT_LEAST_1, help="stride of the last ResNet stage (1 doubles the map)")
-    pretrain_choice: str = spec_field("imagenet", choices="reid_tao.build.pretrained:PRETRAINED_LOADERS", help=(
+    pretrain_choice: str = spec_field("imagenet", choices="reid_tao.builders.pretrained:PRETRAINED_LOADERS", help=(
         "initial weights: imagenet (the backbone's official ImageNet weights), self (a reid_tao checkpoint in "
         "pretrained_model_path), \"\" (random)"))
     pretrained_model_path: Optional[str] = spec_field(None, help=(
@@ -50,7 +50,7 @@ class ModelConfig:
         "reduce_feat_dim)"))
     neck_feat: str = spec_field("after", choices="reid_tao.model.baseline:NECK_FEATURES", help=(
         "test-time feature: after (post-BN) or before (pre-BN) the neck"))
-    metric_loss_type: str = spec_field("triplet", choices="reid_tao.build.spec:METRIC_LOSSES", help=(
+    metric_loss_type: str = spec_field("triplet", choices="reid_tao.builders.spec:METRIC_LOSSES", help=(
         "metric loss: triplet; center replaces the sampler's triplet loss by the center loss; triplet_center "
         "adds it"))
     with_center_loss: bool = spec_field(False, help="add the center loss to whatever else is selected")
@@ -105,7 +105,7 @@ class DatasetConfig:
     prob: float = spec_field(0.5, bounds=PROBABILITY, help="horizontal flip probability")
     re_prob: float = spec_field(0.5, bounds=PROBABILITY, help=(
         "random erasing probability (area 0.02-0.4, aspect 0.3-3.33, filled with pixel_mean)"))
-    sampler: str = spec_field("softmax_triplet", choices="reid_tao.build.spec:SAMPLERS", help=(
+    sampler: str = spec_field("softmax_triplet", choices="reid_tao.builders.spec:SAMPLERS", help=(
         "softmax: shuffled batches, identity loss; triplet / softmax_triplet: PK batches (batch_size / "
         "num_instances identities x num_instances images), triplet loss / both"))
     num_instances: int = spec_field(4, bounds=AT_LEAST_1, help="images per identity in a PK batch")

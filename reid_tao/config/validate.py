@@ -2,7 +2,7 @@
 see ``fields.py``), then the rules that relate several fields.
 
 Choices that name an implementation's table (backbones, samplers, pipelines, ...) and the per-backbone rules
-are checked by ``reid_tao.build.check_spec``, which can import those tables; task-specific checks (folders,
+are checked by ``reid_tao.builders.check_spec``, which can import those tables; task-specific checks (folders,
 checkpoints) happen in the tasks, where the paths are used.
 """
 from omegaconf import DictConfig, ListConfig, OmegaConf

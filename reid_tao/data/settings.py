@@ -1,4 +1,4 @@
-"""The data module's training settings, grouped (plain frozen dataclasses; reid_tao.build fills them from a spec).
+"""The data module's training settings, grouped (plain frozen dataclasses; reid_tao.builders fills them from a spec).
 
 The image preprocessing is :class:`reid_tao.data.preprocessing.Preprocessing`.
 """

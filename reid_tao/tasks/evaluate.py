@@ -5,7 +5,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from ..build import extraction_batch_size, load_embedding_model, task_checkpoint
+from ..builders import extraction_batch_size, load_embedding_model, task_checkpoint
 from ..data.datamodule import eval_dataset
 from ..data.layouts import read_split
 from ..data.records import summary_table

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ..build import load_trained_model, task_checkpoint
+from ..builders import load_trained_model, task_checkpoint
 from ..data.layouts import split_images
 from ..data.preprocessing import Preprocessing
 from ..engine.onnx_precision import CALIBRATED, DATA_TYPES, Calibration, cosine_parity, image_batches, session_runner

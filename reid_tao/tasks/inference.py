@@ -6,7 +6,7 @@ from typing import List, Tuple
 
 from omegaconf import DictConfig
 
-from ..build import extraction_batch_size, load_trained_model, task_checkpoint
+from ..builders import extraction_batch_size, load_trained_model, task_checkpoint
 from ..data.datasets import ImageDataset
 from ..data.layouts import split_images
 from ..engine.extractor import extract

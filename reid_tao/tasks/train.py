@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ..build import (
+from ..builders import (
     build_datamodule,
     build_model,
     build_module,

@@ -11,7 +11,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..build import check_spec
+from ..builders import check_spec
 from ..config.loader import schema_config
 from ..config.search_space import Param, parse_space
 from ..config.validate import validate_config

@@ -1,6 +1,6 @@
 """The training objective: the weighted sum of named loss terms (see ``LOSS_TERMS`` in this package).
 
-Which terms are active is decided by the caller (``reid_tao.build`` maps the spec's sampler and metric loss
+Which terms are active is decided by the caller (``reid_tao.builders`` maps the spec's sampler and metric loss
 type onto term names). Inputs follow BoT: the ID loss sees the classifier logits (after the BNNeck), the
 triplet and center losses see the global feature before the BNNeck.
 """

@@ -16,7 +16,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class LossSettings:
-    """The plain values a term may be built from (``reid_tao.build`` fills them from the spec)."""
+    """The plain values a term may be built from (``reid_tao.builders`` fills them from the spec)."""
 
     num_classes: int  # training identities
     feat_dim: int  # dimension of the features fed to the feature terms
@@ -31,7 +31,7 @@ class LossTerm(nn.Module):
         needs_logits: it reads the classifier logits (without any such term the ID head is frozen, since
             parameters without gradients break DDP).
         standalone: it may be the only term (False for a term that collapses alone, like the center loss).
-        weight_field: the spec field holding its weight (``reid_tao.build`` reads it; None: weight 1).
+        weight_field: the spec field holding its weight (``reid_tao.builders`` reads it; None: weight 1).
     """
 
     needs_logits = False
