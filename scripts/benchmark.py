@@ -340,7 +340,7 @@ def _time_reference(config: Any, device: "torch.device", args: argparse.Namespac
     model = build_model(config, num_classes, load_pretrained=False).to(device).train()
     criterion = build_loss(config, num_classes, model.feat_dim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=optim.base_lr, weight_decay=optim.weight_decay)
-    center_optimizer = torch.optim.SGD(criterion.center_parameters(), lr=optim.center_lr)
+    center_optimizer = torch.optim.SGD(criterion.own_parameters(), lr=optim.center_lr)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision) if on_cuda else None
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     channels_last = channels_last and on_cuda
@@ -392,7 +392,7 @@ def _time_ceiling(config: Any, device: "torch.device", args: argparse.Namespace,
     model = build_model(config, num_classes, load_pretrained=False).to(device).train()
     criterion = build_loss(config, num_classes, model.feat_dim).to(device)
     optimizer = build_optimizer(model, **optimizer_arguments(config))
-    center_optimizer = build_center_optimizer(criterion.center_parameters(), config.train.optim.center_lr)
+    center_optimizer = build_center_optimizer(criterion.own_parameters(), config.train.optim.center_lr)
     images = torch.randn(args.batch_size, 3, args.height, args.width, device=device)
     if device.type == "cuda" and config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ from PIL import Image
 from reid_tao.data.samplers import PKSampler, SubsetSampler
 from reid_tao.data.unlabeled import read_unlabeled
 from reid_tao.evaluation.clustering import agreement, cluster_features, purity
-from reid_tao.model.losses import ClusterMemoryLoss, LossSettings, MemoryLossSum, build_reid_loss
+from reid_tao.model.losses import CameraProxyLoss, ClusterMemoryLoss, LossSettings, build_reid_loss
 
 _SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cluster_purity.py"
 _spec = importlib.util.spec_from_file_location("cluster_purity", _SCRIPT)
@@ -60,30 +60,121 @@ def test_cluster_memory_loss_and_momentum_update():
     memory = ClusterMemoryLoss(feat_dim=2, temperature=0.5, momentum=0.5)
     memory.reset(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     features = torch.tensor([[2.0, 0.0], [0.0, 3.0]], requires_grad=True)
-    loss = memory(features, torch.tensor([0, 1]))
+    loss = memory.value(None, features, torch.tensor([0, 1]))
     expected = torch.nn.functional.cross_entropy(torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 1]))
     assert torch.isclose(loss, expected)
     loss.backward()  # the in-place memory update must not break the backward pass
     assert features.grad is not None
-    memory(torch.tensor([[0.0, 1.0]]), torch.tensor([0]))  # cluster 0 pulled half-way towards (0, 1)
+    memory.value(None, torch.tensor([[0.0, 1.0]]), torch.tensor([0]))  # cluster 0 pulled half-way towards (0, 1)
     assert torch.allclose(memory.centroids[0], torch.nn.functional.normalize(torch.tensor([0.5, 0.5]), dim=0))
     assert torch.allclose(memory.centroids[1], torch.tensor([0.0, 1.0]))
     memory.eval()
-    memory(torch.tensor([[1.0, 0.0]]), torch.tensor([1]))  # no update outside training
+    memory.value(None, torch.tensor([[1.0, 0.0]]), torch.tensor([1]))  # no update outside training
     assert torch.allclose(memory.centroids[1], torch.tensor([0.0, 1.0]))
 
 
-def test_memory_loss_sum_adds_the_triplet_loss():
-    memory = ClusterMemoryLoss(feat_dim=4)
-    memory.reset(torch.eye(4)[:2])
-    triplet = build_reid_loss(["triplet"], LossSettings(num_classes=1, feat_dim=4, label_smooth=False,
-                                                       triplet_margin=0.3))
-    total = MemoryLossSum(memory, 0.5, triplet)
-    features, labels = torch.randn(4, 4), torch.tensor([0, 0, 1, 1])
-    parts = total(None, features, labels)
-    assert set(parts) == {"loss", "memory_loss", "triplet_loss"}
-    assert torch.isclose(parts["loss"], 0.5 * parts["memory_loss"] + parts["triplet_loss"], atol=1e-5)
-    assert not total.needs_logits and total.center_parameters() == []
+def test_memory_momentum_keeps_the_old_centroid_share():
+    # momentum 0.8 is the share of the OLD centroid kept: c <- 0.8 c + 0.2 f (the other order would give 0.2 c)
+    memory = ClusterMemoryLoss(feat_dim=2, momentum=0.8)
+    memory.reset(torch.tensor([[1.0, 0.0]]))
+    memory.value(None, torch.tensor([[0.0, 1.0]]), torch.tensor([0]))
+    assert torch.allclose(memory.centroids[0], torch.nn.functional.normalize(torch.tensor([0.8, 0.2]), dim=0))
+
+
+def test_adaptation_terms_sum_with_the_triplet_loss_and_take_cameras():
+    settings = LossSettings(num_classes=1, feat_dim=4, label_smooth=False, triplet_margin=0.3)
+    total = build_reid_loss(["memory", "camera", "triplet"], settings, {"memory": 0.5, "camera": 2.0})
+    features, labels, cameras = torch.randn(4, 4), torch.tensor([0, 0, 1, 1]), torch.tensor([1, 2, 1, 2])
+    for term in total.pseudo_label_terms():
+        term.reset_pseudo_labels(features, labels, cameras)
+    parts = total(None, features, labels, cameras)
+    assert set(parts) == {"loss", "memory_loss", "camera_loss", "triplet_loss"}
+    assert torch.isclose(parts["loss"], 0.5 * parts["memory_loss"] + 2.0 * parts["camera_loss"]
+                         + parts["triplet_loss"], atol=1e-5)
+    assert not total.needs_logits and total.own_parameters() == []
+    assert [type(term) for term in total.pseudo_label_terms()] == [ClusterMemoryLoss, CameraProxyLoss]
+
+
+def test_camera_proxies_per_cluster_and_camera():
+    term = CameraProxyLoss(feat_dim=2)
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.2], [0.0, 1.0], [0.2, 1.0], [1.0, 1.0]])
+    term.reset_pseudo_labels(features, torch.tensor([0, 0, 1, 1, -1]), torch.tensor([3, 7, 3, 3, 7]))
+    # cluster 0 on cameras 3 and 7, cluster 1 on camera 3 only; the outlier has no proxy
+    assert term.proxies.shape == (3, 2) and term.active
+    assert term.proxy_of.tolist() == [[0, 1], [2, -1]]
+    normalize = torch.nn.functional.normalize
+    mean_of_normalised = torch.tensor([0.0, 1.0]) + normalize(torch.tensor([0.2, 1.0]), dim=0)
+    assert torch.allclose(term.proxies[2], normalize(mean_of_normalised, dim=0))
+
+
+def test_inter_camera_term_pulls_an_image_to_its_cluster_proxy_on_another_camera():
+    # cluster 0 is seen by cameras 1 and 2; the image from camera 1 starts far from its camera-2 proxy
+    term = CameraProxyLoss(feat_dim=3, inter_weight=1.0, temperature=0.5)
+    features = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.3, 1.0]])
+    labels, cameras = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 2, 1, 2])
+    term.reset_pseudo_labels(features, labels, cameras)
+    term.eval()  # no proxy update: look at the gradient only
+    image = features[:1].clone().requires_grad_(True)
+    term.value(None, image, labels[:1], cameras[:1]).backward()
+    towards_other_camera = torch.dot(-image.grad[0], term.proxies[term.proxy_of[0, 1]])
+    assert towards_other_camera > 0
+    term.inter_weight = 0.0  # the intra-camera term alone does not pull across cameras
+    image.grad = None
+    term.value(None, image, labels[:1], cameras[:1]).backward()
+    assert torch.dot(-image.grad[0], term.proxies[term.proxy_of[0, 1]]) <= 1e-6
+
+
+def test_camera_term_is_off_with_one_camera():
+    term = CameraProxyLoss(feat_dim=2)
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    term.reset_pseudo_labels(features.detach(), torch.tensor([0, 1]), torch.tensor([4, 4]))
+    assert not term.active
+    loss = term.value(None, features, torch.tensor([0, 1]), torch.tensor([4, 4]))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(features.grad, torch.zeros(2, 2))
+
+
+def test_camera_balanced_pk_batches_span_the_cameras_of_each_identity():
+    # identity 0: 4 images on camera 1 and 4 on camera 2; identity 1 only on camera 3; K = 2
+    labels = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    cameras = np.array([1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 1, 2, 1, 2])
+    for seed in range(5):
+        sampler = PKSampler(labels, batch_size=4, num_instances=2, seed=seed, cameras=cameras)
+        for epoch in range(3):
+            chunks = sampler.global_batches(epoch).reshape(-1, 2)
+            for chunk in chunks:
+                if labels[chunk[0]] in (0, 2):
+                    assert cameras[chunk[0]] != cameras[chunk[1]]
+    plain = PKSampler(labels, batch_size=4, num_instances=2, seed=0).global_batches(0).reshape(-1, 2)
+    assert any(cameras[a] == cameras[b] for a, b in plain if labels[a] == 0)  # without cameras: no such rule
+
+
+def test_reclustering_schedule():
+    from reid_tao.engine.adaptation import reclusters_before
+
+    # interval 2 over 7 epochs: the start's clustering serves epochs 0-1, then before epochs 2, 4 and 6
+    assert [epoch for epoch in range(8) if reclusters_before(epoch, 2, 7)] == [2, 4, 6]
+    assert [epoch for epoch in range(5) if reclusters_before(epoch, 1, 4)] == [1, 2, 3]
+
+
+def test_outliers_as_instances():
+    from reid_tao.engine.adaptation import with_outliers
+
+    labels = np.array([0, -1, 1, -1, 0])
+    assert with_outliers(labels, "drop").tolist() == [0, -1, 1, -1, 0]
+    assert with_outliers(labels, "instances").tolist() == [0, 2, 1, 3, 0]
+
+
+def test_auto_eps_is_the_mean_of_the_smallest_share_of_pairs():
+    from reid_tao.evaluation.clustering import auto_eps
+
+    distance = np.ones((5, 5)) - np.eye(5)
+    distance[0, 1] = distance[1, 0] = 0.1
+    distance[2, 3] = distance[3, 2] = 0.3
+    # 10 pairs; the smallest 2 (a share of 0.2) are 0.1 and 0.3
+    assert auto_eps(distance, 0.2) == pytest.approx(0.2)
+    assert auto_eps(distance, 0.1) == pytest.approx(0.1)
+    assert auto_eps(distance, 1.0) == pytest.approx((0.1 + 0.3 + 8) / 10)
 
 
 def test_subset_sampler_draws_only_clustered_images():
@@ -327,8 +418,8 @@ def test_source_weight_sets_the_final_weights(tiny_market, tmp_path):
 
 
 def test_a_resumed_run_interpolates_with_the_source_file(tiny_market, tmp_path):
-    from reid_tao.builders import build_module, load_experiment
-    from reid_tao.tasks.train import ADAPTATION_NUM_CLASSES, source_interpolation
+    from reid_tao.builders import ADAPTATION_NUM_CLASSES, build_module, load_experiment
+    from reid_tao.builders.adaptation import source_interpolation
 
     from helpers import tiny_overrides, write_untrained_checkpoint
 
@@ -402,3 +493,46 @@ def test_target_batch_norm_is_measured_before_the_first_clustering_of_a_new_run(
     adapt_tiny(tiny_market, tmp_path / "off", source, "train.num_epochs=1", "adaptation.target_batch_norm=false",
                "adaptation.camera_centring=false")
     assert calls == ["plain"]
+
+
+def test_batch_norm_measurement_skips_a_one_image_batch():
+    from reid_tao.engine.adaptation import measure_batch_norm
+    from reid_tao.errors import DataError
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    batches = [torch.randn(4, 3), torch.randn(1, 3)]  # e.g. 5 images at val_batch_size 4
+    measure_batch_norm(model, batches)
+    with torch.no_grad():
+        expected = model[0](batches[0]).mean(0)
+    assert torch.allclose(model[1].running_mean, expected, atol=1e-5)
+    with pytest.raises(DataError, match="at least 2 training images"):
+        measure_batch_norm(model, [torch.randn(1, 3)])
+
+
+def test_a_stop_signal_ends_the_clustering_between_batches(monkeypatch):
+    import signal
+    from types import SimpleNamespace
+
+    from reid_tao.data.batch import Batch
+    from reid_tao.engine import adaptation
+    from reid_tao.engine.preemption import PreemptionCheckpoint
+
+    stopper = PreemptionCheckpoint(Path("unused.pth"))
+    embedded = []
+
+    def images(*args):
+        for index in range(5):
+            embedded.append(index)
+            if index == 1:
+                stopper.received = signal.SIGTERM  # arrives while the second batch is embedded
+            yield Batch(torch.randn(2, 3, 8, 4), None, None, None)
+
+    monkeypatch.setattr(adaptation, "training_images", images)
+    monkeypatch.setattr(adaptation, "cluster_features", lambda *a, **k: pytest.fail("clustered after a stop"))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(96, 4))
+    model.neck_feature = model.forward
+    module = SimpleNamespace(model=model, device=torch.device("cpu"))
+    trainer = SimpleNamespace(callbacks=[stopper])
+    callback = adaptation.PseudoLabelCallback([ClusterMemoryLoss(4)])
+    assert callback._cluster(trainer, module, torch.zeros(10)) is None
+    assert embedded == [0, 1]  # stopped at the batch the signal came in, not after all five

@@ -175,11 +175,11 @@ def test_reid_loss_components_and_weights():
     torch.testing.assert_close(out["center_loss"], full.center_loss(features, labels))
     expected = 0.5 * out["id_loss"] + 2.0 * out["triplet_loss"] + 0.01 * out["center_loss"]
     torch.testing.assert_close(out["loss"], expected)
-    assert full.center_parameters() == [full.center_loss.centers]
+    assert full.own_parameters() == [full.center_loss.centers]
 
     id_only = make_loss(("id",))
     out = id_only(logits, features, labels)
-    assert set(out) == {"loss", "id_loss"} and id_only.center_parameters() == []
+    assert set(out) == {"loss", "id_loss"} and id_only.own_parameters() == []
     torch.testing.assert_close(out["loss"], out["id_loss"])
 
     triplet_only = make_loss(("triplet",), triplet_margin=None)

@@ -5,8 +5,10 @@ naming them; the config layer checks the spec's own rules. By concern:
 - spec: checks that need the implementations' tables (:func:`check_spec`), and :func:`load_experiment`;
 - pretrained: a new model's initial weights (model.pretrain_choice);
 - training: data module, model, loss, optimiser/schedule, checkpoint settings, the LightningModule;
-- checkpoints: which trained checkpoint a task reads, and rebuilding reid_tao's and TAO's models from it.
+- checkpoints: which trained checkpoint a task reads, and rebuilding reid_tao's and TAO's models from it;
+- adaptation: the callbacks of adaptation.enable (pseudo labels, source interpolation).
 """
+from .adaptation import adaptation_callbacks
 from .checkpoints import (
                           ARCHITECTURES,
                           TrainedModel,
@@ -32,6 +34,7 @@ from .spec import (
                           spec_fields_markdown,
 )
 from .training import (
+                          ADAPTATION_NUM_CLASSES,
                           backbone_options,
                           build_datamodule,
                           build_loss,
@@ -48,7 +51,8 @@ from .training import (
                           wandb_settings,
 )
 
-__all__ = ["ARCHITECTURES", "BACKBONE_OPTION_FIELDS", "METRIC_LOSSES", "MetricLoss", "PRETRAINED_LOADERS", "SAMPLERS",
+__all__ = ["ADAPTATION_NUM_CLASSES", "ARCHITECTURES", "adaptation_callbacks",
+           "BACKBONE_OPTION_FIELDS", "METRIC_LOSSES", "MetricLoss", "PRETRAINED_LOADERS", "SAMPLERS",
            "Sampler", "TrainedModel", "backbone_options", "build_datamodule", "build_loss", "build_model",
            "build_module", "check_choice", "check_resumable", "check_spec", "checkpoint_metadata",
            "checkpoint_settings", "extraction_batch_size", "image_size", "load_embedding_model", "load_experiment",

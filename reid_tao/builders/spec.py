@@ -36,6 +36,9 @@ METRIC_LOSSES = {"triplet": MetricLoss(drops=(), adds=()), "center": MetricLoss(
                  "triplet_center": MetricLoss(drops=(), adds=("center",))}
 # model.with_center_loss: True adds these terms to whatever was selected.
 WITH_CENTER_LOSS = ("center",)
+# adaptation.enable: these pseudo-label terms take the ID loss's place (no classifier: the identities change with
+# every clustering); the center loss does not apply for the same reason.
+ADAPTATION_TERMS = MetricLoss(drops=("id", "center"), adds=("memory", "camera"))
 # model.backbone options per spec field (a field applies only to backbones whose entry lists its option).
 BACKBONE_OPTION_FIELDS = {"last_stride": "last_stride", "dropout_rate": "drop_rate", "drop_path": "drop_path_rate",
                           "att_drop_rate": "attn_drop_rate"}
@@ -130,12 +133,14 @@ def check_adaptation(config: DictConfig) -> None:
                           "does not apply with adaptation.enable=true: its identities change with every clustering")
 
 
-def loss_terms(sampler: str, metric_loss_type: str, with_center_loss: bool) -> Tuple[str, ...]:
-    """The LOSS_TERMS names (in the table's order) for dataset.sampler, model.metric_loss_type and
-    model.with_center_loss.
+def loss_terms(sampler: str, metric_loss_type: str, with_center_loss: bool,
+               adaptation: bool = False) -> Tuple[str, ...]:
+    """The LOSS_TERMS names (in the table's order) for dataset.sampler, model.metric_loss_type,
+    model.with_center_loss and adaptation.enable.
 
     The sampler decides ID and triplet; metric type "center" replaces the triplet loss by the center loss
-    (BoT), "triplet_center" adds it, and with_center_loss adds it to whatever was selected.
+    (BoT), "triplet_center" adds it, and with_center_loss adds it to whatever was selected. Adaptation then
+    swaps the ID loss for ADAPTATION_TERMS.
     """
     check_choice("dataset.sampler", sampler)
     check_choice("model.metric_loss_type", metric_loss_type)
@@ -143,6 +148,8 @@ def loss_terms(sampler: str, metric_loss_type: str, with_center_loss: bool) -> T
     chosen = (set(SAMPLERS[sampler].terms) - set(metric.drops)) | set(metric.adds)
     if with_center_loss:
         chosen |= set(WITH_CENTER_LOSS)
+    if adaptation:
+        chosen = (chosen - set(ADAPTATION_TERMS.drops)) | set(ADAPTATION_TERMS.adds)
     unknown = chosen - set(LOSS_TERMS)
     if unknown:  # a table entry naming a term that is not registered: a programming error
         raise ValueError(f"loss terms {sorted(unknown)} are not in LOSS_TERMS")

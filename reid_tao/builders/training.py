@@ -12,11 +12,14 @@ from ..engine.metric_names import VALIDATION_METRICS, metric_modes
 from ..engine.module import ReidModule
 from ..model.backbones import BACKBONES, BackboneOptions
 from ..model.baseline import Baseline
-from ..model.losses import LOSS_TERMS, ClusterMemoryLoss, LossSettings, MemoryLossSum, ReidLoss, build_reid_loss
+from ..model.losses import LOSS_TERMS, LossSettings, ReidLoss, build_reid_loss
 from .pretrained import PRETRAINED_LOADERS, load_adaptation_source
 from .spec import SAMPLERS, loss_terms
 
 log = logging.getLogger(__name__)
+
+# adaptation: the identities are clusters that change; the unused classifier gets one output
+ADAPTATION_NUM_CLASSES = 1
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -40,8 +43,8 @@ def build_datamodule(config: DictConfig, with_validation: bool = True) -> ReidDa
         augment=AugmentSettings(flip_prob=data.prob, padding=data.padding, erase_prob=data.re_prob),
         loader=LoaderSettings(batch_size=data.batch_size, val_batch_size=data.val_batch_size,
                               num_workers=data.num_workers, pk_batches=SAMPLERS[data.sampler].pk_batches,
-                              num_instances=data.num_instances,
-                              seed=max(config.train.seed, 0)),
+                              num_instances=data.num_instances, seed=max(config.train.seed, 0),
+                              camera_balanced=config.adaptation.enable and config.adaptation.camera_balanced_batches),
         pipeline=data.pipeline, channels_last=config.train.channels_last, layout=data.layout,
         unlabeled=config.adaptation.enable)
 
@@ -73,12 +76,14 @@ def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = Tr
 
 def build_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss:
     """The chosen LOSS_TERMS, each weighted by the spec field its class names (weight_field)."""
-    model, data = config.model, config.dataset
-    names = loss_terms(data.sampler, model.metric_loss_type, model.with_center_loss)
-    if config.adaptation.enable:
-        return build_adaptation_loss(config, feat_dim, "triplet" in names)
+    model, data, adaptation = config.model, config.dataset, config.adaptation
+    names = loss_terms(data.sampler, model.metric_loss_type, model.with_center_loss, adaptation.enable)
     settings = LossSettings(num_classes=num_classes, feat_dim=feat_dim, label_smooth=model.label_smooth,
-                            triplet_margin=None if model.no_margin else config.train.optim.triplet_loss_margin)
+                            triplet_margin=None if model.no_margin else config.train.optim.triplet_loss_margin,
+                            memory_temperature=adaptation.temperature, memory_momentum=adaptation.momentum,
+                            camera_temperature=adaptation.camera_temperature,
+                            camera_momentum=adaptation.momentum, camera_inter_weight=adaptation.camera_inter_weight,
+                            camera_hard_negatives=adaptation.camera_hard_negatives)
     weights = {}
     for name in names:
         field = LOSS_TERMS[name].weight_field
@@ -87,19 +92,6 @@ def build_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss:
             if weights[name] is None:  # a programming error: the term names a field the schema lacks
                 raise ValueError(f"loss term {name!r} takes its weight from {field}, which is not a spec field")
     return build_reid_loss(names, settings, weights)
-
-
-def build_adaptation_loss(config: DictConfig, feat_dim: int, use_triplet: bool) -> MemoryLossSum:
-    """Adaptation: the cluster-memory loss takes the ID loss's place (pseudo identities change with every
-    clustering, so no classifier is trained), plus the sampler's triplet loss on the pseudo labels."""
-    adaptation, model = config.adaptation, config.model
-    metric = None
-    if use_triplet:
-        settings = LossSettings(num_classes=1, feat_dim=feat_dim, label_smooth=False,
-                                triplet_margin=None if model.no_margin else config.train.optim.triplet_loss_margin)
-        metric = build_reid_loss(["triplet"], settings, {"triplet": model.triplet_loss_weight})
-    memory = ClusterMemoryLoss(feat_dim, temperature=adaptation.temperature, momentum=adaptation.momentum)
-    return MemoryLossSum(memory, adaptation.memory_loss_weight, metric)
 
 
 def optimizer_arguments(config: DictConfig) -> Dict[str, Any]:

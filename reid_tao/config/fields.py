@@ -29,6 +29,8 @@ class Bounds:
     def allows(self, value) -> bool:
         if self.special is not None and value == self.special[0]:
             return True
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False  # e.g. a word where a number or the special value belongs
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or value <= self.high

@@ -358,18 +358,38 @@ class AdaptationConfig:
     source_checkpoint: Optional[str] = spec_field(None, new=True, help=(
         "the model to adapt: a reid_tao or TAO checkpoint"))
     cluster_interval: int = spec_field(1, bounds=AT_LEAST_1, new=True, help="re-cluster every N epochs")
-    eps: float = spec_field(0.6, bounds=POSITIVE, new=True, help=(
-        "DBSCAN radius on the k-reciprocal Jaccard distance"))
-    min_samples: int = spec_field(4, bounds=AT_LEAST_1, new=True, help=(
-        "DBSCAN core-point neighbours (images closer than eps, itself included)"))
-    k1: int = spec_field(30, bounds=AT_LEAST_1, new=True, help="k-reciprocal neighbourhood of the Jaccard distance")
+    eps: Any = spec_field("auto", bounds=Bounds(low=0, low_open=True, special=(
+        "auto", "from the distances of the first clustering, see eps_share")), new=True, help=(
+        "DBSCAN radius on the k-reciprocal Jaccard distance; auto: the mean of the smallest eps_share of all "
+        "pairwise distances of the first clustering (MMT's rule), kept for the rest of the run"))
+    eps_share: float = spec_field(0.0016, bounds=Bounds(low=0, high=1, low_open=True), new=True, help=(
+        "eps auto: the share of image pairs taken as the same person (about images per person / images)"))
+    min_samples: int = spec_field(2, bounds=AT_LEAST_1, new=True, help=(
+        "DBSCAN core-point neighbours (images closer than eps, itself included); 2 lets a person seen twice "
+        "form a cluster"))
+    k1: int = spec_field(10, bounds=AT_LEAST_1, new=True, help=(
+        "k-reciprocal neighbourhood of the Jaccard distance; about twice the images of a person on few cameras"))
     k2: int = spec_field(6, bounds=AT_LEAST_1, new=True, help="query expansion of the Jaccard distance")
+    outliers: str = spec_field("drop", choices=("drop", "instances"), new=True, help=(
+        "images no cluster takes: drop (not trained on until a later clustering takes them) or instances (each "
+        "its own memory entry and pseudo identity, as SpCL's hybrid memory)"))
     momentum: float = spec_field(0.2, bounds=PROBABILITY, new=True, help=(
         "cluster-memory update: centroid <- momentum * centroid + (1 - momentum) * feature"))
     temperature: float = spec_field(0.05, bounds=POSITIVE, new=True, help=(
         "of the contrastive loss over the cluster centroids"))
     memory_loss_weight: float = spec_field(1.0, bounds=NON_NEGATIVE, new=True, help=(
         "weight of the cluster-memory loss in the total"))
+    camera_loss_weight: float = spec_field(1.0, bounds=NON_NEGATIVE, new=True, help=(
+        "weight of the camera-aware proxy loss (one proxy per cluster and camera: intra-camera and inter-camera "
+        "terms, CAP); 0 turns it off; it is off by itself with one camera"))
+    camera_temperature: float = spec_field(0.07, bounds=POSITIVE, new=True, help=(
+        "of the softmax over the camera proxies"))
+    camera_inter_weight: float = spec_field(0.5, bounds=NON_NEGATIVE, new=True, help=(
+        "weight of the inter-camera term inside the camera loss"))
+    camera_hard_negatives: int = spec_field(50, bounds=AT_LEAST_1, new=True, help=(
+        "proxies of other clusters in the inter-camera term (the most similar ones)"))
+    camera_balanced_batches: bool = spec_field(True, new=True, help=(
+        "a pseudo identity's K images in a batch come from as many of its cameras as it has"))
     camera_centring: bool = spec_field(True, new=True, help=(
         "cluster features minus their camera's mean feature, so a person's views on several cameras join "
         "one cluster rather than one per camera"))

@@ -174,9 +174,10 @@ class ReidDataModule(pl.LightningDataModule):
                                       seed=settings.seed, drop_last=True)
         elif self.unlabeled:
             clustered = [index for index, label in enumerate(self.train_labels) if label >= 0]
+            cameras = [self.train_records[i].camid for i in clustered] if settings.camera_balanced else None
             base = SubsetSampler(PKSampler([self.train_labels[i] for i in clustered], settings.batch_size,
                                            settings.num_instances, seed=settings.seed, rank=rank,
-                                           world_size=world_size), clustered)
+                                           world_size=world_size, cameras=cameras), clustered)
         else:
             base = PKSampler(self.train_labels, settings.batch_size, settings.num_instances, seed=settings.seed,
                              rank=rank, world_size=world_size)

@@ -32,6 +32,9 @@ class PKSampler(torch.utils.data.Sampler[int]):
         seed: base seed; the epoch plan is seeded from ``(seed, epoch)``.
         rank: this process's rank in ``[0, world_size)``.
         world_size: number of processes sharing each global batch.
+        cameras: the camera of every dataset item, or None. Given, each identity's images are taken in turns
+            from its cameras, so a chunk of K spans as many cameras as the identity has (pseudo identities of
+            domain adaptation: the cross-camera pairs are what the model must learn).
 
     Per epoch: each identity's images are shuffled (identities with fewer than K images are sampled
     with replacement up to K) and cut into chunks of K (the incomplete remainder is dropped). Then,
@@ -55,6 +58,7 @@ class PKSampler(torch.utils.data.Sampler[int]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        cameras: Sequence[int] | None = None,
     ) -> None:
         if num_instances < 1:
             raise ValueError(f"PKSampler: num_instances must be >= 1, got {num_instances}")
@@ -71,6 +75,12 @@ class PKSampler(torch.utils.data.Sampler[int]):
         _, self._label_index = np.unique(labels, return_inverse=True)
         self._label_index = self._label_index.reshape(-1).astype(np.int64)
         self._num_ids = int(self._label_index.max()) + 1
+        if cameras is not None:
+            if len(cameras) != labels.size:
+                raise ValueError(f"PKSampler: {len(cameras)} cameras for {labels.size} pids")
+            self._camera_index = np.unique(np.asarray(cameras), return_inverse=True)[1].reshape(-1)
+        else:
+            self._camera_index = None
 
         self.batch_size = batch_size
         self.num_instances = num_instances
@@ -115,6 +125,18 @@ class PKSampler(torch.utils.data.Sampler[int]):
             self._cached_epoch = self.epoch
         return self._cached_indices
 
+    def _camera_turns(self, shuffled: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Reorder each identity's shuffled images so that its cameras take turns: first one image of each
+        camera (the cameras in a random order), then a second of each, and so on."""
+        labels, cameras = self._label_index[shuffled], self._camera_index[shuffled]
+        by_group = np.lexsort((cameras, labels))  # stable: keeps the shuffle inside each (identity, camera)
+        group_key = labels[by_group] * (int(cameras.max()) + 1) + cameras[by_group]
+        starts = np.flatnonzero(np.r_[True, group_key[1:] != group_key[:-1]])
+        turn = np.empty(shuffled.size, dtype=np.int64)
+        turn[by_group] = np.arange(shuffled.size) - np.repeat(starts, np.diff(np.r_[starts, shuffled.size]))
+        camera_order = rng.random(int(cameras.max()) + 1)[cameras]  # a random camera order per epoch
+        return shuffled[np.lexsort((camera_order, turn, labels))]
+
     def _plan(self, epoch: int, num_batches: int | None = -1) -> np.ndarray:
         """num_batches: -1 = the fixed epoch length, None = the natural length of this draw."""
         if num_batches == -1:
@@ -126,6 +148,8 @@ class PKSampler(torch.utils.data.Sampler[int]):
         # Shuffle inside each identity: sort by (identity, random key).
         keys = rng.random(self._label_index.size)
         shuffled = np.lexsort((keys, self._label_index))
+        if self._camera_index is not None:
+            shuffled = self._camera_turns(shuffled, rng)
 
         # Chunks of K per identity; identities with < K images get one chunk drawn with replacement.
         chunks_per_id = np.maximum(self._counts // k, 1)

@@ -17,7 +17,8 @@ class AugmentSettings:
 @dataclass(frozen=True)
 class LoaderSettings:
     """Batching. pk_batches: PK batches of ``batch_size // num_instances`` identities x ``num_instances``
-    images (what the triplet loss needs), else shuffled batches. seed: sampling and augmentation seed."""
+    images (what the triplet loss needs), else shuffled batches. seed: sampling and augmentation seed.
+    camera_balanced: an identity's K images in a PK batch come from as many of its cameras as it has."""
 
     batch_size: int = 64
     val_batch_size: int = 128
@@ -25,3 +26,4 @@ class LoaderSettings:
     pk_batches: bool = True
     num_instances: int = 4
     seed: int = 0
+    camera_balanced: bool = False

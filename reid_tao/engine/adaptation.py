@@ -19,8 +19,9 @@ of the averaged weights are then measured on the training images (as SWA does af
 two models' statistics instead describes neither, and cost most of the gain on a shifted domain.
 """
 import logging
+import signal
 import time
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -28,8 +29,10 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 from ..data.datamodule import eval_dataset, eval_loader
+from ..errors import DataError, Preempted
 from ..evaluation.clustering import cluster_features
-from ..model.losses import ClusterMemoryLoss
+from ..model.losses import PseudoLabelTerm
+from .preemption import PreemptionCheckpoint
 
 log = logging.getLogger("reid_tao.train")
 
@@ -43,8 +46,21 @@ def training_images(trainer: pl.Trainer, batch_size: int, num_workers: int):
 @torch.no_grad()
 def measure_batch_norm(model: torch.nn.Module, images: Iterable[torch.Tensor]) -> None:
     """Replace the running statistics of every batch-norm layer by those of ``images`` (an iterable of batches):
-    the plain average of the per-batch statistics, not a momentum average (torch.optim.swa_utils.update_bn)."""
-    update_bn(images, model)
+    the plain average of the per-batch statistics, not a momentum average (torch.optim.swa_utils.update_bn).
+    A batch of one image is skipped (batch norm in training mode needs two values per channel); a set with no
+    larger batch raises DataError."""
+    measured = []
+
+    def larger_than_one(batches):
+        for batch in batches:
+            if batch.shape[0] > 1:
+                measured.append(batch.shape[0])
+                yield batch
+
+    update_bn(larger_than_one(images), model)
+    if not measured:
+        raise DataError("dataset.train_dataset_dir: batch-norm statistics need at least 2 training images "
+                        "(adaptation.target_batch_norm / adaptation.source_weight); add images")
 
 
 def measure_batch_norm_on_training_images(trainer: pl.Trainer, module: pl.LightningModule, batch_size: int,
@@ -55,21 +71,35 @@ def measure_batch_norm_on_training_images(trainer: pl.Trainer, module: pl.Lightn
 
 
 class PseudoLabelCallback(pl.Callback):
-    """camera_centring: cluster :func:`~reid_tao.evaluation.clustering.camera_centred` features.
+    """Re-cluster the training images and rebuild the pseudo-label loss terms (cluster memory, camera proxies).
+
+    eps: the DBSCAN radius, or None: chosen at the first clustering from its distances
+    (:func:`~reid_tao.evaluation.clustering.auto_eps` with ``eps_share``) and kept for the run.
+    outliers: "drop" leaves un-clustered images out of training; "instances" makes each its own pseudo identity
+    (its own memory entry, as SpCL's hybrid memory).
+    camera_centring: cluster :func:`~reid_tao.evaluation.clustering.camera_centred` features.
     target_batch_norm: before the first clustering of a new run (not a resumed one), measure the batch-norm
     statistics on the training images (AdaBN, Li et al. 2016): the source's describe the source cameras, and
-    the first pseudo labels come from this model."""
+    the first pseudo labels come from this model.
+    A re-clustering that finds too few clusters for a PK batch keeps the previous pseudo labels (one line says
+    so) instead of ending the run; the first clustering has none to keep and raises."""
 
-    def __init__(self, memory: ClusterMemoryLoss, interval: int = 1, eps: float = 0.6, min_samples: int = 4,
-                 k1: int = 30, k2: int = 6, batch_size: int = 128, num_workers: int = 0,
-                 camera_centring: bool = True, target_batch_norm: bool = True):
+    def __init__(self, terms: Sequence[PseudoLabelTerm], interval: int = 1, eps: Optional[float] = None,
+                 eps_share: float = 0.0016, min_samples: int = 2, k1: int = 10, k2: int = 6, outliers: str = "drop",
+                 batch_size: int = 128, num_workers: int = 0, camera_centring: bool = True,
+                 target_batch_norm: bool = True):
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
-        self.memory, self.interval = memory, interval
-        self.cluster_args = dict(eps=eps, min_samples=min_samples, k1=k1, k2=k2)
+        if outliers not in OUTLIER_POLICIES:
+            raise ValueError(f"outliers must be one of {OUTLIER_POLICIES}, got {outliers!r}")
+        self.terms, self.interval = list(terms), interval
+        self.eps, self.eps_share = eps, eps_share
+        self.cluster_args = dict(min_samples=min_samples, k1=k1, k2=k2)
+        self.outliers = outliers
         self.batch_size, self.num_workers = batch_size, num_workers
         self.camera_centring, self.target_batch_norm = camera_centring, target_batch_norm
         self.stats: Dict[str, float] = {}
+        self.clusterings = 0
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.target_batch_norm and trainer.ckpt_path is None:
@@ -83,21 +113,37 @@ class PseudoLabelCallback(pl.Callback):
         module.log_dict(self.stats, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        next_epoch = trainer.current_epoch + 1
-        if next_epoch < trainer.max_epochs and next_epoch % self.interval == 0 and not trainer.should_stop:
+        if reclusters_before(trainer.current_epoch + 1, self.interval, trainer.max_epochs) and not trainer.should_stop:
             self.recluster(trainer, module)
 
+    def _cluster(self, trainer: pl.Trainer, module: pl.LightningModule, cameras: torch.Tensor) -> Optional[tuple]:
+        """Embed, cluster and rebuild the terms (global rank 0); None when a stop signal came in between."""
+        features = self.embed_training_images(trainer, module)
+        if features is None or stop_signal(trainer):
+            return None
+        clustering = cluster_features(features, eps=self.eps, eps_share=self.eps_share,
+                                      cameras=cameras if self.camera_centring else None, **self.cluster_args)
+        if stop_signal(trainer):
+            return None
+        labels = with_outliers(clustering.labels, self.outliers)
+        for term in self.terms:
+            term.reset_pseudo_labels(features, torch.as_tensor(labels), cameras)
+        return clustering.labels, labels, clustering.eps, [term_state(term) for term in self.terms]
+
     @torch.no_grad()
-    def embed_training_images(self, trainer: pl.Trainer, module: pl.LightningModule) -> torch.Tensor:
-        """(N, D) float32 BNNeck outputs of the training images (what the memory loss sees in training)."""
+    def embed_training_images(self, trainer: pl.Trainer, module: pl.LightningModule) -> Optional[torch.Tensor]:
+        """(N, D) float32 BNNeck outputs of the training images (what the memory loss sees in training),
+        computed in fp32 whatever the training precision: the clustering compares close distances."""
         loader = training_images(trainer, self.batch_size, self.num_workers)
         model = module.model
         was_training = model.training
         model.eval()
         features = []
         try:
-            with trainer.precision_plugin.forward_context():
+            with torch.autocast(module.device.type, enabled=False):
                 for batch in loader:
+                    if stop_signal(trainer):
+                        return None
                     features.append(model.neck_feature(batch.images.to(module.device)).float())
         finally:
             model.train(was_training)
@@ -106,21 +152,72 @@ class PseudoLabelCallback(pl.Callback):
     def recluster(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         started = time.perf_counter()
         result: Optional[tuple] = None
+        cameras = torch.tensor([record.camid for record in trainer.datamodule.train_records])
         if trainer.is_global_zero:
-            features = self.embed_training_images(trainer, module)
-            cameras = (torch.tensor([record.camid for record in trainer.datamodule.train_records])
-                       if self.camera_centring else None)
-            clustering = cluster_features(features, cameras=cameras, **self.cluster_args)
-            result = (clustering.labels, clustering.centroids.cpu())
-        labels, centroids = trainer.strategy.broadcast(result, src=0)
-        labels = np.asarray(labels)
-        used = int((labels >= 0).sum())
-        self.stats = {"clusters": float(centroids.shape[0]), "outliers": float(len(labels) - used),
-                      "images_used": float(used)}
-        log.info("pseudo labels: %d clusters, %d outliers, %d of %d images used (%.1f s)", centroids.shape[0],
-                 len(labels) - used, used, len(labels), time.perf_counter() - started)
-        trainer.datamodule.set_pseudo_labels(labels.tolist())
-        self.memory.reset(centroids.to(module.device))
+            result = self._cluster(trainer, module, cameras)
+        result = trainer.strategy.broadcast(result, src=0)
+        if result is None:  # a stop signal came: the next epoch's start stops with the last checkpoint
+            signum = stop_signal(trainer)
+            if self.clusterings == 0:
+                raise Preempted(f"stopped by {signal.Signals(signum).name} during the first clustering, before any "
+                                "training step of this run; run the same command to start again", signum)
+            log.info("clustering stopped by %s; stopping at the last checkpoint", signal.Signals(signum).name)
+            return
+        found, labels, eps, states = result
+        found, labels = np.asarray(found), np.asarray(labels)
+        used, clusters = int((found >= 0).sum()), int(found.max(initial=-1)) + 1
+        if self.eps is None:
+            log.info("adaptation.eps=auto: %.3f (the mean of the smallest %.2g of the Jaccard distances)", eps,
+                     self.eps_share)
+            self.eps = eps
+        log.info("pseudo labels: %d clusters, %d outliers, %d of %d images used (%.1f s)", clusters,
+                 len(found) - used, used if self.outliers == "drop" else len(found), len(found),
+                 time.perf_counter() - started)
+        try:
+            trainer.datamodule.set_pseudo_labels(labels.tolist())
+        except DataError as error:
+            if self.clusterings == 0:
+                raise
+            log.warning("this clustering is not used, the previous pseudo labels are kept: %s", error)
+            return
+        for term, state in zip(self.terms, states):
+            load_term_state(term, state, module.device)
+        self.stats = {"clusters": float(clusters), "outliers": float(len(found) - used), "images_used": float(used)}
+        self.clusterings += 1
+
+
+OUTLIER_POLICIES = ("drop", "instances")
+
+
+def stop_signal(trainer: pl.Trainer) -> int:
+    """The stop signal this process received during training (0: none), as PreemptionCheckpoint keeps it."""
+    return next((callback.received for callback in trainer.callbacks
+                 if isinstance(callback, PreemptionCheckpoint) and callback.received), 0)
+
+
+def reclusters_before(epoch: int, interval: int, max_epochs: int) -> bool:
+    """Whether the pseudo labels are renewed before ``epoch`` (0-based) starts: every ``interval``-th epoch,
+    epoch 0's clustering being the one at the start of the run."""
+    return 0 < epoch < max_epochs and epoch % interval == 0
+
+
+def with_outliers(labels: np.ndarray, policy: str) -> np.ndarray:
+    """The pseudo labels to train with: "drop" keeps -1 for the outliers; "instances" numbers each outlier as a
+    pseudo identity of its own after the clusters."""
+    labels = np.asarray(labels).copy()
+    if policy == "instances":
+        outliers = labels < 0
+        labels[outliers] = labels.max(initial=-1) + 1 + np.arange(int(outliers.sum()))
+    return labels
+
+
+def term_state(term: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    return {name: tensor.cpu() for name, tensor in term.named_buffers()}
+
+
+def load_term_state(term: torch.nn.Module, state: Mapping[str, torch.Tensor], device: torch.device) -> None:
+    for name, tensor in state.items():
+        setattr(term, name, tensor.to(device))
 
 
 class SourceInterpolation(pl.Callback):

@@ -17,8 +17,8 @@ TRAIN_PREFIX = "train_"  # TAO's scalar names: train_loss, train_acc_1, train_id
 VALIDATION = {"mAP": Metric("max", "mAP"), "mINP": Metric("max"), "cmc_rank_1": Metric("max", "cmc_rank_1"),
               "cmc_rank_5": Metric("max", "cmc_rank_5"), "cmc_rank_10": Metric("max", "cmc_rank_10")}
 VALIDATION_METRICS = tuple(VALIDATION)
-# Domain adaptation (adaptation.enable): its loss and the pseudo labels each epoch trained on (also KPIs).
-ADAPTATION = {"train_memory_loss": Metric("min"), "clusters": Metric("max", "clusters"),
+# Domain adaptation (adaptation.enable): the pseudo labels each epoch trained on (also KPIs).
+ADAPTATION = {"clusters": Metric("max", "clusters"),
               "outliers": Metric("min", "outliers"), "images_used": Metric("max", "images_used")}
 
 

@@ -57,7 +57,7 @@ class ReidModule(pl.LightningModule):
         optimizer = build_optimizer(self.model, **self.optimizer_args)
         scheduler = build_scheduler(optimizer, **self.scheduler_args)
         optimizers = [optimizer]
-        centers = list(self.loss.center_parameters())
+        centers = list(self.loss.own_parameters())
         if centers:
             optimizers.append(build_center_optimizer(centers, self.center_lr))
         return optimizers, [{"scheduler": scheduler, "interval": "epoch"}]
@@ -88,7 +88,7 @@ class ReidModule(pl.LightningModule):
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         logits, features = self._train_forward(images)
-        losses = self.loss(logits, features, labels)
+        losses = self.loss(logits, features, labels, batch.camids)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         self.manual_backward(losses["loss"])

@@ -41,12 +41,13 @@ class Baseline(nn.Module):
         self._init_head()
 
     def freeze_id_head(self) -> None:
-        """Train without an ID loss: the classifier is no longer run, and it and the BNNeck scale are frozen
-        (only the ID loss gives them a gradient; a parameter that requires a gradient and never gets one
-        makes DDP fail at the second step). The BNNeck still runs, so its statistics keep being tracked
-        for the "after" test feature."""
+        """Train without an ID loss: the classifier is no longer run and is frozen, and so is the BNNeck scale
+        unless the metric losses train on the neck's output (only a loss that sees the neck gives it a gradient;
+        a parameter that requires a gradient and never gets one makes DDP fail at the second step). The BNNeck
+        still runs, so its statistics keep being tracked for the "after" test feature; its shift stays frozen."""
         self.classifier.requires_grad_(False)
-        self.bottleneck.requires_grad_(False)
+        if not self.metric_on_neck and isinstance(self.bottleneck, nn.BatchNorm1d):
+            self.bottleneck.weight.requires_grad_(False)
         self.classifier_trained = False
 
     def train_metric_losses_on_neck(self) -> None:

@@ -9,8 +9,9 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..builders import (
+    ADAPTATION_NUM_CLASSES,
+    adaptation_callbacks,
     build_datamodule,
-    build_model,
     build_module,
     check_resumable,
     checkpoint_settings,
@@ -19,7 +20,6 @@ from ..builders import (
     wandb_settings,
 )
 from ..config.notices import warmup_warning
-from ..engine.adaptation import PseudoLabelCallback, SourceInterpolation
 from ..engine.callbacks import EpochSummary, StepLossBar, console_is_terminal
 from ..engine.checkpoint import LATEST_NAME, BackgroundCheckpointIO, checkpoint_callbacks
 from ..engine.devices import plan_devices
@@ -110,29 +110,6 @@ def cudnn_flags(cudnn: DictConfig, accelerator: str):
     return benchmark, deterministic
 
 
-ADAPTATION_NUM_CLASSES = 1
-
-
-def pseudo_label_callback(config: DictConfig, module) -> PseudoLabelCallback:
-    adaptation = config.adaptation
-    return PseudoLabelCallback(module.loss.memory, interval=adaptation.cluster_interval, eps=adaptation.eps,
-                               min_samples=adaptation.min_samples, k1=adaptation.k1, k2=adaptation.k2,
-                               batch_size=config.dataset.val_batch_size, num_workers=config.dataset.num_workers,
-                               camera_centring=adaptation.camera_centring,
-                               target_batch_norm=adaptation.target_batch_norm)
-
-
-def source_interpolation(config: DictConfig, module, resuming: bool) -> Optional[SourceInterpolation]:
-    """adaptation.source_weight > 0: the callback, with the source weights (a resumed run's module holds the
-    checkpoint's, so the source is loaded again)."""
-    weight = config.adaptation.source_weight
-    if weight <= 0:
-        return None
-    source = build_model(config, ADAPTATION_NUM_CLASSES) if resuming else module.model
-    return SourceInterpolation(source.state_dict(), weight, batch_size=config.dataset.val_batch_size,
-                               num_workers=config.dataset.num_workers)
-
-
 @reported("train")
 def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
     """Train per the spec; ``extra_callbacks`` join the Trainer's (``reid tune`` adds its reporter)."""
@@ -146,7 +123,6 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
     datamodule = build_datamodule(config)
     datamodule.setup("fit")
     adaptation = config.adaptation.enable
-    # adaptation: the identities are clusters that change; the unused classifier gets one output
     num_classes = ADAPTATION_NUM_CLASSES if adaptation else datamodule.num_classes
     if not adaptation and config.dataset.num_classes != datamodule.num_classes:
         log.info("dataset.num_classes=%d is not needed: %d identities found in dataset.train_dataset_dir",
@@ -159,10 +135,7 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
                           load_pretrained=checkpoint is None)
     # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
-    callbacks = [preemption, *extra_callbacks]
-    if adaptation:
-        interpolation = source_interpolation(config, module, resuming=checkpoint is not None)
-        callbacks += [pseudo_label_callback(config, module)] + ([interpolation] if interpolation else [])
+    callbacks = [preemption, *extra_callbacks, *adaptation_callbacks(config, module, resuming=checkpoint is not None)]
     trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=callbacks)
     if not adaptation:  # (clusters are checked when each clustering sets them)
         # setup() ran before the Trainer existed (one process): check P x processes now, before any starts

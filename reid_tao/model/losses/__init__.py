@@ -1,19 +1,22 @@
-"""Losses: ID (cross entropy, label smoothing), batch-hard triplet, center, and their weighted sum.
+"""Losses: ID (cross entropy, label smoothing), batch-hard triplet, center, the pseudo-label terms of domain
+adaptation (cluster memory, camera proxies), and their weighted sum.
 
 ``LOSS_TERMS`` is the one table of loss terms: a term registered here can be selected by name, is summed by
 ``ReidLoss`` and is logged, monitored and reported as ``train_<name>_loss`` (see docs/contributing.md).
 """
 from typing import Dict, Mapping, Optional, Sequence, Type
 
+from .camera_proxy import CameraProxyLoss
 from .center import CenterLoss
-from .cluster_memory import ClusterMemoryLoss, MemoryLossSum
+from .cluster_memory import ClusterMemoryLoss
 from .combined import ReidLoss, value_name
 from .cross_entropy import IdLoss
-from .term import LossSettings, LossTerm
+from .term import LossSettings, LossTerm, PseudoLabelTerm
 from .triplet import TripletLoss
 
 # term name -> the term's class (in summing order).
-LOSS_TERMS: Dict[str, Type[LossTerm]] = {"id": IdLoss, "triplet": TripletLoss, "center": CenterLoss}
+LOSS_TERMS: Dict[str, Type[LossTerm]] = {"id": IdLoss, "triplet": TripletLoss, "center": CenterLoss,
+                                         "memory": ClusterMemoryLoss, "camera": CameraProxyLoss}
 # model.id_loss_type -> the ID loss (TAO's margin heads are broken, bug B4, and not implemented).
 ID_LOSSES = {"softmax": IdLoss}
 
@@ -29,5 +32,5 @@ def build_reid_loss(names: Sequence[str], settings: LossSettings,
                     {name: weight for name, weight in (weights or {}).items() if name in chosen})
 
 
-__all__ = ["CenterLoss", "ClusterMemoryLoss", "MemoryLossSum", "ID_LOSSES", "IdLoss", "LOSS_TERMS", "LossSettings",
-           "LossTerm", "ReidLoss", "TripletLoss", "build_reid_loss", "value_name"]
+__all__ = ["CameraProxyLoss", "CenterLoss", "ClusterMemoryLoss", "ID_LOSSES", "IdLoss", "LOSS_TERMS", "LossSettings",
+           "LossTerm", "PseudoLabelTerm", "ReidLoss", "TripletLoss", "build_reid_loss", "value_name"]

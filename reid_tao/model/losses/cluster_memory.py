@@ -4,22 +4,46 @@ The memory holds one L2-normalised centroid per pseudo identity (cluster). A bat
 against all centroids by a temperature-scaled softmax over cosine similarities (an InfoNCE loss with the
 own cluster's centroid as the positive), and after the step each centroid moves towards the batch features
 of its cluster: ``c <- momentum * c + (1 - momentum) * f``, renormalised. The centroids are set anew after
-every clustering (:meth:`ClusterMemoryLoss.reset`); they are state, not parameters (no optimiser steps them)
-and not saved in checkpoints (the next clustering rebuilds them).
+every clustering (:meth:`ClusterMemoryLoss.reset_pseudo_labels`); they are state, not parameters (no optimiser
+steps them) and not saved in checkpoints (the next clustering rebuilds them).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .term import LossSettings, PseudoLabelTerm
 
 
-class ClusterMemoryLoss(nn.Module):
+def momentum_update(memory: torch.Tensor, rows: torch.Tensor, features: torch.Tensor, momentum: float) -> None:
+    """Move each memory row named in ``rows`` towards the mean of its batch features, in place:
+    ``m <- momentum * m + (1 - momentum) * mean``, renormalised. Averaging a row's features first makes the step
+    independent of how many times the batch holds it."""
+    sums = torch.zeros_like(memory).index_add_(0, rows, features)
+    counts = torch.bincount(rows, minlength=memory.shape[0]).to(features.dtype)
+    present = counts > 0
+    means = sums[present] / counts[present, None]
+    memory[present] = F.normalize(momentum * memory[present] + (1 - momentum) * means, dim=1)
+
+
+def label_means(features: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
+    """(count, D) L2-normalised mean of the normalised features of each label 0..count-1 (labels < 0 ignored)."""
+    normalised = F.normalize(features.float(), dim=1)
+    kept = labels >= 0
+    sums = torch.zeros(count, normalised.shape[1], device=normalised.device)
+    sums.index_add_(0, labels[kept], normalised[kept])
+    return F.normalize(sums, dim=1)
+
+
+class ClusterMemoryLoss(PseudoLabelTerm):
     """Args:
-        feat_dim: width of the features.
-        temperature: softmax temperature over the cosine similarities (Cluster Contrast: 0.05).
-        momentum: share of the old centroid kept in each update (Cluster Contrast: 0.1 to 0.2).
+    feat_dim: width of the features.
+    temperature: softmax temperature over the cosine similarities (Cluster Contrast: 0.05).
+    momentum: share of the old centroid kept in each update (Cluster Contrast: 0.1 to 0.2).
     """
+
+    weight_field = "adaptation.memory_loss_weight"
 
     def __init__(self, feat_dim: int, temperature: float = 0.05, momentum: float = 0.2):
         super().__init__()
@@ -29,6 +53,10 @@ class ClusterMemoryLoss(nn.Module):
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
         self.feat_dim, self.temperature, self.momentum = feat_dim, float(temperature), float(momentum)
         self.register_buffer("centroids", torch.zeros(0, feat_dim), persistent=False)
+
+    @classmethod
+    def from_settings(cls, settings: LossSettings) -> ClusterMemoryLoss:
+        return cls(settings.feat_dim, temperature=settings.memory_temperature, momentum=settings.memory_momentum)
 
     @property
     def num_clusters(self) -> int:
@@ -41,7 +69,11 @@ class ClusterMemoryLoss(nn.Module):
             raise ValueError(f"centroids must have shape (clusters, {self.feat_dim}), got {tuple(centroids.shape)}")
         self.centroids = F.normalize(centroids.float(), dim=1).to(self.centroids.device)
 
-    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def reset_pseudo_labels(self, features: torch.Tensor, labels: torch.Tensor, cameras: torch.Tensor) -> None:
+        self.reset(label_means(features, labels.to(features.device), int(labels.max()) + 1))
+
+    def value(self, logits, features: torch.Tensor, targets: torch.Tensor, cameras=None) -> torch.Tensor:
         """Contrastive loss of ``features`` (batch, feat_dim) against the memory; ``targets`` are cluster
         indices. Updates the memory with the batch afterwards (training mode only)."""
         if self.num_clusters == 0:
@@ -52,49 +84,7 @@ class ClusterMemoryLoss(nn.Module):
         logits = normalised @ centroids.clone().T / self.temperature
         loss = F.cross_entropy(logits, targets)
         if self.training:
-            self._update(normalised.detach(), targets)
+            with torch.no_grad():
+                momentum_update(centroids, targets, normalised.detach(), self.momentum)
+            self.centroids = centroids
         return loss
-
-    @torch.no_grad()
-    def _update(self, features: torch.Tensor, targets: torch.Tensor) -> None:
-        """One momentum step per cluster with the mean of its batch features (every PK batch holds each of
-        its clusters K times; averaging them first makes the step independent of K)."""
-        centroids = self.centroids
-        if centroids.device != features.device:
-            centroids = centroids.to(features.device)
-        sums = torch.zeros_like(centroids).index_add_(0, targets, features)
-        counts = torch.bincount(targets, minlength=centroids.shape[0]).to(features.dtype)
-        present = counts > 0
-        means = sums[present] / counts[present, None]
-        centroids[present] = F.normalize(self.momentum * centroids[present] + (1 - self.momentum) * means, dim=1)
-        self.centroids = centroids
-
-
-class MemoryLossSum(nn.Module):
-    """The adaptation objective: ``memory_weight`` x cluster-memory loss + the metric losses of ``metric``
-    (a :class:`~reid_tao.model.losses.ReidLoss` without ID loss, e.g. the batch-hard triplet loss on the
-    pseudo labels), or the memory loss alone when ``metric`` is None. Same interface as ReidLoss."""
-
-    needs_logits = False  # pseudo identities change with every clustering: no classifier is trained
-
-    def __init__(self, memory: ClusterMemoryLoss, memory_weight: float = 1.0, metric: nn.Module | None = None):
-        super().__init__()
-        if memory_weight < 0:
-            raise ValueError(f"memory_weight must be >= 0, got {memory_weight}")
-        if metric is not None and metric.needs_logits:
-            raise ValueError("the metric losses must not include an ID loss (pseudo identities change)")
-        self.memory, self.memory_weight, self.metric = memory, float(memory_weight), metric
-
-    def forward(self, logits: torch.Tensor | None, features: torch.Tensor, targets: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
-        value = self.memory(features, targets)
-        parts = {"memory_loss": value.detach()}
-        total = self.memory_weight * value
-        if self.metric is not None:
-            metric = self.metric(logits, features, targets)
-            total = total + metric.pop("loss")
-            parts.update(metric)
-        return {"loss": total, **parts}
-
-    def center_parameters(self) -> list[nn.Parameter]:
-        return self.metric.center_parameters() if self.metric is not None else []

@@ -11,7 +11,7 @@ from typing import List, Mapping, Optional
 import torch
 from torch import nn
 
-from .term import LossTerm
+from .term import LossTerm, PseudoLabelTerm
 
 
 def value_name(term: str) -> str:
@@ -54,9 +54,9 @@ class ReidLoss(nn.Module):
         """Whether any term reads the classifier logits (else the ID head gets no gradient)."""
         return any(self.term(name).needs_logits for name in self.names)
 
-    def forward(self, logits: torch.Tensor | None, features: torch.Tensor, targets: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
-        """Losses for one batch.
+    def forward(self, logits: torch.Tensor | None, features: torch.Tensor, targets: torch.Tensor,
+                cameras: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Losses for one batch (``cameras``: the (B,) camera of each image, for the terms that need them).
 
         Returns a dict with "loss" (weighted total, fp32, to backpropagate) and each term's unweighted,
         detached value for logging under ``<name>_loss`` (e.g. "id_loss", "triplet_loss", "center_loss").
@@ -64,11 +64,15 @@ class ReidLoss(nn.Module):
         parts: dict[str, torch.Tensor] = {}
         total: list[torch.Tensor] = []
         for name in self.names:
-            contribution, value = self.term(name).weighted(self.weights[name], logits, features, targets)
+            contribution, value = self.term(name).weighted(self.weights[name], logits, features, targets, cameras)
             parts[value_name(name)] = value.detach()
             total.append(contribution)
         return {"loss": torch.stack(total).sum(), **parts}
 
-    def center_parameters(self) -> List[nn.Parameter]:
+    def own_parameters(self) -> List[nn.Parameter]:
         """Parameters the terms step with their own SGD optimiser (the centers), or [] when none has any."""
         return [p for name in self.names for p in self.term(name).own_parameters()]
+
+    def pseudo_label_terms(self) -> List[LossTerm]:
+        """The terms rebuilt from every clustering (domain adaptation)."""
+        return [self.term(name) for name in self.names if isinstance(self.term(name), PseudoLabelTerm)]

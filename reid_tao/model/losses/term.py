@@ -22,6 +22,13 @@ class LossSettings:
     feat_dim: int  # dimension of the features fed to the feature terms
     label_smooth: bool = True
     triplet_margin: Optional[float] = 0.3  # None: the soft margin
+    # adaptation (pseudo-label terms)
+    memory_temperature: float = 0.05
+    memory_momentum: float = 0.2
+    camera_temperature: float = 0.07
+    camera_momentum: float = 0.2
+    camera_inter_weight: float = 0.5
+    camera_hard_negatives: int = 50
 
 
 class LossTerm(nn.Module):
@@ -32,11 +39,13 @@ class LossTerm(nn.Module):
             parameters without gradients break DDP).
         standalone: it may be the only term (False for a term that collapses alone, like the center loss).
         weight_field: the spec field holding its weight (``reid_tao.builders`` reads it; None: weight 1).
+        needs_cameras: :meth:`value` also takes ``cameras``, the (B,) camera of each image.
     """
 
     needs_logits = False
     standalone = True
     weight_field: Optional[str] = None
+    needs_cameras = False
 
     @classmethod
     def from_settings(cls, settings: LossSettings) -> "LossTerm":
@@ -47,11 +56,27 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
     def weighted(self, weight: float, logits: Optional[torch.Tensor], features: torch.Tensor,
-                 targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                 targets: torch.Tensor, cameras: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(what this term adds to the total, its unweighted value). Override to route gradients differently."""
-        value = self.value(logits, features, targets)
+        if self.needs_cameras:
+            if cameras is None:
+                raise ValueError(f"{type(self).__name__} needs the cameras of the batch")
+            value = self.value(logits, features, targets, cameras)
+        else:
+            value = self.value(logits, features, targets)
         return weight * value, value
 
     def own_parameters(self) -> List[nn.Parameter]:
         """Parameters stepped by their own SGD optimiser (train.optim.center_lr), not the model's."""
         return []
+
+
+class PseudoLabelTerm(LossTerm):
+    """A term whose state comes from the pseudo labels of unlabeled images (domain adaptation): after every
+    clustering, :meth:`reset_pseudo_labels` rebuilds it from the features that were clustered. Training the
+    model on such terms trains no classifier (the pseudo identities change with every clustering)."""
+
+    def reset_pseudo_labels(self, features: torch.Tensor, labels: torch.Tensor, cameras: torch.Tensor) -> None:
+        """features: (N, D) of all training images; labels: (N,) pseudo identity 0..L-1, or -1 (left out);
+        cameras: (N,) camera numbers."""
+        raise NotImplementedError
