@@ -337,7 +337,7 @@ def test_adaptation_fields_without_enable_are_noticed():
 
 # ---------------------------------------------------------------------------------------- source interpolation
 def test_source_interpolation_blends_floating_tensors_only():
-    from reid_tao.engine.adaptation import SourceInterpolation
+    from reid_tao.engine.adaptation import FinalWeights
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     source = {name: torch.full_like(tensor, 4.0) if tensor.is_floating_point() else tensor + 5
@@ -346,14 +346,14 @@ def test_source_interpolation_blends_floating_tensors_only():
     with torch.no_grad():
         for tensor in model.state_dict().values():
             tensor.fill_(0) if tensor.is_floating_point() else None
-    callback = SourceInterpolation(source, 0.25)
+    callback = FinalWeights(source, 0.25)
     assert callback.interpolate(model) == 5  # 0.weight; the BN layer's weight, bias, running mean and var
     state = model.state_dict()
     assert torch.equal(state["0.weight"], torch.full((2, 2), 1.0))  # 0.25 x 4 + 0.75 x 0
     assert torch.equal(state["0.bias"], torch.zeros(2))
     assert int(state["1.num_batches_tracked"]) == 0  # integer buffers are counts, not weights
     with pytest.raises(ValueError, match="source_weight"):
-        SourceInterpolation(source, 1.5)
+        FinalWeights(source, 1.5)
 
 
 def test_batch_norm_statistics_are_measured_on_all_batches():
@@ -419,7 +419,7 @@ def test_source_weight_sets_the_final_weights(tiny_market, tmp_path):
 
 def test_a_resumed_run_interpolates_with_the_source_file(tiny_market, tmp_path):
     from reid_tao.builders import ADAPTATION_NUM_CLASSES, build_module, load_experiment
-    from reid_tao.builders.adaptation import source_interpolation
+    from reid_tao.builders.adaptation import final_weights
 
     from helpers import tiny_overrides, write_untrained_checkpoint
 
@@ -427,11 +427,11 @@ def test_a_resumed_run_interpolates_with_the_source_file(tiny_market, tmp_path):
     config = load_experiment(None, tiny_overrides(tiny_market, tmp_path) + [
         "adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.source_weight=0.5"])
     module = build_module(config, ADAPTATION_NUM_CLASSES, load_pretrained=False)  # as when resuming
-    callback = source_interpolation(config, module, resuming=True)
+    callback = final_weights(config, module, resuming=True)
     expected = model_weights(source)
     assert all(torch.equal(callback.source_state[key[len("model."):]], value) for key, value in expected.items())
-    assert source_interpolation(load_experiment(None, tiny_overrides(tiny_market, tmp_path) + [
-        "adaptation.enable=true", f"adaptation.source_checkpoint={source}"]), module, resuming=False) is None
+    assert final_weights(load_experiment(None, tiny_overrides(tiny_market, tmp_path) + [
+        "adaptation.enable=true", f"adaptation.source_checkpoint={source}"]), module, resuming=False).source_state == {}
 
 
 def test_shift_domain_script_keeps_names_and_changes_the_camera(tmp_path):
@@ -484,11 +484,11 @@ def test_target_batch_norm_is_measured_before_the_first_clustering_of_a_new_run(
     source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
     adapt_tiny(tiny_market, tmp_path / "run", source, "train.num_epochs=1", "adaptation.target_batch_norm=true",
                "adaptation.camera_centring=true")
-    assert calls == ["bn", "cameras"]
+    assert calls == ["bn", "cameras", "bn"]  # and again for the final weights, after the last step
     calls.clear()
     adapt_tiny(tiny_market, tmp_path / "run", source, "train.num_epochs=2", "adaptation.target_batch_norm=true",
                "adaptation.camera_centring=true")  # resumes the finished epoch: its statistics are kept
-    assert calls == ["cameras"]
+    assert calls == ["cameras", "bn"]
     calls.clear()
     adapt_tiny(tiny_market, tmp_path / "off", source, "train.num_epochs=1", "adaptation.target_batch_norm=false",
                "adaptation.camera_centring=false")

@@ -3,12 +3,13 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from ..engine.adaptation import PseudoLabelCallback, SourceInterpolation
+from ..engine.adaptation import FinalWeights, MeanTeacher, PseudoLabelCallback
 from ..engine.module import ReidModule
 from .training import ADAPTATION_NUM_CLASSES, build_model
 
 
-def pseudo_label_callback(config: DictConfig, module: ReidModule) -> PseudoLabelCallback:
+def pseudo_label_callback(config: DictConfig, module: ReidModule,
+                          teacher: Optional[MeanTeacher] = None) -> PseudoLabelCallback:
     adaptation = config.adaptation
     return PseudoLabelCallback(module.loss.pseudo_label_terms(), interval=adaptation.cluster_interval,
                                eps=None if adaptation.eps == "auto" else float(adaptation.eps),
@@ -16,23 +17,27 @@ def pseudo_label_callback(config: DictConfig, module: ReidModule) -> PseudoLabel
                                k1=adaptation.k1, k2=adaptation.k2, outliers=adaptation.outliers,
                                batch_size=config.dataset.val_batch_size, num_workers=config.dataset.num_workers,
                                camera_centring=adaptation.camera_centring,
-                               target_batch_norm=adaptation.target_batch_norm)
+                               target_batch_norm=adaptation.target_batch_norm, teacher=teacher)
 
 
-def source_interpolation(config: DictConfig, module: ReidModule, resuming: bool) -> Optional[SourceInterpolation]:
-    """adaptation.source_weight > 0: the callback, with the source weights (a resumed run's module holds the
-    checkpoint's, so the source is loaded again)."""
+def final_weights(config: DictConfig, module: ReidModule, resuming: bool,
+                  teacher: Optional[MeanTeacher] = None) -> FinalWeights:
+    """The run's last step sets the teacher's weights, blends in the source's (adaptation.source_weight > 0: the
+    source is loaded again when resuming, since the module then holds the checkpoint's) and measures the
+    batch-norm statistics on the training images (adaptation.target_batch_norm)."""
     weight = config.adaptation.source_weight
-    if weight <= 0:
-        return None
-    source = build_model(config, ADAPTATION_NUM_CLASSES) if resuming else module.model
-    return SourceInterpolation(source.state_dict(), weight, batch_size=config.dataset.val_batch_size,
-                               num_workers=config.dataset.num_workers)
+    source = None
+    if weight > 0:
+        source = (build_model(config, ADAPTATION_NUM_CLASSES) if resuming else module.model).state_dict()
+    return FinalWeights(source, weight, teacher=teacher, measure_statistics=config.adaptation.target_batch_norm,
+                        batch_size=config.dataset.val_batch_size, num_workers=config.dataset.num_workers)
 
 
 def adaptation_callbacks(config: DictConfig, module: ReidModule, resuming: bool) -> list:
-    """The callbacks adaptation.enable adds to training (none without it)."""
+    """The callbacks adaptation.enable adds to training (none without it), in the order their hooks must run."""
     if not config.adaptation.enable:
         return []
-    interpolation = source_interpolation(config, module, resuming)
-    return [pseudo_label_callback(config, module)] + ([interpolation] if interpolation else [])
+    momentum = config.adaptation.teacher_momentum
+    teacher = MeanTeacher(momentum) if momentum > 0 else None
+    return [*([teacher] if teacher else []), pseudo_label_callback(config, module, teacher),
+            final_weights(config, module, resuming, teacher)]

@@ -9,13 +9,14 @@ batches over the new clusters. Per epoch it logs ``clusters``, ``outliers`` and 
 
 With several processes, global rank 0 embeds and clusters, and the labels and centroids are broadcast: all
 processes must draw their PK batches from the same plan. Batch-norm statistics (adaptation.target_batch_norm,
-and after :class:`SourceInterpolation`) are measured by every process over all training images, so the
-replicas stay equal.
+and in :class:`FinalWeights`) are measured by every process over all training images, so the replicas stay
+equal.
 
-:class:`SourceInterpolation` ends the run with a weighted average of the adapted and the source weights
+:class:`MeanTeacher` keeps a moving average of the weights that embeds for the clustering. :class:`FinalWeights`
+ends the run with the teacher's weights and, optionally, a weighted average of the adapted and the source weights
 (WiSE-FT, Wortsman et al. 2022): the pseudo labels are noisy, and when the target domain is close to the
 source's, training on them alone can lose what the labelled source training taught. The batch-norm statistics
-of the averaged weights are then measured on the training images (as SWA does after averaging): averaging the
+of the final weights are then measured on the training images (as SWA does after averaging): averaging the
 two models' statistics instead describes neither, and cost most of the gain on a shifted domain.
 """
 import logging
@@ -26,7 +27,7 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.optim.swa_utils import update_bn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from ..data.datamodule import eval_dataset, eval_loader
 from ..errors import DataError, Preempted
@@ -81,13 +82,14 @@ class PseudoLabelCallback(pl.Callback):
     target_batch_norm: before the first clustering of a new run (not a resumed one), measure the batch-norm
     statistics on the training images (AdaBN, Li et al. 2016): the source's describe the source cameras, and
     the first pseudo labels come from this model.
+    teacher: a :class:`MeanTeacher` whose weights embed the images once it has started.
     A re-clustering that finds too few clusters for a PK batch keeps the previous pseudo labels (one line says
     so) instead of ending the run; the first clustering has none to keep and raises."""
 
     def __init__(self, terms: Sequence[PseudoLabelTerm], interval: int = 1, eps: Optional[float] = None,
                  eps_share: float = 0.0016, min_samples: int = 2, k1: int = 10, k2: int = 6, outliers: str = "drop",
                  batch_size: int = 128, num_workers: int = 0, camera_centring: bool = True,
-                 target_batch_norm: bool = True):
+                 target_batch_norm: bool = True, teacher: Optional["MeanTeacher"] = None):
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         if outliers not in OUTLIER_POLICIES:
@@ -98,6 +100,7 @@ class PseudoLabelCallback(pl.Callback):
         self.outliers = outliers
         self.batch_size, self.num_workers = batch_size, num_workers
         self.camera_centring, self.target_batch_norm = camera_centring, target_batch_norm
+        self.teacher = teacher
         self.stats: Dict[str, float] = {}
         self.clusterings = 0
 
@@ -135,7 +138,8 @@ class PseudoLabelCallback(pl.Callback):
         """(N, D) float32 BNNeck outputs of the training images (what the memory loss sees in training),
         computed in fp32 whatever the training precision: the clustering compares close distances."""
         loader = training_images(trainer, self.batch_size, self.num_workers)
-        model = module.model
+        teacher = self.teacher.model if self.teacher is not None else None
+        model = teacher if teacher is not None else module.model
         was_training = model.training
         model.eval()
         features = []
@@ -220,39 +224,94 @@ def load_term_state(term: torch.nn.Module, state: Mapping[str, torch.Tensor], de
         setattr(term, name, tensor.to(device))
 
 
-class SourceInterpolation(pl.Callback):
-    """After the run's last optimiser step, set every floating-point weight of ``module.model`` to
-    ``source_weight * source + (1 - source_weight) * adapted``, then measure its batch-norm statistics on the
-    training images (evaluation transform; ``torch.optim.swa_utils.update_bn``).
+class MeanTeacher(pl.Callback):
+    """An exponential moving average of the model's weights and batch-norm statistics (the mean teacher of MMT,
+    Ge et al. 2020): ``teacher <- momentum * teacher + (1 - momentum) * model`` after every step. The pseudo labels
+    are noisy and change with every clustering; the average moves smoothly, so it embeds for the clustering and
+    becomes the final weights (:class:`FinalWeights`). It starts at the first training step (after the
+    adaptation's batch-norm measurement) and is saved in the checkpoint's callback state for resuming."""
 
-    It runs in the last batch's ``on_train_batch_end``, so the final validation and the final checkpoint see
-    the interpolated model; a run that stops earlier (a pruned trial, a preemption) is left as trained. Tensors
-    missing from ``source_state`` or shaped differently (the unused classifier) are left as they are. Every
-    process computes the same statistics from all images, so DDP replicas stay equal."""
+    def __init__(self, momentum: float = 0.99):
+        if not 0.0 < momentum < 1.0:
+            raise ValueError(f"momentum must lie in (0, 1), got {momentum}")
+        self.momentum = float(momentum)
+        self.average: Optional[AveragedModel] = None
+        self._restored: Optional[Dict[str, torch.Tensor]] = None
 
-    def __init__(self, source_state: Mapping[str, torch.Tensor], source_weight: float, batch_size: int = 128,
+    @property
+    def model(self) -> Optional[torch.nn.Module]:
+        """The teacher, or None before the first step."""
+        return self.average.module if self.average is not None else None
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.average = AveragedModel(module.model, multi_avg_fn=get_ema_multi_avg_fn(self.momentum), use_buffers=True)
+        if self._restored is not None:
+            self.average.load_state_dict(self._restored)
+            self._restored = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        self.average.update_parameters(module.model)
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return dict(self.average.state_dict()) if self.average is not None else {}
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        self._restored = dict(state_dict) or None
+
+
+class FinalWeights(pl.Callback):
+    """After the run's last optimiser step, set the final weights of ``module.model``:
+
+    1. with a ``teacher`` (:class:`MeanTeacher`), its averaged weights;
+    2. with ``source_weight`` > 0, ``source_weight * source + (1 - source_weight) * adapted`` for every
+       floating-point tensor (WiSE-FT);
+    3. with ``measure_statistics``, batch-norm statistics measured on the training images (evaluation transform;
+       ``torch.optim.swa_utils.update_bn``): the weights are then judged on the target images' statistics,
+       not on running averages taken while they changed.
+
+    It runs in the last batch's ``on_train_batch_end`` (after the teacher's update, so list it after the
+    teacher), so the final validation and the final checkpoint see the result; a run that stops earlier (a pruned
+    trial, a preemption) is left as trained. Tensors missing from ``source_state`` or shaped differently (the
+    unused classifier) are left as they are. Every process computes the same statistics from all images, so DDP
+    replicas stay equal."""
+
+    def __init__(self, source_state: Optional[Mapping[str, torch.Tensor]] = None, source_weight: float = 0.0,
+                 teacher: Optional[MeanTeacher] = None, measure_statistics: bool = True, batch_size: int = 128,
                  num_workers: int = 0):
         if not 0.0 <= source_weight <= 1.0:
             raise ValueError(f"source_weight must lie in [0, 1], got {source_weight}")
-        self.source_state = {name: tensor.detach().cpu().clone() for name, tensor in source_state.items()}
-        self.source_weight = float(source_weight)
+        if source_weight > 0 and source_state is None:
+            raise ValueError("source_weight > 0 needs source_state")
+        self.source_state = {name: tensor.detach().cpu().clone() for name, tensor in (source_state or {}).items()}
+        self.source_weight, self.teacher = float(source_weight), teacher
+        self.measure_statistics = measure_statistics
         self.batch_size, self.num_workers = batch_size, num_workers
         self.applied = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         last_epoch = trainer.current_epoch + 1 >= trainer.max_epochs
-        if last_epoch and batch_idx + 1 >= trainer.num_training_batches and not self.applied:
-            started = time.perf_counter()
+        if not (last_epoch and batch_idx + 1 >= trainer.num_training_batches) or self.applied:
+            return
+        started, done = time.perf_counter(), []
+        if self.teacher is not None and self.teacher.model is not None:
+            module.model.load_state_dict(self.teacher.model.state_dict())
+            done.append(f"the mean teacher's weights (adaptation.teacher_momentum {self.teacher.momentum})")
+        if self.source_weight > 0:
             blended = self.interpolate(module.model)
+            done.append(f"{self.source_weight:.2f} x source + {1 - self.source_weight:.2f} x adapted ({blended} "
+                        "tensors, adaptation.source_weight)")
+        if self.measure_statistics:
             measure_batch_norm_on_training_images(trainer, module, self.batch_size, self.num_workers)
-            log.info("final weights: %.2f x source + %.2f x adapted (%d tensors, adaptation.source_weight), "
-                     "batch-norm statistics measured on the training images (%.1f s)", self.source_weight,
-                     1 - self.source_weight, blended, time.perf_counter() - started)
+            done.append("batch-norm statistics measured on the training images")
+        self.applied = True
+        if done:
+            log.info("final weights: %s (%.1f s)", "; ".join(done), time.perf_counter() - started)
 
     @torch.no_grad()
     def interpolate(self, model: torch.nn.Module) -> int:
-        """Blend the floating-point tensors in place; returns how many were blended."""
+        """Blend the floating-point tensors in place with the source's; returns how many were blended."""
         blended = 0
         for name, tensor in model.state_dict().items():
             source = self.source_state.get(name)
@@ -260,5 +319,4 @@ class SourceInterpolation(pl.Callback):
                 continue
             tensor.lerp_(source.to(device=tensor.device, dtype=tensor.dtype), self.source_weight)
             blended += 1
-        self.applied = True
         return blended
