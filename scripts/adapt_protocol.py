@@ -79,7 +79,7 @@ def evaluate(spec: str, checkpoint: Path, query: Path, gallery: Path, results: P
     results.mkdir(parents=True, exist_ok=True)
     run(command, results / "evaluate_command.log")
     metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
-    return {"rank1": round(100 * metrics["cmc_rank_1"], 1), "mAP": round(100 * metrics["mAP"], 1)}
+    return {"rank1": round(100 * metrics["rank1"], 1), "mAP": round(100 * metrics["mAP"], 1)}
 
 
 def pseudo_label_counts(log: Path) -> Dict[str, Optional[int]]:

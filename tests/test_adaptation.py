@@ -536,3 +536,32 @@ def test_a_stop_signal_ends_the_clustering_between_batches(monkeypatch):
     callback = adaptation.PseudoLabelCallback([ClusterMemoryLoss(4)])
     assert callback._cluster(trainer, module, torch.zeros(10)) is None
     assert embedded == [0, 1]  # stopped at the batch the signal came in, not after all five
+
+
+def test_track_groups_from_crop_names():
+    from reid_tao.data.records import ImageRecord
+    from reid_tao.data.tracklets import track_groups
+
+    names = ["0007_c1s1_000010_00.jpg", "0007_c1s1_000011_00.jpg", "0007_c2s1_000010_00.jpg",  # track 7, 2 cameras
+             "0008_c1s1_000010_00.jpg", "0007_c1s2_000500_00.jpg"]  # another track; track 7 of another sequence
+    groups = track_groups([ImageRecord(f"/crops/{name}", 0, 1) for name in names])
+    assert groups[0] == groups[1] and len(set(groups.tolist())) == 4  # the same number elsewhere is another track
+    assert track_groups([ImageRecord("/crops/a8f3.jpg", 0, 1), ImageRecord(f"/crops/{names[0]}", 0, 1)]) is None
+
+
+def test_tracks_are_never_split_and_a_lone_track_is_an_identity():
+    from reid_tao.engine.adaptation import cluster_tracks
+
+    generator = torch.Generator().manual_seed(3)
+    people = torch.nn.functional.normalize(torch.randn(4, 16, generator=generator), dim=1)
+    # people 0-2: two tracks each (cameras 1 and 2); person 3: one track; every track has 3 images
+    track_person = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    groups = np.repeat(np.arange(7), 3)
+    features = people[track_person[groups]] + 0.05 * torch.randn(21, 16, generator=generator)
+    features[1] = -people[0]  # one image of track 0 looks like nobody: alone it would not join its track's cluster
+    cameras = torch.tensor([1, 2, 1, 2, 1, 2, 1]).repeat_interleave(3)
+    labels, clustering = cluster_tracks(features, groups, cameras, eps=0.5, min_samples=2, k1=2, k2=1)
+    for track in range(7):
+        assert len(set(labels[groups == track].tolist())) == 1  # never split
+    assert labels[0] == labels[3] != labels[6]  # person 0's tracks on two cameras joined
+    assert (labels >= 0).all() and len(set(labels.tolist())) == 4  # person 3's lone track is an identity

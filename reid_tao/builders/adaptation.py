@@ -17,7 +17,8 @@ def pseudo_label_callback(config: DictConfig, module: ReidModule,
                                k1=adaptation.k1, k2=adaptation.k2, outliers=adaptation.outliers,
                                batch_size=config.dataset.val_batch_size, num_workers=config.dataset.num_workers,
                                camera_centring=adaptation.camera_centring,
-                               target_batch_norm=adaptation.target_batch_norm, teacher=teacher)
+                               target_batch_norm=adaptation.target_batch_norm, teacher=teacher,
+                               tracklets=adaptation.tracklets == "auto")
 
 
 def final_weights(config: DictConfig, module: ReidModule, resuming: bool,

@@ -379,6 +379,9 @@ class AdaptationConfig:
         "of the contrastive loss over the cluster centroids"))
     memory_loss_weight: float = spec_field(1.0, bounds=NON_NEGATIVE, new=True, help=(
         "weight of the cluster-memory loss in the total"))
+    tracklets: str = spec_field("auto", choices=("auto", "off"), new=True, help=(
+        "auto: when every image name carries its track (`reid crops` names: <track>_c<camera>s<seq>_...), a track "
+        "is clustered as one point and never split; a track is one person only on its own camera"))
     camera_loss_weight: float = spec_field(1.0, bounds=NON_NEGATIVE, new=True, help=(
         "weight of the camera-aware proxy loss (one proxy per cluster and camera: intra-camera and inter-camera "
         "terms, CAP); 0 turns it off; it is off by itself with one camera"))

@@ -30,6 +30,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from ..data.datamodule import eval_dataset, eval_loader
+from ..data.tracklets import track_groups
 from ..errors import DataError, Preempted
 from ..evaluation.clustering import cluster_features
 from ..model.losses import PseudoLabelTerm
@@ -83,13 +84,15 @@ class PseudoLabelCallback(pl.Callback):
     statistics on the training images (AdaBN, Li et al. 2016): the source's describe the source cameras, and
     the first pseudo labels come from this model.
     teacher: a :class:`MeanTeacher` whose weights embed the images once it has started.
+    tracklets: when every training image's name carries its track (:func:`~reid_tao.data.tracklets.track_groups`),
+    cluster one mean feature per track and give all of a track's images its cluster.
     A re-clustering that finds too few clusters for a PK batch keeps the previous pseudo labels (one line says
     so) instead of ending the run; the first clustering has none to keep and raises."""
 
     def __init__(self, terms: Sequence[PseudoLabelTerm], interval: int = 1, eps: Optional[float] = None,
                  eps_share: float = 0.0016, min_samples: int = 2, k1: int = 10, k2: int = 6, outliers: str = "drop",
                  batch_size: int = 128, num_workers: int = 0, camera_centring: bool = True,
-                 target_batch_norm: bool = True, teacher: Optional["MeanTeacher"] = None):
+                 target_batch_norm: bool = True, teacher: Optional["MeanTeacher"] = None, tracklets: bool = False):
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         if outliers not in OUTLIER_POLICIES:
@@ -100,7 +103,7 @@ class PseudoLabelCallback(pl.Callback):
         self.outliers = outliers
         self.batch_size, self.num_workers = batch_size, num_workers
         self.camera_centring, self.target_batch_norm = camera_centring, target_batch_norm
-        self.teacher = teacher
+        self.teacher, self.tracklets = teacher, tracklets
         self.stats: Dict[str, float] = {}
         self.clusterings = 0
 
@@ -124,14 +127,20 @@ class PseudoLabelCallback(pl.Callback):
         features = self.embed_training_images(trainer, module)
         if features is None or stop_signal(trainer):
             return None
-        clustering = cluster_features(features, eps=self.eps, eps_share=self.eps_share,
-                                      cameras=cameras if self.camera_centring else None, **self.cluster_args)
+        groups = track_groups(trainer.datamodule.train_records) if self.tracklets else None
+        if groups is None:
+            clustering = cluster_features(features, eps=self.eps, eps_share=self.eps_share,
+                                          cameras=cameras if self.camera_centring else None, **self.cluster_args)
+            found = clustering.labels
+        else:
+            found, clustering = cluster_tracks(features, groups, cameras if self.camera_centring else None,
+                                               eps=self.eps, eps_share=self.eps_share, **self.cluster_args)
         if stop_signal(trainer):
             return None
-        labels = with_outliers(clustering.labels, self.outliers)
+        labels = with_outliers(found, self.outliers)
         for term in self.terms:
             term.reset_pseudo_labels(features, torch.as_tensor(labels), cameras)
-        return clustering.labels, labels, clustering.eps, [term_state(term) for term in self.terms]
+        return found, labels, clustering.eps, [term_state(term) for term in self.terms]
 
     @torch.no_grad()
     def embed_training_images(self, trainer: pl.Trainer, module: pl.LightningModule) -> Optional[torch.Tensor]:
@@ -203,6 +212,32 @@ def reclusters_before(epoch: int, interval: int, max_epochs: int) -> bool:
     """Whether the pseudo labels are renewed before ``epoch`` (0-based) starts: every ``interval``-th epoch,
     epoch 0's clustering being the one at the start of the run."""
     return 0 < epoch < max_epochs and epoch % interval == 0
+
+
+def group_means(features: torch.Tensor, groups: np.ndarray) -> torch.Tensor:
+    """(G, D) sum of the L2-normalised features of each group 0..G-1: a track's feature (its direction is the
+    mean's; the clustering normalises)."""
+    index = torch.as_tensor(groups, device=features.device)
+    sums = torch.zeros(int(index.max()) + 1, features.shape[1], device=features.device)
+    return sums.index_add_(0, index, torch.nn.functional.normalize(features.float(), dim=1))
+
+
+def cluster_tracks(features: torch.Tensor, groups: np.ndarray, cameras: Optional[torch.Tensor], **cluster_args):
+    """(cluster per image, the tracks' Clustering): one point per track, so a track is never split and a long
+    one does not crowd the neighbourhoods of the others; ``cluster_args`` go to ``cluster_features``."""
+    first = np.unique(groups, return_index=True)[1]
+    clustering = cluster_features(group_means(features, groups),
+                                  cameras=cameras[first] if cameras is not None else None, **cluster_args)
+    return tracks_as_clusters(clustering.labels, np.bincount(groups))[groups], clustering
+
+
+def tracks_as_clusters(track_labels: np.ndarray, track_sizes: np.ndarray) -> np.ndarray:
+    """Cluster index per track, where a track no cluster took but with 2 or more images is a pseudo identity of
+    its own (the tracker already joined its images); single images stay outliers (-1)."""
+    labels = np.asarray(track_labels).copy()
+    alone = (labels < 0) & (track_sizes >= 2)
+    labels[alone] = labels.max(initial=-1) + 1 + np.arange(int(alone.sum()))
+    return labels
 
 
 def with_outliers(labels: np.ndarray, policy: str) -> np.ndarray:
