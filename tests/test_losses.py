@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from reid_tao.builders import loss_terms
 from reid_tao.engine.optim import build_center_optimizer
 from reid_tao.errors import ConfigError
-from reid_tao.model.losses import LOSS_TERMS, LossSettings, LossTerm, build_reid_loss
+from reid_tao.model.losses import LOSS_TERMS, LossSettings, LossTerm, PseudoLabelTerm, build_reid_loss
 from reid_tao.model.losses.center import CenterLoss
 from reid_tao.model.losses.combined import ReidLoss
 from reid_tao.model.losses.cross_entropy import IdLoss
@@ -336,3 +336,45 @@ def test_a_registered_term_is_trained_logged_and_monitorable_without_other_edits
     total = sum(float(logged[name]) for name in ("train_id_loss", "train_triplet_loss", "train_spread_loss"))
     assert float(logged["train_loss"]) == pytest.approx(total, rel=1e-5)
     assert "train_loss" in kpi_from(dict(logged))
+
+
+class ClusterSpreadTerm(PseudoLabelTerm):
+    """A made-up adaptation term: the mean squared distance of each feature to its pseudo identity's mean."""
+
+    def reset_pseudo_labels(self, features, labels, cameras):
+        self.resets = getattr(self, "resets", 0) + 1
+        count = int(labels.max()) + 1
+        kept = labels >= 0
+        sums = torch.zeros(count, features.shape[1]).index_add_(0, labels[kept], features[kept])
+        self.means = sums / torch.bincount(labels[kept], minlength=count).clamp(min=1)[:, None]
+
+    def value(self, logits, features, targets):
+        return (features - self.means[targets]).pow(2).sum(dim=1).mean()
+
+
+@pytest.mark.slow
+def test_a_registered_adaptation_term_is_reset_by_each_clustering_and_logged(tiny_market, tmp_path, monkeypatch):
+    """One table entry (plus the adaptation terms' list) is all a new pseudo-label loss needs."""
+    from reid_tao.builders import spec
+    from reid_tao.engine.metric_names import metric_modes
+    from reid_tao.tasks import train
+
+    from helpers import tiny_overrides, write_untrained_checkpoint
+
+    monkeypatch.setitem(LOSS_TERMS, "spread", ClusterSpreadTerm)
+    adds = spec.ADAPTATION_TERMS.adds + ("spread",)
+    monkeypatch.setattr(spec, "ADAPTATION_TERMS", spec.ADAPTATION_TERMS._replace(adds=adds))
+    built = []
+    original = ClusterSpreadTerm.reset_pseudo_labels
+    monkeypatch.setattr(ClusterSpreadTerm, "reset_pseudo_labels",
+                        lambda self, *a: (built.append(self), original(self, *a))[1])
+    source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
+    config = spec.load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
+        "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"}) + [
+        "adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.eps=0.7", "adaptation.k1=4",
+        "adaptation.k2=2", "train.num_epochs=2", "train.checkpointer.monitor=train_spread_loss"])
+    assert metric_modes()["train_spread_loss"] == "min"
+    results = train.run(config)
+    assert len(built) == 2 and built[0] is built[1]  # the start's clustering and the one before epoch 1
+    metrics = next(results.rglob("metrics.csv")).read_text()
+    assert "train_spread_loss" in metrics and "train_memory_loss" in metrics and "train_camera_loss" in metrics
