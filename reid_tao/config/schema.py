@@ -16,6 +16,8 @@ POSITIVE = Bounds(low=0, low_open=True)
 PROBABILITY = Bounds(low=0, high=1)
 MAX_INPUT_SIDE = 4096  # a spec or a checkpoint's stored config must not make the model allocate without limit
 INPUT_SIDE = Bounds(low=1, high=MAX_INPUT_SIDE)
+# A learning rate above this trains nothing useful, and one past float32 (1e300) made the optimiser step raise.
+LEARNING_RATE = Bounds(low=0, low_open=True, high=10)
 
 BACKBONES = "reid_tao.model.backbones:BACKBONES"
 ACCELERATORS = "reid_tao.engine.devices:ACCELERATORS"
@@ -152,10 +154,10 @@ class OptimConfig:
     warmup_epochs: int = spec_field(20, bounds=NON_NEGATIVE, help="warmup epochs of cosine")
     warmup_method: str = spec_field("linear", choices="reid_tao.engine.optim:WARMUP_METHODS", help=(
         "linear / constant warmup then steps at lr_steps, or cosine: linear warmup then cosine decay"))
-    base_lr: float = spec_field(0.00035, bounds=POSITIVE, help="learning rate after the warmup")
+    base_lr: float = spec_field(0.00035, bounds=LEARNING_RATE, help="learning rate after the warmup")
     momentum: float = spec_field(0.9, bounds=NON_NEGATIVE, help="SGD momentum (other optimisers keep their own)")
     center_loss_weight: float = spec_field(0.0005, bounds=NON_NEGATIVE, help="weight of the center loss")
-    center_lr: float = spec_field(0.5, bounds=POSITIVE, help="lr of the center-loss centers (their own SGD)")
+    center_lr: float = spec_field(0.5, bounds=LEARNING_RATE, help="lr of the center-loss centers (their own SGD)")
     triplet_loss_margin: float = spec_field(0.3, bounds=NON_NEGATIVE, help="triplet loss margin")
     large_fc_lr: bool = spec_field(False, help="the classifier trains at twice its lr")
     # TAO 7.3: margin-head settings (cosine_*) and triplet L2; the margin heads are not implemented (B4)
@@ -306,7 +308,8 @@ class ExportConfig:
 class TuneConfig:
     """`reid tune`: a hyperparameter search over spec fields (Optuna); see docs/tune.md."""
     space: Dict[str, Any] = spec_field({}, new=True, help=(
-        "spec field -> {log: [low, high]} | {range: [low, high]} | {int: [low, high]} | {choice: [a, b, ...]}"))
+        "spec field -> {log: [low, high]} | {range: [low, high]} | {int: [low, high]} | {choice: [a, b, ...]}; "
+        "empty: the default space of lr, weight decay, erasing, margin, label smoothing, warm-up (reid tune --help)"))
     trials: int = spec_field(20, bounds=AT_LEAST_1, new=True, help=(
         "finished (complete or pruned) trials to reach; running again continues the study"))
     time_budget_minutes: float = spec_field(0.0, bounds=NON_NEGATIVE, new=True, help=(
