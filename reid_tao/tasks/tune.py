@@ -78,7 +78,7 @@ def _folder_number(trial) -> int:
     number = _trial_number(trial.number, "a trial's number")
     if CONTINUES not in trial.user_attrs:
         return number
-    source = _trial_number(trial.user_attrs[CONTINUES], f"the trial trial {number} continues")
+    source = _trial_number(trial.user_attrs[CONTINUES], f"the trial that trial {number} continues")
     if source >= number:
         raise DataError(f"{STUDY_FILE}: trial {number} continues trial {source}, which is not an earlier trial; "
                         f"the database was not written by reid tune: {ANOTHER_STUDY}")
