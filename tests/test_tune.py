@@ -413,10 +413,14 @@ def test_a_space_that_cannot_be_drawn_is_one_line_before_any_trial(market, tmp_p
     assert "Traceback" not in out + err and not fake_train
 
 
-def test_base_lr_past_its_bound_is_one_line_in_train(market, tmp_path, capsys):
-    assert main(["train", *tiny_overrides(market, tmp_path / "res"), "train.optim.base_lr=1e300"]) == 2
+@pytest.mark.parametrize("field, rule", [("base_lr", "> 0 and <= 10"), ("center_lr", "> 0 and <= 10"),
+                                         ("gamma", "> 0 and <= 10"), ("warmup_factor", "> 0 and <= 10"),
+                                         ("weight_decay", "between 0 and 10"), ("bias_lr_factor", "between 0 and 10")])
+def test_rates_past_their_bound_are_one_line_in_train(market, tmp_path, capsys, field, rule):
+    """1e300 passed "> 0" and then overflowed float32 in the optimiser step: a traceback after the data loaded."""
+    assert main(["train", *tiny_overrides(market, tmp_path / "res"), f"train.optim.{field}=1e300"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "reid train: error: train.optim.base_lr must be > 0 and <= 10, got 1e+300", err
+    assert err == f"reid train: error: train.optim.{field} must be {rule}, got 1e+300", err
 
 
 class _Records(logging.Handler):
