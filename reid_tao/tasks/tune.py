@@ -278,7 +278,13 @@ def _enqueue_spec_values(study, config: DictConfig, params: List[Param]) -> None
         return
     study.enqueue_trial(values)
     log.info("trial 0 trains the spec's own values (tune.spec_values_first): %s",
-             ", ".join(f"{path}={value!r}" for path, value in values.items()))
+             _shown(values))
+
+
+def _shown(values: Mapping[str, Any]) -> str:
+    """field=value, ... for the log, floats to 4 significant digits (trials.csv and best_spec.yaml keep all)."""
+    return ", ".join(f"{path}={value:.4g}" if isinstance(value, float) else f"{path}={value!r}"
+                     for path, value in values.items())
 
 
 def _rows(study) -> List[TrialRow]:
@@ -314,7 +320,7 @@ class _Objective:
             raise DataError(f"{STUDY_FILE}: trial {trial.number} was queued with a value outside tune.space "
                             f"({first_line(error, 200)}); {ANOTHER_STUDY}") from None
         values = _space_values(trial.number, drawn, self.params)
-        log.info("trial %d: %s", trial.number, ", ".join(f"{path}={value!r}" for path, value in values.items()))
+        log.info("trial %d: %s", trial.number, _shown(values))
 
         def report(value: float, epoch: int) -> bool:
             trial.report(value, epoch)
@@ -370,7 +376,7 @@ def _write_outputs(study, config: DictConfig, params: List[Param], results: Path
     atomic_write_text(results / "best_spec.yaml", header + OmegaConf.to_yaml(spec))
     if announce:
         log.info("best trial %d: %s=%.4f with %s; spec in %s", best.number, metric, best.value,
-                 ", ".join(f"{k}={v!r}" for k, v in values.items()), results / "best_spec.yaml")
+                 _shown(values), results / "best_spec.yaml")
 
 
 class _ShownOnce(logging.Filter):
