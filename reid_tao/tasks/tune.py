@@ -44,7 +44,7 @@ ANOTHER_STUDY = "set another results_dir (or move it away to start a new study t
 def default_space(config: DictConfig) -> Dict[str, Dict[str, list]]:
     """DEFAULT_SPACE fitted to the spec: fields it does not train with are left out (the margin without a
     triplet loss that has one, label smoothing without the identity loss), and the warm-up is the field that
-    train.optim.warmup_method reads, at most half of train.num_epochs (cosine needs fewer than num_epochs)."""
+    train.optim.warmup_method reads, at most half of train.num_epochs (training shortens a longer one anyway)."""
     model, optim = config.model, config.train.optim
     terms = loss_terms(config.dataset.sampler, model.metric_loss_type, model.with_center_loss)
     space = dict(DEFAULT_SPACE)
