@@ -50,8 +50,13 @@ def _fields_help(task: str) -> str:
 
 def _task_parser(task: str, with_fields: bool) -> argparse.ArgumentParser:
     """with_fields (only for --help: it imports the implementations' tables, i.e. torch): the field list."""
+    description = DESCRIPTIONS[task]
+    if task == "tune":
+        from .config.search_space import default_space_help
+
+        description += "\n\n" + default_space_help()
     parser = argparse.ArgumentParser(
-        prog=f"reid {task}", description=DESCRIPTIONS[task], formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=f"reid {task}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_fields_help(task) if with_fields else None)
     parser.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="spec",
                         help="TAO-style experiment spec (YAML); omitted: schema defaults + overrides")

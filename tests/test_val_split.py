@@ -142,6 +142,25 @@ def test_queries_without_cross_camera_gallery_go_back(tmp_path):
         assert any(g.pid == record.pid and g.camid != record.camid for g in gallery)
 
 
+def test_a_query_whose_gallery_is_all_on_its_own_camera_goes_back(tmp_path):
+    """Each identity: three images on camera 1, one on camera 2. The camera-1 query would only find gallery
+    images of its own camera (no match under the Market protocol), so it goes back to the gallery; the
+    camera-2 query keeps its camera-1 matches."""
+    train = tmp_path / "m" / "bounding_box_train"
+    train.mkdir(parents=True)
+    for pid in range(1, 7):
+        for index in range(3):
+            write_person(train / f"{pid:04d}_c1s1_{index:06d}_00.jpg", pid, 1, index)
+        write_person(train / f"{pid:04d}_c2s1_000000_00.jpg", pid, 2, 0)
+    split = mvs.make_val_split(tmp_path / "m", tmp_path / "out", num_val_ids=4, seed=0)
+    query = _records(tmp_path / "out", "query")
+    gallery = _records(tmp_path / "out", "bounding_box_test")
+    assert sorted((r.pid, r.camid) for r in query) == [(pid, 2) for pid in split["val_ids"]]
+    for record in query:
+        assert any(g.pid == record.pid and g.camid != record.camid for g in gallery), record.path
+    assert len(gallery) == 4 * 3
+
+
 def test_result_loads_like_reid_train_reads_it(split_root):
     module = ReidDataModule(str(split_root / "bounding_box_train"), str(split_root / "query"),
                             str(split_root / "bounding_box_test"),

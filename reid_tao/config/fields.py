@@ -38,7 +38,8 @@ class Bounds:
     def text(self) -> str:
         """The rule in words: "at least 1", "> 0", ">= 0", "between 0 and 1", with its special value."""
         if self.low is not None and self.high is not None:
-            rule = f"between {_number(self.low)} and {_number(self.high)}"
+            rule = f"> {_number(self.low)} and <= {_number(self.high)}" if self.low_open else \
+                f"between {_number(self.low)} and {_number(self.high)}"
         elif self.low is not None:
             rule = f"> {_number(self.low)}" if self.low_open else (
                 "at least 1" if self.low == 1 else f">= {_number(self.low)}")

@@ -16,6 +16,10 @@ POSITIVE = Bounds(low=0, low_open=True)
 PROBABILITY = Bounds(low=0, high=1)
 MAX_INPUT_SIDE = 4096  # a spec or a checkpoint's stored config must not make the model allocate without limit
 INPUT_SIDE = Bounds(low=1, high=MAX_INPUT_SIDE)
+# Learning rates, their factors and weight decays: no schedule wants more than 10, and a value past float32
+# (1e300) made the optimiser step raise a traceback instead of a one-line error.
+RATE = Bounds(low=0, low_open=True, high=10)
+RATE_OR_0 = Bounds(low=0, high=10)
 
 BACKBONES = "reid_tao.model.backbones:BACKBONES"
 ACCELERATORS = "reid_tao.engine.devices:ACCELERATORS"
@@ -141,21 +145,21 @@ class OptimConfig:
                                  why="the lr follows the epoch schedule (TAO does not read it either)")
     lr_steps: List[int] = spec_field([40, 70], help=(
         "epochs (strictly increasing) at which the lr is multiplied by gamma; TAO's docs also write `steps`"))
-    gamma: float = spec_field(0.1, bounds=POSITIVE, help="lr factor at each of lr_steps")
-    bias_lr_factor: float = spec_field(1.0, bounds=NON_NEGATIVE, help="biases train at base_lr x this")
-    weight_decay: float = spec_field(0.0005, bounds=NON_NEGATIVE, help=(
+    gamma: float = spec_field(0.1, bounds=RATE, help="lr factor at each of lr_steps")
+    bias_lr_factor: float = spec_field(1.0, bounds=RATE_OR_0, help="biases train at base_lr x this")
+    weight_decay: float = spec_field(0.0005, bounds=RATE_OR_0, help=(
         "weight decay of the weights (not of norm/position tables a backbone declares, which get none)"))
-    weight_decay_bias: float = spec_field(0.0005, bounds=NON_NEGATIVE, help="weight decay of the biases")
-    warmup_factor: float = spec_field(0.01, bounds=POSITIVE, help=(
+    weight_decay_bias: float = spec_field(0.0005, bounds=RATE_OR_0, help="weight decay of the biases")
+    warmup_factor: float = spec_field(0.01, bounds=RATE, help=(
         "warmup starts at base_lr x this (0 would train the first epoch(s) at lr 0)"))
     warmup_iters: int = spec_field(10, bounds=NON_NEGATIVE, help="warmup epochs of linear / constant")
     warmup_epochs: int = spec_field(20, bounds=NON_NEGATIVE, help="warmup epochs of cosine")
     warmup_method: str = spec_field("linear", choices="reid_tao.engine.optim:WARMUP_METHODS", help=(
         "linear / constant warmup then steps at lr_steps, or cosine: linear warmup then cosine decay"))
-    base_lr: float = spec_field(0.00035, bounds=POSITIVE, help="learning rate after the warmup")
+    base_lr: float = spec_field(0.00035, bounds=RATE, help="learning rate after the warmup")
     momentum: float = spec_field(0.9, bounds=NON_NEGATIVE, help="SGD momentum (other optimisers keep their own)")
     center_loss_weight: float = spec_field(0.0005, bounds=NON_NEGATIVE, help="weight of the center loss")
-    center_lr: float = spec_field(0.5, bounds=POSITIVE, help="lr of the center-loss centers (their own SGD)")
+    center_lr: float = spec_field(0.5, bounds=RATE, help="lr of the center-loss centers (their own SGD)")
     triplet_loss_margin: float = spec_field(0.3, bounds=NON_NEGATIVE, help="triplet loss margin")
     large_fc_lr: bool = spec_field(False, help="the classifier trains at twice its lr")
     # TAO 7.3: margin-head settings (cosine_*) and triplet L2; the margin heads are not implemented (B4)
@@ -306,7 +310,8 @@ class ExportConfig:
 class TuneConfig:
     """`reid tune`: a hyperparameter search over spec fields (Optuna); see docs/tune.md."""
     space: Dict[str, Any] = spec_field({}, new=True, help=(
-        "spec field -> {log: [low, high]} | {range: [low, high]} | {int: [low, high]} | {choice: [a, b, ...]}"))
+        "spec field -> {log: [low, high]} | {range: [low, high]} | {int: [low, high]} | {choice: [a, b, ...]}; "
+        "empty: the default space of lr, weight decay, erasing, margin, label smoothing, warm-up (reid tune --help)"))
     trials: int = spec_field(20, bounds=AT_LEAST_1, new=True, help=(
         "finished (complete or pruned) trials to reach; running again continues the study"))
     time_budget_minutes: float = spec_field(0.0, bounds=NON_NEGATIVE, new=True, help=(

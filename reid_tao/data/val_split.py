@@ -35,7 +35,7 @@ DISTRACTOR_PID = 0
 
 
 def make_val_split(market_root: Union[str, Path], out_dir: Union[str, Path], num_val_ids: int = 100, seed: int = 0,
-                   queries_per_camera: int = 1) -> dict:
+                   queries_per_camera: int = 1, num_val_ids_name: str = "--num-val-ids") -> dict:
     """Write a Market-format root whose query/gallery hold ``num_val_ids`` held-out training identities.
 
     ``market_root`` must contain ``bounding_box_train/``; ``out_dir`` must not exist or be empty.
@@ -43,17 +43,20 @@ def make_val_split(market_root: Union[str, Path], out_dir: Union[str, Path], num
     ``queries_per_camera`` images (same generator) become queries, the rest gallery; queries without a
     gallery image of their identity on another camera are moved back to the gallery. Returns the
     contents of ``out_dir/split.json`` plus ``"summary"`` (a printable table). Raises ``ConfigError`` for
-    bad numbers and ``DataError`` for bad folders.
+    bad numbers (naming ``num_val_ids`` as the caller's user sets it: a flag, or a spec field such as
+    tune.num_val_ids) and ``DataError`` for bad folders.
     """
     source = Path(market_root).expanduser().absolute()
     out = Path(out_dir).expanduser().absolute()
-    _check_arguments(source, out, num_val_ids, queries_per_camera)
+    setting = f"{num_val_ids_name} {num_val_ids}" if num_val_ids_name.startswith("-") else \
+        f"{num_val_ids_name}={num_val_ids}"
+    _check_arguments(source, out, num_val_ids, queries_per_camera, setting)
 
     train_dir = source / TRAIN_FOLDER
     records = read_split(str(train_dir), f"{TRAIN_FOLDER} of {source}", layout="market1501")
     train_ids = sorted({r.pid for r in records if r.pid != DISTRACTOR_PID})
     if num_val_ids >= len(train_ids) - 1:
-        raise ConfigError(f"--num-val-ids {num_val_ids} leaves fewer than 2 training identities "
+        raise ConfigError(f"{setting} leaves fewer than 2 training identities "
                           f"({train_dir} has {len(train_ids)}); choose at most {len(train_ids) - 2}")
 
     rng = np.random.default_rng(seed)
@@ -79,9 +82,9 @@ def make_val_split(market_root: Union[str, Path], out_dir: Union[str, Path], num
     return split
 
 
-def _check_arguments(source: Path, out: Path, num_val_ids: int, queries_per_camera: int) -> None:
+def _check_arguments(source: Path, out: Path, num_val_ids: int, queries_per_camera: int, setting: str) -> None:
     if num_val_ids < 1:
-        raise ConfigError(f"--num-val-ids must be at least 1, got {num_val_ids}")
+        raise ConfigError(f"{setting}: the number of held-out identities must be at least 1")
     if queries_per_camera < 1:
         raise ConfigError(f"--queries-per-camera must be at least 1, got {queries_per_camera}")
     if not (source / TRAIN_FOLDER).is_dir():

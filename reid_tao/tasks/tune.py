@@ -4,16 +4,22 @@ identities, with per-epoch pruning; the study lives in an SQLite file, so re-run
 Outputs in results_dir/tune/: study.db, val_split/ (the carved validation root), trial_NNN/ (each trial's
 training folder: experiment.yaml, status.json, logs), trials.csv, tune.png, best_spec.yaml (the spec with
 the best trial's values, runnable with `reid train -e`), and status.json with a line per trial.
+
+study.db is read as data that may have been crafted: a trial's folder is derived from its number (never a
+path stored in the database), and only values of this study's own tune.space, inside their ranges and valid
+for their fields, reach a trial or best_spec.yaml; a database of another study is refused in one line.
 """
 import logging
+import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..builders import check_spec
+from ..builders import check_spec, loss_terms
 from ..config.loader import schema_config
-from ..config.search_space import Param, parse_space
+from ..config.search_space import DEFAULT_SPACE, Param, parse_space, space_text
 from ..config.validate import validate_config
 from ..data.val_split import GALLERY_FOLDER, QUERY_FOLDER, SPLIT_FILE, TRAIN_FOLDER, make_val_split
 from ..engine.devices import plan_devices
@@ -21,7 +27,7 @@ from ..engine.metric_names import metric_modes
 from ..engine.status import RUNNING, StatusFile
 from ..engine.tuning import PRUNERS, SAMPLERS, ValidationReporter
 from ..errors import ConfigError, DataError, Preempted
-from ..io import atomic_write_text
+from ..io import atomic_write_text, first_line
 from . import train
 from .common import prepare_task, reported
 from .tune_report import TrialRow, plot_study, write_trials_csv
@@ -30,6 +36,53 @@ log = logging.getLogger("reid_tao.tune")
 STUDY_FILE, STUDY_NAME = "study.db", "reid_tune"
 SPLIT_DIR = "val_split"
 NO_PERIODIC_CHECKPOINTS = 1_000_000  # trials keep only reid_model_latest.pth (to resume an interrupted trial)
+CONTINUES = "continues"  # user attribute of a requeued trial: the number of the interrupted trial it resumes
+SQLITE_HEADER = b"SQLite format 3\x00"
+ANOTHER_STUDY = "set another results_dir (or move it away to start a new study there)"
+
+
+def default_space(config: DictConfig) -> Dict[str, Dict[str, list]]:
+    """DEFAULT_SPACE fitted to the spec: fields it does not train with are left out (the margin without a
+    triplet loss that has one, label smoothing without the identity loss), and the warm-up is the field that
+    train.optim.warmup_method reads, at most half of train.num_epochs (training shortens a longer one anyway)."""
+    model, optim = config.model, config.train.optim
+    terms = loss_terms(config.dataset.sampler, model.metric_loss_type, model.with_center_loss)
+    space = dict(DEFAULT_SPACE)
+    if "triplet" not in terms or model.no_margin:
+        del space["train.optim.triplet_loss_margin"]
+    if "id" not in terms:
+        del space["model.label_smooth"]
+    warmup = space.pop("train.optim.warmup_epochs")["int"]
+    longest = min(warmup[1], config.train.num_epochs // 2)
+    if longest > warmup[0]:
+        field = "warmup_epochs" if optim.warmup_method == "cosine" else "warmup_iters"
+        space[f"train.optim.{field}"] = {"int": [warmup[0], longest]}
+    return space
+
+
+def trial_folder(results: Path, number: int) -> Path:
+    return results / f"trial_{number:03d}"
+
+
+def _trial_number(value: Any, what: str) -> int:
+    """A trial number read from study.db (SQLite stores any type in any column): a non-negative int, or one line."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"{STUDY_FILE}: {what} is {value!r}, not a trial number; the database was not written by "
+                        f"reid tune: {ANOTHER_STUDY}")
+    return value
+
+
+def _folder_number(trial) -> int:
+    """The number whose trial_NNN folder this trial trains in: its own, or that of the interrupted trial it
+    continues (a number, never a path from the database)."""
+    number = _trial_number(trial.number, "a trial's number")
+    if CONTINUES not in trial.user_attrs:
+        return number
+    source = _trial_number(trial.user_attrs[CONTINUES], f"the trial that trial {number} continues")
+    if source >= number:
+        raise DataError(f"{STUDY_FILE}: trial {number} continues trial {source}, which is not an earlier trial; "
+                        f"the database was not written by reid tune: {ANOTHER_STUDY}")
+    return source
 
 
 def trial_config(base: DictConfig, values: Mapping[str, Any], folder: Optional[Path] = None) -> DictConfig:
@@ -75,7 +128,8 @@ def _validation_root(config: DictConfig, results: Path) -> Tuple[str, str, str]:
             raise ConfigError(f"dataset.train_dataset_dir={train_dir} is not a Market-1501 {TRAIN_FOLDER}/ folder, so "
                               "no validation split can be carved from it; set tune.query_dataset and "
                               "tune.test_dataset to validation folders of your own")
-        made = make_val_split(train_dir.parent, split, num_val_ids=tune.num_val_ids, seed=tune.seed)
+        made = make_val_split(train_dir.parent, split, num_val_ids=tune.num_val_ids, seed=tune.seed,
+                              num_val_ids_name="tune.num_val_ids")
         log.info("validation split (tune.num_val_ids=%d, tune.seed=%d) in %s:\n%s", tune.num_val_ids, tune.seed,
                  split, made["summary"])
     return str(split / TRAIN_FOLDER), str(split / QUERY_FOLDER), str(split / GALLERY_FOLDER)
@@ -91,6 +145,18 @@ def _trial_base(config: DictConfig, folders: Tuple[str, str, str]) -> DictConfig
         "wandb.enable": False})
 
 
+def _distribution(param: Param):
+    """The Optuna distribution that _suggest draws ``param`` from (what study.db records for each trial)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    low, high = param.values[0], param.values[-1]
+    if param.kind == "choice":
+        return CategoricalDistribution(list(param.values))
+    if param.kind == "int":
+        return IntDistribution(low, high)
+    return FloatDistribution(low, high, log=param.kind == "log")
+
+
 def _suggest(trial, param: Param):
     low, high = param.values[0], param.values[-1]
     if param.kind == "log":
@@ -102,30 +168,101 @@ def _suggest(trial, param: Param):
     return trial.suggest_categorical(param.path, list(param.values))
 
 
-def _requeue_interrupted(study) -> None:
-    """A trial stopped by a signal (or a killed process) runs again with the same values in the same folder,
-    where its training resumes from reid_model_latest.pth."""
-    from optuna.trial import TrialState
-
-    requeued = set(study.user_attrs.get("requeued", []))
-    for trial in study.get_trials(deepcopy=False):
-        if trial.number in requeued or "folder" not in trial.user_attrs:
-            continue
-        if trial.state == TrialState.RUNNING:  # its process died: only one process runs a study here
-            study.tell(trial.number, state=TrialState.FAIL)
-        elif not (trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")):
-            continue
-        study.enqueue_trial(trial.params, user_attrs={"folder": trial.user_attrs["folder"]})
-        requeued.add(trial.number)
-        log.info("trial %d was interrupted: it continues in %s", trial.number, trial.user_attrs["folder"])
-    study.set_user_attr("requeued", sorted(requeued))
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal and of the same kind (True is not 1; 1 and 1.0 are the same number)."""
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 def _in_space(param: Param, value: Any) -> bool:
     if param.kind == "choice":
-        return value in param.values
+        return any(_same_value(value, option) for option in param.values)
     return isinstance(value, (int, float)) and not isinstance(value, bool) and \
         param.values[0] <= value <= param.values[-1] and (param.kind != "int" or float(value).is_integer())
+
+
+def _space_values(number: int, values: Mapping[str, Any], params: List[Param]) -> Dict[str, Any]:
+    """A trial's values from study.db, only when they are exactly this study's fields, each inside its range."""
+    wanted = [param.path for param in params]
+    if sorted(values) != sorted(wanted):
+        raise DataError(f"{STUDY_FILE}: trial {number} holds values of {', '.join(sorted(values)) or 'no field'}, "
+                        f"not of tune.space ({', '.join(wanted)}): it is another study; {ANOTHER_STUDY}")
+    outside = [f"{param.path}={values[param.path]!r}" for param in params if not _in_space(param, values[param.path])]
+    if outside:
+        raise DataError(f"{STUDY_FILE}: trial {number} holds values outside tune.space ({', '.join(outside)}); "
+                        f"the database was changed by another tool: {ANOTHER_STUDY}")
+    return {path: values[path] for path in wanted}
+
+
+def _open_study(path: Path, config: DictConfig, params: List[Param], maximize: bool):
+    """The study in ``path`` (created when missing), refused in one line when it is not an SQLite file, not an
+    Optuna study, or another study: another direction, metric or search space."""
+    import optuna
+
+    tune, num_epochs = config.tune, config.train.num_epochs
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise DataError(f"{path} is not a regular file; {ANOTHER_STUDY}")
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        header = b""
+    except OSError as error:
+        raise DataError(f"cannot read {path} ({error.strerror or error})") from None
+    if header and header != SQLITE_HEADER:
+        raise DataError(f"{path} is not an SQLite database, so not a study of reid tune; {ANOTHER_STUDY}")
+    try:
+        study = optuna.create_study(
+            study_name=STUDY_NAME, storage=f"sqlite:///{path.absolute()}", load_if_exists=True,
+            direction="maximize" if maximize else "minimize", sampler=SAMPLERS[tune.sampler](tune.seed, num_epochs),
+            pruner=PRUNERS[tune.pruner](tune.seed, num_epochs))
+        directions = [direction.name.lower() for direction in study.directions]
+        trials = study.get_trials(deepcopy=False)
+        metric = study.user_attrs.get("metric")
+    except Exception as error:  # sqlalchemy's or Optuna's, on a database that is not a readable study
+        raise DataError(f"{path} cannot be read as an Optuna study ({type(error).__name__}: "
+                        f"{first_line(error, 200)}); {ANOTHER_STUDY}") from None
+    wanted = "maximize" if maximize else "minimize"
+    if directions != [wanted]:
+        raise ConfigError(f"{path} holds a study that {'/'.join(directions)}s its metric, and tune.metric="
+                          f"{tune.metric} is to {wanted}: it is another study; {ANOTHER_STUDY}")
+    if metric is None:  # a new study (or one from before the metric was recorded)
+        study.set_user_attr("metric", tune.metric)
+    elif metric != tune.metric:
+        raise ConfigError(f"{path} holds a study of {metric!r}, not of tune.metric={tune.metric}; {ANOTHER_STUDY}")
+    distributions = {param.path: _distribution(param) for param in params}
+    for trial in trials:
+        _folder_number(trial)
+        for name, distribution in trial.distributions.items():
+            if distributions.get(name) != distribution:
+                raise ConfigError(f"{path} holds trials of another search space (trial {trial.number}: {name} "
+                                  f"{distribution}), not of this tune.space; {ANOTHER_STUDY}")
+    return study
+
+
+def _requeue_interrupted(study, params: List[Param], results: Path) -> None:
+    """A trial stopped by a signal (or a killed process) runs again with the same values in the same folder,
+    where its training resumes from reid_model_latest.pth."""
+    from optuna.trial import TrialState
+
+    recorded = study.user_attrs.get("requeued", [])
+    requeued = {number for number in recorded if isinstance(number, int)} if isinstance(recorded, list) else set()
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number in requeued:
+            continue
+        if trial.state == TrialState.RUNNING:  # its process died: only one process runs a study here
+            study.tell(trial.number, state=TrialState.FAIL)
+            if not trial.params:  # it died before its values were drawn: nothing to continue
+                continue
+        elif not (trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")):
+            continue
+        number = _folder_number(trial)
+        study.enqueue_trial(_space_values(trial.number, trial.params, params), user_attrs={CONTINUES: number})
+        requeued.add(trial.number)
+        log.info("trial %d was interrupted: it continues in %s", trial.number, trial_folder(results, number))
+    study.set_user_attr("requeued", sorted(requeued))
 
 
 def _enqueue_spec_values(study, config: DictConfig, params: List[Param]) -> None:
@@ -141,7 +278,13 @@ def _enqueue_spec_values(study, config: DictConfig, params: List[Param]) -> None
         return
     study.enqueue_trial(values)
     log.info("trial 0 trains the spec's own values (tune.spec_values_first): %s",
-             ", ".join(f"{path}={value!r}" for path, value in values.items()))
+             _shown(values))
+
+
+def _shown(values: Mapping[str, Any]) -> str:
+    """field=value, ... for the log, floats to 4 significant digits (trials.csv and best_spec.yaml keep all)."""
+    return ", ".join(f"{path}={value:.4g}" if isinstance(value, float) else f"{path}={value!r}"
+                     for path, value in values.items())
 
 
 def _rows(study) -> List[TrialRow]:
@@ -152,7 +295,7 @@ def _rows(study) -> List[TrialRow]:
         minutes = ((trial.datetime_complete - trial.datetime_start).total_seconds() / 60
                    if trial.datetime_complete and trial.datetime_start else None)
         rows.append(TrialRow(trial.number, trial.state.name, value, len(trial.intermediate_values), minutes,
-                             trial.user_attrs.get("folder", ""), dict(trial.params)))
+                             trial_folder(Path(), _folder_number(trial)).name, dict(trial.params)))
     return rows
 
 
@@ -170,10 +313,14 @@ class _Objective:
     def __call__(self, trial) -> float:
         import optuna
 
-        values = {param.path: _suggest(trial, param) for param in self.params}
-        folder = trial.user_attrs.get("folder") or f"trial_{trial.number:03d}"
-        trial.set_user_attr("folder", folder)
-        log.info("trial %d: %s", trial.number, ", ".join(f"{path}={value!r}" for path, value in values.items()))
+        folder = trial_folder(self.results, _folder_number(trial))
+        try:
+            drawn = {param.path: _suggest(trial, param) for param in self.params}
+        except (ValueError, TypeError) as error:  # a queued value (from study.db) that is none of the choices
+            raise DataError(f"{STUDY_FILE}: trial {trial.number} was queued with a value outside tune.space "
+                            f"({first_line(error, 200)}); {ANOTHER_STUDY}") from None
+        values = _space_values(trial.number, drawn, self.params)
+        log.info("trial %d: %s", trial.number, _shown(values))
 
         def report(value: float, epoch: int) -> bool:
             trial.report(value, epoch)
@@ -181,14 +328,17 @@ class _Objective:
 
         reporter = ValidationReporter(self.metric, report)
         try:
-            train.run(trial_config(self.base, values, self.results / folder), extra_callbacks=[reporter])
+            train.run(trial_config(self.base, values, folder), extra_callbacks=[reporter])
         except (Preempted, KeyboardInterrupt):
             trial.set_user_attr("interrupted", True)  # the next `reid tune` continues this trial
             raise
         self._clean(folder)
         if reporter.last is None:
             raise DataError(f"trial {trial.number} logged no {self.metric}: is the validation split empty? "
-                            f"See {self.results / folder / 'train.log'}")
+                            f"See {folder / 'train.log'}")
+        if not math.isfinite(reporter.last):  # Optuna fails such a trial (and the study goes on): say why
+            log.warning("trial %d ended with %s=%s (diverged?); it counts as failed", trial.number, self.metric,
+                        reporter.last)
         state = "pruned" if reporter.pruned_at is not None else "complete"
         self.status.write(RUNNING, f"Trial {trial.number} {state}: {self.metric}={reporter.last:.4f}",
                           trial=trial.number, trial_state=state, params=values)
@@ -196,30 +346,69 @@ class _Objective:
             raise optuna.TrialPruned(f"pruned after epoch {reporter.pruned_at}")
         return reporter.last
 
-    def _clean(self, folder: str) -> None:
+    def _clean(self, folder: Path) -> None:
         if not self.config.tune.keep_checkpoints:
-            for checkpoint in (self.results / folder).glob("*.pth"):
+            for checkpoint in folder.glob("*.pth"):
                 checkpoint.unlink()
 
 
-def _write_outputs(study, config: DictConfig, params: List[Param], results: Path, maximize: bool) -> None:
+def _write_outputs(study, config: DictConfig, params: List[Param], results: Path, maximize: bool,
+                   announce: bool) -> None:
+    """trials.csv, tune.png and best_spec.yaml (announce: log the best trial, once, at the end)."""
     rows = _rows(study)
     metric = config.tune.metric
     write_trials_csv(results / "trials.csv", rows, params, metric)
     plot_study(results / "tune.png", rows, params, metric, maximize)
     complete = [row for row in rows if row.state == "COMPLETE"]
     if not complete:
-        log.info("no trial has completed yet; trials in %s", results / "trials.csv")
+        if announce:
+            log.info("no trial has completed yet; trials in %s", results / "trials.csv")
         return
     best = study.best_trial
-    spec = OmegaConf.merge(schema_config(), OmegaConf.to_container(config, resolve=False))
-    for path, value in best.params.items():
-        OmegaConf.update(spec, path, value, merge=False)
+    values = _space_values(best.number, best.params, params)
+    try:  # the field's own rules, as for a trial (a value from study.db is data)
+        spec = trial_config(config, values)
+    except ConfigError as error:
+        raise DataError(f"{STUDY_FILE}: the best trial's values are not a valid spec ({error}); "
+                        f"{ANOTHER_STUDY}") from None
     header = (f"# reid tune: the best of {len(complete)} complete trials (trial {best.number}, {metric}="
               f"{best.value:.4f} on the validation split); run it with `reid train -e best_spec.yaml`\n")
     atomic_write_text(results / "best_spec.yaml", header + OmegaConf.to_yaml(spec))
-    log.info("best trial %d: %s=%.4f with %s; spec in %s", best.number, metric, best.value,
-             ", ".join(f"{k}={v!r}" for k, v in best.params.items()), results / "best_spec.yaml")
+    if announce:
+        log.info("best trial %d: %s=%.4f with %s; spec in %s", best.number, metric, best.value,
+                 _shown(values), results / "best_spec.yaml")
+
+
+class _ShownOnce(logging.Filter):
+    """On the console, an info line that every trial repeats word for word (the dataset table, the data and
+    model notes) is shown once a study; each trial's train.log keeps them all."""
+
+    def __init__(self):
+        super().__init__()
+        self.shown = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        if message in self.shown:
+            return False
+        self.shown.add(message)
+        return True
+
+
+@contextmanager
+def _console_shows_repeats_once() -> Iterator[None]:
+    consoles = [handler for handler in logging.getLogger("reid_tao").handlers
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)]
+    once = _ShownOnce()
+    for handler in consoles:
+        handler.addFilter(once)
+    try:
+        yield
+    finally:
+        for handler in consoles:
+            handler.removeFilter(once)
 
 
 def _check_one_process(config: DictConfig) -> None:
@@ -234,25 +423,26 @@ def run(config: DictConfig, status: StatusFile) -> Path:
     import optuna
 
     tune = config.tune
-    params = parse_space(tune.space)
+    space = OmegaConf.to_container(tune.space) if tune.space else default_space(config)
+    params = parse_space(space)
     _check_one_process(config)
     results = prepare_task(config, "tune")
+    if not tune.space:
+        log.info("tune.space is not set: searching the default space (reid tune --help, docs/tune.md)\n%s",
+                 space_text(space))
     base = _trial_base(config, _validation_root(config, results))
     _check_ends(base, params)
     maximize = metric_modes()[tune.metric] == "max"
-    num_epochs = config.train.num_epochs
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=STUDY_NAME, storage=f"sqlite:///{(results / STUDY_FILE).absolute()}", load_if_exists=True,
-        direction="maximize" if maximize else "minimize", sampler=SAMPLERS[tune.sampler](tune.seed, num_epochs),
-        pruner=PRUNERS[tune.pruner](tune.seed, num_epochs))
-    _requeue_interrupted(study)
+    # A failed or stopped trial ends the study with the CLI's one line; Optuna would log its traceback first.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = _open_study(results / STUDY_FILE, config, params, maximize)
+    _requeue_interrupted(study, params, results)
     _enqueue_spec_values(study, config, params)
     budget = tune.time_budget_minutes
 
     def stop_when_done(study, _trial) -> None:
         done, minutes = _finished(study)
-        _write_outputs(study, config, params, results, maximize)
+        _write_outputs(study, config, params, results, maximize, announce=False)
         if done >= tune.trials or (budget and minutes >= budget):
             study.stop()
 
@@ -263,7 +453,8 @@ def run(config: DictConfig, status: StatusFile) -> Path:
     else:
         log.info("study %s: %d of tune.trials=%d finished%s", results / STUDY_FILE, done, tune.trials,
                  f", {minutes:.1f} of {budget:g} minutes used" if budget else "")
-        study.optimize(_Objective(base, params, results, config, status), callbacks=[stop_when_done],
-                       gc_after_trial=True)
-    _write_outputs(study, config, params, results, maximize)
+        with _console_shows_repeats_once():
+            study.optimize(_Objective(base, params, results, config, status), callbacks=[stop_when_done],
+                           gc_after_trial=True)
+    _write_outputs(study, config, params, results, maximize, announce=True)
     return results

@@ -32,9 +32,14 @@ def write_trials_csv(path: Path, rows: Sequence[TrialRow], params: Sequence[Para
 
 
 def plot_study(path: Path, rows: Sequence[TrialRow], params: Sequence[Param], metric: str, maximize: bool) -> None:
+    atomic_save_figure(study_figure(rows, params, metric, maximize), path, dpi=100)
+
+
+def study_figure(rows: Sequence[TrialRow], params: Sequence[Param], metric: str, maximize: bool):
     """Left: the metric of each trial (pruned ones at their last reported value) and the best so far.
     Then one panel per searched field: its value against the metric."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     scored = [row for row in rows if row.value is not None and row.state in ("COMPLETE", "PRUNED")]
     figure = Figure(figsize=(4.2 * (1 + len(params)), 3.6))
@@ -52,11 +57,12 @@ def plot_study(path: Path, rows: Sequence[TrialRow], params: Sequence[Param], me
             line.append(best)
         axes[0].step([row.number for row in complete], line, where="post", color="tab:orange", label="best so far")
     axes[0].set(xlabel="trial", ylabel=metric, title=f"{metric} per trial")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
     axes[0].legend(fontsize=8)
     for ax, param in zip(axes[1:], params):
         _plot_param(ax, param, complete, metric)
     figure.tight_layout()
-    atomic_save_figure(figure, path, dpi=100)
+    return figure
 
 
 def _plot_param(ax, param: Param, rows: List[TrialRow], metric: str) -> None:
@@ -70,5 +76,26 @@ def _plot_param(ax, param: Param, rows: List[TrialRow], metric: str) -> None:
     else:
         ax.scatter(values, scores, color="tab:blue")
         if param.kind == "log":
-            ax.set_xscale("log")
+            _log_axis(ax, *param.values)
+        elif param.kind == "int":
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel=param.path, ylabel=metric, title=param.path.rsplit(".", 1)[-1])
+
+
+def _log_axis(ax, low: float, high: float) -> None:
+    """A log axis over the searched range with a few short labels (1, 2 and 5 per decade, thinned to at most
+    five): matplotlib's own labels a range under a decade at every minor tick, one over another."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_xlim(low / 1.2, high * 1.2)
+    ticks = [mantissa * 10.0 ** exponent for exponent in range(math.floor(math.log10(low)),
+                                                                 math.ceil(math.log10(high)) + 1)
+             for mantissa in (1, 2, 5) if low / 1.2 <= mantissa * 10.0 ** exponent <= high * 1.2]
+    if len(ticks) < 2:
+        ticks = [low, high]
+    ticks = ticks[::math.ceil(len(ticks) / 5)]
+    ax.set_xticks(ticks, [f"{tick:.2g}" for tick in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
