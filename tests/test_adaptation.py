@@ -380,7 +380,8 @@ def adapt_tiny(market: Path, results: Path, source: Path, *extra: str) -> Path:
     train.run(load_experiment(None, tiny_overrides(
         market, results, **{"dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"}) + [
         "adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.eps=0.7",
-        "adaptation.k1=4", "adaptation.k2=2", "adaptation.min_samples=2", "train.optim.base_lr=0.01", *extra]))
+        "adaptation.k1=4", "adaptation.k2=2", "adaptation.min_samples=2", "train.optim.base_lr=0.01",
+        "adaptation.tracklets=off", *extra]))
     return results / "train" / "reid_model_latest.pth"
 
 

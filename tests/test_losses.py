@@ -372,7 +372,8 @@ def test_a_registered_adaptation_term_is_reset_by_each_clustering_and_logged(tin
     config = spec.load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
         "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"}) + [
         "adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.eps=0.7", "adaptation.k1=4",
-        "adaptation.k2=2", "train.num_epochs=2", "train.checkpointer.monitor=train_spread_loss"])
+        "adaptation.k2=2", "adaptation.tracklets=off", "train.num_epochs=2",
+        "train.checkpointer.monitor=train_spread_loss"])
     assert metric_modes()["train_spread_loss"] == "min"
     results = train.run(config)
     assert len(built) == 2 and built[0] is built[1]  # the start's clustering and the one before epoch 1
