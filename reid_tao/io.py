@@ -81,14 +81,32 @@ def not_a_regular_file(path: str | os.PathLike) -> Optional[str]:
         return f"unreadable ({error.strerror})"
 
 
+_SYSTEM_FOLDERS = ("/dev", "/proc", "/sys")  # never a place for an output: /dev/stdout may be a link to a file
+
+
+def _under(folder: str, top: str) -> bool:
+    return folder == top or folder.startswith(top + "/")
+
+
+def _system_folder(folder: str) -> bool:
+    """/dev (except the /dev/shm tmpfs, a usual scratch place), /proc or /sys."""
+    return os.name == "posix" and not _under(folder, "/dev/shm") and any(_under(folder, top)
+                                                                         for top in _SYSTEM_FOLDERS)
+
+
 def check_output_target(path: str | os.PathLike) -> None:
-    """Raise WriteError when ``path`` is a FIFO, a device node or a socket (following symlinks): writing an
-    output renames a new file over its path, which would replace that node (``/dev/null`` included, when run
-    as root). A folder is left to the rename, which refuses it; a dangling link is replaced as a file is."""
+    """Raise WriteError when ``path`` is a FIFO, a device node or a socket (following symlinks), or lies in
+    /dev, /proc or /sys: writing an output renames a new file over its path, which would replace that node
+    (``/dev/null`` included, when run as root). A folder is left to the rename, which refuses it; a dangling
+    link is replaced as a file is."""
     kind = not_a_regular_file(path)
     if kind in _NODES:
         raise WriteError(f"cannot write {path}: it is {kind}, not a regular file, and an output replaces what is "
                          "at its path; name a regular file or a new path")
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    if _system_folder(folder):
+        raise WriteError(f"cannot write {path}: {folder} is a system folder, and an output replaces what is at its "
+                         "path; name a regular file or a new path")
 
 
 def _create_sibling(target: Path) -> tuple[int, Path]:

@@ -217,6 +217,10 @@ def test_the_device_decision_reads_only_the_node():
     assert io.not_a_regular_file(os.devnull) == "a character device"
     with pytest.raises(WriteError, match="character device"):
         io.check_output_target(os.devnull)  # raises before any file is created or renamed
+    for path in ("/dev/stdout", "/dev/new_file", "/proc/self/new_file"):  # /dev/stdout may lead to a regular file
+        with pytest.raises(WriteError, match="is a system folder"):
+            io.check_output_target(path)
+    io.check_output_target("/dev/shm/reid_results/metrics.json")  # a tmpfs for scratch outputs, not a device
     assert io.not_a_regular_file(__file__) is None and io.not_a_regular_file("/no/such/file") is None
 
 
