@@ -10,8 +10,9 @@ removed and the previous target is left untouched. The temporary file is created
 An output never replaces something that is not a regular file: a target that exists (through symlinks) as a
 FIFO, a device node (``/dev/null``, ``/dev/full``) or a socket raises :class:`~reid_tao.errors.WriteError`
 before anything is written and again just before the rename. Renaming over it would replace the device itself
-(``/dev/null`` becomes a regular file when run as root) and report success on ``/dev/full``. A folder in the
-way is left to the rename, which refuses it ("Is a directory").
+(``/dev/null`` becomes a regular file when run as root) and report success on ``/dev/full``. Nothing is
+written into /dev (except /dev/shm), /proc or /sys. A folder in the way is left to the rename, which refuses
+it ("Is a directory").
 
 Inputs that must not block are read with :func:`read_regular_file`: a FIFO or device at the path raises
 :class:`NotARegularFile` (an OSError) instead of waiting forever for a writer.
@@ -323,7 +324,8 @@ class NotARegularFile(OSError):
         super().__init__(errno.EINVAL, f"it is {kind}, not a regular file", str(path))
 
 
-_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs in the file system
+_READ_FLAGS = os.O_RDONLY | _NONBLOCK | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def read_regular_file(path: str | os.PathLike, max_bytes: Optional[int] = None) -> bytes:
@@ -450,7 +452,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         _append(path, data)
 
 
-_APPEND_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_BINARY", 0)
+_APPEND_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NONBLOCK | getattr(os, "O_BINARY", 0)
                  | getattr(os, "O_CLOEXEC", 0))
 
 
@@ -466,7 +468,8 @@ def _open_append(path: str | os.PathLike) -> int:
         if kind is not None:
             raise WriteError(f"cannot write {path}: it is {kind}, not a regular file; name a regular file or a "
                              "new path")
-        os.set_blocking(fd, True)
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
