@@ -101,6 +101,16 @@ def test_export_refuses_a_model_file_that_its_sidecar_would_overwrite(exported, 
     assert not (tmp_path / "model.json").exists()
 
 
+def test_export_checks_all_its_targets_before_writing_any(exported, tmp_path, capsys):
+    checkpoint, _ = exported
+    os.mkfifo(tmp_path / "model.json")  # stands for a device at the sidecar's path
+    capsys.readouterr()
+    code = main(["export", f"results_dir={tmp_path}", f"export.checkpoint={checkpoint}",
+                 f"export.onnx_file={tmp_path / 'model.onnx'}"])
+    assert code == 1 and "model.json: it is a FIFO (named pipe)" in one_line(capsys)
+    assert not (tmp_path / "model.onnx").exists()  # not a model without its sidecar
+
+
 @pytest.mark.parametrize("lie, says", [({"input_size": [64, 32]}, "input size [3, 64, 32]"),
                                        ({"input_name": "images"}, "input 'images'"),
                                        ({"output_name": "logits"}, "output 'logits'")])
