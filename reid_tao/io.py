@@ -7,6 +7,16 @@ removed and the previous target is left untouched. The temporary file is created
 ``os.open(..., 0o666)``, so the final file's mode follows the process umask exactly as a plain
 ``open(path, "w")`` would (0644 under umask 022), unlike ``tempfile.mkstemp``'s 0600.
 
+An output never replaces something that is not a regular file: a target that exists (through symlinks) as a
+FIFO, a device node (``/dev/null``, ``/dev/full``) or a socket raises :class:`~reid_tao.errors.WriteError`
+before anything is written and again just before the rename. Renaming over it would replace the device itself
+(``/dev/null`` becomes a regular file when run as root) and report success on ``/dev/full``. Nothing is
+written into /dev (except /dev/shm), /proc or /sys. A folder in the way is left to the rename, which refuses
+it ("Is a directory").
+
+Inputs that must not block are read with :func:`read_regular_file`: a FIFO or device at the path raises
+:class:`NotARegularFile` (an OSError) instead of waiting forever for a writer.
+
 A write that fails for an operating-system reason (disk full, file-size limit, read-only or forbidden
 folder; also torch.save's RuntimeError around such an OSError) raises :class:`~reid_tao.errors.WriteError`
 with one line naming the file and the reason.
@@ -36,7 +46,8 @@ from .errors import DataError, WriteError
 __all__ = [
     "atomic_output", "atomic_path", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
     "atomic_save_figure", "staging_dir", "safe_torch_load", "TRUST_FIELD", "append_line", "error_line",
-    "first_line", "last_line",
+    "first_line", "last_line", "atomic_write_bytes", "check_output_target", "not_a_regular_file",
+    "read_regular_file", "NotARegularFile", "open_append",
 ]
 
 _ATTEMPTS = 100  # unique names to try before giving up (a clash needs the same pid and 32 random bits)
@@ -46,8 +57,62 @@ def _temporary_name(target: Path, suffix: str = "tmp") -> Path:
     return target.with_name(f".{target.name}.{suffix}{os.getpid()}-{secrets.token_hex(4)}")
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def _kind(mode: int) -> Optional[str]:
+    """None for a regular file, else what it is in words ("a FIFO (named pipe)", "a character device", ...)."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+_NODES = {name for _, name in _KINDS} - {"a folder"}  # what an output must never be renamed over
+
+
+def not_a_regular_file(path: str | os.PathLike) -> Optional[str]:
+    """What ``path`` is (following symlinks) when something is there that is not a regular file, in words ("a
+    FIFO (named pipe)", "a folder", "a dangling symbolic link", ...); None for a regular file or nothing."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return "a dangling symbolic link" if os.path.islink(path) else None
+    except OSError as error:  # e.g. ELOOP: a symlink loop
+        return f"unreadable ({error.strerror})"
+
+
+_SYSTEM_FOLDERS = ("/dev", "/proc", "/sys")  # never a place for an output: /dev/stdout may be a link to a file
+
+
+def _under(folder: str, top: str) -> bool:
+    return folder == top or folder.startswith(top + "/")
+
+
+def _system_folder(folder: str) -> bool:
+    """/dev (except the /dev/shm tmpfs, a usual scratch place), /proc or /sys."""
+    return os.name == "posix" and not _under(folder, "/dev/shm") and any(_under(folder, top)
+                                                                         for top in _SYSTEM_FOLDERS)
+
+
+def check_output_target(path: str | os.PathLike) -> None:
+    """Raise WriteError when ``path`` is a FIFO, a device node or a socket (following symlinks), or lies in
+    /dev, /proc or /sys: writing an output renames a new file over its path, which would replace that node
+    (``/dev/null`` included, when run as root). A folder is left to the rename, which refuses it; a dangling
+    link is replaced as a file is."""
+    kind = not_a_regular_file(path)
+    if kind in _NODES:
+        raise WriteError(f"cannot write {path}: it is {kind}, not a regular file, and an output replaces what is "
+                         "at its path; name a regular file or a new path")
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    if _system_folder(folder):
+        raise WriteError(f"cannot write {path}: {folder} is a system folder, and an output replaces what is at its "
+                         "path; name a regular file or a new path")
+
+
 def _create_sibling(target: Path) -> tuple[int, Path]:
     """Create (O_EXCL) a fresh temporary sibling of ``target``, mode 0o666 minus the umask; (fd, path)."""
+    check_output_target(target)
     _make_parent(target)
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(_ATTEMPTS):
@@ -116,18 +181,25 @@ def _reported_as_write_error(target: Path) -> Iterator[None]:
                          "again") from None
 
 
+def _replace(temporary: Path, target: Path) -> None:
+    check_output_target(target)  # again: the node may have appeared while the output was written
+    os.replace(temporary, target)
+
+
 @contextmanager
-def atomic_output(path: str | os.PathLike, binary: bool = False, encoding: str = "utf-8") -> Iterator[IO]:
+def atomic_output(path: str | os.PathLike, binary: bool = False, encoding: str = "utf-8",
+                  fsync: bool = True) -> Iterator[IO]:
     """Open ``path`` for writing atomically: yields a handle on a temporary sibling file (text, or
-    bytes with ``binary=True``), renamed over ``path`` when the block ends without an exception."""
+    bytes with ``binary=True``), renamed over ``path`` when the block ends without an exception.
+    ``fsync=False`` skips the flush to disk (still complete or absent, but may be lost on a power cut)."""
     target = Path(path)
     with _reported_as_write_error(target):
-        with _atomic_output(target, binary, encoding) as handle:
+        with _atomic_output(target, binary, encoding, fsync) as handle:
             yield handle
 
 
 @contextmanager
-def _atomic_output(target: Path, binary: bool, encoding: str) -> Iterator[IO]:
+def _atomic_output(target: Path, binary: bool, encoding: str, fsync: bool = True) -> Iterator[IO]:
     fd, temporary = _create_sibling(target)
     try:
         handle = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding=encoding)
@@ -139,8 +211,9 @@ def _atomic_output(target: Path, binary: bool, encoding: str) -> Iterator[IO]:
         with handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+            if fsync:
+                os.fsync(handle.fileno())
+        _replace(temporary, target)
     except BaseException:
         _remove_quietly(temporary)
         raise
@@ -170,7 +243,7 @@ def _atomic_path(target: Path) -> Iterator[Path]:
         yield temporary
         os.chmod(temporary, mode)
         _fsync_path(temporary)
-        os.replace(temporary, target)
+        _replace(temporary, target)
     except BaseException:
         _remove_quietly(temporary)
         raise
@@ -180,6 +253,13 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     """Write ``text`` to ``path`` atomically; returns ``path`` as a Path."""
     with atomic_output(path, encoding=encoding) as handle:
         handle.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (``fsync=False``: see :func:`atomic_output`)."""
+    with atomic_output(path, binary=True, fsync=fsync) as handle:
+        handle.write(data)
     return Path(path)
 
 
@@ -231,6 +311,43 @@ def staging_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# reading inputs that must not block
+
+
+class NotARegularFile(OSError):
+    """The path is a FIFO, a device, a socket or a folder: reading it could block forever or never end."""
+
+    def __init__(self, path: str | os.PathLike, kind: str):
+        super().__init__(errno.EINVAL, f"it is {kind}, not a regular file", str(path))
+
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs in the file system
+_READ_FLAGS = os.O_RDONLY | _NONBLOCK | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: Optional[int] = None) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed). Raises :class:`NotARegularFile` for a FIFO,
+    device, socket or folder without opening it for a blocking read (O_NONBLOCK, then fstat: a node swapped in
+    between is caught too), an ``OSError`` (EFBIG) for a file longer than ``max_bytes``, and the usual
+    OSErrors (missing, unreadable, symlink loop) otherwise."""
+    kind = _kind(os.stat(path).st_mode)  # before opening: opening some devices has effects of its own
+    if kind is not None:
+        raise NotARegularFile(path, kind)
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise NotARegularFile(path, kind)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise OSError(errno.EFBIG, f"it is over {max_bytes} bytes", str(path))
+    return data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,16 +445,45 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one line with a single O_APPEND write: the kernel moves to the end and writes in one step, so
     lines from a resumed run, or from two processes, never interleave and earlier lines are never rewritten
     (rewriting the whole file per line would cost O(n) per line and lose a concurrent writer's lines). The
-    file is created mode 0o666 minus the umask, like a plain open()."""
+    file is created mode 0o666 minus the umask, like a plain open(). A FIFO, device or socket at ``path``
+    raises WriteError rather than blocking or writing into it."""
     data = (line.rstrip("\n") + "\n").encode("utf-8")
     with _reported_as_write_error(Path(path)):  # e.g. ENOSPC: one line, not a traceback
         _append(path, data)
 
 
-def _append(path: str | os.PathLike, data: bytes) -> None:
+_APPEND_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NONBLOCK | getattr(os, "O_BINARY", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
+
+
+def _open_append(path: str | os.PathLike) -> int:
+    """An O_APPEND descriptor on the regular file ``path`` (created mode 0o666 minus the umask). A FIFO or a
+    device there raises WriteError: opening a FIFO to write blocks until a reader comes (O_NONBLOCK and the
+    fstat check catch one swapped in after the first check)."""
+    check_output_target(path)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags, 0o666)
+    fd = os.open(path, _APPEND_FLAGS, 0o666)
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise WriteError(f"cannot write {path}: it is {kind}, not a regular file; name a regular file or a "
+                             "new path")
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_append(path: str | os.PathLike, encoding: str = "utf-8") -> IO:
+    """A text handle appending to the regular file ``path`` (see :func:`append_line` for the refusals)."""
+    with _reported_as_write_error(Path(path)):
+        return os.fdopen(_open_append(path), "a", encoding=encoding)
+
+
+def _append(path: str | os.PathLike, data: bytes) -> None:
+    fd = _open_append(path)
     try:
         written = os.write(fd, data)
         if written != len(data):  # only on a full disk or a signal: finish the line rather than leave half

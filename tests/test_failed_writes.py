@@ -3,6 +3,7 @@ temporary file, and leaves the previous file untouched; the next run resumes fro
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -127,3 +128,35 @@ def test_task_output_that_cannot_be_written_is_one_line(task, output, trained, t
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert f"cannot write {target} (Is a directory)" in err
     assert target.is_dir() and not leftovers(results)
+
+
+# --------------------------------------------------------------------------- issue 38, item 3
+@pytest.mark.parametrize("task, output", [
+    ("evaluate", "metrics.json"), ("evaluate", "cmc_curve.png"), ("inference", "inference.json"),
+    ("inference", "status.json"), ("inference", "inference.log"),
+    pytest.param("export", "model.onnx", marks=pytest.mark.slow)])
+def test_a_task_output_that_is_a_fifo_is_refused_not_replaced(task, output, trained, tiny_market, tmp_path, capsys):
+    """A FIFO stands for /dev/null, /dev/full or any device node (the tests never name a real one: as root, the
+    rename would replace it). status.json and the log are appended to: a reader is kept open so that, without the
+    check, the task would write into the FIFO rather than wait for one."""
+    results = tmp_path / "res"
+    (results / task).mkdir(parents=True)
+    target = results / task / output
+    os.mkfifo(target)
+    reader = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
+    overrides = tiny_overrides(tiny_market, results) + [f"{task}.checkpoint={trained}"]
+    if task == "inference":
+        overrides += [f"inference.query_dataset={tiny_market / 'query'}"]
+    if task == "export":
+        overrides += [f"export.onnx_file={target}", "export.overwrite=true"]
+    capsys.readouterr()
+    try:
+        code = main([task] + overrides)
+        assert os.read(reader, 100) == b""  # nothing was written into it
+    finally:
+        os.close(reader)
+    err = capsys.readouterr().err.strip()
+    assert code == 1, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"cannot write {target}: it is a FIFO (named pipe), not a regular file" in err
+    assert stat.S_ISFIFO(target.lstat().st_mode) and not leftovers(results)

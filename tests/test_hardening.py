@@ -101,6 +101,16 @@ def test_export_refuses_a_model_file_that_its_sidecar_would_overwrite(exported, 
     assert not (tmp_path / "model.json").exists()
 
 
+def test_export_checks_all_its_targets_before_writing_any(exported, tmp_path, capsys):
+    checkpoint, _ = exported
+    os.mkfifo(tmp_path / "model.json")  # stands for a device at the sidecar's path
+    capsys.readouterr()
+    code = main(["export", f"results_dir={tmp_path}", f"export.checkpoint={checkpoint}",
+                 f"export.onnx_file={tmp_path / 'model.onnx'}"])
+    assert code == 1 and "model.json: it is a FIFO (named pipe)" in one_line(capsys)
+    assert not (tmp_path / "model.onnx").exists()  # not a model without its sidecar
+
+
 @pytest.mark.parametrize("lie, says", [({"input_size": [64, 32]}, "input size [3, 64, 32]"),
                                        ({"input_name": "images"}, "input 'images'"),
                                        ({"output_name": "logits"}, "output 'logits'")])
@@ -228,3 +238,112 @@ def test_json_or_garbage_given_as_a_checkpoint_is_not_a_checkpoint(content, tmp_
     with pytest.raises(DataError, match="not a PyTorch checkpoint") as error:
         read_checkpoint_file(str(path), "evaluate.checkpoint")
     assert "trust_weights_file" not in str(error.value)
+
+
+# --------------------------------------------------------------------------- issue 38: inputs stay inside
+def test_an_unlabeled_camera_folder_linked_outside_is_not_walked(tmp_path, caplog):
+    """A camera folder linked to / walked the whole filesystem (and failed at /proc): links to folders are not
+    followed, at the camera level (a warning names them) or below."""
+    from reid_tao.data.unlabeled import read_unlabeled
+
+    outside = tmp_path / "outside"
+    (outside / "deeper").mkdir(parents=True)
+    for index in range(2):
+        write_person(outside / f"secret_{index}.jpg", 7, 1, index)
+        write_person(outside / "deeper" / f"secret_{index}.jpg", 7, 1, index)
+    root = tmp_path / "unlabeled"
+    (root / "cam1").mkdir(parents=True)
+    write_person(root / "cam1" / "a.jpg", 1, 1, 0)
+    (root / "cam1" / "more").symlink_to(outside / "deeper")
+    (root / "cam2").symlink_to(outside)
+    with caplog.at_level("WARNING", logger="reid_tao"):
+        records = read_unlabeled(str(root), "dataset.train_dataset_dir")
+    assert [(Path(r.path).relative_to(root).as_posix(), r.camid) for r in records] == [("cam1/a.jpg", 1)]
+    assert any("cam2 is a link to a folder, not followed" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- issue 38: ONNX sidecar and graph
+def tiny_graph(path: Path, extra_nodes=(), extra_inits=(), output="m", dims=("batch", 3, 8, 4), **sidecar) -> Path:
+    """A graph (N, 3, 8, 4) -> (N, 3) (the mean of each channel), with its sidecar; ``extra_nodes`` may feed the
+    output through ``output``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0), *extra_nodes,
+             helper.make_node("Identity", [output], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None])],
+                              list(extra_inits))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    meta = {"input_name": "x", "output_name": "y", "feature_dim": 3, "input_size": [8, 4],
+            "pixel_mean": [0.5, 0.5, 0.5], "pixel_std": [0.25, 0.25, 0.25], **sidecar}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    return path
+
+
+def test_an_onnx_sidecar_that_is_a_fifo_is_one_line_not_a_hang(tmp_path):
+    model = tiny_graph(tmp_path / "model.onnx")
+    model.with_suffix(".json").unlink()
+    os.mkfifo(model.with_suffix(".json"))
+
+    def stop(signum, frame):
+        raise TimeoutError("the sidecar read blocked")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(30)
+    try:
+        with pytest.raises(DataError, match=r"model.json cannot be read \(it is a FIFO \(named pipe\)"):
+            OnnxModel(model, "inference.checkpoint", "cpu")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"input_size": [60000, 60000]}, "input size [60000, 60000] or feature_dim 3 out of bounds"),
+    ({"feature_dim": 10 ** 12}, "feature_dim 1000000000000 out of bounds"),
+    ({"pixel_std": [1e-320, 1e-320, 1e-320]}, "std >= 1e-06"),  # > 0, but 0 in float32
+    ({"pixel_mean": [float("nan"), 0.5, 0.5]}, "3 finite values"),
+    ({"padding": "x" * 2 ** 20}, "over 1048576 bytes")])
+def test_an_onnx_sidecar_out_of_bounds_is_one_line(tmp_path, change, says):
+    # the graph's height and width are free, so only the sidecar's bound stops a 60000 x 60000 resize
+    model = tiny_graph(tmp_path / "model.onnx", dims=("batch", 3, "height", "width"), **change)
+    with pytest.raises(DataError, match="model.json") as raised:
+        OnnxModel(model, "inference.checkpoint", "cpu")
+    assert says in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_an_onnx_graph_that_needs_a_huge_tensor_is_refused_before_it_runs(tmp_path):
+    from onnx import helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([2 ** 21, 2 ** 20], np.int64), "shape")  # 8 TiB of float32
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                              value=numpy_helper.from_array(np.array([1.0], np.float32))),
+             helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+             helper.make_node("Add", ["m", "total"], ["sum"])]
+    model = tiny_graph(tmp_path / "model.onnx", nodes, [shape], output="sum")
+    with pytest.raises(DataError, match=r"its tensor 'big' needs 8192.0 GiB for one image \(at most 4 GiB\)"):
+        OnnxModel(model, "inference.checkpoint", "cpu")
+
+
+def test_an_onnx_graph_that_fails_while_running_is_one_line(tiny_market, tmp_path, capfd):
+    """A failure that shapes do not show (here a reshape that cannot fit; a run-time allocation the machine
+    refuses is reported the same way) is one line, without onnxruntime's own log line."""
+    from onnx import helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([-1, 7], np.int64), "shape")
+    nodes = [helper.make_node("Reshape", ["m", "shape"], ["odd"])]
+    model = tiny_graph(tmp_path / "model.onnx", nodes, [shape], output="odd")
+    capfd.readouterr()
+    code = main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={model}",
+                 f"inference.query_dataset={tiny_market / 'query'}", "inference.accelerator=cpu",
+                 "dataset.num_workers=0"])
+    err = capfd.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"inference.checkpoint: onnxruntime failed running {model} on a batch of" in err
+    assert not [p for p in (tmp_path / "inference").iterdir() if p.name.startswith(".inference.json")]
+
+
+def test_a_spec_pixel_std_that_is_zero_in_float32_is_one_line(tiny_market, tmp_path, capsys):
+    code = main(["train", *tiny_overrides(tiny_market, tmp_path), "dataset.pixel_std=[1e-320,1e-320,1e-320]"])
+    assert code == 2 and "dataset.pixel_std values must be >= 1e-06" in one_line(capsys)

@@ -13,6 +13,7 @@ import torch
 
 from reid_tao import io
 from reid_tao.cli import main
+from reid_tao.errors import WriteError
 
 from helpers import tiny_overrides
 
@@ -75,6 +76,7 @@ WRITERS = {
     "path_replaced": write_with_path_replacing_the_file,
     "output": write_streamed,
     "output_binary": lambda path: _write_binary(path),
+    "bytes": lambda path: io.atomic_write_bytes(path, b"\xff\xd8", fsync=False),
 }
 
 
@@ -169,6 +171,83 @@ def test_temporary_files_are_hidden_unique_siblings(tmp_path):
         second.write_bytes(b"2")
     assert target.read_bytes() == b"1"  # the outer block finished last: last writer wins
     assert leftovers(tmp_path) == ["x.onnx"]
+
+
+# --------------------------------------------------------------------------- issue 38, item 3: devices
+# These tests never name a real device as a target: the process may run as root, where renaming over /dev/null
+# would replace it. A FIFO made here, and a link made here to /dev/null, stand for a device the user names.
+def fifo_at(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def device_link_at(path: Path) -> Path:
+    path.symlink_to(os.devnull)  # a rename would replace the link, never /dev/null itself
+    return path
+
+
+def unchanged(path: Path, kind: str) -> bool:
+    if kind == "fifo":
+        return stat.S_ISFIFO(path.lstat().st_mode)
+    return path.is_symlink() and os.readlink(path) == os.devnull
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_an_output_never_replaces_a_fifo_or_a_device(tmp_path, name, kind):
+    target = (fifo_at if kind == "fifo" else device_link_at)(tmp_path / "out.bin")
+    with pytest.raises(WriteError) as raised:
+        WRITERS[name](target)
+    message = str(raised.value)
+    says = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    assert "\n" not in message and f"cannot write {target}: it is {says}, not a regular file" in message
+    assert unchanged(target, kind) and leftovers(tmp_path) == ["out.bin"]
+
+
+def test_a_fifo_that_appears_while_the_output_is_written_is_not_replaced(tmp_path):
+    target = tmp_path / "inference.json"
+    with pytest.raises(WriteError, match="FIFO"):
+        with io.atomic_output(target) as handle:
+            handle.write("[]")
+            fifo_at(target)  # checked again just before the rename
+    assert unchanged(target, "fifo") and leftovers(tmp_path) == ["inference.json"]
+
+
+def test_the_device_decision_reads_only_the_node():
+    assert io.not_a_regular_file(os.devnull) == "a character device"
+    with pytest.raises(WriteError, match="character device"):
+        io.check_output_target(os.devnull)  # raises before any file is created or renamed
+    for path in ("/dev/stdout", "/dev/new_file", "/proc/self/new_file"):  # /dev/stdout may lead to a regular file
+        with pytest.raises(WriteError, match="is a system folder"):
+            io.check_output_target(path)
+    io.check_output_target("/dev/shm/reid_results/metrics.json")  # a tmpfs for scratch outputs, not a device
+    assert io.not_a_regular_file(__file__) is None and io.not_a_regular_file("/no/such/file") is None
+
+
+def test_appending_to_a_fifo_or_a_device_is_refused_not_blocked(tmp_path):
+    fifo = fifo_at(tmp_path / "status.json")
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that a writer's open returns (and would write)
+    try:
+        with pytest.raises(WriteError, match="FIFO"):
+            io.append_line(fifo, '{"status": "STARTED"}')
+        with pytest.raises(WriteError, match="FIFO"):
+            io.open_append(fifo)
+        assert os.read(reader, 100) == b""  # nothing was written into it
+    finally:
+        os.close(reader)
+    with pytest.raises(WriteError, match="character device"):
+        io.append_line(device_link_at(tmp_path / "log"), "line")
+
+
+def test_reading_a_fifo_or_a_folder_is_refused_not_blocked(tmp_path):
+    with pytest.raises(io.NotARegularFile, match="FIFO"):
+        io.read_regular_file(fifo_at(tmp_path / "model.json"))
+    with pytest.raises(io.NotARegularFile, match="folder"):
+        io.read_regular_file(tmp_path)
+    (tmp_path / "big").write_bytes(b"x" * 11)
+    with pytest.raises(OSError, match="over 10 bytes"):
+        io.read_regular_file(tmp_path / "big", max_bytes=10)
+    assert io.read_regular_file(tmp_path / "big", max_bytes=11) == b"x" * 11
 
 
 @pytest.mark.parametrize("mask, expected", [(0o022, 0o755), (0o077, 0o700)])

@@ -20,6 +20,9 @@ INPUT_SIDE = Bounds(low=1, high=MAX_INPUT_SIDE)
 # (1e300) made the optimiser step raise a traceback instead of a one-line error.
 RATE = Bounds(low=0, low_open=True, high=10)
 RATE_OR_0 = Bounds(low=0, high=10)
+MAX_FEAT_DIM = 65536
+# Images are scaled to [0, 1]; a smaller std is a mistake (1e-320 passes "> 0" and is 0 in float32).
+MIN_PIXEL_STD = 1e-6
 
 BACKBONES = "reid_tao.model.backbones:BACKBONES"
 ACCELERATORS = "reid_tao.engine.devices:ACCELERATORS"
@@ -49,7 +52,7 @@ class ModelConfig:
     input_height: int = spec_field(256, bounds=INPUT_SIDE, help="network input height in pixels")
     neck: str = spec_field("bnneck", choices="reid_tao.model.baseline:NECKS", help=(
         "bnneck: BatchNorm1d with frozen bias before the classifier; \"\": none"))
-    feat_dim: int = spec_field(256, bounds=Bounds(low=1, high=65536), help=(
+    feat_dim: int = spec_field(256, bounds=Bounds(low=1, high=MAX_FEAT_DIM), help=(
         "embedding size (ResNet: a 1x1 reduction when it differs from the backbone's width; Swin: with "
         "reduce_feat_dim)"))
     neck_feat: str = spec_field("after", choices="reid_tao.model.baseline:NECK_FEATURES", help=(
@@ -103,7 +106,7 @@ class DatasetConfig:
     val_batch_size: int = spec_field(128, bounds=AT_LEAST_1, help="evaluation batch per process")
     num_workers: int = spec_field(8, bounds=NON_NEGATIVE, help="data-loading worker processes (0: in-process)")
     pixel_mean: List[float] = spec_field([0.485, 0.456, 0.406], help="normalisation mean per channel")
-    pixel_std: List[float] = spec_field([0.226, 0.226, 0.226], bounds=POSITIVE, help=(
+    pixel_std: List[float] = spec_field([0.226, 0.226, 0.226], bounds=Bounds(low=MIN_PIXEL_STD), help=(
         "normalisation standard deviation per channel"))
     padding: int = spec_field(10, bounds=NON_NEGATIVE, help="padding before the random crop (pixels)")
     prob: float = spec_field(0.5, bounds=PROBABILITY, help="horizontal flip probability")

@@ -3,25 +3,39 @@
 Frames come from a MOTChallenge sequence folder (``img1/000001.jpg``..., folder and suffix from
 ``seqinfo.ini``), a plain folder of frame images (the n-th image in name order is frame n), or a video file
 (OpenCV; frames are decoded in order and skipped frames only grabbed, not decoded).
+
+What a sequence names stays inside it: seqinfo.ini's imDir must be a relative folder without ``..`` and imExt
+a plain suffix. Only regular files are read as frames (a FIFO would block the read forever). A video is read
+by OpenCV's FFmpeg backend with only video container demuxers allowed (:data:`VIDEO_DEMUXERS`), so a playlist
+(``.m3u8``), an ffconcat list or an image pattern given as a video cannot make it read other files.
 """
 import configparser
 import logging
 import os
+import re
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, Iterator, List, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from ..errors import DataError
+from ..io import atomic_write_bytes, not_a_regular_file, read_regular_file
 from .market import IMAGE_EXTENSIONS
 from .tracks import TrackBox
 
 log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 95
+SEQINFO_MAX_BYTES = 2**20
+_IMAGE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+# FFmpeg demuxers of video containers and raw video streams (format_whitelist): not hls, concat, image2, ...
+VIDEO_DEMUXERS = ("mov", "avi", "matroska", "mpegts", "mpeg", "mpegvideo", "flv", "asf", "ogg", "h264", "hevc",
+                  "mjpeg", "rawvideo", "m4v", "yuv4mpegpipe")
+_FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
 
 def crop_name(track: int, camera: int, frame: int) -> str:
@@ -34,7 +48,12 @@ def _first_origin(boxes: Sequence[TrackBox]) -> str:
 
 
 def _read_image(path: Path, origin: str) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:  # only a regular file: cv2.imread blocks forever on a FIFO
+        data = read_regular_file(path)
+    except OSError as error:
+        raise DataError(f"{origin}: frame image {path} cannot be read ({error.strerror}); replace or remove it") \
+            from None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(f"{origin}: frame image {path} cannot be read; replace or remove it")
     return image
@@ -42,18 +61,39 @@ def _read_image(path: Path, origin: str) -> np.ndarray:
 
 def _sequence_frames(folder: Path) -> Tuple[Path, str]:
     """(image folder, suffix) of a MOTChallenge sequence: seqinfo.ini's imDir/imExt, else img1/ and .jpg."""
-    image_dir, suffix = folder / "img1", ".jpg"
+    image_dir, suffix = "img1", ".jpg"
     info = folder / "seqinfo.ini"
-    if info.is_file():
+    if info.exists():
         parser = configparser.ConfigParser(interpolation=None)
         try:
-            parser.read(info, encoding="utf-8")
+            parser.read_string(read_regular_file(info, SEQINFO_MAX_BYTES).decode("utf-8"), source=str(info))
+        except OSError as error:
+            raise DataError(f"{info}: cannot be read ({error.strerror}); fix or remove it") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{info}: is not UTF-8 text; fix or remove it") from None
         except configparser.Error as error:
             raise DataError(f"{info}: cannot be parsed ({type(error).__name__}); fix or remove it") from None
         section = parser["Sequence"] if parser.has_section("Sequence") else {}
-        image_dir = folder / section.get("imDir", "img1")
-        suffix = section.get("imExt", ".jpg")
-    return image_dir, suffix
+        image_dir, suffix = section.get("imDir", image_dir), section.get("imExt", suffix)
+    relative = PurePosixPath(image_dir.replace("\\", "/"))
+    if not image_dir or relative.is_absolute() or ".." in relative.parts:
+        raise DataError(f"{info}: imDir={image_dir!r} must be a folder inside the sequence folder {folder} "
+                        "(relative, without '..'); fix seqinfo.ini")
+    if not _IMAGE_SUFFIX.match(suffix):
+        raise DataError(f"{info}: imExt={suffix!r} must be a file suffix such as .jpg; fix seqinfo.ini")
+    return folder / relative, suffix
+
+
+def _folder_images(path: Path) -> List[Path]:
+    """The frame images of a plain folder in name order; an entry named like an image that is not a regular
+    file (a FIFO, a folder, a dangling link) is refused rather than skipped, which would renumber the frames."""
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    for image in images:
+        kind = not_a_regular_file(image)
+        if kind is not None:
+            raise DataError(f"crops.input: {image} is {kind}, not an image file; the n-th image of {path} is "
+                            "frame n, so remove it or move it away")
+    return images
 
 
 def iter_frames(source: str, frames: Dict[int, List[TrackBox]], first_frame: int) -> Iterator[Tuple[int, np.ndarray]]:
@@ -68,11 +108,11 @@ def iter_frames(source: str, frames: Dict[int, List[TrackBox]], first_frame: int
         if image_dir.is_dir():
             for frame in wanted:
                 image_path = image_dir / f"{frame:06d}{suffix}"
-                if not image_path.is_file():
+                if not image_path.exists():  # a FIFO or folder there: _read_image says what it is
                     raise DataError(f"{_first_origin(frames[frame])}: frame {frame} has no image {image_path}")
                 yield frame, _read_image(image_path, _first_origin(frames[frame]))
             return
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        images = _folder_images(path)
         for frame in wanted:
             position = frame - first_frame
             if not 0 <= position < len(images):
@@ -80,18 +120,47 @@ def iter_frames(source: str, frames: Dict[int, List[TrackBox]], first_frame: int
                                 f"images of {path} (the first image is frame {first_frame})")
             yield frame, _read_image(images[position], _first_origin(frames[frame]))
         return
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"crops.input: {source} does not exist; give a MOTChallenge sequence folder, a folder of "
                         "frames or a video file")
+    kind = not_a_regular_file(path)
+    if kind is not None:
+        raise DataError(f"crops.input: {source} is {kind}; give a MOTChallenge sequence folder, a folder of frames "
+                        "or a video file")
     yield from _video_frames(path, frames, wanted, first_frame)
+
+
+@contextmanager
+def _only_video_demuxers() -> Iterator[None]:
+    """OpenCV reads OPENCV_FFMPEG_CAPTURE_OPTIONS at each open: allow video container demuxers only, local files
+    only (FFmpeg probes the content, so a playlist named .mp4 is refused too); the user's options are kept."""
+    previous = os.environ.get(_FFMPEG_OPTIONS)
+    ours = f"format_whitelist;{','.join(VIDEO_DEMUXERS)}|protocol_whitelist;file"
+    os.environ[_FFMPEG_OPTIONS] = f"{previous}|{ours}" if previous else ours
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_FFMPEG_OPTIONS, None)
+        else:
+            os.environ[_FFMPEG_OPTIONS] = previous
+
+
+def open_video(path: Path) -> "cv2.VideoCapture":
+    """An opened capture of the video file ``path``, or one DataError line."""
+    with _only_video_demuxers():  # an absolute path: no "proto:" prefix of the name is taken as a protocol
+        capture = cv2.VideoCapture(str(path.resolve()), cv2.CAP_FFMPEG)
+    if not capture.isOpened():
+        capture.release()
+        raise DataError(f"crops.input: {path} cannot be opened as a video file by OpenCV's FFmpeg (video containers "
+                        "only: MP4, AVI, MKV, MPEG-TS, ...; playlists and stream lists are refused); convert it "
+                        "(e.g. to MP4/H.264 or MJPG AVI) or extract its frames into a folder")
+    return capture
 
 
 def _video_frames(path: Path, frames: Dict[int, List[TrackBox]], wanted: List[int], first_frame: int
                   ) -> Iterator[Tuple[int, np.ndarray]]:
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise DataError(f"crops.input: {path} cannot be opened as a video by OpenCV; convert it (e.g. to MP4/H.264 "
-                        "or MJPG AVI) or extract its frames into a folder")
+    capture = open_video(path)
     try:
         position, targets = first_frame, iter(wanted)
         target = next(targets, None)
@@ -118,15 +187,20 @@ def _video_frames(path: Path, frames: Dict[int, List[TrackBox]], wanted: List[in
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    """Write via a temporary sibling and a rename: a crop is complete or absent (no fsync per crop: there are
-    thousands, and a lost crop after a power cut costs nothing)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise DataError(f"cannot write {path} ({error.strerror}); choose a writable crops.output_dir") from None
+    """The project's atomic writer (a fresh O_EXCL temporary sibling, never a fixed name a link could be planted
+    at): a crop is complete or absent. No fsync per crop: there are thousands, and a lost crop after a power
+    cut costs nothing."""
+    atomic_write_bytes(path, data, fsync=False)
+
+
+def check_unique(boxes: Sequence[TrackBox]) -> None:
+    """One box per (frame, track): a second one would be written over the first crop of the same name."""
+    seen: Dict[Tuple[int, int], str] = {}
+    for box in boxes:
+        first = seen.setdefault((box.frame, box.track), box.origin)
+        if first != box.origin:
+            raise DataError(f"{box.origin}: track {box.track} already has a box in frame {box.frame} ({first}); "
+                            "one crop per track and frame: remove the duplicate lines")
 
 
 @dataclass
@@ -154,6 +228,7 @@ def write_crops(boxes: Sequence[TrackBox], source: str, output_dir: str, camera:
 
     A box is clipped to the frame; it is skipped when less than ``min_inside`` of it lies inside the frame (a
     person cut off by the frame edge) or when it is lower than ``min_height`` pixels once clipped."""
+    check_unique(boxes)
     by_frame: Dict[int, List[TrackBox]] = defaultdict(list)
     for box in boxes:
         if (box.frame - first_frame) % frame_step == 0:

@@ -1,7 +1,9 @@
 """What an image goes through before the network at test time; travels with checkpoints and ONNX files."""
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Tuple
 
+from ..config.schema import MIN_PIXEL_STD
 from .transforms import INTERPOLATIONS, build_eval_transform
 
 
@@ -20,8 +22,11 @@ class Preprocessing:
         object.__setattr__(self, "pixel_std", tuple(float(v) for v in self.pixel_std))
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise ValueError(f"input_size must be (height, width) >= 1, got {self.input_size}")
-        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
-            raise ValueError(f"pixel_mean/pixel_std need 3 values (std > 0), got {self.pixel_mean} / {self.pixel_std}")
+        values = self.pixel_mean + self.pixel_std
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or not all(map(math.isfinite, values)) \
+                or min(self.pixel_std) < MIN_PIXEL_STD:
+            raise ValueError(f"pixel_mean/pixel_std need 3 finite values (std >= {MIN_PIXEL_STD:g}), got "
+                             f"{self.pixel_mean} / {self.pixel_std}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
 

@@ -11,8 +11,12 @@ The reader of the "unlabeled" layout. Where the cameras come from, first rule th
 A ``.txt`` list file holds one image path per line (relative to the list's folder, MSMT17 lists work as
 they are); a camera given as a third column, else one in the file name, else camera 1; ids are ignored.
 Records carry person id 0 ("no identity known"): identities are what the clustering finds.
+
+Links to folders are not followed (a camera folder linked to ``/`` would walk the whole filesystem); a camera
+folder that is such a link is skipped with a warning. Links to image files are read.
 """
 import logging
+import os
 from pathlib import Path
 from typing import List
 
@@ -26,10 +30,26 @@ log = logging.getLogger(__name__)
 UNKNOWN_PID = 0
 
 
+def _walk(folder: Path) -> List[Path]:
+    """Every file below ``folder`` without following links to folders (os.walk's default); unreadable
+    subfolders (e.g. under /proc) are passed over, not raised."""
+    return [Path(root) / name for root, _, names in os.walk(folder) for name in names]
+
+
 def _images(folder: Path, recursive: bool) -> List[Path]:
-    found = folder.rglob("*") if recursive else folder.iterdir()
+    found = _walk(folder) if recursive else folder.iterdir()
     return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                   and not p.name.startswith("."))
+
+
+def _camera_folders(folder: Path, field: str) -> List[Path]:
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    linked = [sub for sub in subfolders if sub.is_symlink()]
+    if linked:
+        log.warning("%s: %s %s a link to a folder, not followed (reid_tao reads only what lies in %s); copy the "
+                    "folder there, or list its images in a .txt file", field, ", ".join(sub.name for sub in linked),
+                    "is" if len(linked) == 1 else "are each", folder)
+    return [sub for sub in subfolders if not sub.is_symlink() and _images(sub, recursive=True)]
 
 
 def _from_list(path: str, field: str) -> List[ImageRecord]:
@@ -40,8 +60,7 @@ def _from_list(path: str, field: str) -> List[ImageRecord]:
 
 def _from_folder(path: str, field: str) -> List[ImageRecord]:
     folder = Path(path)
-    cameras = [sub for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-               if _images(sub, recursive=True)]
+    cameras = _camera_folders(folder, field)
     top = _images(folder, recursive=False)
     if cameras:
         records = [ImageRecord(str(image), UNKNOWN_PID, number)

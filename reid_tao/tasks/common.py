@@ -17,7 +17,7 @@ from ..config.loader import task_results_dir
 from ..config.notices import field_notices
 from ..engine.status import FAILURE, RUNNING, STARTED, STATUS_FILE, StatusFile
 from ..errors import ConfigError, ReidError
-from ..io import atomic_write_text, error_line
+from ..io import atomic_write_text, error_line, open_append
 
 log = logging.getLogger("reid_tao")
 TAO_MODEL_NAME = "ReIdentification"  # in TAO's status.json start line
@@ -93,6 +93,9 @@ def quiet_lightning() -> None:
 class _TaskLogFile(logging.FileHandler):
     """results_dir/<task>/<task>.log: the console log of the task, appended to by every run."""
 
+    def _open(self):  # a FIFO or device there: one line, not a wait for a reader or a write into the device
+        return open_append(self.baseFilename, encoding=self.encoding or "utf-8")
+
 
 def _attach_log_file(path: Path) -> _TaskLogFile:
     root = logging.getLogger("reid_tao")
@@ -151,7 +154,7 @@ def results_lock(results: Path, task: str, enabled: bool = True) -> Iterator[Non
         raise ConfigError(f"another `reid {task}` (pid {pid}) is running in {results}; wait for it to finish, "
                           "or use another results_dir") from None
     try:
-        holder.write_text(str(os.getpid()))
+        atomic_write_text(holder, str(os.getpid()))
         yield
     finally:
         lock.release()

@@ -34,6 +34,25 @@ def _check_fields(crops: DictConfig) -> None:
         for field in ("stream", "labels"):
             if crops[field]:
                 raise ConfigError(f"crops.{field} applies to crops.format=kitti only; remove it")
+    _check_output_dir(Path(crops.output_dir), Path(crops.input))
+
+
+def _check_output_dir(output: Path, source: Path) -> None:
+    """A folder outside the frames: crops written among them would be read as frames by the next run (and
+    overwrite the first run's crops with crops of crops)."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"crops.output_dir {output} is an existing file; name a folder")
+    if source.is_dir():
+        out, frames = output.resolve(), source.resolve()
+        if out == frames or frames in out.parents:
+            raise ConfigError(f"crops.output_dir {output} is inside crops.input {source}: the crops would be read "
+                              "as frames by the next run; choose a folder outside it")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a parent folder should be, no permission, ...
+        reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else \
+            (error.strerror or str(error))
+        raise ConfigError(f"cannot create crops.output_dir {output} ({reason}); name a writable folder") from None
 
 
 @reported("crops")

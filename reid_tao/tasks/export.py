@@ -21,7 +21,7 @@ from ..engine.onnx_precision import CALIBRATED, DATA_TYPES, Calibration, cosine_
 from ..engine.onnx_runner import onnx_sidecar_path
 from ..engine.status import StatusFile
 from ..errors import ConfigError, DataError, ReidError
-from ..io import atomic_path, atomic_write_json, first_line
+from ..io import atomic_path, atomic_write_json, check_output_target, first_line
 from .common import prepare_task, record_checkpoint_model, reported
 from .deepstream import tracker_config_path, write_tracker_config
 
@@ -175,6 +175,8 @@ def run(config: DictConfig, status: StatusFile) -> Path:
         raise ConfigError(f"export.onnx_file {path}: the preprocessing sidecar {onnx_sidecar_path(path).name} and "
                           f"the tracker config {tracker_config_path(path).name} are written beside it, so it would "
                           "be overwritten; name the model file *.onnx")
+    for target in (path, onnx_sidecar_path(path), tracker_config_path(path)):  # all three before any is written
+        check_output_target(target)
     if path.exists() and not section.overwrite:
         raise ConfigError(f"export.onnx_file {path} already exists; set export.overwrite=true to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
