@@ -54,10 +54,10 @@ def cluster_features(features: torch.Tensor, eps: float = 0.6, min_samples: int 
     Memory: the graph's stored pairs (8 bytes each, a few dozen per image at a useful eps) and DBSCAN's copies
     of them, besides the nearest-neighbour search's blocks (see :func:`~reid_tao.evaluation.rerank.re_ranking`):
     measured in docs/benchmarks.md."""
-    normalised = F.normalize(features.float(), dim=1)
     graph = distance_graph(features, k1=k1, k2=k2, cameras=cameras, max_distance=min(eps, 1.0))
     labels = dbscan_labels(graph, eps=eps, min_samples=min_samples)
     del graph
+    normalised = F.normalize(features.float(), dim=1)
     num_clusters = int(labels.max()) + 1 if labels.size else 0
     index = torch.as_tensor(labels, device=normalised.device)
     kept = index >= 0
@@ -72,8 +72,9 @@ def distance_graph(features: torch.Tensor, k1: int = 30, k2: int = 6, cameras: O
     :func:`~reid_tao.evaluation.rerank.jaccard_graph` (pairs at most ``max_distance`` apart; every other pair
     is farther, at most 1) of the L2-normalised features, camera-centred (:func:`camera_centred`) with
     ``cameras`` (N camera numbers)."""
-    normalised = F.normalize(features.float(), dim=1)
-    clustered = normalised if cameras is None else camera_centred(normalised, cameras)
+    clustered = F.normalize(features.float(), dim=1)
+    if cameras is not None:
+        clustered = camera_centred(clustered, cameras)
     return jaccard_graph(clustered, k1=k1, k2=k2, max_distance=max_distance)
 
 

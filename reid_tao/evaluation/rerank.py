@@ -11,6 +11,10 @@ Python loop runs per probe:
    width ~ a few dozen;
 4. the Jaccard distance is accumulated per block of queries by scatter-adding min(V[q,c], V[g,c])
    over the gallery items g listed in the inverted index (posting list) of each non-zero column c.
+
+:func:`jaccard_distance` is the Jaccard part among one set of features (for clustering);
+:func:`jaccard_graph` keeps only its pairs within a radius, as a sparse matrix, so that nothing of size N^2 is
+stored at all.
 """
 
 from __future__ import annotations
@@ -30,8 +34,6 @@ _CPU_BLOCK_BYTES = 256 * 2**20
 _GPU_BLOCK_BYTES = 2 * 2**30
 # Rough bytes one (query, gallery) pair costs in the Jaccard scatter (indices, gathers, products).
 _BYTES_PER_PAIR = 64
-# The sparse Jaccard graph's block accumulator: small enough for the caches of the CPU cores.
-_ACCUMULATOR_BYTES = 4 * 2**20
 
 
 def re_ranking(
@@ -190,16 +192,16 @@ def jaccard_graph(
     exactly 1 unless the sparse rows of V of i and j share a column. Only such pairs are looked at (through
     the inverted index, as in the dense form; each pair once, as the distance is symmetric), and those with
     a distance <= ``max_distance`` are stored: every pair that is not stored is farther than
-    ``max_distance`` (or shares no column: distance 1). Each row is sorted by increasing distance (equal
-    distances by column), a probe's distance to itself (0 up to rounding) included, and a distance of 0 is
-    an explicit entry: the layout scikit-learn's radius neighbours and DBSCAN take as a precomputed sparse
-    graph, where a missing entry means "not a neighbour".
+    ``max_distance`` (or shares no column: distance 1). Each row is sorted by increasing distance, a probe's
+    distance to itself (0 up to rounding) included, and a distance of 0 is an explicit entry: the layout
+    scikit-learn's radius neighbours and DBSCAN take as a precomputed sparse graph, where a missing entry
+    means "not a neighbour".
 
     Returns a symmetric ``scipy.sparse.csr_matrix`` of float32 on the CPU, whatever the features' device.
     Memory: 8 bytes per stored entry (a clustering radius keeps a few dozen per probe; ``max_distance`` 1
-    keeps every pair sharing a column, thousands per probe on re-ID features with the default k1 and k2)
-    plus what :func:`jaccard_distance` needs besides its dense output; time: that of
-    :func:`jaccard_distance`, whose pair terms are halved here.
+    keeps every pair sharing a column: thousands per probe with k1 30, k2 6) plus what
+    :func:`jaccard_distance` needs besides its dense output. Time: that of :func:`jaccard_distance`, with
+    half its pair terms.
     """
     _check_arguments(features, features, k1, k2, 0.0, block_size)
     if not 0.0 <= float(max_distance):
@@ -236,12 +238,16 @@ def _jaccard_graph(features: Tensor, k1: int, k2: int, max_distance: float, bloc
     torch.cumsum(entry_length, 0, out=pairs_before[1:])
     pairs_per_row = pairs_before[row_offset[1:]] - pairs_before[row_offset[:-1]]
     del pairs_before
+    # Block accumulator: (rows, N - start) float64, half the temporaries budget.
+    query_rows = block_size or max(1, budget // (16 * num_all))
+    accumulator = torch.zeros(query_rows * num_all, dtype=torch.float64, device=device)
+    # int32 indices where they fit: the pair expansion below moves half the bytes and runs twice as fast
+    index_dtype = torch.int32 if max(entry_length.shape[0], accumulator.shape[0]) < 2**31 else torch.long
+    entry_row, entry_first, entry_length, posting_row = (
+        tensor.to(index_dtype) for tensor in (entry_row, entry_first, entry_length, posting_row))
     # s >= threshold <=> distance <= max_distance; a margin far above the rounding, the exact test follows
     threshold = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) if max_distance < 1.0 else 0.0
     candidate = max(threshold - 1e-6, 0.0)
-    # Block accumulator: (rows, N - start) float64; rows sized so that it stays in the CPU's caches.
-    query_rows = block_size or max(1, _ACCUMULATOR_BYTES // (8 * num_all))
-    accumulator = torch.zeros(query_rows * num_all, dtype=torch.float64, device=device)
     pair_budget = max(1, budget // _BYTES_PER_PAIR)
     rows, columns, distances = [], [], []
     row_offset = row_offset.tolist()
@@ -269,15 +275,13 @@ def _jaccard_graph(features: Tensor, k1: int, k2: int, max_distance: float, bloc
 
 def _symmetric_graph(row: np.ndarray, column: np.ndarray, distance: np.ndarray, size: int) -> csr_matrix:
     """CSR matrix of the upper-triangle entries (row <= column) and their mirror images, each row sorted by
-    increasing distance, then by column."""
+    increasing distance."""
     mirrored = row != column
     row, column = np.concatenate([row, column[mirrored]]), np.concatenate([column, row[mirrored]])
     distance = np.concatenate([distance, distance[mirrored]])
     del mirrored
-    # non-negative float32 values order as their bit patterns: one sort by (row, distance, column)
-    key = row.astype(np.int64) << 32 | distance.view(np.uint32).astype(np.int64)
-    order = np.lexsort((column, key))
-    del key
+    # non-negative float32 values order as their bit patterns: one stable sort by (row, distance)
+    order = np.argsort(row.astype(np.int64) << 32 | distance.view(np.uint32), kind="stable")
     indptr = np.zeros(size + 1, dtype=np.int64)
     np.cumsum(np.bincount(row, minlength=size), out=indptr[1:])
     index_dtype = np.int32 if max(indptr[-1], size) < 2**31 else np.int64
@@ -652,13 +656,13 @@ def _expand_pairs(
     """Expand every (query, column) entry into one pair per posting of its run ``entry_start`` ..
     ``entry_start + entry_length - 1``: the pair's target ``entry_base + posting row`` and its term
     min(V[q, c], V[g, c]) > 0 (``total_pairs`` = the sum of the lengths)."""
-    device = entry_length.device
+    device, dtype = entry_length.device, entry_length.dtype  # int64 or int32 indices throughout
     pair_entry = torch.repeat_interleave(
-        torch.arange(entry_length.shape[0], device=device), entry_length, output_size=total_pairs
+        torch.arange(entry_length.shape[0], device=device, dtype=dtype), entry_length, output_size=total_pairs
     )
-    shift = entry_start - (entry_length.cumsum(0) - entry_length)
+    shift = entry_start - (entry_length.cumsum(0, dtype=dtype) - entry_length)
     # index_select: several times faster than indexing with a tensor on CPU
-    position = torch.index_select(shift, 0, pair_entry).add_(torch.arange(total_pairs, device=device))
+    position = torch.index_select(shift, 0, pair_entry).add_(torch.arange(total_pairs, device=device, dtype=dtype))
     shared = torch.minimum(torch.index_select(entry_weight, 0, pair_entry), torch.index_select(posting_weight, 0,
                                                                                              position))
     target = torch.index_select(entry_base, 0, pair_entry).add_(torch.index_select(posting_row, 0, position))
