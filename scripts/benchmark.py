@@ -3,6 +3,7 @@
 
   python scripts/benchmark.py metrics --num-query 3368 --num-gallery 15913 --dim 2048 --device cpu
   python scripts/benchmark.py rerank  --num-query 3368 --num-gallery 15913 --dim 2048 --device cpu
+  python scripts/benchmark.py cluster --num 50000 --dim 512   # pseudo labels of 50,000 crops (adaptation)
   python scripts/benchmark.py train    --data /data/market1501 --device cuda --epochs 2
   python scripts/benchmark.py evaluate --data /data/market1501 --device cuda
   python scripts/benchmark.py onnx     --data /data/market1501 --checkpoint model.pth --accuracy
@@ -186,6 +187,100 @@ def run_rerank(args: argparse.Namespace) -> dict[str, Any]:
         "num_query": args.num_query,
         "num_gallery": args.num_gallery,
         "repeats": args.repeats,
+    }
+
+
+def make_people(num: int, dim: int, seed: int = 0, min_images: int = 10, max_images: int = 20,
+                noise_fraction: float = 0.1, num_cams: int = MARKET_CAMS, id_signal: float = 0.45,
+                camera_signal: float = 0.5) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """Seeded unlabeled crops' features as clustering sees them: people with ``min_images``..``max_images``
+    images each (an identity centre scaled by ``id_signal`` plus Gaussian noise), ``noise_fraction`` images of
+    no one (noise only), every image on a random camera that adds its own look (scaled by ``camera_signal``).
+    Returns (features (num, dim), identities (-1: no one), cameras), shuffled."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    num_people_images = num - int(num * noise_fraction)
+    sizes = torch.randint(min_images, max_images + 1, (num_people_images // min_images + 1,), generator=generator)
+    sizes = sizes[: int((sizes.cumsum(0) <= num_people_images).sum())]
+    identities = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    identities = torch.cat([identities, torch.full((num - len(identities),), -1)])
+    cameras = torch.randint(0, num_cams, (num,), generator=generator)
+    scale = dim ** 0.5
+    centres = torch.nn.functional.normalize(torch.randn(len(sizes), dim, generator=generator), dim=1) * id_signal
+    looks = torch.nn.functional.normalize(torch.randn(num_cams, dim, generator=generator), dim=1) * camera_signal
+    features = torch.randn(num, dim, generator=generator).add_(looks[cameras], alpha=scale)
+    person = identities >= 0
+    features[person] += centres[identities[person]] * scale
+    order = torch.randperm(num, generator=generator)
+    return features[order], identities[order], cameras[order]
+
+
+def _cpu_model() -> str:
+    import platform
+
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _rss_mb() -> float:
+    """Resident memory now (Linux; 0 elsewhere)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/statm") as statm:
+            return round(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    return 0.0
+
+
+def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    """Pseudo labels for --num synthetic crops: cluster_features (sparse Jaccard graph + DBSCAN), or with
+    --dense what it did before (the dense (N, N) Jaccard distances + DBSCAN) for comparison."""
+    import numpy as np
+    import torch
+
+    from reid_tao.evaluation.clustering import agreement, camera_centred, cluster_features, purity
+
+    features, identities, cameras = make_people(args.num, args.dim, seed=args.seed, noise_fraction=args.noise)
+    cameras = None if args.no_cameras else cameras
+    settings = dict(eps=args.eps, min_samples=args.min_samples, k1=args.k1, k2=args.k2)
+    rss_before = _rss_mb()
+    start = time.perf_counter()
+    if args.dense:
+        from sklearn.cluster import DBSCAN
+
+        from reid_tao.evaluation.rerank import jaccard_distance
+
+        normalised = torch.nn.functional.normalize(features, dim=1)
+        clustered = normalised if cameras is None else camera_centred(normalised, cameras)
+        distance = jaccard_distance(clustered, k1=args.k1, k2=args.k2).clamp_(min=0.0).numpy()
+        labels = DBSCAN(eps=args.eps, min_samples=args.min_samples, metric="precomputed").fit_predict(distance)
+        del distance
+    else:
+        labels = cluster_features(features, cameras=cameras, **settings).labels
+    seconds = time.perf_counter() - start
+    truth = identities.numpy().copy()
+    no_one = truth < 0
+    truth[no_one] = truth.max(initial=-1) + 1 + np.arange(int(no_one.sum()))  # each its own identity
+    return {
+        "task": "cluster",
+        "path": "dense" if args.dense else "sparse",
+        "num": args.num,
+        "dim": args.dim,
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_before_mb": rss_before,
+        **settings,
+        "camera_centring": cameras is not None,
+        "people": int(identities.max()) + 1,
+        "clusters": int(labels.max()) + 1,
+        "outliers": int((labels < 0).sum()),
+        "purity": round(purity(labels, truth), 4),
+        "agreement": round(agreement(labels, truth), 4),
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_model(),
     }
 
 
@@ -733,6 +828,19 @@ def build_parser() -> argparse.ArgumentParser:
     rerank = tasks.add_parser("rerank", help="time k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     _add_data_arguments(rerank)
     rerank.set_defaults(run=run_rerank)
+
+    cluster = tasks.add_parser("cluster", help="pseudo labels of N synthetic crops' features: seconds, peak RSS")
+    cluster.add_argument("--num", type=int, default=50000, help="crops (people with 10-20 images, plus noise)")
+    cluster.add_argument("--dim", type=int, default=512, help="feature dimensions")
+    cluster.add_argument("--noise", type=float, default=0.1, help="share of crops of no one")
+    cluster.add_argument("--eps", type=float, default=0.6, help="adaptation.eps")
+    cluster.add_argument("--min-samples", type=int, default=4, help="adaptation.min_samples")
+    cluster.add_argument("--k1", type=int, default=30, help="adaptation.k1")
+    cluster.add_argument("--k2", type=int, default=6, help="adaptation.k2")
+    cluster.add_argument("--no-cameras", action="store_true", help="no camera centring (adaptation.camera_centring)")
+    cluster.add_argument("--dense", action="store_true", help="the former dense (N, N) distances instead")
+    cluster.add_argument("--seed", type=int, default=0)
+    cluster.set_defaults(run=run_cluster, repeats=1)
 
     train = tasks.add_parser("train", help="training images/s: ours vs a conventional loop vs the model-step "
                                            "ceiling (BoT recipe)")

@@ -166,11 +166,14 @@ def test_outliers_as_instances():
 
 
 def test_auto_eps_is_the_mean_of_the_smallest_share_of_pairs():
+    from scipy.sparse import csr_matrix
+
     from reid_tao.evaluation.clustering import auto_eps
 
     distance = np.ones((5, 5)) - np.eye(5)
     distance[0, 1] = distance[1, 0] = 0.1
     distance[2, 3] = distance[3, 2] = 0.3
+    distance = csr_matrix(np.where(distance < 1, distance, 0))  # a graph: the pairs not stored are 1 apart
     # 10 pairs; the smallest 2 (a share of 0.2) are 0.1 and 0.3
     assert auto_eps(distance, 0.2) == pytest.approx(0.2)
     assert auto_eps(distance, 0.1) == pytest.approx(0.1)

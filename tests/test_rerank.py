@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from reid_tao.errors import DataError
-from reid_tao.evaluation.rerank import jaccard_distance, re_ranking
+from reid_tao.evaluation.rerank import jaccard_distance, jaccard_graph, re_ranking
 
 
 def reference_re_ranking(
@@ -301,3 +301,43 @@ def test_jaccard_distance_matches_reference_all_against_all(k1, k2, block_size):
     result = jaccard_distance(features.float(), k1, k2, block_size=block_size)
     assert result.shape == (40, 40) and result.dtype == torch.float32
     np.testing.assert_allclose(result.numpy(), expected, atol=1e-4)
+
+
+def stored_entries(graph) -> np.ndarray:
+    """The graph as a dense array with NaN where no entry is stored (a stored 0 stays 0)."""
+    dense = np.full(graph.shape, np.nan, dtype=np.float32)
+    rows = np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))
+    dense[rows, graph.indices] = graph.data
+    return dense
+
+
+@pytest.mark.parametrize("k1,k2,max_distance,block_size", [(20, 6, 1.0, None), (10, 1, 1.0, None), (20, 6, 1.0, 7),
+                                                           (20, 6, 0.6, None), (10, 1, 0.3, 13)])
+def test_jaccard_graph_stores_the_dense_distances_up_to_max_distance(k1, k2, max_distance, block_size):
+    """The sparse clustering distance: bit for bit the dense one where stored; every pair it leaves out is
+    farther than max_distance, and with max_distance 1 (pairs whose V rows share no column) exactly 1."""
+    features = clustered_features(30, 8, 16, seed=5).float()
+    features = torch.cat([features, features[:3]])  # duplicates: Jaccard distance 0 to their twins
+    dense = jaccard_distance(features, k1, k2, block_size=block_size).clamp_(min=0.0).numpy()
+    graph = jaccard_graph(features, k1, k2, max_distance=max_distance, block_size=block_size)
+    assert graph.format == "csr" and graph.dtype == np.float32 and graph.shape == dense.shape
+    stored = stored_entries(graph)
+    kept = ~np.isnan(stored)
+    np.testing.assert_array_equal(stored[kept], dense[kept])
+    assert (dense[kept] <= max_distance).all()
+    if max_distance < 1.0:
+        assert (dense[~kept] > max_distance).all() and kept.sum() > 2 * len(features)  # more than self and twins
+    else:
+        assert (dense[~kept] == 1.0).all() and (~kept).any()
+    np.testing.assert_array_equal(kept, kept.T)  # symmetric, as the distance
+    # a distance of 0 (a probe to itself, twins) is stored: a missing entry reads "not a neighbour" to DBSCAN
+    zero = dense == 0.0
+    assert kept[zero].all() and (stored[zero] == 0.0).all() and zero.sum() > np.diag(zero).sum()
+    # rows sorted by distance: the layout scikit-learn's precomputed sparse neighbours expect
+    same_row = np.diff(np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))) == 0
+    assert (np.diff(graph.data)[same_row] >= 0).all()
+
+
+def test_jaccard_graph_rejects_a_negative_max_distance():
+    with pytest.raises(ValueError, match="max_distance"):
+        jaccard_graph(random_features(5, 4, seed=0), max_distance=-0.1)

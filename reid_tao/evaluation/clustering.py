@@ -1,9 +1,11 @@
 """Pseudo identities for unlabeled images: DBSCAN over k-reciprocal Jaccard distances.
 
 As in the clustering-based domain adaptation methods (SpCL, Cluster Contrast): the Jaccard distance of
-k-reciprocal neighbour sets (:func:`~reid_tao.evaluation.rerank.jaccard_distance`, sparse and blocked) is far
-more reliable than the plain feature distance, and DBSCAN (scikit-learn, on the precomputed distances) needs
-no number of identities and leaves images that belong to no dense cluster out as outliers.
+k-reciprocal neighbour sets is far more reliable than the plain feature distance, and DBSCAN (scikit-learn, on
+the precomputed distances) needs no number of identities and leaves images that belong to no dense cluster out
+as outliers. The distances are a sparse graph (:func:`~reid_tao.evaluation.rerank.jaccard_graph`): only the
+pairs within the DBSCAN radius are stored, so memory grows with N, not N^2 (the time still does: the exact
+nearest neighbours of every image).
 """
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse import csr_matrix, triu
 from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
-from .rerank import jaccard_distance
+from .rerank import jaccard_graph
 
 
 class Clustering(NamedTuple):
@@ -43,37 +46,70 @@ def camera_centred(normalised: torch.Tensor, cameras: torch.Tensor) -> torch.Ten
     return F.normalize(normalised - (sums / counts[:, None])[index], dim=1)
 
 
-def auto_eps(distance: np.ndarray, share: float) -> float:
+def auto_eps(graph: csr_matrix, share: float) -> float:
     """MMT's rule (Ge et al. 2020) for the DBSCAN radius: the mean of the smallest ``share`` of the pairwise
-    distances (each pair once, no image with itself). ``share`` is about the share of pairs that show one person
-    (images per person / images), so the radius sits at the distances of the likely matches."""
-    n = distance.shape[0]
-    upper = distance[np.triu_indices(n, k=1)]
-    count = min(max(int(round(share * upper.size)), 1), upper.size)
-    return float(np.partition(upper, count - 1)[:count].mean())
+    distances (each pair once, no image with itself), from a :func:`distance_graph` whose pairs not stored are
+    1 apart. ``share`` is about the share of pairs that show one person (images per person / images), so the
+    radius sits at the distances of the likely matches."""
+    size = graph.shape[0]
+    pairs = size * (size - 1) // 2
+    count = min(max(int(round(share * pairs)), 1), max(pairs, 1))
+    stored = triu(graph, k=1).data
+    if stored.size < count:  # the pairs not stored are at distance 1
+        stored = np.concatenate([stored, np.ones(count - stored.size)])
+    return float(np.partition(stored, count - 1)[:count].mean())
 
 
 def cluster_features(features: torch.Tensor, eps: Optional[float] = 0.6, min_samples: int = 4, k1: int = 30,
                      k2: int = 6, cameras: Optional[torch.Tensor] = None, eps_share: float = 0.0016) -> Clustering:
-    """Cluster (N, D) features; distances and DBSCAN as described in the module docstring. With ``cameras``
-    (N camera numbers) the distances are computed on :func:`camera_centred` features; the centroids stay means
-    of the features themselves (the memory compares them with the model's output). eps None: :func:`auto_eps`.
+    """Cluster (N, D) features: :func:`dbscan_labels` of their :func:`distance_graph` (the pairs within
+    ``eps``; eps None: :func:`auto_eps` of the whole graph). The centroids are means of the features themselves,
+    not of the camera-centred ones (the memory compares them with the model's output).
 
-    Memory: the (N, N) float32 distance matrix (4 N^2 bytes: 100 MB for 5,000 images, 1.6 GB for 20,000)
-    and what DBSCAN keeps of it (the neighbours within eps)."""
-    normalised = F.normalize(features.float(), dim=1)
-    clustered = normalised if cameras is None else camera_centred(normalised, cameras)
-    distance = jaccard_distance(clustered, k1=k1, k2=k2).clamp_(min=0.0).cpu().numpy()
+    Memory: the graph's stored pairs (8 bytes each, a few dozen per image at a useful eps) and DBSCAN's copies
+    of them, besides the nearest-neighbour search's blocks (see :func:`~reid_tao.evaluation.rerank.re_ranking`):
+    measured in docs/benchmarks.md."""
+    graph = distance_graph(features, k1=k1, k2=k2, cameras=cameras, max_distance=1.0 if eps is None else min(eps, 1.0))
     if eps is None:
-        eps = auto_eps(distance, eps_share)
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(distance)
-    del distance
+        eps = auto_eps(graph, eps_share)
+    labels = dbscan_labels(graph, eps=eps, min_samples=min_samples)
+    del graph
+    normalised = F.normalize(features.float(), dim=1)
     num_clusters = int(labels.max()) + 1 if labels.size else 0
     index = torch.as_tensor(labels, device=normalised.device)
     kept = index >= 0
     sums = torch.zeros(num_clusters, normalised.shape[1], device=normalised.device)
     sums.index_add_(0, index[kept], normalised[kept])
     return Clustering(labels=labels, centroids=F.normalize(sums, dim=1), eps=float(eps))
+
+
+def distance_graph(features: torch.Tensor, k1: int = 30, k2: int = 6, cameras: Optional[torch.Tensor] = None,
+                   max_distance: float = 1.0) -> csr_matrix:
+    """The k-reciprocal Jaccard distances :func:`cluster_features` clusters, as the sparse (N, N) graph of
+    :func:`~reid_tao.evaluation.rerank.jaccard_graph` (pairs at most ``max_distance`` apart; every other pair
+    is farther, at most 1) of the L2-normalised features, camera-centred (:func:`camera_centred`) with
+    ``cameras`` (N camera numbers)."""
+    clustered = F.normalize(features.float(), dim=1)
+    if cameras is not None:
+        clustered = camera_centred(clustered, cameras)
+    return jaccard_graph(clustered, k1=k1, k2=k2, max_distance=max_distance)
+
+
+def dbscan_labels(graph: csr_matrix, eps: float, min_samples: int) -> np.ndarray:
+    """scikit-learn's DBSCAN on a Jaccard distance graph from :func:`distance_graph` (stored at least up to
+    ``eps``): cluster index per image, 0.., or -1 for an outlier. Equal to DBSCAN on the dense distances: a pair
+    that is not stored is farther than the graph's ``max_distance`` and, when ``eps`` >= 1, no pair is farther
+    than ``eps``."""
+    size = graph.shape[0]
+    if size == 0:
+        return np.zeros(0, dtype=np.intp)
+    if eps >= 1.0:  # a Jaccard distance is at most 1: every image is every other's neighbour
+        return np.full(size, 0 if size >= min_samples else -1, dtype=np.intp)
+    if graph.nnz and graph.data.max() > eps:  # keep what DBSCAN uses only: its copies of the graph shrink
+        close = graph.data <= eps
+        indptr = np.concatenate([[0], np.cumsum(close)])[graph.indptr]
+        graph = csr_matrix((graph.data[close], graph.indices[close], indptr), shape=graph.shape)
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
 
 
 def purity(labels: np.ndarray, identities: np.ndarray) -> float:

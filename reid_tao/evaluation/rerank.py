@@ -11,13 +11,20 @@ Python loop runs per probe:
    width ~ a few dozen;
 4. the Jaccard distance is accumulated per block of queries by scatter-adding min(V[q,c], V[g,c])
    over the gallery items g listed in the inverted index (posting list) of each non-zero column c.
+
+:func:`jaccard_distance` is the Jaccard part among one set of features (for clustering);
+:func:`jaccard_graph` keeps only its pairs within a radius, as a sparse matrix, so that nothing of size N^2 is
+stored at all.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
+import numpy as np
 import torch
+from scipy.sparse import csr_matrix
 from torch import Tensor
 
 from reid_tao.errors import DataError
@@ -168,13 +175,130 @@ def _jaccard_distance(features: Tensor, k1: int, k2: int, block_size: int | None
     output = torch.zeros((num_all, num_all), dtype=torch.float32, device=features.device)
     if num_all == 0:
         return output
+    members, weights, budget = _jaccard_rows(features, k1, k2, block_size)
+    query_rows = block_size or max(1, budget // (2 * features.element_size() * num_all))
+    _blend_jaccard(output, members, weights, num_all, 0.0, query_rows, max(1, budget // _BYTES_PER_PAIR),
+                   gallery_start=0)
+    return output
+
+
+def jaccard_graph(
+    features: Tensor, k1: int = 20, k2: int = 6, max_distance: float = 1.0, block_size: int | None = None
+) -> csr_matrix:
+    """Sparse (N, N) form of :func:`jaccard_distance`: the same float32 distances, stored only where they are at
+    most ``max_distance``.
+
+    The Jaccard distance of probes i and j is 1 - s / (2 - s) with s = sum_c min(V[i, c], V[j, c]), so it is
+    exactly 1 unless the sparse rows of V of i and j share a column. Only such pairs are looked at (through
+    the inverted index, as in the dense form; each pair once, as the distance is symmetric), and those with
+    a distance <= ``max_distance`` are stored: every pair that is not stored is farther than
+    ``max_distance`` (or shares no column: distance 1). Each row is sorted by increasing distance, a probe's
+    distance to itself (0 up to rounding) included, and a distance of 0 is an explicit entry: the layout
+    scikit-learn's radius neighbours and DBSCAN take as a precomputed sparse graph, where a missing entry
+    means "not a neighbour".
+
+    Returns a symmetric ``scipy.sparse.csr_matrix`` of float32 on the CPU, whatever the features' device.
+    Memory: 8 bytes per stored entry (a clustering radius keeps a few dozen per probe; ``max_distance`` 1
+    keeps every pair sharing a column: thousands per probe with k1 30, k2 6) plus what
+    :func:`jaccard_distance` needs besides its dense output. Time: that of :func:`jaccard_distance`, with
+    half its pair terms.
+    """
+    _check_arguments(features, features, k1, k2, 0.0, block_size)
+    if not 0.0 <= float(max_distance):
+        raise ValueError(f"max_distance must be >= 0, got {max_distance!r}")
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.no_grad():
+            return _jaccard_graph(features, k1, k2, float(max_distance), block_size)
+    finally:
+        torch.set_float32_matmul_precision(matmul_precision)
+
+
+def _jaccard_graph(features: Tensor, k1: int, k2: int, max_distance: float, block_size: int | None) -> csr_matrix:
+    features = features.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
+    num_all = features.shape[0]
+    if num_all == 0:
+        return csr_matrix((0, 0), dtype=np.float32)
+    members, weights, budget = _jaccard_rows(features, k1, k2, block_size)
+    device = members.device
+    # The non-zero entries (i, c) of V, row by row; entry e pairs with the postings of column c from row i on,
+    # which start at the entry's own posting (rows ascend within a column): each pair (i, j >= i) once.
+    used = members < num_all
+    row_offset = torch.zeros(num_all + 1, dtype=torch.long, device=device)
+    torch.cumsum(used.sum(1), 0, out=row_offset[1:])
+    entry_column, entry_weight = members[used], weights[used]
+    del members, weights, used
+    entry_row = torch.repeat_interleave(torch.arange(num_all, device=device), row_offset.diff())
+    posting_row, posting_weight, posting_start, posting_length, entry_first = _inverted_index(
+        entry_column, entry_row, entry_weight, num_all)
+    entry_length = torch.index_select(posting_start + posting_length, 0, entry_column).sub_(entry_first)
+    del entry_column, posting_start, posting_length
+    pairs_before = torch.zeros(entry_length.shape[0] + 1, dtype=torch.long, device=device)
+    torch.cumsum(entry_length, 0, out=pairs_before[1:])
+    pairs_per_row = pairs_before[row_offset[1:]] - pairs_before[row_offset[:-1]]
+    del pairs_before
+    # Block accumulator: (rows, N - start) float64, half the temporaries budget.
+    query_rows = block_size or max(1, budget // (16 * num_all))
+    accumulator = torch.zeros(query_rows * num_all, dtype=torch.float64, device=device)
+    # int32 indices where they fit: the pair expansion below moves half the bytes and runs twice as fast
+    index_dtype = torch.int32 if max(entry_length.shape[0], accumulator.shape[0]) < 2**31 else torch.long
+    entry_row, entry_first, entry_length, posting_row = (
+        tensor.to(index_dtype) for tensor in (entry_row, entry_first, entry_length, posting_row))
+    # s >= threshold <=> distance <= max_distance; a margin far above the rounding, the exact test follows
+    threshold = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) if max_distance < 1.0 else 0.0
+    candidate = max(threshold - 1e-6, 0.0)
+    pair_budget = max(1, budget // _BYTES_PER_PAIR)
+    rows, columns, distances = [], [], []
+    row_offset = row_offset.tolist()
+    for start, stop, total_pairs in _query_blocks(pairs_per_row, query_rows, pair_budget):
+        width = num_all - start  # columns start..N-1: the pairs (i, j >= i) of rows start..stop-1
+        entries = slice(row_offset[start], row_offset[stop])
+        base = (entry_row[entries] - start).mul_(width).sub_(start)
+        target, shared = _expand_pairs(base, entry_weight[entries], entry_first[entries], entry_length[entries],
+                                       posting_row, posting_weight, total_pairs)
+        block = accumulator[: (stop - start) * width]
+        block.index_add_(0, target, shared.double())
+        del target, shared
+        kept = torch.nonzero(block > candidate).squeeze(1)
+        overlap = block[kept]
+        block.zero_()
+        # the float32 rounding of the dense form: 0 * 0 - ratio + 1 there equals 1 - ratio here
+        distance = (1.0 - overlap.div_(2.0 - overlap).float()).clamp_(min=0.0)
+        close = distance <= max_distance
+        kept, distance = kept[close], distance[close]
+        rows.append((kept // width + start).to(torch.int32).cpu().numpy())
+        columns.append((kept % width + start).to(torch.int32).cpu().numpy())
+        distances.append(distance.cpu().numpy())
+    return _symmetric_graph(np.concatenate(rows), np.concatenate(columns), np.concatenate(distances), num_all)
+
+
+def _symmetric_graph(row: np.ndarray, column: np.ndarray, distance: np.ndarray, size: int) -> csr_matrix:
+    """CSR matrix of the upper-triangle entries (row <= column) and their mirror images, each row sorted by
+    increasing distance."""
+    mirrored = row != column
+    row, column = np.concatenate([row, column[mirrored]]), np.concatenate([column, row[mirrored]])
+    distance = np.concatenate([distance, distance[mirrored]])
+    del mirrored
+    # non-negative float32 values order as their bit patterns: one stable sort by (row, distance)
+    order = np.argsort(row.astype(np.int64) << 32 | distance.view(np.uint32), kind="stable")
+    indptr = np.zeros(size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row, minlength=size), out=indptr[1:])
+    index_dtype = np.int32 if max(indptr[-1], size) < 2**31 else np.int64
+    return csr_matrix((distance[order], column[order].astype(index_dtype), indptr.astype(index_dtype)),
+                      shape=(size, size))
+
+
+def _jaccard_rows(features: Tensor, k1: int, k2: int, block_size: int | None) -> tuple[Tensor, Tensor, int]:
+    """The sparse rows of V (probe indices padded with N, weights) among one set of (N >= 1, D) features, and
+    the temporaries budget in bytes."""
+    num_all = features.shape[0]
     if not bool(torch.isfinite(features).all()):
         raise DataError("clustering got NaN or infinite features; the model produced invalid embeddings "
                         "(diverged training or a broken checkpoint)")
     element_size = features.element_size()
     budget = _block_budget(features.device)
     tile = block_size or max(256, math.isqrt(budget // (3 * element_size)))
-    query_rows = block_size or max(1, budget // (2 * element_size * num_all))
     index_elements = max(1, budget // 32)
     k_forward = min(k1 + 1, num_all)
     k_half = min(int(round(k1 / 2)) + 1, num_all)
@@ -182,7 +306,7 @@ def _jaccard_distance(features: Tensor, k1: int, k2: int, block_size: int | None
     squared_norms = torch.einsum("nd,nd->n", features, features)
     # an empty (N, 0) "query x gallery" block: only the neighbours and row maxima are needed here
     neighbours, row_max = _nearest_neighbours(features, squared_norms, max(k_forward, k_expand), tile,
-                                              output[:0])
+                                              features.new_empty((0, 0)))
     row_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))
     forward, half = neighbours[:, :k_forward], neighbours[:, :k_half]
     members = _expanded_reciprocal_sets(forward, _reciprocal_mask(forward, index_elements), half,
@@ -190,9 +314,7 @@ def _jaccard_distance(features: Tensor, k1: int, k2: int, block_size: int | None
     weights = _gaussian_weights(features, squared_norms, row_max, members, budget)
     if k_expand > 1:
         members, weights = _query_expansion(members, weights, neighbours[:, :k_expand], index_elements)
-    _blend_jaccard(output, members, weights, num_all, 0.0, query_rows, max(1, budget // _BYTES_PER_PAIR),
-                   gallery_start=0)
-    return output
+    return members, weights, budget
 
 
 def _block_budget(device: torch.device) -> int:
@@ -446,43 +568,51 @@ def _blend_jaccard(
     """
     num_all = members.shape[0]
     gallery_start = num_query if gallery_start is None else gallery_start
-    num_gallery = num_all - gallery_start
-    device = members.device
-
-    # Inverted index of the gallery rows of V: column -> (gallery row, weight), grouped by column.
     gallery_members = members[gallery_start:]
     nonzero = gallery_members < num_all
-    columns = gallery_members[nonzero]
-    order = torch.argsort(columns, stable=True)
-    posting_row = torch.arange(num_gallery, device=device)[:, None].expand_as(gallery_members)[nonzero][order]
-    posting_weight = weights[gallery_start:][nonzero][order]
-    posting_length = torch.bincount(columns, minlength=num_all + 1)  # entry N (padding) stays 0
-    posting_start = posting_length.cumsum(0) - posting_length
-    del nonzero, columns, order
-
+    rows = torch.arange(num_all - gallery_start, device=members.device)[:, None].expand_as(gallery_members)
+    posting = _inverted_index(gallery_members[nonzero], rows[nonzero], weights[gallery_start:][nonzero], num_all)[:4]
+    del gallery_members, nonzero, rows
     query_members, query_weights = members[:num_query], weights[:num_query]
-    pairs_per_query = posting_length[query_members].sum(1)
+    pairs_per_query = posting[3][query_members].sum(1)
+    for start, stop, total_pairs in _query_blocks(pairs_per_query, query_rows, pair_budget):
+        overlap = _min_overlap(query_members[start:stop], query_weights[start:stop], *posting,
+                               num_all - gallery_start, total_pairs)
+        # jaccard = 1 - overlap / (2 - overlap), blended in place to spare (rows, G) temporaries.
+        ratio = overlap.div_(2.0 - overlap)
+        block = output[start:stop].mul_(lambda_value)
+        block.add_(ratio.to(output.dtype), alpha=-(1.0 - lambda_value)).add_(1.0 - lambda_value)
+
+
+def _inverted_index(
+    columns: Tensor, rows: Tensor, weights: Tensor, num_columns: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Inverted index of the non-zero entries (rows[e], columns[e], weights[e]) of V, listed row by row:
+    column -> (row, weight), grouped by column with rows ascending, as (posting_row, posting_weight,
+    posting_start, posting_length, entry_posting); ``posting_length`` has ``num_columns + 1`` entries (the
+    last, the padding column, is 0) and ``entry_posting[e]`` is where entry e landed."""
+    order = torch.argsort(columns, stable=True)
+    posting_row = torch.index_select(rows, 0, order)
+    posting_weight = torch.index_select(weights, 0, order)
+    posting_length = torch.bincount(columns, minlength=num_columns + 1)
+    posting_start = posting_length.cumsum(0) - posting_length
+    entry_posting = torch.empty_like(order).index_copy_(0, order, torch.arange(order.shape[0], device=order.device))
+    return posting_row, posting_weight, posting_start, posting_length, entry_posting
+
+
+def _query_blocks(
+    pairs_per_query: Tensor, query_rows: int, pair_budget: int
+) -> Iterator[tuple[int, int, int]]:
+    """(start, stop, pairs) of consecutive query blocks of at most ``query_rows`` queries and about
+    ``pair_budget`` (query, gallery posting) pairs (at least one query each)."""
+    num_query = pairs_per_query.shape[0]
     cumulative = pairs_per_query.cumsum(0).cpu()
     start = 0
     while start < num_query:
         done = int(cumulative[start - 1]) if start else 0
         stop = int(torch.searchsorted(cumulative, done + pair_budget, right=True))
         stop = min(max(stop, start + 1), start + query_rows, num_query)
-        total_pairs = int(cumulative[stop - 1]) - done
-        overlap = _min_overlap(
-            query_members[start:stop],
-            query_weights[start:stop],
-            posting_row,
-            posting_weight,
-            posting_start,
-            posting_length,
-            num_gallery,
-            total_pairs,
-        )
-        # jaccard = 1 - overlap / (2 - overlap), blended in place to spare (rows, G) temporaries.
-        ratio = overlap.div_(2.0 - overlap)
-        block = output[start:stop].mul_(lambda_value)
-        block.add_(ratio.to(output.dtype), alpha=-(1.0 - lambda_value)).add_(1.0 - lambda_value)
+        yield start, stop, int(cumulative[stop - 1]) - done
         start = stop
 
 
@@ -507,16 +637,33 @@ def _min_overlap(
     lengths = posting_length[query_members]
     used = lengths > 0
     entry_row = torch.arange(rows, device=lengths.device)[:, None].expand_as(lengths)[used]
-    entry_column = query_members[used]
-    entry_weight = query_weights[used]
-    entry_length = lengths[used]
-    # Expand every (query, column) entry into one pair per posting of that column.
-    pair_entry = torch.repeat_interleave(
-        torch.arange(entry_length.shape[0], device=lengths.device), entry_length, output_size=total_pairs
-    )
-    shift = posting_start[entry_column] - (entry_length.cumsum(0) - entry_length)
-    position = shift[pair_entry] + torch.arange(total_pairs, device=lengths.device)
-    shared = torch.minimum(entry_weight[pair_entry], posting_weight[position])
-    target = entry_row[pair_entry] * num_gallery + posting_row[position]
+    target, shared = _expand_pairs(entry_row * num_gallery, query_weights[used],
+                                   torch.index_select(posting_start, 0, query_members[used]), lengths[used],
+                                   posting_row, posting_weight, total_pairs)
     overlap.index_add_(0, target, shared.double())
     return overlap.view(rows, num_gallery)
+
+
+def _expand_pairs(
+    entry_base: Tensor,
+    entry_weight: Tensor,
+    entry_start: Tensor,
+    entry_length: Tensor,
+    posting_row: Tensor,
+    posting_weight: Tensor,
+    total_pairs: int,
+) -> tuple[Tensor, Tensor]:
+    """Expand every (query, column) entry into one pair per posting of its run ``entry_start`` ..
+    ``entry_start + entry_length - 1``: the pair's target ``entry_base + posting row`` and its term
+    min(V[q, c], V[g, c]) > 0 (``total_pairs`` = the sum of the lengths)."""
+    device, dtype = entry_length.device, entry_length.dtype  # int64 or int32 indices throughout
+    pair_entry = torch.repeat_interleave(
+        torch.arange(entry_length.shape[0], device=device, dtype=dtype), entry_length, output_size=total_pairs
+    )
+    shift = entry_start - (entry_length.cumsum(0, dtype=dtype) - entry_length)
+    # index_select: several times faster than indexing with a tensor on CPU
+    position = torch.index_select(shift, 0, pair_entry).add_(torch.arange(total_pairs, device=device, dtype=dtype))
+    shared = torch.minimum(torch.index_select(entry_weight, 0, pair_entry), torch.index_select(posting_weight, 0,
+                                                                                             position))
+    target = torch.index_select(entry_base, 0, pair_entry).add_(torch.index_select(posting_row, 0, position))
+    return target, shared

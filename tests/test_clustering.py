@@ -1,0 +1,85 @@
+"""Clustering from the sparse Jaccard graph: the same pseudo labels as DBSCAN on the dense (N, N) distances."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.sparse import csr_matrix
+from sklearn.cluster import DBSCAN
+
+from reid_tao.evaluation.clustering import camera_centred, cluster_features, dbscan_labels, distance_graph
+from reid_tao.evaluation.rerank import jaccard_distance
+
+
+def dense_distances(features, k1, k2, cameras=None) -> np.ndarray:
+    """What cluster_features clustered before the sparse graph: the dense (N, N) Jaccard distances."""
+    normalised = F.normalize(features.float(), dim=1)
+    clustered = normalised if cameras is None else camera_centred(normalised, cameras)
+    return jaccard_distance(clustered, k1=k1, k2=k2).clamp_(min=0.0).numpy()
+
+
+def dense_labels(distances: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(distances)
+
+
+def same_partition(labels: np.ndarray, expected: np.ndarray) -> bool:
+    """The same outliers, and clusters equal up to a renumbering."""
+    if not np.array_equal(labels < 0, expected < 0):
+        return False
+    clustered = labels >= 0
+    pairs = np.unique(np.stack([labels[clustered], expected[clustered]]), axis=1)
+    return pairs.shape[1] == len(np.unique(labels[clustered])) == len(np.unique(expected[clustered]))
+
+
+def people(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """24 people x 6 images over 3 cameras, loose enough that eps decides who merges, 12 strays and 3 twins
+    (an image twice)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(24, 32, generator=generator)
+    looks = 0.8 * torch.randn(3, 32, generator=generator)
+    identities = torch.arange(24).repeat_interleave(6)
+    cameras = torch.randint(0, 3, (len(identities) + 12,), generator=generator)
+    features = torch.cat([centres[identities], torch.zeros(12, 32)]) + looks[cameras]
+    features = features + 0.9 * torch.randn(features.shape, generator=generator)
+    return torch.cat([features, features[:3]]), torch.cat([cameras, cameras[:3]])
+
+
+@pytest.mark.parametrize("with_cameras", [False, True])
+def test_sparse_clustering_equals_dense_clustering(with_cameras):
+    features, cameras = people(seed=0)
+    cameras = cameras if with_cameras else None
+    cluster_counts = set()
+    for k1, k2 in [(20, 6), (8, 1)]:
+        dense = dense_distances(features, k1, k2, cameras)
+        graph = distance_graph(features, k1=k1, k2=k2, cameras=cameras)  # every pair closer than 1
+        for eps in [1e-6, 0.3, 0.5, 0.7, 0.9, 1.0]:
+            for min_samples in [1, 2, 4, 8]:
+                labels, expected = dbscan_labels(graph, eps, min_samples), dense_labels(dense, eps, min_samples)
+                assert same_partition(labels, expected), (k1, k2, eps, min_samples)
+                cluster_counts.add(labels.max() + 1)
+        for eps, min_samples in [(0.5, 4), (0.7, 2)]:  # the whole function, its graph cut at eps
+            result = cluster_features(features, eps=eps, min_samples=min_samples, k1=k1, k2=k2, cameras=cameras)
+            assert same_partition(result.labels, dense_labels(dense, eps, min_samples)), (k1, k2, eps, min_samples)
+            assert result.num_clusters == result.labels.max() + 1
+    assert len(cluster_counts) >= 6  # eps and min_samples matter on this set: the comparison is not vacuous
+
+
+def test_dbscan_labels_count_a_stored_zero_as_a_neighbour():
+    """Images 0 and 1 at distance 0 (stored explicitly, as jaccard_graph stores it), 2 at 0.5 from both, 3 sharing
+    nothing with anyone (distance 1: not stored)."""
+    graph = csr_matrix((np.array([0, 0, 0.5, 0, 0, 0.5, 0, 0.5, 0.5, 0], dtype=np.float32),
+                        np.array([0, 1, 2, 1, 0, 2, 2, 0, 1, 3]), np.array([0, 3, 6, 9, 10])), shape=(4, 4))
+    np.testing.assert_array_equal(dbscan_labels(graph, eps=0.1, min_samples=2), [0, 0, -1, -1])
+    np.testing.assert_array_equal(dbscan_labels(graph, eps=0.5, min_samples=3), [0, 0, 0, -1])
+    # at eps >= 1 every pair is within eps, stored or not (the Jaccard distance is at most 1)
+    np.testing.assert_array_equal(dbscan_labels(graph, eps=1.0, min_samples=4), [0, 0, 0, 0])
+    np.testing.assert_array_equal(dbscan_labels(graph, eps=1.5, min_samples=5), [-1, -1, -1, -1])
+
+
+def test_dbscan_labels_filters_a_graph_kept_beyond_eps():
+    """A graph kept up to distance 1 (e.g. to look at the distances first) clusters as one kept up to eps."""
+    features, cameras = people(seed=1)
+    full = distance_graph(features, k1=20, k2=6, cameras=cameras)
+    for eps in [0.3, 0.6]:
+        cut = distance_graph(features, k1=20, k2=6, cameras=cameras, max_distance=eps)
+        assert full.nnz > cut.nnz
+        np.testing.assert_array_equal(dbscan_labels(full, eps, 4), dbscan_labels(cut, eps, 4))
