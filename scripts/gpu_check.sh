@@ -47,7 +47,7 @@ step() {  # step NAME LIMIT_S COMMAND...: clean $WORK/out/NAME, run with a timeo
     local name=$1 limit=$2; shift 2
     if [ "$STEPS" != all ] && [[ " $STEPS " != *" $name "* ]]; then return 0; fi
     local left=$((BUDGET - (SECONDS - START)))
-    if [ "$left" -lt 10 ]; then
+    if [ "$left" -lt 20 ]; then  # too little for any step to finish
         echo "{\"step\": \"$name\", \"rc\": -1, \"skipped\": \"budget spent\"}" >> "$JSONL"; return 0
     fi
     [ "$limit" -gt "$left" ] && limit=$left
