@@ -36,14 +36,28 @@ def test_train_benchmark_runs_on_cpu():
     tuned = report["ours_images_per_s"] / report["tuned_reference_images_per_s"]
     assert abs(report["ours_vs_tuned_reference"] - tuned) < 0.05 * tuned
     assert report["ceiling_includes_step_logging"] is False
+    # seconds_per_epoch is a whole epoch (all its PK batches) at the measured rate, not the 3 capped steps
+    assert report["steps_per_epoch"] > 3 and report["feat_dim"] == 2048  # the BoT recipe's feature size
+    whole_epoch = report["steps_per_epoch"] * 8 / report["ours_images_per_s"]
+    assert abs(report["seconds_per_epoch"] - whole_epoch) < 0.02 * whole_epoch + 0.01
 
 
 def test_evaluate_benchmark_runs_on_cpu():
-    report = run_script("evaluate", *TINY, "--batch-size", "64")
+    report = run_script("evaluate", *TINY, "--batch-size", "64", "--rerank")
     assert report["task"] == "evaluate" and report["device"] == "cpu"
     assert report["num_query"] > 0 and report["num_gallery"] > report["num_query"]
     assert 0 < report["mAP"] <= 1 and 0 <= report["rank1"] <= 1
-    assert report["seconds"] >= report["feature_seconds"] > 0
+    assert 0 < report["reranked_mAP"] <= 1 and 0 <= report["reranked_rank1"] <= 1
+    # the breakdown: features, plain metrics and re-ranking timed apart, adding up to the whole
+    parts = report["feature_seconds"] + report["metrics_seconds"] + report["rerank_seconds"]
+    assert report["rerank_seconds"] > 0 and report["metrics_seconds"] > 0
+    assert abs(report["seconds"] - parts) < 0.01
+
+
+def test_checkpoint_benchmark_writes_the_recipe_model():
+    report = run_script("checkpoint", "--device", "cpu", "--backbone", "resnet_18", "--repeats", "1")
+    assert report["feat_dim"] == 2048 and report["size_mb"] > 0
+    assert report["background_blocks_s"] >= 0 and report["foreground_total_s"] > 0
 
 
 def test_onnx_benchmark_compares_the_data_types(tmp_path):
