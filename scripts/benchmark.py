@@ -6,7 +6,7 @@
   python scripts/benchmark.py cluster --num 50000 --dim 512   # pseudo labels of 50,000 crops (adaptation)
   python scripts/benchmark.py train    --data /data/market1501 --device cuda --epochs 2
   python scripts/benchmark.py evaluate --data /data/market1501 --device cuda
-  python scripts/benchmark.py onnx     --data /data/market1501 --checkpoint model.pth --accuracy
+  python scripts/benchmark.py onnx     --data /data/market1501 --checkpoint model.pth --accuracy  # int8: both targets
   python scripts/benchmark.py checkpoint --device cuda   # reid_model_latest.pth of ResNet50 + Adam + centers
 
 train and evaluate run on real images: a Market-1501 root, or (no --data) a small synthetic set
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -686,9 +687,73 @@ def _onnx_accuracy(run: Callable, query: list, gallery: list, preprocessing: Any
     return {"rank1": round(float(result.cmc[0]), 4), "mAP": round(float(result.mAP), 4)}
 
 
+CPU_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products: what makes INT8 fast on a CPU
+
+
+def _cpu_description() -> dict[str, Any]:
+    """The CPU's model name and which of the INT8-relevant instruction sets /proc/cpuinfo lists."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return {"cpu": "unknown (no /proc/cpuinfo)"}
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return {"cpu": names[0] if names else "unknown", "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+            "int8_flags": sorted(flags & set(CPU_INT8_FLAGS))}
+
+
+def parse_int8_variant(text: str) -> tuple[str, Any]:
+    """``NAME=TARGET[,FIELD=VALUE...]`` -> (NAME, that target's Int8Recipe with FIELDs replaced), e.g.
+    ``qop=cpu,quant_format=QOperator`` or ``allint8=cpu,float_layers=`` (nothing in float; several layers are
+    joined with +). Booleans are true/false."""
+    from reid_tao.engine.onnx_precision import INT8_TARGETS, check_recipe
+
+    name, _, rest = text.partition("=")
+    base, *pairs = rest.split(",")
+    if not name or base not in INT8_TARGETS:
+        raise SystemExit(f"--int8-variant {text!r}: expected NAME=TARGET[,FIELD=VALUE...] with TARGET one of "
+                         f"{', '.join(INT8_TARGETS)}")
+    recipe = INT8_TARGETS[base]
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        field, _, value = pair.partition("=")
+        if field not in recipe._fields:
+            raise SystemExit(f"--int8-variant {text!r}: unknown field {field!r}; fields: {', '.join(recipe._fields)}")
+        current = getattr(recipe, field)
+        if isinstance(current, bool):
+            if value not in ("true", "false"):
+                raise SystemExit(f"--int8-variant {text!r}: {field} is true or false, got {value!r}")
+            changes[field] = value == "true"
+        elif isinstance(current, tuple):
+            changes[field] = tuple(part for part in value.split("+") if part)
+        else:
+            changes[field] = value
+    recipe = recipe._replace(**changes)
+    try:
+        check_recipe(recipe)
+    except ValueError as error:
+        raise SystemExit(f"--int8-variant {text!r}: {error}")
+    return f"int8_{name}", recipe
+
+
+def _int8_recipes(args: argparse.Namespace) -> dict[str, Any]:
+    """Label -> recipe of every INT8 file to build: int8_<target> for --int8-targets, then the variants."""
+    from reid_tao.engine.onnx_precision import INT8_TARGETS
+
+    recipes = {}
+    for target in filter(None, args.int8_targets.split(",")):
+        if target not in INT8_TARGETS:
+            raise SystemExit(f"--int8-targets: {target!r} is none of {', '.join(INT8_TARGETS)}")
+        recipes[f"int8_{target}"] = INT8_TARGETS[target]
+    recipes.update(parse_int8_variant(text) for text in args.int8_variant)
+    return recipes
+
+
 def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
     """fp32, fp16 and INT8 ONNX of one model, side by side: images/s of embedding with onnxruntime on the CPU
-    at each batch size, cosine parity with fp32, and (--accuracy) Rank-1 / mAP on the query/gallery split."""
+    at each batch size, cosine parity with fp32, and (--accuracy) Rank-1 / mAP on the query/gallery split.
+    INT8 is built once per export.int8_target in --int8-targets (int8_tensorrt, int8_cpu) and per
+    --int8-variant (a target's recipe with some choices changed: what the cpu target was chosen from)."""
     import random
     import tempfile
     from pathlib import Path
@@ -698,16 +763,20 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
 
     from reid_tao.builders import build_model, load_experiment, load_trained_model, preprocessing_for
     from reid_tao.data.layouts import read_split, split_images
-    from reid_tao.engine.onnx_precision import DATA_TYPES, Calibration, cosine_parity, image_batches, session_runner
+    from reid_tao.engine import onnx_precision as precision
+    from reid_tao.engine.onnx_runner import quiet_onnxruntime
     from reid_tao.tasks.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
-    data_types = args.data_types.split(",")
+    quiet_onnxruntime()  # its warnings carry colour escape codes into piped output
+    data_types = [name for name in args.data_types.split(",") if name != "int8"]
+    recipes = _int8_recipes(args) if "int8" in args.data_types.split(",") else {}
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     with _TemporaryMarket(args.data) as root, tempfile.TemporaryDirectory(prefix="reid_onnx_bench_") as scratch:
         if args.checkpoint:
             model, preprocessing, _ = load_trained_model(args.checkpoint, "--checkpoint")
         else:
-            config = load_experiment(None, _model_overrides(args, root) + [f"model.feat_dim={args.feat_dim}"])
+            overrides = [f"model.feat_dim={args.feat_dim}", f"model.gem_pooling={str(args.gem_pooling).lower()}"]
+            config = load_experiment(None, _model_overrides(args, root) + overrides)
             torch.manual_seed(0)
             model, preprocessing = build_model(config, 751, load_pretrained=False), preprocessing_for(config)
         model = model.cpu().eval()
@@ -717,41 +786,46 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
         random.Random(0).shuffle(calibration_paths)
         held_out, calibration_paths = calibration_paths[:64], calibration_paths[64:64 + args.calibration_images]
         float_nodes, parity = {}, {}
-        reference = session_runner(files["fp32"], INPUT_NAME, OUTPUT_NAME)
-        parity_batches = list(image_batches(held_out, preprocessing, 32))
-        for data_type in data_types:
-            if data_type == "fp32":
-                continue
-            files[data_type] = Path(scratch) / f"{data_type}.onnx"
-            calibration = Calibration(INPUT_NAME, image_batches(calibration_paths, preprocessing))
-            float_nodes[data_type] = DATA_TYPES[data_type](files["fp32"], files[data_type], calibration)
-            mean, minimum = cosine_parity(reference, session_runner(files[data_type], INPUT_NAME, OUTPUT_NAME),
-                                          parity_batches)
-            parity[data_type] = {"cosine_mean": round(mean, 5), "cosine_min": round(minimum, 5)}
+        reference = precision.session_runner(files["fp32"], INPUT_NAME, OUTPUT_NAME)
+        parity_batches = list(precision.image_batches(held_out, preprocessing, 32))
+        converters = {name: precision.converter(name) for name in data_types if name != "fp32"}
+        converters.update({label: functools.partial(precision.quantize_int8, recipe=recipe)
+                           for label, recipe in recipes.items()})
+        for name, convert in converters.items():
+            files[name] = Path(scratch) / f"{name}.onnx"
+            calibration = precision.Calibration(INPUT_NAME, precision.image_batches(calibration_paths, preprocessing))
+            float_nodes[name] = convert(files["fp32"], files[name], calibration)
+            candidate = precision.session_runner(files[name], INPUT_NAME, OUTPUT_NAME)
+            mean, minimum = precision.cosine_parity(reference, candidate, parity_batches)
+            parity[name] = {"cosine_mean": round(mean, 5), "cosine_min": round(minimum, 5)}
 
+        input_size = preprocessing.input_size
         options = onnxruntime.SessionOptions()
         if args.threads:
             options.intra_op_num_threads = args.threads
-        speed = {}
-        for data_type in data_types:
-            session = onnxruntime.InferenceSession(str(files[data_type]), options, providers=["CPUExecutionProvider"])
-            speed[data_type] = {str(size): round(_onnx_images_per_s(session, INPUT_NAME,
-                                                                    (size, 3, *preprocessing.input_size),
-                                                                    args.min_seconds), 1) for size in batch_sizes}
+        speed, load_seconds = {}, {}
+        for name in files:
+            start = time.perf_counter()
+            session = onnxruntime.InferenceSession(str(files[name]), options, providers=["CPUExecutionProvider"])
+            load_seconds[name] = round(time.perf_counter() - start, 3)
+            speed[name] = {str(size): round(_onnx_images_per_s(session, INPUT_NAME, (size, 3, *input_size),
+                                                               args.min_seconds), 1) for size in batch_sizes}
         report: dict[str, Any] = {
             "task": "onnx", "images_per_s": speed, "parity_vs_fp32": parity, "float_nodes": float_nodes,
+            "int8_recipes": {label: recipe._asdict() for label, recipe in recipes.items()},
+            "session_load_seconds": load_seconds,
             "model": args.checkpoint or f"{args.backbone} random weights", "input_size": list(preprocessing.input_size),
             "calibration_images": len(calibration_paths), "onnxruntime": onnxruntime.__version__,
-            "threads": args.threads or "onnxruntime default", "cpu_count": os.cpu_count(),
+            "threads": args.threads or "onnxruntime default", "cpu_count": os.cpu_count(), **_cpu_description(),
         }
         if "fp32" in speed:
-            report["speedup_vs_fp32"] = {data_type: {size: round(rate / speed["fp32"][size], 2)
-                                                     for size, rate in rates.items()}
-                                         for data_type, rates in speed.items() if data_type != "fp32"}
+            report["speedup_vs_fp32"] = {name: {size: round(rate / speed["fp32"][size], 2)
+                                                for size, rate in rates.items()}
+                                         for name, rates in speed.items() if name != "fp32"}
         if args.accuracy:
             query = read_split(str(args.query or root / "query"), "--query")
             gallery = read_split(str(args.gallery or root / "bounding_box_test"), "--gallery")
-            runners = {name: session_runner(path, INPUT_NAME, OUTPUT_NAME) for name, path in files.items()}
+            runners = {name: precision.session_runner(path, INPUT_NAME, OUTPUT_NAME) for name, path in files.items()}
             if args.checkpoint:
                 runners = {"pth": lambda batch: model(torch.from_numpy(batch)).detach().numpy(), **runners}
             with torch.no_grad():
@@ -875,6 +949,13 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--checkpoint", default=None, help="a reid checkpoint (default: random weights, speed only)")
     onnx.add_argument("--feat-dim", type=int, default=256, help="model.feat_dim of the random-weight model")
     onnx.add_argument("--data-types", default="fp32,fp16,int8", help="comma-separated export.data_type values")
+    onnx.add_argument("--int8-targets", default="tensorrt,cpu",
+                      help="comma-separated export.int8_target values to build an INT8 file for (int8_<target>)")
+    onnx.add_argument("--int8-variant", action="append", default=[], metavar="NAME=TARGET[,FIELD=VALUE...]",
+                      help="also an INT8 file from TARGET's recipe with FIELDs changed (Int8Recipe in "
+                           "reid_tao/engine/onnx_precision.py), reported as int8_NAME; repeatable. E.g. "
+                           "qop=cpu,quant_format=QOperator  rr=cpu,reduce_range=true  all=cpu,float_layers=")
+    onnx.add_argument("--gem-pooling", action="store_true", help="model.gem_pooling of the random-weight model")
     onnx.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes to time")
     onnx.add_argument("--calibration", default=None,
                       help="INT8 calibration images, folder or list file (default: <data>/bounding_box_train); "

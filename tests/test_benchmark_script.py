@@ -17,7 +17,7 @@ def run_script(*arguments: str) -> dict:
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, done.stdout  # one JSON line
-    return json.loads(lines[0])
+    return {**json.loads(lines[0]), "stderr": done.stderr}
 
 
 def test_train_benchmark_runs_on_cpu():
@@ -65,10 +65,23 @@ def test_onnx_benchmark_compares_the_data_types(tmp_path):
 
     market = make_market(tmp_path / "market", train_ids=range(1, 13))  # 72 images: 64 held out, 8 calibrate
     report = run_script("onnx", *TINY, "--data", str(market), "--batch-sizes", "1,4", "--min-seconds", "0",
-                        "--calibration-images", "8", "--accuracy")
-    assert report["task"] == "onnx" and set(report["images_per_s"]) == {"fp32", "fp16", "int8"}
+                        "--calibration-images", "8", "--accuracy", "--int8-variant", "qop=cpu,quant_format=QOperator")
+    files = {"fp32", "fp16", "int8_tensorrt", "int8_cpu", "int8_qop"}  # one INT8 file per target, then the variant
+    assert report["task"] == "onnx" and set(report["images_per_s"]) == files
     assert all(rate > 0 for rates in report["images_per_s"].values() for rate in rates.values())
-    assert set(report["speedup_vs_fp32"]["int8"]) == {"1", "4"} and report["calibration_images"] == 8
+    assert set(report["speedup_vs_fp32"]["int8_cpu"]) == {"1", "4"} and report["calibration_images"] == 8
     assert report["parity_vs_fp32"]["fp16"]["cosine_min"] > 0.999
-    assert report["float_nodes"]["int8"][0] == "/backbone/conv1/Conv"
-    assert set(report["accuracy"]) == {"fp32", "fp16", "int8"} and report["num_query"] == 4
+    assert report["parity_vs_fp32"]["int8_cpu"]["cosine_min"] > 0.9
+    assert report["float_nodes"]["int8_tensorrt"][0] == "/backbone/conv1/Conv"
+    recipes = report["int8_recipes"]
+    assert recipes["int8_cpu"]["activations"] == "uint8" and recipes["int8_tensorrt"]["activations"] == "int8"
+    assert recipes["int8_qop"] == {**recipes["int8_cpu"], "quant_format": "QOperator"}
+    assert set(report["accuracy"]) == files and report["num_query"] == 4
+    assert "int8_flags" in report and report["cpu"]  # the CPU the figures belong to
+    assert "\x1b[" not in report["stderr"]  # onnxruntime's coloured warnings are quieted
+
+
+def test_onnx_benchmark_variant_errors_are_one_line():
+    done = subprocess.run([sys.executable, str(SCRIPT), "onnx", "--int8-variant", "x=cpu,quant_fmt=QDQ"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "unknown field 'quant_fmt'" in done.stderr and "Traceback" not in done.stderr

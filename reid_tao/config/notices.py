@@ -35,6 +35,9 @@ def _conditional_notices(config: DictConfig) -> List[Tuple[str, str]]:
     notices = []
     if export.data_type != "int8" and export.calibration_images != find_field("export.calibration_images").default:
         notices.append(("export", "export.calibration_images has no effect: only export.data_type=int8 calibrates"))
+    if export.data_type != "int8" and export.int8_target != find_field("export.int8_target").default:
+        notices.append(("export", f"export.int8_target={export.int8_target!r} has no effect: only "
+                                  "export.data_type=int8 has targets"))
     if export.data_type == "fp32" and export.calibration_dataset:
         notices.append(("export", "export.calibration_dataset has no effect with export.data_type=fp32 (it "
                                   "calibrates int8 and gives fp16 and int8 their parity images)"))

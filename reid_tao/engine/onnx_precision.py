@@ -1,13 +1,19 @@
 """Lower-precision copies of an exported fp32 ONNX model: fp16 (onnxconverter-common) and INT8 (static
-post-training quantization with onnxruntime.quantization, explicit QuantizeLinear/DequantizeLinear pairs).
+post-training quantization with onnxruntime.quantization).
 
-One QDQ INT8 file serves onnxruntime on a CPU and TensorRT (DeepStream) in INT8 mode: the scales are in the
-graph, so no calibration cache travels with it. Activations and weights are signed 8-bit and symmetric
-(zero point 0), the form TensorRT accepts; weights per output channel.
+INT8 has two targets (export.int8_target), one :class:`Int8Recipe` each in :data:`INT8_TARGETS`:
+
+- ``tensorrt`` (the default): explicit QuantizeLinear/DequantizeLinear pairs, activations and weights signed
+  8-bit and symmetric (zero point 0), the form TensorRT accepts; weights per output channel. The scales are in
+  the graph, so no calibration cache travels with it; onnxruntime runs it too, but slowly on x86 CPUs.
+- ``cpu``: what onnxruntime's x86 CPU kernels run fastest, chosen by measurement (docs/benchmarks.md):
+  unsigned asymmetric activations with signed weights (U8S8), a graph onnxruntime turns into QLinearConv /
+  QLinearAdd throughout. TensorRT refuses it (its zero points are not 0).
 
 Which layers stay in float was decided by measuring the cosine of INT8 and fp32 embeddings (see
 docs/deployment.md): :data:`FLOAT_LAYERS` names them, :func:`float_node_names` finds them in a graph.
 """
+import functools
 import logging
 import shutil
 import tempfile
@@ -21,6 +27,7 @@ import torch
 from ..data.datamodule import eval_loader
 from ..data.datasets import ImageDataset
 from ..data.preprocessing import Preprocessing
+from .onnx_runner import quiet_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -103,32 +110,98 @@ def calibration_reader(input_name: str, batches: Iterable[np.ndarray]):
     return Reader()
 
 
+class Int8Recipe(NamedTuple):
+    """How :func:`quantize_int8` writes a file: onnxruntime.quantization's choices and the nodes left in float."""
+
+    quant_format: str = "QDQ"  # QDQ (Quantize/DequantizeLinear pairs) | QOperator (QLinearConv, ... in the file)
+    activations: str = "int8"  # int8 | uint8
+    symmetric_activations: bool = True  # zero point 0: TensorRT's form
+    per_channel: bool = True  # one weight scale per output channel
+    reduce_range: bool = False  # 7-bit weights: no saturation in AVX2's u8 x s8 pair sums (CPUs without VNNI)
+    float_layers: Tuple[str, ...] = DEFAULT_FLOAT_LAYERS  # keys of FLOAT_LAYERS
+    optimization: str = ""  # "" | "basic" | "extended": save onnxruntime's graph at that level (CPU-only file)
+
+
+QUANT_FORMATS = ("QDQ", "QOperator")
+ACTIVATION_TYPES = ("int8", "uint8")
+# The levels whose output onnxruntime documents as portable between CPUs ("all" adds layouts for this CPU's
+# vector width, so a file saved at "all" is only for the machine that wrote it).
+SAVED_OPTIMIZATIONS = ("", "basic", "extended")
+
+# export.int8_target -> recipe. cpu was chosen by measurement on an AVX2 CPU (docs/benchmarks.md): U8S8 lets
+# onnxruntime fuse every convolution into QLinearConv (with symmetric int8 activations the ReLUs stay between
+# the Dequantize/Quantize pairs and most convolutions run in float); QOperator and a saved optimised graph gave
+# the same speed as QDQ, which stays a standard-ONNX file.
+INT8_TARGETS: Dict[str, Int8Recipe] = {
+    "tensorrt": Int8Recipe(),
+    "cpu": Int8Recipe(activations="uint8", symmetric_activations=False),
+}
+
+
+def check_recipe(recipe: Int8Recipe) -> None:
+    if recipe.quant_format not in QUANT_FORMATS:
+        raise ValueError(f"quant_format must be one of {', '.join(QUANT_FORMATS)}, got {recipe.quant_format!r}")
+    if recipe.activations not in ACTIVATION_TYPES:
+        raise ValueError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, got {recipe.activations!r}")
+    if recipe.optimization not in SAVED_OPTIMIZATIONS:
+        raise ValueError(f"optimization must be one of {SAVED_OPTIMIZATIONS}, got {recipe.optimization!r}")
+    unknown = [layer for layer in recipe.float_layers if layer not in FLOAT_LAYERS]
+    if unknown:
+        raise ValueError(f"float_layers: unknown {unknown}; known: {', '.join(FLOAT_LAYERS)}")
+
+
+def save_optimized(source: Path, target: Path, level: str) -> None:
+    """onnxruntime's graph optimisation of ``source`` at ``level`` (basic | extended), saved to ``target``."""
+    import onnxruntime
+
+    levels = {"basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = levels[level]
+    options.optimized_model_filepath = str(target)
+    onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+
+
 def quantize_int8(source: Path, target: Path, calibration: Optional[Calibration],
-                  float_layers: Sequence[str] = DEFAULT_FLOAT_LAYERS) -> List[str]:
-    """Static QDQ INT8 copy of ``source``, calibrated (min/max) on ``calibration`` batches. BatchNorms are
-    folded into their convolutions first (onnxruntime's quantization pre-processing), so the INT8 convolution
-    carries the BN; ``float_layers`` (keys of :data:`FLOAT_LAYERS`) are left in float. Returns those nodes."""
+                  recipe: Int8Recipe = INT8_TARGETS["tensorrt"]) -> List[str]:
+    """Static INT8 copy of ``source`` written the ``recipe``'s way, calibrated (min/max) on ``calibration``
+    batches. BatchNorms are folded into their convolutions first (onnxruntime's quantization pre-processing),
+    so the INT8 convolution carries the BN; ``recipe.float_layers`` are left in float. Returns those nodes."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if calibration is None:
         raise ValueError("INT8 quantization needs calibration images")
+    check_recipe(recipe)
+    quiet_onnxruntime()  # the calibrator's and the optimiser's sessions
+    activation_type = QuantType.QUInt8 if recipe.activations == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory(prefix="reid_quant_") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        excluded = float_node_names(prepared, float_layers)
-        quantize_static(str(prepared), str(target), calibration_reader(*calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+        excluded = float_node_names(prepared, recipe.float_layers)
+        quantized = Path(scratch) / "quantized.onnx" if recipe.optimization else target
+        quantize_static(str(prepared), str(quantized), calibration_reader(*calibration),
+                        quant_format=getattr(QuantFormat, recipe.quant_format), per_channel=recipe.per_channel,
+                        reduce_range=recipe.reduce_range, activation_type=activation_type,
                         weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                         calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True})
+        if recipe.optimization:
+            save_optimized(quantized, target, recipe.optimization)
     return excluded
 
 
+Converter = Callable[[Path, Path, Optional[Calibration]], List[str]]
 # export.data_type -> converter (fp32 source, target, calibration or None) -> nodes left in float.
-DATA_TYPES: Dict[str, Callable[[Path, Path, Optional[Calibration]], List[str]]] = {
-    "fp32": keep_fp32, "fp16": convert_fp16, "int8": quantize_int8}
+DATA_TYPES: Dict[str, Converter] = {"fp32": keep_fp32, "fp16": convert_fp16, "int8": quantize_int8}
 CALIBRATED = ("int8",)  # the data types that need calibration images
+
+
+def converter(data_type: str, int8_target: str = "tensorrt") -> Converter:
+    """DATA_TYPES' converter for ``data_type``; int8 writes ``int8_target``'s recipe (a key of INT8_TARGETS)."""
+    if data_type == "int8":
+        return functools.partial(quantize_int8, recipe=INT8_TARGETS[int8_target])
+    return DATA_TYPES[data_type]
 
 
 # ----------------------------------------------------------------------------------------------- parity
@@ -146,5 +219,6 @@ def cosine_parity(reference, candidate, batches: Iterable[np.ndarray]) -> Tuple[
 def session_runner(path: Path, input_name: str, output_name: str) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime
 
+    quiet_onnxruntime()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda batch: session.run([output_name], {input_name: batch})[0]

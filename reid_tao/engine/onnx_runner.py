@@ -36,6 +36,15 @@ SIDECAR_MAX_BYTES = 2**20
 # One image's largest tensor: a 4096x4096 input's 64-channel stem output is 1 GiB in float32.
 MAX_TENSOR_BYTES = 4 * 2**30
 _ALLOCATION = re.compile(r"Failed to allocate memory for requested buffer of size (\d+)")
+ORT_ERRORS_ONLY = 3  # onnxruntime's log severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+
+
+def quiet_onnxruntime() -> None:
+    """Errors only from onnxruntime's own logger. Its warnings (unused initializers removed, graph rewrites) say
+    nothing a user acts on, and they reach stderr with colour escape codes even when it is piped or a log file."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(ORT_ERRORS_ONLY)
 
 
 def is_onnx_file(path) -> bool:
@@ -66,6 +75,7 @@ class OnnxModel:
     def __init__(self, path: Union[str, Path], field: str, accelerator: str = "auto", device_id: int = 0):
         import onnxruntime
 
+        quiet_onnxruntime()
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{field}: ONNX file {path} does not exist")

@@ -2,7 +2,8 @@
 preprocessing sidecar (read by ONNX inference) and a DeepStream tracker ReID config.
 
 export.data_type=fp16 or int8 converts the checked fp32 graph (see engine/onnx_precision.py) and reports the
-cosine of its embeddings against the fp32 graph's on held-out images: what the lower precision costs."""
+cosine of its embeddings against the fp32 graph's on held-out images: what the lower precision costs.
+export.int8_target picks the INT8 file's form: tensorrt (the default) or cpu (onnxruntime on x86 CPUs)."""
 import logging
 import random
 import tempfile
@@ -17,8 +18,16 @@ from omegaconf import DictConfig
 from ..builders import load_trained_model, task_checkpoint
 from ..data.layouts import split_images
 from ..data.preprocessing import Preprocessing
-from ..engine.onnx_precision import CALIBRATED, DATA_TYPES, Calibration, cosine_parity, image_batches, session_runner
-from ..engine.onnx_runner import onnx_sidecar_path
+from ..engine.onnx_precision import (
+    CALIBRATED,
+    INT8_TARGETS,
+    Calibration,
+    converter,
+    cosine_parity,
+    image_batches,
+    session_runner,
+)
+from ..engine.onnx_runner import onnx_sidecar_path, quiet_onnxruntime
 from ..engine.status import StatusFile
 from ..errors import ConfigError, DataError, ReidError
 from ..io import atomic_path, atomic_write_json, check_output_target, first_line
@@ -80,11 +89,14 @@ def check_opset(opset: int) -> None:
 
 
 def onnx_path_for(config: DictConfig, checkpoint: str) -> Path:
-    """export.onnx_file, by default beside the checkpoint (as TAO does): model.onnx, model_int8.onnx, ..."""
+    """export.onnx_file, by default beside the checkpoint (as TAO does): model.onnx, model_int8.onnx,
+    model_int8_cpu.onnx (export.int8_target=cpu), ..."""
     if config.export.onnx_file:
         return Path(config.export.onnx_file)
     data_type = config.export.data_type
     suffix = "" if data_type == "fp32" else f"_{data_type}"
+    if data_type == "int8" and config.export.get("int8_target", "tensorrt") != "tensorrt":
+        suffix += f"_{config.export.int8_target}"
     return Path(checkpoint).with_name(f"{Path(checkpoint).stem}{suffix}.onnx")
 
 
@@ -119,8 +131,15 @@ def convert(section: DictConfig, fp32_path: Path, path: Path, preprocessing: Pre
     if calibration_paths and data_type in CALIBRATED:
         log.info("calibrating %s on %d images of %s", data_type, len(calibration_paths), section.calibration_dataset)
         calibration = Calibration(INPUT_NAME, image_batches(calibration_paths, preprocessing))
+    record = {}
+    if data_type == "int8":
+        recipe = INT8_TARGETS[section.int8_target]
+        log.info("int8 for %s: %s, %s activations (%s), weights int8 %s", section.int8_target, recipe.quant_format,
+                 recipe.activations, "symmetric" if recipe.symmetric_activations else "asymmetric",
+                 "per channel" if recipe.per_channel else "per tensor")
+        record["int8_target"] = section.int8_target
     with atomic_path(path) as temporary:
-        float_nodes = DATA_TYPES[data_type](fp32_path, temporary, calibration)
+        float_nodes = converter(data_type, section.int8_target)(fp32_path, temporary, calibration)
     batches, described = parity_batches(held_out, preprocessing)
     mean, minimum = cosine_parity(session_runner(fp32_path, INPUT_NAME, OUTPUT_NAME),
                                   session_runner(path, INPUT_NAME, OUTPUT_NAME), batches)
@@ -131,7 +150,7 @@ def convert(section: DictConfig, fp32_path: Path, path: Path, preprocessing: Pre
                     "`reid evaluate evaluate.checkpoint=%s` before shipping it", data_type, mean, COSINE_WARNING, path)
     if float_nodes:
         log.info("left in float: %s", ", ".join(float_nodes))
-    return {"parity_cosine_mean": mean, "parity_cosine_min": minimum, "parity_images": described,
+    return {**record, "parity_cosine_mean": mean, "parity_cosine_min": minimum, "parity_images": described,
             "float_nodes": float_nodes}
 
 
@@ -164,6 +183,7 @@ def parity_check(model: torch.nn.Module, path: Path, input_size, batch: int = 3)
 @reported("export")
 def run(config: DictConfig, status: StatusFile) -> Path:
     prepare_task(config, "export")
+    quiet_onnxruntime()
     section = config.export
     check_opset(section.opset)
     checkpoint = task_checkpoint(config, "export")
@@ -210,6 +230,10 @@ def run(config: DictConfig, status: StatusFile) -> Path:
         "data_type": section.data_type, "parity_max_abs_diff": difference, **precision,
     }
     atomic_write_json(onnx_sidecar_path(path), sidecar)
+    if section.data_type == "int8" and section.int8_target != "tensorrt":
+        log.info("wrote %s and %s; no DeepStream tracker config: TensorRT refuses export.int8_target=%s files "
+                 "(export.int8_target=tensorrt writes one)", path, onnx_sidecar_path(path), section.int8_target)
+        return path
     tracker_config = write_tracker_config(tracker_config_path(path), preprocessing, model.feat_dim, path,
                                           section.data_type)
     log.info("wrote %s, %s and the DeepStream tracker ReID config %s", path, onnx_sidecar_path(path), tracker_config)
