@@ -131,8 +131,10 @@ def test_default_file_names_say_the_data_type():
     from reid_tao.tasks.export import onnx_path_for
 
     for data_type, name in (("fp32", "model.onnx"), ("fp16", "model_fp16.onnx"), ("int8", "model_int8.onnx")):
-        config = OmegaConf.create({"export": {"onnx_file": None, "data_type": data_type}})
-        assert onnx_path_for(config, "/r/model.pth") == Path("/r") / name
+        config = OmegaConf.create({"results_dir": "/res", "export": {"onnx_file": None, "data_type": data_type,
+                                                                     "results_dir": None}})
+        # in export's results folder, not beside the checkpoint (train/)
+        assert onnx_path_for(config, "/res/train/model.pth") == Path("/res/export") / name
 
 
 def test_calibration_fields_without_int8_are_noticed():

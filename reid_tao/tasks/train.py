@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..builders import (
+    adaptation_source_config,
     build_datamodule,
     build_model,
     build_module,
@@ -133,10 +134,41 @@ def source_interpolation(config: DictConfig, module, resuming: bool) -> Optional
                                num_workers=config.dataset.num_workers)
 
 
+class StepCounter(pl.Callback):
+    """The training steps this process ran (0 when a resumed run had no epoch left to train)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.steps += 1
+
+
+def _megabytes(path: Path) -> float:
+    return path.stat().st_size / 1e6
+
+
+def checkpoints_line(results: Path) -> str:
+    """The checkpoints in ``results`` and their sizes: the latest (resumes training) and the weights-only rest."""
+    latest = results / f"{LATEST_NAME}.pth"
+    others = sorted(path for path in results.glob("*.pth") if path != latest)
+    parts = []
+    if latest.is_file():
+        parts.append(f"{latest.name} {_megabytes(latest):.0f} MB (with the optimiser state: resumes training)")
+    if len(others) == 1:
+        parts.append(f"{others[0].name} {_megabytes(others[0]):.0f} MB")
+    elif others:
+        parts.append(f"{len(others)} more ({others[0].name} ... {others[-1].name}, "
+                     f"{sum(_megabytes(path) for path in others):.0f} MB in all)")
+    return f"checkpoints in {results}: {', '.join(parts) if parts else 'none'}"
+
+
 @reported("train")
 def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
     """Train per the spec; ``extra_callbacks`` join the Trainer's (``reid tune`` adds its reporter)."""
     _check_dataset_fields(config)
+    if config.adaptation.enable:  # the source checkpoint decides the model (one line says what differed)
+        config = adaptation_source_config(config)
     results = prepare_task(config, "train")
     warning = warmup_warning(config)
     if warning:
@@ -159,7 +191,8 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
                           load_pretrained=checkpoint is None)
     # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
-    callbacks = [preemption, *extra_callbacks]
+    counter = StepCounter()
+    callbacks = [preemption, counter, *extra_callbacks]
     if adaptation:
         interpolation = source_interpolation(config, module, resuming=checkpoint is not None)
         callbacks += [pseudo_label_callback(config, module)] + ([interpolation] if interpolation else [])
@@ -173,5 +206,11 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
         except SIGTERMException:  # Lightning's own handler, in the moment before ours replace it in fit
             raise Preempted("stopped by SIGTERM while training started, before a checkpoint of this run; "
                             "run the same command to resume", signal.SIGTERM) from None
-    log.info("training finished; checkpoints in %s", results)
+    if checkpoint and counter.steps == 0:
+        log.info("training finished: no epoch ran, %s already holds all train.num_epochs=%d epochs; raise "
+                 "train.num_epochs to train on from it, or use a new results_dir to start afresh", checkpoint,
+                 config.train.num_epochs)
+    else:
+        log.info("training finished")
+    log.info(checkpoints_line(results))
     return results
