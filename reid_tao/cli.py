@@ -103,13 +103,16 @@ def _help_section(rest: List[str]) -> Optional[str]:
 
 
 def _early_checks(config, task: str) -> None:
-    """What needs no torch, answered before its seconds of imports: a mistyped model.backbone (the backbone table
-    imports no torch) and a data folder without images. The builders and readers check the same again."""
+    """What needs no torch, answered before its seconds of imports: a mistyped model.backbone or dataset.layout
+    (their tables import no torch) and a data folder without images. check_spec and the readers check the same
+    again."""
     from .config.catalog import check_choice_in, find_field
-    from .data.layouts import check_split_folder
+    from .data.layouts import LAYOUT_CHOICES, check_split_folder
     from .model.backbones import BACKBONES
 
-    check_choice_in(find_field("model.backbone"), config.model.backbone, tuple(BACKBONES))
+    for path, allowed in (("model.backbone", BACKBONES), ("dataset.layout", LAYOUT_CHOICES)):
+        section, key = path.split(".")
+        check_choice_in(find_field(path), config[section][key], tuple(allowed))
     for field, kind in named_paths(config, task):
         unlabeled = field == "dataset.train_dataset_dir" and config.adaptation.enable  # (camera subfolders)
         if kind == "data" and not unlabeled:

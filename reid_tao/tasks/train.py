@@ -155,11 +155,13 @@ def checkpoints_line(results: Path) -> str:
     parts = []
     if latest.is_file():
         parts.append(f"{latest.name} {_megabytes(latest):.0f} MB (with the optimiser state: resumes training)")
+    # (model_step_* files keep the optimiser state too: resume points inside long epochs)
+    kind = "" if any(path.name.startswith("model_step_") for path in others) else ", weights only"
     if len(others) == 1:
-        parts.append(f"{others[0].name} {_megabytes(others[0]):.0f} MB")
+        parts.append(f"{others[0].name} {_megabytes(others[0]):.0f} MB{kind}")
     elif others:
         parts.append(f"{len(others)} more ({others[0].name} ... {others[-1].name}, "
-                     f"{sum(_megabytes(path) for path in others):.0f} MB in all)")
+                     f"{sum(_megabytes(path) for path in others):.0f} MB in all{kind})")
     return f"checkpoints in {results}: {', '.join(parts) if parts else 'none'}"
 
 
