@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import List, Optional
 
 from .config.catalog import closest_hint, describe_fields, describe_sections, help_groups, literal_choices
-from .config.loader import TASKS, load_config, override_fields, task_results_dir
+from .config.loader import TASKS, load_config, task_results_dir
 from .config.paths import check_paths, named_paths
 from .config.table_choices import TABLE_CHOICES
 from .errors import ConfigError, Preempted, ReidError, Stopped
@@ -177,7 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # The spec's own rules first: a missing file or a typo answers before torch is imported.
         config = load_config(args.spec, args.overrides)
         task_results_dir(config, task)  # set, or one line now
-        check_paths(config, task, override_fields(args.overrides))
+        check_paths(config, task, load_config(args.spec) if args.overrides else config)  # (the spec file's own)
         _early_checks(config, task)
         from .builders import check_spec  # imports torch and Lightning (seconds)
 

@@ -134,18 +134,20 @@ def test_a_mistyped_override_is_not_filled_with_synthetic_data(tmp_path, capsys,
 
 
 def test_synthetic_data_goes_where_the_spec_file_or_an_empty_folder_says(tmp_path):
-    from reid_tao.config.loader import load_config, override_fields
+    from reid_tao.config.loader import load_config
     from reid_tao.config.paths import check_paths
 
     spec = str(synthetic_spec(tmp_path))
-    check_paths(load_config(spec), "train", override_fields([]))  # the spec file's own path
+    check_paths(load_config(spec), "train")  # the spec file's own path
+    own = [f"dataset.train_dataset_dir={tmp_path / 'data' / 'bounding_box_train'}"]
+    check_paths(load_config(spec, own), "train", load_config(spec))  # the same path given again
     made = tmp_path / "mine"
     made.mkdir()
     override = [f"dataset.train_dataset_dir={made / 'bounding_box_train'}"]
-    check_paths(load_config(spec, override), "train", override_fields(override))  # an empty folder the user made
+    check_paths(load_config(spec, override), "train", load_config(spec))  # an empty folder the user made
     (made / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="does not exist"):
-        check_paths(load_config(spec, override), "train", override_fields(override))
+        check_paths(load_config(spec, override), "train", load_config(spec))
 
 
 # --------------------------------------------------------------------------- 4: no silent CPU processes

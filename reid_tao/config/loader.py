@@ -218,11 +218,6 @@ def _parse_overrides(overrides: List[str]):
     return parsed
 
 
-def override_fields(overrides: List[str]) -> set:
-    """The fields that command-line overrides set ("dataset.train_dataset_dir", aliases resolved)."""
-    return {ALIASES.get(key, key) for _text, key, _value in _parse_overrides(list(overrides))}
-
-
 def load_config(spec_path: Optional[str], overrides: List[str] = ()) -> DictConfig:
     """Spec file (optional) + overrides -> resolved, validated config (read-only struct DictConfig)."""
     config = schema_config()
