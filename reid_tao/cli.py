@@ -2,16 +2,19 @@
 import argparse
 import importlib
 import os
+import shutil
 import signal
 import sys
+import textwrap
 import threading
 from contextlib import contextmanager
 from typing import List, Optional
 
-from .config.catalog import describe_fields
+from .config.catalog import closest_hint, describe_fields, describe_sections, help_groups, literal_choices
 from .config.loader import TASKS, load_config, task_results_dir
-from .config.paths import check_paths
-from .errors import Preempted, ReidError, Stopped
+from .config.paths import check_paths, named_paths
+from .config.table_choices import TABLE_CHOICES
+from .errors import ConfigError, Preempted, ReidError, Stopped
 from .io import error_line
 
 DESCRIPTIONS = {
@@ -40,16 +43,48 @@ def _top_level_help() -> str:
     return "\n".join(lines)
 
 
-def _fields_help(task: str) -> str:
-    from .builders import resolve_choices  # the choices of table-backed fields are the implementations' tables
+def _help_width() -> int:
+    return max(60, min(shutil.get_terminal_size((100, 24)).columns, 100))
 
-    fields = describe_fields(HELP_SECTIONS[task], resolve_choices)
-    return ("spec fields (section.key = default  [allowed values; status], then what it does), settable in "
-            f"the spec or as overrides:\n{fields}")
+
+def _resolve(choices):
+    """A field's choices, for help: a table's (backbones, losses, ...) from the generated TABLE_CHOICES, so help
+    imports no torch; the tables themselves only for a table that is missing there."""
+    literal = literal_choices(choices)
+    if literal is not None:
+        return literal
+    if choices in TABLE_CHOICES:
+        return TABLE_CHOICES[choices]
+    from .builders import resolve_choices  # imports the implementations (torch)
+
+    return resolve_choices(choices)
+
+
+def _fields_help(task: str) -> str:
+    """The short field overview of `reid TASK --help` (no torch): each section with its fields' names."""
+    width = _help_width()
+    head = textwrap.fill(f"spec fields by section, settable in the spec or as overrides (section.key=value). `reid "
+                         f"{task} --help SECTION` shows each field's default, allowed values and meaning, e.g. `reid "
+                         f"{task} --help {HELP_SECTIONS[task][0]}`; `reid {task} --help all` every field of this task "
+                         "(docs/spec_fields.md: all):", width, break_on_hyphens=False)
+    return f"{head}\n{describe_sections(HELP_SECTIONS[task], width)}"
+
+
+def _section_help(task: str, section: str) -> str:
+    """`reid TASK --help SECTION`: the fields of one section (or all), wrapped; ConfigError for another name."""
+    groups = help_groups(HELP_SECTIONS[task])
+    if section != "all" and section not in groups:
+        raise ConfigError(f"reid {task} --help {section}: no such section; choose one of all, "
+                          f"{', '.join(groups)}{closest_hint(section, groups)}")
+    width = _help_width()
+    fields = describe_fields(HELP_SECTIONS[task], _resolve, width, None if section == "all" else section)
+    head = textwrap.fill("spec fields (section.key = default  [allowed values; status], then what it does), settable "
+                         "in the spec or as overrides:", width)
+    return f"{head}\n{fields}"
 
 
 def _task_parser(task: str, with_fields: bool) -> argparse.ArgumentParser:
-    """with_fields (only for --help: it imports the implementations' tables, i.e. torch): the field list."""
+    """with_fields (only for --help): the overview of the spec fields."""
     description = DESCRIPTIONS[task]
     if task == "tune":
         from .config.search_space import default_space_help
@@ -62,6 +97,32 @@ def _task_parser(task: str, with_fields: bool) -> argparse.ArgumentParser:
                         help="TAO-style experiment spec (YAML); omitted: schema defaults + overrides")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (Hydra grammar)")
     return parser
+
+
+def _help_section(rest: List[str]) -> Optional[str]:
+    """SECTION of `reid TASK --help SECTION` (a word after -h/--help that is no option or override), else None."""
+    for flag, after in zip(rest, rest[1:]):
+        if flag in ("-h", "--help") and not after.startswith("-") and "=" not in after:
+            return after
+    return None
+
+
+def _early_checks(config, task: str) -> None:
+    """What needs no torch, answered before its seconds of imports: a mistyped model.backbone or dataset.layout
+    (their tables import no torch) and a data folder without images. check_spec and the readers check the same
+    again."""
+    from .config.catalog import check_choice_in, find_field
+    from .data.layouts import LAYOUT_CHOICES, check_split_folder
+    from .model.backbones import BACKBONES
+
+    for path, allowed in (("model.backbone", BACKBONES), ("dataset.layout", LAYOUT_CHOICES)):
+        section, key = path.split(".")
+        check_choice_in(find_field(path), config[section][key], tuple(allowed))
+    for field, kind in named_paths(config, task):
+        unlabeled = field == "dataset.train_dataset_dir" and config.adaptation.enable  # (camera subfolders)
+        if kind == "data" and not unlabeled:
+            section, key = field.split(".")
+            check_split_folder(config[section][key], field, config.dataset.layout)
 
 
 def _worker_rank() -> bool:
@@ -106,12 +167,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     if task not in TASKS:
         print(f"reid: unknown task '{task}'; choose one of {', '.join(TASKS)}", file=sys.stderr)
         return 2
+    section = _help_section(rest)
+    if section is not None:
+        try:
+            print(_section_help(task, section))
+        except ReidError as error:
+            print(f"reid {task}: error: {error_line(error)}", file=sys.stderr)
+            return error.exit_code
+        except BrokenPipeError:  # `reid train --help all | head`: the reader had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit)
+        return 0
     args = _task_parser(task, with_fields=bool({"-h", "--help"} & set(rest))).parse_args(rest)
     try:
         # The spec's own rules first: a missing file or a typo answers before torch is imported.
         config = load_config(args.spec, args.overrides)
         task_results_dir(config, task)  # set, or one line now
-        check_paths(config, task)
+        check_paths(config, task, load_config(args.spec) if args.overrides else config)  # (the spec file's own)
+        _early_checks(config, task)
         from .builders import check_spec  # imports torch and Lightning (seconds)
 
         check_spec(config)

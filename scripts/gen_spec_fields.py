@@ -1,26 +1,30 @@
-"""Write docs/spec_fields.md, the table of every spec field, from the schema's field metadata.
+"""Write docs/spec_fields.md, the table of every spec field, from the schema's field metadata, and
+reid_tao/config/table_choices.py, the choices of the table-backed fields that `reid TASK --help SECTION` shows.
 
-    python scripts/gen_spec_fields.py          # rewrite docs/spec_fields.md
-    python scripts/gen_spec_fields.py --check  # exit 1 when docs/spec_fields.md is stale
+    python scripts/gen_spec_fields.py          # rewrite both
+    python scripts/gen_spec_fields.py --check  # exit 1 when one is stale
 """
 import sys
 from pathlib import Path
 
-from reid_tao.builders import spec_fields_markdown
+from reid_tao.builders import spec_fields_markdown, table_choices_module
 from reid_tao.io import atomic_write_text
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "spec_fields.md"
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "spec_fields.md"
+TABLES = ROOT / "reid_tao" / "config" / "table_choices.py"
 
 
 def main(argv) -> int:
-    text = spec_fields_markdown()
+    outputs = {PAGE: spec_fields_markdown(), TABLES: table_choices_module()}
     if "--check" in argv:
-        if not PAGE.is_file() or PAGE.read_text() != text:
-            print(f"{PAGE} is stale; run: python scripts/gen_spec_fields.py", file=sys.stderr)
-            return 1
-        return 0
-    atomic_write_text(PAGE, text)
-    print(f"wrote {PAGE}")
+        stale = [path for path, text in outputs.items() if not path.is_file() or path.read_text() != text]
+        for path in stale:
+            print(f"{path} is stale; run: python scripts/gen_spec_fields.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        atomic_write_text(path, text)
+        print(f"wrote {path}")
     return 0
 
 

@@ -8,6 +8,8 @@ from reid_tao.cli import main
 from reid_tao.errors import DataError
 from reid_tao.io import error_line
 
+from helpers import write_person
+
 
 def test_top_level_help_lists_tasks(capsys):
     assert main(["--help"]) == 0
@@ -18,8 +20,12 @@ def test_top_level_help_lists_tasks(capsys):
 
 def test_task_help_lists_fields_with_defaults(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--help"])
+        main(["train", "--help"])  # the sections and their fields' names
     assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "  model " in out and "backbone, last_stride" in out
+    assert "`reid train --help SECTION`" in " ".join(out.split())  # (wrapped to the terminal)
+    assert main(["train", "--help", "all"]) == 0  # every field with its default
     out = capsys.readouterr().out
     assert "model.backbone = 'resnet_50'" in out and "train.optim.base_lr = 0.00035" in out
     assert out.count("results_dir = 'results'") == 1
@@ -64,7 +70,8 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text("model:\n  backbone: resnet_18\n  input_width: [1, 2\ndataset:\n  batch_size: 4\n")
     assert main(["train", "-e", str(spec)]) != 0
-    assert "line 4, column 8" in capsys.readouterr().err
+    # the line of the unclosed bracket, not the line where PyYAML noticed it
+    assert "line 3, column 16: did not find expected ',' or ']' at line 4" in capsys.readouterr().err
 
 
 def test_empty_results_dir_asks_for_it_as_tao_does(capsys):
@@ -96,10 +103,13 @@ def test_a_finished_multi_process_task_destroys_its_process_group(monkeypatch, t
 
     checkpoint = tmp_path / "model.pth"
     checkpoint.write_bytes(b"")
+    images = tmp_path / "images"
+    images.mkdir()
+    write_person(images / "0001_c1s1_000000_00.jpg", 1, 1, 0)  # (a folder without images is refused before run)
     monkeypatch.setitem(sys.modules, "reid_tao.tasks.inference", OneProcessGroupTask)
     try:
         assert main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={checkpoint}",
-                     f"inference.test_dataset={tmp_path}"]) == 0
+                     f"inference.test_dataset={images}"]) == 0
         assert not dist.is_initialized()
     finally:
         if dist.is_initialized():

@@ -156,8 +156,10 @@ def test_default_file_names_say_the_data_type():
     for data_type, target, name in (("fp32", "tensorrt", "model.onnx"), ("fp16", "tensorrt", "model_fp16.onnx"),
                                     ("int8", "tensorrt", "model_int8.onnx"), ("int8", "cpu", "model_int8_cpu.onnx"),
                                     ("fp16", "cpu", "model_fp16.onnx")):
-        config = OmegaConf.create({"export": {"onnx_file": None, "data_type": data_type, "int8_target": target}})
-        assert onnx_path_for(config, "/r/model.pth") == Path("/r") / name
+        config = OmegaConf.create({"results_dir": "/res", "export": {"onnx_file": None, "data_type": data_type,
+                                                                     "results_dir": None, "int8_target": target}})
+        # in export's results folder, not beside the checkpoint (train/)
+        assert onnx_path_for(config, "/res/train/model.pth") == Path("/res/export") / name
 
 
 def test_calibration_fields_without_int8_are_noticed():

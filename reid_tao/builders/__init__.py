@@ -10,8 +10,10 @@ naming them; the config layer checks the spec's own rules. By concern:
 """
 from .adaptation import adaptation_callbacks
 from .checkpoints import (
+                          ARCHITECTURE_FIELDS,
                           ARCHITECTURES,
                           TrainedModel,
+                          adaptation_source_config,
                           check_resumable,
                           load_embedding_model,
                           load_trained_model,
@@ -32,6 +34,7 @@ from .spec import (
                           loss_terms,
                           resolve_choices,
                           spec_fields_markdown,
+                          table_choices_module,
 )
 from .training import (
                           ADAPTATION_NUM_CLASSES,
@@ -51,11 +54,12 @@ from .training import (
                           wandb_settings,
 )
 
-__all__ = ["ADAPTATION_NUM_CLASSES", "ARCHITECTURES", "adaptation_callbacks",
-           "BACKBONE_OPTION_FIELDS", "METRIC_LOSSES", "MetricLoss", "PRETRAINED_LOADERS", "SAMPLERS",
-           "Sampler", "TrainedModel", "backbone_options", "build_datamodule", "build_loss", "build_model",
+__all__ = ["ADAPTATION_NUM_CLASSES", "ARCHITECTURES", "ARCHITECTURE_FIELDS", "BACKBONE_OPTION_FIELDS", "METRIC_LOSSES",
+           "MetricLoss", "PRETRAINED_LOADERS", "SAMPLERS", "Sampler", "TrainedModel", "adaptation_callbacks",
+           "adaptation_source_config", "backbone_options", "build_datamodule", "build_loss", "build_model",
            "build_module", "check_choice", "check_resumable", "check_spec", "checkpoint_metadata",
            "checkpoint_settings", "extraction_batch_size", "image_size", "load_embedding_model", "load_experiment",
            "load_trained_model", "loss_terms", "needs_validation", "optimizer_arguments", "preprocessing_for",
-           "resolve_choices", "resume_path", "scheduler_arguments", "spec_fields_markdown", "task_checkpoint",
+           "resolve_choices", "resume_path", "scheduler_arguments", "spec_fields_markdown", "table_choices_module",
+           "task_checkpoint",
            "trained_num_classes", "wandb_settings"]

@@ -15,6 +15,7 @@ from ..config.validate import validate_config
 from ..data.preprocessing import Preprocessing
 from ..engine.checkpoint import (
     LATEST_NAME,
+    holds_optimiser_state,
     is_reid_tao_checkpoint,
     is_tao_checkpoint,
     model_state_dict,
@@ -239,21 +240,65 @@ def trained_num_classes(path: str, field: str, trust: bool = False) -> int:
     return _stored_num_classes(_stored_metadata(checkpoint, f"{field}: {path}"), checkpoint, f"{field}: {path}")
 
 
+# model.* fields that decide the network or its input: a checkpoint's model is rebuilt from its own values of
+# these (evaluate, inference, export, an adaptation source), and training resumes only when the spec agrees.
+ARCHITECTURE_FIELDS = ("backbone", "last_stride", "input_width", "input_height", "neck", "feat_dim", "neck_feat",
+                       "gem_pooling", "reduce_feat_dim")
+# dataset.* fields of the preprocessing a trained model expects (its checkpoint stores them)
+PREPROCESSING_FIELDS = ("pixel_mean", "pixel_std", "interpolation")
+
+
+def _fields_text(section: DictConfig, names, prefix: str = "model") -> str:
+    return ", ".join(f"{prefix}.{name}={section[name]}" for name in names)
+
+
 def check_resumable(path: str, field: str, config: DictConfig, num_classes: int, trust: bool = False) -> None:
-    """Training resumes from ``path`` only with the model it holds: same backbone, same identities."""
+    """Training resumes from ``path`` only with the model it holds (every ARCHITECTURE_FIELDS value the
+    checkpoint records), its optimiser state and the same identities; else one line saying what to set."""
     checkpoint = read_checkpoint(path, field, trust=trust)
     source = f"{field}: {path}"
     metadata = _stored_metadata(checkpoint, source)
     trained = stored_training_config(metadata, source)
-    if trained.model.backbone != config.model.backbone:
-        raise DataError(f"cannot resume from {path}: it holds a {trained.model.backbone} model but the spec asks "
-                        f"for model.backbone={config.model.backbone}; use a new results_dir, or set "
-                        f"model.backbone={trained.model.backbone}")
+    differ = [name for name in ARCHITECTURE_FIELDS if trained.model[name] != config.model[name]]
+    if differ:
+        held = f"a {trained.model.backbone} model" if "backbone" in differ else "a model"
+        raise DataError(f"cannot resume from {path}: it holds {held} with {_fields_text(trained.model, differ)} "
+                        f"but the spec asks for {_fields_text(config.model, differ)}; set "
+                        f"{'those' if len(differ) > 1 else 'it'} back to resume, or use a new results_dir to "
+                        "train the new model")
+    if not holds_optimiser_state(checkpoint):
+        raise DataError(f"cannot resume from {path}: it holds the weights only (reid_tao keeps the optimiser state "
+                        f"in {LATEST_NAME}.pth); resume from {LATEST_NAME}.pth, or start a new run from this one "
+                        f"with model.pretrain_choice=self model.pretrained_model_path={path}")
     trained_classes = _stored_num_classes(metadata, checkpoint, source)
     if trained_classes != num_classes:
         raise DataError(f"cannot resume from {path}: it was trained on {trained_classes} identities but "
                         f"dataset.train_dataset_dir has {num_classes}; use a new results_dir or "
                         "model.pretrain_choice=self to start from it")
+
+
+def adaptation_source_config(config: DictConfig) -> DictConfig:
+    """adaptation.enable: the spec with the model the source checkpoint holds (its ARCHITECTURE_FIELDS and
+    preprocessing), as evaluate runs a checkpoint's own model; one line names what differed from the spec.
+    A TAO checkpoint or plain weights file decides nothing here (its backbone is checked when it is loaded)."""
+    field, path = "adaptation.source_checkpoint", config.adaptation.source_checkpoint
+    checkpoint = read_checkpoint_file(path, field, trust=config.model.trust_weights_file)
+    if not is_reid_tao_checkpoint(checkpoint):
+        return config
+    source = f"{field}: {path}"
+    trained = stored_training_config(_stored_metadata(checkpoint, source), source)
+    differ = [f"model.{name}" for name in ARCHITECTURE_FIELDS if trained.model[name] != config.model[name]]
+    differ += [f"dataset.{name}" for name in PREPROCESSING_FIELDS if trained.dataset[name] != config.dataset[name]]
+    if not differ:
+        return config
+    spec_values = ", ".join(f"{name}={OmegaConf.select(config, name)}" for name in differ)
+    source_values = ", ".join(f"{OmegaConf.select(trained, name)}" for name in differ)
+    log.warning("adaptation.source_checkpoint decides the model: %s in the spec differ from the source's %s; "
+                "adapting the source's model (experiment.yaml records it)", spec_values, source_values)
+    return OmegaConf.merge(config, {
+        "model": {name: trained.model[name] for name in ARCHITECTURE_FIELDS},
+        "dataset": {name: OmegaConf.to_container(trained.dataset, resolve=True)[name]
+                    for name in PREPROCESSING_FIELDS}})
 
 
 def resume_path(config: DictConfig, results_dir: Path) -> Optional[str]:

@@ -1,6 +1,6 @@
 """Initial weights of a new model, per model.pretrain_choice: ImageNet, a reid_tao/TAO checkpoint, or none."""
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig
 
@@ -31,11 +31,22 @@ def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
 
 
 def load_adaptation_source(model: Baseline, model_cfg: DictConfig, path: str) -> None:
-    """adaptation.source_checkpoint: the model to adapt, loaded as model.pretrain_choice=self loads its file."""
-    _load_trained_weights(model, model_cfg, path, "adaptation.source_checkpoint")
+    """adaptation.source_checkpoint: the model to adapt, loaded as model.pretrain_choice=self loads its file, but
+    whole: the spec's model is the source's own (builders.checkpoints.adaptation_source_config), so every tensor
+    but the classifier must load."""
+    _load_trained_weights(model, model_cfg, path, "adaptation.source_checkpoint", whole=True)
 
 
-def _load_trained_weights(model: Baseline, model_cfg: DictConfig, path: str, field: str) -> None:
+def _stored_backbone(checkpoint: Dict[str, Any]) -> Optional[str]:
+    """model.backbone of a reid_tao checkpoint's stored config, read as data (None when absent or not text)."""
+    stored = checkpoint.get("reid_tao")
+    config = stored.get("config") if isinstance(stored, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    backbone = model.get("backbone") if isinstance(model, dict) else None
+    return backbone if isinstance(backbone, str) else None
+
+
+def _load_trained_weights(model: Baseline, model_cfg: DictConfig, path: str, field: str, whole: bool = False) -> None:
     checkpoint = read_checkpoint_file(path, field, trust=model_cfg.trust_weights_file)
     if not is_reid_tao_checkpoint(checkpoint):
         log.info("%s: %s is not a reid_tao checkpoint; reading it as backbone weights", field, path)
@@ -43,18 +54,37 @@ def _load_trained_weights(model: Baseline, model_cfg: DictConfig, path: str, fie
             _check_tao_backbone_fits(checkpoint, model_cfg, field, path)
         weights.load_backbone_weights(model.backbone, checkpoint)  # logs its match report, fails when poor
         return
+    stored = _stored_backbone(checkpoint)
+    if stored is not None and stored != model_cfg.backbone:
+        # e.g. resnet_34 under resnet_18: the first 120 names match and the rest would be dropped unsaid
+        raise DataError(f"{field}: {path} holds a {stored} model but model.backbone={model_cfg.backbone} here; set "
+                        f"model.backbone={stored} to start from it")
     state = model_state_dict(checkpoint)
     own = model.state_dict()
     transferable = {k: v for k, v in state.items()
                     if not k.startswith("classifier.") and k in own and own[k].shape == v.shape}
     backbone_keys = [k for k in own if k.startswith("backbone.")]
     loaded_backbone = sum(1 for k in backbone_keys if k in transferable)
+    unused = [k for k in state if not k.startswith("classifier.") and k not in transferable]
+    unused_backbone = [k for k in unused if k.startswith("backbone.")]
+    if unused_backbone:
+        source_backbone = sum(1 for k in state if k.startswith("backbone."))
+        raise DataError(f"{field}: {path}: {len(unused_backbone)} of its {source_backbone} backbone tensors have no "
+                        f"place in this model (e.g. {unused_backbone[0]}); was it trained with the same "
+                        "model.backbone?")
     if loaded_backbone < 0.9 * len(backbone_keys):
         raise DataError(f"{field}: {path} matches only {loaded_backbone}/{len(backbone_keys)} "
                         "backbone tensors of this model; was it trained with the same model.backbone?")
+    fresh = [k for k in own if not k.startswith(("backbone.", "classifier.")) and k not in transferable]
+    if whole and (unused or fresh):
+        raise DataError(f"{field}: {path}: its weights do not fit the model its config describes (e.g. "
+                        f"{(unused or fresh)[0]}); is the file complete?")
     model.load_state_dict(transferable, strict=False)
-    log.info("%s: loaded %d/%d backbone tensors and %d head tensors from %s", field,
-             loaded_backbone, len(backbone_keys), len(transferable) - loaded_backbone, path)
+    differs = "" if not (unused or fresh) else (
+        f"; {len(unused)} of its head tensors do not fit this model's model.feat_dim / neck / gem_pooling (e.g. "
+        f"{(unused or ['-'])[0]}) and {len(fresh)} of this model's start afresh")
+    log.info("%s: loaded %d/%d backbone tensors and %d head tensors from %s%s", field, loaded_backbone,
+             len(backbone_keys), len(transferable) - loaded_backbone, path, differs)
 
 
 def _check_tao_backbone_fits(checkpoint: Dict[str, Any], model_cfg: DictConfig,

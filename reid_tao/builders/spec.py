@@ -8,9 +8,9 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.catalog import SpecField, choices_text, find_field, literal_choices, markdown_table, spec_fields
+from ..config.catalog import SpecField, check_choice_in, find_field, literal_choices, markdown_table, spec_fields
 from ..config.fields import Choices
-from ..config.loader import closest_hint, load_config, schema_config
+from ..config.loader import load_config, schema_config
 from ..engine.optim import optimizer_class
 from ..errors import ConfigError
 from ..model.backbones import BACKBONES
@@ -69,16 +69,31 @@ def check_choice(path: str, value, found: Optional[SpecField] = None) -> None:
     found = found or find_field(path)
     if value is None and found.default is None:
         return
-    allowed = resolve_choices(found.meta.choices)
-    if value not in allowed:
-        raise ConfigError(f"{path}={value!r} is not supported{found.meta.hint}; choose one of "
-                          f"{choices_text(allowed)}"
-                          f"{closest_hint(str(value), [str(name) for name in allowed if name is not None])}")
+    check_choice_in(found, value, resolve_choices(found.meta.choices))
 
 
 def spec_fields_markdown() -> str:
     """The text of docs/spec_fields.md (``python scripts/gen_spec_fields.py`` writes it)."""
     return markdown_table(resolve_choices)
+
+
+def table_choices_module() -> str:
+    """The text of reid_tao/config/table_choices.py (``python scripts/gen_spec_fields.py`` writes it): the choices
+    of every table-backed field, which `reid TASK --help SECTION` shows without importing the tables (torch)."""
+    tables = sorted({found.meta.choices for found in spec_fields() if isinstance(found.meta.choices, str)})
+    lines = ['"""The choices of the table-backed spec fields, for `reid TASK --help SECTION` without importing torch.',
+             "",
+             "Generated from the implementations' tables by `python scripts/gen_spec_fields.py`; do not edit by hand",
+             '(tests/test_spec_fields.py fails while it is stale). Validation always reads the tables themselves."""',
+             "TABLE_CHOICES = {"]
+    for table in tables:
+        values = resolve_choices(table)
+        line = f"    {table!r}: {values!r},"
+        if len(line) <= 120:
+            lines.append(line)
+        else:  # wrapped as black would: one line per value
+            lines += [f"    {table!r}: ("] + [f"        {value!r}," for value in values] + ["    ),"]
+    return "\n".join(lines + ["}", ""])
 
 
 def check_spec(config: DictConfig) -> None:

@@ -1,8 +1,11 @@
 """The schema's fields read back with their rules (declared with :func:`~reid_tao.config.fields.spec_field`):
 a walk over every leaf, and the texts derived from them (``reid TASK --help``, docs/spec_fields.md)."""
 import dataclasses
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Tuple
+import difflib
+import textwrap
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Tuple
 
+from ..errors import ConfigError
 from .fields import META_KEY, STATUSES, Choices, FieldMeta
 from .schema import ExperimentConfig
 
@@ -45,6 +48,22 @@ def choices_text(values) -> str:
     return ", ".join(repr(value) for value in values if value is not None)
 
 
+def closest_hint(key: str, candidates: Iterable[str]) -> str:
+    """"; did you mean X?" for the closest candidate, or "" when none is close."""
+    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def check_choice_in(found: SpecField, value, allowed) -> None:
+    """One ConfigError line unless ``value`` is one of ``allowed`` (None passes where None is the default)."""
+    if value is None and found.default is None:
+        return
+    if value not in allowed:
+        raise ConfigError(f"{found.path}={value!r} is not supported{found.meta.hint}; choose one of "
+                          f"{choices_text(allowed)}"
+                          f"{closest_hint(str(value), [str(name) for name in allowed if name is not None])}")
+
+
 def allowed_text(meta: FieldMeta, resolve: Resolve) -> str:
     """The allowed values in words, e.g. "one of 'epoch', 'step'" or "at least 1"; "" when anything goes."""
     if meta.choices is not None:
@@ -56,21 +75,61 @@ def _shown(value) -> str:
     return repr(value)
 
 
-def describe_fields(sections, resolve: Resolve) -> str:
-    """Text for ``reid TASK --help``: the top-level fields and those of ``sections``, each as
-    "  path = default  [allowed] (status)" and its help on the next line."""
+TOP_LEVEL = "top"  # what `reid TASK --help top` calls the fields outside any section (results_dir, ...)
+
+
+def _group(path: str) -> str:
+    """The section a field is listed under: "train.optim" for train.optim.base_lr, TOP_LEVEL for results_dir."""
+    return path.rpartition(".")[0] or TOP_LEVEL
+
+
+def task_fields(sections) -> Iterator[SpecField]:
+    """The top-level fields and those of ``sections`` (a task's), in declaration order."""
     wanted = tuple(f"{section}." for section in sections)
+    return (found for found in spec_fields() if "." not in found.path or found.path.startswith(wanted))
+
+
+def help_groups(sections) -> Tuple[str, ...]:
+    """The groups `reid TASK --help GROUP` accepts for a task's ``sections``, in declaration order."""
+    return tuple(dict.fromkeys(_group(found.path) for found in task_fields(sections)))
+
+
+def describe_sections(sections, width: int = 100) -> str:
+    """The short `reid TASK --help`: each group of fields with the names of the fields that act, wrapped to
+    ``width`` (TAO's fields without effect are counted, and listed by `reid TASK --help GROUP`)."""
+    groups: dict = {}
+    for found in task_fields(sections):
+        names, idle = groups.setdefault(_group(found.path), ([], []))
+        (names if found.meta.status == "active" else idle).append(found.path.rpartition(".")[2])
+    pad = max(len(group) for group in groups) + 4
     lines = []
-    for found in spec_fields():
-        if "." in found.path and not found.path.startswith(wanted):
+    for group, (names, idle) in groups.items():
+        text = ", ".join(names) + (f" (+ {len(idle)} of TAO's without effect)" if idle else "")
+        lines.append(textwrap.fill(text, width, initial_indent=f"  {group:<{pad - 2}}", subsequent_indent=" " * pad,
+                                   break_on_hyphens=False))
+    return "\n".join(lines)
+
+
+def describe_fields(sections, resolve: Resolve, width: Optional[int] = None, group: Optional[str] = None) -> str:
+    """Text for ``reid TASK --help [GROUP]``: the top-level fields and those of ``sections`` (only ``group``'s and
+    its subsections' when given), each as "  path = default  [allowed] (status)" and its help on the next lines,
+    wrapped to ``width`` (None: not wrapped)."""
+    lines = []
+    for found in task_fields(sections):
+        if group is not None and not (_group(found.path) == group or found.path.startswith(f"{group}.")):
             continue
         meta = found.meta
         notes = [allowed_text(meta, resolve)]
         if meta.status != "active":
             notes.append(STATUSES[meta.status])
         note = "; ".join(note for note in notes if note)
-        lines.append(f"  {found.path} = {_shown(found.default)}" + (f"  [{note}]" if note else ""))
-        lines.append(f"      {_help_line(meta)}")
+        head = f"  {found.path} = {_shown(found.default)}" + (f"  [{note}]" if note else "")
+        text = f"      {_help_line(meta)}"
+        if width is None:
+            lines += [head, text]
+        else:
+            lines.append(textwrap.fill(head, width, subsequent_indent=" " * 8, break_on_hyphens=False))
+            lines.append(textwrap.fill(text, width, subsequent_indent=" " * 6, break_on_hyphens=False))
     return "\n".join(lines)
 
 

@@ -2,15 +2,15 @@
 
 Every problem becomes a one-line ``ConfigError`` naming the field and the file.
 """
-import difflib
 from pathlib import Path
-from typing import Any, Iterable, List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, DataError
 from ..io import first_line
+from .catalog import closest_hint
 from .schema import ExperimentConfig
 from .validate import validate_config
 
@@ -26,12 +26,6 @@ TASKS = ("train", "evaluate", "inference", "export", "tune", "crops")
 def schema_config() -> DictConfig:
     """The structured default config (struct mode: unknown keys are errors)."""
     return OmegaConf.structured(ExperimentConfig)
-
-
-def closest_hint(key: str, candidates: Iterable[str]) -> str:
-    """"; did you mean X?" for the closest candidate, or "" when none is close."""
-    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
-    return f"; did you mean {match[0]}?" if match else ""
 
 
 def _check_known_keys(schema: DictConfig, spec: Any, prefix: str, source: str) -> None:
@@ -93,14 +87,44 @@ def _validation_message(error: OmegaConfBaseException, source: str, key: Optiona
     return f"invalid value for {key} in {source}: {msg}"
 
 
-def _yaml_problem(error: Exception) -> str:
-    """PyYAML's error as "line L, column C: problem (context)", 1-based as editors count."""
+# PyYAML contexts that start where the mistake is (an unclosed quote or bracket): the problem is found later
+_OPENED_CONTEXTS = ("while scanning a quoted scalar", "while parsing a flow sequence", "while parsing a flow mapping",
+                    "while scanning a block scalar")
+
+
+def _yaml_problem(error: Exception, text: Optional[str] = None) -> str:
+    """PyYAML's error as "line L, column C: problem (context)", 1-based as editors count, at the line of the
+    mistake: PyYAML finds a missing ': ' or an unclosed quote or bracket only on a later line."""
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None)
     if mark is None or not problem:
         return first_line(error)
-    context = getattr(error, "context", None)
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context in _OPENED_CONTEXTS and context_mark is not None and context_mark.line < mark.line:
+        return (f"line {context_mark.line + 1}, column {context_mark.column + 1}: {problem} at line {mark.line + 1} "
+                f"({context} that starts here: is it closed?)")
+    start = _plain_scalar_start(text, mark) if text is not None and "mapping values" in problem else None
+    if start is not None:
+        line = text.splitlines()[start.line].strip()
+        return (f"line {start.line + 1}, column {start.column + 1}: {line!r} runs on into line {mark.line + 1}, where "
+                f"{problem} (a missing ': ' after a key on line {start.line + 1}, or line {mark.line + 1} indented "
+                "too deep?)")
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+
+
+def _plain_scalar_start(text: str, mark):
+    """Where the plain value holding ``mark`` starts when it began on an earlier line ("backbone resnet_18" and
+    the next line's "feat_dim" read as one value), else None."""
+    import yaml
+
+    last = None
+    try:
+        for token in yaml.scan(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            if isinstance(token, yaml.ScalarToken):
+                last = token
+    except yaml.YAMLError:
+        pass
+    return last.start_mark if last is not None and last.plain and last.start_mark.line < mark.line else None
 
 
 def _unresolvable_field(config: DictConfig) -> Optional[str]:
@@ -149,10 +173,12 @@ def _check_spec_size(path: Path, spec_path: str) -> None:
     if path.stat().st_size > MAX_SPEC_BYTES:
         raise ConfigError(f"spec file {spec_path} is {path.stat().st_size} bytes; a spec is at most "
                           f"{MAX_SPEC_BYTES} bytes")
+    text = None
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        text = path.read_text(encoding="utf-8")
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except Exception as error:  # yaml and decoding errors come in several types
-        raise ConfigError(f"cannot parse spec file {spec_path}: {_yaml_problem(error)}") from None
+        raise ConfigError(f"cannot parse spec file {spec_path}: {_yaml_problem(error, text)}") from None
     if root is not None and _expanded_size(root, {}) > MAX_SPEC_VALUES:
         raise ConfigError(f"spec file {spec_path} expands to more than {MAX_SPEC_VALUES} values (YAML aliases or "
                           "huge lists); a spec holds a few hundred settings, write them out plainly")

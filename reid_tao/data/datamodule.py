@@ -103,7 +103,7 @@ class ReidDataModule(pl.LightningDataModule):
             self.query_records = read_split(self.query_dir, "dataset.query_dataset_dir", self.layout)
             self.gallery_records = read_split(self.gallery_dir, "dataset.test_dataset_dir", self.layout)
             subsets.update(query=self.query_records, gallery=self.gallery_records)
-        log.info("dataset summary\n%s", summary_table(subsets))
+        log.info("dataset summary\n%s", summary_table(subsets, unlabeled=("train",) if self.unlabeled else ()))
 
     def set_pseudo_labels(self, labels: Sequence[int]) -> None:
         """Labels of an unlabeled training split (cluster index per image, -1 = outlier, left out); the next

@@ -144,8 +144,8 @@ class DecodedImageCache:
             for _ in pool.map(decode_range, range(0, len(paths), chunk)):
                 pass  # re-raises the first DataError of a worker
         seconds = time.perf_counter() - start
-        log.info("decoded %d training images into a %.0f MB uint8 cache in %.1f s (%d threads)", len(paths),
-                 images.numel() / 2**20, seconds, threads)
+        log.info("decoded %d training images into a %.0f MB uint8 cache in %.1f s (%d thread%s)", len(paths),
+                 images.numel() / 2**20, seconds, threads, "" if threads == 1 else "s")
         return cls(images, build_seconds=seconds, max_device_fraction=max_device_fraction)
 
     def __len__(self) -> int:

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List
 
 from ..errors import DataError
 from .list_file import list_file_images, read_list_file
-from .market import list_images, scan_market_folder
+from .market import check_has_images, list_images, scan_market_folder
 from .records import ImageRecord
 
 Reader = Callable[[str, str], List[ImageRecord]]
@@ -75,3 +75,11 @@ def read_split(path: str, field: str, layout: str = "auto") -> List[ImageRecord]
 def split_images(path: str, field: str, layout: str = "auto") -> List[str]:
     """Every image of a split, names unparsed: a folder's images sorted by path, a list file's in file order."""
     return LAYOUTS[resolve_layout(path, field, layout)].images(path, field)
+
+
+def check_split_folder(path: str, field: str, layout: str = "auto") -> None:
+    """What :func:`read_split` would refuse at once, without reading the split: a path of another layout than the
+    one named, or a Market-1501 folder without images. Cheap and torch-free, so `reid` runs it before importing
+    torch."""
+    if resolve_layout(path, field, layout) == "market1501":
+        check_has_images(path, field)

@@ -6,6 +6,7 @@ The person id is signed: ``-1`` marks junk boxes (skipped everywhere, TAO reads 
 ``0000`` marks distractors (kept in the gallery, never a match).
 """
 import logging
+import os
 import re
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -33,10 +34,45 @@ def list_images(folder: str, field: str) -> List[Path]:
         raise DataError(f"{field}: folder {folder} does not exist; set {field} to a Market-1501 style folder")
     images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
-        lists = sorted(p.name for p in path.glob("*.txt"))
-        hint = (f"; it holds list files ({', '.join(lists[:3])}): set {field} to one of them" if lists else "")
-        raise DataError(f"{field}: folder {folder} contains no .jpg/.jpeg/.png images{hint}")
+        raise _no_images(folder, field)
     return images
+
+
+def check_has_images(folder: str, field: str) -> None:
+    """The error of :func:`list_images` for a folder without images, found at the first image (no sorting, no
+    parsing): cheap enough to run before torch is imported. A missing folder is left to the reader."""
+    path = Path(folder)
+    if not path.is_dir():
+        return
+    with os.scandir(path) as entries:
+        if any(Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS and entry.is_file() for entry in entries):
+            return
+    raise _no_images(folder, field)
+
+
+def _looks_like_list_file(path: Path) -> bool:
+    """Whether a .txt file starts like a list file ('relative/path pid [camid]'): not a readme or licence."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            lines = [line.split() for line in stream.read(4096).splitlines()]
+    except OSError:
+        return False
+    first = next((words for words in lines if words and not words[0].startswith("#")), None)
+    return first is not None and len(first) >= 2 and first[1].lstrip("-").isdigit()
+
+
+def _no_images(folder: str, field: str) -> DataError:
+    path = Path(folder)
+    lists = sorted(p.name for p in path.glob("*.txt") if _looks_like_list_file(p))
+    folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if lists:
+        hint = f"; it holds list files ({', '.join(lists[:3])}): set {field} to one of them"
+    elif folders:  # e.g. the Market-1501 root instead of its bounding_box_train
+        hint = f"; it holds folders ({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}): set {field} " \
+               "to the one with the images"
+    else:
+        hint = ""
+    return DataError(f"{field}: folder {folder} contains no .jpg/.jpeg/.png images{hint}")
 
 
 def scan_market_folder(folder: str, field: str) -> List[ImageRecord]:

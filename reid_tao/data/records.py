@@ -27,12 +27,13 @@ def relabel(records: Sequence[ImageRecord]) -> Tuple[List[int], Dict[int, int]]:
     return [mapping[r.pid] for r in records], mapping
 
 
-def summary_table(subsets: Dict[str, Sequence[ImageRecord]]) -> str:
-    """Plain-text table: subset, ids, images, cameras."""
+def summary_table(subsets: Dict[str, Sequence[ImageRecord]], unlabeled: Sequence[str] = ()) -> str:
+    """Plain-text table: subset, ids, images, cameras; the subsets named in ``unlabeled`` have no ids to count
+    (their readers give every image one placeholder id)."""
     rows = [("subset", "ids", "images", "cameras")]
     for name, records in subsets.items():
-        rows.append((name, str(len({r.pid for r in records})), str(len(records)),
-                     str(len({r.camid for r in records}))))
+        ids = "unlabeled" if name in unlabeled else str(len({r.pid for r in records}))
+        rows.append((name, ids, str(len(records)), str(len({r.camid for r in records}))))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))

@@ -110,7 +110,11 @@ def checkpoint_callbacks(dirpath: Path, interval: int, unit: str = "epoch", peri
     """reid_model_latest.pth every epoch (for resume); with `periodic`, model_epoch_{epoch:03d}.pth every
     `interval` epochs or model_step_{step:06d}.pth every `interval` steps (`unit`); with `best` (monitor, mode,
     save_top_k, filename, dirpath, auto_insert_metric_name, save_on_train_epoch_end: False for a validation
-    metric), the best-k files by a logged metric."""
+    metric), the best-k files by a logged metric.
+
+    Only the latest and the step files (the resume points inside long epochs) keep the optimiser state: the epoch
+    and best-k files are for evaluate, export and fine-tuning, and the optimiser state (Adam: two values per
+    weight) would triple their size."""
     if unit not in INTERVAL_UNITS:
         raise ValueError(f"unit must be one of {', '.join(INTERVAL_UNITS)}, got {unit!r}")
     if interval < 1:
@@ -120,13 +124,13 @@ def checkpoint_callbacks(dirpath: Path, interval: int, unit: str = "epoch", peri
     if periodic and unit == "epoch":
         callbacks.append(ReidCheckpoint("epoch", dirpath=dirpath, filename=EPOCH_NAME, auto_insert_metric_name=False,
                                         every_n_epochs=interval, save_top_k=-1, save_on_train_epoch_end=True,
-                                        enable_version_counter=False))
+                                        enable_version_counter=False, save_weights_only=True))
     elif periodic:
         callbacks.append(ReidCheckpoint("step", dirpath=dirpath, filename=STEP_NAME, auto_insert_metric_name=False,
                                         every_n_train_steps=interval, save_top_k=-1, enable_version_counter=False))
     if best is not None:
         callbacks.append(ReidCheckpoint("best", **{**best, "dirpath": best.get("dirpath") or dirpath},
-                                        enable_version_counter=False))
+                                        enable_version_counter=False, save_weights_only=True))
     return callbacks
 
 
@@ -156,6 +160,11 @@ def read_checkpoint(path: str, field: str, trust: bool = False) -> Dict[str, Any
         raise DataError(f"{field}: {path} is not a reid_tao training checkpoint (no model metadata inside); "
                         "use a file written by `reid train`")
     return checkpoint
+
+
+def holds_optimiser_state(checkpoint: Dict[str, Any]) -> bool:
+    """Whether training can resume from it (a weights-only file holds the model and its metadata only)."""
+    return "optimizer_states" in checkpoint
 
 
 def is_reid_tao_checkpoint(checkpoint: Dict[str, Any]) -> bool:

@@ -39,6 +39,14 @@ def plan_devices(accelerator: str, num_gpus: int, gpu_ids: Sequence[int], num_no
                  list(gpu_ids), ids)
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+        if accelerator == "cpu" and len(ids) * num_nodes > 1:
+            # several CPU processes change the global batch (and the result): only on request
+            asked = (f"{section}.num_gpus={len(ids)}" if num_nodes == 1 else
+                     f"{section}.num_gpus={len(ids)} x {section}.num_nodes={num_nodes}")
+            raise ConfigError(f"{asked} asks for {len(ids) * num_nodes} GPUs but no CUDA GPU is visible; set "
+                              f"{section}.num_gpus=1{' and ' + section + '.num_nodes=1' if num_nodes > 1 else ''} "
+                              f"to run on the CPU, or {section}.accelerator=cpu to run "
+                              f"{len(ids) * num_nodes} CPU processes on purpose")
     if accelerator == "gpu":
         available = torch.cuda.device_count()
         if available == 0:

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from ..builders.checkpoints import ARCHITECTURE_FIELDS
 from ..config.loader import task_results_dir
 from ..config.notices import field_notices
 from ..engine.status import FAILURE, RUNNING, STARTED, STATUS_FILE, StatusFile
@@ -199,10 +200,8 @@ def prepare_task(config: DictConfig, task: str) -> Path:
     return results
 
 
-# model.* fields that decide the network or its input: at evaluate/inference/export time the checkpoint's
-# values run; the spec's other model.* fields are training settings, except these two read from the spec:
-ARCHITECTURE_FIELDS = ("backbone", "last_stride", "input_width", "input_height", "neck", "feat_dim", "neck_feat",
-                       "gem_pooling", "reduce_feat_dim")
+# At evaluate/inference/export time the checkpoint's ARCHITECTURE_FIELDS run; the spec's other model.* fields
+# are training settings, except these two read from the spec:
 SPEC_MODEL_FIELDS = ("with_flip_feature", "trust_weights_file")
 
 

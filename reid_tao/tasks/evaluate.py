@@ -33,8 +33,8 @@ def eval_folder(config: DictConfig, own: str, fallback: str) -> tuple:
 def run(config: DictConfig, status: StatusFile) -> Optional[EvaluationResult]:
     results_dir = prepare_task(config, "evaluate")
     # a .pth checkpoint or an exported .onnx (fp32, fp16 or int8): the metrics of what ships
-    model, preprocessing, trained = load_embedding_model(task_checkpoint(config, "evaluate"), "evaluate.checkpoint",
-                                                         config, config.evaluate,
+    checkpoint = task_checkpoint(config, "evaluate")
+    model, preprocessing, trained = load_embedding_model(checkpoint, "evaluate.checkpoint", config, config.evaluate,
                                                          trust=config.model.trust_weights_file)
     if trained is not None:  # a .pth: its config decides the model
         record_checkpoint_model(config, trained, "evaluate")
@@ -53,5 +53,6 @@ def run(config: DictConfig, status: StatusFile) -> Optional[EvaluationResult]:
     re_rank = (dict(k1=rerank_cfg.k1, k2=rerank_cfg.k2, lambda_value=rerank_cfg.lambda_value)
                if rerank_cfg.re_ranking else None)
     result = evaluate_features(features, query, gallery, rerank_cfg.max_rank, re_rank)
-    write_outputs(result, OutputContext(config, results_dir, status, section_precision(config.evaluate, model)))
+    write_outputs(result, OutputContext(config, results_dir, status, section_precision(config.evaluate, model),
+                                        checkpoint=checkpoint))
     return result

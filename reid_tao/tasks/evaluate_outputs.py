@@ -13,7 +13,7 @@ from ..engine.status import RUNNING, StatusFile, kpi_from
 from ..evaluation.metrics import RankMetrics, top_ranked
 from ..evaluation.plots import choose_query_rows, plot_cmc_curves, plot_sampled_matches
 from ..evaluation.result import PLAIN, RE_RANKED, EvaluationResult
-from ..io import atomic_write_json
+from ..io import atomic_output, atomic_write_json
 
 log = logging.getLogger("reid_tao.evaluate")
 
@@ -26,6 +26,25 @@ class OutputContext:
     results_dir: Path
     status: StatusFile
     precision: str  # of the features: evaluate.precision, or an exported model's data type
+    checkpoint: str = ""  # the evaluated model's file: its outputs carry its name (see per_model)
+
+
+def per_model(out: OutputContext, name: str) -> Path:
+    """results_dir/<stem>_<model stem><suffix> for the evaluated model (cmc_curve.png -> cmc_curve_model_int8.png),
+    so evaluating a .pth, its fp32 and its INT8 ONNX keeps the outputs of each; the plain name holds a copy of
+    the latest (see keep_as_latest). Without a checkpoint name: the plain name."""
+    plain = out.results_dir / name
+    if not out.checkpoint:
+        return plain
+    return plain.with_name(f"{plain.stem}_{Path(out.checkpoint).stem}{plain.suffix}")
+
+
+def keep_as_latest(path: Path, out: OutputContext, name: str) -> None:
+    """A copy of the model's output under its plain name (metrics.json, ...): the latest evaluation's, findable."""
+    latest = out.results_dir / name
+    if latest != path and path.is_file():  # (a writer replaced in a test may write nothing)
+        with atomic_output(latest, binary=True) as stream:
+            stream.write(path.read_bytes())
 
 
 # A writer returns the file it wrote (listed in the closing log line), or None.
@@ -60,8 +79,11 @@ def write_metrics_json(result: EvaluationResult, out: OutputContext) -> Path:
     report["precision"] = out.precision  # of the features the metrics come from
     if result.shown_name == RE_RANKED:
         report[PLAIN] = metrics_dict(result.plain, result.max_rank)
-    path = out.results_dir / "metrics.json"
+    if out.checkpoint:
+        report["checkpoint"] = out.checkpoint
+    path = per_model(out, "metrics.json")
     atomic_write_json(path, report)
+    keep_as_latest(path, out, "metrics.json")
     return path
 
 
@@ -72,8 +94,11 @@ def write_status_kpi(result: EvaluationResult, out: OutputContext) -> None:
 
 def plot_cmc(result: EvaluationResult, out: OutputContext) -> Path:
     curves = {name: (m.cmc[:result.max_rank], m.mAP) for name, m in result.rankings.items()}
-    path = Path(out.config.evaluate.output_cmc_curve_plot or out.results_dir / "cmc_curve.png")
+    chosen = out.config.evaluate.output_cmc_curve_plot
+    path = Path(chosen) if chosen else per_model(out, "cmc_curve.png")
     plot_cmc_curves(curves, path)
+    if not chosen:
+        keep_as_latest(path, out, "cmc_curve.png")
     return path
 
 
@@ -90,12 +115,15 @@ def plot_matches(result: EvaluationResult, out: OutputContext) -> Optional[Path]
     row_index = torch.as_tensor(rows, device=result.distances.device)
     ranked, is_match = top_ranked(result.distances[row_index], query_pids[rows], gallery_pids, query_camids[rows],
                                   gallery_camids, result.max_rank)
-    path = Path(config.evaluate.output_sampled_matches_plot or out.results_dir / "sampled_matches.png")
+    chosen = config.evaluate.output_sampled_matches_plot
+    path = Path(chosen) if chosen else per_model(out, "sampled_matches.png")
     query = result.query
     plot_sampled_matches([query[i].path for i in rows], [r.path for r in result.gallery], ranked.cpu(),
                          is_match.cpu(), path,
                          query_labels=[f"id {query[i].shown_pid} cam {query[i].camid} AP {query_ap[i]:.2f}"
                                        for i in rows])
+    if not chosen:
+        keep_as_latest(path, out, "sampled_matches.png")
     return path
 
 
@@ -110,5 +138,7 @@ def write_outputs(result: EvaluationResult, out: OutputContext) -> List[Path]:
     written = [path for writer in EVALUATE_WRITERS.values() if (path := writer(result, out)) is not None]
     if written:
         names = [str(path) for path in written]
-        log.info("wrote %s", names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}")
+        log.info("wrote %s%s", names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}",
+                 f" (named after {Path(out.checkpoint).name}; the plain names, e.g. metrics.json, hold a copy of "
+                 "the latest evaluation)" if out.checkpoint else "")
     return written

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..builders import load_trained_model, task_checkpoint
+from ..config.loader import task_results_dir
 from ..data.layouts import split_images
 from ..data.preprocessing import Preprocessing
 from ..engine.onnx_precision import (
@@ -89,15 +90,16 @@ def check_opset(opset: int) -> None:
 
 
 def onnx_path_for(config: DictConfig, checkpoint: str) -> Path:
-    """export.onnx_file, by default beside the checkpoint (as TAO does): model.onnx, model_int8.onnx,
-    model_int8_cpu.onnx (export.int8_target=cpu), ..."""
+    """export.onnx_file, by default in export's results folder, named after the checkpoint and the data type:
+    results_dir/export/reid_model_latest.onnx, ..._int8.onnx, ..._int8_cpu.onnx (export.int8_target=cpu); not
+    beside the checkpoint, in train/."""
     if config.export.onnx_file:
         return Path(config.export.onnx_file)
     data_type = config.export.data_type
     suffix = "" if data_type == "fp32" else f"_{data_type}"
     if data_type == "int8" and config.export.get("int8_target", "tensorrt") != "tensorrt":
         suffix += f"_{config.export.int8_target}"
-    return Path(checkpoint).with_name(f"{Path(checkpoint).stem}{suffix}.onnx")
+    return task_results_dir(config, "export") / f"{Path(checkpoint).stem}{suffix}.onnx"
 
 
 def calibration_split(folder: str, count: int) -> Tuple[List[str], List[str]]:

@@ -11,6 +11,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from ..builders import (
     ADAPTATION_NUM_CLASSES,
     adaptation_callbacks,
+    adaptation_source_config,
     build_datamodule,
     build_module,
     check_resumable,
@@ -110,10 +111,43 @@ def cudnn_flags(cudnn: DictConfig, accelerator: str):
     return benchmark, deterministic
 
 
+class StepCounter(pl.Callback):
+    """The training steps this process ran (0 when a resumed run had no epoch left to train)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.steps += 1
+
+
+def _megabytes(path: Path) -> float:
+    return path.stat().st_size / 1e6
+
+
+def checkpoints_line(results: Path) -> str:
+    """The checkpoints in ``results`` and their sizes: the latest (resumes training) and the weights-only rest."""
+    latest = results / f"{LATEST_NAME}.pth"
+    others = sorted(path for path in results.glob("*.pth") if path != latest)
+    parts = []
+    if latest.is_file():
+        parts.append(f"{latest.name} {_megabytes(latest):.0f} MB (with the optimiser state: resumes training)")
+    # (model_step_* files keep the optimiser state too: resume points inside long epochs)
+    kind = "" if any(path.name.startswith("model_step_") for path in others) else ", weights only"
+    if len(others) == 1:
+        parts.append(f"{others[0].name} {_megabytes(others[0]):.0f} MB{kind}")
+    elif others:
+        parts.append(f"{len(others)} more ({others[0].name} ... {others[-1].name}, "
+                     f"{sum(_megabytes(path) for path in others):.0f} MB in all{kind})")
+    return f"checkpoints in {results}: {', '.join(parts) if parts else 'none'}"
+
+
 @reported("train")
 def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
     """Train per the spec; ``extra_callbacks`` join the Trainer's (``reid tune`` adds its reporter)."""
     _check_dataset_fields(config)
+    if config.adaptation.enable:  # the source checkpoint decides the model (one line says what differed)
+        config = adaptation_source_config(config)
     results = prepare_task(config, "train")
     warning = warmup_warning(config)
     if warning:
@@ -135,7 +169,9 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
                           load_pretrained=checkpoint is None)
     # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
-    callbacks = [preemption, *extra_callbacks, *adaptation_callbacks(config, module, resuming=checkpoint is not None)]
+    counter = StepCounter()
+    callbacks = [preemption, counter, *extra_callbacks,
+                 *adaptation_callbacks(config, module, resuming=checkpoint is not None)]
     trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=callbacks)
     if not adaptation:  # (clusters are checked when each clustering sets them)
         # setup() ran before the Trainer existed (one process): check P x processes now, before any starts
@@ -146,5 +182,11 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
         except SIGTERMException:  # Lightning's own handler, in the moment before ours replace it in fit
             raise Preempted("stopped by SIGTERM while training started, before a checkpoint of this run; "
                             "run the same command to resume", signal.SIGTERM) from None
-    log.info("training finished; checkpoints in %s", results)
+    if checkpoint and counter.steps == 0:
+        log.info("training finished: no epoch ran, %s already holds all train.num_epochs=%d epochs; raise "
+                 "train.num_epochs to train on from it, or use a new results_dir to start afresh", checkpoint,
+                 config.train.num_epochs)
+    else:
+        log.info("training finished")
+    log.info(checkpoints_line(results))
     return results

@@ -6,13 +6,12 @@ forward maps (N, 3, H, W) images to an (N, C, h, w) feature map.
 """
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, FrozenSet, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Tuple
 
-from torch import nn
+from .sizes import RESNET_WIDTHS, SWIN_OUTPUT_STRIDE, SWIN_WIDTHS
 
-from .resnet import RESNET_WIDTHS, ResNetBackbone
-from .swin import OUTPUT_STRIDE as SWIN_OUTPUT_STRIDE
-from .swin import SWIN_WIDTHS, SwinBackbone
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -38,18 +37,24 @@ class ImageNetSource:
 class BackboneEntry:
     family: str  # shown in messages, e.g. "ResNet"
     feature_width: int  # channels of the output feature map
-    build: Callable[[BackboneOptions], nn.Module]
+    build: Callable[[BackboneOptions], "nn.Module"]
     imagenet: ImageNetSource
     options: FrozenSet[str]  # the BackboneOptions fields (besides image_size) this backbone honours
     input_multiple: int = 1  # input height and width must be multiples of this
     reduces_to_feat_dim: bool = True  # a linear reduction to feat_dim by default (else only on request)
 
 
-def _resnet(depth: int, options: BackboneOptions) -> nn.Module:
+# The builders import their modules (torch, torchvision, timm) when called: the table itself imports no torch, so a
+# mistyped model.backbone is answered at once (a new builder keeps its heavy imports inside, like these).
+def _resnet(depth: int, options: BackboneOptions) -> "nn.Module":
+    from .resnet import ResNetBackbone
+
     return ResNetBackbone(depth=depth, last_stride=options.last_stride)
 
 
-def _swin(name: str, options: BackboneOptions) -> nn.Module:
+def _swin(name: str, options: BackboneOptions) -> "nn.Module":
+    from .swin import SwinBackbone
+
     return SwinBackbone(name, img_size=options.image_size, drop_path_rate=options.drop_path_rate,
                         drop_rate=options.drop_rate, attn_drop_rate=options.attn_drop_rate)
 

@@ -3,8 +3,8 @@ import torch
 from torch import nn
 from torchvision import models
 
-# Feature width per depth: BasicBlock nets end with 512 channels, Bottleneck nets with 2048.
-RESNET_WIDTHS = {18: 512, 34: 512, 50: 2048, 101: 2048, 152: 2048}
+from .sizes import RESNET_WIDTHS
+
 RESNET_DEPTHS = tuple(RESNET_WIDTHS)
 
 

@@ -16,15 +16,12 @@ import timm
 import torch
 from torch import nn
 
-SWIN_WIDTHS = {
-    "swin_tiny_patch4_window7_224": 768,
-    "swin_small_patch4_window7_224": 768,
-    "swin_base_patch4_window7_224": 1024,
-}
-PATCH_SIZE = 4
-NUM_STAGES = 4
+from .sizes import SWIN_NUM_STAGES as NUM_STAGES
+from .sizes import SWIN_OUTPUT_STRIDE as OUTPUT_STRIDE
+from .sizes import SWIN_PATCH_SIZE as PATCH_SIZE
+from .sizes import SWIN_WIDTHS
+
 PRETRAINED_WINDOW = 7
-OUTPUT_STRIDE = PATCH_SIZE * 2 ** (NUM_STAGES - 1)  # 32
 
 
 def _closest_divisor(length: int, preferred: int) -> int:
