@@ -6,9 +6,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_readme_test_command_is_the_one_ci_runs():
-    ci_command = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line][-1].strip()
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    ci_commands = [line.strip() for line in ci_lines if line.startswith(("python -m pytest", "ruff "))]
     tests_block = (ROOT / "README.md").read_text().split("**Tests**", 1)[1].split("```", 2)[1]
-    assert ci_command in tests_block.splitlines()
+    assert len(ci_commands) == 2 and all(command in tests_block.splitlines() for command in ci_commands)
 
 
 def test_readme_links_point_to_existing_files():
