@@ -569,3 +569,24 @@ def test_tracks_are_never_split_and_a_lone_track_is_an_identity():
         assert len(set(labels[groups == track].tolist())) == 1  # never split
     assert labels[0] == labels[3] != labels[6]  # person 0's tracks on two cameras joined
     assert (labels >= 0).all() and len(set(labels.tolist())) == 4  # person 3's lone track is an identity
+
+
+def test_the_mean_teacher_is_a_moving_average_of_the_weights():
+    from types import SimpleNamespace
+
+    from reid_tao.engine.adaptation import MeanTeacher
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.constant_(model.weight, 1.0)
+    teacher, module = MeanTeacher(momentum=0.75), SimpleNamespace(model=model)
+    teacher.on_train_start(None, module)
+    for value in (3.0, 5.0):
+        torch.nn.init.constant_(model.weight, value)
+        teacher.on_train_batch_end(None, module, None, None, 0)
+    # the first step's weights start the average (AveragedModel), then 0.75 * 3 + 0.25 * 5: momentum is the
+    # teacher's own share (the other order would give 4.5)
+    assert torch.allclose(teacher.model.weight, torch.full((1, 2), 3.5))
+    restored = MeanTeacher(momentum=0.75)
+    restored.load_state_dict(teacher.state_dict())
+    restored.on_train_start(None, SimpleNamespace(model=torch.nn.Linear(2, 1, bias=False)))
+    assert torch.allclose(restored.model.weight, teacher.model.weight)  # resumed from the checkpoint's state

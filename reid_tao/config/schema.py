@@ -410,9 +410,10 @@ class AdaptationConfig:
         "one cluster rather than one per camera"))
     target_batch_norm: bool = spec_field(True, new=True, help=(
         "before the first clustering, measure the batch-norm statistics on the unlabeled images (AdaBN)"))
-    teacher_momentum: float = spec_field(0.99, bounds=Bounds(low=0, high=0.9999), new=True, help=(
+    teacher_momentum: float = spec_field(0.0, bounds=Bounds(low=0, high=0.9999), new=True, help=(
         "mean teacher: an average of the weights, teacher <- m * teacher + (1 - m) * model after every step, "
-        "embeds for the clustering and is the final model; 0 turns it off"))
+        "embeds for the clustering and is the final model; 0: off. It lags by about 1 / (1 - m) steps: 0.99 "
+        "suits runs of thousands of steps, not a few hundred"))
     source_weight: float = spec_field(0.0, bounds=PROBABILITY, new=True, help=(
         "share of the source model in the final weights (WiSE-FT): w * source + (1 - w) * adapted, set after "
         "the last step; 0 keeps the adapted model"))
