@@ -652,19 +652,29 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- exported models: fp32 vs fp16 vs INT8 ONNX through onnxruntime ---------------------------------------
-def _onnx_images_per_s(session: Any, input_name: str, shape: tuple, min_seconds: float) -> float:
-    """Embedding throughput of one onnxruntime session on preprocessed random images: two untimed runs,
-    then whole runs until ``min_seconds`` have passed (at least three)."""
+def _onnx_images_per_s(sessions: dict[str, Any], input_name: str, shape: tuple, min_seconds: float,
+                       rounds: int) -> dict[str, float]:
+    """Embedding throughput of each onnxruntime session on the same preprocessed random batch: two untimed runs
+    each, then ``rounds`` rounds that time every session in turn for ``min_seconds / rounds`` (at least three
+    runs). images/s = batch size / the median run time: on a shared machine another job's burst lands in a few
+    runs of whichever model is running, and the rounds spread slower spells over all of them."""
+    import statistics
+
     import numpy as np
 
     batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    for _ in range(2):
-        session.run(None, {input_name: batch})
-    runs, start = 0, time.perf_counter()
-    while runs < 3 or time.perf_counter() - start < min_seconds:
-        session.run(None, {input_name: batch})
-        runs += 1
-    return runs * shape[0] / (time.perf_counter() - start)
+    for session in sessions.values():
+        for _ in range(2):
+            session.run(None, {input_name: batch})
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            while len(times[name]) < 3 or time.perf_counter() - start < min_seconds / rounds:
+                begin = time.perf_counter()
+                session.run(None, {input_name: batch})
+                times[name].append(time.perf_counter() - begin)
+    return {name: shape[0] / statistics.median(runs) for name, runs in times.items()}
 
 
 def _onnx_accuracy(run: Callable, query: list, gallery: list, preprocessing: Any) -> dict[str, float]:
@@ -768,6 +778,8 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
     from reid_tao.tasks.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
     quiet_onnxruntime()  # its warnings carry colour escape codes into piped output
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be >= 1")
     data_types = [name for name in args.data_types.split(",") if name != "int8"]
     recipes = _int8_recipes(args) if "int8" in args.data_types.split(",") else {}
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
@@ -801,22 +813,30 @@ def run_onnx(args: argparse.Namespace) -> dict[str, Any]:
 
         input_size = preprocessing.input_size
         options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel,
+                                                   f"ORT_ENABLE_{args.session_optimization.upper()}")
         if args.threads:
             options.intra_op_num_threads = args.threads
-        speed, load_seconds = {}, {}
+        sessions, load_seconds = {}, {}
         for name in files:
             start = time.perf_counter()
-            session = onnxruntime.InferenceSession(str(files[name]), options, providers=["CPUExecutionProvider"])
+            sessions[name] = onnxruntime.InferenceSession(str(files[name]), options, providers=["CPUExecutionProvider"])
             load_seconds[name] = round(time.perf_counter() - start, 3)
-            speed[name] = {str(size): round(_onnx_images_per_s(session, INPUT_NAME, (size, 3, *input_size),
-                                                               args.min_seconds), 1) for size in batch_sizes}
+        speed: dict[str, dict[str, float]] = {name: {} for name in files}
+        for size in batch_sizes:
+            rates = _onnx_images_per_s(sessions, INPUT_NAME, (size, 3, *input_size), args.min_seconds, args.rounds)
+            for name, rate in rates.items():
+                speed[name][str(size)] = round(rate, 1)
+        del sessions
         report: dict[str, Any] = {
             "task": "onnx", "images_per_s": speed, "parity_vs_fp32": parity, "float_nodes": float_nodes,
             "int8_recipes": {label: recipe._asdict() for label, recipe in recipes.items()},
-            "session_load_seconds": load_seconds,
+            "session_load_seconds": load_seconds, "timing": f"median run time, {args.rounds} interleaved rounds",
             "model": args.checkpoint or f"{args.backbone} random weights", "input_size": list(preprocessing.input_size),
             "calibration_images": len(calibration_paths), "onnxruntime": onnxruntime.__version__,
-            "threads": args.threads or "onnxruntime default", "cpu_count": os.cpu_count(), **_cpu_description(),
+            "threads": args.threads or "onnxruntime default", "session_optimization": args.session_optimization,
+            "cpu_count": os.cpu_count(), **_cpu_description(),
+            "load_average_at_end": [round(load, 2) for load in os.getloadavg()],  # other jobs on a shared machine
         }
         if "fp32" in speed:
             report["speedup_vs_fp32"] = {name: {size: round(rate / speed["fp32"][size], 2)
@@ -961,8 +981,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="INT8 calibration images, folder or list file (default: <data>/bounding_box_train); "
                            "64 of them are held out for the parity check")
     onnx.add_argument("--calibration-images", type=int, default=200, help="export.calibration_images")
-    onnx.add_argument("--min-seconds", type=float, default=10.0, help="timed seconds per data type and batch size")
+    onnx.add_argument("--min-seconds", type=float, default=10.0, help="timed seconds per file and batch size")
+    onnx.add_argument("--rounds", type=int, default=3,
+                      help="the files are timed in turn, this many times (images/s from the median run time)")
     onnx.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    onnx.add_argument("--session-optimization", default="all", choices=("basic", "extended", "all"),
+                      help="graph optimisation level of the timed sessions (onnxruntime's default: all)")
     onnx.add_argument("--accuracy", action="store_true", help="also Rank-1 / mAP of each model on query/gallery")
     onnx.add_argument("--query", default=None, help="query folder or list file (default: <data>/query)")
     onnx.add_argument("--gallery", default=None, help="gallery folder or list file (default: <data>/bounding_box_test)")
