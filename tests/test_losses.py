@@ -379,3 +379,12 @@ def test_a_registered_adaptation_term_is_reset_by_each_clustering_and_logged(tin
     assert len(built) == 2 and built[0] is built[1]  # the start's clustering and the one before epoch 1
     metrics = next(results.rglob("metrics.csv")).read_text()
     assert "train_spread_loss" in metrics and "train_memory_loss" in metrics and "train_camera_loss" in metrics
+
+
+def test_every_registered_term_takes_the_batch_cameras():
+    """ReidLoss hands every term the batch's cameras (terms that override weighted() must accept them)."""
+    settings = LossSettings(num_classes=3, feat_dim=4)
+    loss = build_reid_loss(["id", "triplet", "center"], settings)
+    features, targets = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    out = loss(torch.randn(6, 3), features, targets, torch.tensor([1, 2, 1, 2, 1, 2]))
+    assert set(out) == {"loss", "id_loss", "triplet_loss", "center_loss"}

@@ -66,7 +66,7 @@ class CenterLoss(LossTerm):
     def value(self, logits, features, targets):
         return self(features, targets)
 
-    def weighted(self, weight, logits, features, targets):
+    def weighted(self, weight, logits, features, targets, cameras=None):
         # Same value L twice; the first sends weight * dL/df to the features only, the second dL/dc to the
         # centers only (value cancelled, so the total is weight * L).
         for_features = center_loss(features, targets, self.centers.detach())
