@@ -229,22 +229,21 @@ def _jaccard_graph(features: Tensor, k1: int, k2: int, max_distance: float, bloc
     torch.cumsum(used.sum(1), 0, out=row_offset[1:])
     entry_column, entry_weight = members[used], weights[used]
     del members, weights, used
-    entry_row = torch.repeat_interleave(torch.arange(num_all, device=device), row_offset.diff())
+    # Block accumulator: (rows, N - start) float64, a quarter of the temporaries budget.
+    query_rows = block_size or max(1, budget // (32 * num_all))
+    # int32 indices where they fit: the pair expansion below moves half the bytes and runs twice as fast
+    index_dtype = torch.int32 if max(entry_column.shape[0], query_rows * num_all) < 2**31 else torch.long
+    entry_row = torch.repeat_interleave(torch.arange(num_all, device=device, dtype=index_dtype), row_offset.diff())
     posting_row, posting_weight, posting_start, posting_length, entry_first = _inverted_index(
         entry_column, entry_row, entry_weight, num_all)
     entry_length = torch.index_select(posting_start + posting_length, 0, entry_column).sub_(entry_first)
     del entry_column, posting_start, posting_length
+    entry_first, entry_length = entry_first.to(index_dtype), entry_length.to(index_dtype)
     pairs_before = torch.zeros(entry_length.shape[0] + 1, dtype=torch.long, device=device)
-    torch.cumsum(entry_length, 0, out=pairs_before[1:])
+    torch.cumsum(entry_length, 0, dtype=torch.long, out=pairs_before[1:])
     pairs_per_row = pairs_before[row_offset[1:]] - pairs_before[row_offset[:-1]]
     del pairs_before
-    # Block accumulator: (rows, N - start) float64, half the temporaries budget.
-    query_rows = block_size or max(1, budget // (16 * num_all))
     accumulator = torch.zeros(query_rows * num_all, dtype=torch.float64, device=device)
-    # int32 indices where they fit: the pair expansion below moves half the bytes and runs twice as fast
-    index_dtype = torch.int32 if max(entry_length.shape[0], accumulator.shape[0]) < 2**31 else torch.long
-    entry_row, entry_first, entry_length, posting_row = (
-        tensor.to(index_dtype) for tensor in (entry_row, entry_first, entry_length, posting_row))
     # s >= threshold <=> distance <= max_distance; a margin far above the rounding, the exact test follows
     threshold = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) if max_distance < 1.0 else 0.0
     candidate = max(threshold - 1e-6, 0.0)
