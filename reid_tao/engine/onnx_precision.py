@@ -8,7 +8,7 @@ INT8 has two targets (export.int8_target), one :class:`Int8Recipe` each in :data
   the graph, so no calibration cache travels with it; onnxruntime runs it too, but slowly on x86 CPUs.
 - ``cpu``: what onnxruntime's x86 CPU kernels run fastest, chosen by measurement (docs/benchmarks.md):
   unsigned asymmetric activations with signed weights (U8S8), a graph onnxruntime turns into QLinearConv /
-  QLinearAdd throughout. TensorRT refuses it (its zero points are not 0).
+  QLinearAdd throughout, the stem conv included. TensorRT refuses it (its zero points are not 0).
 
 Which layers stay in float was decided by measuring the cosine of INT8 and fp32 embeddings (see
 docs/deployment.md): :data:`FLOAT_LAYERS` names them, :func:`float_node_names` finds them in a graph.
@@ -128,13 +128,15 @@ ACTIVATION_TYPES = ("int8", "uint8")
 # vector width, so a file saved at "all" is only for the machine that wrote it).
 SAVED_OPTIMIZATIONS = ("", "basic", "extended")
 
-# export.int8_target -> recipe. cpu was chosen by measurement on an AVX2 CPU (docs/benchmarks.md): U8S8 lets
-# onnxruntime fuse every convolution into QLinearConv (with symmetric int8 activations the ReLUs stay between
-# the Dequantize/Quantize pairs and most convolutions run in float); QOperator and a saved optimised graph gave
-# the same speed as QDQ, which stays a standard-ONNX file.
+# export.int8_target -> recipe. cpu was chosen by measurement on an AVX2 CPU (docs/benchmarks.md): with unsigned
+# activations onnxruntime fuses every convolution into an integer QLinearConv (with tensorrt's symmetric signed
+# ones each ReLU stays between its convolution and the QuantizeLinear, and most convolutions run in float
+# between a Dequantize and a Quantize). The stem conv is quantized too: the asymmetric range covers the
+# normalised pixels, and a float stem cost 10-20% of the speed for 0.05 mAP. QOperator, a saved optimised
+# graph and reduce_range were no faster; per-tensor weights and a quantized head lost cosine.
 INT8_TARGETS: Dict[str, Int8Recipe] = {
     "tensorrt": Int8Recipe(),
-    "cpu": Int8Recipe(activations="uint8", symmetric_activations=False),
+    "cpu": Int8Recipe(activations="uint8", symmetric_activations=False, float_layers=("embedding_head",)),
 }
 
 
