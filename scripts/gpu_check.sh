@@ -4,7 +4,7 @@
 #   GPU machine: bash scripts/gpu_check.sh        (carried: .bench/market1501.tar.xz, .wheels/*.whl; timeout_s 480)
 #   rehearsal:   GPU_CHECK_DEVICE=cpu bash scripts/gpu_check.sh
 #                the same steps, archive, wheels, paths and flags on the CPU, with capped sizes: the archive
-#                trimmed to a few identities after extraction, ResNet18 at 64x32, a few steps. < 5 min on 2 cores.
+#                trimmed to a few identities after extraction, ResNet18 at 32x16, a few steps. < 5 min on 2 cores.
 #   CI:          GPU_CHECK_DEVICE=cpu GPU_CHECK_DATA=synthetic ... (tests/test_gpu_check.py: no archive needed)
 #
 # Steps run most important first; each has its own timeout, cut to what is left of GPU_CHECK_BUDGET_S
@@ -23,7 +23,7 @@ WORK=${GPU_CHECK_WORK:-/tmp/gpu_check}
 BUDGET=${GPU_CHECK_BUDGET_S:-420}
 STEPS=${GPU_CHECK_STEPS:-all}
 DATA_SOURCE=${GPU_CHECK_DATA:-archive}
-KEEP_IDS=${GPU_CHECK_KEEP_IDS:-16}  # rehearsal: identities kept per split of the real archive
+KEEP_IDS=${GPU_CHECK_KEEP_IDS:-8}  # rehearsal: identities kept per split of the real archive
 mkdir -p "$OUT" "$WORK"
 JSONL=$OUT/gpu_check.jsonl
 : > "$JSONL"
@@ -69,13 +69,13 @@ fi
 if [ "$DEVICE" = cpu ]; then  # rehearsal: capped sizes, the same paths and flags
     SIZES_MARKET=(--num-query 200 --num-gallery 1000 --dim 256)
     SIZES_MSMT=(--num-query 300 --num-gallery 1500 --dim 256)
-    MODEL=(model.backbone=resnet_18 model.input_height=64 model.input_width=32 dataset.batch_size=16
+    MODEL=(model.backbone=resnet_18 model.input_height=32 model.input_width=16 dataset.batch_size=16
            dataset.val_batch_size=64 dataset.num_workers=0 train.accelerator=cpu evaluate.accelerator=cpu)
-    ACCURACY=(--capped train.num_epochs=1 dataset.batch_size=16 dataset.num_workers=0 train.precision=32
-              train.accelerator=cpu evaluate.accelerator=cpu)
-    BENCH=(--device cpu --backbone resnet_18 --height 64 --width 32 --batch-size 16 --workers 0
+    ACCURACY=(--capped train.num_epochs=1 model.input_height=32 model.input_width=16 dataset.batch_size=16
+              dataset.num_workers=0 train.precision=32 train.accelerator=cpu evaluate.accelerator=cpu)
+    BENCH=(--device cpu --backbone resnet_18 --height 32 --width 16 --batch-size 16 --workers 0
            --steps 4 --warmup-steps 1 --ceiling-steps 2)
-    EVAL_BENCH=(--device cpu --backbone resnet_18 --height 64 --width 32 --batch-size 64 --workers 0)
+    EVAL_BENCH=(--device cpu --backbone resnet_18 --height 32 --width 16 --batch-size 64 --workers 0)
     CHECKPOINT=(--device cpu --backbone resnet_18)
     REPEATS=1
 else

@@ -105,3 +105,11 @@ def test_rehearsal_writes_one_json_line_per_step(tmp_path):
     with tarfile.open(tmp_path / "out" / "gpu_check_logs.tar.gz") as tar:
         names = tar.getnames()
     assert "./train.log" in names and not any(name.endswith((".pth", ".jpg")) for name in names)
+    # a warm rerun trains again from scratch: it must not resume the finished run and train nothing
+    again = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                           env={**environment, "GPU_CHECK_STEPS": "train"}, timeout=600, check=False)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    lines = (tmp_path / "out" / "gpu_check.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # this run's lines only
+    rerun = json.loads(lines[0])["result"]
+    assert len(rerun["train_s_per_epoch"]) == 3 and "resuming" not in (tmp_path / "work" / "train.log").read_text()

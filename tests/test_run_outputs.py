@@ -104,7 +104,7 @@ def test_tasks_fall_back_to_the_latest_checkpoint(tiny_market, resumed, capsys):
     assert embeddings[0]["img_path"].startswith(str(tiny_market / "query"))
 
     assert main(["export", f"results_dir={resumed}"]) == 0, capsys.readouterr().err
-    assert latest.with_suffix(".onnx").is_file()
+    assert (resumed / "export" / "reid_model_latest.onnx").is_file()  # export's folder, not train/
     assert read_status(resumed / "export" / "status.json")[-1]["message"] == "Export finished successfully."
 
 

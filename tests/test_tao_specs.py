@@ -173,7 +173,7 @@ def test_full_tao73_experiment_yaml_runs_every_task(pk_market, tmp_path, capsys)
         assert main([task, "-e", spec, *data_overrides(pk_market, results)]) == 0, capsys.readouterr().err
         assert f"{task}.checkpoint is not set: using" in capsys.readouterr().out
     assert (results / "evaluate" / "metrics.json").is_file() and (results / "inference" / "inference.json").is_file()
-    assert (results / "train" / "reid_model_latest.onnx").is_file()
+    assert (results / "export" / "reid_model_latest.onnx").is_file()
 
 
 @pytest.mark.slow

@@ -85,9 +85,7 @@ class CameraProxyLoss(PseudoLabelTerm):
         normalised = F.normalize(features.float(), dim=1)
         proxies = self.proxies.to(normalised.device)
         camera = torch.searchsorted(self.camera_ids, cameras.to(normalised.device))
-        own = self.proxy_of[targets, camera]
-        if bool((own < 0).any()):
-            raise RuntimeError("an image's (cluster, camera) has no proxy: reset_pseudo_labels() with these labels")
+        own = self.proxy_of[targets, camera]  # every trained (cluster, camera) has one: reset built them all
         similarity = normalised @ proxies.clone().T / self.temperature  # (B, P); a copy: the update is in place
         same_camera = self.proxy_camera[None, :] == camera[:, None]
         intra = F.cross_entropy(similarity.masked_fill(~same_camera, float("-inf")), own)
