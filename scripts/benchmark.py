@@ -237,16 +237,24 @@ def _rss_mb() -> float:
 
 
 def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
-    """Pseudo labels for --num synthetic crops: cluster_features (sparse Jaccard graph + DBSCAN), or with
-    --dense what it did before (the dense (N, N) Jaccard distances + DBSCAN) for comparison."""
+    """Pseudo labels for --num synthetic crops: cluster_features (sparse Jaccard graph + DBSCAN) with the
+    adaptation section's defaults unless given, or with --dense what it did before (the dense (N, N) Jaccard
+    distances + DBSCAN; a numeric --eps only) for comparison."""
     import numpy as np
     import torch
 
+    from reid_tao.config.schema import AdaptationConfig
     from reid_tao.evaluation.clustering import agreement, camera_centred, cluster_features, purity
 
+    defaults = AdaptationConfig()
+    eps = defaults.eps if args.eps is None else args.eps
+    settings = dict(eps=None if eps == "auto" else float(eps), eps_share=defaults.eps_share,
+                    min_samples=args.min_samples or defaults.min_samples, k1=args.k1 or defaults.k1,
+                    k2=args.k2 or defaults.k2)
+    if args.dense and settings["eps"] is None:
+        raise SystemExit("cluster --dense: give a numeric --eps (eps auto is for the sparse path)")
     features, identities, cameras = make_people(args.num, args.dim, seed=args.seed, noise_fraction=args.noise)
     cameras = None if args.no_cameras else cameras
-    settings = dict(eps=args.eps, min_samples=args.min_samples, k1=args.k1, k2=args.k2)
     rss_before = _rss_mb()
     start = time.perf_counter()
     if args.dense:
@@ -256,11 +264,14 @@ def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
 
         normalised = torch.nn.functional.normalize(features, dim=1)
         clustered = normalised if cameras is None else camera_centred(normalised, cameras)
-        distance = jaccard_distance(clustered, k1=args.k1, k2=args.k2).clamp_(min=0.0).numpy()
-        labels = DBSCAN(eps=args.eps, min_samples=args.min_samples, metric="precomputed").fit_predict(distance)
+        distance = jaccard_distance(clustered, k1=settings["k1"], k2=settings["k2"]).clamp_(min=0.0).numpy()
+        labels = DBSCAN(eps=settings["eps"], min_samples=settings["min_samples"],
+                        metric="precomputed").fit_predict(distance)
         del distance
+        eps_used = settings["eps"]
     else:
-        labels = cluster_features(features, cameras=cameras, **settings).labels
+        clustering = cluster_features(features, cameras=cameras, **settings)
+        labels, eps_used = clustering.labels, clustering.eps
     seconds = time.perf_counter() - start
     truth = identities.numpy().copy()
     no_one = truth < 0
@@ -274,6 +285,7 @@ def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mb": _peak_rss_mb(),
         "rss_before_mb": rss_before,
         **settings,
+        "eps_used": round(eps_used, 4),
         "camera_centring": cameras is not None,
         "people": int(identities.max()) + 1,
         "clusters": int(labels.max()) + 1,
@@ -936,10 +948,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--num", type=int, default=50000, help="crops (people with 10-20 images, plus noise)")
     cluster.add_argument("--dim", type=int, default=512, help="feature dimensions")
     cluster.add_argument("--noise", type=float, default=0.1, help="share of crops of no one")
-    cluster.add_argument("--eps", type=float, default=0.6, help="adaptation.eps")
-    cluster.add_argument("--min-samples", type=int, default=4, help="adaptation.min_samples")
-    cluster.add_argument("--k1", type=int, default=30, help="adaptation.k1")
-    cluster.add_argument("--k2", type=int, default=6, help="adaptation.k2")
+    cluster.add_argument("--eps", default=None, help="adaptation.eps: a radius or auto (default: the spec's)")
+    cluster.add_argument("--min-samples", type=int, default=None, help="adaptation.min_samples (default: the spec's)")
+    cluster.add_argument("--k1", type=int, default=None, help="adaptation.k1 (default: the spec's)")
+    cluster.add_argument("--k2", type=int, default=None, help="adaptation.k2 (default: the spec's)")
     cluster.add_argument("--no-cameras", action="store_true", help="no camera centring (adaptation.camera_centring)")
     cluster.add_argument("--dense", action="store_true", help="the former dense (N, N) distances instead")
     cluster.add_argument("--seed", type=int, default=0)

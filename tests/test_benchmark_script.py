@@ -85,3 +85,15 @@ def test_onnx_benchmark_variant_errors_are_one_line():
     done = subprocess.run([sys.executable, str(SCRIPT), "onnx", "--int8-variant", "x=cpu,quant_fmt=QDQ"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "unknown field 'quant_fmt'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cluster_benchmark_sparse_equals_dense():
+    settings = ["--num", "600", "--dim", "128", "--eps", "0.6", "--k1", "20", "--min-samples", "4"]
+    sparse, dense = run_script("cluster", *settings), run_script("cluster", *settings, "--dense")
+    assert (sparse["path"], dense["path"]) == ("sparse", "dense") and sparse["num"] == 600
+    assert sparse["clusters"] > 10
+    assert (sparse["clusters"], sparse["outliers"], sparse["purity"]) == (dense["clusters"], dense["outliers"],
+                                                                          dense["purity"])
+    assert sparse["peak_rss_mb"] >= sparse["rss_before_mb"] > 0 and sparse["seconds"] > 0
+    auto = run_script("cluster", "--num", "600", "--dim", "128")  # the spec's defaults: eps auto
+    assert auto["eps"] is None and 0 < auto["eps_used"] < 1 and auto["k1"] == 10

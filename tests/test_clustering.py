@@ -7,7 +7,7 @@ from scipy.sparse import csr_matrix
 from sklearn.cluster import DBSCAN
 
 from reid_tao.evaluation.clustering import camera_centred, cluster_features, dbscan_labels, distance_graph
-from reid_tao.evaluation.rerank import jaccard_distance
+from reid_tao.evaluation.rerank import jaccard_distance, jaccard_graph
 
 
 def dense_distances(features, k1, k2, cameras=None) -> np.ndarray:
@@ -18,6 +18,7 @@ def dense_distances(features, k1, k2, cameras=None) -> np.ndarray:
 
 
 def dense_labels(distances: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    eps = max(eps, np.nextafter(0.0, 1.0))  # scikit-learn's eps > 0: "distance <= 0" for 0
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(distances)
 
 
@@ -69,6 +70,7 @@ def test_dbscan_labels_count_a_stored_zero_as_a_neighbour():
     graph = csr_matrix((np.array([0, 0, 0.5, 0, 0, 0.5, 0, 0.5, 0.5, 0], dtype=np.float32),
                         np.array([0, 1, 2, 1, 0, 2, 2, 0, 1, 3]), np.array([0, 3, 6, 9, 10])), shape=(4, 4))
     np.testing.assert_array_equal(dbscan_labels(graph, eps=0.1, min_samples=2), [0, 0, -1, -1])
+    np.testing.assert_array_equal(dbscan_labels(graph, eps=0.0, min_samples=2), [0, 0, -1, -1])  # an auto eps of 0
     np.testing.assert_array_equal(dbscan_labels(graph, eps=0.5, min_samples=3), [0, 0, 0, -1])
     # at eps >= 1 every pair is within eps, stored or not (the Jaccard distance is at most 1)
     np.testing.assert_array_equal(dbscan_labels(graph, eps=1.0, min_samples=4), [0, 0, 0, 0])
@@ -83,3 +85,28 @@ def test_dbscan_labels_filters_a_graph_kept_beyond_eps():
         cut = distance_graph(features, k1=20, k2=6, cameras=cameras, max_distance=eps)
         assert full.nnz > cut.nnz
         np.testing.assert_array_equal(dbscan_labels(full, eps, 4), dbscan_labels(cut, eps, 4))
+
+
+def test_auto_eps_from_the_nearest_pairs_equals_auto_eps_from_every_pair(monkeypatch):
+    """eps None reads only the pairs auto_eps averages (a graph a fraction of the full one's size) and finds the
+    radius and the clusters the dense distances give."""
+    from reid_tao.evaluation import clustering
+    from reid_tao.evaluation.clustering import auto_eps, auto_eps_pairs
+
+    built = []
+    monkeypatch.setattr(clustering, "jaccard_graph", lambda *args, **kwargs: built.append(
+        jaccard_graph(*args, **kwargs)) or built[-1])
+    features, cameras = people(seed=2)
+    dense = dense_distances(features, 20, 6, cameras)
+    for share in [0.002, 0.01, 0.05]:  # radius 0 (58 pairs at distance 0 here), 0.007, 0.36
+        count = auto_eps_pairs(len(features), share)
+        smallest = np.sort(dense[np.triu_indices(len(features), k=1)])[:count]
+        expected_eps = float(smallest.astype(np.float64).mean())
+        result = cluster_features(features, eps=None, eps_share=share, min_samples=2, k1=20, k2=6, cameras=cameras)
+        assert result.eps == expected_eps
+        assert same_partition(result.labels, dense_labels(dense, expected_eps, 2))
+        full = distance_graph(features, k1=20, k2=6, cameras=cameras)
+        nearest = distance_graph(features, k1=20, k2=6, cameras=cameras, nearest_pairs=count)
+        assert auto_eps(nearest, share) == auto_eps(full, share) == expected_eps
+        assert built[0].nnz == nearest.nnz < full.nnz / 3  # what cluster_features built
+        built.clear()

@@ -338,6 +338,26 @@ def test_jaccard_graph_stores_the_dense_distances_up_to_max_distance(k1, k2, max
     assert (np.diff(graph.data)[same_row] >= 0).all()
 
 
+@pytest.mark.parametrize("nearest_pairs,block_size", [(60, None), (60, 5), (1, 5), (10**6, None)])
+def test_jaccard_graph_keeps_the_nearest_pairs(nearest_pairs, block_size):
+    """nearest_pairs: every pair (i < j) up to the distance of the nearest_pairs-th closest, ties included, and
+    no other; the cut is found across blocks (block_size 5: 50 blocks, pruned many times)."""
+    features = clustered_features(25, 10, 16, seed=7).float()
+    features = torch.cat([features, features[:4]])  # twins: ties at distance 0
+    dense = jaccard_distance(features, 20, 6, block_size=block_size).clamp_(min=0.0).numpy()
+    graph = jaccard_graph(features, 20, 6, nearest_pairs=nearest_pairs, block_size=block_size)
+    stored = stored_entries(graph)
+    upper = np.triu(np.ones_like(dense, dtype=bool), k=1)
+    pairs = np.sort(dense[upper])
+    cut = pairs[nearest_pairs - 1] if nearest_pairs <= (pairs < 1).sum() else 1.0
+    np.testing.assert_array_equal(~np.isnan(stored[upper]), dense[upper] <= cut if cut < 1 else dense[upper] < 1)
+    np.testing.assert_array_equal(stored[upper][~np.isnan(stored[upper])], dense[upper][dense[upper] <= cut]
+                                  if cut < 1 else dense[upper][dense[upper] < 1])
+    assert (~np.isnan(stored[upper])).sum() >= min(nearest_pairs, (pairs < 1).sum())
+
+
 def test_jaccard_graph_rejects_a_negative_max_distance():
     with pytest.raises(ValueError, match="max_distance"):
         jaccard_graph(random_features(5, 4, seed=0), max_distance=-0.1)
+    with pytest.raises(ValueError, match="nearest_pairs"):
+        jaccard_graph(random_features(5, 4, seed=0), nearest_pairs=0)

@@ -51,27 +51,36 @@ def auto_eps(graph: csr_matrix, share: float) -> float:
     distances (each pair once, no image with itself), from a :func:`distance_graph` whose pairs not stored are
     1 apart. ``share`` is about the share of pairs that show one person (images per person / images), so the
     radius sits at the distances of the likely matches."""
-    size = graph.shape[0]
-    pairs = size * (size - 1) // 2
-    count = min(max(int(round(share * pairs)), 1), max(pairs, 1))
+    count = auto_eps_pairs(graph.shape[0], share)
     stored = triu(graph, k=1).data
     if stored.size < count:  # the pairs not stored are at distance 1
         stored = np.concatenate([stored, np.ones(count - stored.size)])
-    return float(np.partition(stored, count - 1)[:count].mean())
+    # summed in float64 in sorted order: the same radius from any graph that holds these distances
+    return float(np.sort(np.partition(stored, count - 1)[:count]).astype(np.float64).mean())
+
+
+def auto_eps_pairs(size: int, share: float) -> int:
+    """How many of the smallest distances among ``size`` images :func:`auto_eps` averages: the graph it reads
+    needs no pair farther than these (``distance_graph(..., nearest_pairs=auto_eps_pairs(N, share))``)."""
+    pairs = size * (size - 1) // 2
+    return min(max(int(round(share * pairs)), 1), max(pairs, 1))
 
 
 def cluster_features(features: torch.Tensor, eps: Optional[float] = 0.6, min_samples: int = 4, k1: int = 30,
                      k2: int = 6, cameras: Optional[torch.Tensor] = None, eps_share: float = 0.0016) -> Clustering:
     """Cluster (N, D) features: :func:`dbscan_labels` of their :func:`distance_graph` (the pairs within
-    ``eps``; eps None: :func:`auto_eps` of the whole graph). The centroids are means of the features themselves,
-    not of the camera-centred ones (the memory compares them with the model's output).
+    ``eps``; eps None: :func:`auto_eps`, from the graph up to the pairs it averages). The centroids are means of
+    the features themselves, not of the camera-centred ones (the memory compares them with the model's output).
 
     Memory: the graph's stored pairs (8 bytes each, a few dozen per image at a useful eps) and DBSCAN's copies
     of them, besides the nearest-neighbour search's blocks (see :func:`~reid_tao.evaluation.rerank.re_ranking`):
     measured in docs/benchmarks.md."""
-    graph = distance_graph(features, k1=k1, k2=k2, cameras=cameras, max_distance=1.0 if eps is None else min(eps, 1.0))
-    if eps is None:
+    if eps is None:  # the graph up to the pairs auto_eps averages: the radius is at most their largest distance
+        graph = distance_graph(features, k1=k1, k2=k2, cameras=cameras,
+                               nearest_pairs=auto_eps_pairs(features.shape[0], eps_share))
         eps = auto_eps(graph, eps_share)
+    else:
+        graph = distance_graph(features, k1=k1, k2=k2, cameras=cameras, max_distance=min(eps, 1.0))
     labels = dbscan_labels(graph, eps=eps, min_samples=min_samples)
     del graph
     normalised = F.normalize(features.float(), dim=1)
@@ -84,15 +93,16 @@ def cluster_features(features: torch.Tensor, eps: Optional[float] = 0.6, min_sam
 
 
 def distance_graph(features: torch.Tensor, k1: int = 30, k2: int = 6, cameras: Optional[torch.Tensor] = None,
-                   max_distance: float = 1.0) -> csr_matrix:
+                   max_distance: float = 1.0, nearest_pairs: Optional[int] = None) -> csr_matrix:
     """The k-reciprocal Jaccard distances :func:`cluster_features` clusters, as the sparse (N, N) graph of
-    :func:`~reid_tao.evaluation.rerank.jaccard_graph` (pairs at most ``max_distance`` apart; every other pair
-    is farther, at most 1) of the L2-normalised features, camera-centred (:func:`camera_centred`) with
-    ``cameras`` (N camera numbers)."""
+    :func:`~reid_tao.evaluation.rerank.jaccard_graph` (pairs at most ``max_distance`` apart, and with
+    ``nearest_pairs`` no farther than the nearest_pairs-th closest pair; every other pair is farther, at most 1)
+    of the L2-normalised features, camera-centred (:func:`camera_centred`) with ``cameras`` (N camera
+    numbers)."""
     clustered = F.normalize(features.float(), dim=1)
     if cameras is not None:
         clustered = camera_centred(clustered, cameras)
-    return jaccard_graph(clustered, k1=k1, k2=k2, max_distance=max_distance)
+    return jaccard_graph(clustered, k1=k1, k2=k2, max_distance=max_distance, nearest_pairs=nearest_pairs)
 
 
 def dbscan_labels(graph: csr_matrix, eps: float, min_samples: int) -> np.ndarray:
@@ -109,6 +119,9 @@ def dbscan_labels(graph: csr_matrix, eps: float, min_samples: int) -> np.ndarray
         close = graph.data <= eps
         indptr = np.concatenate([[0], np.cumsum(close)])[graph.indptr]
         graph = csr_matrix((graph.data[close], graph.indices[close], indptr), shape=graph.shape)
+    # scikit-learn takes eps > 0 only: the smallest positive double keeps "distance <= 0" for eps 0 (the graph
+    # holds float32, none of which lies between them)
+    eps = max(float(eps), float(np.nextafter(0.0, 1.0)))
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
 
 

@@ -183,7 +183,12 @@ def _jaccard_distance(features: Tensor, k1: int, k2: int, block_size: int | None
 
 
 def jaccard_graph(
-    features: Tensor, k1: int = 20, k2: int = 6, max_distance: float = 1.0, block_size: int | None = None
+    features: Tensor,
+    k1: int = 20,
+    k2: int = 6,
+    max_distance: float = 1.0,
+    nearest_pairs: int | None = None,
+    block_size: int | None = None,
 ) -> csr_matrix:
     """Sparse (N, N) form of :func:`jaccard_distance`: the same float32 distances, stored only where they are at
     most ``max_distance``.
@@ -197,6 +202,11 @@ def jaccard_graph(
     scikit-learn's radius neighbours and DBSCAN take as a precomputed sparse graph, where a missing entry
     means "not a neighbour".
 
+    ``nearest_pairs`` (optional) lowers ``max_distance`` to the distance of the ``nearest_pairs``-th closest
+    pair of two probes (i < j; equal distances at that cut all kept): what a radius chosen from the smallest
+    distances (``clustering.auto_eps``) needs, in memory bounded by it instead of by every pair sharing a
+    column.
+
     Returns a symmetric ``scipy.sparse.csr_matrix`` of float32 on the CPU, whatever the features' device.
     Memory: 8 bytes per stored entry (a clustering radius keeps a few dozen per probe; ``max_distance`` 1
     keeps every pair sharing a column: thousands per probe with k1 30, k2 6) plus what
@@ -206,16 +216,21 @@ def jaccard_graph(
     _check_arguments(features, features, k1, k2, 0.0, block_size)
     if not 0.0 <= float(max_distance):
         raise ValueError(f"max_distance must be >= 0, got {max_distance!r}")
+    if nearest_pairs is not None and (isinstance(nearest_pairs, bool) or not isinstance(nearest_pairs, int)
+                                      or nearest_pairs < 1):
+        raise ValueError(f"nearest_pairs must be a positive integer or None, got {nearest_pairs!r}")
     matmul_precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
         with torch.no_grad():
-            return _jaccard_graph(features, k1, k2, float(max_distance), block_size)
+            return _jaccard_graph(features, k1, k2, float(max_distance), nearest_pairs, block_size)
     finally:
         torch.set_float32_matmul_precision(matmul_precision)
 
 
-def _jaccard_graph(features: Tensor, k1: int, k2: int, max_distance: float, block_size: int | None) -> csr_matrix:
+def _jaccard_graph(
+    features: Tensor, k1: int, k2: int, max_distance: float, nearest_pairs: int | None, block_size: int | None
+) -> csr_matrix:
     features = features.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
     num_all = features.shape[0]
     if num_all == 0:
@@ -244,11 +259,8 @@ def _jaccard_graph(features: Tensor, k1: int, k2: int, max_distance: float, bloc
     pairs_per_row = pairs_before[row_offset[1:]] - pairs_before[row_offset[:-1]]
     del pairs_before
     accumulator = torch.zeros(query_rows * num_all, dtype=torch.float64, device=device)
-    # s >= threshold <=> distance <= max_distance; a margin far above the rounding, the exact test follows
-    threshold = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) if max_distance < 1.0 else 0.0
-    candidate = max(threshold - 1e-6, 0.0)
     pair_budget = max(1, budget // _BYTES_PER_PAIR)
-    rows, columns, distances = [], [], []
+    kept_pairs = _KeptPairs(max_distance, nearest_pairs)
     row_offset = row_offset.tolist()
     for start, stop, total_pairs in _query_blocks(pairs_per_row, query_rows, pair_budget):
         width = num_all - start  # columns start..N-1: the pairs (i, j >= i) of rows start..stop-1
@@ -259,17 +271,58 @@ def _jaccard_graph(features: Tensor, k1: int, k2: int, max_distance: float, bloc
         block = accumulator[: (stop - start) * width]
         block.index_add_(0, target, shared.double())
         del target, shared
-        kept = torch.nonzero(block > candidate).squeeze(1)
+        kept = torch.nonzero(block > kept_pairs.overlap_floor()).squeeze(1)
         overlap = block[kept]
         block.zero_()
         # the float32 rounding of the dense form: 0 * 0 - ratio + 1 there equals 1 - ratio here
         distance = (1.0 - overlap.div_(2.0 - overlap).float()).clamp_(min=0.0)
-        close = distance <= max_distance
+        close = distance <= kept_pairs.cut
         kept, distance = kept[close], distance[close]
-        rows.append((kept // width + start).to(torch.int32).cpu().numpy())
-        columns.append((kept % width + start).to(torch.int32).cpu().numpy())
-        distances.append(distance.cpu().numpy())
-    return _symmetric_graph(np.concatenate(rows), np.concatenate(columns), np.concatenate(distances), num_all)
+        kept_pairs.add((kept // width + start).to(torch.int32).cpu().numpy(),
+                       (kept % width + start).to(torch.int32).cpu().numpy(), distance.cpu().numpy())
+    return _symmetric_graph(*kept_pairs.result(), num_all)
+
+
+class _KeptPairs:
+    """The pairs (i <= j) a Jaccard graph keeps: distance <= ``cut``, where ``cut`` starts at ``max_distance``
+    and, with ``nearest_pairs``, falls to the distance of the nearest_pairs-th closest pair (i < j) seen so
+    far (pruned whenever twice that many are held, so memory stays bounded by it)."""
+
+    def __init__(self, max_distance: float, nearest_pairs: int | None) -> None:
+        self.cut, self.nearest_pairs = max_distance, nearest_pairs
+        self.rows: list[np.ndarray] = []
+        self.columns: list[np.ndarray] = []
+        self.distances: list[np.ndarray] = []
+        self.held = 0  # pairs i < j held
+
+    def overlap_floor(self) -> float:
+        """Overlaps at most this are farther than ``cut`` (s >= 2(1-cut)/(2-cut) <=> distance <= cut), with a
+        margin far above the rounding: the exact test is on the distance."""
+        threshold = 2.0 * (1.0 - self.cut) / (2.0 - self.cut) if self.cut < 1.0 else 0.0
+        return max(threshold - 1e-6, 0.0)
+
+    def add(self, rows: np.ndarray, columns: np.ndarray, distances: np.ndarray) -> None:
+        self.rows.append(rows)
+        self.columns.append(columns)
+        self.distances.append(distances)
+        self.held += int((rows != columns).sum())
+        if self.nearest_pairs is not None and self.held > 2 * self.nearest_pairs:
+            self._prune()
+
+    def _prune(self) -> None:
+        rows, columns, distances = (np.concatenate(part) for part in (self.rows, self.columns, self.distances))
+        pair = rows != columns
+        if pair.sum() > self.nearest_pairs:
+            self.cut = min(self.cut, float(np.partition(distances[pair], self.nearest_pairs - 1)[
+                self.nearest_pairs - 1]))
+            kept = ~pair | (distances <= self.cut)
+            rows, columns, distances, pair = rows[kept], columns[kept], distances[kept], pair[kept]
+        self.rows, self.columns, self.distances, self.held = [rows], [columns], [distances], int(pair.sum())
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.nearest_pairs is not None:
+            self._prune()
+        return tuple(np.concatenate(part) for part in (self.rows, self.columns, self.distances))
 
 
 def _symmetric_graph(row: np.ndarray, column: np.ndarray, distance: np.ndarray, size: int) -> csr_matrix:
