@@ -149,7 +149,8 @@ def convert(section: DictConfig, fp32_path: Path, path: Path, preprocessing: Pre
              minimum)
     if mean < COSINE_WARNING:
         log.warning("the %s embeddings differ from fp32 (mean cosine %.4f < %.2f): measure its accuracy with "
-                    "`reid evaluate evaluate.checkpoint=%s` before shipping it", data_type, mean, COSINE_WARNING, path)
+                    "`reid evaluate -e SPEC evaluate.checkpoint=%s` (SPEC: this export's spec) before shipping it",
+                    data_type, mean, COSINE_WARNING, path)
     if float_nodes:
         log.info("left in float: %s", ", ".join(float_nodes))
     return {**record, "parity_cosine_mean": mean, "parity_cosine_min": minimum, "parity_images": described,
