@@ -754,3 +754,16 @@ def test_a_source_anchored_run_trains_and_resumes(tiny_market, tmp_path):
     assert main([*args, "train.num_epochs=2"]) == 0  # resumes from the latest checkpoint: one more epoch
     resumed = torch.load(latest, weights_only=True)
     assert (state["epoch"], resumed["epoch"]) == (0, 1) and resumed["global_step"] == 2 * state["global_step"]
+
+
+def test_resuming_a_source_free_run_with_a_source_stream_names_the_source_field(tiny_market, tmp_path):
+    from reid_tao.builders import check_resumable
+    from reid_tao.errors import DataError
+
+    from helpers import write_untrained_checkpoint
+
+    latest = write_untrained_checkpoint(tiny_market, tmp_path / "latest.pth", num_classes=1)  # source-free: 1 row
+    torch.save({**torch.load(latest, weights_only=True), "optimizer_states": []}, latest)
+    config = source_config(tiny_market, tmp_path, tiny_market, latest)
+    with pytest.raises(DataError, match="trained on 1 identities but adaptation.source_dataset_dir has 6"):
+        check_resumable(str(latest), "train.resume_training_checkpoint_path", config, 6)
