@@ -190,20 +190,19 @@ class ReidDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _make_train_pipelines(self) -> Tuple[TrainPipeline, Optional[TrainPipeline]]:
-        """The target's training pipeline and the source stream's (None without one), of the same kind."""
+    def _make_train_pipeline(self, kind: Optional[str] = None) -> TrainPipeline:
+        """A training pipeline of ``kind`` ("cpu" / "gpu"; None: dataset.pipeline resolved for this device,
+        with the source stream's images counted in the cache)."""
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         # every process of this machine keeps its own cache (of the target's and the source's images)
         copies = self.trainer.num_devices if self.trainer is not None else 1
-        images = len(self.train_records) + len(self.source_records)
-        cache_bytes = cache_bytes_for(images, self.preprocessing.input_size) * copies
-        chosen = resolve_pipeline(self.pipeline, device, cache_bytes)
-        if self.pipeline == "auto":
-            log.info("dataset.pipeline=auto: %s", _pipeline_reason(chosen, device, cache_bytes))
-        source = self._make_train_pipeline(chosen, device, copies) if self.source_records else None
-        return self._make_train_pipeline(chosen, device, copies), source
-
-    def _make_train_pipeline(self, chosen: str, device: Optional[torch.device], copies: int) -> TrainPipeline:
+        chosen = kind
+        if chosen is None:
+            images = len(self.train_records) + len(self.source_records)
+            cache_bytes = cache_bytes_for(images, self.preprocessing.input_size) * copies
+            chosen = resolve_pipeline(self.pipeline, device, cache_bytes)
+            if self.pipeline == "auto":
+                log.info("dataset.pipeline=auto: %s", _pipeline_reason(chosen, device, cache_bytes))
         if chosen == "gpu":
             on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
             # every process on this machine builds its own cache at the same time: share the CPUs
@@ -219,7 +218,9 @@ class ReidDataModule(pl.LightningDataModule):
         """The target's training loader; with a source stream a CombinedLoader of it and the source's (mode
         "min_size": both have the target's length, so an epoch is the target's)."""
         if self.train_pipeline is None:
-            self.train_pipeline, self.source_pipeline = self._make_train_pipelines()
+            self.train_pipeline = self._make_train_pipeline()
+            if self.source_records:  # the same kind, with its own image cache
+                self.source_pipeline = self._make_train_pipeline(self.train_pipeline.name)
         settings, (rank, world_size) = self.loader_settings, self._rank_and_world()
         if not settings.pk_batches:
             # DistributedSampler only takes the length of its "dataset": one label per training image.
