@@ -590,3 +590,180 @@ def test_the_mean_teacher_is_a_moving_average_of_the_weights():
     restored.load_state_dict(teacher.state_dict())
     restored.on_train_start(None, SimpleNamespace(model=torch.nn.Linear(2, 1, bias=False)))
     assert torch.allclose(restored.model.weight, teacher.model.weight)  # resumed from the checkpoint's state
+
+
+# ---------------------------------------------------------------------------- the labelled source stream
+def source_datamodule(target: Path, source: Path, **loader):
+    from reid_tao.data.datamodule import LoaderSettings, ReidDataModule
+    from reid_tao.data.preprocessing import Preprocessing
+
+    settings = LoaderSettings(**{"batch_size": 4, "num_instances": 2, "num_workers": 0, "seed": 3, **loader})
+    datamodule = ReidDataModule(str(target / "bounding_box_train"), loader=settings, pipeline="cpu", unlabeled=True,
+                                source_dir=str(source / "bounding_box_train"),
+                                preprocessing=Preprocessing((32, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    datamodule.setup("fit")
+    return datamodule
+
+
+def batches_of(loader) -> list:
+    """(target batch, source batch) per step of a CombinedLoader."""
+    return [(batch["target"], batch["source"]) for batch, _, _ in iter(loader)]
+
+
+def test_the_source_stream_gives_pk_batches_for_as_many_steps_as_the_target(tiny_market, tmp_path):
+    from helpers import make_market
+
+    # one source PK epoch is a single batch (3 identities x 2 images, P = 2); the target's epoch has several
+    source = make_market(tmp_path / "source", train_ids=range(1, 4), test_ids=(), cams=(1,), per_cam=2)
+    datamodule = source_datamodule(tiny_market, source)
+    assert datamodule.num_source_classes == 3
+    datamodule.set_pseudo_labels([index // 6 for index in range(36)])  # 6 pseudo identities x 6 images
+    loader = datamodule.train_dataloader()
+    target_batches = len(datamodule.train_pipeline.loader(datamodule.train_records, datamodule.train_labels,
+                                                          loader.iterables["target"].sampler, 4))
+    steps = batches_of(loader)
+    assert target_batches > 1 and len(loader) == len(steps) == target_batches  # the target's epoch length
+    for target, source_batch in steps:
+        assert target.images.shape == source_batch.images.shape == (4, 3, 32, 16)
+        pids, counts = source_batch.pids.unique(return_counts=True)
+        assert len(pids) == 2 and counts.tolist() == [2, 2]  # P source identities x K images
+        assert set(pids.tolist()) <= {0, 1, 2}
+    # the source stream cycles through fresh PK epochs: not the same batch at every step
+    assert len({tuple(source_batch.pids.tolist()) for _, source_batch in steps}) > 1
+    # resuming inside the epoch: both streams skip the batches already trained on
+    datamodule.start_epoch_at(0, 1)
+    resumed = batches_of(datamodule.train_dataloader())
+    assert len(resumed) == target_batches - 1
+    assert all(torch.equal(a.pids, b.pids) and torch.equal(c.pids, d.pids)
+               for (a, c), (b, d) in zip(resumed, steps[1:]))
+
+
+def test_the_cycling_sampler_plays_the_epochs_of_its_sampler_one_after_the_other():
+    from reid_tao.data.samplers import CyclingSampler
+
+    inner = PKSampler([0, 0, 1, 1, 2, 2], batch_size=4, num_instances=2, seed=5)  # 4 indices per epoch
+    stream = [index for epoch in range(4) for index in (inner.set_epoch(epoch) or list(inner))]
+    cycling = CyclingSampler(PKSampler([0, 0, 1, 1, 2, 2], batch_size=4, num_instances=2, seed=5), length=6)
+    for epoch in range(2):
+        cycling.set_epoch(epoch)
+        assert len(cycling) == 6 and list(cycling) == stream[6 * epoch:6 * (epoch + 1)]
+
+
+def source_config(market: Path, results: Path, source: Path, checkpoint: Path, *extra: str):
+    from reid_tao.builders import load_experiment
+
+    from helpers import tiny_overrides
+
+    return load_experiment(None, tiny_overrides(market, results) + [
+        "adaptation.enable=true", f"adaptation.source_checkpoint={checkpoint}",
+        f"adaptation.source_dataset_dir={source / 'bounding_box_train'}", *extra])
+
+
+def test_a_source_step_trains_the_classifier_and_logs_its_loss(tiny_market, tmp_path):
+    import pytorch_lightning as pl
+
+    from reid_tao.builders import build_datamodule, build_module, training_num_classes
+
+    from helpers import write_untrained_checkpoint
+
+    checkpoint = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
+
+    def one_step(*extra):
+        config = source_config(tiny_market, tmp_path, tiny_market, checkpoint, "train.seed=1", *extra)
+        datamodule = build_datamodule(config, with_validation=False)
+        datamodule.setup("fit")
+        datamodule.set_pseudo_labels([index // 6 for index in range(36)])
+        module = build_module(config, training_num_classes(config, datamodule))
+        memory = module.loss.term("memory")
+        memory.reset_pseudo_labels(torch.randn(36, 32), torch.tensor(datamodule.train_labels), torch.ones(36))
+        before = module.model.classifier.weight.detach().clone()
+        grads = []
+        if module.model.classifier.weight.requires_grad:
+            module.model.classifier.weight.register_hook(lambda grad: grads.append(grad.abs().sum().item()))
+        trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        trainer.fit(module, datamodule=datamodule)
+        return module, before, grads, trainer.callback_metrics
+
+    module, before, grads, metrics = one_step()
+    assert module.model.classifier.weight.shape[0] == 6  # one row per source identity
+    assert grads and grads[0] > 0 and not torch.equal(module.model.classifier.weight, before)
+    assert "train_source_loss" in metrics and float(metrics["train_source_loss"]) > 0
+    assert float(metrics["train_loss"]) > float(metrics["train_memory_loss"])  # the source term is in the total
+    # source-free: the 1-row classifier gets no gradient and stays as it was
+    module, before, grads, metrics = one_step("adaptation.source_dataset_dir=null")
+    assert module.model.classifier.weight.shape[0] == 1 and not module.model.classifier.weight.requires_grad
+    assert not grads and torch.equal(module.model.classifier.weight, before)
+    assert "train_source_loss" not in metrics
+
+
+def test_the_source_checkpoint_classifier_is_loaded_when_the_identities_match(tiny_market, tmp_path, caplog):
+    from reid_tao.builders import build_model
+
+    from helpers import write_untrained_checkpoint
+
+    checkpoint = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth", num_classes=6)
+    stored = torch.load(checkpoint, weights_only=True)["state_dict"]["model.classifier.weight"]
+    config = source_config(tiny_market, tmp_path, tiny_market, checkpoint)
+    assert torch.equal(build_model(config, 6).classifier.weight, stored)  # ready-made class centres
+    with caplog.at_level("INFO"):
+        fresh = build_model(config, 7).classifier.weight
+    assert fresh.shape == (7, 32) and not torch.equal(fresh[:6], stored)
+    assert any("holds 6 classifier rows for the 7 identities" in r.getMessage() and "afresh" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("case", ["missing", "one identity"])
+def test_a_bad_source_dataset_dir_is_one_line(tiny_market, tmp_path, capsys, case):
+    from reid_tao.cli import main
+
+    from helpers import make_market, tiny_overrides, write_untrained_checkpoint
+
+    checkpoint = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
+    source = tmp_path / "missing" if case == "missing" else make_market(tmp_path / "one", train_ids=(1,),
+                                                                        test_ids=())
+    code = main(["train", *tiny_overrides(tiny_market, tmp_path / "results"), "adaptation.enable=true",
+                 f"adaptation.source_checkpoint={checkpoint}",
+                 f"adaptation.source_dataset_dir={source / 'bounding_box_train'}", "wandb.enable=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and "Traceback" not in "\n".join(err)
+    assert len(err) == 1 and "adaptation.source_dataset_dir" in err[0]
+    assert ("does not exist" if case == "missing" else "1 identity") in err[0]
+
+
+@pytest.mark.slow
+def test_a_source_anchored_run_trains_and_resumes(tiny_market, tmp_path):
+    from reid_tao.cli import main
+
+    from helpers import make_market, tiny_overrides, write_untrained_checkpoint
+
+    checkpoint = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
+    source = make_market(tmp_path / "source", train_ids=range(1, 9), test_ids=())
+    results = tmp_path / "results"
+    args = ["train", *tiny_overrides(tiny_market, results, **{
+        "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null", "train.num_epochs": 1,
+        "wandb.enable": "false"}), "adaptation.enable=true", f"adaptation.source_checkpoint={checkpoint}",
+        "adaptation.eps=0.7", "adaptation.k1=4", "adaptation.k2=2", "adaptation.tracklets=off",
+        f"adaptation.source_dataset_dir={source / 'bounding_box_train'}"]
+    assert main(args) == 0
+    latest = results / "train" / "reid_model_latest.pth"
+    state = torch.load(latest, weights_only=True)
+    assert state["state_dict"]["model.classifier.weight"].shape[0] == 8 and state["reid_tao"]["num_classes"] == 8
+    header = (results / "train" / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train_source_loss" in header
+    assert main([*args, "train.num_epochs=2"]) == 0  # resumes from the latest checkpoint: one more epoch
+    resumed = torch.load(latest, weights_only=True)
+    assert (state["epoch"], resumed["epoch"]) == (0, 1) and resumed["global_step"] == 2 * state["global_step"]
+
+
+def test_resuming_a_source_free_run_with_a_source_stream_names_the_source_field(tiny_market, tmp_path):
+    from reid_tao.builders import check_resumable
+    from reid_tao.errors import DataError
+
+    from helpers import write_untrained_checkpoint
+
+    latest = write_untrained_checkpoint(tiny_market, tmp_path / "latest.pth", num_classes=1)  # source-free: 1 row
+    torch.save({**torch.load(latest, weights_only=True), "optimizer_states": []}, latest)
+    config = source_config(tiny_market, tmp_path, tiny_market, latest)
+    with pytest.raises(DataError, match="trained on 1 identities but adaptation.source_dataset_dir has 6"):
+        check_resumable(str(latest), "train.resume_training_checkpoint_path", config, 6)

@@ -51,6 +51,7 @@ from .training import (
                           optimizer_arguments,
                           preprocessing_for,
                           scheduler_arguments,
+                          training_num_classes,
                           wandb_settings,
 )
 
@@ -62,4 +63,4 @@ __all__ = ["ADAPTATION_NUM_CLASSES", "ARCHITECTURES", "ARCHITECTURE_FIELDS", "BA
            "load_trained_model", "loss_terms", "needs_validation", "optimizer_arguments", "preprocessing_for",
            "resolve_choices", "resume_path", "scheduler_arguments", "spec_fields_markdown", "table_choices_module",
            "task_checkpoint",
-           "trained_num_classes", "wandb_settings"]
+           "trained_num_classes", "training_num_classes", "wandb_settings"]

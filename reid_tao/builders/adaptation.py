@@ -5,7 +5,7 @@ from omegaconf import DictConfig
 
 from ..engine.adaptation import FinalWeights, MeanTeacher, PseudoLabelCallback
 from ..engine.module import ReidModule
-from .training import ADAPTATION_NUM_CLASSES, build_model
+from .training import build_model
 
 
 def pseudo_label_callback(config: DictConfig, module: ReidModule,
@@ -29,7 +29,8 @@ def final_weights(config: DictConfig, module: ReidModule, resuming: bool,
     weight = config.adaptation.source_weight
     source = None
     if weight > 0:
-        source = (build_model(config, ADAPTATION_NUM_CLASSES) if resuming else module.model).state_dict()
+        rows = module.model.classifier.out_features  # (one per source identity with a source stream)
+        source = (build_model(config, rows) if resuming else module.model).state_dict()
     return FinalWeights(source, weight, teacher=teacher, measure_statistics=config.adaptation.target_batch_norm,
                         batch_size=config.dataset.val_batch_size, num_workers=config.dataset.num_workers)
 

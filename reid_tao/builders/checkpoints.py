@@ -272,9 +272,12 @@ def check_resumable(path: str, field: str, config: DictConfig, num_classes: int,
                         f"with model.pretrain_choice=self model.pretrained_model_path={path}")
     trained_classes = _stored_num_classes(metadata, checkpoint, source)
     if trained_classes != num_classes:
-        raise DataError(f"cannot resume from {path}: it was trained on {trained_classes} identities but "
-                        f"dataset.train_dataset_dir has {num_classes}; use a new results_dir or "
-                        "model.pretrain_choice=self to start from it")
+        now = f"dataset.train_dataset_dir has {num_classes}"
+        if config.adaptation.enable:  # the classifier is the source stream's (1 unused row without one)
+            now = (f"adaptation.source_dataset_dir has {num_classes}" if config.adaptation.source_dataset_dir
+                   else "source-free adaptation trains none (adaptation.source_dataset_dir is not set)")
+        raise DataError(f"cannot resume from {path}: it was trained on {trained_classes} identities but {now}; "
+                        "use a new results_dir or model.pretrain_choice=self to start from it")
 
 
 def adaptation_source_config(config: DictConfig) -> DictConfig:

@@ -30,11 +30,28 @@ def _load_self(model: Baseline, model_cfg: DictConfig) -> None:
     _load_trained_weights(model, model_cfg, model_cfg.pretrained_model_path, "model.pretrained_model_path")
 
 
-def load_adaptation_source(model: Baseline, model_cfg: DictConfig, path: str) -> None:
+def load_adaptation_source(model: Baseline, model_cfg: DictConfig, path: str, with_classifier: bool = False) -> None:
     """adaptation.source_checkpoint: the model to adapt, loaded as model.pretrain_choice=self loads its file, but
     whole: the spec's model is the source's own (builders.checkpoints.adaptation_source_config), so every tensor
-    but the classifier must load."""
-    _load_trained_weights(model, model_cfg, path, "adaptation.source_checkpoint", whole=True)
+    but the classifier must load. with_classifier (a labelled source stream, one classifier row per source
+    identity): the checkpoint's classifier rows too when it has as many (ready-made class centres, e.g. a
+    Market model adapted with Market's training images as the source), else the classifier starts afresh."""
+    checkpoint = _load_trained_weights(model, model_cfg, path, "adaptation.source_checkpoint", whole=True)
+    if with_classifier:
+        _load_classifier(model, checkpoint, path)
+
+
+def _load_classifier(model: Baseline, checkpoint: Optional[Dict[str, Any]], path: str) -> None:
+    rows = model.classifier.weight.shape[0]
+    stored = model_state_dict(checkpoint).get("classifier.weight") if checkpoint is not None else None
+    if stored is not None and stored.shape == model.classifier.weight.shape:
+        model.classifier.load_state_dict({"weight": stored})
+        log.info("adaptation.source_checkpoint: its %d classifier rows are the source identities' (as many as "
+                 "adaptation.source_dataset_dir holds): loaded", rows)
+        return
+    held = f"{stored.shape[0]} classifier rows" if stored is not None and stored.dim() == 2 else "no classifier"
+    log.info("adaptation.source_checkpoint: %s holds %s for the %d identities of adaptation.source_dataset_dir; "
+             "the classifier starts afresh", path, held, rows)
 
 
 def _stored_backbone(checkpoint: Dict[str, Any]) -> Optional[str]:
@@ -46,14 +63,16 @@ def _stored_backbone(checkpoint: Dict[str, Any]) -> Optional[str]:
     return backbone if isinstance(backbone, str) else None
 
 
-def _load_trained_weights(model: Baseline, model_cfg: DictConfig, path: str, field: str, whole: bool = False) -> None:
+def _load_trained_weights(model: Baseline, model_cfg: DictConfig, path: str, field: str,
+                          whole: bool = False) -> Optional[Dict[str, Any]]:
+    """Load ``path`` into ``model``; returns the reid_tao checkpoint read (None for any other file)."""
     checkpoint = read_checkpoint_file(path, field, trust=model_cfg.trust_weights_file)
     if not is_reid_tao_checkpoint(checkpoint):
         log.info("%s: %s is not a reid_tao checkpoint; reading it as backbone weights", field, path)
         if is_tao_checkpoint(checkpoint):
             _check_tao_backbone_fits(checkpoint, model_cfg, field, path)
         weights.load_backbone_weights(model.backbone, checkpoint)  # logs its match report, fails when poor
-        return
+        return None
     stored = _stored_backbone(checkpoint)
     if stored is not None and stored != model_cfg.backbone:
         # e.g. resnet_34 under resnet_18: the first 120 names match and the rest would be dropped unsaid
@@ -85,6 +104,7 @@ def _load_trained_weights(model: Baseline, model_cfg: DictConfig, path: str, fie
         f"{(unused or ['-'])[0]}) and {len(fresh)} of this model's start afresh")
     log.info("%s: loaded %d/%d backbone tensors and %d head tensors from %s%s", field, loaded_backbone,
              len(backbone_keys), len(transferable) - loaded_backbone, path, differs)
+    return checkpoint
 
 
 def _check_tao_backbone_fits(checkpoint: Dict[str, Any], model_cfg: DictConfig,

@@ -39,6 +39,9 @@ WITH_CENTER_LOSS = ("center",)
 # adaptation.enable: these pseudo-label terms take the ID loss's place (no classifier: the identities change with
 # every clustering); the center loss does not apply for the same reason.
 ADAPTATION_TERMS = MetricLoss(drops=("id", "center"), adds=("memory", "camera"))
+# adaptation.source_dataset_dir: the labelled source batch trains with BoT's losses (the classifier has one row per
+# source identity).
+SOURCE_TERMS = ("id", "triplet")
 # model.backbone options per spec field (a field applies only to backbones whose entry lists its option).
 BACKBONE_OPTION_FIELDS = {"last_stride": "last_stride", "dropout_rate": "drop_rate", "drop_path": "drop_path_rate",
                           "att_drop_rate": "attn_drop_rate"}

@@ -14,11 +14,12 @@ from ..model.backbones import BACKBONES, BackboneOptions
 from ..model.baseline import Baseline
 from ..model.losses import LOSS_TERMS, LossSettings, ReidLoss, build_reid_loss
 from .pretrained import PRETRAINED_LOADERS, load_adaptation_source
-from .spec import SAMPLERS, loss_terms
+from .spec import SAMPLERS, SOURCE_TERMS, loss_terms
 
 log = logging.getLogger(__name__)
 
-# adaptation: the identities are clusters that change; the unused classifier gets one output
+# adaptation: the identities are clusters that change; the unused classifier gets one output (with a labelled
+# source stream it has one per source identity: training_num_classes)
 ADAPTATION_NUM_CLASSES = 1
 
 
@@ -46,7 +47,20 @@ def build_datamodule(config: DictConfig, with_validation: bool = True) -> ReidDa
                               num_instances=data.num_instances, seed=max(config.train.seed, 0),
                               camera_balanced=config.adaptation.enable and config.adaptation.camera_balanced_batches),
         pipeline=data.pipeline, channels_last=config.train.channels_last, layout=data.layout,
-        unlabeled=config.adaptation.enable)
+        unlabeled=config.adaptation.enable, source_dir=source_dataset_dir(config))
+
+
+def source_dataset_dir(config: DictConfig) -> Optional[str]:
+    """adaptation.source_dataset_dir when adaptation.enable (the labelled source stream), else None."""
+    return config.adaptation.source_dataset_dir if config.adaptation.enable else None
+
+
+def training_num_classes(config: DictConfig, datamodule: ReidDataModule) -> int:
+    """The classifier's rows: the training identities; with adaptation ADAPTATION_NUM_CLASSES, or the source
+    identities with a source stream (the data module must have run setup)."""
+    if not config.adaptation.enable:
+        return datamodule.num_classes
+    return datamodule.num_source_classes if source_dataset_dir(config) else ADAPTATION_NUM_CLASSES
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -68,7 +82,8 @@ def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = Tr
     model = Baseline(backbone, num_classes=num_classes, feat_dim=model_cfg.feat_dim, neck=model_cfg.neck,
                      neck_feat=model_cfg.neck_feat, gem_pooling=model_cfg.gem_pooling, reduce_feat_dim=reduce)
     if load_pretrained and config.adaptation.enable:
-        load_adaptation_source(model, model_cfg, config.adaptation.source_checkpoint)
+        load_adaptation_source(model, model_cfg, config.adaptation.source_checkpoint,
+                               with_classifier=bool(source_dataset_dir(config)))
     elif load_pretrained:
         PRETRAINED_LOADERS[model_cfg.pretrain_choice](model, model_cfg)
     return model
@@ -78,6 +93,19 @@ def build_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss:
     """The chosen LOSS_TERMS, each weighted by the spec field its class names (weight_field)."""
     model, data, adaptation = config.model, config.dataset, config.adaptation
     names = loss_terms(data.sampler, model.metric_loss_type, model.with_center_loss, adaptation.enable)
+    return _weighted_loss(config, names, num_classes, feat_dim)
+
+
+def build_source_loss(config: DictConfig, num_classes: int, feat_dim: int) -> Optional[ReidLoss]:
+    """The loss of the labelled source batch (SOURCE_TERMS, weighted as in supervised training), or None
+    without a source stream."""
+    if not source_dataset_dir(config):
+        return None
+    return _weighted_loss(config, SOURCE_TERMS, num_classes, feat_dim)
+
+
+def _weighted_loss(config: DictConfig, names, num_classes: int, feat_dim: int) -> ReidLoss:
+    model, adaptation = config.model, config.adaptation
     settings = LossSettings(num_classes=num_classes, feat_dim=feat_dim, label_smooth=model.label_smooth,
                             triplet_margin=None if model.no_margin else config.train.optim.triplet_loss_margin,
                             memory_temperature=adaptation.temperature, memory_momentum=adaptation.momentum,
@@ -165,6 +193,8 @@ def build_module(config: DictConfig, num_classes: int, num_query: int = 0, load_
         model.train_metric_losses_on_neck()  # the clustered and memorised feature (Cluster Contrast)
     return ReidModule(
         model=model, loss=build_loss(config, num_classes, model.feat_dim),
+        source_loss=build_source_loss(config, num_classes, model.feat_dim),
+        source_loss_weight=config.adaptation.source_loss_weight,
         optimizer=optimizer_arguments(config), scheduler=scheduler_arguments(config),
         center_lr=config.train.optim.center_lr,
         grad_clip=config.train.grad_clip, seed=config.train.seed, flip_feature=config.model.with_flip_feature,

@@ -54,12 +54,17 @@ ADAPTATION_INERT_FIELDS = {
 }
 
 
+# ... except these, which the labelled source stream (adaptation.source_dataset_dir) trains with
+SOURCE_STREAM_FIELDS = ("model.id_loss_weight", "model.label_smooth")
+
+
 def _adaptation_notices(config: DictConfig, defaults: DictConfig) -> List[str]:
     adaptation = config.adaptation
     if adaptation.enable:
+        used = SOURCE_STREAM_FIELDS if adaptation.source_dataset_dir else ()
         return [f"{field}={OmegaConf.select(config, field)!r} has no effect: {reason}"
                 for field, reason in ADAPTATION_INERT_FIELDS.items()
-                if OmegaConf.select(config, field) != OmegaConf.select(defaults, field)]
+                if field not in used and OmegaConf.select(config, field) != OmegaConf.select(defaults, field)]
     return [f"adaptation.{name}={adaptation[name]!r} has no effect: adaptation.enable is false"
             for name in adaptation if name != "enable" and adaptation[name] != defaults.adaptation[name]]
 

@@ -40,6 +40,8 @@ def named_paths(config: DictConfig, task: str) -> list[tuple[str, str]]:
                    if not config.evaluate[f"{split}_dataset"]]
     elif task == "inference" and not (config.inference.query_dataset or config.inference.test_dataset):
         fields += [(field, "data") for field in DATASET_FOLDERS[1:]]  # both fall back together
+    if task == "train" and config.adaptation.enable:  # the labelled source stream of adaptation
+        fields.append(("adaptation.source_dataset_dir", "data"))
     return [(field, kind) for field, kind in fields if _value(config, field)]
 
 

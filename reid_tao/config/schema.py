@@ -417,6 +417,12 @@ class AdaptationConfig:
     source_weight: float = spec_field(0.0, bounds=PROBABILITY, new=True, help=(
         "share of the source model in the final weights (WiSE-FT): w * source + (1 - w) * adapted, set after "
         "the last step; 0 keeps the adapted model"))
+    source_dataset_dir: Optional[str] = spec_field(None, new=True, help=(
+        "a labelled source split (e.g. Market-1501's bounding_box_train, any layout dataset.layout reads): each "
+        "step also trains on a PK batch of it (ID + triplet loss, forwarded apart from the target batch), which "
+        "anchors the model to what its labels taught; null: source-free adaptation"))
+    source_loss_weight: float = spec_field(1.0, bounds=NON_NEGATIVE, new=True, help=(
+        "weight of the source batch's loss (ID + triplet) in the total, with adaptation.source_dataset_dir"))
 
 
 @dataclass

@@ -20,6 +20,7 @@ TABLE_CHOICES = {
         'train_center_loss',
         'train_memory_loss',
         'train_camera_loss',
+        'train_source_loss',
         'train_acc_1',
         'mAP',
         'mINP',

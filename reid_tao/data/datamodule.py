@@ -4,6 +4,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
@@ -13,14 +14,20 @@ from .layouts import read_split
 from .pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
 from .preprocessing import Preprocessing
 from .records import ImageRecord, relabel, summary_table
-from .samplers import PKSampler, SubsetSampler
+from .samplers import CyclingSampler, PKSampler, SubsetSampler
+from .seeding import derive_seed
 from .settings import AugmentSettings, LoaderSettings
 from .unlabeled import read_unlabeled
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ReidDataModule", "Preprocessing", "MARKET_PREPROCESSING", "AugmentSettings", "LoaderSettings",
-           "eval_dataset", "eval_loader", "effective_workers"]
+           "eval_dataset", "eval_loader", "effective_workers", "TARGET", "SOURCE"]
+
+# The keys of a training batch with a labelled source stream (domain adaptation): a dict of two Batches.
+TARGET, SOURCE = "target", "source"
+SOURCE_FIELD = "adaptation.source_dataset_dir"
+SOURCE_STREAM = 1  # derives the source stream's sampling and augmentation seeds from the run's seed
 
 MARKET_PREPROCESSING = Preprocessing(input_size=(256, 128), pixel_mean=(0.485, 0.456, 0.406),
                                      pixel_std=(0.226, 0.226, 0.226))
@@ -51,7 +58,7 @@ class ReidDataModule(pl.LightningDataModule):
     def __init__(self, train_dir: Optional[str], query_dir: Optional[str] = None, gallery_dir: Optional[str] = None,
                  preprocessing: Preprocessing = MARKET_PREPROCESSING, augment: AugmentSettings = AugmentSettings(),
                  loader: LoaderSettings = LoaderSettings(), pipeline: str = "cpu", channels_last: bool = False,
-                 layout: str = "auto", unlabeled: bool = False):
+                 layout: str = "auto", unlabeled: bool = False, source_dir: Optional[str] = None):
         """Splits are read with :func:`~reid_tao.data.layouts.read_split` in ``layout`` (a name in
         :data:`~reid_tao.data.layouts.LAYOUTS`, or "auto": detected from each path); with ``unlabeled`` the
         training split is read as unlabeled images (:mod:`~reid_tao.data.unlabeled`), labelled by clustering.
@@ -63,8 +70,19 @@ class ReidDataModule(pl.LightningDataModule):
         pipeline batches on CUDA come in channels_last memory format. unlabeled: the training split is read
         with :func:`~reid_tao.data.unlabeled.read_unlabeled` and has no labels until
         :meth:`set_pseudo_labels` gives it some (domain adaptation); PK batches then draw from the
-        clustered images only."""
+        clustered images only.
+
+        source_dir: with ``unlabeled``, a labelled source split (read with ``read_split``) trained beside the
+        target: every training batch is then a dict ``{TARGET: Batch, SOURCE: Batch}``, the source part a PK
+        batch of source identities (same batch size, K and augmentation) drawn by a :class:`CyclingSampler`
+        through as many source PK epochs as the target's epoch (whose length decides the epoch's) needs."""
         super().__init__()
+        if source_dir and not unlabeled:
+            raise ValueError("source_dir needs unlabeled=True (a source stream beside unlabeled target images)")
+        self.source_dir = source_dir or None
+        self.source_records: List[ImageRecord] = []
+        self.source_labels: List[int] = []
+        self.source_pipeline: Optional[TrainPipeline] = None
         self.train_dir, self.query_dir, self.gallery_dir, self.layout = train_dir, query_dir, gallery_dir, layout
         self.preprocessing, self.augment, self.loader_settings = preprocessing, augment, loader
         resolve_pipeline(pipeline)  # reject unknown names now, resolve "auto" once the device is known
@@ -80,6 +98,11 @@ class ReidDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(set(self.train_labels))
+
+    @property
+    def num_source_classes(self) -> int:
+        """Identities of the labelled source split (0 without one)."""
+        return len(set(self.source_labels))
 
     @property
     def has_validation(self) -> bool:
@@ -99,6 +122,14 @@ class ReidDataModule(pl.LightningDataModule):
                                 "re-identification training needs at least 2 (Market-1501 has 751)")
             self.check_identities_per_batch()
         subsets = {"train": self.train_records}
+        if self.source_dir:
+            self.source_records = read_split(self.source_dir, SOURCE_FIELD, self.layout)
+            self.source_labels, _ = relabel(self.source_records)
+            if self.num_source_classes < 2:
+                raise DataError(f"{SOURCE_FIELD}: {self.source_dir} holds {self.num_source_classes} identity; the "
+                                "labelled source stream needs at least 2 (Market-1501's bounding_box_train has 751)")
+            self.check_source_identities()
+            subsets["source"] = self.source_records
         if self.query_dir and self.gallery_dir:
             self.query_records = read_split(self.query_dir, "dataset.query_dataset_dir", self.layout)
             self.gallery_records = read_split(self.gallery_dir, "dataset.test_dataset_dir", self.layout)
@@ -141,18 +172,37 @@ class ReidDataModule(pl.LightningDataModule):
             needed, fix = f"{needed} x {world_size} processes", f"{fix} or use fewer devices"
         raise DataError(f"dataset.train_dataset_dir: {self.num_classes} identities are fewer than the {needed}; {fix}")
 
+    def check_source_identities(self, world_size: Optional[int] = None) -> None:
+        """The source stream's PK batches need P source identities per process."""
+        settings = self.loader_settings
+        if not self.source_labels:
+            return
+        per_batch = settings.batch_size // settings.num_instances
+        if world_size is None:
+            _, world_size = self._rank_and_world()
+        if self.num_source_classes < per_batch * world_size:
+            raise DataError(f"{SOURCE_FIELD}: {self.num_source_classes} identities are fewer than the "
+                            f"{per_batch * world_size} a PK batch needs (dataset.batch_size / dataset.num_instances"
+                            f"{' x processes' if world_size > 1 else ''}); use a larger source or lower "
+                            "dataset.batch_size")
+
     def _rank_and_world(self) -> Tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _make_train_pipeline(self) -> TrainPipeline:
+    def _make_train_pipeline(self, kind: Optional[str] = None) -> TrainPipeline:
+        """A training pipeline of ``kind`` ("cpu" / "gpu"; None: dataset.pipeline resolved for this device,
+        with the source stream's images counted in the cache)."""
         device = self.trainer.strategy.root_device if self.trainer is not None else None
-        # every process of this machine keeps its own cache
+        # every process of this machine keeps its own cache (of the target's and the source's images)
         copies = self.trainer.num_devices if self.trainer is not None else 1
-        cache_bytes = cache_bytes_for(len(self.train_records), self.preprocessing.input_size) * copies
-        chosen = resolve_pipeline(self.pipeline, device, cache_bytes)
-        if self.pipeline == "auto":
-            log.info("dataset.pipeline=auto: %s", _pipeline_reason(chosen, device, cache_bytes))
+        chosen = kind
+        if chosen is None:
+            images = len(self.train_records) + len(self.source_records)
+            cache_bytes = cache_bytes_for(images, self.preprocessing.input_size) * copies
+            chosen = resolve_pipeline(self.pipeline, device, cache_bytes)
+            if self.pipeline == "auto":
+                log.info("dataset.pipeline=auto: %s", _pipeline_reason(chosen, device, cache_bytes))
         if chosen == "gpu":
             on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
             # every process on this machine builds its own cache at the same time: share the CPUs
@@ -164,9 +214,13 @@ class ReidDataModule(pl.LightningDataModule):
         """Resuming mid-epoch: the training loader of epoch ``epoch`` skips its first ``batches`` batches."""
         self._resume_at = (int(epoch), int(batches))
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
+        """The target's training loader; with a source stream a CombinedLoader of it and the source's (mode
+        "min_size": both have the target's length, so an epoch is the target's)."""
         if self.train_pipeline is None:
             self.train_pipeline = self._make_train_pipeline()
+            if self.source_records:  # the same kind, with its own image cache
+                self.source_pipeline = self._make_train_pipeline(self.train_pipeline.name)
         settings, (rank, world_size) = self.loader_settings, self._rank_and_world()
         if not settings.pk_batches:
             # DistributedSampler only takes the length of its "dataset": one label per training image.
@@ -188,14 +242,32 @@ class ReidDataModule(pl.LightningDataModule):
         # Lightning creates the first iterator (and loader workers start drawing indices) before it sets the
         # sampler's epoch, so set it now. On resume trainer.current_epoch still reads the last finished
         # epoch here; the epoch about to run is the one Lightning itself gives samplers: epochs processed.
-        sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
-        return self.train_pipeline.loader(self.train_records, self.train_labels, sampler, settings.batch_size)
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        sampler.set_epoch(epoch)
+        target = self.train_pipeline.loader(self.train_records, self.train_labels, sampler, settings.batch_size)
+        if not self.source_records:
+            return target
+        source_base = CyclingSampler(PKSampler(self.source_labels, settings.batch_size, settings.num_instances,
+                                               seed=derive_seed(settings.seed, SOURCE_STREAM), rank=rank,
+                                               world_size=world_size), len(base))
+        # its own augmentation seeds: the same as the target's would crop and erase both batches alike
+        source_sampler = SeededSampler(source_base, derive_seed(settings.seed, SOURCE_STREAM), rank)
+        if self._resume_at is not None:  # skips as many batches as the target's
+            epoch_at, batches = self._resume_at
+            source_sampler.start_at(epoch_at, batches * settings.batch_size)
+        source_sampler.set_epoch(epoch)
+        source = self.source_pipeline.loader(self.source_records, self.source_labels, source_sampler,
+                                             settings.batch_size)
+        return CombinedLoader({TARGET: target, SOURCE: source}, mode="min_size")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Training batches go through the training pipeline (the "gpu" one makes the images here)."""
         trainer = self.trainer
         if self.train_pipeline is None or trainer is None or not trainer.training:
             return batch
+        if isinstance(batch, dict):  # with a source stream: each part through its own pipeline (image cache)
+            return {TARGET: self.train_pipeline.on_after_batch_transfer(batch[TARGET], trainer.global_rank),
+                    SOURCE: self.source_pipeline.on_after_batch_transfer(batch[SOURCE], trainer.global_rank)}
         return self.train_pipeline.on_after_batch_transfer(batch, trainer.global_rank)
 
     def val_dataloader(self) -> DataLoader:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-__all__ = ["PKSampler", "SubsetSampler"]
+__all__ = ["CyclingSampler", "PKSampler", "SubsetSampler"]
 
 _UINT64 = 2**64
 
@@ -206,3 +206,39 @@ class SubsetSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices[np.fromiter(iter(self.sampler), dtype=np.int64)].tolist())
+
+
+class CyclingSampler(torch.utils.data.Sampler[int]):
+    """``length`` indices per epoch from ``sampler``'s epochs played one after the other, as one endless stream:
+    epoch e yields stream positions ``e * length .. (e + 1) * length - 1``, where stream position p is item
+    ``p % len(sampler)`` of ``sampler``'s epoch ``p // len(sampler)``.
+
+    A second data stream whose epochs must last as long as the main one's (``length``): the labelled source of
+    domain adaptation cycles through its own PK epochs (each a fresh draw) however many the target's epoch needs.
+    A pure function of the epoch, like the samplers it wraps; ``sampler`` must keep one length for all epochs
+    (:class:`PKSampler` does) and be a multiple of the batch size, so the stream's batches stay whole."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler[int], length: int) -> None:
+        if length < 0:
+            raise ValueError(f"CyclingSampler: length must be >= 0, got {length}")
+        if len(sampler) == 0 and length > 0:
+            raise ValueError("CyclingSampler: the cycled sampler is empty")
+        self.sampler, self.length, self.epoch = sampler, int(length), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        if self.length == 0:
+            return iter(())
+        period = len(self.sampler)
+        first, last = self.epoch * self.length, (self.epoch + 1) * self.length  # stream positions [first, last)
+        parts = []
+        for cycle in range(first // period, (last - 1) // period + 1):
+            self.sampler.set_epoch(cycle)
+            parts.append(np.fromiter(iter(self.sampler), dtype=np.int64, count=period))
+        start = first - (first // period) * period
+        return iter(np.concatenate(parts)[start:start + self.length].tolist())

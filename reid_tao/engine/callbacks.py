@@ -39,7 +39,9 @@ class EpochSummary(pl.Callback):
         if not trainer.is_global_zero:
             return
         seconds = time.perf_counter() - self._start
-        images = trainer.num_training_batches * trainer.train_dataloader.batch_size * trainer.world_size
+        loaders = trainer.train_dataloader  # a dict of loaders with adaptation's source stream: all images count
+        per_step = sum(loader.batch_size for loader in (loaders.values() if isinstance(loaders, dict) else [loaders]))
+        images = trainer.num_training_batches * per_step * trainer.world_size
         metrics = trainer.callback_metrics
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         # TAO's numbering, as the bar, model_epoch_NNN.pth and status.json (epoch / max_epoch): from 0

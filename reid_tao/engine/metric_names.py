@@ -21,6 +21,9 @@ VALIDATION_METRICS = tuple(VALIDATION)
 ADAPTATION = {"clusters": Metric("max", "clusters"),
               "outliers": Metric("min", "outliers"), "images_used": Metric("max", "images_used")}
 
+# The labelled source stream of adaptation (adaptation.source_dataset_dir): its loss, unweighted.
+SOURCE_LOSS = "source_loss"
+
 
 def train_name(key: str) -> str:
     """The logged name of a training-step value: loss -> train_loss, id_loss -> train_id_loss."""
@@ -30,6 +33,7 @@ def train_name(key: str) -> str:
 def logged_metrics() -> Dict[str, Metric]:
     """Every logged metric name -> its Metric, with one loss per registered term (read at call time)."""
     losses = {train_name(value_name(term)): Metric("min") for term in LOSS_TERMS}
+    losses[train_name(SOURCE_LOSS)] = Metric("min")
     return {train_name("loss"): Metric("min", "train_loss"), **losses,
             train_name("acc_1"): Metric("max", "train_acc"), **VALIDATION, **ADAPTATION}
 

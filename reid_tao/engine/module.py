@@ -6,9 +6,10 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ..data.datamodule import SOURCE, TARGET
 from ..data.seeding import derive_seed
 from ..evaluation.features import embed
-from .metric_names import train_name, validation_values
+from .metric_names import SOURCE_LOSS, train_name, validation_values
 from .optim import build_center_optimizer, build_optimizer, build_scheduler
 from .precision import autocast_for
 
@@ -28,17 +29,25 @@ class ReidModule(pl.LightningModule):
                  center_lr: float = 0.5, grad_clip: float = 0.0,
                  seed: int = -1, flip_feature: bool = False, max_rank: int = 10, num_query: int = 0,
                  metadata: Dict[str, Any] = None, compile_model: bool = False, channels_last: bool = False,
-                 re_ranking: Optional[Dict[str, float]] = None, val_precision: str = "32"):
+                 re_ranking: Optional[Dict[str, float]] = None, val_precision: str = "32",
+                 source_loss: Optional[nn.Module] = None, source_loss_weight: float = 1.0):
+        """source_loss: the loss of a labelled source batch trained in the same steps (domain adaptation with a
+        source stream: training batches are then dicts of a TARGET and a SOURCE batch, forwarded separately so
+        batch norm sees each domain's own batch statistics); the total is
+        ``loss(target) + source_loss_weight * source_loss(source)``."""
         super().__init__()
+        if source_loss_weight < 0:
+            raise ValueError(f"source_loss_weight must be >= 0, got {source_loss_weight}")
         self.automatic_optimization = False
         self.model, self.loss = model, loss
+        self.source_loss, self.source_loss_weight = source_loss, float(source_loss_weight)
         self.optimizer_args, self.scheduler_args = optimizer, scheduler
         self.center_lr, self.grad_clip = center_lr, grad_clip
         self.seed, self.flip_feature, self.max_rank, self.num_query = seed, flip_feature, max_rank, num_query
         self.metadata = metadata or {}
         self.compile_model, self.channels_last = compile_model, channels_last
         self.val_precision = val_precision  # evaluate.precision: validation computes as `reid evaluate` does
-        if not loss.needs_logits:
+        if not (loss.needs_logits or (source_loss is not None and source_loss.needs_logits)):
             model.freeze_id_head()  # no ID loss: parameters without gradients would break DDP
         # Not registered as a submodule, so checkpoints keep the plain `model.` keys.
         self.__dict__["_train_forward"] = self.model
@@ -81,14 +90,28 @@ class ReidModule(pl.LightningModule):
         if self.seed >= 0:
             pl.seed_everything(epoch_seed(self.seed, self.current_epoch, self.global_rank), verbose=False)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels = batch.images, batch.pids
+    def _forward(self, images: torch.Tensor):
         if self.channels_last and images.is_cuda:
             images = images.contiguous(memory_format=torch.channels_last)
+        return self._train_forward(images)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        source = None
+        if isinstance(batch, dict):  # a target and a labelled source batch (see __init__)
+            batch, source = batch[TARGET], batch[SOURCE]
+        labels = batch.pids
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        logits, features = self._train_forward(images)
+        logits, features = self._forward(batch.images)
         losses = self.loss(logits, features, labels, batch.camids)
+        if source is not None:
+            # a second forward: the source's batch-norm statistics stay apart from the target's
+            source_logits, source_features = self._forward(source.images)
+            source_losses = self.source_loss(source_logits, source_features, source.pids, source.camids)
+            losses = {**losses, "loss": losses["loss"] + self.source_loss_weight * source_losses["loss"],
+                      SOURCE_LOSS: source_losses["loss"].detach()}
+            # the ID accuracy is the classifier's, over the source identities (the target's are pseudo labels)
+            logits, labels = source_logits, source.pids
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         self.manual_backward(losses["loss"])

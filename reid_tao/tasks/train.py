@@ -9,7 +9,6 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..builders import (
-    ADAPTATION_NUM_CLASSES,
     adaptation_callbacks,
     adaptation_source_config,
     build_datamodule,
@@ -18,6 +17,7 @@ from ..builders import (
     checkpoint_settings,
     needs_validation,
     resume_path,
+    training_num_classes,
     wandb_settings,
 )
 from ..config.notices import warmup_warning
@@ -157,7 +157,7 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
     datamodule = build_datamodule(config)
     datamodule.setup("fit")
     adaptation = config.adaptation.enable
-    num_classes = ADAPTATION_NUM_CLASSES if adaptation else datamodule.num_classes
+    num_classes = training_num_classes(config, datamodule)
     if not adaptation and config.dataset.num_classes != datamodule.num_classes:
         log.info("dataset.num_classes=%d is not needed: %d identities found in dataset.train_dataset_dir",
                  config.dataset.num_classes, datamodule.num_classes)
@@ -176,6 +176,7 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
     if not adaptation:  # (clusters are checked when each clustering sets them)
         # setup() ran before the Trainer existed (one process): check P x processes now, before any starts
         datamodule.check_identities_per_batch(trainer.world_size)
+    datamodule.check_source_identities(trainer.world_size)
     with preemption.catching_signals():
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
