@@ -151,7 +151,7 @@ class PreemptionCheckpoint(pl.Callback):
             self.received = signum
             return
         self._position = {"epoch": trainer.current_epoch, "batch": batch_idx + 1, "rng": rng_states()}
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: it resumes
         name = signal.Signals(signum).name
         raise Preempted(f"preempted by {name} in epoch {trainer.current_epoch + 1}/{trainer.max_epochs} after "
                         f"batch {batch_idx + 1}/{trainer.num_training_batches} (global step {trainer.global_step}); "
