@@ -22,20 +22,8 @@ TAO_RESNET = DATA / "tao_experiment_market1501_resnet.yaml"
 TAO_SWIN = DATA / "tao_experiment_market1501_swin.yaml"
 
 
-def tao73_spec(tmp_path) -> str:
-    """TAO 7.3's experiment.yaml; train.cudnn is added to the schema on another branch (issue 16): until that
-    is merged, the copy leaves the section out."""
-    if "cudnn" in schema_config().train:
-        return str(TAO73)
-    spec = yaml.safe_load(TAO73.read_text())
-    del spec["train"]["cudnn"]
-    path = tmp_path / "tao73_experiment.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
-
-
 def test_full_tao73_experiment_yaml_loads(tmp_path):
-    config = load_experiment(tao73_spec(tmp_path))
+    config = load_experiment(str(TAO73))
     # TAO 7.3 writes `???` for the mandatory checkpoints: read as unset, so the fallback applies
     assert config.evaluate.checkpoint is None and config.inference.checkpoint is None
     assert config.wandb.enable is True and list(config.wandb.tags) == ["training", "tao-toolkit"]
@@ -51,8 +39,7 @@ def test_every_tao73_field_is_in_the_schema():
 
     schema = set(keys(yaml.safe_load(__import__("omegaconf").OmegaConf.to_yaml(schema_config()))))
     tao = set(keys(yaml.safe_load(TAO73.read_text())))
-    missing = {key for key in tao - schema if not key.startswith("train.cudnn.")}  # issue 16's section
-    assert not missing
+    assert not tao - schema
 
 
 def test_mandatory_marker_in_a_required_field_is_one_line(tmp_path):
@@ -63,7 +50,7 @@ def test_mandatory_marker_in_a_required_field_is_one_line(tmp_path):
 
 
 def test_fields_without_effect_log_one_line_each(tmp_path):
-    config = load_experiment(tao73_spec(tmp_path), [
+    config = load_experiment(str(TAO73), [
         "train.optim.cosine_scale=64", "train.optim.lr_monitor=train_loss", "model_name=re_identification",
         "evaluate.trt_engine=/models/reid.engine"])
     train_lines = field_notices(config, "train")
@@ -77,11 +64,11 @@ def test_fields_without_effect_log_one_line_each(tmp_path):
 
 def test_unknown_keys_stay_errors(tmp_path):
     with pytest.raises(ConfigError, match="did you mean train.checkpointer.save_top_k"):
-        load_experiment(tao73_spec(tmp_path), ["train.checkpointer.save_topk=2"])
+        load_experiment(str(TAO73), ["train.checkpointer.save_topk=2"])
 
 
 def test_tao73_settings_reach_the_constructors(tmp_path):
-    config = load_experiment(tao73_spec(tmp_path), [
+    config = load_experiment(str(TAO73), [
         "train.checkpointer.enable_topk=true", "train.checkpointer.save_top_k=2", "train.checkpoint_interval_unit=step",
         "train.checkpoint_interval=50", "evaluate.batch_size=7", "wandb.run_id=abc", "wandb.entity=''"])
     settings = checkpoint_settings(config)
@@ -92,7 +79,7 @@ def test_tao73_settings_reach_the_constructors(tmp_path):
     assert extraction_batch_size(config, "inference") == config.dataset.val_batch_size  # -1: TAO's default
     wandb = wandb_settings(config)
     assert wandb["id"] == "abc" and wandb["entity"] is None and wandb["project"] == "TAO Toolkit"
-    replaced = load_experiment(tao73_spec(tmp_path), ["train.checkpointer.enable_topk=true",
+    replaced = load_experiment(str(TAO73), ["train.checkpointer.enable_topk=true",
                                                       "train.checkpointer.replace_periodic=true",
                                                       "train.checkpointer.monitor=train_loss"])
     settings = checkpoint_settings(replaced)
@@ -161,7 +148,7 @@ def resnet50_weights(path):
 def test_full_tao73_experiment_yaml_runs_every_task(pk_market, tmp_path, capsys):
     from reid_tao.cli import main
 
-    spec = tao73_spec(tmp_path)
+    spec = str(TAO73)
     results = tmp_path / "results"
     weights = resnet50_weights(tmp_path / "resnet50.pth")
     train = ["train", "-e", spec, *data_overrides(pk_market, results), "train.num_epochs=1",
@@ -185,8 +172,8 @@ def test_tao_sample_specs_train(spec, pk_market, tmp_path, capsys):
     if spec == TAO_RESNET:
         overrides.append(f"model.pretrained_model_path={resnet50_weights(tmp_path / 'resnet50.pth')}")
     else:
-        # pretrain_choice=self with a Swin backbone file is another branch's work (issue 11, item 2): start
-        # from random weights here.
+        # TAO's Swin spec fine-tunes from a TAO Swin checkpoint (tests/test_tao_checkpoint.py loads one): this
+        # test checks that the spec trains, from random weights
         overrides.append("model.pretrain_choice=''")
     assert main(["train", "-e", str(spec), *overrides]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
