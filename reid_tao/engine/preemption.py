@@ -112,7 +112,7 @@ class PreemptionCheckpoint(pl.Callback):
             signum = int(trainer.strategy.reduce(flag, reduce_op="max"))
         return signum
 
-    # -- outside a training step (issue 25) -------------------------------------------------------------
+    # -- outside a training step -------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         # Lightning installs its own SIGTERM handler inside fit; it runs a collective inside the handler (DDP
         # deadlock when the whole process group gets the signal) and ends validation or a checkpoint write
