@@ -74,13 +74,14 @@ def test_other_runtime_errors_are_not_disguised_as_write_errors(tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_past_the_file_size_limit_keeps_the_previous_latest(tiny_market, tmp_path, capsys):
-    overrides = tiny_overrides(tiny_market, tmp_path / "r", **{"train.num_epochs": 1})
+    big = {"model.backbone": "resnet_18"}  # a checkpoint far over LIMIT (the tiny backbone's is under 1 MB)
+    overrides = tiny_overrides(tiny_market, tmp_path / "r", **big, **{"train.num_epochs": 1})
     assert main(["train"] + overrides) == 0
     latest = tmp_path / "r/train/reid_model_latest.pth"
     before = latest.read_bytes()
     assert len(before) > LIMIT
 
-    more = tiny_overrides(tiny_market, tmp_path / "r", **{"train.num_epochs": 2})
+    more = tiny_overrides(tiny_market, tmp_path / "r", **big, **{"train.num_epochs": 2})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "reid_tao", "train", *more], capture_output=True, text=True,
                           timeout=600, env=env, cwd=ROOT, preexec_fn=_limit_file_size)
@@ -96,12 +97,9 @@ def test_checkpoint_past_the_file_size_limit_keeps_the_previous_latest(tiny_mark
     assert torch.load(latest, weights_only=True)["epoch"] == 1
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_market, module_tmp) -> Path:
-    results = module_tmp / "trained"
-    results.mkdir()
-    assert main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1})) == 0
-    return results / "train" / "reid_model_latest.pth"
+@pytest.fixture
+def trained(trained_checkpoint) -> Path:
+    return trained_checkpoint
 
 
 def _in_the_way(path: Path) -> Path:

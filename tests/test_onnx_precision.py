@@ -214,7 +214,8 @@ def test_onnxruntime_warnings_are_quieted(tmp_path):
 # ------------------------------------------------------------------------- INT8 targets, on the engine level
 @pytest.fixture(scope="module")
 def tiny_fp32(tiny_market, tmp_path_factory):
-    """An untrained tiny model's fp32 ONNX (32x16 input, 32-d), random calibration and parity batches."""
+    """An untrained resnet_18's fp32 ONNX (32x16 input, 32-d), random calibration and parity batches: a real
+    backbone, with the residual adds and downsample convolutions that quantization must handle."""
     import torch
 
     from reid_tao.builders import build_model, load_experiment
@@ -223,7 +224,7 @@ def tiny_fp32(tiny_market, tmp_path_factory):
     from helpers import tiny_overrides
 
     root = tmp_path_factory.mktemp("int8_targets")
-    config = load_experiment(None, tiny_overrides(tiny_market, root))
+    config = load_experiment(None, tiny_overrides(tiny_market, root, **{"model.backbone": "resnet_18"}))
     torch.manual_seed(0)
     model = build_model(config, 6, load_pretrained=False).eval()
     export_onnx(model, root / "fp32.onnx", (32, 16), 17)
