@@ -1,5 +1,6 @@
 """Shared fixtures (helpers live in helpers.py), the test-only backbone and the ``gpu`` marker's skip on machines
 without CUDA."""
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -40,14 +41,22 @@ def tiny_market(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_checkpoint(tiny_market, tmp_path_factory) -> Path:
+def trained_checkpoint(tiny_market, tmp_path_factory):
     """One tiny 1-epoch checkpoint (tiny_overrides: the test-only backbone, 32x16 input, 32-d, 6 classes) for every
     test that needs "some trained checkpoint". Read it only: a test that changes it copies it to its tmp_path."""
     from reid_tao.cli import main
 
     results = tmp_path_factory.mktemp("trained")
     assert main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1})) == 0
-    return results / "train" / "reid_model_latest.pth"
+    checkpoint = results / "train" / "reid_model_latest.pth"
+
+    def state():
+        return hashlib.sha256(checkpoint.read_bytes()).hexdigest(), sorted(map(str, results.rglob("*")))
+
+    before = state()
+    yield checkpoint
+    # shared by many tests: one that changed it, or wrote next to it, would make the others depend on the order
+    assert state() == before, "a test changed trained_checkpoint or wrote next to it: copy it to tmp_path first"
 
 
 @pytest.fixture(scope="module")
