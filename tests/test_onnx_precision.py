@@ -21,6 +21,9 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+TINY_STEM = "/backbone/backbone.0/backbone.0.0/Conv"  # the first convolution of tests/support/tiny_backbone.py
+
+
 @pytest.fixture(scope="module")
 def models(tiny_market, tmp_path_factory):
     """An untrained tiny checkpoint (32x16, 32-d) and its fp32, fp16 and INT8 exports (INT8 for TensorRT, the
@@ -46,7 +49,7 @@ def test_int8_export_is_quantized_runs_and_agrees_with_the_checkpoint(tiny_marke
     operators = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= operators
     sidecar = json.loads(files["int8"].with_suffix(".json").read_text())
-    assert sidecar["data_type"] == "int8" and sidecar["float_nodes"][0] == "/backbone/conv1/Conv"
+    assert sidecar["data_type"] == "int8" and sidecar["float_nodes"][0] == TINY_STEM
     assert sidecar["int8_target"] == "tensorrt"
     assert 0.9 < sidecar["parity_cosine_min"] <= sidecar["parity_cosine_mean"] <= 1
     reid = yaml.safe_load(files["int8"].with_name("model_int8_nvdcf_reid.yml").read_text())["ReID"]
@@ -69,7 +72,7 @@ def test_int8_cpu_export_records_its_target_agrees_and_writes_no_tensorrt_config
     sidecar = json.loads(files["int8_cpu"].with_suffix(".json").read_text())
     assert sidecar["data_type"] == "int8" and sidecar["int8_target"] == "cpu"
     assert 0.95 < sidecar["parity_cosine_min"] <= sidecar["parity_cosine_mean"] <= 1
-    assert sidecar["float_nodes"][0] == "/backbone/conv1/Conv"
+    assert sidecar["float_nodes"][0] == TINY_STEM
     quantize = [node for node in onnx.load(str(files["int8_cpu"])).graph.node if node.op_type == "QuantizeLinear"]
     assert quantize and all(node.input[2] for node in quantize)
     # TensorRT refuses unsigned asymmetric INT8: no DeepStream config that would point it at this file
