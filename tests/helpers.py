@@ -1,10 +1,16 @@
 """Helpers shared by the tests: tiny Market-1501 style folders and overrides for seconds-long runs.
 
 Import them with ``from helpers import ...`` (tests/ is on sys.path, see pyproject.toml)."""
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tiny_backbone import NAME as TINY_BACKBONE
+
+SUPPORT = Path(__file__).resolve().parent / "support"  # scripts and modules the tests run or import
+# `python -m reid_tao` for a test's subprocess, with the test-only backbone of tiny_overrides registered
+REID = (sys.executable, str(SUPPORT / "reid.py"))
 
 
 def write_person(path: Path, pid: int, cam: int, index: int, size=(32, 16)) -> None:
@@ -40,10 +46,11 @@ def make_market(root: Path, train_ids=range(1, 7), test_ids=range(101, 105), cam
 
 
 def tiny_overrides(market: Path, results: Path, **extra) -> list:
-    """Overrides for a seconds-long CPU run on the tiny dataset."""
+    """Overrides for a seconds-long CPU run on the tiny dataset, with the test-only backbone (tests/support/
+    tiny_backbone.py; registered by conftest.py): a test of a real backbone names it in ``extra``."""
     overrides = {
         "results_dir": str(results),
-        "model.backbone": "resnet_18", "model.pretrain_choice": "''", "model.input_height": 32,
+        "model.backbone": TINY_BACKBONE, "model.pretrain_choice": "''", "model.input_height": 32,
         "model.input_width": 16, "model.feat_dim": 32,
         "dataset.train_dataset_dir": str(market / "bounding_box_train"),
         "dataset.query_dataset_dir": str(market / "query"),
@@ -51,8 +58,8 @@ def tiny_overrides(market: Path, results: Path, **extra) -> list:
         "dataset.batch_size": 8, "dataset.num_instances": 2, "dataset.num_workers": 0, "dataset.padding": 2,
         "dataset.val_batch_size": 16,
         "train.num_epochs": 2, "train.optim.warmup_iters": 1, "train.optim.lr_steps": "[1]",
-        # only reid_model_latest.pth (a resnet_18 checkpoint with Adam state is ~135 MB): tests that check the
-        # periodic model_epoch_NNN.pth files ask for them with train.checkpoint_interval
+        # only reid_model_latest.pth: tests that check the periodic model_epoch_NNN.pth files ask for them with
+        # train.checkpoint_interval
         "train.checkpoint_interval": 1000,
         "train.accelerator": "cpu",
     }

@@ -2,14 +2,13 @@
 no escape codes, none of Lightning's chatter; the validation figures say which ranking they come from."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from reid_tao.engine.callbacks import throughput
 
-from helpers import tiny_overrides
+from helpers import REID, tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 CHATTER = ("GPU available", "TPU available", "limit_val_batches", "Trainer.fit` stopped", "max_epochs reached",
@@ -21,7 +20,7 @@ def test_piped_training_output_is_plain_lines(tiny_market, tmp_path):
     overrides = tiny_overrides(tiny_market, tmp_path, **{"train.num_epochs": 1, "wandb.enable": "false",
                                                          "re_ranking.re_ranking": "true", "re_ranking.k1": 4,
                                                          "re_ranking.k2": 2})
-    result = subprocess.run([sys.executable, "-m", "reid_tao", "train", *overrides], stdout=subprocess.PIPE,
+    result = subprocess.run([*REID, "train", *overrides], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT, timeout=600, check=False)
     out = result.stdout
     assert result.returncode == 0, out

@@ -23,12 +23,11 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_market, module_tmp):
-    """A 1-epoch checkpoint (32x16 input, 32-d) and its ONNX export with sidecar and tracker config."""
+def exported(trained_checkpoint, module_tmp):
+    """The session's 1-epoch checkpoint (32x16 input, 32-d) and its ONNX export with sidecar and tracker config."""
     results = module_tmp / "deploy"
     results.mkdir()
-    assert main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1})) == 0
-    checkpoint = results / "train" / "reid_model_latest.pth"
+    checkpoint = trained_checkpoint
     onnx_file = results / "export" / "model.onnx"
     assert main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}",
                  f"export.onnx_file={onnx_file}"]) == 0

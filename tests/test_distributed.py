@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_overrides
+from helpers import REID, SUPPORT, tiny_overrides
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def reid(*args, env=None, check=True):
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "reid_tao", *args], capture_output=True, text=True,
+    result = subprocess.run([*REID, *args], capture_output=True, text=True,
                             timeout=TIMEOUT, env=environment)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -102,7 +102,7 @@ def test_two_nodes_with_torchrun_over_loopback(tiny_market, tmp_path):
     for node_rank in (0, 1):
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
                    f"--node-rank={node_rank}", "--master-addr=127.0.0.1", f"--master-port={port}",
-                   "-m", "reid_tao", "train", *args]
+                   REID[1], "train", *args]
         nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       env=environment))
     outputs = [node.communicate(timeout=TIMEOUT)[0] for node in nodes]
@@ -134,7 +134,7 @@ def run_or_kill(command, timeout=HANG_TIMEOUT):
 
 
 def validate_in_processes(out_dir: Path, devices: int, overrides) -> list:
-    run_or_kill([sys.executable, str(ROOT / "tests" / "ddp_validation.py"), str(out_dir), str(devices), *overrides])
+    run_or_kill([sys.executable, str(SUPPORT / "ddp_validation.py"), str(out_dir), str(devices), *overrides])
     return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(devices)]
 
 
@@ -176,7 +176,7 @@ def test_two_process_inference_on_one_image_finishes(tiny_market, tmp_path):
     folder.mkdir()
     shutil.copy(tiny_market / "query" / "0101_c1s1_000000_00.jpg", folder)
     output = tmp_path / "emb.json"
-    run_or_kill([sys.executable, "-m", "reid_tao", "inference", f"inference.checkpoint={checkpoint}",
+    run_or_kill([*REID, "inference", f"inference.checkpoint={checkpoint}",
                  f"inference.test_dataset={folder}", f"inference.output_file={output}", "inference.accelerator=cpu",
                  "inference.num_gpus=2", "dataset.num_workers=0", f"results_dir={tmp_path}"])
     entries = json.loads(output.read_text())
@@ -188,7 +188,7 @@ def test_every_sampler_and_loss_combination_trains_under_ddp(tiny_market, tmp_pa
     """Two steps per combination: a parameter left without a gradient (the classifier without ID loss)
     fails DDP at the second step."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-               os.path.join(os.path.dirname(__file__), "ddp_loss_combinations.py"), str(tiny_market), str(tmp_path)]
+               str(SUPPORT / "ddp_loss_combinations.py"), str(tiny_market), str(tmp_path)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1",
                    "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=environment)
@@ -206,7 +206,7 @@ def test_training_under_ddp_logs_what_one_process_evaluates_and_syncs_rarely(tin
 
     args = tiny_overrides(tiny_market, tmp_path / "r", **{"train.num_gpus": 2, "dataset.batch_size": 4,
                                                           "train.checkpoint_interval": 100})
-    run_or_kill([sys.executable, str(ROOT / "tests" / "ddp_training.py"), str(tmp_path), *args])
+    run_or_kill([sys.executable, str(SUPPORT / "ddp_training.py"), str(tmp_path), *args])
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     logged = ranks[0]["metrics"]
     # every epoch value is the same on both ranks; train_loss_step is each process's own step (never synced)

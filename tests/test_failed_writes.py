@@ -5,7 +5,6 @@ import resource
 import signal
 import stat
 import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,10 +15,11 @@ from reid_tao.cli import main
 from reid_tao.errors import WriteError
 from reid_tao.io import atomic_torch_save, atomic_write_json
 
-from helpers import tiny_overrides
+from helpers import REID, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-LIMIT = 8 * 2**20  # bytes: far below a resnet_18 checkpoint, far above every other file a run writes
+# bytes: far below a tiny_overrides checkpoint (~340 KB), far above every other file a run writes (<= ~5 KB)
+LIMIT = 64 * 2**10
 
 
 def _limit_file_size():
@@ -82,7 +82,7 @@ def test_checkpoint_past_the_file_size_limit_keeps_the_previous_latest(tiny_mark
 
     more = tiny_overrides(tiny_market, tmp_path / "r", **{"train.num_epochs": 2})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "reid_tao", "train", *more], capture_output=True, text=True,
+    done = subprocess.run([*REID, "train", *more], capture_output=True, text=True,
                           timeout=600, env=env, cwd=ROOT, preexec_fn=_limit_file_size)
     assert done.returncode == 1, done.stderr[-3000:]
     ours = [line for line in done.stderr.splitlines() if line.startswith("reid train:")]
@@ -96,12 +96,9 @@ def test_checkpoint_past_the_file_size_limit_keeps_the_previous_latest(tiny_mark
     assert torch.load(latest, weights_only=True)["epoch"] == 1
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_market, module_tmp) -> Path:
-    results = module_tmp / "trained"
-    results.mkdir()
-    assert main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1})) == 0
-    return results / "train" / "reid_model_latest.pth"
+@pytest.fixture
+def trained(trained_checkpoint) -> Path:
+    return trained_checkpoint
 
 
 def _in_the_way(path: Path) -> Path:

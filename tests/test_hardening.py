@@ -23,7 +23,7 @@ from reid_tao.engine.onnx_runner import OnnxModel
 from reid_tao.errors import ConfigError, DataError
 from reid_tao.tasks.common import results_lock
 
-from helpers import tiny_overrides, write_person, write_untrained_checkpoint
+from helpers import TINY_BACKBONE, tiny_overrides, write_person, write_untrained_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,10 +75,10 @@ def test_a_crafted_checkpoint_config_is_one_line_and_never_resolved(case, tiny_m
 
 def test_resume_with_another_backbone_names_both(tiny_market, tmp_path, capsys):
     (tmp_path / "train").mkdir()
-    write_untrained_checkpoint(tiny_market, tmp_path / "train" / "reid_model_latest.pth")  # resnet_18
+    write_untrained_checkpoint(tiny_market, tmp_path / "train" / "reid_model_latest.pth")  # the tiny backbone
     code = main(["train", *tiny_overrides(tiny_market, tmp_path, **{"model.backbone": "resnet_50"})])
     err = one_line(capsys)
-    assert code == 2 and "holds a resnet_18 model" in err and "model.backbone=resnet_50" in err
+    assert code == 2 and f"holds a {TINY_BACKBONE} model" in err and "model.backbone=resnet_50" in err
 
 
 # --------------------------------------------------------------------------- 4, 7: export and its sidecar

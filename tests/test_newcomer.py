@@ -98,7 +98,7 @@ def test_a_resnet34_file_under_a_resnet18_spec_is_refused_not_loaded_in_part(tin
 
     source = resnet34_checkpoint(tiny_market, tmp_path / "r34.pth")
     fine_tune = load_experiment(None, tiny_overrides(tiny_market, tmp_path) + [
-        "model.pretrain_choice=self", f"model.pretrained_model_path={source}"])
+        "model.backbone=resnet_18", "model.pretrain_choice=self", f"model.pretrained_model_path={source}"])
     with pytest.raises(DataError, match="holds a resnet_34 model but model.backbone=resnet_18"):
         build_model(fine_tune, 6)
     # adaptation: the source's resnet_34 is what gets adapted, whole
@@ -223,7 +223,9 @@ def test_a_mistyped_backbone_and_a_folder_without_images_are_answered_before_tor
     cases = {"model.backbone=resnet_19": "did you mean resnet_18?",
              f"dataset.query_dataset_dir={tmp_path / 'empty'}": "contains no .jpg/.jpeg/.png images"}
     for override, message in cases.items():
-        done = run_without_torch(["train", *tiny_overrides(tiny_market, tmp_path), override], tmp_path)
+        # resnet_18: a production name, as a user's spec would have (the test backbone is registered with torch)
+        overrides = tiny_overrides(tiny_market, tmp_path, **{"model.backbone": "resnet_18"})
+        done = run_without_torch(["train", *overrides, override], tmp_path)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
 
 

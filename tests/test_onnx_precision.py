@@ -21,6 +21,9 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+TINY_STEM = "/backbone/backbone.0/backbone.0.0/Conv"  # the first convolution of tests/support/tiny_backbone.py
+
+
 @pytest.fixture(scope="module")
 def models(tiny_market, tmp_path_factory):
     """An untrained tiny checkpoint (32x16, 32-d) and its fp32, fp16 and INT8 exports (INT8 for TensorRT, the
@@ -46,7 +49,7 @@ def test_int8_export_is_quantized_runs_and_agrees_with_the_checkpoint(tiny_marke
     operators = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= operators
     sidecar = json.loads(files["int8"].with_suffix(".json").read_text())
-    assert sidecar["data_type"] == "int8" and sidecar["float_nodes"][0] == "/backbone/conv1/Conv"
+    assert sidecar["data_type"] == "int8" and sidecar["float_nodes"][0] == TINY_STEM
     assert sidecar["int8_target"] == "tensorrt"
     assert 0.9 < sidecar["parity_cosine_min"] <= sidecar["parity_cosine_mean"] <= 1
     reid = yaml.safe_load(files["int8"].with_name("model_int8_nvdcf_reid.yml").read_text())["ReID"]
@@ -69,7 +72,8 @@ def test_int8_cpu_export_records_its_target_agrees_and_writes_no_tensorrt_config
     sidecar = json.loads(files["int8_cpu"].with_suffix(".json").read_text())
     assert sidecar["data_type"] == "int8" and sidecar["int8_target"] == "cpu"
     assert 0.95 < sidecar["parity_cosine_min"] <= sidecar["parity_cosine_mean"] <= 1
-    assert sidecar["float_nodes"] and not any("conv" in node for node in sidecar["float_nodes"])  # the head only
+    # the stem is quantized too: only the embedding head stays in float
+    assert sidecar["float_nodes"] and not any(node.endswith("/Conv") for node in sidecar["float_nodes"])
     quantize = [node for node in onnx.load(str(files["int8_cpu"])).graph.node if node.op_type == "QuantizeLinear"]
     assert quantize and all(node.input[2] for node in quantize)
     # TensorRT refuses unsigned asymmetric INT8: no DeepStream config that would point it at this file
@@ -214,7 +218,8 @@ def test_onnxruntime_warnings_are_quieted(tmp_path):
 # ------------------------------------------------------------------------- INT8 targets, on the engine level
 @pytest.fixture(scope="module")
 def tiny_fp32(tiny_market, tmp_path_factory):
-    """An untrained tiny model's fp32 ONNX (32x16 input, 32-d), random calibration and parity batches."""
+    """An untrained resnet_18's fp32 ONNX (32x16 input, 32-d), random calibration and parity batches: a real
+    backbone, with the residual adds and downsample convolutions that quantization must handle."""
     import torch
 
     from reid_tao.builders import build_model, load_experiment
@@ -223,7 +228,7 @@ def tiny_fp32(tiny_market, tmp_path_factory):
     from helpers import tiny_overrides
 
     root = tmp_path_factory.mktemp("int8_targets")
-    config = load_experiment(None, tiny_overrides(tiny_market, root))
+    config = load_experiment(None, tiny_overrides(tiny_market, root, **{"model.backbone": "resnet_18"}))
     torch.manual_seed(0)
     model = build_model(config, 6, load_pretrained=False).eval()
     export_onnx(model, root / "fp32.onnx", (32, 16), 17)

@@ -14,15 +14,18 @@ from reid_tao.data.datasets import SeededSampler
 from reid_tao.engine.preemption import RESUME_KEY, PreemptionCheckpoint, rng_states, set_rng_states
 from reid_tao.errors import Preempted
 
-from helpers import tiny_overrides
+from helpers import SUPPORT, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs the real CLI in a fresh process; the k-th training step sends the process a real signal, so the stop
 # point is deterministic (no timing). Everything else is the production code path.
 SIGNAL_AT_STEP = """
 import os, signal, sys
+import tiny_backbone
 from reid_tao.cli import main
 from reid_tao.engine.module import ReidModule
+
+tiny_backbone.register()
 
 step, calls, at, signum = ReidModule.training_step, [0], int(sys.argv[1]), int(sys.argv[2])
 
@@ -39,7 +42,8 @@ sys.exit(main(sys.argv[3:]))
 
 
 def train_with_signal(overrides, at_step: int, signum: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(ROOT), str(SUPPORT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     return subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(at_step), str(int(signum)), "train", *overrides],
                           capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 

@@ -27,14 +27,9 @@ class Payload:
         return open, (self.marker, "w")
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_market, module_tmp) -> Path:
-    """One tiny trained checkpoint for the whole module."""
-    results = module_tmp / "trained"
-    results.mkdir()
-    code = main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1}))
-    assert code == 0
-    return results / "train" / "reid_model_latest.pth"
+@pytest.fixture
+def trained(trained_checkpoint) -> Path:
+    return trained_checkpoint
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 epoch-end checkpoint is written, to the whole process group of a 2-process gloo run) ends with a checkpoint
 that resumes to the uninterrupted run's weights, one line, exit 128 + signal and a FAILURE line in
 status.json; never exit 0, never a hang. The signals are real and sent at deterministic points by
-tests/signal_train.py (no sleeps racing the run)."""
+tests/support/signal_train.py (no sleeps racing the run)."""
 import json
 import os
 import signal
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_overrides
+from helpers import REID, SUPPORT, tiny_overrides
 
 pytestmark = pytest.mark.slow  # real training runs in fresh processes
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "signal_train.py"
+SCRIPT = SUPPORT / "signal_train.py"
 TIMEOUT = 600
 DDP = {"train.num_gpus": 2, "dataset.batch_size": 4}
 
@@ -47,7 +47,7 @@ def signalled(where: str, count: int, signum: int, target: str, overrides):
 
 
 def train(overrides):
-    process = subprocess.Popen([sys.executable, "-m", "reid_tao", "train", *overrides], stdout=subprocess.PIPE,
+    process = subprocess.Popen([*REID, "train", *overrides], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=environment(), cwd=ROOT, start_new_session=True)
     code, out, err = finish(process, "train")
     assert code == 0, out[-2000:] + err[-3000:]

@@ -121,12 +121,12 @@ def test_task_help_shows_choices_bounds_status_and_help(capsys):
     assert "      stride of the last ResNet stage" in out  # the help line under model.last_stride
 
 
-def test_spec_fields_page_is_current():
+def test_spec_fields_page_is_current(production_tables):
     assert PAGE.read_text() == spec_fields_markdown(), (
         "docs/spec_fields.md is stale; regenerate it with: python scripts/gen_spec_fields.py")
 
 
-def test_the_table_choices_that_help_shows_are_current():
+def test_the_table_choices_that_help_shows_are_current(production_tables):
     from reid_tao.builders import table_choices_module
 
     assert TABLES.read_text() == table_choices_module(), (

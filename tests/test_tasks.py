@@ -8,15 +8,12 @@ from PIL import Image
 
 from reid_tao.cli import main
 
-from helpers import tiny_overrides
+from helpers import TINY_BACKBONE, tiny_overrides
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_market, module_tmp):
-    results = module_tmp / "trained"
-    results.mkdir()
-    assert main(["train"] + tiny_overrides(tiny_market, results, **{"train.num_epochs": 1})) == 0
-    return results / "train" / "reid_model_latest.pth"
+@pytest.fixture
+def trained(trained_checkpoint):
+    return trained_checkpoint
 
 
 def eval_overrides(market, results, checkpoint, *extra):
@@ -243,9 +240,9 @@ def test_spec_model_values_that_differ_from_the_checkpoint_are_named_and_not_rec
     lines = [line for line in capsys.readouterr().out.splitlines() if "differ from the checkpoint" in line]
     assert len(lines) == 1
     assert "model.backbone='resnet_50'" in lines[0] and "model.input_height=256" in lines[0]
-    assert "model.neck_feat='before'" in lines[0] and "'resnet_18'" in lines[0]
+    assert "model.neck_feat='before'" in lines[0] and f"'{TINY_BACKBONE}'" in lines[0]
     recorded = OmegaConf.load(tmp_path / task / "experiment.yaml").model
-    assert (recorded.backbone, recorded.input_height, recorded.neck_feat) == ("resnet_18", 32, "after")
+    assert (recorded.backbone, recorded.input_height, recorded.neck_feat) == (TINY_BACKBONE, 32, "after")
 
 
 @pytest.mark.parametrize("opset", [7, 99])

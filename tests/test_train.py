@@ -5,7 +5,7 @@ import torch
 from reid_tao.cli import main
 from reid_tao.io import atomic_torch_save
 
-from helpers import tiny_overrides
+from helpers import TINY_BACKBONE, tiny_overrides
 
 
 def run_train(capsys, market, results, **extra):
@@ -28,7 +28,7 @@ def test_train_writes_tao_checkpoints_and_metadata(tiny_market, tmp_path, capsys
     meta = checkpoint["reid_tao"]
     # the stored config is the one source for the architecture; preprocessing travels as its own value
     assert meta["num_classes"] == 6 and meta["preprocessing"]["input_size"] == [32, 16]
-    assert meta["config"]["model"]["backbone"] == "resnet_18" and meta["config"]["model"]["feat_dim"] == 32
+    assert meta["config"]["model"]["backbone"] == TINY_BACKBONE and meta["config"]["model"]["feat_dim"] == 32
     assert checkpoint["epoch"] == 2
     # one summary line per epoch, with validation metrics
     lines = [line for line in out.out.splitlines() if line.startswith("epoch ")]
@@ -109,7 +109,7 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
      "dataset.train_dataset_dir: folder or list file /nonexistent/train does not exist"),
     (["dataset.batch_size=10", "dataset.num_instances=4"], "divisible"),
     (["model.backbone=resnet_99"], "model.backbone"),
-    (["model.pretrain_choice=imagenet"], "model.pretrained_model_path"),
+    (["model.backbone=resnet_18", "model.pretrain_choice=imagenet"], "model.pretrained_model_path"),  # offline
     # known before the Trainer starts its processes: one line, not PKSampler's ValueError traceback
     (["train.num_gpus=2"], "6 identities are fewer than the 4 per PK batch (dataset.batch_size / "
                            "dataset.num_instances) x 2 processes; lower dataset.batch_size or use fewer devices"),
@@ -132,7 +132,7 @@ def test_resume_from_other_dataset_is_refused(tiny_market, tmp_path, capsys):
 
 
 def test_grad_clip_limits_the_update(tiny_market, tmp_path, capsys):
-    def conv1_change(name, clip):
+    def first_conv_change(name, clip):
         run_train(capsys, tiny_market, tmp_path / name, **{
             "train.num_epochs": 1, "train.optim.name": "SGD", "train.optim.base_lr": 0.5,
             "train.optim.warmup_iters": 1, "train.optim.weight_decay": 0.0, "train.optim.weight_decay_bias": 0.0,
@@ -144,9 +144,10 @@ def test_grad_clip_limits_the_update(tiny_market, tmp_path, capsys):
         pl.seed_everything(1234, verbose=False)
         initial = build_model(load_experiment(None, tiny_overrides(tiny_market, tmp_path)), num_classes=6)
         trained = torch.load(tmp_path / name / "train/reid_model_latest.pth", weights_only=True)["state_dict"]
-        return (trained["model.backbone.conv1.weight"] - initial.backbone.conv1.weight).norm().item()
+        first_conv = initial.backbone[0][0].weight  # the tiny backbone's first convolution
+        return (trained["model.backbone.0.0.weight"] - first_conv).norm().item()
 
-    free, clipped = conv1_change("free", 0.0), conv1_change("clipped", 1e-6)
+    free, clipped = first_conv_change("free", 0.0), first_conv_change("clipped", 1e-6)
     assert free > 0 and clipped < 1e-3 * free
 
 

@@ -42,7 +42,7 @@ class StepCounter(pl.Callback):
 
 
 def test_host_syncs_per_step_are_only_the_progress_bar_redraws(tiny_market, tmp_path):
-    """Counted at the dispatcher (tests/sync_counter.py), so boolean-mask indexing (nonzero inside the kernel,
+    """Counted at the dispatcher (tests/support/sync_counter.py), so boolean-mask indexing (nonzero inside the kernel,
     e.g. the triplet loss's d_ap[has_negative] and its backward) counts too, not only Tensor.item."""
     _, datamodule, module = tiny_setup(tiny_market, tmp_path, **{"dataset.batch_size": 4,
                                                                  "model.with_center_loss": True})

@@ -1,15 +1,16 @@
 """A `reid train`-like run (tasks.train's Trainer, callbacks and preemption handler) that trains and
 validates under DDP in CPU processes (gloo; Lightning's launcher re-runs this script per rank). Each rank
 writes rank<N>.json: its own mean step loss, the logged train_loss and validation metrics, the training
-steps it ran and the host syncs counted over the fit (tests/sync_counter.py). Used by test_distributed.py.
+steps it ran and the host syncs counted over the fit (tests/support/sync_counter.py). Used by test_distributed.py.
 
-    python tests/ddp_training.py OUT_DIR OVERRIDE...
+    python tests/support/ddp_training.py OUT_DIR OVERRIDE...
 """
 import json
 import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
+import tiny_backbone
 import torch
 from sync_counter import HostSyncCounter
 
@@ -55,6 +56,7 @@ def train(out_dir: Path, overrides) -> dict:
 
 
 if __name__ == "__main__":
+    tiny_backbone.register()  # the model of tiny_overrides
     out_dir = Path(sys.argv[1])
     result = train(out_dir, sys.argv[2:])
     (out_dir / f"rank{result['rank']}.json").write_text(json.dumps(result))

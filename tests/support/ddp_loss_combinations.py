@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
+import tiny_backbone
 
 from reid_tao.builders import METRIC_LOSSES, SAMPLERS, build_datamodule, build_module, load_experiment
 from reid_tao.errors import ConfigError
@@ -39,4 +40,5 @@ def main(market: Path, results: Path) -> None:
 
 
 if __name__ == "__main__":
+    tiny_backbone.register()  # the model of tiny_overrides
     main(Path(sys.argv[1]), Path(sys.argv[2]))

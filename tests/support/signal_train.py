@@ -1,7 +1,7 @@
 """`reid train` that sends itself a real signal at a deterministic point (no timing races), for the
 signal tests in test_preemption.py. Lightning's DDP launcher re-runs this script per rank; only rank 0 sends.
 
-    python tests/signal_train.py WHERE COUNT SIGNAL TARGET OVERRIDE...
+    python tests/support/signal_train.py WHERE COUNT SIGNAL TARGET OVERRIDE...
 
 WHERE: step (after the COUNT-th training step), validation (inside the COUNT-th validation step) or
 checkpoint (inside the COUNT-th checkpoint write, before the file is written); TARGET: self (this process),
@@ -11,11 +11,14 @@ Everything else is the production path.
 import os
 import sys
 
+import tiny_backbone
+
 from reid_tao.cli import main
 from reid_tao.engine.checkpoint import BackgroundCheckpointIO
 from reid_tao.engine.module import ReidModule
 
 WHERE, COUNT, SIGNUM, TARGET = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+tiny_backbone.register()  # the model of tiny_overrides
 calls = [0]
 
 

@@ -2,13 +2,14 @@
 launcher re-runs this script per rank). Each rank writes rank<N>.json: the logged validation metrics and
 the (rows, columns) of every query-gallery distance matrix it computed. Used by test_distributed.py.
 
-    python tests/ddp_validation.py OUT_DIR DEVICES OVERRIDE...
+    python tests/support/ddp_validation.py OUT_DIR DEVICES OVERRIDE...
 """
 import json
 import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
+import tiny_backbone
 
 from reid_tao.builders import build_datamodule, build_module, load_experiment
 from reid_tao.evaluation import query_share
@@ -40,6 +41,7 @@ def validate(overrides, devices: int) -> dict:
 
 
 if __name__ == "__main__":
+    tiny_backbone.register()  # the model of tiny_overrides
     out_dir, devices, overrides = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
     result = validate(overrides, devices)
     (out_dir / f"rank{result['rank']}.json").write_text(json.dumps(result))
