@@ -42,8 +42,7 @@ def test_resume_from_a_weights_only_file_is_one_line(tiny_market, tmp_path, caps
 
 # --------------------------------------------------------------------------- 2: adaptation keeps the source's model
 def test_the_adaptation_source_decides_the_model_and_the_log_says_so(tiny_market, tmp_path, caplog):
-    from reid_tao.builders import adaptation_source_config, build_model, load_experiment
-    from reid_tao.tasks.train import ADAPTATION_NUM_CLASSES
+    from reid_tao.builders import ADAPTATION_NUM_CLASSES, adaptation_source_config, build_model, load_experiment
 
     source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")  # resnet_18, 32-d, no GeM
     spec = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
