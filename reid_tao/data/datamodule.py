@@ -155,9 +155,7 @@ class ReidDataModule(pl.LightningDataModule):
         settings = self.loader_settings
         if not settings.pk_batches or not self.train_labels:
             return
-        per_batch = settings.batch_size // settings.num_instances
-        if world_size is None:
-            _, world_size = self._rank_and_world()
+        per_batch, world_size = self._pk_identities(world_size)
         found = self.num_clusters if self.unlabeled else self.num_classes
         if found >= per_batch * world_size:
             return
@@ -174,17 +172,20 @@ class ReidDataModule(pl.LightningDataModule):
 
     def check_source_identities(self, world_size: Optional[int] = None) -> None:
         """The source stream's PK batches need P source identities per process."""
-        settings = self.loader_settings
         if not self.source_labels:
             return
-        per_batch = settings.batch_size // settings.num_instances
-        if world_size is None:
-            _, world_size = self._rank_and_world()
+        per_batch, world_size = self._pk_identities(world_size)
         if self.num_source_classes < per_batch * world_size:
             raise DataError(f"{SOURCE_FIELD}: {self.num_source_classes} identities are fewer than the "
                             f"{per_batch * world_size} a PK batch needs (dataset.batch_size / dataset.num_instances"
                             f"{' x processes' if world_size > 1 else ''}); use a larger source or lower "
                             "dataset.batch_size")
+
+    def _pk_identities(self, world_size: Optional[int]) -> Tuple[int, int]:
+        """(identities per PK batch, training processes: ``world_size``, else the attached Trainer's)."""
+        if world_size is None:
+            _, world_size = self._rank_and_world()
+        return self.loader_settings.batch_size // self.loader_settings.num_instances, world_size
 
     def _rank_and_world(self) -> Tuple[int, int]:
         trainer = self.trainer
@@ -247,11 +248,11 @@ class ReidDataModule(pl.LightningDataModule):
         target = self.train_pipeline.loader(self.train_records, self.train_labels, sampler, settings.batch_size)
         if not self.source_records:
             return target
+        # its own sampling and augmentation seeds: the target's would crop and erase both batches alike
+        source_seed = derive_seed(settings.seed, SOURCE_STREAM)
         source_base = CyclingSampler(PKSampler(self.source_labels, settings.batch_size, settings.num_instances,
-                                               seed=derive_seed(settings.seed, SOURCE_STREAM), rank=rank,
-                                               world_size=world_size), len(base))
-        # its own augmentation seeds: the same as the target's would crop and erase both batches alike
-        source_sampler = SeededSampler(source_base, derive_seed(settings.seed, SOURCE_STREAM), rank)
+                                               seed=source_seed, rank=rank, world_size=world_size), len(base))
+        source_sampler = SeededSampler(source_base, source_seed, rank)
         if self._resume_at is not None:  # skips as many batches as the target's
             epoch_at, batches = self._resume_at
             source_sampler.start_at(epoch_at, batches * settings.batch_size)
