@@ -165,6 +165,32 @@ def test_outliers_as_instances():
     assert with_outliers(labels, "instances").tolist() == [0, 2, 1, 3, 0]
 
 
+def test_outlier_instances_are_memory_negatives_not_pk_identities(monkeypatch):
+    """An outlier is one image: as a PK identity it would be drawn K times per epoch and outnumber the clusters
+    (84 instead of 14 batches an epoch on CUHK01), so it is a memory row but never a batch identity."""
+    from types import SimpleNamespace
+
+    from reid_tao.engine import adaptation
+
+    found = np.array([0, -1, 1, -1, 0, 1])
+    received = []
+    datamodule = SimpleNamespace(train_records=[SimpleNamespace(camid=index % 2) for index in range(6)],
+                                 set_pseudo_labels=received.append)
+    trainer = SimpleNamespace(is_global_zero=True, datamodule=datamodule, callbacks=[],
+                              strategy=SimpleNamespace(broadcast=lambda value, src: value))
+    monkeypatch.setattr(adaptation, "training_images", lambda *args: [None])
+    features = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    memory = ClusterMemoryLoss(4)
+    callback = adaptation.PseudoLabelCallback([memory], eps=0.5, outliers="instances")
+    monkeypatch.setattr(callback, "embed_training_images", lambda trainer, module: features)
+    monkeypatch.setattr(adaptation, "cluster_features", lambda *a, **k: SimpleNamespace(labels=found, eps=0.5))
+    callback.recluster(trainer, SimpleNamespace(device=torch.device("cpu")))
+    assert memory.num_clusters == 4  # two clusters and two outlier instances
+    assert torch.allclose(memory.centroids[2:], features[[1, 3]], atol=1e-6)
+    assert received == [[0, -1, 1, -1, 0, 1]]  # batches come from the clusters only
+    assert callback.stats["images_used"] == 4
+
+
 def test_auto_eps_is_the_mean_of_the_smallest_share_of_pairs():
     from scipy.sparse import csr_matrix
 

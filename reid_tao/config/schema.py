@@ -384,7 +384,8 @@ class AdaptationConfig:
     k2: int = spec_field(6, bounds=AT_LEAST_1, new=True, help="query expansion of the Jaccard distance")
     outliers: str = spec_field("drop", choices=("drop", "instances"), new=True, help=(
         "images no cluster takes: drop (not trained on until a later clustering takes them) or instances (each "
-        "its own memory entry and pseudo identity, as SpCL's hybrid memory)"))
+        "also its own memory entry, a negative for every batch, as SpCL's hybrid memory; batches come from the "
+        "clusters either way)"))
     momentum: float = spec_field(0.2, bounds=PROBABILITY, new=True, help=(
         "cluster-memory update: centroid <- momentum * centroid + (1 - momentum) * feature"))
     temperature: float = spec_field(0.05, bounds=POSITIVE, new=True, help=(

@@ -77,8 +77,8 @@ class PseudoLabelCallback(pl.Callback):
 
     eps: the DBSCAN radius, or None: chosen at the first clustering from its distances
     (:func:`~reid_tao.evaluation.clustering.auto_eps` with ``eps_share``) and kept for the run.
-    outliers: "drop" leaves un-clustered images out of training; "instances" makes each its own pseudo identity
-    (its own memory entry, as SpCL's hybrid memory).
+    outliers: "drop" leaves un-clustered images out of training; "instances" gives each its own memory entry, a
+    negative for every batch feature (as SpCL's hybrid memory); batches are drawn from the clusters either way.
     camera_centring: cluster :func:`~reid_tao.evaluation.clustering.camera_centred` features.
     target_batch_norm: before the first clustering of a new run (not a resumed one), measure the batch-norm
     statistics on the training images (AdaBN, Li et al. 2016): the source's describe the source cameras, and
@@ -137,7 +137,7 @@ class PseudoLabelCallback(pl.Callback):
                                                eps=self.eps, eps_share=self.eps_share, **self.cluster_args)
         if stop_signal(trainer):
             return None
-        labels = with_outliers(found, self.outliers)
+        labels = with_outliers(found, self.outliers)  # the memory's rows; batches are drawn from `found`
         for term in self.terms:
             term.reset_pseudo_labels(features, torch.as_tensor(labels), cameras)
         return found, labels, clustering.eps, [term_state(term) for term in self.terms]
@@ -183,11 +183,13 @@ class PseudoLabelCallback(pl.Callback):
             log.info("adaptation.eps=auto: %.3f (the mean of the smallest %.2g of the Jaccard distances)", eps,
                      self.eps_share)
             self.eps = eps
-        log.info("pseudo labels: %d clusters, %d outliers, %d of %d images used (%.1f s)", clusters,
-                 len(found) - used, used if self.outliers == "drop" else len(found), len(found),
+        log.info("pseudo labels: %d clusters, %d outliers%s, %d of %d images trained on (%.1f s)", clusters,
+                 len(found) - used, " (memory negatives)" if self.outliers == "instances" else "", used, len(found),
                  time.perf_counter() - started)
         try:
-            trainer.datamodule.set_pseudo_labels(labels.tolist())
+            # an outlier is one image: drawn K times per epoch as a PK identity it would outnumber the clusters,
+            # so only the clusters make batches and outlier instances are negatives in the memory (SpCL)
+            trainer.datamodule.set_pseudo_labels(training_labels(found, labels).tolist())
         except DataError as error:
             if self.clusterings == 0:
                 raise
@@ -248,6 +250,12 @@ def with_outliers(labels: np.ndarray, policy: str) -> np.ndarray:
         outliers = labels < 0
         labels[outliers] = labels.max(initial=-1) + 1 + np.arange(int(outliers.sum()))
     return labels
+
+
+def training_labels(found: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The labels PK batches are drawn from: the memory's ``labels`` where the clustering (``found``) put the
+    image in a cluster, -1 (not drawn) for an outlier, also when it is an instance row of the memory."""
+    return np.where(np.asarray(found) >= 0, np.asarray(labels), -1)
 
 
 def term_state(term: torch.nn.Module) -> Dict[str, torch.Tensor]:
