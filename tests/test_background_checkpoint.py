@@ -1,4 +1,4 @@
-"""Issue 22 item 4: `reid train` writes checkpoints in a background thread from a host snapshot, so an epoch
+"""`reid train` writes checkpoints in a background thread from a host snapshot, so an epoch
 end does not wait for ~300 MB to reach the disk; the file is still complete, consistent and atomic."""
 import threading
 

@@ -1,4 +1,5 @@
-"""Smoke test of scripts/benchmark.py train and evaluate on CPU (tiny synthetic data, resnet_18)."""
+"""scripts/benchmark.py: each subcommand on CPU (tiny synthetic data, resnet_18), and a command line that is
+answered without importing torch."""
 import json
 import subprocess
 import sys
@@ -9,7 +10,6 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 TINY = ["--device", "cpu", "--backbone", "resnet_18", "--height", "32", "--width", "16", "--workers", "0"]
 
-pytestmark = pytest.mark.slow  # subprocesses running whole benchmarks
 
 
 def run_script(*arguments: str) -> dict:
@@ -20,6 +20,7 @@ def run_script(*arguments: str) -> dict:
     return {**json.loads(lines[0]), "stderr": done.stderr}
 
 
+@pytest.mark.slow  # a subprocess running a whole benchmark
 def test_train_benchmark_runs_on_cpu():
     report = run_script("train", *TINY, "--epochs", "1", "--batch-size", "8", "--num-instances", "2",
                         "--steps", "3", "--warmup-steps", "1", "--ceiling-steps", "2")
@@ -42,6 +43,7 @@ def test_train_benchmark_runs_on_cpu():
     assert abs(report["seconds_per_epoch"] - whole_epoch) < 0.02 * whole_epoch + 0.01
 
 
+@pytest.mark.slow  # a subprocess running a whole benchmark
 def test_evaluate_benchmark_runs_on_cpu():
     report = run_script("evaluate", *TINY, "--batch-size", "64", "--rerank")
     assert report["task"] == "evaluate" and report["device"] == "cpu"
@@ -54,12 +56,14 @@ def test_evaluate_benchmark_runs_on_cpu():
     assert abs(report["seconds"] - parts) < 0.01
 
 
+@pytest.mark.slow  # a subprocess running a whole benchmark
 def test_checkpoint_benchmark_writes_the_recipe_model():
     report = run_script("checkpoint", "--device", "cpu", "--backbone", "resnet_18", "--repeats", "1")
     assert report["feat_dim"] == 2048 and report["size_mb"] > 0
     assert report["background_blocks_s"] >= 0 and report["foreground_total_s"] > 0
 
 
+@pytest.mark.slow  # a subprocess running a whole benchmark
 def test_onnx_benchmark_compares_the_data_types(tmp_path):
     from helpers import make_market
 
@@ -81,12 +85,14 @@ def test_onnx_benchmark_compares_the_data_types(tmp_path):
     assert "\x1b[" not in report["stderr"]  # onnxruntime's coloured warnings are quieted
 
 
+@pytest.mark.slow  # a subprocess running a whole benchmark
 def test_onnx_benchmark_variant_errors_are_one_line():
     done = subprocess.run([sys.executable, str(SCRIPT), "onnx", "--int8-variant", "x=cpu,quant_fmt=QDQ"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "unknown field 'quant_fmt'" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # a subprocess running a whole benchmark
 def test_cluster_benchmark_sparse_equals_dense():
     settings = ["--num", "600", "--dim", "128", "--eps", "0.6", "--k1", "20", "--min-samples", "4"]
     sparse, dense = run_script("cluster", *settings), run_script("cluster", *settings, "--dense")
@@ -97,3 +103,28 @@ def test_cluster_benchmark_sparse_equals_dense():
     assert sparse["peak_rss_mb"] >= sparse["rss_before_mb"] > 0 and sparse["seconds"] > 0
     auto = run_script("cluster", "--num", "600", "--dim", "128")  # the spec's defaults: eps auto
     assert auto["eps"] is None and 0 < auto["eps_used"] < 1 and auto["k1"] == 10
+
+
+def imported_by(*arguments: str) -> tuple[int, str, set[str]]:
+    """Exit code, stderr and the modules loaded when benchmark.py runs with ``arguments``."""
+    probe = ("import json, runpy, sys\n"
+             f"sys.argv = [{str(SCRIPT)!r}, *{list(arguments)!r}]\n"
+             f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit as stop:\n    code = stop.code\n"
+             "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    report = json.loads(done.stdout.splitlines()[-1])
+    return report["code"], done.stderr, set(report["modules"])
+
+
+@pytest.mark.parametrize("arguments", [["--help"], ["metrics", "--help"], ["onnx", "--help"],
+                                       ["train", "--no-such-flag"], ["no-such-mode"]])
+def test_help_and_bad_arguments_are_answered_without_torch(arguments):
+    code, stderr, modules = imported_by(*arguments)
+    assert code == (0 if "--help" in arguments else 2) and "Traceback" not in stderr
+    assert not {"torch", "numpy", "reid_tao"} & modules
+    # only the chosen subcommand's module is imported (for its options)
+    chosen = {f"benchmarks.{arguments[0]}"} if arguments[0] in ("metrics", "onnx", "train") else set()
+    assert {name for name in modules if name.startswith("benchmarks.")} - {"benchmarks.common",
+                                                                          "benchmarks.inputs"} == chosen

@@ -197,7 +197,7 @@ def test_kitti_multi_stream_needs_stream(tmp_path):
     assert {b.origin.split("/")[-1][:6] for b in read_kitti_tracks(str(dump), stream=1)} == {"00_001"}
 
 
-# --------------------------------------------------------------------------- issue 34: planted bugs
+# --------------------------------------------------------------------------- box and track edge cases
 def test_a_box_past_the_bottom_edge_is_clipped(tmp_path):
     seq = make_sequence(tmp_path)
     tracks = tmp_path / "result.txt"  # 80 px high from y=70: 50 px inside a 120 px frame
@@ -223,7 +223,7 @@ def test_untracked_mot_detections_are_not_cropped(tmp_path):
     assert [p.name for p in out.iterdir()] == ["0004_c1s1_000001_00.jpg"]
 
 
-# --------------------------------------------------------------------------- issue 38: reaching outside
+# --------------------------------------------------------------------------- nothing read or written outside
 def one_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -288,7 +288,7 @@ def test_a_playlist_given_as_the_video_is_refused(tmp_path, capsys, name, conten
     assert "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ
 
 
-# --------------------------------------------------------------------------- issue 38: losing data
+# --------------------------------------------------------------------------- no input overwritten or lost
 @pytest.mark.parametrize("where", ["same", "inside"])
 def test_an_output_folder_inside_the_input_is_refused(tmp_path, capsys, where):
     seq = make_sequence(tmp_path)
@@ -337,7 +337,7 @@ def test_deepstream_app_sources_are_streams(tmp_path):
     assert len(read_kitti_tracks(str(dump), stream=1)) == FRAMES * 3  # 2 people and a bag per frame
 
 
-# --------------------------------------------------------------------------- issue 38: hangs and tracebacks
+# --------------------------------------------------------------------------- no hang, no traceback
 @contextmanager
 def no_hang(seconds: int = 30):
     """A read that blocks (what these tests guard against) is interrupted by SIGALRM: a failure, not a test run

@@ -198,7 +198,7 @@ def test_every_sampler_and_loss_combination_trains_under_ddp(tiny_market, tmp_pa
 
 
 def test_training_under_ddp_logs_what_one_process_evaluates_and_syncs_rarely(tiny_market, tmp_path, capsys):
-    """Issue 22 items 1, 2, 3 and 6, in one 2-process `reid train`-like run that validates under DDP:
+    """One 2-process `reid train`-like run that validates under DDP:
     the logged validation mAP is `reid evaluate`'s of the saved checkpoint (BatchNorm statistics broadcast
     from rank 0 before validating), train_loss is the mean over both ranks, and the steps sync with the host
     only where counted for (the preemption flag every check_every steps, nothing in the loss)."""
@@ -212,11 +212,11 @@ def test_training_under_ddp_logs_what_one_process_evaluates_and_syncs_rarely(tin
     # every epoch value is the same on both ranks; train_loss_step is each process's own step (never synced)
     assert {k: v for k, v in ranks[1]["metrics"].items() if k != "train_loss_step"} == pytest.approx(
         {k: v for k, v in logged.items() if k != "train_loss_step"})
-    # item 6: the epoch mean over both ranks (equal batch sizes), not rank 0's alone
+    # the epoch mean over both ranks (equal batch sizes), not rank 0's alone
     own = [r["own_last_epoch_loss"] for r in ranks]
     assert abs(own[0] - own[1]) > 1e-3  # the ranks saw different data, so rank 0 alone would differ
     assert logged["train_loss"] == pytest.approx(sum(own) / 2, rel=1e-5)
-    # item 1: validation under DDP equals a single-process evaluate of the checkpoint written at the end
+    # validation under DDP equals a single-process evaluate of the checkpoint written at the end
     checkpoint = tmp_path / "r" / "train" / "reid_model_latest.pth"
     assert main(["evaluate", f"evaluate.checkpoint={checkpoint}", f"results_dir={tmp_path / 'eval'}",
                  f"dataset.query_dataset_dir={tiny_market / 'query'}", "evaluate.accelerator=cpu",
@@ -224,7 +224,7 @@ def test_training_under_ddp_logs_what_one_process_evaluates_and_syncs_rarely(tin
     evaluated = json.loads((tmp_path / "eval" / "evaluate" / "metrics.json").read_text())
     assert logged["mAP"] == pytest.approx(evaluated["mAP"], abs=1e-5)
     assert logged["cmc_rank_1"] == pytest.approx(evaluated["rank1"], abs=1e-5)
-    # items 2 and 3: host reads over the real training steps, by the reid_tao file that caused them
+    # host reads over the real training steps, by the reid_tao file that caused them
     for rank in ranks:
         sources, steps = rank["syncs_by_source"], rank["steps"]
         assert steps >= 8 and rank["epochs"] == 2

@@ -1,4 +1,4 @@
-"""A failed write (issue 17, item 3) gives one line naming the file and the OS's reason, a non-zero exit, no
+"""A failed write gives one line naming the file and the OS's reason, a non-zero exit, no
 temporary file, and leaves the previous file untouched; the next run resumes from it."""
 import os
 import resource
@@ -127,7 +127,7 @@ def test_task_output_that_cannot_be_written_is_one_line(task, output, trained, t
     assert target.is_dir() and not leftovers(results)
 
 
-# --------------------------------------------------------------------------- issue 38, item 3
+# --------------------------------------------------------------------------- a device named as an output
 @pytest.mark.parametrize("task, output", [
     ("evaluate", "metrics.json"), ("evaluate", "cmc_curve.png"), ("inference", "inference.json"),
     ("inference", "status.json"), ("inference", "inference.log"),

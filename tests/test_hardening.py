@@ -1,5 +1,5 @@
-"""Issue 25, items 3-9: a crafted checkpoint or spec cannot leak or exhaust, and every bad input is one line.
-(Items 1, 2 and the two-signal case of 9 are in test_signals.py.)"""
+"""A crafted checkpoint or spec cannot leak or exhaust, and every bad input is one line.
+(Stop signals during training, a second signal included, are in test_signals.py.)"""
 import errno
 import json
 import os
@@ -125,7 +125,7 @@ def test_an_onnx_sidecar_that_lies_about_the_graph_is_one_line(exported, tmp_pat
     assert says in str(error.value)
 
 
-# The inference output is being written when SIGTERM comes: the temporary file must go (item 9).
+# The inference output is being written when SIGTERM comes: the temporary file must go.
 KILLED_INFERENCE = """
 import os, signal, sys
 import reid_tao.tasks.inference as inference
@@ -240,7 +240,7 @@ def test_json_or_garbage_given_as_a_checkpoint_is_not_a_checkpoint(content, tmp_
     assert "trust_weights_file" not in str(error.value)
 
 
-# --------------------------------------------------------------------------- issue 38: inputs stay inside
+# --------------------------------------------------------------------------- inputs stay inside
 def test_an_unlabeled_camera_folder_linked_outside_is_not_walked(tmp_path, caplog):
     """A camera folder linked to / walked the whole filesystem (and failed at /proc): links to folders are not
     followed, at the camera level (a warning names them) or below."""
@@ -262,7 +262,7 @@ def test_an_unlabeled_camera_folder_linked_outside_is_not_walked(tmp_path, caplo
     assert any("cam2 is a link to a folder, not followed" in r.getMessage() for r in caplog.records)
 
 
-# --------------------------------------------------------------------------- issue 38: ONNX sidecar and graph
+# --------------------------------------------------------------------------- ONNX sidecar and graph
 def tiny_graph(path: Path, extra_nodes=(), extra_inits=(), output="m", dims=("batch", 3, 8, 4), **sidecar) -> Path:
     """A graph (N, 3, 8, 4) -> (N, 3) (the mean of each channel), with its sidecar; ``extra_nodes`` may feed the
     output through ``output``."""

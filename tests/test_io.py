@@ -173,7 +173,7 @@ def test_temporary_files_are_hidden_unique_siblings(tmp_path):
     assert leftovers(tmp_path) == ["x.onnx"]
 
 
-# --------------------------------------------------------------------------- issue 38, item 3: devices
+# --------------------------------------------------------------------------- a device named as an output
 # These tests never name a real device as a target: the process may run as root, where renaming over /dev/null
 # would replace it. A FIFO made here, and a link made here to /dev/null, stand for a device the user names.
 def fifo_at(path: Path) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -420,17 +420,12 @@ def test_query_shares_add_up_to_the_full_metrics_block_by_block(monkeypatch):
 # benchmark script (its data maker; the timing itself is not a test)
 
 
-def load_benchmark_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("reid_benchmark_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_benchmark_data_is_market_like_and_every_query_can_match(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))  # benchmark.py, benchmarks/
+    benchmark = importlib.import_module("benchmark")
+    from benchmarks.inputs import make_market_like
 
-
-def test_benchmark_data_is_market_like_and_every_query_can_match(capsys):
-    benchmark = load_benchmark_script()
-    data = benchmark.make_market_like(60, 400, 16, seed=3)
+    data = make_market_like(60, 400, 16, seed=3)
     gallery_pids, gallery_cams = data["gallery_pids"], data["gallery_camids"]
     assert int((gallery_pids == -1).sum()) > 0 and int((gallery_pids == 0).sum()) > 0
     for pid, cam in zip(data["query_pids"].tolist(), data["query_camids"].tolist()):

@@ -1,4 +1,4 @@
-"""Issue 37 item 3: what a newcomer hit following the README on a fresh clone (one test per friction)."""
+"""What a newcomer hit following the README on a fresh clone (one test per friction)."""
 import logging
 import subprocess
 import sys

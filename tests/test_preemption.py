@@ -1,4 +1,4 @@
-"""Preemption (issue 17, item 2): a stop signal mid-epoch writes a checkpoint at that step, exits 128+signum
+"""Preemption: a stop signal mid-epoch writes a checkpoint at that step, exits 128+signum
 with one line, and the re-run's final weights equal an uninterrupted run's, bit for bit on the CPU."""
 import os
 import signal
@@ -122,7 +122,7 @@ def test_first_signal_sets_a_flag_and_a_second_stops_at_once(tmp_path):
         os.kill(os.getpid(), signal.SIGUSR1)
         assert callback.received == signal.SIGUSR1
         with pytest.raises(Preempted, match="second SIGUSR1") as stopped:  # not KeyboardInterrupt: Lightning
-            os.kill(os.getpid(), signal.SIGUSR1)                           # turns that into exit 1 (issue 25)
+            os.kill(os.getpid(), signal.SIGUSR1)                           # turns that into exit 1
         assert stopped.value.exit_code == 128 + signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) == previous  # handlers restored after fit
 

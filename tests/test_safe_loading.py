@@ -1,4 +1,4 @@
-"""No weights or checkpoint file runs code unless model.trust_weights_file=true (issue 17, item 1).
+"""No weights or checkpoint file runs code unless model.trust_weights_file=true.
 
 Every field that names such a file gets a checkpoint carrying a pickled payload that would create a marker
 file when unpickled: without the opt-in the command stops with one line and the marker never appears; with

@@ -1,4 +1,4 @@
-"""Issue 25, items 1, 2 and 9: a stop signal anywhere in training (inside a step, during validation, while the
+"""A stop signal anywhere in training (inside a step, during validation, while the
 epoch-end checkpoint is written, to the whole process group of a 2-process gloo run) ends with a checkpoint
 that resumes to the uninterrupted run's weights, one line, exit 128 + signal and a FAILURE line in
 status.json; never exit 0, never a hang. The signals are real and sent at deterministic points by
@@ -101,7 +101,7 @@ def test_sigterm_to_the_process_group_of_a_two_process_run_saves_and_resumes(tin
     full = tmp_path / "full"
     train(tiny_overrides(tiny_market, full, **DDP))
     overrides = tiny_overrides(tiny_market, tmp_path / "split", **DDP)
-    # every process gets it, as from SLURM, Ctrl-C or `kill -- -PGID`; it used to deadlock (issue 25 item 2).
+    # every process gets it, as from SLURM, Ctrl-C or `kill -- -PGID`; it used to deadlock.
     # Several processes agree on the flag every 10 steps and after an epoch's last batch (4 batches here); a stop
     # agreed on at the last batch lets the epoch end (its checkpoint), then stops.
     code, _, err = signalled("step", 2, signal.SIGTERM, "group", overrides)

@@ -245,7 +245,7 @@ def test_cudnn_flags_on_cpu():
     assert cudnn_flags(OmegaConf.create({"benchmark": False, "deterministic": True}), "cpu") == (False, "warn")
 
 
-# -- validation computes in evaluate.precision, not under the training autocast (issue 22 item 5) ----------
+# -- validation computes in evaluate.precision, not under the training autocast ---------------------------
 @pytest.mark.parametrize("evaluate_precision, expected", [("32", False), ("bf16-mixed", True)])
 def test_validation_uses_evaluate_precision_not_the_training_autocast(tiny_market, tmp_path, evaluate_precision,
                                                                        expected):

@@ -279,7 +279,7 @@ def test_reid_tune_help_shows_the_default_space(capsys):
     assert "default search space" in out and "train.optim.base_lr: {log: [0.0001, 0.004]}" in out
 
 
-# --- study.db is data (issue 38): folders from numbers, best_spec.yaml from this study's space only ---
+# --- study.db is data: folders from numbers, best_spec.yaml from this study's space only ---
 
 
 def _crafted_study(results, direction="maximize"):
@@ -394,7 +394,7 @@ def test_best_spec_takes_only_the_study_space_values(market, tmp_path, capsys, f
     assert best == spec  # nothing else differs from the spec
 
 
-# --- one line, no traceback (issue 38 item 9) ---
+# --- one line, no traceback ---
 
 
 @pytest.mark.parametrize("space, expected", [
@@ -459,7 +459,7 @@ def test_the_validation_split_error_names_the_tune_field(market, tmp_path, capsy
     assert "tune.num_val_ids=7 leaves fewer than 2 training identities" in err and "--num-val-ids" not in err, err
 
 
-# --- planted bugs (issue 37 item 4) ---
+# --- the split, the drawn values and the searchable fields ---
 
 
 def test_trials_train_on_the_split_training_ids_never_on_the_validation_ids(market, tmp_path, capsys, fake_train):
@@ -517,7 +517,7 @@ def test_fields_outside_training_cannot_be_searched(field):
         parse_space({field: {"choice": [1, 2]}})
 
 
-# --- tune.png (issue 37 item 3.7) ---
+# --- tune.png ---
 
 
 def test_tune_png_has_whole_trial_ticks_and_log_labels_that_do_not_overlap():

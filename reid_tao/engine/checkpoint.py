@@ -41,7 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class BackgroundCheckpointIO(AtomicCheckpointIO):
     """Atomic writes in a background thread, so training does not wait for the disk at each epoch end
-    (reid_model_latest.pth is ~293 MB for ResNet50 with Adam state and centers).
+    (reid_model_latest.pth holds ResNet50, its Adam state and the centers: docs/benchmarks.md#epoch-end-checkpoint).
 
     The caller's thread takes a host snapshot first (a device-to-host copy of every tensor, new containers),
     so the next steps cannot change what is written. One write is in flight at a time: the next save,

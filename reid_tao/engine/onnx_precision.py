@@ -128,12 +128,13 @@ ACTIVATION_TYPES = ("int8", "uint8")
 # vector width, so a file saved at "all" is only for the machine that wrote it).
 SAVED_OPTIMIZATIONS = ("", "basic", "extended")
 
-# export.int8_target -> recipe. cpu was chosen by measurement on an AVX2 CPU (docs/benchmarks.md): with unsigned
-# activations onnxruntime fuses every convolution into an integer QLinearConv (with tensorrt's symmetric signed
-# ones each ReLU stays between its convolution and the QuantizeLinear, and most convolutions run in float
-# between a Dequantize and a Quantize). The stem conv is quantized too: the asymmetric range covers the
-# normalised pixels, and a float stem cost 10-20% of the speed for 0.05 mAP. QOperator, a saved optimised
-# graph and reduce_range were no faster; per-tensor weights and a quantized head lost cosine.
+# export.int8_target -> recipe. cpu was chosen by measurement on an AVX2 CPU (docs/benchmarks.md, "INT8 for
+# TensorRT vs INT8 for the CPU"): with unsigned activations onnxruntime fuses every convolution into an integer
+# QLinearConv (with tensorrt's symmetric signed ones each ReLU stays between its convolution and the
+# QuantizeLinear, and most convolutions run in float between a Dequantize and a Quantize). The stem conv is
+# quantized too: the asymmetric range covers the normalised pixels, and a float stem cost speed for little
+# accuracy. QOperator, a saved optimised graph and reduce_range were no faster; per-tensor weights and a
+# quantized head lost cosine.
 INT8_TARGETS: Dict[str, Int8Recipe] = {
     "tensorrt": Int8Recipe(),
     "cpu": Int8Recipe(activations="uint8", symmetric_activations=False, float_layers=("embedding_head",)),

@@ -26,8 +26,8 @@ def precision_for(requested: str, accelerator: str, device_index: Optional[int] 
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). There oneDNN's bf16 convolutions
-    made a ResNet18 training step 1.4x faster than fp32 on a 2-core EPYC; elsewhere bf16 is emulated and slower
-    than fp32."""
+    train faster than fp32 (docs/benchmarks.md#figures-from-earlier-sessions); elsewhere bf16 is emulated and
+    slower than fp32."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent in some torch releases
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 

@@ -73,7 +73,7 @@ def re_ranking(
                                        T = sqrt(budget/(3s)) (or block_size), a (R, G) Jaccard
                                        accumulator with R = budget/(2sG), budget/64 Jaccard pairs.
     Market-1501 on CPU (Q=3,368, G=15,913, D=2048): 0.21 + 0.16 + 0.01 + 0.09 + 0.27 GB
-    (measured: peak RSS +0.7 GB over the caller's, allocator slack included).
+    (the measured peak: docs/benchmarks.md#figures-from-earlier-sessions).
     MSMT17 on GPU (Q=11,659, G=82,161): 3.8 + 0.8 + 0.02 + 0.5 + 2.1 GB, far below 80 GB.
     """
     _check_arguments(query_features, gallery_features, k1, k2, lambda_value, block_size)

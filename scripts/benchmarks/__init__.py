@@ -1,0 +1,1 @@
+"""The modes of scripts/benchmark.py, one module each: ``add_arguments(parser)`` and ``run(args) -> dict``."""
