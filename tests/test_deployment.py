@@ -14,8 +14,8 @@ from PIL import Image
 
 from reid_tao.cli import main
 from reid_tao.data.preprocessing import Preprocessing
-from reid_tao.engine.onnx_runner import CPU, CUDA, execution_providers
-from reid_tao.tasks.deepstream import reid_block, scale_factor, write_tracker_config
+from reid_tao.deploy.deepstream import reid_block, scale_factor, write_tracker_config
+from reid_tao.deploy.runtime import CPU, CUDA, execution_providers
 
 from helpers import tiny_overrides
 
@@ -74,6 +74,16 @@ def test_execution_providers_follow_the_accelerator():
     assert execution_providers("gpu", [CUDA, CPU])[0][0] == CUDA
     with pytest.raises(ValueError, match="onnxruntime-gpu"):
         execution_providers("gpu", [CPU])
+
+
+def test_onnxruntime_takes_every_accelerator_the_spec_offers():
+    # deploy/ does not import engine/: its own list must stay the spec's (engine.devices is the schema's table)
+    from reid_tao.deploy.runtime import ACCELERATORS as ONNX_ACCELERATORS
+    from reid_tao.engine.devices import ACCELERATORS
+
+    assert ONNX_ACCELERATORS == ACCELERATORS
+    for accelerator in ACCELERATORS:
+        assert execution_providers(accelerator, [CUDA, CPU])[-1] == CPU
 
 
 def test_export_writes_the_deepstream_tracker_config(exported):
