@@ -14,7 +14,7 @@ from PIL import Image
 from .builders import load_trained_model
 from .data.datasets import as_rgb, load_rgb
 from .data.preprocessing import Preprocessing
-from .engine.onnx_runner import OnnxModel, is_onnx_file
+from .deploy.runtime import OnnxModel, is_onnx_file
 from .evaluation.features import embed
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]

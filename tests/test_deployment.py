@@ -14,8 +14,8 @@ from PIL import Image
 
 from reid_tao.cli import main
 from reid_tao.data.preprocessing import Preprocessing
-from reid_tao.engine.onnx_runner import CPU, CUDA, execution_providers
-from reid_tao.tasks.deepstream import reid_block, scale_factor, write_tracker_config
+from reid_tao.deploy.deepstream import reid_block, scale_factor, write_tracker_config
+from reid_tao.deploy.runtime import CPU, CUDA, execution_providers
 
 from helpers import tiny_overrides
 
@@ -57,6 +57,39 @@ def test_onnx_inference_matches_pth_with_preprocessing_from_the_sidecar(tiny_mar
     assert max(float(np.abs(pth[key] - onnx[key]).max()) for key in pth) <= 1e-4
 
 
+def test_one_builder_extracts_with_the_tasks_settings_from_a_pth_or_an_onnx_model(tiny_market, exported, caplog):
+    from reid_tao.builders import (
+        extract_features,
+        extraction_precision,
+        feature_batches,
+        load_embedding_model,
+        load_experiment,
+    )
+    from reid_tao.data.datasets import ImageDataset
+    from reid_tao.data.layouts import split_images
+
+    settings = ["inference.accelerator=cpu", "inference.batch_size=3", "dataset.num_workers=0"]
+    configs = {".pth": load_experiment(None, settings),  # (num_gpus 2 would start two processes)
+               ".onnx": load_experiment(None, settings + ["inference.num_gpus=2"])}  # (said to be unused)
+    paths = split_images(str(tiny_market / "query"), "query")
+    features, sizes, precisions = {}, {}, {}
+    for model_file in exported:
+        config = configs[model_file.suffix]
+        model, preprocessing, _ = load_embedding_model(str(model_file), "inference.checkpoint", config,
+                                                       config.inference)
+        dataset = ImageDataset(paths, [0] * len(paths), [0] * len(paths), preprocessing.eval_transform())
+        with caplog.at_level(logging.INFO, logger="reid_tao"):
+            batches = list(feature_batches(model, dataset, config, "inference"))
+        sizes[model_file.suffix] = [len(batch) for batch in batches]
+        features[model_file.suffix] = extract_features(model, dataset, config, "inference").cpu()
+        precisions[model_file.suffix] = extraction_precision(model, config, "inference")
+        assert torch.allclose(torch.cat(batches), features[model_file.suffix], atol=1e-6)
+    assert sizes[".onnx"] == [3, 1]  # streamed in inference.batch_size batches
+    assert torch.allclose(features[".pth"], features[".onnx"], atol=1e-4)
+    assert precisions == {".pth": "32", ".onnx": "fp32"}  # inference.precision; the export's data type
+    assert "ONNX inference runs in one process; inference.num_gpus=2 is not used" in caplog.text
+
+
 def test_onnx_inference_needs_the_sidecar(tiny_market, exported, tmp_path, capsys):
     _, onnx_file = exported
     alone = tmp_path / "alone.onnx"
@@ -74,6 +107,16 @@ def test_execution_providers_follow_the_accelerator():
     assert execution_providers("gpu", [CUDA, CPU])[0][0] == CUDA
     with pytest.raises(ValueError, match="onnxruntime-gpu"):
         execution_providers("gpu", [CPU])
+
+
+def test_onnxruntime_takes_every_accelerator_the_spec_offers():
+    # deploy/ does not import engine/: its own list must stay the spec's (engine.devices is the schema's table)
+    from reid_tao.deploy.runtime import ACCELERATORS as ONNX_ACCELERATORS
+    from reid_tao.engine.devices import ACCELERATORS
+
+    assert ONNX_ACCELERATORS == ACCELERATORS
+    for accelerator in ACCELERATORS:
+        assert execution_providers(accelerator, [CUDA, CPU])[-1] == CPU
 
 
 def test_export_writes_the_deepstream_tracker_config(exported):

@@ -155,7 +155,7 @@ def test_int8_needs_a_calibration_folder(tiny_market, models, tmp_path, capsys):
 def test_default_file_names_say_the_data_type():
     from omegaconf import OmegaConf
 
-    from reid_tao.tasks.export import onnx_path_for
+    from reid_tao.builders import onnx_path_for
 
     for data_type, target, name in (("fp32", "tensorrt", "model.onnx"), ("fp16", "tensorrt", "model_fp16.onnx"),
                                     ("int8", "tensorrt", "model_int8.onnx"), ("int8", "cpu", "model_int8_cpu.onnx"),
@@ -205,7 +205,7 @@ def test_onnxruntime_warnings_are_quieted(tmp_path):
                               [helper.make_tensor_value_info("fc_pred", TensorProto.FLOAT, [1])],
                               initializer=[numpy_helper.from_array(np.zeros(3, np.float32), "unused")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
-    code = ("import sys; from reid_tao.engine.onnx_precision import session_runner; "
+    code = ("import sys; from reid_tao.deploy.precision import session_runner; "
             "session_runner(sys.argv[1], 'input', 'fc_pred')")
     plain = "import sys, onnxruntime; onnxruntime.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
     outcomes = [subprocess.run([sys.executable, "-c", source, str(tmp_path / "m.onnx")], capture_output=True,
@@ -223,7 +223,7 @@ def tiny_fp32(tiny_market, tmp_path_factory):
     import torch
 
     from reid_tao.builders import build_model, load_experiment
-    from reid_tao.tasks.export import export_onnx
+    from reid_tao.deploy.export import export_onnx
 
     from helpers import tiny_overrides
 
@@ -239,7 +239,7 @@ def tiny_fp32(tiny_market, tmp_path_factory):
 
 
 def quantized(tiny_fp32, target: str) -> Path:
-    from reid_tao.engine.onnx_precision import Calibration, converter
+    from reid_tao.deploy.precision import Calibration, converter
 
     root, calibration, _ = tiny_fp32
     path = root / f"int8_{target}.onnx"
@@ -270,7 +270,7 @@ def optimized_op_types(path: Path, folder: Path) -> dict:
     """op type -> count in the graph onnxruntime's CPU provider runs (extended optimisation, no CPU layouts)."""
     from collections import Counter
 
-    from reid_tao.engine.onnx_precision import save_optimized
+    from reid_tao.deploy.precision import save_optimized
 
     target = folder / f"{path.stem}_optimized.onnx"
     save_optimized(path, target, "extended")
@@ -308,7 +308,7 @@ def test_cpu_int8_is_u8s8_and_every_quantized_conv_runs_as_qlinearconv(tiny_fp32
 
 @pytest.mark.parametrize("target", ["tensorrt", "cpu"])
 def test_int8_targets_agree_with_fp32(tiny_fp32, target):
-    from reid_tao.engine.onnx_precision import cosine_parity, session_runner
+    from reid_tao.deploy.precision import cosine_parity, session_runner
 
     root, _, held_out = tiny_fp32
     mean, minimum = cosine_parity(session_runner(root / "fp32.onnx", "input", "fc_pred"),
@@ -324,7 +324,7 @@ def test_int8_calibrates_on_evaluation_transformed_images(tiny_market, tmp_path,
     from PIL import Image
 
     from reid_tao.data.preprocessing import Preprocessing
-    from reid_tao.engine import onnx_precision
+    from reid_tao.deploy import precision as onnx_precision
 
     checkpoint = write_untrained_checkpoint(tiny_market, tmp_path / "model.pth")
     seen = []

@@ -137,7 +137,7 @@ def test_export_onnx_parity_and_overwrite(trained, tmp_path, capsys):
 
 
 def test_export_parity_failure_is_reported(trained, tmp_path, monkeypatch, capsys):
-    from reid_tao.tasks import export
+    from reid_tao.deploy import export
 
     monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # any difference now fails
     onnx_file = tmp_path / "bad.onnx"
@@ -248,7 +248,7 @@ def test_spec_model_values_that_differ_from_the_checkpoint_are_named_and_not_rec
 @pytest.mark.parametrize("opset", [7, 99])
 def test_export_opset_outside_what_the_exporter_and_onnxruntime_support_is_one_line(opset, trained, tmp_path,
                                                                                     capsys):
-    from reid_tao.tasks.export import supported_opsets
+    from reid_tao.deploy.opsets import supported_opsets
 
     args = ["export", f"results_dir={tmp_path}", f"export.checkpoint={trained}", f"export.opset={opset}",
             f"export.onnx_file={tmp_path / 'model.onnx'}"]
@@ -262,7 +262,7 @@ def test_export_opset_outside_what_the_exporter_and_onnxruntime_support_is_one_l
 def test_export_at_the_lowest_supported_opset_has_no_weights_as_inputs(trained, tmp_path, capsys):
     import onnx
 
-    from reid_tao.tasks.export import supported_opsets
+    from reid_tao.deploy.opsets import supported_opsets
 
     onnx_file = tmp_path / "model.onnx"
     args = ["export", f"results_dir={tmp_path}", f"export.checkpoint={trained}", f"export.onnx_file={onnx_file}",

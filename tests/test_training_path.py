@@ -183,15 +183,15 @@ def test_cpu_bf16_is_native_with_avx512_bf16_or_amx(monkeypatch, avx512_bf16, am
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch, tmp_path, tiny_market, caplog, native):
+    from reid_tao.builders import trainer
     from reid_tao.engine.devices import DevicePlan
-    from reid_tao.tasks import train
 
-    monkeypatch.setattr(train, "plan_devices", lambda *a: DevicePlan("cpu", 1, 1, 1, "auto"))
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(train.pl, "Trainer", FakeTrainer)
+    monkeypatch.setattr(trainer, "plan_devices", lambda *a: DevicePlan("cpu", 1, 1, 1, "auto"))
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(trainer.pl, "Trainer", FakeTrainer)
     config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{"train.precision": "bf16-mixed"}))
     with caplog.at_level("INFO"):
-        kwargs = train.build_trainer(config, tmp_path, has_validation=False).kwargs
+        kwargs = trainer.build_trainer(config, tmp_path, has_validation=False).kwargs
     assert kwargs["precision"] == "bf16-mixed"
     warnings = [r for r in caplog.records if "no native bf16" in r.getMessage()]
     assert len(warnings) == (0 if native else 1)
@@ -204,15 +204,15 @@ class FakeTrainer:
 
 
 def fake_gpu_trainer(monkeypatch, tmp_path, tiny_market, caplog, **extra):
+    from reid_tao.builders import trainer
     from reid_tao.engine.devices import DevicePlan
-    from reid_tao.tasks import train
 
-    monkeypatch.setattr(train, "plan_devices", lambda *a: DevicePlan("gpu", [0, 1], 2, 1, "ddp"))
-    monkeypatch.setattr(train, "precision_for", lambda requested, accelerator, index: "bf16-mixed")
-    monkeypatch.setattr(train.pl, "Trainer", FakeTrainer)
+    monkeypatch.setattr(trainer, "plan_devices", lambda *a: DevicePlan("gpu", [0, 1], 2, 1, "ddp"))
+    monkeypatch.setattr(trainer, "precision_for", lambda requested, accelerator, index: "bf16-mixed")
+    monkeypatch.setattr(trainer.pl, "Trainer", FakeTrainer)
     config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **extra))
     with caplog.at_level("INFO"):
-        return train.build_trainer(config, tmp_path, has_validation=False).kwargs
+        return trainer.build_trainer(config, tmp_path, has_validation=False).kwargs
 
 
 def test_sync_bn_is_off_by_default_and_warned_about_with_compile(monkeypatch, tmp_path, tiny_market, caplog):
@@ -239,7 +239,7 @@ def test_cudnn_section_reaches_the_trainer(monkeypatch, tmp_path, tiny_market, c
 def test_cudnn_flags_on_cpu():
     from omegaconf import OmegaConf
 
-    from reid_tao.tasks.train import cudnn_flags
+    from reid_tao.builders import cudnn_flags
 
     assert cudnn_flags(OmegaConf.create({"benchmark": False, "deterministic": False}), "cpu") == (False, None)
     assert cudnn_flags(OmegaConf.create({"benchmark": False, "deterministic": True}), "cpu") == (False, "warn")

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from reid_tao.builders import default_space
 from reid_tao.cli import main
 from reid_tao.config.search_space import DEFAULT_SPACE, parse_space
 from reid_tao.engine import tuning
@@ -258,16 +259,16 @@ def _config(**sections):
 
 
 def test_the_default_space_leaves_out_what_the_spec_does_not_train_and_fits_the_warm_up():
-    full = tune_task.default_space(_config(train={"num_epochs": 120}))
+    full = default_space(_config(train={"num_epochs": 120}))
     assert list(full) == [*list(DEFAULT_SPACE)[:-1], "train.optim.warmup_iters"]
     assert full["train.optim.warmup_iters"] == {"int": [0, 10]}
-    cosine = tune_task.default_space(_config(train={"num_epochs": 6, "optim": {"warmup_method": "cosine"}}))
+    cosine = default_space(_config(train={"num_epochs": 6, "optim": {"warmup_method": "cosine"}}))
     assert cosine["train.optim.warmup_epochs"] == {"int": [0, 3]} and "train.optim.warmup_iters" not in cosine
-    assert "train.optim.warmup_iters" not in tune_task.default_space(_config(train={"num_epochs": 1}))
-    no_triplet = tune_task.default_space(_config(dataset={"sampler": "softmax"}))
+    assert "train.optim.warmup_iters" not in default_space(_config(train={"num_epochs": 1}))
+    no_triplet = default_space(_config(dataset={"sampler": "softmax"}))
     assert "train.optim.triplet_loss_margin" not in no_triplet and "model.label_smooth" in no_triplet
-    assert "train.optim.triplet_loss_margin" not in tune_task.default_space(_config(model={"no_margin": True}))
-    no_id = tune_task.default_space(_config(dataset={"sampler": "triplet"}))
+    assert "train.optim.triplet_loss_margin" not in default_space(_config(model={"no_margin": True}))
+    no_id = default_space(_config(dataset={"sampler": "triplet"}))
     assert "model.label_smooth" not in no_id and "train.optim.triplet_loss_margin" in no_id
     parse_space(full)  # a valid space
 

@@ -13,6 +13,7 @@ from ..config.loader import check_stored_data, load_stored_config, schema_config
 from ..config.schema import MAX_INPUT_SIDE
 from ..config.validate import validate_config
 from ..data.preprocessing import Preprocessing
+from ..deploy.runtime import OnnxModel, is_onnx_file
 from ..engine.checkpoint import (
     LATEST_NAME,
     holds_optimiser_state,
@@ -22,7 +23,6 @@ from ..engine.checkpoint import (
     read_checkpoint,
     read_checkpoint_file,
 )
-from ..engine.onnx_runner import OnnxModel, is_onnx_file
 from ..errors import ConfigError, DataError
 from ..io import first_line
 from ..model.tao_baseline import TAO_RESNET_LAYERS, TAO_RESNET_WIDTH, TaoBaseline, TaoResNet, tao_resnet_layers
@@ -246,6 +246,26 @@ ARCHITECTURE_FIELDS = ("backbone", "last_stride", "input_width", "input_height",
                        "gem_pooling", "reduce_feat_dim")
 # dataset.* fields of the preprocessing a trained model expects (its checkpoint stores them)
 PREPROCESSING_FIELDS = ("pixel_mean", "pixel_std", "interpolation")
+
+
+# At evaluate/inference/export time the checkpoint's ARCHITECTURE_FIELDS run; the spec's other model.* fields
+# are training settings, except these two read from the spec:
+SPEC_MODEL_FIELDS = ("with_flip_feature", "trust_weights_file")
+
+
+def checkpoint_model_config(config: DictConfig, trained: DictConfig, task: str) -> DictConfig:
+    """The spec with the model section that really runs: the checkpoint's (``trained``), but SPEC_MODEL_FIELDS
+    from the spec; one line names the ARCHITECTURE_FIELDS values of the spec that differ from the checkpoint's."""
+    spec, ran = config.model, trained.model
+    differ = [name for name in ARCHITECTURE_FIELDS if spec[name] != ran[name]]
+    if differ:
+        log.warning("%s: the checkpoint decides the model: %s in the spec differ from the checkpoint's %s; "
+                    "running the checkpoint's (experiment.yaml records it)", task,
+                    ", ".join(f"model.{name}={spec[name]!r}" for name in differ),
+                    ", ".join(repr(ran[name]) for name in differ))
+    model = OmegaConf.to_container(ran, resolve=True)
+    model.update({name: spec[name] for name in SPEC_MODEL_FIELDS})
+    return OmegaConf.merge(config, {"model": model})
 
 
 def _fields_text(section: DictConfig, names, prefix: str = "model") -> str:

@@ -299,9 +299,9 @@ class ExportConfig:
     gpu_id: int = spec_field(0, help="export runs on the CPU; a different value is logged")
     opset: int = spec_field(17, bounds=AT_LEAST_1, new=True, help="ONNX opset")
     overwrite: bool = spec_field(False, new=True, help="replace an existing ONNX file")
-    data_type: str = spec_field("fp32", choices="reid_tao.engine.onnx_precision:DATA_TYPES", help=(
+    data_type: str = spec_field("fp32", choices="reid_tao.deploy.precision:DATA_TYPES", help=(
         "TAO's deploy name: fp32, fp16, or int8 (calibrated on calibration_dataset; its form: int8_target)"))
-    int8_target: str = spec_field("tensorrt", choices="reid_tao.engine.onnx_precision:INT8_TARGETS", new=True, help=(
+    int8_target: str = spec_field("tensorrt", choices="reid_tao.deploy.precision:INT8_TARGETS", new=True, help=(
         "int8: tensorrt (symmetric signed QDQ, the form TensorRT/DeepStream accept; slow in onnxruntime on x86 "
         "CPUs) or cpu (unsigned activations, the form onnxruntime's x86 CPU kernels run fastest; TensorRT refuses "
         "it, so no DeepStream config is written)"))

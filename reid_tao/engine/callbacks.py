@@ -1,4 +1,5 @@
-"""Callbacks: a one-line summary per epoch, and a progress bar that reads the loss only when it redraws."""
+"""Callbacks: a one-line summary per epoch, a progress bar that reads the loss only when it redraws, and a
+count of the steps a run trained."""
 import logging
 import sys
 import time
@@ -77,3 +78,13 @@ class StepLossBar(TQDMProgressBar):
         if loss is not None:
             metrics["loss"] = f"{loss:.4f}"
         return metrics
+
+
+class StepCounter(pl.Callback):
+    """The training steps this process ran (0 when a resumed run had no epoch left to train)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.steps += 1

@@ -14,7 +14,6 @@ from ..evaluation.features import embed
 from .callbacks import console_is_terminal
 from .devices import plan_devices
 from .distributed import gather_by_index
-from .onnx_runner import OnnxModel, onnx_feature_batches
 from .precision import precision_for
 
 
@@ -55,12 +54,9 @@ def _first_gpu(plan) -> Optional[int]:
     return plan.devices[0] if plan.accelerator == "gpu" else None
 
 
-def section_precision(section: DictConfig, model=None) -> str:
+def section_precision(section: DictConfig) -> str:
     """The precision evaluate/inference extract with: <section>.precision resolved on the section's device
-    (default "32", so metrics and embeddings match the CPU and TAO's fp32 evaluation); for an exported
-    model, its data type (fp32, fp16, int8)."""
-    if isinstance(model, OnnxModel):
-        return model.data_type
+    (default "32", so metrics and embeddings match the CPU and TAO's fp32 evaluation)."""
     plan = _plan(section)
     return precision_for(section.precision, plan.accelerator, _first_gpu(plan))
 
@@ -78,10 +74,7 @@ def _float32_matmul_precision(value: str):
 def extract(model: nn.Module, dataset: ImageDataset, section: DictConfig, batch_size: int, num_workers: int,
             flip: bool = False) -> Optional[torch.Tensor]:
     """(N, D) float32 features in dataset order, on the device that extracted them, on the global-zero
-    process (so metrics and re-ranking run on the GPU when there is one); None on the other processes.
-    An exported model (:class:`OnnxModel`) runs in this one process, through onnxruntime."""
-    if isinstance(model, OnnxModel):
-        return torch.cat(list(onnx_feature_batches(model, dataset, batch_size, num_workers, flip)))
+    process (so metrics and re-ranking run on the GPU when there is one); None on the other processes."""
     plan = _plan(section)
     precision = precision_for(section.precision, plan.accelerator, _first_gpu(plan))
     trainer = pl.Trainer(accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes,

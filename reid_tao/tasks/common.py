@@ -13,7 +13,6 @@ from typing import Callable, Iterator
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from ..builders.checkpoints import ARCHITECTURE_FIELDS
 from ..config.loader import task_results_dir
 from ..config.notices import field_notices
 from ..engine.status import FAILURE, RUNNING, STARTED, STATUS_FILE, StatusFile
@@ -191,8 +190,7 @@ def prepare_task(config: DictConfig, task: str) -> Path:
     quiet_lightning()
     results = task_results_dir(config, task)
     results.mkdir(parents=True, exist_ok=True)
-    if is_global_zero():
-        atomic_write_text(results / "experiment.yaml", OmegaConf.to_yaml(config))
+    write_experiment(config, task)
     if config.encryption_key:
         log.info("encryption_key is set: reid_tao writes unencrypted checkpoints")
     for line in field_notices(config, task):
@@ -200,24 +198,7 @@ def prepare_task(config: DictConfig, task: str) -> Path:
     return results
 
 
-# At evaluate/inference/export time the checkpoint's ARCHITECTURE_FIELDS run; the spec's other model.* fields
-# are training settings, except these two read from the spec:
-SPEC_MODEL_FIELDS = ("with_flip_feature", "trust_weights_file")
-
-
-def record_checkpoint_model(config: DictConfig, trained: DictConfig, task: str) -> DictConfig:
-    """Say in one line which model.* values of the spec differ from the checkpoint's (the checkpoint's run),
-    and rewrite <task>/experiment.yaml with the model section that really ran. Returns that config."""
-    spec, ran = config.model, trained.model
-    differ = [name for name in ARCHITECTURE_FIELDS if spec[name] != ran[name]]
-    if differ:
-        log.warning("%s: the checkpoint decides the model: %s in the spec differ from the checkpoint's %s; "
-                    "running the checkpoint's (experiment.yaml records it)", task,
-                    ", ".join(f"model.{name}={spec[name]!r}" for name in differ),
-                    ", ".join(repr(ran[name]) for name in differ))
-    model = OmegaConf.to_container(ran, resolve=True)
-    model.update({name: spec[name] for name in SPEC_MODEL_FIELDS})
-    effective = OmegaConf.merge(config, {"model": model})
+def write_experiment(config: DictConfig, task: str) -> None:
+    """<task>/experiment.yaml: the resolved config the task runs (written by the global-zero process)."""
     if is_global_zero():
-        atomic_write_text(task_results_dir(config, task) / "experiment.yaml", OmegaConf.to_yaml(effective))
-    return effective
+        atomic_write_text(task_results_dir(config, task) / "experiment.yaml", OmegaConf.to_yaml(config))

@@ -5,21 +5,27 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from ..builders import extraction_batch_size, load_embedding_model, task_checkpoint
+from ..builders import (
+    checkpoint_model_config,
+    extract_features,
+    extraction_precision,
+    load_embedding_model,
+    re_ranking_arguments,
+    task_checkpoint,
+)
 from ..data.datamodule import eval_dataset
 from ..data.layouts import read_split
 from ..data.records import summary_table
-from ..engine.extractor import extract, section_precision
 from ..engine.status import StatusFile
 from ..errors import ConfigError
 from ..evaluation.result import EvaluationResult, evaluate_features
-from .common import prepare_task, record_checkpoint_model, reported
+from .common import prepare_task, reported, write_experiment
 from .evaluate_outputs import OutputContext, write_outputs
 
 log = logging.getLogger("reid_tao.evaluate")
 
 
-def eval_folder(config: DictConfig, own: str, fallback: str) -> tuple:
+def _eval_folder(config: DictConfig, own: str, fallback: str) -> tuple:
     """evaluate.<own> or, when unset, dataset.<fallback> (never inference.*: TAO mixes them, bug B6)."""
     value = config.evaluate[own] or config.dataset[fallback]
     field = f"evaluate.{own}" if config.evaluate[own] else f"dataset.{fallback}"
@@ -37,22 +43,18 @@ def run(config: DictConfig, status: StatusFile) -> Optional[EvaluationResult]:
     model, preprocessing, trained = load_embedding_model(checkpoint, "evaluate.checkpoint", config, config.evaluate,
                                                          trust=config.model.trust_weights_file)
     if trained is not None:  # a .pth: its config decides the model
-        record_checkpoint_model(config, trained, "evaluate")
-    query_dir, query_field = eval_folder(config, "query_dataset", "query_dataset_dir")
-    gallery_dir, gallery_field = eval_folder(config, "test_dataset", "test_dataset_dir")
+        write_experiment(checkpoint_model_config(config, trained, "evaluate"), "evaluate")
+    query_dir, query_field = _eval_folder(config, "query_dataset", "query_dataset_dir")
+    gallery_dir, gallery_field = _eval_folder(config, "test_dataset", "test_dataset_dir")
     layout = config.dataset.layout
     query, gallery = read_split(query_dir, query_field, layout), read_split(gallery_dir, gallery_field, layout)
     log.info("evaluation data\n%s", summary_table({"query": query, "gallery": gallery}))
 
-    features = extract(model, eval_dataset(query + gallery, preprocessing.eval_transform()), config.evaluate,
-                       extraction_batch_size(config, "evaluate"), config.dataset.num_workers,
-                       config.model.with_flip_feature)
+    features = extract_features(model, eval_dataset(query + gallery, preprocessing.eval_transform()), config,
+                                "evaluate")
     if features is None:
         return None  # another process of a multi-process run: the global-zero process reports
-    rerank_cfg = config.re_ranking
-    re_rank = (dict(k1=rerank_cfg.k1, k2=rerank_cfg.k2, lambda_value=rerank_cfg.lambda_value)
-               if rerank_cfg.re_ranking else None)
-    result = evaluate_features(features, query, gallery, rerank_cfg.max_rank, re_rank)
-    write_outputs(result, OutputContext(config, results_dir, status, section_precision(config.evaluate, model),
+    result = evaluate_features(features, query, gallery, config.re_ranking.max_rank, re_ranking_arguments(config))
+    write_outputs(result, OutputContext(config, results_dir, status, extraction_precision(model, config, "evaluate"),
                                         checkpoint=checkpoint))
     return result

@@ -2,24 +2,22 @@
 import json
 import logging
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from ..builders import extraction_batch_size, load_trained_model, task_checkpoint
+from ..builders import checkpoint_model_config, feature_batches, load_embedding_model, task_checkpoint
 from ..data.datasets import ImageDataset
 from ..data.layouts import split_images
-from ..engine.extractor import extract
-from ..engine.onnx_runner import OnnxModel, is_onnx_file, onnx_feature_batches
 from ..engine.status import StatusFile
 from ..errors import ConfigError
 from ..io import atomic_output
-from .common import prepare_task, record_checkpoint_model, reported
+from .common import prepare_task, reported, write_experiment
 
 log = logging.getLogger("reid_tao.inference")
 
 
-def inference_folders(config: DictConfig) -> List[Tuple[str, str]]:
+def _inference_folders(config: DictConfig) -> List[Tuple[str, str]]:
     """(folder, spec field) pairs: inference.query_dataset / test_dataset, or, when neither is set,
     dataset.query_dataset_dir / test_dataset_dir (as evaluate; never evaluate.*)."""
     section, data = config.inference, config.dataset
@@ -34,16 +32,16 @@ def inference_folders(config: DictConfig) -> List[Tuple[str, str]]:
     return fallback
 
 
-def inference_images(config: DictConfig) -> List[str]:
+def _inference_images(config: DictConfig) -> List[str]:
     """Every image of the query split then the test split: a folder's sorted by path (names need not be
     Market's), a list file's in file order."""
     paths: List[str] = []
-    for folder, field in inference_folders(config):
+    for folder, field in _inference_folders(config):
         paths += split_images(folder, field, config.dataset.layout)
     return paths
 
 
-def write_embeddings_json(path: Path, image_paths: List[str], batches) -> int:
+def _write_embeddings_json(path: Path, image_paths: List[str], batches) -> int:
     """Stream `[{"img_path": ..., "embedding": [...]}, ...]` into a temporary file, then rename it into place."""
     written = 0
     with atomic_output(path) as out:
@@ -57,44 +55,26 @@ def write_embeddings_json(path: Path, image_paths: List[str], batches) -> int:
     return written
 
 
-def output_path(config: DictConfig, results_dir: Path) -> Path:
+def _output_path(config: DictConfig, results_dir: Path) -> Path:
     return Path(config.inference.output_file or results_dir / "inference.json")
 
 
-def run_onnx(config: DictConfig, checkpoint: str, results_dir: Path) -> Path:
-    """inference.checkpoint=model.onnx: onnxruntime in this process (CUDA when available), preprocessing from
-    the sidecar export wrote beside the model (not from the spec), features streamed batch by batch."""
-    section = config.inference
-    model = OnnxModel(checkpoint, "inference.checkpoint", section.accelerator, section.gpu_ids[0])
-    if section.num_gpus > 1:
-        log.info("ONNX inference runs in one process; inference.num_gpus=%d is not used", section.num_gpus)
-    image_paths = inference_images(config)
-    dataset = ImageDataset(image_paths, [0] * len(image_paths), [0] * len(image_paths),
-                           model.preprocessing.eval_transform())
-    batches = onnx_feature_batches(model, dataset, extraction_batch_size(config, "inference"),
-                                   config.dataset.num_workers, config.model.with_flip_feature)
-    output = output_path(config, results_dir)
-    count = write_embeddings_json(output, image_paths, batches)
-    log.info("wrote %d embeddings (%d-d) to %s", count, model.feat_dim, output)
-    return output
-
-
 @reported("inference")
-def run(config: DictConfig, status: StatusFile) -> Path:
+def run(config: DictConfig, status: StatusFile) -> Optional[Path]:
     results_dir = prepare_task(config, "inference")
+    # a .pth checkpoint, or an exported .onnx: onnxruntime in this process, preprocessing from the sidecar
+    # export wrote beside the model (not from the spec), features streamed batch by batch
     checkpoint = task_checkpoint(config, "inference")
-    if is_onnx_file(checkpoint):
-        return run_onnx(config, checkpoint, results_dir)
-    model, preprocessing, trained = load_trained_model(checkpoint, "inference.checkpoint", config,
-                                                       trust=config.model.trust_weights_file)
-    record_checkpoint_model(config, trained, "inference")
-    image_paths = inference_images(config)
+    model, preprocessing, trained = load_embedding_model(checkpoint, "inference.checkpoint", config, config.inference,
+                                                         trust=config.model.trust_weights_file)
+    if trained is not None:  # a .pth: its config decides the model
+        write_experiment(checkpoint_model_config(config, trained, "inference"), "inference")
+    image_paths = _inference_images(config)
     dataset = ImageDataset(image_paths, [0] * len(image_paths), [0] * len(image_paths), preprocessing.eval_transform())
-    features = extract(model, dataset, config.inference, extraction_batch_size(config, "inference"),
-                       config.dataset.num_workers, config.model.with_flip_feature)
-    if features is None:
+    batches = feature_batches(model, dataset, config, "inference")
+    if batches is None:
         return None  # another process of a multi-process run: the global-zero process writes the file
-    output = output_path(config, results_dir)
-    count = write_embeddings_json(output, image_paths, features.cpu().split(1024))
+    output = _output_path(config, results_dir)
+    count = _write_embeddings_json(output, image_paths, batches)
     log.info("wrote %d embeddings (%d-d) to %s", count, model.feat_dim, output)
     return output

@@ -13,19 +13,17 @@ import logging
 import math
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..builders import check_spec, loss_terms
-from ..config.loader import schema_config
-from ..config.search_space import DEFAULT_SPACE, Param, parse_space, space_text
-from ..config.validate import validate_config
+from ..builders import default_space, study_arguments, trial_config
+from ..config.search_space import Param, parse_space, space_text
 from ..data.val_split import GALLERY_FOLDER, QUERY_FOLDER, SPLIT_FILE, TRAIN_FOLDER, make_val_split
 from ..engine.devices import plan_devices
 from ..engine.metric_names import metric_modes
 from ..engine.status import RUNNING, StatusFile
-from ..engine.tuning import PRUNERS, SAMPLERS, ValidationReporter
+from ..engine.tuning import ValidationReporter
 from ..errors import ConfigError, DataError, Preempted
 from ..io import atomic_write_text, first_line
 from . import train
@@ -41,26 +39,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 ANOTHER_STUDY = "set another results_dir (or move it away to start a new study there)"
 
 
-def default_space(config: DictConfig) -> Dict[str, Dict[str, list]]:
-    """DEFAULT_SPACE fitted to the spec: fields it does not train with are left out (the margin without a
-    triplet loss that has one, label smoothing without the identity loss), and the warm-up is the field that
-    train.optim.warmup_method reads, at most half of train.num_epochs (training shortens a longer one anyway)."""
-    model, optim = config.model, config.train.optim
-    terms = loss_terms(config.dataset.sampler, model.metric_loss_type, model.with_center_loss)
-    space = dict(DEFAULT_SPACE)
-    if "triplet" not in terms or model.no_margin:
-        del space["train.optim.triplet_loss_margin"]
-    if "id" not in terms:
-        del space["model.label_smooth"]
-    warmup = space.pop("train.optim.warmup_epochs")["int"]
-    longest = min(warmup[1], config.train.num_epochs // 2)
-    if longest > warmup[0]:
-        field = "warmup_epochs" if optim.warmup_method == "cosine" else "warmup_iters"
-        space[f"train.optim.{field}"] = {"int": [warmup[0], longest]}
-    return space
-
-
-def trial_folder(results: Path, number: int) -> Path:
+def _trial_folder(results: Path, number: int) -> Path:
     return results / f"trial_{number:03d}"
 
 
@@ -83,19 +62,6 @@ def _folder_number(trial) -> int:
         raise DataError(f"{STUDY_FILE}: trial {number} continues trial {source}, which is not an earlier trial; "
                         f"the database was not written by reid tune: {ANOTHER_STUDY}")
     return source
-
-
-def trial_config(base: DictConfig, values: Mapping[str, Any], folder: Optional[Path] = None) -> DictConfig:
-    """``base`` with a trial's values (and training folder), checked by the same rules as any spec."""
-    config = OmegaConf.merge(schema_config(), OmegaConf.to_container(base, resolve=False))
-    for path, value in values.items():
-        OmegaConf.update(config, path, value, merge=False)
-    if folder is not None:
-        OmegaConf.update(config, "train.results_dir", str(folder))
-    validate_config(config)
-    check_spec(config)
-    OmegaConf.set_readonly(config, True)
-    return config
 
 
 def _check_ends(base: DictConfig, params: List[Param]) -> None:
@@ -201,7 +167,7 @@ def _open_study(path: Path, config: DictConfig, params: List[Param], maximize: b
     Optuna study, or another study: another direction, metric or search space."""
     import optuna
 
-    tune, num_epochs = config.tune, config.train.num_epochs
+    tune = config.tune
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise DataError(f"{path} is not a regular file; {ANOTHER_STUDY}")
     try:
@@ -216,8 +182,7 @@ def _open_study(path: Path, config: DictConfig, params: List[Param], maximize: b
     try:
         study = optuna.create_study(
             study_name=STUDY_NAME, storage=f"sqlite:///{path.absolute()}", load_if_exists=True,
-            direction="maximize" if maximize else "minimize", sampler=SAMPLERS[tune.sampler](tune.seed, num_epochs),
-            pruner=PRUNERS[tune.pruner](tune.seed, num_epochs))
+            direction="maximize" if maximize else "minimize", **study_arguments(config))
         directions = [direction.name.lower() for direction in study.directions]
         trials = study.get_trials(deepcopy=False)
         metric = study.user_attrs.get("metric")
@@ -261,7 +226,7 @@ def _requeue_interrupted(study, params: List[Param], results: Path) -> None:
         number = _folder_number(trial)
         study.enqueue_trial(_space_values(trial.number, trial.params, params), user_attrs={CONTINUES: number})
         requeued.add(trial.number)
-        log.info("trial %d was interrupted: it continues in %s", trial.number, trial_folder(results, number))
+        log.info("trial %d was interrupted: it continues in %s", trial.number, _trial_folder(results, number))
     study.set_user_attr("requeued", sorted(requeued))
 
 
@@ -295,7 +260,7 @@ def _rows(study) -> List[TrialRow]:
         minutes = ((trial.datetime_complete - trial.datetime_start).total_seconds() / 60
                    if trial.datetime_complete and trial.datetime_start else None)
         rows.append(TrialRow(trial.number, trial.state.name, value, len(trial.intermediate_values), minutes,
-                             trial_folder(Path(), _folder_number(trial)).name, dict(trial.params)))
+                             _trial_folder(Path(), _folder_number(trial)).name, dict(trial.params)))
     return rows
 
 
@@ -313,7 +278,7 @@ class _Objective:
     def __call__(self, trial) -> float:
         import optuna
 
-        folder = trial_folder(self.results, _folder_number(trial))
+        folder = _trial_folder(self.results, _folder_number(trial))
         try:
             drawn = {param.path: _suggest(trial, param) for param in self.params}
         except (ValueError, TypeError) as error:  # a queued value (from study.db) that is none of the choices

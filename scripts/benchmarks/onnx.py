@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated export.int8_target values to build an INT8 file for (int8_<target>)")
     parser.add_argument("--int8-variant", action="append", default=[], metavar="NAME=TARGET[,FIELD=VALUE...]",
                         help="also an INT8 file from TARGET's recipe with FIELDs changed (Int8Recipe in "
-                             "reid_tao/engine/onnx_precision.py), reported as int8_NAME; repeatable. E.g. "
+                             "reid_tao/deploy/precision.py), reported as int8_NAME; repeatable. E.g. "
                              "qop=cpu,quant_format=QOperator  rr=cpu,reduce_range=true  all=cpu,float_layers=")
     parser.add_argument("--gem-pooling", action="store_true", help="model.gem_pooling of the random-weight model")
     parser.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes to time")
@@ -72,7 +72,7 @@ def _onnx_accuracy(run: Callable, query: list, gallery: list, preprocessing: Any
     import numpy as np
     import torch
 
-    from reid_tao.engine.onnx_precision import image_batches
+    from reid_tao.deploy.precision import image_batches
     from reid_tao.evaluation.distance import pairwise_distance
     from reid_tao.evaluation.metrics import evaluate_rankings
 
@@ -91,7 +91,7 @@ def parse_int8_variant(text: str) -> tuple[str, Any]:
     """``NAME=TARGET[,FIELD=VALUE...]`` -> (NAME, that target's Int8Recipe with FIELDs replaced), e.g.
     ``qop=cpu,quant_format=QOperator`` or ``allint8=cpu,float_layers=`` (nothing in float; several layers are
     joined with +). Booleans are true/false."""
-    from reid_tao.engine.onnx_precision import INT8_TARGETS, check_recipe
+    from reid_tao.deploy.precision import INT8_TARGETS, check_recipe
 
     name, _, rest = text.partition("=")
     base, *pairs = rest.split(",")
@@ -123,7 +123,7 @@ def parse_int8_variant(text: str) -> tuple[str, Any]:
 
 def _int8_recipes(args: argparse.Namespace) -> dict[str, Any]:
     """Label -> recipe of every INT8 file to build: int8_<target> for --int8-targets, then the variants."""
-    from reid_tao.engine.onnx_precision import INT8_TARGETS
+    from reid_tao.deploy.precision import INT8_TARGETS
 
     recipes = {}
     for target in filter(None, args.int8_targets.split(",")):
@@ -148,9 +148,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from reid_tao.builders import build_model, load_experiment, load_trained_model, preprocessing_for
     from reid_tao.data.layouts import read_split, split_images
-    from reid_tao.engine import onnx_precision as precision
-    from reid_tao.engine.onnx_runner import quiet_onnxruntime
-    from reid_tao.tasks.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+    from reid_tao.deploy import precision
+    from reid_tao.deploy.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+    from reid_tao.deploy.runtime import quiet_onnxruntime
 
     quiet_onnxruntime()  # its warnings carry colour escape codes into piped output
     if args.rounds < 1:

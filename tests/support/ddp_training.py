@@ -14,10 +14,9 @@ import tiny_backbone
 import torch
 from sync_counter import HostSyncCounter
 
-from reid_tao.builders import build_datamodule, build_module, load_experiment
+from reid_tao.builders import build_datamodule, build_module, build_trainer, load_experiment
 from reid_tao.engine.checkpoint import LATEST_NAME
 from reid_tao.engine.preemption import PreemptionCheckpoint
-from reid_tao.tasks.train import build_trainer
 
 
 class StepLosses(pl.Callback):

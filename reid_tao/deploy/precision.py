@@ -27,7 +27,7 @@ import torch
 from ..data.datamodule import eval_loader
 from ..data.datasets import ImageDataset
 from ..data.preprocessing import Preprocessing
-from .onnx_runner import quiet_onnxruntime
+from .runtime import quiet_onnxruntime
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,12 @@ from ..data.preprocessing import Preprocessing
 from ..errors import DataError
 from ..evaluation.features import embed
 from ..io import first_line, read_regular_file
-from .devices import ACCELERATORS
 
 log = logging.getLogger(__name__)
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+# The accelerators onnxruntime is asked for: the spec's (engine.devices.ACCELERATORS; a test keeps them equal).
+ACCELERATORS = ("auto", "gpu", "cpu")
 SIDECAR_MAX_BYTES = 2**20
 # One image's largest tensor: a 4096x4096 input's 64-channel stem output is 1 GiB in float32.
 MAX_TENSOR_BYTES = 4 * 2**30
