@@ -209,12 +209,12 @@ def test_a_results_folder_that_is_a_file_is_one_line(field, tmp_path, capsys):
 
 
 def test_a_full_disk_for_status_json_is_one_line(tiny_market, tmp_path, capsys, monkeypatch):
-    import reid_tao.io as io
+    from reid_tao.io import atomic
 
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(io, "_append", full)
+    monkeypatch.setattr(atomic, "_append", full)
     code = main(["train", *tiny_overrides(tiny_market, tmp_path)])
     err = one_line(capsys)
     assert code == 1 and "status.json" in err and "No space left on device" in err

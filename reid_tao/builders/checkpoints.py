@@ -23,8 +23,7 @@ from ..engine.checkpoint import (
     read_checkpoint_file,
 )
 from ..engine.onnx_runner import OnnxModel, is_onnx_file
-from ..errors import ConfigError, DataError
-from ..io import first_line
+from ..errors import ConfigError, DataError, first_line
 from ..model.tao_baseline import TAO_RESNET_LAYERS, TAO_RESNET_WIDTH, TaoBaseline, TaoResNet, tao_resnet_layers
 from .spec import check_spec
 from .training import build_model, preprocessing_for

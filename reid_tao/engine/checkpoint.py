@@ -9,8 +9,9 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from ..errors import DataError, ReidError
-from ..io import atomic_torch_save, first_line, safe_torch_load
+from ..errors import DataError, ReidError, first_line
+from ..io.atomic import atomic_torch_save
+from ..io.safe_load import safe_torch_load
 
 log = logging.getLogger(__name__)
 

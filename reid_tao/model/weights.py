@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import DataError
-from ..io import first_line, safe_torch_load
+from ..errors import DataError, first_line
+from ..io.safe_load import safe_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
 
     Unwraps ``{"state_dict": ...}``, ``{"model": ...}``, ``{"model_state": ...}`` (also nested, as in
     Lightning checkpoints) and strips leading ``module.`` (DataParallel) prefixes. Never runs code from the
-    file unless ``trust`` (see :func:`reid_tao.io.safe_torch_load`).
+    file unless ``trust`` (see :func:`reid_tao.io.safe_load.safe_torch_load`).
     """
     path = Path(path).expanduser()
     if not path.is_file():

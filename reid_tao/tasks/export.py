@@ -30,8 +30,8 @@ from ..engine.onnx_precision import (
 )
 from ..engine.onnx_runner import onnx_sidecar_path, quiet_onnxruntime
 from ..engine.status import StatusFile
-from ..errors import ConfigError, DataError, ReidError
-from ..io import atomic_path, atomic_write_json, check_output_target, first_line
+from ..errors import ConfigError, DataError, ReidError, first_line
+from ..io.atomic import atomic_path, atomic_write_json, check_output_target
 from .common import prepare_task, record_checkpoint_model, reported
 from .deepstream import tracker_config_path, write_tracker_config
 

@@ -13,7 +13,7 @@ from ..engine.extractor import extract
 from ..engine.onnx_runner import OnnxModel, is_onnx_file, onnx_feature_batches
 from ..engine.status import StatusFile
 from ..errors import ConfigError
-from ..io import atomic_output
+from ..io.atomic import atomic_output
 from .common import prepare_task, record_checkpoint_model, reported
 
 log = logging.getLogger("reid_tao.inference")
