@@ -18,9 +18,9 @@ from reid_tao.cli import main
 from reid_tao.config.loader import load_config
 from reid_tao.data.datasets import load_rgb
 from reid_tao.data.list_file import parse_list_file
-from reid_tao.engine.checkpoint import read_checkpoint_file
 from reid_tao.engine.onnx_runner import OnnxModel
 from reid_tao.errors import ConfigError, DataError
+from reid_tao.io.checkpoint_file import read_checkpoint_file
 from reid_tao.tasks.common import results_lock
 
 from helpers import TINY_BACKBONE, tiny_overrides, write_person, write_untrained_checkpoint

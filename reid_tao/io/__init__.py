@@ -4,7 +4,8 @@
   writers that want one, a staging folder for whole trees), appends of whole lines, and the refusal to
   replace a FIFO, a device or a system folder with an output;
 - :mod:`.regular_files`: what is at a path, and reading inputs without blocking on a FIFO or a device;
-- :mod:`.safe_load`: ``torch.load`` without running code from the file (the allow-list of plain-data types).
+- :mod:`.safe_load`: ``torch.load`` without running code from the file (the allow-list of plain-data types);
+- :mod:`.checkpoint_file`: the one reader of weights and checkpoint files, which every caller uses.
 
 The one-line error helpers (``first_line``, ``last_line``, ``error_line``) live in :mod:`reid_tao.errors`.
 The names below are re-exported so ``from reid_tao.io import X`` keeps working; reid_tao's own modules import

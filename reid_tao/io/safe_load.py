@@ -2,7 +2,8 @@
 
 :func:`safe_torch_load` is the one place torch.load is called: ``weights_only=True`` with an allow-list of the
 plain-data types real Lightning/TAO/timm/torchvision files hold, and full unpickling (which runs code from the
-file) only on explicit request.
+file) only on explicit request. Every weights or checkpoint file is read through
+:func:`reid_tao.io.checkpoint_file.read_checkpoint_file`, which calls it.
 
 torch and omegaconf are imported inside the helpers that need them, so importing this module is cheap.
 """
