@@ -14,8 +14,7 @@ from .config.catalog import closest_hint, describe_fields, describe_sections, he
 from .config.loader import TASKS, load_config, task_results_dir
 from .config.paths import check_paths, named_paths
 from .config.table_choices import TABLE_CHOICES
-from .errors import ConfigError, Preempted, ReidError, Stopped
-from .io import error_line
+from .errors import ConfigError, Preempted, ReidError, Stopped, error_line
 
 DESCRIPTIONS = {
     "train": "train a re-identification model (resumes from results_dir/train/reid_model_latest.pth)",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from reid_tao.builders import spec_fields_markdown, table_choices_module
-from reid_tao.io import atomic_write_text
+from reid_tao.io.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "spec_fields.md"

@@ -19,8 +19,8 @@ from reid_tao.config.loader import load_config
 from reid_tao.data.datasets import load_rgb
 from reid_tao.data.list_file import parse_list_file
 from reid_tao.deploy.runtime import OnnxModel
-from reid_tao.engine.checkpoint import read_checkpoint_file
 from reid_tao.errors import ConfigError, DataError
+from reid_tao.io.checkpoint_file import read_checkpoint_file
 from reid_tao.tasks.common import results_lock
 
 from helpers import TINY_BACKBONE, tiny_overrides, write_person, write_untrained_checkpoint
@@ -209,12 +209,12 @@ def test_a_results_folder_that_is_a_file_is_one_line(field, tmp_path, capsys):
 
 
 def test_a_full_disk_for_status_json_is_one_line(tiny_market, tmp_path, capsys, monkeypatch):
-    import reid_tao.io as io
+    from reid_tao.io import atomic
 
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(io, "_append", full)
+    monkeypatch.setattr(atomic, "_append", full)
     code = main(["train", *tiny_overrides(tiny_market, tmp_path)])
     err = one_line(capsys)
     assert code == 1 and "status.json" in err and "No space left on device" in err

@@ -148,7 +148,7 @@ def test_export_parity_failure_is_reported(trained, tmp_path, monkeypatch, capsy
 
 def test_pretrain_choice_self_loads_backbone_and_new_classifier(tiny_market, trained, tmp_path, capsys):
     from reid_tao.builders import build_model, load_experiment
-    from reid_tao.engine.checkpoint import model_state_dict
+    from reid_tao.io.checkpoint_file import read_checkpoint_file
 
     from helpers import make_market
 
@@ -156,7 +156,7 @@ def test_pretrain_choice_self_loads_backbone_and_new_classifier(tiny_market, tra
     config = load_experiment(None, tiny_overrides(other, tmp_path / "r", **{"model.pretrain_choice": "self",
                                                                         "model.pretrained_model_path": str(trained)}))
     model = build_model(config, num_classes=9)
-    source = model_state_dict(torch.load(trained, weights_only=True))
+    source = read_checkpoint_file(trained, "x").model_state
     own = model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in source.items() if k.startswith("backbone."))
     assert own["classifier.weight"].shape == (9, 32)

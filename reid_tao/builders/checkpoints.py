@@ -14,17 +14,9 @@ from ..config.schema import MAX_INPUT_SIDE
 from ..config.validate import validate_config
 from ..data.preprocessing import Preprocessing
 from ..deploy.runtime import OnnxModel, is_onnx_file
-from ..engine.checkpoint import (
-    LATEST_NAME,
-    holds_optimiser_state,
-    is_reid_tao_checkpoint,
-    is_tao_checkpoint,
-    model_state_dict,
-    read_checkpoint,
-    read_checkpoint_file,
-)
-from ..errors import ConfigError, DataError
-from ..io import first_line
+from ..engine.checkpoint import LATEST_NAME
+from ..errors import ConfigError, DataError, first_line
+from ..io.checkpoint_file import REID_TAO, TAO, CheckpointFile, read_checkpoint_file
 from ..model.tao_baseline import TAO_RESNET_LAYERS, TAO_RESNET_WIDTH, TaoBaseline, TaoResNet, tao_resnet_layers
 from .spec import check_spec
 from .training import build_model, preprocessing_for
@@ -62,7 +54,7 @@ def load_trained_model(path: str, field: str, config: Optional[DictConfig] = Non
     checkpoint = read_checkpoint_file(path, field, trust=trust)
     for architecture in ARCHITECTURES.values():
         if architecture.detect(checkpoint):
-            trained = architecture.rebuild(checkpoint, config, f"{field}: {path}")
+            trained = architecture.rebuild(checkpoint, config)
             trained.model.eval()
             return trained
     raise DataError(f"{field}: {path} is neither a reid_tao checkpoint nor a TAO ReIdentificationNet checkpoint "
@@ -81,15 +73,16 @@ def load_embedding_model(path: str, field: str, config: DictConfig, section: Dic
     return trained.model, trained.preprocessing, trained.config
 
 
-def _rebuild_reid_tao(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
+def _rebuild_reid_tao(checkpoint: CheckpointFile, config: Optional[DictConfig]) -> TrainedModel:
     """Our Baseline from the config and num_classes stored in a reid_tao checkpoint, both read as data and
     checked like a spec before anything is built (a crafted file gets one line, not a traceback or 17 GB)."""
-    metadata = _stored_metadata(checkpoint, source)
+    source = checkpoint.source
+    metadata = _stored_metadata(checkpoint)
     trained_config = stored_training_config(metadata, source)
-    num_classes = _stored_num_classes(metadata, checkpoint, source)
+    num_classes = _stored_num_classes(metadata, checkpoint)
     model = build_model(trained_config, num_classes, load_pretrained=False)
     try:
-        result = model.load_state_dict(model_state_dict(checkpoint), strict=False)
+        result = model.load_state_dict(checkpoint.model_state, strict=False)
     except RuntimeError as error:  # a tensor of the wrong shape
         raise DataError(f"{source}: its weights do not fit the {trained_config.model.backbone} model its config "
                         f"describes ({first_line(error, limit=200)})") from None
@@ -108,11 +101,11 @@ def _rebuild_reid_tao(checkpoint: Dict[str, Any], config: Optional[DictConfig], 
     return TrainedModel(model, preprocessing, trained_config)
 
 
-def _stored_metadata(checkpoint: Dict[str, Any], source: str) -> Dict[str, Any]:
-    metadata = checkpoint.get("reid_tao")
+def _stored_metadata(checkpoint: CheckpointFile) -> Dict[str, Any]:
+    metadata = checkpoint.metadata
     if not isinstance(metadata, dict):
-        raise DataError(f"{source}: its reid_tao metadata is a {type(metadata).__name__}, not a mapping; use a file "
-                        "written by `reid train`")
+        raise DataError(f"{checkpoint.source}: its reid_tao metadata is a {type(metadata).__name__}, not a "
+                        "mapping; use a file written by `reid train`")
     return metadata
 
 
@@ -129,14 +122,15 @@ def stored_training_config(metadata: Dict[str, Any], source: str) -> DictConfig:
 MAX_STORED_CLASSES = 1_000_000  # identities; the largest re-id sets have a few tens of thousands
 
 
-def _stored_num_classes(metadata: Dict[str, Any], checkpoint: Dict[str, Any], source: str) -> int:
+def _stored_num_classes(metadata: Dict[str, Any], checkpoint: CheckpointFile) -> int:
     """num_classes as stored: a positive int agreeing with the classifier's rows (it sizes the classifier)."""
+    source = checkpoint.source
     value = metadata.get("num_classes")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DataError(f"{source}: its stored num_classes {value!r} is not a positive whole number")
     if value > MAX_STORED_CLASSES:  # it sizes the classifier before any weight is read
         raise DataError(f"{source}: its stored num_classes {value} is over {MAX_STORED_CLASSES}")
-    classifier = model_state_dict(checkpoint).get("classifier.weight")
+    classifier = checkpoint.model_state.get("classifier.weight")
     if isinstance(classifier, torch.Tensor) and classifier.dim() == 2 and classifier.shape[0] != value:
         raise DataError(f"{source}: its stored num_classes {value} disagrees with its classifier "
                         f"({classifier.shape[0]} rows)")
@@ -148,10 +142,10 @@ TAO_SETTINGS = {"model": ("backbone", "last_stride", "neck_feat", "input_height"
                 "dataset": ("pixel_mean", "pixel_std")}
 
 
-def _tao_settings(checkpoint: Dict[str, Any], config: Optional[DictConfig]) -> Tuple[DictConfig, str]:
+def _tao_settings(checkpoint: CheckpointFile, config: Optional[DictConfig]) -> Tuple[DictConfig, str]:
     """The current spec (or the defaults) with TAO_SETTINGS replaced by the checkpoint's hyper-parameters."""
     base = OmegaConf.to_container(config if config is not None else schema_config(), resolve=True)
-    hparams = checkpoint.get("hyper_parameters")
+    hparams = checkpoint.hyper_parameters
     if isinstance(hparams, DictConfig):
         hparams = OmegaConf.to_container(hparams, resolve=False)  # data: never resolved here
     spec = hparams.get("experiment_spec", hparams) if isinstance(hparams, Mapping) else None
@@ -177,11 +171,12 @@ def _tao_settings(checkpoint: Dict[str, Any], config: Optional[DictConfig]) -> T
     return settings, origin
 
 
-def _rebuild_tao_resnet(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
+def _rebuild_tao_resnet(checkpoint: CheckpointFile, config: Optional[DictConfig]) -> TrainedModel:
     """TAO's own ResNet network (see reid_tao.model.tao_baseline) from the weights' shapes and TAO's settings."""
-    if checkpoint.get("state_dict_encrypted"):
+    source = checkpoint.source
+    if checkpoint.encrypted:
         raise DataError(f"{source} is encrypted by TAO; decrypt it with TAO (its encryption key) first")
-    state = model_state_dict(checkpoint)
+    state = checkpoint.model_state
     if "classifier.weight" not in state:
         raise DataError(f"{source} is a TAO checkpoint without model.classifier.weight; is the file complete?")
     settings, origin = _tao_settings(checkpoint, config)
@@ -213,31 +208,32 @@ def _rebuild_tao_resnet(checkpoint: Dict[str, Any], config: Optional[DictConfig]
     return TrainedModel(model, preprocessing_for(settings), trained_config)
 
 
-def _rebuild_tao_swin(checkpoint: Dict[str, Any], config: Optional[DictConfig], source: str) -> TrainedModel:
-    raise DataError(f"{source} is a TAO Swin checkpoint; reid_tao rebuilds TAO's ResNet networks only. Fine-tune "
-                    "from it with model.pretrain_choice=self and model.pretrained_model_path")
+def _rebuild_tao_swin(checkpoint: CheckpointFile, config: Optional[DictConfig]) -> TrainedModel:
+    raise DataError(f"{checkpoint.source} is a TAO Swin checkpoint; reid_tao rebuilds TAO's ResNet networks only. "
+                    "Fine-tune from it with model.pretrain_choice=self and model.pretrained_model_path")
 
 
 class Architecture(NamedTuple):
-    detect: Callable[[Dict[str, Any]], bool]  # is a checkpoint dict of this architecture?
-    rebuild: Callable[[Dict[str, Any], Optional[DictConfig], str], TrainedModel]
+    detect: Callable[[CheckpointFile], bool]  # is a checkpoint of this architecture?
+    rebuild: Callable[[CheckpointFile, Optional[DictConfig]], TrainedModel]
 
 
-def _tao_with(key: str) -> Callable[[Dict[str, Any]], bool]:
-    return lambda checkpoint: is_tao_checkpoint(checkpoint) and key in checkpoint["state_dict"]
+def _tao_with(key: str) -> Callable[[CheckpointFile], bool]:
+    """A TAO checkpoint whose network has ``key`` (a name in its model_state)."""
+    return lambda checkpoint: checkpoint.kind == TAO and key in checkpoint.model_state
 
 
 # Trained-model architectures, tried in order: reid_tao's own checkpoints, then TAO's by their key layout.
 ARCHITECTURES = {
-    "reid_tao": Architecture(is_reid_tao_checkpoint, _rebuild_reid_tao),
-    "tao_resnet": Architecture(_tao_with("model.base.conv1.weight"), _rebuild_tao_resnet),
-    "tao_swin": Architecture(_tao_with("model.base.patch_embed.projection.weight"), _rebuild_tao_swin),
+    "reid_tao": Architecture(lambda checkpoint: checkpoint.kind == REID_TAO, _rebuild_reid_tao),
+    "tao_resnet": Architecture(_tao_with("base.conv1.weight"), _rebuild_tao_resnet),
+    "tao_swin": Architecture(_tao_with("base.patch_embed.projection.weight"), _rebuild_tao_swin),
 }
 
 
 def trained_num_classes(path: str, field: str, trust: bool = False) -> int:
-    checkpoint = read_checkpoint(path, field, trust=trust)
-    return _stored_num_classes(_stored_metadata(checkpoint, f"{field}: {path}"), checkpoint, f"{field}: {path}")
+    checkpoint = read_checkpoint_file(path, field, trust=trust).require_reid_tao()
+    return _stored_num_classes(_stored_metadata(checkpoint), checkpoint)
 
 
 # model.* fields that decide the network or its input: a checkpoint's model is rebuilt from its own values of
@@ -275,10 +271,9 @@ def _fields_text(section: DictConfig, names, prefix: str = "model") -> str:
 def check_resumable(path: str, field: str, config: DictConfig, num_classes: int, trust: bool = False) -> None:
     """Training resumes from ``path`` only with the model it holds (every ARCHITECTURE_FIELDS value the
     checkpoint records), its optimiser state and the same identities; else one line saying what to set."""
-    checkpoint = read_checkpoint(path, field, trust=trust)
-    source = f"{field}: {path}"
-    metadata = _stored_metadata(checkpoint, source)
-    trained = stored_training_config(metadata, source)
+    checkpoint = read_checkpoint_file(path, field, trust=trust).require_reid_tao()
+    metadata = _stored_metadata(checkpoint)
+    trained = stored_training_config(metadata, checkpoint.source)
     differ = [name for name in ARCHITECTURE_FIELDS if trained.model[name] != config.model[name]]
     if differ:
         held = f"a {trained.model.backbone} model" if "backbone" in differ else "a model"
@@ -286,11 +281,11 @@ def check_resumable(path: str, field: str, config: DictConfig, num_classes: int,
                         f"but the spec asks for {_fields_text(config.model, differ)}; set "
                         f"{'those' if len(differ) > 1 else 'it'} back to resume, or use a new results_dir to "
                         "train the new model")
-    if not holds_optimiser_state(checkpoint):
+    if not checkpoint.holds_optimiser_state:
         raise DataError(f"cannot resume from {path}: it holds the weights only (reid_tao keeps the optimiser state "
                         f"in {LATEST_NAME}.pth); resume from {LATEST_NAME}.pth, or start a new run from this one "
                         f"with model.pretrain_choice=self model.pretrained_model_path={path}")
-    trained_classes = _stored_num_classes(metadata, checkpoint, source)
+    trained_classes = _stored_num_classes(metadata, checkpoint)
     if trained_classes != num_classes:
         now = f"dataset.train_dataset_dir has {num_classes}"
         if config.adaptation.enable:  # the classifier is the source stream's (1 unused row without one)
@@ -306,10 +301,9 @@ def adaptation_source_config(config: DictConfig) -> DictConfig:
     A TAO checkpoint or plain weights file decides nothing here (its backbone is checked when it is loaded)."""
     field, path = "adaptation.source_checkpoint", config.adaptation.source_checkpoint
     checkpoint = read_checkpoint_file(path, field, trust=config.model.trust_weights_file)
-    if not is_reid_tao_checkpoint(checkpoint):
+    if checkpoint.kind != REID_TAO:
         return config
-    source = f"{field}: {path}"
-    trained = stored_training_config(_stored_metadata(checkpoint, source), source)
+    trained = stored_training_config(_stored_metadata(checkpoint), checkpoint.source)
     differ = [f"model.{name}" for name in ARCHITECTURE_FIELDS if trained.model[name] != config.model[name]]
     differ += [f"dataset.{name}" for name in PREPROCESSING_FIELDS if trained.dataset[name] != config.dataset[name]]
     if not differ:

@@ -1,11 +1,11 @@
 """Initial weights of a new model, per model.pretrain_choice: ImageNet, a reid_tao/TAO checkpoint, or none."""
 import logging
-from typing import Any, Dict, Optional
+from typing import Optional
 
 from omegaconf import DictConfig
 
-from ..engine.checkpoint import is_reid_tao_checkpoint, is_tao_checkpoint, model_state_dict, read_checkpoint_file
 from ..errors import DataError
+from ..io.checkpoint_file import REID_TAO, TAO, CheckpointFile, read_checkpoint_file
 from ..model import weights
 from ..model.backbones import BACKBONES
 from ..model.baseline import Baseline
@@ -41,9 +41,9 @@ def load_adaptation_source(model: Baseline, model_cfg: DictConfig, path: str, wi
         _load_classifier(model, checkpoint, path)
 
 
-def _load_classifier(model: Baseline, checkpoint: Optional[Dict[str, Any]], path: str) -> None:
+def _load_classifier(model: Baseline, checkpoint: Optional[CheckpointFile], path: str) -> None:
     rows = model.classifier.weight.shape[0]
-    stored = model_state_dict(checkpoint).get("classifier.weight") if checkpoint is not None else None
+    stored = checkpoint.model_state.get("classifier.weight") if checkpoint is not None else None
     if stored is not None and stored.shape == model.classifier.weight.shape:
         model.classifier.load_state_dict({"weight": stored})
         log.info("adaptation.source_checkpoint: its %d classifier rows are the source identities' (as many as "
@@ -54,9 +54,9 @@ def _load_classifier(model: Baseline, checkpoint: Optional[Dict[str, Any]], path
              "the classifier starts afresh", path, held, rows)
 
 
-def _stored_backbone(checkpoint: Dict[str, Any]) -> Optional[str]:
+def _stored_backbone(checkpoint: CheckpointFile) -> Optional[str]:
     """model.backbone of a reid_tao checkpoint's stored config, read as data (None when absent or not text)."""
-    stored = checkpoint.get("reid_tao")
+    stored = checkpoint.metadata
     config = stored.get("config") if isinstance(stored, dict) else None
     model = config.get("model") if isinstance(config, dict) else None
     backbone = model.get("backbone") if isinstance(model, dict) else None
@@ -64,21 +64,21 @@ def _stored_backbone(checkpoint: Dict[str, Any]) -> Optional[str]:
 
 
 def _load_trained_weights(model: Baseline, model_cfg: DictConfig, path: str, field: str,
-                          whole: bool = False) -> Optional[Dict[str, Any]]:
+                          whole: bool = False) -> Optional[CheckpointFile]:
     """Load ``path`` into ``model``; returns the reid_tao checkpoint read (None for any other file)."""
     checkpoint = read_checkpoint_file(path, field, trust=model_cfg.trust_weights_file)
-    if not is_reid_tao_checkpoint(checkpoint):
+    if checkpoint.kind != REID_TAO:
         log.info("%s: %s is not a reid_tao checkpoint; reading it as backbone weights", field, path)
-        if is_tao_checkpoint(checkpoint):
+        if checkpoint.kind == TAO:
             _check_tao_backbone_fits(checkpoint, model_cfg, field, path)
-        weights.load_backbone_weights(model.backbone, checkpoint)  # logs its match report, fails when poor
+        weights.load_backbone_weights(model.backbone, checkpoint.tensors)  # logs its report, fails when poor
         return None
     stored = _stored_backbone(checkpoint)
     if stored is not None and stored != model_cfg.backbone:
         # e.g. resnet_34 under resnet_18: the first 120 names match and the rest would be dropped unsaid
         raise DataError(f"{field}: {path} holds a {stored} model but model.backbone={model_cfg.backbone} here; set "
                         f"model.backbone={stored} to start from it")
-    state = model_state_dict(checkpoint)
+    state = checkpoint.model_state
     own = model.state_dict()
     transferable = {k: v for k, v in state.items()
                     if not k.startswith("classifier.") and k in own and own[k].shape == v.shape}
@@ -107,10 +107,10 @@ def _load_trained_weights(model: Baseline, model_cfg: DictConfig, path: str, fie
     return checkpoint
 
 
-def _check_tao_backbone_fits(checkpoint: Dict[str, Any], model_cfg: DictConfig,
+def _check_tao_backbone_fits(checkpoint: CheckpointFile, model_cfg: DictConfig,
                              field: str = "model.pretrained_model_path", path: str = "") -> None:
     """TAO's ResNets are Bottleneck nets for every depth; say so when ours is not, and what differs when it is."""
-    state = model_state_dict(checkpoint)
+    state = checkpoint.model_state
     if "base.conv1.weight" not in state:
         return  # a TAO Swin: the weight report tells how much matched
     layers = tao_resnet_layers(state)

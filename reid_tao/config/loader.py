@@ -8,8 +8,7 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import ConfigError, DataError
-from ..io import first_line
+from ..errors import ConfigError, DataError, first_line
 from .catalog import closest_hint
 from .schema import ExperimentConfig
 from .validate import validate_config

@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from ..errors import DataError
-from ..io import atomic_write_bytes, not_a_regular_file, read_regular_file
+from ..io.atomic import atomic_write_bytes
+from ..io.regular_files import not_a_regular_file, read_regular_file
 from .market import IMAGE_EXTENSIONS
 from .tracks import TrackBox
 

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from reid_tao.errors import ConfigError, DataError
-from reid_tao.io import staging_dir
+from reid_tao.io.atomic import staging_dir
 
 __all__ = ["generate_synthetic_market", "SyntheticConfigError", "MARKER_NAME", "SPLIT_FOLDERS"]
 

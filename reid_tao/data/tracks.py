@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import DataError
-from ..io import not_a_regular_file, read_regular_file
+from ..io.regular_files import not_a_regular_file, read_regular_file
 
 # MOTChallenge ground-truth classes that are people: pedestrian, person on vehicle, static person.
 MOT_PERSON_CLASSES = (1, 2, 7)

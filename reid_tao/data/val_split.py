@@ -24,7 +24,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..io import staging_dir
+from ..io.atomic import staging_dir
 from .layouts import read_split
 from .market import list_images, parse_market_name
 from .records import ImageRecord, summary_table

@@ -14,7 +14,7 @@ from typing import Any, Dict, Tuple
 import yaml
 
 from ..data.preprocessing import Preprocessing
-from ..io import atomic_write_text
+from ..io.atomic import atomic_write_text
 
 log = logging.getLogger("reid_tao.export")
 

@@ -24,9 +24,9 @@ from ..config.schema import MAX_FEAT_DIM, MAX_INPUT_SIDE
 from ..data.datamodule import eval_loader
 from ..data.datasets import ImageDataset
 from ..data.preprocessing import Preprocessing
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..evaluation.features import embed
-from ..io import first_line, read_regular_file
+from ..io.regular_files import read_regular_file
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, TAO file names, and reading a self-describing checkpoint safely."""
+"""Checkpoints: atomic (and background) writes, TAO file names; Lightning's resume reads through
+:func:`reid_tao.io.checkpoint_file.read_checkpoint_file`."""
 import logging
 import threading
 from pathlib import Path
@@ -9,20 +10,19 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from ..errors import DataError, ReidError
-from ..io import atomic_torch_save, first_line, safe_torch_load
+from ..io.atomic import atomic_torch_save
+from ..io.checkpoint_file import read_checkpoint_file
 
 log = logging.getLogger(__name__)
 
 LATEST_NAME = "reid_model_latest"
 EPOCH_NAME = "model_epoch_{epoch:03d}"
-MODEL_PREFIX = "model."
-TAO_BACKBONE_PREFIX = "model.base."
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O with atomic local writes (Lightning's default writes in place) and safe reads:
-    Lightning's own resume load (``Trainer.fit(ckpt_path=...)``) goes through :func:`safe_torch_load` too.
+    Lightning's own resume load (``Trainer.fit(ckpt_path=...)``) goes through the one reader too
+    (:func:`~reid_tao.io.checkpoint_file.read_checkpoint_file`: never runs code from the file).
 
     field: the spec field named when a checkpoint cannot be loaded safely; trust: full unpickling allowed
     (``model.trust_weights_file``)."""
@@ -36,7 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> Dict[str, Any]:
         # Loaded onto the CPU; Lightning moves the states to the training device when it restores them.
-        return read_checkpoint_file(str(path), self.field, self.trust)
+        return read_checkpoint_file(str(path), self.field, self.trust).contents
 
 
 class BackgroundCheckpointIO(AtomicCheckpointIO):
@@ -132,51 +132,3 @@ def checkpoint_callbacks(dirpath: Path, interval: int, unit: str = "epoch", peri
         callbacks.append(ReidCheckpoint("best", **{**best, "dirpath": best.get("dirpath") or dirpath},
                                         enable_version_counter=False, save_weights_only=True))
     return callbacks
-
-
-def read_checkpoint_file(path: str, field: str, trust: bool = False) -> Dict[str, Any]:
-    """Any checkpoint file as a dict, read without running code from it (unless ``trust``:
-    ``model.trust_weights_file``); one clear line when missing, unreadable or in need of code."""
-    if not path:
-        raise DataError(f"{field} is not set; pass {field}=/path/to/reid_model_latest.pth")
-    if not Path(path).is_file():
-        raise DataError(f"{field}: checkpoint {path} does not exist")
-    try:
-        checkpoint = safe_torch_load(path, field, trust=trust)
-    except ReidError:
-        raise
-    except Exception as error:
-        raise DataError(f"{field}: cannot read {path}: it is not a PyTorch checkpoint, or a corrupt one "
-                        f"({first_line(error, limit=200)})") from None
-    if not isinstance(checkpoint, dict):
-        raise DataError(f"{field}: {path} is not a checkpoint (a {type(checkpoint).__name__}, not a dict)")
-    return checkpoint
-
-
-def read_checkpoint(path: str, field: str, trust: bool = False) -> Dict[str, Any]:
-    """A reid_tao checkpoint as a dict; a clear error when missing, unreadable, not ours or in need of code."""
-    checkpoint = read_checkpoint_file(path, field, trust)
-    if not is_reid_tao_checkpoint(checkpoint):
-        raise DataError(f"{field}: {path} is not a reid_tao training checkpoint (no model metadata inside); "
-                        "use a file written by `reid train`")
-    return checkpoint
-
-
-def holds_optimiser_state(checkpoint: Dict[str, Any]) -> bool:
-    """Whether training can resume from it (a weights-only file holds the model and its metadata only)."""
-    return "optimizer_states" in checkpoint
-
-
-def is_reid_tao_checkpoint(checkpoint: Dict[str, Any]) -> bool:
-    return "reid_tao" in checkpoint and isinstance(checkpoint.get("state_dict"), dict)
-
-
-def is_tao_checkpoint(checkpoint: Dict[str, Any]) -> bool:
-    """A Lightning checkpoint written by TAO ReIdentificationNet: its network sits under model.base.*."""
-    state = checkpoint.get("state_dict")
-    return (not is_reid_tao_checkpoint(checkpoint) and isinstance(state, dict)
-            and any(isinstance(key, str) and key.startswith(TAO_BACKBONE_PREFIX) for key in state))
-
-
-def model_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    return {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}

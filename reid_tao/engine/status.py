@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 import pytorch_lightning as pl
 
 from ..errors import WriteError
-from ..io import append_line
+from ..io.atomic import append_line
 from .metric_names import VALIDATION_METRICS, kpi_names
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The figures are drawn on ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot, so they
 neither change a user's interactive backend nor stay registered as open figures. Files are written
-atomically (``reid_tao.io.atomic_save_figure``) so a crash never leaves half a PNG.
+atomically (``reid_tao.io.atomic.atomic_save_figure``) so a crash never leaves half a PNG.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator, MultipleLocator
 from PIL import Image, UnidentifiedImageError
 
 from reid_tao.errors import DataError
-from reid_tao.io import atomic_save_figure
+from reid_tao.io.atomic import atomic_save_figure
 
 if TYPE_CHECKING:  # only for the annotations; the module works on numpy arrays as well
     from torch import Tensor

@@ -20,13 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import DataError
-from ..io import first_line, safe_torch_load
+from ..errors import DataError, first_line
+from ..io.checkpoint_file import flatten_state_dict, read_checkpoint_file
 
 logger = logging.getLogger(__name__)
 
 PATH_FIELD = "model.pretrained_model_path"
-WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict")
 # Classifier tensors of the source network: never part of a backbone, so neither loaded nor "unexpected".
 HEAD_NAMES = ("fc", "head", "classifier")
 MAX_PREFIX_DEPTH = 4
@@ -61,52 +60,13 @@ class LoadReport:
 
 # ----------------------------------------------------------------------------------------------- reading
 def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
-    """Read a weights file (.pth/.pt/.pth.tar/.ckpt via torch.load, .safetensors) into a flat tensor dict.
+    """Read a weights file (.pth/.pt/.pth.tar/.ckpt, .safetensors) into a flat tensor dict.
 
     Unwraps ``{"state_dict": ...}``, ``{"model": ...}``, ``{"model_state": ...}`` (also nested, as in
     Lightning checkpoints) and strips leading ``module.`` (DataParallel) prefixes. Never runs code from the
-    file unless ``trust`` (see :func:`reid_tao.io.safe_torch_load`).
+    file unless ``trust`` (see :func:`reid_tao.io.checkpoint_file.read_checkpoint_file`, which reads it).
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"{PATH_FIELD}: file not found: {path}; set it to an existing weights file "
-                        f"(.pth, .pt, .pth.tar, .ckpt or .safetensors)")
-    try:
-        if path.name.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            raw = load_file(str(path), device="cpu")
-        else:
-            raw = safe_torch_load(path, PATH_FIELD, trust=trust)
-    except DataError:
-        raise
-    except Exception as error:  # corrupt, truncated or not a weights file at all
-        raise DataError(f"{PATH_FIELD}: cannot read {path} as a PyTorch or safetensors weights file "
-                        f"({_short_reason(error)})") from None
-    state_dict = _flatten_checkpoint(raw)
-    if not state_dict:
-        raise DataError(f"{PATH_FIELD}: {path} holds no tensors; expected a model state dict or checkpoint")
-    return state_dict
-
-
-def _flatten_checkpoint(raw) -> dict[str, torch.Tensor]:
-    """Peel checkpoint wrappers off and keep the tensors, without DataParallel's ``module.`` prefix."""
-    while True:
-        if isinstance(raw, nn.Module):
-            raw = raw.state_dict()
-        if not isinstance(raw, Mapping):
-            return {}
-        inner = next((raw[key] for key in WRAPPER_KEYS
-                      if key in raw and isinstance(raw[key], (Mapping, nn.Module))), None)
-        if inner is None:
-            break
-        raw = inner
-    flat = {}
-    for name, value in raw.items():
-        if isinstance(value, torch.Tensor):
-            while name.startswith("module."):
-                name = name[len("module."):]
-            flat[name] = value
-    return flat
+    return read_checkpoint_file(path, PATH_FIELD, trust=trust, weights=True).tensors
 
 
 # ----------------------------------------------------------------------------------------------- matching
@@ -119,7 +79,7 @@ def load_backbone_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Te
     tensors are ignored. Raises DataError, leaving the backbone untouched, when fewer than
     ``min_fraction`` of the backbone's tensors would load.
     """
-    source = _flatten_checkpoint(state_dict)
+    source = flatten_state_dict(state_dict)
     target = backbone.state_dict()
     swin_prefix, swin = _find_timm_swin(backbone)
     if swin is not None and any(name.endswith("patch_embed.projection.weight") for name in source):
@@ -264,7 +224,7 @@ def load_imagenet_weights(backbone: nn.Module, backbone_name: str) -> LoadReport
             f"download them ({source}) on a machine with internet and set "
             f"{PATH_FIELD}=/path/to/file (torchvision/timm/official format)"
         ) from None
-    return load_backbone_weights(backbone, _flatten_checkpoint(state_dict))
+    return load_backbone_weights(backbone, flatten_state_dict(state_dict))
 
 
 def _torchvision_imagenet_fetcher(enum_name: str):

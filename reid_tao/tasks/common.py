@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..config.loader import task_results_dir
 from ..config.notices import field_notices
 from ..engine.status import FAILURE, RUNNING, STARTED, STATUS_FILE, StatusFile
-from ..errors import ConfigError, ReidError
-from ..io import atomic_write_text, error_line, open_append
+from ..errors import ConfigError, ReidError, error_line
+from ..io.atomic import atomic_write_text, open_append
 
 log = logging.getLogger("reid_tao")
 TAO_MODEL_NAME = "ReIdentification"  # in TAO's status.json start line

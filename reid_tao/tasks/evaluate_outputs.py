@@ -13,7 +13,7 @@ from ..engine.status import RUNNING, StatusFile, kpi_from
 from ..evaluation.metrics import RankMetrics, top_ranked
 from ..evaluation.plots import choose_query_rows, plot_cmc_curves, plot_sampled_matches
 from ..evaluation.result import PLAIN, RE_RANKED, EvaluationResult
-from ..io import atomic_output, atomic_write_json
+from ..io.atomic import atomic_output, atomic_write_json
 
 log = logging.getLogger("reid_tao.evaluate")
 

@@ -18,7 +18,7 @@ from ..deploy.opsets import check_opset
 from ..deploy.runtime import onnx_sidecar_path, quiet_onnxruntime
 from ..engine.status import StatusFile
 from ..errors import ConfigError
-from ..io import atomic_write_json, check_output_target
+from ..io.atomic import atomic_write_json, check_output_target
 from .common import prepare_task, reported, write_experiment
 
 log = logging.getLogger("reid_tao.export")

@@ -11,7 +11,7 @@ from ..data.datasets import ImageDataset
 from ..data.layouts import split_images
 from ..engine.status import StatusFile
 from ..errors import ConfigError
-from ..io import atomic_output
+from ..io.atomic import atomic_output
 from .common import prepare_task, reported, write_experiment
 
 log = logging.getLogger("reid_tao.inference")

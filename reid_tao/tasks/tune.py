@@ -24,8 +24,8 @@ from ..engine.devices import plan_devices
 from ..engine.metric_names import metric_modes
 from ..engine.status import RUNNING, StatusFile
 from ..engine.tuning import ValidationReporter
-from ..errors import ConfigError, DataError, Preempted
-from ..io import atomic_write_text, first_line
+from ..errors import ConfigError, DataError, Preempted, first_line
+from ..io.atomic import atomic_write_text
 from . import train
 from .common import prepare_task, reported
 from .tune_report import TrialRow, plot_study, write_trials_csv

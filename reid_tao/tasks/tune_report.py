@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from ..config.search_space import Param
-from ..io import atomic_save_figure, atomic_write_text
+from ..io.atomic import atomic_save_figure, atomic_write_text
 
 
 class TrialRow(NamedTuple):

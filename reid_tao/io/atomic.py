@@ -1,4 +1,5 @@
-"""Atomic file writes, safe loading of weight files and one-line error messages (imports only ``errors``).
+"""Atomic file writes, the checks on an output's target, staging folders and appends (imports only ``errors``
+and :mod:`.regular_files`).
 
 Atomic writes go to a unique temporary sibling (``.NAME.tmpPID-RANDOM`` in the target's folder), are
 flushed and fsynced, then ``os.replace``d over the target: a reader sees the old file or the new one,
@@ -14,19 +15,11 @@ before anything is written and again just before the rename. Renaming over it wo
 written into /dev (except /dev/shm), /proc or /sys. A folder in the way is left to the rename, which refuses
 it ("Is a directory").
 
-Inputs that must not block are read with :func:`read_regular_file`: a FIFO or device at the path raises
-:class:`NotARegularFile` (an OSError) instead of waiting forever for a writer.
-
 A write that fails for an operating-system reason (disk full, file-size limit, read-only or forbidden
 folder; also torch.save's RuntimeError around such an OSError) raises :class:`~reid_tao.errors.WriteError`
 with one line naming the file and the reason.
 
-:func:`safe_torch_load` is the one way weight and checkpoint files are read: ``weights_only=True`` with an
-allow-list of the plain-data types real Lightning/TAO/timm/torchvision files hold, and full unpickling (which
-runs code from the file) only on explicit request.
-
-torch, omegaconf and matplotlib are imported inside the helpers that need them, so importing this module is
-cheap.
+torch and matplotlib are imported inside the helpers that need them, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -41,13 +34,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional
 
-from .errors import DataError, WriteError
+from ..errors import WriteError, first_line
+from .regular_files import NODES, NONBLOCK, file_kind, not_a_regular_file
 
 __all__ = [
     "atomic_output", "atomic_path", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-    "atomic_save_figure", "staging_dir", "safe_torch_load", "TRUST_FIELD", "append_line", "error_line",
-    "first_line", "last_line", "atomic_write_bytes", "check_output_target", "not_a_regular_file",
-    "read_regular_file", "NotARegularFile", "open_append",
+    "atomic_save_figure", "atomic_write_bytes", "staging_dir", "check_output_target", "append_line",
+    "open_append",
 ]
 
 _ATTEMPTS = 100  # unique names to try before giving up (a clash needs the same pid and 32 random bits)
@@ -55,31 +48,6 @@ _ATTEMPTS = 100  # unique names to try before giving up (a clash needs the same 
 
 def _temporary_name(target: Path, suffix: str = "tmp") -> Path:
     return target.with_name(f".{target.name}.{suffix}{os.getpid()}-{secrets.token_hex(4)}")
-
-
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
-
-
-def _kind(mode: int) -> Optional[str]:
-    """None for a regular file, else what it is in words ("a FIFO (named pipe)", "a character device", ...)."""
-    if stat.S_ISREG(mode):
-        return None
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
-
-_NODES = {name for _, name in _KINDS} - {"a folder"}  # what an output must never be renamed over
-
-
-def not_a_regular_file(path: str | os.PathLike) -> Optional[str]:
-    """What ``path`` is (following symlinks) when something is there that is not a regular file, in words ("a
-    FIFO (named pipe)", "a folder", "a dangling symbolic link", ...); None for a regular file or nothing."""
-    try:
-        return _kind(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return "a dangling symbolic link" if os.path.islink(path) else None
-    except OSError as error:  # e.g. ELOOP: a symlink loop
-        return f"unreadable ({error.strerror})"
 
 
 _SYSTEM_FOLDERS = ("/dev", "/proc", "/sys")  # never a place for an output: /dev/stdout may be a link to a file
@@ -101,7 +69,7 @@ def check_output_target(path: str | os.PathLike) -> None:
     (``/dev/null`` included, when run as root). A folder is left to the rename, which refuses it; a dangling
     link is replaced as a file is."""
     kind = not_a_regular_file(path)
-    if kind in _NODES:
+    if kind in NODES:
         raise WriteError(f"cannot write {path}: it is {kind}, not a regular file, and an output replaces what is "
                          "at its path; name a regular file or a new path")
     folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
@@ -314,131 +282,7 @@ def staging_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 # ----------------------------------------------------------------------------------------------
-# reading inputs that must not block
-
-
-class NotARegularFile(OSError):
-    """The path is a FIFO, a device, a socket or a folder: reading it could block forever or never end."""
-
-    def __init__(self, path: str | os.PathLike, kind: str):
-        super().__init__(errno.EINVAL, f"it is {kind}, not a regular file", str(path))
-
-
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs in the file system
-_READ_FLAGS = os.O_RDONLY | _NONBLOCK | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-def read_regular_file(path: str | os.PathLike, max_bytes: Optional[int] = None) -> bytes:
-    """The bytes of the regular file ``path`` (symlinks followed). Raises :class:`NotARegularFile` for a FIFO,
-    device, socket or folder without opening it for a blocking read (O_NONBLOCK, then fstat: a node swapped in
-    between is caught too), an ``OSError`` (EFBIG) for a file longer than ``max_bytes``, and the usual
-    OSErrors (missing, unreadable, symlink loop) otherwise."""
-    kind = _kind(os.stat(path).st_mode)  # before opening: opening some devices has effects of its own
-    if kind is not None:
-        raise NotARegularFile(path, kind)
-    fd = os.open(path, _READ_FLAGS)
-    try:
-        kind = _kind(os.fstat(fd).st_mode)
-        if kind is not None:
-            raise NotARegularFile(path, kind)
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
-    finally:
-        os.close(fd)
-    if max_bytes is not None and len(data) > max_bytes:
-        raise OSError(errno.EFBIG, f"it is over {max_bytes} bytes", str(path))
-    return data
-
-
-# ----------------------------------------------------------------------------------------------
-# reading weight files
-
-TRUST_FIELD = "model.trust_weights_file"
-
-
-def _safe_globals() -> list:
-    """Plain-data types that real checkpoints hold besides tensors, allowed on top of torch's own list:
-    OmegaConf configs saved by Lightning's ``save_hyperparameters`` (containers, their metadata and value
-    nodes, the typing annotations in that metadata), argparse Namespaces (older Lightning hparams), Python
-    containers (``collections.Counter``: torch's MultiStepLR state) and pathlib paths. Constructing any of
-    them runs only their library's code, never the file's."""
-    import argparse
-    import collections
-    import pathlib
-    import typing
-
-    from omegaconf import DictConfig, ListConfig, nodes
-    from omegaconf.base import ContainerMetadata, Metadata
-
-    return [
-        DictConfig, ListConfig, ContainerMetadata, Metadata, nodes.AnyNode, nodes.StringNode, nodes.IntegerNode,
-        nodes.FloatNode, nodes.BooleanNode, nodes.BytesNode, nodes.PathNode,
-        typing.Any, typing.List, typing.Dict, typing.Tuple,
-        dict, list, tuple, set, frozenset, int, float, str, bool, bytes, complex,
-        collections.OrderedDict, collections.defaultdict, collections.Counter,
-        pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePath, pathlib.PurePosixPath,
-        pathlib.PureWindowsPath, argparse.Namespace,
-    ]
-
-
-def _qualified(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', getattr(obj, '_name', ''))}"
-
-
-def safe_torch_load(path: str | os.PathLike, field: str, trust: bool = False, map_location: Any = "cpu") -> Any:
-    """``torch.load(path)`` without running code from the file (``weights_only=True`` + :func:`_safe_globals`).
-
-    A file that needs anything else raises one DataError line naming ``field``, the file, the types it needs
-    and the opt-in; ``trust=True`` (:data:`TRUST_FIELD`) loads it with full unpickling instead, which runs
-    whatever code the file carries. Other load failures (missing, corrupt) propagate unchanged.
-    """
-    import pickle
-
-    import torch
-
-    if trust:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    allowed = _safe_globals()
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        needed = _unsafe_globals(path, {_qualified(obj) for obj in allowed})
-        if needed is None and not _looks_like_torch_file(path):  # JSON, text: no opt-in would help
-            raise DataError(f"{field}: {path} is not a PyTorch checkpoint (neither a torch.save zip file nor a "
-                            "pickle); pass the .pth file that `reid train` or TAO wrote") from None
-        if needed is None and "Weights only load failed" not in str(error):
-            raise
-        shown = ", ".join(needed[:3]) + (", ..." if len(needed) > 3 else "") if needed else "unknown objects"
-        raise DataError(f"{field}: {path} holds Python objects that only full unpickling can load ({shown}), "
-                        f"which runs code from the file; not loaded. Only for a file you trust, set "
-                        f"{TRUST_FIELD}=true") from None
-
-
-def _looks_like_torch_file(path: str | os.PathLike) -> bool:
-    """torch.save writes a zip file (new format) or a pickle (legacy format, first byte 0x80 = PROTO)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError:
-        return True  # let the load's own error speak
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
-
-
-def _unsafe_globals(path: str | os.PathLike, allowed: set) -> Optional[list]:
-    """The classes/functions the file's pickle names beyond ``allowed``, read without unpickling (None when
-    the file cannot be scanned, e.g. a legacy non-zip file)."""
-    import torch
-
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:
-        return None
-    return sorted(name for name in names if name not in allowed) or None
-
-
-# ----------------------------------------------------------------------------------------------
-# one-line messages
+# appending
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
@@ -452,7 +296,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         _append(path, data)
 
 
-_APPEND_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NONBLOCK | getattr(os, "O_BINARY", 0)
+_APPEND_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | NONBLOCK | getattr(os, "O_BINARY", 0)
                  | getattr(os, "O_CLOEXEC", 0))
 
 
@@ -464,11 +308,11 @@ def _open_append(path: str | os.PathLike) -> int:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, _APPEND_FLAGS, 0o666)
     try:
-        kind = _kind(os.fstat(fd).st_mode)
+        kind = file_kind(os.fstat(fd).st_mode)
         if kind is not None:
             raise WriteError(f"cannot write {path}: it is {kind}, not a regular file; name a regular file or a "
                              "new path")
-        if _NONBLOCK:
+        if NONBLOCK:
             os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -490,39 +334,3 @@ def _append(path: str | os.PathLike, data: bytes) -> None:
             os.write(fd, data[written:])
     finally:
         os.close(fd)
-
-
-def _lines(error_or_text: BaseException | str) -> list[str]:
-    return [line.strip() for line in str(error_or_text).splitlines() if line.strip()]
-
-
-def _pick(error_or_text: BaseException | str, index: int, limit: int | None) -> str:
-    lines = _lines(error_or_text)
-    if lines:
-        text = lines[index]
-    else:
-        text = "" if isinstance(error_or_text, str) else type(error_or_text).__name__
-    if limit is not None and len(text) > limit:
-        text = text[:max(0, limit - 3)] + "..."
-    return text
-
-
-def first_line(error_or_text: BaseException | str, limit: int | None = None) -> str:
-    """The first non-empty line of ``str(error_or_text)``, stripped. An exception with an empty
-    message gives its type name (a string gives ""). With ``limit``, a longer line is cut to ``limit``
-    characters ending in "..."."""
-    return _pick(error_or_text, 0, limit)
-
-
-def error_line(error: BaseException) -> str:
-    """An error's one-line message: the last line (errors raised in DataLoader workers come back wrapped with
-    the worker's traceback), without a leading "module.Class: " that such a wrapper adds."""
-    last = last_line(error)
-    prefix = f"{type(error).__module__}.{type(error).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
-
-
-def last_line(error_or_text: BaseException | str, limit: int | None = None) -> str:
-    """Like :func:`first_line` but the last non-empty line (e.g. the exception line at the end of an
-    error re-raised with a DataLoader worker's traceback)."""
-    return _pick(error_or_text, -1, limit)
