@@ -124,8 +124,8 @@ class DatasetConfig:
         "training augmentation: gpu = decoded-image cache + batched on-device augmentation; cpu = torchvision "
         "transforms in loader workers; auto = gpu when the cache fits"))
     layout: str = spec_field("auto", choices="reid_tao.data.layouts:LAYOUT_CHOICES", new=True, help=(
-        "how the dataset paths are stored: auto (a .txt path is a list file, else a Market-1501 folder), "
-        "market1501, list_file; see docs/datasets.md"))
+        "how the dataset paths are stored: auto (a .txt path is a list file, a folder of subfolders only camera "
+        "folders, else a Market-1501 folder), market1501, list_file, camera_folders; see docs/datasets.md"))
 
 
 @dataclass

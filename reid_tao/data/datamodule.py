@@ -10,14 +10,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..errors import DataError
 from .datasets import ImageDataset, SeededSampler, ShardSampler, effective_workers
 from .gpu_pipeline import available_memory_bytes, cache_bytes_for, decode_threads, resolve_pipeline
-from .layouts import read_split
+from .layouts import read_split, read_unlabeled
 from .pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
 from .preprocessing import Preprocessing
 from .records import ImageRecord, relabel, summary_table
 from .samplers import CyclingSampler, PKSampler, SubsetSampler
 from .seeding import derive_seed
 from .settings import AugmentSettings, LoaderSettings
-from .unlabeled import read_unlabeled
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +60,15 @@ class ReidDataModule(pl.LightningDataModule):
                  layout: str = "auto", unlabeled: bool = False, source_dir: Optional[str] = None):
         """Splits are read with :func:`~reid_tao.data.layouts.read_split` in ``layout`` (a name in
         :data:`~reid_tao.data.layouts.LAYOUTS`, or "auto": detected from each path); with ``unlabeled`` the
-        training split is read as unlabeled images (:mod:`~reid_tao.data.unlabeled`), labelled by clustering.
+        training split is read as unlabeled images (:func:`~reid_tao.data.layouts.read_unlabeled`, in the same
+        ``layout``), labelled by clustering.
 
         pipeline: "cpu" decodes and augments in loader workers; "gpu" decodes once into a
         :class:`DecodedImageCache` and augments batches on the training device (also works on CPU);
         "auto" is "gpu" on CUDA, and on a CPU when the cache fits in memory (see
         :func:`~reid_tao.data.gpu_pipeline.resolve_pipeline`). channels_last: "gpu"
         pipeline batches on CUDA come in channels_last memory format. unlabeled: the training split is read
-        with :func:`~reid_tao.data.unlabeled.read_unlabeled` and has no labels until
+        with :func:`~reid_tao.data.layouts.read_unlabeled` and has no labels until
         :meth:`set_pseudo_labels` gives it some (domain adaptation); PK batches then draw from the
         clustered images only.
 
@@ -112,7 +112,7 @@ class ReidDataModule(pl.LightningDataModule):
         if self.train_records:
             return
         if self.unlabeled:
-            self.train_records = read_unlabeled(self.train_dir, "dataset.train_dataset_dir")
+            self.train_records = read_unlabeled(self.train_dir, "dataset.train_dataset_dir", self.layout)
             self.train_labels = [-1] * len(self.train_records)  # none until the first clustering
         else:
             self.train_records = read_split(self.train_dir, "dataset.train_dataset_dir", self.layout)
