@@ -24,10 +24,10 @@ from .checkpoints import (
 from .pretrained import PRETRAINED_LOADERS
 from .spec import (
                           BACKBONE_OPTION_FIELDS,
+                          BATCH_RECIPES,
                           METRIC_LOSSES,
-                          SAMPLERS,
+                          BatchRecipe,
                           MetricLoss,
-                          Sampler,
                           check_choice,
                           check_spec,
                           load_experiment,
@@ -55,8 +55,8 @@ from .training import (
                           wandb_settings,
 )
 
-__all__ = ["ADAPTATION_NUM_CLASSES", "ARCHITECTURES", "ARCHITECTURE_FIELDS", "BACKBONE_OPTION_FIELDS", "METRIC_LOSSES",
-           "MetricLoss", "PRETRAINED_LOADERS", "SAMPLERS", "Sampler", "TrainedModel", "adaptation_callbacks",
+__all__ = ["ADAPTATION_NUM_CLASSES", "ARCHITECTURES", "ARCHITECTURE_FIELDS", "BACKBONE_OPTION_FIELDS", "BATCH_RECIPES",
+           "BatchRecipe", "METRIC_LOSSES", "MetricLoss", "PRETRAINED_LOADERS", "TrainedModel", "adaptation_callbacks",
            "adaptation_source_config", "backbone_options", "build_datamodule", "build_loss", "build_model",
            "build_module", "check_choice", "check_resumable", "check_spec", "checkpoint_metadata",
            "checkpoint_settings", "extraction_batch_size", "image_size", "load_embedding_model", "load_experiment",

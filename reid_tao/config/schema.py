@@ -112,7 +112,7 @@ class DatasetConfig:
     prob: float = spec_field(0.5, bounds=PROBABILITY, help="horizontal flip probability")
     re_prob: float = spec_field(0.5, bounds=PROBABILITY, help=(
         "random erasing probability (area 0.02-0.4, aspect 0.3-3.33, filled with pixel_mean)"))
-    sampler: str = spec_field("softmax_triplet", choices="reid_tao.builders.spec:SAMPLERS", help=(
+    sampler: str = spec_field("softmax_triplet", choices="reid_tao.builders.spec:BATCH_RECIPES", help=(
         "softmax: shuffled batches, identity loss; triplet / softmax_triplet: PK batches (batch_size / "
         "num_instances identities x num_instances images), triplet loss / both"))
     num_instances: int = spec_field(4, bounds=AT_LEAST_1, help="images per identity in a PK batch")
@@ -325,7 +325,7 @@ class TuneConfig:
         "0: no limit; the finished trials' training minutes, checked between trials"))
     metric: str = spec_field("mAP", choices="reid_tao.engine.metric_names:VALIDATION_METRICS", new=True, help=(
         "the validation metric to optimise, in its direction"))
-    sampler: str = spec_field("tpe", choices="reid_tao.engine.tuning:SAMPLERS", new=True, help=(
+    sampler: str = spec_field("tpe", choices="reid_tao.engine.tuning:OPTUNA_SAMPLERS", new=True, help=(
         "Optuna sampler, seeded with tune.seed"))
     pruner: str = spec_field("median", choices="reid_tao.engine.tuning:PRUNERS", new=True, help=(
         "stop trials that fall behind, on the per-epoch validation metric"))

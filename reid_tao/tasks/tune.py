@@ -25,7 +25,7 @@ from ..data.val_split import GALLERY_FOLDER, QUERY_FOLDER, SPLIT_FILE, TRAIN_FOL
 from ..engine.devices import plan_devices
 from ..engine.metric_names import metric_modes
 from ..engine.status import RUNNING, StatusFile
-from ..engine.tuning import PRUNERS, SAMPLERS, ValidationReporter
+from ..engine.tuning import OPTUNA_SAMPLERS, PRUNERS, ValidationReporter
 from ..errors import ConfigError, DataError, Preempted
 from ..io import atomic_write_text, first_line
 from . import train
@@ -216,7 +216,8 @@ def _open_study(path: Path, config: DictConfig, params: List[Param], maximize: b
     try:
         study = optuna.create_study(
             study_name=STUDY_NAME, storage=f"sqlite:///{path.absolute()}", load_if_exists=True,
-            direction="maximize" if maximize else "minimize", sampler=SAMPLERS[tune.sampler](tune.seed, num_epochs),
+            direction="maximize" if maximize else "minimize",
+            sampler=OPTUNA_SAMPLERS[tune.sampler](tune.seed, num_epochs),
             pruner=PRUNERS[tune.pruner](tune.seed, num_epochs))
         directions = [direction.name.lower() for direction in study.directions]
         trials = study.get_trials(deepcopy=False)
