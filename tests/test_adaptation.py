@@ -675,7 +675,7 @@ def source_datamodule(target: Path, source: Path, **loader):
     from reid_tao.data.preprocessing import Preprocessing
 
     settings = LoaderSettings(**{"batch_size": 4, "num_instances": 2, "num_workers": 0, "seed": 3, **loader})
-    datamodule = ReidDataModule(str(target / "bounding_box_train"), loader=settings, pipeline="cpu", unlabeled=True,
+    datamodule = ReidDataModule(str(target / "bounding_box_train"), loader=settings, pipeline="workers", unlabeled=True,
                                 source_dir=str(source / "bounding_box_train"),
                                 preprocessing=Preprocessing((32, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
     datamodule.setup("fit")

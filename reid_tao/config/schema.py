@@ -120,9 +120,11 @@ class DatasetConfig:
         "resize filter, the same in training, evaluation and the ONNX sidecar (bicubic for Swin)"))
     synthetic: bool = spec_field(False, new=True, help=(
         "generate the bundled synthetic dataset into the folders when they are missing"))
-    pipeline: str = spec_field("auto", choices="reid_tao.data.gpu_pipeline:PIPELINES", new=True, help=(
-        "training augmentation: gpu = decoded-image cache + batched on-device augmentation; cpu = torchvision "
-        "transforms in loader workers; auto = gpu when the cache fits"))
+    pipeline: str = spec_field("auto", choices="reid_tao.data.cached_pipeline:PIPELINES", new=True,
+                               renamed={"gpu": "cached", "cpu": "workers"}, help=(
+        "training images: cached = decoded once into a cache, augmented in batches on the training device (GPU "
+        "or CPU); workers = decoded and augmented (torchvision) in loader workers every epoch; auto = cached on "
+        "a GPU, and on a CPU when the cache fits in half the available memory"))
     layout: str = spec_field("auto", choices="reid_tao.data.layouts:LAYOUT_CHOICES", new=True, help=(
         "how the dataset paths are stored: auto (a .txt path is a list file, a folder of subfolders only camera "
         "folders, else a Market-1501 folder), market1501, list_file, camera_folders; see docs/datasets.md"))

@@ -6,7 +6,7 @@ TABLE_CHOICES = {
     'reid_tao.builders.pretrained:PRETRAINED_LOADERS': ('imagenet', 'self', ''),
     'reid_tao.builders.spec:BATCH_RECIPES': ('softmax', 'triplet', 'softmax_triplet'),
     'reid_tao.builders.spec:METRIC_LOSSES': ('triplet', 'center', 'triplet_center'),
-    'reid_tao.data.gpu_pipeline:PIPELINES': ('auto', 'gpu', 'cpu'),
+    'reid_tao.data.cached_pipeline:PIPELINES': ('auto', 'cached', 'workers'),
     'reid_tao.data.layouts:LAYOUT_CHOICES': ('auto', 'list_file', 'camera_folders', 'market1501'),
     'reid_tao.data.tracks:TRACK_FORMATS': ('mot', 'kitti'),
     'reid_tao.data.transforms:INTERPOLATIONS': ('bilinear', 'bicubic'),

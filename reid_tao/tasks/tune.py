@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from ..builders import check_spec, loss_terms
-from ..config.loader import schema_config
+from ..config.loader import rename_old_values, schema_config
 from ..config.search_space import DEFAULT_SPACE, Param, parse_space, space_text
 from ..config.validate import validate_config
 from ..data.val_split import GALLERY_FOLDER, QUERY_FOLDER, SPLIT_FILE, TRAIN_FOLDER, make_val_split
@@ -92,6 +92,7 @@ def trial_config(base: DictConfig, values: Mapping[str, Any], folder: Optional[P
         OmegaConf.update(config, path, value, merge=False)
     if folder is not None:
         OmegaConf.update(config, "train.results_dir", str(folder))
+    rename_old_values(config)
     validate_config(config)
     check_spec(config)
     OmegaConf.set_readonly(config, True)
