@@ -111,16 +111,19 @@ def _early_checks(config, task: str) -> None:
     (their tables import no torch) and a data folder without images. check_spec and the readers check the same
     again."""
     from .config.catalog import check_choice_in, find_field
-    from .data.layouts import LAYOUT_CHOICES, check_split_folder
+    from .data.layouts import LAYOUT_CHOICES, check_split_folder, resolve_layout
     from .model.backbones import BACKBONES
 
     for path, allowed in (("model.backbone", BACKBONES), ("dataset.layout", LAYOUT_CHOICES)):
         section, key = path.split(".")
         check_choice_in(find_field(path), config[section][key], tuple(allowed))
     for field, kind in named_paths(config, task):
-        unlabeled = field == "dataset.train_dataset_dir" and config.adaptation.enable  # (camera subfolders)
-        if kind == "data" and not unlabeled:
-            section, key = field.split(".")
+        if kind != "data":
+            continue
+        section, key = field.split(".")
+        if field == "dataset.train_dataset_dir" and config.adaptation.enable:  # read unlabeled (any names)
+            resolve_layout(config[section][key], field, config.dataset.layout)
+        else:
             check_split_folder(config[section][key], field, config.dataset.layout)
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from reid_tao.data.layouts import read_unlabeled
 from reid_tao.data.samplers import PKSampler, SubsetSampler
-from reid_tao.data.unlabeled import read_unlabeled
 from reid_tao.evaluation.clustering import agreement, cluster_features, purity
 from reid_tao.model.losses import CameraProxyLoss, ClusterMemoryLoss, LossSettings, build_reid_loss
 
@@ -54,6 +54,83 @@ def test_unlabeled_list_file(tmp_path):
     records = read_unlabeled(str(tmp_path / "list.txt"), "f")
     assert [(Path(r.path).name, r.camid) for r in records] == [("p.jpg", 1), ("0001_c4s1_000001_00.jpg", 4),
                                                                ("q.jpg", 2)]
+
+
+def test_a_layout_registered_in_the_table_reaches_adaptation_without_other_edits(tmp_path, monkeypatch):
+    """docs/contributing.md's "Add a dataset layout": one LAYOUTS entry with an unlabeled reader is read by
+    adaptation's datamodule (and the cameras it gives are the ones training sees), by the spec's layout check and
+    by inference's image lister."""
+    from reid_tao.builders import build_datamodule, load_experiment
+    from reid_tao.data.layouts import LAYOUTS, Layout, resolve_layout, split_images
+    from reid_tao.data.records import ImageRecord
+
+    from helpers import tiny_overrides
+
+    def rows(path, field):  # "image,camera" lines, relative to the file's folder
+        return [(str(Path(path).parent / name), int(camera))
+                for name, camera in (line.split(",") for line in Path(path).read_text().split())]
+
+    monkeypatch.setitem(LAYOUTS, "toy_csv", Layout(
+        reader=lambda path, field: [ImageRecord(image, 1, camera) for image, camera in rows(path, field)],
+        detect=lambda path: Path(path).suffix == ".csv", description="a toy .csv of 'image,camera' lines",
+        images=lambda path, field: [image for image, _ in rows(path, field)],
+        unlabeled=lambda path, field: [ImageRecord(image, 0, camera) for image, camera in rows(path, field)]))
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        write_image(tmp_path / "crops" / name)
+    crops = tmp_path / "crops" / "crops.csv"
+    crops.write_text("a.jpg,7\nb.jpg,9\nc.jpg,7\n")
+    assert resolve_layout(str(crops), "dataset.train_dataset_dir") == "toy_csv"
+    config = load_experiment(None, tiny_overrides(tmp_path, tmp_path / "results", **{
+        "dataset.train_dataset_dir": str(crops), "dataset.query_dataset_dir": "null",
+        "dataset.test_dataset_dir": "null", "adaptation.enable": "true",
+        "adaptation.source_checkpoint": str(tmp_path / "source.pth")}))  # (only the data module is built here)
+    datamodule = build_datamodule(config)
+    datamodule.setup()
+    assert [(Path(r.path).name, r.pid, r.camid) for r in datamodule.train_records] == [
+        ("a.jpg", 0, 7), ("b.jpg", 0, 9), ("c.jpg", 0, 7)]
+    assert datamodule.train_labels == [-1, -1, -1]  # no labels until the first clustering
+    assert [Path(p).name for p in split_images(str(crops), "inference.query_dataset")] == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_a_layout_without_an_unlabeled_reader_is_refused_for_adaptation_in_one_line(tmp_path, monkeypatch):
+    from reid_tao.data.layouts import LAYOUTS, Layout
+    from reid_tao.errors import DataError
+
+    monkeypatch.setitem(LAYOUTS, "labelled_only", Layout(reader=lambda path, field: [], images=lambda p, f: [],
+                                                         detect=lambda path: path.endswith(".lab"),
+                                                         description="a labelled-only toy file"))
+    with pytest.raises(DataError, match="a labelled-only toy file, which domain adaptation cannot read"):
+        read_unlabeled(str(tmp_path / "x.lab"), "dataset.train_dataset_dir")
+
+
+def test_a_named_layout_applies_to_the_unlabeled_split_too(tmp_path):
+    from reid_tao.errors import DataError
+
+    write_image(tmp_path / "imgs" / "p.jpg")
+    (tmp_path / "list.txt").write_text("imgs/p.jpg\n")
+    assert len(read_unlabeled(str(tmp_path / "list.txt"), "f", "list_file")) == 1
+    with pytest.raises(DataError, match="looks like a .txt list.*set dataset.layout=list_file"):
+        read_unlabeled(str(tmp_path / "list.txt"), "dataset.train_dataset_dir", "market1501")
+
+
+def test_camera_folders_are_a_layout_that_inference_embeds_and_training_refuses(tmp_path):
+    from reid_tao.data.layouts import detect_layout, read_split, split_images
+    from reid_tao.errors import DataError
+
+    write_image(tmp_path / "cams" / "lobby" / "day2" / "b.jpg")
+    write_image(tmp_path / "cams" / "lobby" / "a.jpg")
+    write_image(tmp_path / "cams" / "entrance" / "x.png")
+    (tmp_path / "cams" / "notes.txt").write_text("not a list\n")
+    cams = str(tmp_path / "cams")
+    assert detect_layout(cams) == "camera_folders"
+    # inference: every image, camera folder by camera folder in name order (a Market lister saw none)
+    assert [Path(p).relative_to(cams).as_posix() for p in split_images(cams, "inference.query_dataset")] == [
+        "entrance/x.png", "lobby/a.jpg", "lobby/day2/b.jpg"]
+    assert [r.camid for r in read_unlabeled(cams, "dataset.train_dataset_dir")] == [1, 2, 2]
+    with pytest.raises(DataError, match="holds folders \\(entrance, lobby\\).*carries no person ids"):
+        read_split(cams, "dataset.train_dataset_dir")
+    write_image(tmp_path / "cams" / "loose.jpg")  # images of its own: a Market folder (subfolders ignored)
+    assert detect_layout(cams) == "market1501"
 
 
 def test_cluster_memory_loss_and_momentum_update():
@@ -624,7 +701,7 @@ def source_datamodule(target: Path, source: Path, **loader):
     from reid_tao.data.preprocessing import Preprocessing
 
     settings = LoaderSettings(**{"batch_size": 4, "num_instances": 2, "num_workers": 0, "seed": 3, **loader})
-    datamodule = ReidDataModule(str(target / "bounding_box_train"), loader=settings, pipeline="cpu", unlabeled=True,
+    datamodule = ReidDataModule(str(target / "bounding_box_train"), loader=settings, pipeline="workers", unlabeled=True,
                                 source_dir=str(source / "bounding_box_train"),
                                 preprocessing=Preprocessing((32, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
     datamodule.setup("fit")

@@ -134,7 +134,7 @@ def test_pad_and_crop_keep_size():
     assert len(offsets) > 20  # random offsets, not always the same window
 
 
-@pytest.mark.parametrize("pipeline", ["cpu", "gpu"])
+@pytest.mark.parametrize("pipeline", ["workers", "cached"])
 def test_training_batches_are_normalised_with_each_channels_own_mean_and_std(tiny_market, tmp_path, pipeline):
     """A flat-coloured image through the training pipeline (no flip/pad/erase effect) gives
     (value / 255 - mean[c]) / std[c] in channel c: mean and std are not reversed or mixed up."""
@@ -234,7 +234,7 @@ def test_too_few_identities_for_pk_batches_over_all_processes(tiny_market):
         module.setup("fit")
 
 
-@pytest.mark.parametrize("pipeline", ["cpu", "gpu"])
+@pytest.mark.parametrize("pipeline", ["workers", "cached"])
 @pytest.mark.parametrize("flip, erase", [(1.0, 0.0), (0.0, 1.0)])
 def test_flip_and_erase_probabilities_reach_both_pipelines_unswapped(tiny_market, tmp_path, pipeline, flip, erase):
     """dataset.prob (flip) and dataset.re_prob (erasing), unequal, from the spec to each pipeline's images."""

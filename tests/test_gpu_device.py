@@ -9,7 +9,7 @@ from PIL import Image
 from torch import nn
 
 from reid_tao.cli import main
-from reid_tao.data.gpu_pipeline import (
+from reid_tao.data.cached_pipeline import (
     AugmentParams,
     DecodedImageCache,
     DeviceAugment,
@@ -181,7 +181,7 @@ def five_step_market(tmp_path_factory):
 
 def cuda_fit(market, results, monkeypatch, **overrides) -> Recorder:
     recorder = Recorder(monkeypatch)
-    settings = {"train.accelerator": "gpu", "evaluate.accelerator": "gpu", "dataset.pipeline": "gpu",
+    settings = {"train.accelerator": "gpu", "evaluate.accelerator": "gpu", "dataset.pipeline": "cached",
                 "train.num_epochs": 1, "train.seed": 7, "model.input_height": 64, "model.input_width": 32,
                 "model.metric_loss_type": "triplet_center", **overrides}
     assert main(["train", *tiny_overrides(market, results, **settings)]) == 0

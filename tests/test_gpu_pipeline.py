@@ -1,4 +1,4 @@
-"""The "gpu" training data path on CPU: cache == CPU resize, augmentation == torchvision in values and
+"""The "cached" training data path on CPU: cache == CPU resize, augmentation == torchvision in values and
 distributions, determinism, data-module integration and an end-to-end `reid train`."""
 import os
 from types import SimpleNamespace
@@ -11,9 +11,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from reid_tao.cli import main
-from reid_tao.data.datamodule import AugmentSettings, LoaderSettings, Preprocessing, ReidDataModule
-from reid_tao.data.datasets import load_rgb
-from reid_tao.data.gpu_pipeline import (
+from reid_tao.data.cached_pipeline import (
     AugmentParams,
     DecodedImageCache,
     DeviceAugment,
@@ -24,6 +22,8 @@ from reid_tao.data.gpu_pipeline import (
     decode_threads,
     resolve_pipeline,
 )
+from reid_tao.data.datamodule import AugmentSettings, LoaderSettings, Preprocessing, ReidDataModule
+from reid_tao.data.datasets import load_rgb
 from reid_tao.data.transforms import build_eval_transform
 from reid_tao.errors import DataError
 
@@ -212,16 +212,33 @@ def test_index_loader_collates_batch_seed():
 
 
 def test_resolve_pipeline():
-    assert resolve_pipeline("cpu") == "cpu" and resolve_pipeline("gpu") == "gpu"
-    assert resolve_pipeline("auto", torch.device("cpu")) == "cpu"  # cache size unknown
-    assert resolve_pipeline("auto", torch.device("cuda", 0)) == "gpu"
+    assert resolve_pipeline("workers") == "workers" and resolve_pipeline("cached") == "cached"
+    assert resolve_pipeline("auto", torch.device("cpu")) == "workers"  # cache size unknown
+    assert resolve_pipeline("auto", torch.device("cuda", 0)) == "cached"
     # on a CPU the decoded cache is chosen when it fits in half of the available memory
     gib = 2**30
-    assert resolve_pipeline("auto", torch.device("cpu"), cache_bytes=4 * gib, available_bytes=8 * gib) == "gpu"
-    assert resolve_pipeline("auto", torch.device("cpu"), cache_bytes=5 * gib, available_bytes=8 * gib) == "cpu"
-    assert resolve_pipeline("cpu", torch.device("cpu"), cache_bytes=1, available_bytes=8 * gib) == "cpu"
+    assert resolve_pipeline("auto", torch.device("cpu"), cache_bytes=4 * gib, available_bytes=8 * gib) == "cached"
+    assert resolve_pipeline("auto", torch.device("cpu"), cache_bytes=5 * gib, available_bytes=8 * gib) == "workers"
+    assert resolve_pipeline("workers", torch.device("cpu"), cache_bytes=1, available_bytes=8 * gib) == "workers"
     with pytest.raises(ValueError, match="pipeline='fast'"):
         resolve_pipeline("fast")
+
+
+@pytest.mark.parametrize("old, new", [("gpu", "cached"), ("cpu", "workers")])
+def test_the_old_pipeline_names_are_read_as_the_new_ones(old, new, tmp_path):
+    """dataset.pipeline=gpu meant the decoded-image cache (on a CPU too), cpu the loader workers: a spec or an
+    override with the old name loads with the new one, and help shows both."""
+    from reid_tao.builders import resolve_choices
+    from reid_tao.config.catalog import allowed_text, find_field
+    from reid_tao.config.loader import load_config
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"dataset:\n  pipeline: {old}\n")
+    assert load_config(str(spec)).dataset.pipeline == new
+    assert load_config(None, [f"dataset.pipeline={old}"]).dataset.pipeline == new
+    assert load_config(None, [f"dataset.pipeline={new}"]).dataset.pipeline == new
+    assert "(old names: 'gpu' = 'cached', 'cpu' = 'workers')" in allowed_text(find_field("dataset.pipeline").meta,
+                                                                               resolve_choices)
 
 
 # -- data-module integration ------------------------------------------------------------------------------------
@@ -243,9 +260,9 @@ def make_module(market, pipeline, trainer=None, **augment):
     return module
 
 
-def test_datamodule_gpu_pipeline_same_batches_as_cpu(tiny_market):
-    cpu = make_module(tiny_market, "cpu")
-    gpu = make_module(tiny_market, "gpu")
+def test_datamodule_cached_pipeline_same_batches_as_workers(tiny_market):
+    cpu = make_module(tiny_market, "workers")
+    gpu = make_module(tiny_market, "cached")
     cpu_batches = list(cpu.train_dataloader())
     index_batches = list(gpu.train_dataloader())
     assert len(index_batches) == len(cpu_batches) > 0
@@ -262,7 +279,7 @@ def test_datamodule_gpu_pipeline_same_batches_as_cpu(tiny_market):
 
 
 def test_datamodule_without_augmentation_equals_eval_transform(tiny_market):
-    module = make_module(tiny_market, "gpu", flip_prob=0.0, padding=0, erase_prob=0.0)
+    module = make_module(tiny_market, "cached", flip_prob=0.0, padding=0, erase_prob=0.0)
     raw = next(iter(module.train_dataloader()))
     images = module.on_after_batch_transfer(raw, 0)[0]
     for image, index in zip(images, raw.indices.tolist()):
@@ -271,7 +288,7 @@ def test_datamodule_without_augmentation_equals_eval_transform(tiny_market):
 
 def test_datamodule_augmentation_replays_per_epoch(tiny_market):
     def epoch_images(epoch):
-        module = make_module(tiny_market, "gpu")
+        module = make_module(tiny_market, "cached")
         module.trainer = fake_trainer(epoch=epoch)
         loader = module.train_dataloader()
         pipeline = module.train_pipeline
@@ -283,10 +300,10 @@ def test_datamodule_augmentation_replays_per_epoch(tiny_market):
 
 
 @pytest.mark.slow
-def test_reid_train_with_gpu_pipeline_on_cpu_and_resume(tiny_market, tmp_path, capsys):
+def test_reid_train_with_cached_pipeline_on_cpu_and_resume(tiny_market, tmp_path, capsys):
     """End to end with validation each epoch; interrupted + resumed equals uninterrupted."""
     def train(results, epochs):
-        code = main(["train"] + tiny_overrides(tiny_market, results, **{"dataset.pipeline": "gpu",
+        code = main(["train"] + tiny_overrides(tiny_market, results, **{"dataset.pipeline": "cached",
                                                                         "train.num_epochs": epochs}))
         captured = capsys.readouterr()
         assert code == 0, captured.err
@@ -339,7 +356,7 @@ def test_host_cache_gathers_with_the_host_copy_of_the_indices(image_files, monke
 
 @pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])
 def test_index_batches_are_pinned_when_training_on_cuda(tiny_market, device, pinned):
-    module = make_module(tiny_market, "gpu", trainer=fake_trainer(device=device))
+    module = make_module(tiny_market, "cached", trainer=fake_trainer(device=device))
     assert module.train_dataloader().pin_memory is pinned
 
 
@@ -352,16 +369,16 @@ def test_cache_decode_threads_share_the_affinity_set_between_local_processes(tin
     monkeypatch.setattr(DecodedImageCache, "build",
                         classmethod(lambda cls, *args, **kwargs: built.append(kwargs["num_threads"])
                                     or real_build(*args, **kwargs)))
-    make_module(tiny_market, "gpu", trainer=fake_trainer(num_devices=4)).train_dataloader()
+    make_module(tiny_market, "cached", trainer=fake_trainer(num_devices=4)).train_dataloader()
     assert built == [24]  # 96 CPUs shared by the 4 processes of this node
 
 
 def test_auto_pipeline_on_cpu_takes_the_cache_when_it_fits_and_says_so(tiny_market, monkeypatch, caplog):
-    from reid_tao.data import gpu_pipeline
+    from reid_tao.data import cached_pipeline
     from reid_tao.data.pipelines import DevicePipeline, WorkerPipeline
 
     def chosen(available, processes=1):
-        monkeypatch.setattr(gpu_pipeline, "available_memory_bytes", lambda: available)
+        monkeypatch.setattr(cached_pipeline, "available_memory_bytes", lambda: available)
         module = ReidDataModule(str(tiny_market / "bounding_box_train"), pipeline="auto",
                                 loader=LoaderSettings(batch_size=4, num_instances=2),
                                 preprocessing=Preprocessing((32, 16), (0.5,) * 3, (0.5,) * 3))

@@ -244,7 +244,7 @@ def test_json_or_garbage_given_as_a_checkpoint_is_not_a_checkpoint(content, tmp_
 def test_an_unlabeled_camera_folder_linked_outside_is_not_walked(tmp_path, caplog):
     """A camera folder linked to / walked the whole filesystem (and failed at /proc): links to folders are not
     followed, at the camera level (a warning names them) or below."""
-    from reid_tao.data.unlabeled import read_unlabeled
+    from reid_tao.data.layouts import read_unlabeled
 
     outside = tmp_path / "outside"
     (outside / "deeper").mkdir(parents=True)

@@ -318,7 +318,7 @@ def test_a_registered_term_is_trained_logged_and_monitorable_without_other_edits
     monkeypatch.setitem(METRIC_LOSSES, "triplet_spread", MetricLoss(drops=(), adds=("spread",)))
     config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
         "model.metric_loss_type": "triplet_spread", "train.checkpointer.monitor": "train_spread_loss",
-        "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null", "dataset.pipeline": "gpu"}))
+        "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null", "dataset.pipeline": "cached"}))
     assert metric_modes()["train_spread_loss"] == "min"
     pl.seed_everything(0, verbose=False)
     datamodule = build_datamodule(config)

@@ -279,7 +279,7 @@ def test_the_unlabeled_summary_shows_no_identity_count():
 
 
 def test_one_decode_thread_is_one_thread(tmp_path):
-    from reid_tao.data.gpu_pipeline import DecodedImageCache
+    from reid_tao.data.cached_pipeline import DecodedImageCache
 
     from helpers import write_person
 
@@ -287,7 +287,7 @@ def test_one_decode_thread_is_one_thread(tmp_path):
     messages = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("reid_tao.data.gpu_pipeline")
+    logger = logging.getLogger("reid_tao.data.cached_pipeline")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:

@@ -33,10 +33,10 @@ from .extraction import extract_features, extraction_precision, feature_batches
 from .pretrained import PRETRAINED_LOADERS
 from .spec import (
                           BACKBONE_OPTION_FIELDS,
+                          BATCH_RECIPES,
                           METRIC_LOSSES,
-                          SAMPLERS,
+                          BatchRecipe,
                           MetricLoss,
-                          Sampler,
                           check_choice,
                           check_spec,
                           load_experiment,
@@ -68,8 +68,8 @@ from .training import (
 from .tuning import default_space, study_arguments, trial_config
 
 __all__ = ["ADAPTATION_NUM_CLASSES", "ARCHITECTURES", "ARCHITECTURE_FIELDS", "BACKBONE_OPTION_FIELDS",
-           "METRIC_LOSSES", "MetricLoss", "PRETRAINED_LOADERS", "RESUME_FIELD", "SAMPLERS", "SPEC_MODEL_FIELDS",
-           "Sampler", "TrainedModel", "adaptation_callbacks", "adaptation_source_config", "backbone_options",
+           "METRIC_LOSSES", "MetricLoss", "PRETRAINED_LOADERS", "RESUME_FIELD", "BATCH_RECIPES", "SPEC_MODEL_FIELDS",
+           "BatchRecipe", "TrainedModel", "adaptation_callbacks", "adaptation_source_config", "backbone_options",
            "build_datamodule", "build_loss", "build_model", "build_module", "build_trainer", "check_choice",
            "check_resumable", "check_spec", "checkpoint_metadata", "checkpoint_model_config", "checkpoint_settings",
            "cudnn_flags", "default_space", "extract_features", "extraction_batch_size", "extraction_precision",

@@ -17,20 +17,20 @@ from ..model.backbones import BACKBONES
 from ..model.losses import LOSS_TERMS
 
 
-class Sampler(NamedTuple):
+class BatchRecipe(NamedTuple):
     pk_batches: bool  # PK batches (else shuffled: most anchors of a shuffled batch have no positive)
     terms: Tuple[str, ...]  # the LOSS_TERMS it trains with
 
 
 class MetricLoss(NamedTuple):
-    drops: Tuple[str, ...]  # LOSS_TERMS removed from the sampler's
+    drops: Tuple[str, ...]  # LOSS_TERMS removed from the batch recipe's
     adds: Tuple[str, ...]  # LOSS_TERMS added
 
 
 # dataset.sampler -> the batches it draws and the loss terms it trains with (TAO's meaning of the names).
-SAMPLERS = {"softmax": Sampler(pk_batches=False, terms=("id",)),
-            "triplet": Sampler(pk_batches=True, terms=("triplet",)),
-            "softmax_triplet": Sampler(pk_batches=True, terms=("id", "triplet"))}
+BATCH_RECIPES = {"softmax": BatchRecipe(pk_batches=False, terms=("id",)),
+                 "triplet": BatchRecipe(pk_batches=True, terms=("triplet",)),
+                 "softmax_triplet": BatchRecipe(pk_batches=True, terms=("id", "triplet"))}
 # model.metric_loss_type -> how it changes the sampler's terms (BoT: "center" replaces the triplet loss).
 METRIC_LOSSES = {"triplet": MetricLoss(drops=(), adds=()), "center": MetricLoss(drops=("triplet",), adds=("center",)),
                  "triplet_center": MetricLoss(drops=(), adds=("center",))}
@@ -110,7 +110,7 @@ def check_spec(config: DictConfig) -> None:
     except ValueError as error:
         raise ConfigError(f"train.optim.name: {error}") from None
     loss_terms(data.sampler, model.metric_loss_type, model.with_center_loss)
-    if SAMPLERS[data.sampler].pk_batches:
+    if BATCH_RECIPES[data.sampler].pk_batches:
         if data.batch_size % data.num_instances:
             raise ConfigError(f"dataset.batch_size={data.batch_size} must be divisible by "
                               f"dataset.num_instances={data.num_instances} for the PK sampler")
@@ -143,7 +143,7 @@ def check_adaptation(config: DictConfig) -> None:
     if not config.adaptation.source_checkpoint:
         raise ConfigError("adaptation.enable=true needs adaptation.source_checkpoint: the reid_tao or TAO checkpoint "
                           "of the model to adapt")
-    if not SAMPLERS[config.dataset.sampler].pk_batches:
+    if not BATCH_RECIPES[config.dataset.sampler].pk_batches:
         raise ConfigError(f"adaptation trains on PK batches over the clusters; dataset.sampler="
                           f"{config.dataset.sampler!r} draws shuffled batches: use softmax_triplet or triplet")
     if "center" in loss_terms(config.dataset.sampler, config.model.metric_loss_type, config.model.with_center_loss):
@@ -163,7 +163,7 @@ def loss_terms(sampler: str, metric_loss_type: str, with_center_loss: bool,
     check_choice("dataset.sampler", sampler)
     check_choice("model.metric_loss_type", metric_loss_type)
     metric = METRIC_LOSSES[metric_loss_type]
-    chosen = (set(SAMPLERS[sampler].terms) - set(metric.drops)) | set(metric.adds)
+    chosen = (set(BATCH_RECIPES[sampler].terms) - set(metric.drops)) | set(metric.adds)
     if with_center_loss:
         chosen |= set(WITH_CENTER_LOSS)
     if adaptation:

@@ -14,7 +14,7 @@ from ..model.backbones import BACKBONES, BackboneOptions
 from ..model.baseline import Baseline
 from ..model.losses import LOSS_TERMS, LossSettings, ReidLoss, build_reid_loss
 from .pretrained import PRETRAINED_LOADERS, load_adaptation_source
-from .spec import SAMPLERS, SOURCE_TERMS, loss_terms
+from .spec import BATCH_RECIPES, SOURCE_TERMS, loss_terms
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def build_datamodule(config: DictConfig, with_validation: bool = True) -> ReidDa
         preprocessing=preprocessing_for(config),
         augment=AugmentSettings(flip_prob=data.prob, padding=data.padding, erase_prob=data.re_prob),
         loader=LoaderSettings(batch_size=data.batch_size, val_batch_size=data.val_batch_size,
-                              num_workers=data.num_workers, pk_batches=SAMPLERS[data.sampler].pk_batches,
+                              num_workers=data.num_workers, pk_batches=BATCH_RECIPES[data.sampler].pk_batches,
                               num_instances=data.num_instances, seed=max(config.train.seed, 0),
                               camera_balanced=config.adaptation.enable and config.adaptation.camera_balanced_batches),
         pipeline=data.pipeline, channels_last=config.train.channels_last, layout=data.layout,

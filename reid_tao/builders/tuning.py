@@ -5,17 +5,17 @@ from typing import Any, Dict, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.loader import schema_config
+from ..config.loader import rename_old_values, schema_config
 from ..config.search_space import DEFAULT_SPACE
 from ..config.validate import validate_config
-from ..engine.tuning import PRUNERS, SAMPLERS
+from ..engine.tuning import OPTUNA_SAMPLERS, PRUNERS
 from .spec import check_spec, loss_terms
 
 
 def study_arguments(config: DictConfig) -> Dict[str, Any]:
     """optuna.create_study's sampler and pruner (optuna is imported here, when a study is made)."""
     tune, num_epochs = config.tune, config.train.num_epochs
-    return dict(sampler=SAMPLERS[tune.sampler](tune.seed, num_epochs),
+    return dict(sampler=OPTUNA_SAMPLERS[tune.sampler](tune.seed, num_epochs),
                 pruner=PRUNERS[tune.pruner](tune.seed, num_epochs))
 
 
@@ -45,6 +45,7 @@ def trial_config(base: DictConfig, values: Mapping[str, Any], folder: Optional[P
         OmegaConf.update(config, path, value, merge=False)
     if folder is not None:
         OmegaConf.update(config, "train.results_dir", str(folder))
+    rename_old_values(config)
     validate_config(config)
     check_spec(config)
     OmegaConf.set_readonly(config, True)

@@ -67,7 +67,8 @@ def check_choice_in(found: SpecField, value, allowed) -> None:
 def allowed_text(meta: FieldMeta, resolve: Resolve) -> str:
     """The allowed values in words, e.g. "one of 'epoch', 'step'" or "at least 1"; "" when anything goes."""
     if meta.choices is not None:
-        return f"one of {choices_text(resolve(meta.choices))}"
+        renamed = ", ".join(f"{old!r} = {new!r}" for old, new in meta.renamed)
+        return f"one of {choices_text(resolve(meta.choices))}" + (f" (old names: {renamed})" if renamed else "")
     return meta.bounds.text() if meta.bounds is not None else ""
 
 

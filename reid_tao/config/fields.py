@@ -64,18 +64,21 @@ class FieldMeta:
     instead: Optional[str] = None  # unsupported: what to use instead
     hint: str = ""  # added to the "is not supported" line of a rejected choice
     new: bool = False  # added by reid_tao (not in TAO's schema)
+    renamed: Tuple[Tuple[Any, Any], ...] = ()  # (old value, current value): the loader reads the old as the current
 
 
 def spec_field(default, *, help: str, choices: Optional[Choices] = None, bounds: Optional[Bounds] = None,
                status: str = "active", why: Optional[str] = None, instead: Optional[str] = None, hint: str = "",
-               new: bool = False):
+               new: bool = False, renamed: Optional[dict] = None):
     """A schema field with its rules: ``dataclasses.field(default=...)`` (a copy per instance for lists)
-    whose metadata holds a :class:`FieldMeta`. inert and unsupported fields need ``why``."""
+    whose metadata holds a :class:`FieldMeta`. inert and unsupported fields need ``why``. ``renamed`` maps
+    old values to their current names (a spec with an old one still loads)."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     if status != "active" and not why:
         raise ValueError(f"a field with status {status!r} needs `why`")
-    meta = {META_KEY: FieldMeta(help, choices, bounds, status, why, instead, hint, new)}
+    meta = {META_KEY: FieldMeta(help, choices, bounds, status, why, instead, hint, new,
+                                tuple((renamed or {}).items()))}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, DataError, first_line
-from .catalog import closest_hint
+from .catalog import closest_hint, spec_fields
 from .schema import ExperimentConfig
 from .validate import validate_config
 
@@ -78,6 +78,16 @@ def _apply_aliases(spec: dict, source: str) -> None:
         if target_leaf in node and node[target_leaf] != node[leaf]:
             raise ConfigError(f"{alias} and {target} are the same field with different values in {source}; keep one")
         node[target_leaf] = node.pop(leaf)
+
+
+def rename_old_values(config: DictConfig) -> None:
+    """Old values of renamed choices (a field's ``renamed`` metadata, e.g. dataset.pipeline=gpu) replaced by their
+    current names, in place, before the config is validated."""
+    for found in spec_fields():
+        value = OmegaConf.select(config, found.path)
+        current = dict(found.meta.renamed).get(value) if isinstance(value, str) else None
+        if current is not None:
+            OmegaConf.update(config, found.path, current, merge=False)
 
 
 def _validation_message(error: OmegaConfBaseException, source: str, key: Optional[str] = None) -> str:
@@ -247,6 +257,7 @@ def load_config(spec_path: Optional[str], overrides: List[str] = ()) -> DictConf
         OmegaConf.resolve(config)
     except OmegaConfBaseException as error:
         raise ConfigError(_validation_message(error, source, _unresolvable_field(config))) from None
+    rename_old_values(config)
     validate_config(config)
     OmegaConf.set_readonly(config, True)
     return config
@@ -312,6 +323,7 @@ def load_stored_config(stored: Any, source: str) -> DictConfig:
         config = OmegaConf.merge(schema_config(), stored)
     except OmegaConfBaseException as error:
         raise DataError(_validation_message(error, f"the config stored in {source}")) from None
+    rename_old_values(config)  # a checkpoint written before a value was renamed
     try:
         validate_config(config)
     except ConfigError as error:

@@ -112,7 +112,7 @@ class DatasetConfig:
     prob: float = spec_field(0.5, bounds=PROBABILITY, help="horizontal flip probability")
     re_prob: float = spec_field(0.5, bounds=PROBABILITY, help=(
         "random erasing probability (area 0.02-0.4, aspect 0.3-3.33, filled with pixel_mean)"))
-    sampler: str = spec_field("softmax_triplet", choices="reid_tao.builders.spec:SAMPLERS", help=(
+    sampler: str = spec_field("softmax_triplet", choices="reid_tao.builders.spec:BATCH_RECIPES", help=(
         "softmax: shuffled batches, identity loss; triplet / softmax_triplet: PK batches (batch_size / "
         "num_instances identities x num_instances images), triplet loss / both"))
     num_instances: int = spec_field(4, bounds=AT_LEAST_1, help="images per identity in a PK batch")
@@ -120,12 +120,14 @@ class DatasetConfig:
         "resize filter, the same in training, evaluation and the ONNX sidecar (bicubic for Swin)"))
     synthetic: bool = spec_field(False, new=True, help=(
         "generate the bundled synthetic dataset into the folders when they are missing"))
-    pipeline: str = spec_field("auto", choices="reid_tao.data.gpu_pipeline:PIPELINES", new=True, help=(
-        "training augmentation: gpu = decoded-image cache + batched on-device augmentation; cpu = torchvision "
-        "transforms in loader workers; auto = gpu when the cache fits"))
+    pipeline: str = spec_field("auto", choices="reid_tao.data.cached_pipeline:PIPELINES", new=True,
+                               renamed={"gpu": "cached", "cpu": "workers"}, help=(
+        "training images: cached = decoded once into a cache, augmented in batches on the training device (GPU "
+        "or CPU); workers = decoded and augmented (torchvision) in loader workers every epoch; auto = cached on "
+        "a GPU, and on a CPU when the cache fits in half the available memory"))
     layout: str = spec_field("auto", choices="reid_tao.data.layouts:LAYOUT_CHOICES", new=True, help=(
-        "how the dataset paths are stored: auto (a .txt path is a list file, else a Market-1501 folder), "
-        "market1501, list_file; see docs/datasets.md"))
+        "how the dataset paths are stored: auto (a .txt path is a list file, a folder of subfolders only camera "
+        "folders, else a Market-1501 folder), market1501, list_file, camera_folders; see docs/datasets.md"))
 
 
 @dataclass
@@ -325,7 +327,7 @@ class TuneConfig:
         "0: no limit; the finished trials' training minutes, checked between trials"))
     metric: str = spec_field("mAP", choices="reid_tao.engine.metric_names:VALIDATION_METRICS", new=True, help=(
         "the validation metric to optimise, in its direction"))
-    sampler: str = spec_field("tpe", choices="reid_tao.engine.tuning:SAMPLERS", new=True, help=(
+    sampler: str = spec_field("tpe", choices="reid_tao.engine.tuning:OPTUNA_SAMPLERS", new=True, help=(
         "Optuna sampler, seeded with tune.seed"))
     pruner: str = spec_field("median", choices="reid_tao.engine.tuning:PRUNERS", new=True, help=(
         "stop trials that fall behind, on the per-epoch validation metric"))

@@ -4,10 +4,10 @@ Generated from the implementations' tables by `python scripts/gen_spec_fields.py
 (tests/test_spec_fields.py fails while it is stale). Validation always reads the tables themselves."""
 TABLE_CHOICES = {
     'reid_tao.builders.pretrained:PRETRAINED_LOADERS': ('imagenet', 'self', ''),
+    'reid_tao.builders.spec:BATCH_RECIPES': ('softmax', 'triplet', 'softmax_triplet'),
     'reid_tao.builders.spec:METRIC_LOSSES': ('triplet', 'center', 'triplet_center'),
-    'reid_tao.builders.spec:SAMPLERS': ('softmax', 'triplet', 'softmax_triplet'),
-    'reid_tao.data.gpu_pipeline:PIPELINES': ('auto', 'gpu', 'cpu'),
-    'reid_tao.data.layouts:LAYOUT_CHOICES': ('auto', 'list_file', 'market1501'),
+    'reid_tao.data.cached_pipeline:PIPELINES': ('auto', 'cached', 'workers'),
+    'reid_tao.data.layouts:LAYOUT_CHOICES': ('auto', 'list_file', 'camera_folders', 'market1501'),
     'reid_tao.data.tracks:TRACK_FORMATS': ('mot', 'kitti'),
     'reid_tao.data.transforms:INTERPOLATIONS': ('bilinear', 'bicubic'),
     'reid_tao.deploy.precision:DATA_TYPES': ('fp32', 'fp16', 'int8'),
@@ -35,8 +35,8 @@ TABLE_CHOICES = {
     ),
     'reid_tao.engine.optim:WARMUP_METHODS': ('linear', 'constant', 'cosine'),
     'reid_tao.engine.precision:PRECISIONS': ('auto', '32', '16-mixed', 'bf16-mixed'),
+    'reid_tao.engine.tuning:OPTUNA_SAMPLERS': ('tpe', 'random'),
     'reid_tao.engine.tuning:PRUNERS': ('median', 'hyperband', 'none'),
-    'reid_tao.engine.tuning:SAMPLERS': ('tpe', 'random'),
     'reid_tao.evaluation.plots:QUERY_CHOICES': ('random', 'worst'),
     'reid_tao.model.backbones:BACKBONES': (
         'resnet_18',

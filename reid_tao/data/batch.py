@@ -22,7 +22,7 @@ class Batch(NamedTuple):
 
 class IndexBatch(NamedTuple):
     """A training batch of the device pipeline before its images exist: only dataset positions travel
-    through the loader; :func:`~reid_tao.data.gpu_pipeline.augment_batch` turns it into a :class:`Batch`.
+    through the loader; :func:`~reid_tao.data.cached_pipeline.augment_batch` turns it into a :class:`Batch`.
 
     indices, pids, camids: int64 (B,); seed: the batch's augmentation seed, a Python int (no device sync
     to read it); host_indices: int64 numpy array, a host copy of ``indices`` that the transfer to the

@@ -8,16 +8,15 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
+from .cached_pipeline import available_memory_bytes, cache_bytes_for, decode_threads, resolve_pipeline
 from .datasets import ImageDataset, SeededSampler, ShardSampler, effective_workers
-from .gpu_pipeline import available_memory_bytes, cache_bytes_for, decode_threads, resolve_pipeline
-from .layouts import read_split
+from .layouts import read_split, read_unlabeled
 from .pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
 from .preprocessing import Preprocessing
 from .records import ImageRecord, relabel, summary_table
 from .samplers import CyclingSampler, PKSampler, SubsetSampler
 from .seeding import derive_seed
 from .settings import AugmentSettings, LoaderSettings
-from .unlabeled import read_unlabeled
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +44,31 @@ def eval_loader(dataset: ImageDataset, batch_size: int, num_workers: int, sample
 
 def _pipeline_reason(chosen: str, device: Optional[torch.device], cache_bytes: int) -> str:
     where = device.type if device is not None else "this machine"
-    if chosen == "gpu":
+    if chosen == "cached":
         return (f"decoded-image cache ({cache_bytes / 2**20:.0f} MB) with batched augmentation on {where} "
-                "(the 'gpu' pipeline)")
+                "(the 'cached' pipeline)")
     available = available_memory_bytes()
     shown = f"{available / 2**30:.1f} GB available" if available is not None else "unknown available memory"
-    return (f"loader workers decode every image (the 'cpu' pipeline): the decoded cache "
+    return (f"loader workers decode every image (the 'workers' pipeline): the decoded cache "
             f"({cache_bytes / 2**30:.1f} GB) would not fit in half of the {shown}")
 
 
 class ReidDataModule(pl.LightningDataModule):
     def __init__(self, train_dir: Optional[str], query_dir: Optional[str] = None, gallery_dir: Optional[str] = None,
                  preprocessing: Preprocessing = MARKET_PREPROCESSING, augment: AugmentSettings = AugmentSettings(),
-                 loader: LoaderSettings = LoaderSettings(), pipeline: str = "cpu", channels_last: bool = False,
+                 loader: LoaderSettings = LoaderSettings(), pipeline: str = "workers", channels_last: bool = False,
                  layout: str = "auto", unlabeled: bool = False, source_dir: Optional[str] = None):
         """Splits are read with :func:`~reid_tao.data.layouts.read_split` in ``layout`` (a name in
         :data:`~reid_tao.data.layouts.LAYOUTS`, or "auto": detected from each path); with ``unlabeled`` the
-        training split is read as unlabeled images (:mod:`~reid_tao.data.unlabeled`), labelled by clustering.
+        training split is read as unlabeled images (:func:`~reid_tao.data.layouts.read_unlabeled`, in the same
+        ``layout``), labelled by clustering.
 
-        pipeline: "cpu" decodes and augments in loader workers; "gpu" decodes once into a
-        :class:`DecodedImageCache` and augments batches on the training device (also works on CPU);
-        "auto" is "gpu" on CUDA, and on a CPU when the cache fits in memory (see
-        :func:`~reid_tao.data.gpu_pipeline.resolve_pipeline`). channels_last: "gpu"
+        pipeline: "workers" decodes and augments in loader workers; "cached" decodes once into a
+        :class:`DecodedImageCache` and augments batches on the training device (CUDA or CPU);
+        "auto" is "cached" on CUDA, and on a CPU when the cache fits in memory (see
+        :func:`~reid_tao.data.cached_pipeline.resolve_pipeline`). channels_last: "cached"
         pipeline batches on CUDA come in channels_last memory format. unlabeled: the training split is read
-        with :func:`~reid_tao.data.unlabeled.read_unlabeled` and has no labels until
+        with :func:`~reid_tao.data.layouts.read_unlabeled` and has no labels until
         :meth:`set_pseudo_labels` gives it some (domain adaptation); PK batches then draw from the
         clustered images only.
 
@@ -112,7 +112,7 @@ class ReidDataModule(pl.LightningDataModule):
         if self.train_records:
             return
         if self.unlabeled:
-            self.train_records = read_unlabeled(self.train_dir, "dataset.train_dataset_dir")
+            self.train_records = read_unlabeled(self.train_dir, "dataset.train_dataset_dir", self.layout)
             self.train_labels = [-1] * len(self.train_records)  # none until the first clustering
         else:
             self.train_records = read_split(self.train_dir, "dataset.train_dataset_dir", self.layout)
@@ -192,7 +192,7 @@ class ReidDataModule(pl.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _make_train_pipeline(self, kind: Optional[str] = None) -> TrainPipeline:
-        """A training pipeline of ``kind`` ("cpu" / "gpu"; None: dataset.pipeline resolved for this device,
+        """A training pipeline of ``kind`` ("workers" / "cached"; None: dataset.pipeline resolved for this device,
         with the source stream's images counted in the cache)."""
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         # every process of this machine keeps its own cache (of the target's and the source's images)
@@ -204,7 +204,7 @@ class ReidDataModule(pl.LightningDataModule):
             chosen = resolve_pipeline(self.pipeline, device, cache_bytes)
             if self.pipeline == "auto":
                 log.info("dataset.pipeline=auto: %s", _pipeline_reason(chosen, device, cache_bytes))
-        if chosen == "gpu":
+        if chosen == "cached":
             on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
             # every process on this machine builds its own cache at the same time: share the CPUs
             return DevicePipeline(self.preprocessing, self.augment, self.channels_last, pin_memory=on_cuda,
@@ -262,7 +262,7 @@ class ReidDataModule(pl.LightningDataModule):
         return CombinedLoader({TARGET: target, SOURCE: source}, mode="min_size")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Training batches go through the training pipeline (the "gpu" one makes the images here)."""
+        """Training batches go through the training pipeline (the "cached" one makes the images here)."""
         trainer = self.trainer
         if self.train_pipeline is None or trainer is None or not trainer.training:
             return batch

@@ -8,18 +8,30 @@ else :data:`DEFAULT_LAYOUT` (whose reader then explains what is wrong with the p
 explicitly (the spec's ``dataset.layout``) is used as it is; an existing path whose form does not fit it is
 a DataError that says which layout the path does look like.
 
-Adding a layout is one reader function (plus an image lister, for inference) and one :data:`LAYOUTS`
-entry. Detection rules look at the form of the path only (folder, file suffix), so a missing path still
-reaches the reader that reports it.
+Domain adaptation reads its training split with :func:`read_unlabeled` through the same table: a layout's
+``unlabeled`` reader returns the split's images with person id 0 (no identity known) and their cameras. A
+layout without one is refused for adaptation in one line.
+
+Adding a layout is one reader function (plus an image lister, for inference, and an unlabeled reader, for
+adaptation) and one :data:`LAYOUTS` entry. Detection rules look at the form of the path only (folder, file
+suffix, whether a folder holds images or only subfolders), so a missing path still reaches the reader that
+reports it.
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from ..errors import DataError
 from .list_file import list_file_images, read_list_file
 from .market import check_has_images, list_images, scan_market_folder
 from .records import ImageRecord
+from .unlabeled import (
+    camera_folder_images,
+    is_camera_folders,
+    read_unlabeled_folder,
+    read_unlabeled_list,
+    refuse_camera_folders,
+)
 
 Reader = Callable[[str, str], List[ImageRecord]]
 
@@ -30,15 +42,21 @@ class Layout:
     detect: Callable[[str], bool]
     description: str
     images: Callable[[str, str], List[str]]  # every image path of a split, any names (what inference embeds)
+    # the split as unlabeled images (domain adaptation): person id 0 and a camera each; None: adaptation cannot
+    unlabeled: Optional[Reader] = None
 
 
 LAYOUTS: Dict[str, Layout] = {
     "list_file": Layout(read_list_file, detect=lambda path: Path(path).suffix.lower() == ".txt",
                         description="a .txt list of 'relative/path pid [camid]' lines (e.g. MSMT17's list_train.txt)",
-                        images=list_file_images),
+                        images=list_file_images, unlabeled=read_unlabeled_list),
+    "camera_folders": Layout(refuse_camera_folders, detect=is_camera_folders,
+                             description="a folder of subfolders, one camera each (any image names, no person ids)",
+                             images=camera_folder_images, unlabeled=read_unlabeled_folder),
     "market1501": Layout(scan_market_folder, detect=lambda path: Path(path).is_dir(),
                          description="a folder of Market-1501 named images '<pid>_c<camera>...'",
-                         images=lambda path, field: [str(p) for p in list_images(path, field)]),
+                         images=lambda path, field: [str(p) for p in list_images(path, field)],
+                         unlabeled=read_unlabeled_folder),
 }
 DEFAULT_LAYOUT = "market1501"
 LAYOUT_CHOICES = ("auto", *LAYOUTS)  # what dataset.layout accepts
@@ -56,7 +74,7 @@ def resolve_layout(path: str, field: str, layout: str = "auto") -> str:
     if layout == "auto":
         return detect_layout(path)
     if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUT_CHOICES)}")
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(('auto', *LAYOUTS))}")
     if Path(path).exists() and not LAYOUTS[layout].detect(path):
         detected = detect_layout(path)
         raise DataError(f"{field}: {path} looks like {LAYOUTS[detected].description}, not "
@@ -70,6 +88,21 @@ def read_split(path: str, field: str, layout: str = "auto") -> List[ImageRecord]
 
     Raises DataError (naming ``field``) for unreadable data, ValueError for an unknown ``layout``."""
     return LAYOUTS[resolve_layout(path, field, layout)].reader(path, field)
+
+
+def read_unlabeled(path: str, field: str, layout: str = "auto") -> List[ImageRecord]:
+    """The images of an unlabeled split (domain adaptation) stored at ``path`` in ``layout``, each with person
+    id 0 and its camera (:mod:`~reid_tao.data.unlabeled` says where a folder's cameras come from).
+
+    Raises DataError for unreadable data or a layout without an unlabeled reader, ValueError for an unknown
+    ``layout``."""
+    name = resolve_layout(path, field, layout)
+    reader = LAYOUTS[name].unlabeled
+    if reader is None:
+        raise DataError(f"{field}: {path} is {LAYOUTS[name].description}, which domain adaptation cannot read "
+                        f"(layout {name} has no unlabeled reader); point {field} at a folder of images or a .txt "
+                        "list of image paths")
+    return reader(path, field)
 
 
 def split_images(path: str, field: str, layout: str = "auto") -> List[str]:

@@ -34,7 +34,7 @@ def list_images(folder: str, field: str) -> List[Path]:
         raise DataError(f"{field}: folder {folder} does not exist; set {field} to a Market-1501 style folder")
     images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
-        raise _no_images(folder, field)
+        raise no_images_error(folder, field)
     return images
 
 
@@ -47,7 +47,7 @@ def check_has_images(folder: str, field: str) -> None:
     with os.scandir(path) as entries:
         if any(Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS and entry.is_file() for entry in entries):
             return
-    raise _no_images(folder, field)
+    raise no_images_error(folder, field)
 
 
 def _looks_like_list_file(path: Path) -> bool:
@@ -61,7 +61,8 @@ def _looks_like_list_file(path: Path) -> bool:
     return first is not None and len(first) >= 2 and first[1].lstrip("-").isdigit()
 
 
-def _no_images(folder: str, field: str) -> DataError:
+def no_images_error(folder: str, field: str) -> DataError:
+    """A folder without images of its own, with a hint at the list files or folders it holds instead."""
     path = Path(folder)
     lists = sorted(p.name for p in path.glob("*.txt") if _looks_like_list_file(p))
     folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -1,7 +1,7 @@
 """The two training data paths behind one interface; the data module picks one once the device is known.
 
-* :class:`WorkerPipeline` ("cpu"): DataLoader workers decode and augment each image (torchvision).
-* :class:`DevicePipeline` ("gpu"): images are decoded once into a :class:`DecodedImageCache`; the loader
+* :class:`WorkerPipeline` ("workers"): DataLoader workers decode and augment each image (torchvision).
+* :class:`DevicePipeline` ("cached"): images are decoded once into a :class:`DecodedImageCache`; the loader
   yields :class:`~reid_tao.data.batch.IndexBatch` es and :meth:`on_after_batch_transfer` gathers and
   augments them on the training device (:class:`DeviceAugment`; also works on CPU).
 
@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .batch import Batch, IndexBatch
+from .cached_pipeline import DecodedImageCache, DeviceAugment, IndexDataset, augment_batch, collate_index_batch
 from .datasets import ImageDataset, effective_workers
-from .gpu_pipeline import DecodedImageCache, DeviceAugment, IndexDataset, augment_batch, collate_index_batch
 from .preprocessing import Preprocessing
 from .records import ImageRecord
 from .settings import AugmentSettings
@@ -36,7 +36,7 @@ class TrainPipeline(Protocol):
 class WorkerPipeline:
     """Decode + augment in DataLoader worker processes with torchvision transforms."""
 
-    name = "cpu"
+    name = "workers"
 
     def __init__(self, preprocessing: Preprocessing, augment: AugmentSettings, num_workers: int):
         p = preprocessing
@@ -63,7 +63,7 @@ class DevicePipeline:
     when training on CUDA: their copy to the device is then asynchronous, with no per-step sync).
     decode_threads: threads that build the cache (default: :func:`decode_threads` of one process)."""
 
-    name = "gpu"
+    name = "cached"
 
     def __init__(self, preprocessing: Preprocessing, augment: AugmentSettings, channels_last: bool = False,
                  pin_memory: bool = False, decode_threads: Optional[int] = None):

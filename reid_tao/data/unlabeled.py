@@ -1,6 +1,10 @@
 """Unlabeled image sets (for domain adaptation): any file names, cameras from the folder structure.
 
-The reader of the "unlabeled" layout. Where the cameras come from, first rule that applies:
+The unlabeled readers of the layouts (:data:`~reid_tao.data.layouts.LAYOUTS`, read through
+:func:`~reid_tao.data.layouts.read_unlabeled`): :func:`read_unlabeled_folder` for a folder ("market1501",
+"camera_folders"), :func:`read_unlabeled_list` for a list file ("list_file"); and the "camera_folders" layout
+itself, a folder of camera subfolders without images of its own. Where a folder's cameras come from, first rule
+that applies:
 
 * a folder with subfolders: every subfolder (any name; its images at any depth) is one camera, numbered
   1, 2, ... in name order (images directly in the top folder, if any, form one more camera);
@@ -18,11 +22,11 @@ folder that is such a link is skipped with a warning. Links to image files are r
 import logging
 import os
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 from ..errors import DataError
 from .list_file import camera_from_name, parse_list_file
-from .market import IMAGE_EXTENSIONS
+from .market import IMAGE_EXTENSIONS, no_images_error
 from .records import ImageRecord
 
 log = logging.getLogger(__name__)
@@ -52,16 +56,24 @@ def _camera_folders(folder: Path, field: str) -> List[Path]:
     return [sub for sub in subfolders if not sub.is_symlink() and _images(sub, recursive=True)]
 
 
-def _from_list(path: str, field: str) -> List[ImageRecord]:
+def read_unlabeled_list(path: str, field: str) -> List[ImageRecord]:
+    """The images of a list file, ids ignored; the camera from the third column, else the name, else 1."""
     entries = parse_list_file(path, field, require_ids=False)
     return [ImageRecord(entry.path, UNKNOWN_PID, entry.camid if entry.camid is not None
                         else (camera_from_name(entry.path) or 1)) for entry in entries]
 
 
-def _from_folder(path: str, field: str) -> List[ImageRecord]:
+def _camera_tree(folder: Path, field: str) -> Tuple[List[Path], List[Path]]:
+    """(camera folders, images directly in ``folder``)."""
+    if not folder.is_dir():
+        raise DataError(f"{field}: {folder} is neither a folder nor a .txt list file of images")
+    return _camera_folders(folder, field), _images(folder, recursive=False)
+
+
+def read_unlabeled_folder(path: str, field: str) -> List[ImageRecord]:
+    """The images of a folder with cameras as the module docstring says (subfolders, else names, else one)."""
     folder = Path(path)
-    cameras = _camera_folders(folder, field)
-    top = _images(folder, recursive=False)
+    cameras, top = _camera_tree(folder, field)
     if cameras:
         records = [ImageRecord(str(image), UNKNOWN_PID, number)
                    for number, sub in enumerate(cameras, start=1) for image in _images(sub, recursive=True)]
@@ -80,10 +92,36 @@ def _from_folder(path: str, field: str) -> List[ImageRecord]:
     return [ImageRecord(str(image), UNKNOWN_PID, 1) for image in top]
 
 
-def read_unlabeled(path: str, field: str) -> List[ImageRecord]:
-    """The images of an unlabeled set (folder or list file) with cameras as the module docstring says."""
-    if Path(path).suffix.lower() == ".txt":
-        return _from_list(path, field)
-    if not Path(path).is_dir():
-        raise DataError(f"{field}: {path} is neither a folder nor a .txt list file of images")
-    return _from_folder(path, field)
+def is_camera_folders(path: str) -> bool:
+    """The "camera_folders" layout's rule: a folder with subfolders and no images of its own."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return False
+    subfolders = False
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
+                    return False
+                subfolders = subfolders or entry.is_dir()
+    except OSError:  # unreadable: the reader of the default layout reports it
+        return False
+    return subfolders
+
+
+def camera_folder_images(path: str, field: str) -> List[str]:
+    """Every image of a folder of camera folders (what inference embeds), camera by camera in name order."""
+    cameras, top = _camera_tree(Path(path), field)
+    images = [image for sub in cameras for image in _images(sub, recursive=True)] + top
+    if not images:
+        raise DataError(f"{field}: folder {path} contains no .jpg/.jpeg/.png images (nor subfolders with some)")
+    return [str(image) for image in images]
+
+
+def refuse_camera_folders(path: str, field: str) -> List[ImageRecord]:
+    """The labelled reader of "camera_folders": camera folders carry no person ids, so training or evaluating
+    on them is an error that says what reads them and what to set instead."""
+    raise DataError(f"{no_images_error(path, field)}; a folder of camera folders carries no person ids (only "
+                    "adaptation.enable=true and reid inference read it)")

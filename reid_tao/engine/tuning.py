@@ -63,5 +63,5 @@ def _no_pruning(seed: int, num_epochs: int):
 
 
 # tune.sampler / tune.pruner -> factory(seed, num_epochs of a trial)
-SAMPLERS: Dict[str, Callable] = {"tpe": _tpe, "random": _random}
+OPTUNA_SAMPLERS: Dict[str, Callable] = {"tpe": _tpe, "random": _random}
 PRUNERS: Dict[str, Callable] = {"median": _median, "hyperband": _hyperband, "none": _no_pruning}

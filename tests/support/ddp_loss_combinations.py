@@ -9,14 +9,14 @@ from pathlib import Path
 import pytorch_lightning as pl
 import tiny_backbone
 
-from reid_tao.builders import METRIC_LOSSES, SAMPLERS, build_datamodule, build_module, load_experiment
+from reid_tao.builders import BATCH_RECIPES, METRIC_LOSSES, build_datamodule, build_module, load_experiment
 from reid_tao.errors import ConfigError
 
 from helpers import tiny_overrides
 
 
 def main(market: Path, results: Path) -> None:
-    for sampler in SAMPLERS:
+    for sampler in BATCH_RECIPES:
         for metric in METRIC_LOSSES:
             overrides = tiny_overrides(market, results, **{
                 "dataset.sampler": sampler, "model.metric_loss_type": metric, "dataset.batch_size": 4,

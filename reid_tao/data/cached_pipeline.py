@@ -42,7 +42,9 @@ from .transforms import INTERPOLATIONS
 
 log = logging.getLogger(__name__)
 
-PIPELINES = ("auto", "gpu", "cpu")
+# dataset.pipeline: "cached" decodes once into a DecodedImageCache and augments batches on the training device
+# (CUDA or CPU); "workers" decodes and augments every image in DataLoader workers (see pipelines.py).
+PIPELINES = ("auto", "cached", "workers")
 
 
 # The decoded cache may take at most this share of the available host memory when "auto" picks it on a CPU.
@@ -51,21 +53,21 @@ HOST_CACHE_MEMORY_SHARE = 0.5
 
 def resolve_pipeline(pipeline: str, device: Optional[torch.device] = None, cache_bytes: Optional[int] = None,
                      available_bytes: Optional[int] = None) -> str:
-    """The pipeline to use. "auto" is "gpu" (decoded cache + batched augmentation) on a CUDA training
+    """The pipeline to use. "auto" is "cached" (decoded cache + batched augmentation) on a CUDA training
     device (device unknown: when CUDA is available), and on a CPU too when the cache (``cache_bytes``,
     all copies) fits in HOST_CACHE_MEMORY_SHARE of the available memory: there it trains several times
-    faster than loader workers that decode every image every epoch. Else "cpu"."""
+    faster than loader workers that decode every image every epoch. Else "workers"."""
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline={pipeline!r} is not one of {', '.join(PIPELINES)}")
     if pipeline != "auto":
         return pipeline
     on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
     if on_cuda:
-        return "gpu"
+        return "cached"
     if cache_bytes is None:
-        return "cpu"
+        return "workers"
     available = available_memory_bytes() if available_bytes is None else available_bytes
-    return "gpu" if available is not None and cache_bytes <= HOST_CACHE_MEMORY_SHARE * available else "cpu"
+    return "cached" if available is not None and cache_bytes <= HOST_CACHE_MEMORY_SHARE * available else "workers"
 
 
 def cache_bytes_for(num_images: int, size: Tuple[int, int]) -> int:
