@@ -13,6 +13,8 @@ from reid_tao.data.samplers import PKSampler, SubsetSampler
 from reid_tao.evaluation.clustering import agreement, cluster_features, purity
 from reid_tao.model.losses import CameraProxyLoss, ClusterMemoryLoss, LossSettings, build_reid_loss
 
+from helpers import TINY_BACKBONE
+
 _SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cluster_purity.py"
 _spec = importlib.util.spec_from_file_location("cluster_purity", _SCRIPT)
 cluster_purity = importlib.util.module_from_spec(_spec)
@@ -330,7 +332,8 @@ def make_target_domain(source: Path, target: Path) -> dict:
 
 
 def adaptation_common(results: Path):
-    return [f"results_dir={results}", "model.backbone=resnet_18", "model.pretrain_choice=''",
+    # the test-only backbone (tiny_overrides'): adaptation's gain shows on it as on resnet_18, in a fifth of the time
+    return [f"results_dir={results}", f"model.backbone={TINY_BACKBONE}", "model.pretrain_choice=''",
             "model.input_height=64", "model.input_width=32", "dataset.batch_size=32", "dataset.num_instances=4",
             "dataset.num_workers=0", "dataset.val_batch_size=64", "dataset.pipeline=cpu", "train.accelerator=cpu",
             "wandb.enable=false", "train.checkpoint_interval=100", "train.optim.warmup_iters=1"]
@@ -397,8 +400,7 @@ def test_adaptation_beats_direct_transfer_on_a_colour_shifted_domain(tmp_path):
         return metrics.shown.mAP
 
     direct, adapted = target_map(source_model, "ev_direct"), target_map(adapted_model, "ev_adapted")
-    # measured (train.seed 1234): 0.517 -> 0.680 on an AVX2 CPU, 0.579 -> 0.649 on an AVX512 one; seeds 0-3 there:
-    # +0.10 to +0.26
+    # measured on an AVX2 CPU (train.seed 1234, 0, 1): 0.288 -> 0.435, 0.247 -> 0.397, 0.205 -> 0.372
     assert adapted > direct + 0.03
     # the per-epoch pseudo-label figures reach status.json
     lines = [json.loads(line) for line in (tmp_path / "adapted" / "train" / "status.json").read_text().splitlines()]
@@ -408,10 +410,10 @@ def test_adaptation_beats_direct_transfer_on_a_colour_shifted_domain(tmp_path):
     unlabeled = target / "unlabeled"
     before = clustering_quality(source_model, unlabeled, identities, **cluster_args)
     after = clustering_quality(adapted_model, unlabeled, identities, **cluster_args)
-    # The model's own features, not the camera-centred ones adaptation clusters: centring alone already makes the
-    # source's clusters nearly pure (0.93-0.98 on an AVX512 CPU, seeds 0-3 and 1234), and their purity fell in two
-    # of those five seeds. The features' own clusters gained in all five: purity +0.03 to +0.10, adjusted Rand
-    # index +0.13 to +0.21 (0.557 -> 0.692 at seed 1234).
+    # The model's own features, not the camera-centred ones adaptation clusters: with resnet_18, centring alone
+    # already made the source's clusters nearly pure, and their purity fell in two of five seeds. The features'
+    # own clusters gain: here (seeds 1234, 0, 1) purity 0.494 -> 0.623, 0.470 -> 0.586, 0.494 -> 0.667,
+    # adjusted Rand index 0.177 -> 0.297, 0.167 -> 0.253, 0.194 -> 0.297.
     assert after["purity"] > before["purity"]
     assert after["agreement"] > before["agreement"] + 0.05
 

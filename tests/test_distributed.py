@@ -71,7 +71,9 @@ def test_sharded_evaluation_equals_single_process(ddp_run, tiny_market, tmp_path
               f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}", "dataset.val_batch_size=4",
               "dataset.num_workers=0", "evaluate.accelerator=cpu", "re_ranking.re_ranking=true",
               "re_ranking.k1=4", "re_ranking.k2=2"]
-    reid("evaluate", *common, f"results_dir={tmp_path / 'one'}")
+    from reid_tao.cli import main
+
+    assert main(["evaluate", *common, f"results_dir={tmp_path / 'one'}"]) == 0  # one process: this one
     reid("evaluate", *common, f"results_dir={tmp_path / 'two'}", "evaluate.num_gpus=2")
     one = json.loads((tmp_path / "one" / "evaluate" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "evaluate" / "metrics.json").read_text())
@@ -138,14 +140,26 @@ def validate_in_processes(out_dir: Path, devices: int, overrides) -> list:
     return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(devices)]
 
 
-def test_validation_splits_queries_over_ranks_and_equals_one_process(tiny_market, tmp_path):
+@pytest.fixture(scope="module")
+def ddp_training_run(tiny_market, module_tmp):
+    """One 2-process launch of tests/support/ddp_training.py: a `reid train`-like run validating under DDP, then
+    the validation of an untrained model over the same two ranks. Returns its folder and overrides."""
+    out = module_tmp / "ddp_training"
+    args = tiny_overrides(tiny_market, out / "r", **{"train.num_gpus": 2, "dataset.batch_size": 4,
+                                                     "train.checkpoint_interval": 100})
+    out.mkdir()
+    run_or_kill([sys.executable, str(SUPPORT / "ddp_training.py"), str(out), *args])
+    return out, args
+
+
+def test_validation_splits_queries_over_ranks_and_equals_one_process(ddp_training_run):
     from ddp_validation import validate
 
-    overrides = tiny_overrides(tiny_market, tmp_path)
+    out, overrides = ddp_training_run
     single = validate(overrides, devices=1)
     num_query, num_gallery = 4, 17  # tiny_market: query, bounding_box_test without the junk image
     assert single["shapes"] == [[num_query, num_gallery]]
-    ranks = validate_in_processes(tmp_path, 2, overrides)
+    ranks = [json.loads((out / f"validate_rank{rank}.json").read_text()) for rank in range(2)]
     # each rank ranks only its half of the queries; nobody builds the full 4 x 17 matrix
     assert [r["shapes"] for r in ranks] == [[[2, num_gallery]], [[2, num_gallery]]]
     for result in ranks:
@@ -197,17 +211,16 @@ def test_every_sampler_and_loss_combination_trains_under_ddp(tiny_market, tmp_pa
     assert len(trained) == 8, result.stdout  # 3 samplers x 3 metric losses, less triplet + center
 
 
-def test_training_under_ddp_logs_what_one_process_evaluates_and_syncs_rarely(tiny_market, tmp_path, capsys):
+def test_training_under_ddp_logs_what_one_process_evaluates_and_syncs_rarely(ddp_training_run, tiny_market,
+                                                                             tmp_path):
     """One 2-process `reid train`-like run that validates under DDP:
     the logged validation mAP is `reid evaluate`'s of the saved checkpoint (BatchNorm statistics broadcast
     from rank 0 before validating), train_loss is the mean over both ranks, and the steps sync with the host
     only where counted for (the preemption flag every check_every steps, nothing in the loss)."""
     from reid_tao.cli import main
 
-    args = tiny_overrides(tiny_market, tmp_path / "r", **{"train.num_gpus": 2, "dataset.batch_size": 4,
-                                                          "train.checkpoint_interval": 100})
-    run_or_kill([sys.executable, str(SUPPORT / "ddp_training.py"), str(tmp_path), *args])
-    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    out, _ = ddp_training_run
+    ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     logged = ranks[0]["metrics"]
     # every epoch value is the same on both ranks; train_loss_step is each process's own step (never synced)
     assert {k: v for k, v in ranks[1]["metrics"].items() if k != "train_loss_step"} == pytest.approx(
@@ -217,7 +230,7 @@ def test_training_under_ddp_logs_what_one_process_evaluates_and_syncs_rarely(tin
     assert abs(own[0] - own[1]) > 1e-3  # the ranks saw different data, so rank 0 alone would differ
     assert logged["train_loss"] == pytest.approx(sum(own) / 2, rel=1e-5)
     # validation under DDP equals a single-process evaluate of the checkpoint written at the end
-    checkpoint = tmp_path / "r" / "train" / "reid_model_latest.pth"
+    checkpoint = out / "r" / "train" / "reid_model_latest.pth"
     assert main(["evaluate", f"evaluate.checkpoint={checkpoint}", f"results_dir={tmp_path / 'eval'}",
                  f"dataset.query_dataset_dir={tiny_market / 'query'}", "evaluate.accelerator=cpu",
                  f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}", "dataset.num_workers=0"]) == 0

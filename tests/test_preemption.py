@@ -2,50 +2,36 @@
 with one line, and the re-run's final weights equal an uninterrupted run's, bit for bit on the CPU."""
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from reid_tao.cli import main
 from reid_tao.data.datasets import SeededSampler
+from reid_tao.engine.module import ReidModule
 from reid_tao.engine.preemption import RESUME_KEY, PreemptionCheckpoint, rng_states, set_rng_states
 from reid_tao.errors import Preempted
 
-from helpers import SUPPORT, tiny_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
-# Runs the real CLI in a fresh process; the k-th training step sends the process a real signal, so the stop
-# point is deterministic (no timing). Everything else is the production code path.
-SIGNAL_AT_STEP = """
-import os, signal, sys
-import tiny_backbone
-from reid_tao.cli import main
-from reid_tao.engine.module import ReidModule
-
-tiny_backbone.register()
-
-step, calls, at, signum = ReidModule.training_step, [0], int(sys.argv[1]), int(sys.argv[2])
-
-def training_step(self, batch, batch_idx):
-    loss = step(self, batch, batch_idx)
-    calls[0] += 1
-    if calls[0] == at:
-        os.kill(os.getpid(), signum)
-    return loss
-
-ReidModule.training_step = training_step
-sys.exit(main(sys.argv[3:]))
-"""
+from helpers import tiny_overrides
 
 
-def train_with_signal(overrides, at_step: int, signum: int) -> subprocess.CompletedProcess:
-    path = os.pathsep.join(filter(None, [str(ROOT), str(SUPPORT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
-    return subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(at_step), str(int(signum)), "train", *overrides],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+def train_with_signal(capsys, overrides, at_step: int, signum: int) -> tuple:
+    """`reid train` in this process whose ``at_step``-th training step sends the process a real signal, so the
+    stop point is deterministic (no timing); everything else is the production code path. Returns the exit
+    code and stderr. (tests/test_signals.py sends them to fresh processes and their process groups.)"""
+    step, calls = ReidModule.training_step, [0]
+
+    def training_step(self, batch, batch_idx):
+        loss = step(self, batch, batch_idx)
+        calls[0] += 1
+        if calls[0] == at_step:
+            os.kill(os.getpid(), signum)
+        return loss
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ReidModule, "training_step", training_step)
+        code = main(["train", *overrides])
+    return code, capsys.readouterr().err
 
 
 def run_train(capsys, overrides):
@@ -65,11 +51,11 @@ def test_sigterm_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_market, tmp
     at_step = per_epoch + per_epoch // 2  # inside the second epoch
 
     split = tiny_overrides(tiny_market, tmp_path / "split", **extra)
-    done = train_with_signal(split, at_step, signal.SIGTERM)
-    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
-    ours = [line for line in done.stderr.splitlines() if line.startswith("reid train:")]
+    code, err = train_with_signal(capsys, split, at_step, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    ours = [line for line in err.splitlines() if line.startswith("reid train:")]
     assert len(ours) == 1 and "preempted by SIGTERM" in ours[0] and "run the same command to resume" in ours[0]
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in err
     latest = tmp_path / "split/train/reid_model_latest.pth"
     stopped = torch.load(latest, weights_only=True)
     assert stopped["global_step"] == at_step and stopped["global_step"] % per_epoch != 0  # inside an epoch
@@ -141,8 +127,8 @@ def test_resume_restores_the_global_rng_that_dropout_draws_from(tiny_market, tmp
     at_step = per_epoch // 2 + 1  # inside the (only) epoch: it started from the epoch's reseeded RNG
 
     split = tiny_overrides(tiny_market, tmp_path / "split", **extra)
-    done = train_with_signal(split, at_step, signal.SIGTERM)
-    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    code, err = train_with_signal(capsys, split, at_step, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
     out = run_train(capsys, split)
     assert "resuming inside epoch 1 after batch" in out.out
     resumed = torch.load(tmp_path / "split/train/reid_model_latest.pth", weights_only=True)
