@@ -1,4 +1,5 @@
 """`reid {train,evaluate,inference,export,crops} -e SPEC [section.key=value ...]`."""
+
 import argparse
 import importlib
 import os
@@ -8,13 +9,12 @@ import sys
 import textwrap
 import threading
 from contextlib import contextmanager
-from typing import List, Optional
 
-from .config.catalog import closest_hint, describe_fields, describe_sections, help_groups, literal_choices
-from .config.loader import TASKS, load_config, task_results_dir
-from .config.paths import check_paths, named_paths
-from .config.table_choices import TABLE_CHOICES
-from .errors import ConfigError, Preempted, ReidError, Stopped, error_line
+from reid_tao.config.catalog import closest_hint, describe_fields, describe_sections, help_groups, literal_choices
+from reid_tao.config.loader import TASKS, load_config, task_results_dir
+from reid_tao.config.paths import check_paths, named_paths
+from reid_tao.config.table_choices import TABLE_CHOICES
+from reid_tao.errors import ConfigError, Preempted, ReidError, Stopped, error_line
 
 DESCRIPTIONS = {
     "train": "train a re-identification model (resumes from results_dir/train/reid_model_latest.pth)",
@@ -37,8 +37,11 @@ HELP_SECTIONS = {
 def _top_level_help() -> str:
     lines = ["usage: reid TASK -e SPEC.yaml [section.key=value ...]", "", "tasks:"]
     lines += [f"  {task:<10} {text}" for task, text in DESCRIPTIONS.items()]
-    lines += ["", "Run `reid TASK --help` for the spec fields. Overrides use Hydra's grammar, e.g.",
-              "  reid train -e specs/market1501.yaml train.num_epochs=120 'train.optim.lr_steps=[40,70]'"]
+    lines += [
+        "",
+        "Run `reid TASK --help` for the spec fields. Overrides use Hydra's grammar, e.g.",
+        "  reid train -e specs/market1501.yaml train.num_epochs=120 'train.optim.lr_steps=[40,70]'",
+    ]
     return "\n".join(lines)
 
 
@@ -54,7 +57,7 @@ def _resolve(choices):
         return literal
     if choices in TABLE_CHOICES:
         return TABLE_CHOICES[choices]
-    from .builders import resolve_choices  # imports the implementations (torch)
+    from reid_tao.builders import resolve_choices  # imports the implementations (torch)
 
     return resolve_choices(choices)
 
@@ -62,10 +65,14 @@ def _resolve(choices):
 def _fields_help(task: str) -> str:
     """The short field overview of `reid TASK --help` (no torch): each section with its fields' names."""
     width = _help_width()
-    head = textwrap.fill(f"spec fields by section, settable in the spec or as overrides (section.key=value). `reid "
-                         f"{task} --help SECTION` shows each field's default, allowed values and meaning, e.g. `reid "
-                         f"{task} --help {HELP_SECTIONS[task][0]}`; `reid {task} --help all` every field of this task "
-                         "(docs/spec_fields.md: all):", width, break_on_hyphens=False)
+    head = textwrap.fill(
+        f"spec fields by section, settable in the spec or as overrides (section.key=value). `reid "
+        f"{task} --help SECTION` shows each field's default, allowed values and meaning, e.g. `reid "
+        f"{task} --help {HELP_SECTIONS[task][0]}`; `reid {task} --help all` every field of this task "
+        "(docs/spec_fields.md: all):",
+        width,
+        break_on_hyphens=False,
+    )
     return f"{head}\n{describe_sections(HELP_SECTIONS[task], width)}"
 
 
@@ -73,12 +80,17 @@ def _section_help(task: str, section: str) -> str:
     """`reid TASK --help SECTION`: the fields of one section (or all), wrapped; ConfigError for another name."""
     groups = help_groups(HELP_SECTIONS[task])
     if section != "all" and section not in groups:
-        raise ConfigError(f"reid {task} --help {section}: no such section; choose one of all, "
-                          f"{', '.join(groups)}{closest_hint(section, groups)}")
+        raise ConfigError(
+            f"reid {task} --help {section}: no such section; choose one of all, "
+            f"{', '.join(groups)}{closest_hint(section, groups)}"
+        )
     width = _help_width()
     fields = describe_fields(HELP_SECTIONS[task], _resolve, width, None if section == "all" else section)
-    head = textwrap.fill("spec fields (section.key = default  [allowed values; status], then what it does), settable "
-                         "in the spec or as overrides:", width)
+    head = textwrap.fill(
+        "spec fields (section.key = default  [allowed values; status], then what it does), settable "
+        "in the spec or as overrides:",
+        width,
+    )
     return f"{head}\n{fields}"
 
 
@@ -86,19 +98,27 @@ def _task_parser(task: str, with_fields: bool) -> argparse.ArgumentParser:
     """with_fields (only for --help): the overview of the spec fields."""
     description = DESCRIPTIONS[task]
     if task == "tune":
-        from .config.search_space import default_space_help
+        from reid_tao.config.search_space import default_space_help
 
         description += "\n\n" + default_space_help()
     parser = argparse.ArgumentParser(
-        prog=f"reid {task}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_fields_help(task) if with_fields else None)
-    parser.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="spec",
-                        help="TAO-style experiment spec (YAML); omitted: schema defaults + overrides")
+        prog=f"reid {task}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_fields_help(task) if with_fields else None,
+    )
+    parser.add_argument(
+        "-e",
+        "--experiment_spec_file",
+        "--experiment_spec",
+        dest="spec",
+        help="TAO-style experiment spec (YAML); omitted: schema defaults + overrides",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (Hydra grammar)")
     return parser
 
 
-def _help_section(rest: List[str]) -> Optional[str]:
+def _help_section(rest: list[str]) -> str | None:
     """SECTION of `reid TASK --help SECTION` (a word after -h/--help that is no option or override), else None."""
     for flag, after in zip(rest, rest[1:]):
         if flag in ("-h", "--help") and not after.startswith("-") and "=" not in after:
@@ -110,9 +130,9 @@ def _early_checks(config, task: str) -> None:
     """What needs no torch, answered before its seconds of imports: a mistyped model.backbone or dataset.layout
     (their tables import no torch) and a data folder without images. check_spec and the readers check the same
     again."""
-    from .config.catalog import check_choice_in, find_field
-    from .data.layouts import LAYOUT_CHOICES, check_split_folder, resolve_layout
-    from .model.backbones import BACKBONES
+    from reid_tao.config.catalog import check_choice_in, find_field
+    from reid_tao.data.layouts import LAYOUT_CHOICES, check_split_folder, resolve_layout
+    from reid_tao.model.backbones import BACKBONES
 
     for path, allowed in (("model.backbone", BACKBONES), ("dataset.layout", LAYOUT_CHOICES)):
         section, key = path.split(".")
@@ -146,9 +166,13 @@ def _sigterm_raises(task: str):
     """SIGTERM raises :class:`Stopped` in the main thread instead of killing the process on the spot, so open
     atomic writes remove their temporary files and status.json gets its FAILURE line (training replaces this
     with its own handlers while it fits)."""
+
     def stop(signum, frame):
-        raise Stopped(f"{task} stopped by {signal.Signals(signum).name} before it finished; nothing partial was "
-                      "written; run the same command again", signum)
+        raise Stopped(
+            f"{task} stopped by {signal.Signals(signum).name} before it finished; nothing partial was "
+            "written; run the same command again",
+            signum,
+        )
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -160,7 +184,7 @@ def _sigterm_raises(task: str):
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_level_help())
@@ -186,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         task_results_dir(config, task)  # set, or one line now
         check_paths(config, task, load_config(args.spec) if args.overrides else config)  # (the spec file's own)
         _early_checks(config, task)
-        from .builders import check_spec  # imports torch and Lightning (seconds)
+        from reid_tao.builders import check_spec  # imports torch and Lightning (seconds)
 
         check_spec(config)
         module = importlib.import_module(f"reid_tao.tasks.{task}")

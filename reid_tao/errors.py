@@ -62,7 +62,7 @@ def _pick(error_or_text: BaseException | str, index: int, limit: int | None) -> 
     else:
         text = "" if isinstance(error_or_text, str) else type(error_or_text).__name__
     if limit is not None and len(text) > limit:
-        text = text[:max(0, limit - 3)] + "..."
+        text = text[: max(0, limit - 3)] + "..."
     return text
 
 
@@ -78,7 +78,7 @@ def error_line(error: BaseException) -> str:
     the worker's traceback), without a leading "module.Class: " that such a wrapper adds."""
     last = last_line(error)
     prefix = f"{type(error).__module__}.{type(error).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+    return last[len(prefix) :] if last.startswith(prefix) else last
 
 
 def last_line(error_or_text: BaseException | str, limit: int | None = None) -> str:

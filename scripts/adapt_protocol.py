@@ -18,6 +18,7 @@ Each --setting NAME=OVERRIDES (space-separated `section.key=value`; none for the
         --cuhk01 /tmp/cuhk01/cuhk01 --market /tmp/market --work /tmp/protocol \\
         --setting spec= --setting no_camera_loss="adaptation.camera_loss_weight=0"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 CAMERA = re.compile(r"_c(\d+)")
@@ -63,7 +63,7 @@ def market_crops(market: Path, count: int, folder: Path) -> Path:
     return folder
 
 
-def run(command: List[str], log: Path) -> float:
+def run(command: list[str], log: Path) -> float:
     """Run a reid command, its output to ``log``; returns the wall seconds. Exits on failure."""
     started = time.perf_counter()
     with open(log, "w") as stream:
@@ -73,23 +73,36 @@ def run(command: List[str], log: Path) -> float:
     return time.perf_counter() - started
 
 
-def evaluate(spec: str, checkpoint: Path, query: Path, gallery: Path, results: Path, extra: List[str]) -> Dict:
-    command = ["reid", "evaluate", "-e", spec, f"results_dir={results}", f"evaluate.checkpoint={checkpoint}",
-               f"dataset.query_dataset_dir={query}", f"dataset.test_dataset_dir={gallery}", *extra]
+def evaluate(spec: str, checkpoint: Path, query: Path, gallery: Path, results: Path, extra: list[str]) -> dict:
+    command = [
+        "reid",
+        "evaluate",
+        "-e",
+        spec,
+        f"results_dir={results}",
+        f"evaluate.checkpoint={checkpoint}",
+        f"dataset.query_dataset_dir={query}",
+        f"dataset.test_dataset_dir={gallery}",
+        *extra,
+    ]
     results.mkdir(parents=True, exist_ok=True)
     run(command, results / "evaluate_command.log")
     metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
     return {"rank1": round(100 * metrics["rank1"], 1), "mAP": round(100 * metrics["mAP"], 1)}
 
 
-def pseudo_label_counts(log: Path) -> Dict[str, Optional[int]]:
+def pseudo_label_counts(log: Path) -> dict[str, int | None]:
     """Clusters and outliers of the first and last clustering, from the training log."""
     found = re.findall(r"pseudo labels: (\d+) clusters, (\d+) outliers", log.read_text())
     if not found:
         return {"clusters": None, "outliers": None}
     (first_clusters, first_outliers), (clusters, outliers) = found[0], found[-1]
-    return {"clusters_first": int(first_clusters), "outliers_first": int(first_outliers),
-            "clusters": int(clusters), "outliers": int(outliers)}
+    return {
+        "clusters_first": int(first_clusters),
+        "outliers_first": int(first_outliers),
+        "clusters": int(clusters),
+        "outliers": int(outliers),
+    }
 
 
 def main(argv=None) -> None:
@@ -113,8 +126,11 @@ def main(argv=None) -> None:
         targets["cuhk01"] = (root / "unlabeled", root / "query", root / "bounding_box_test")
     if args.market:
         root = Path(args.market)
-        targets["market"] = (market_crops(root, args.market_crops, work / "market_crops"), root / "query",
-                             root / "bounding_box_test")
+        targets["market"] = (
+            market_crops(root, args.market_crops, work / "market_crops"),
+            root / "query",
+            root / "bounding_box_test",
+        )
     if args.shifted:
         root = Path(args.shifted)
         targets["shifted"] = (root / "unlabeled", root / "query", root / "bounding_box_test")
@@ -124,23 +140,39 @@ def main(argv=None) -> None:
     common, cpu = args.common.split(), cpu_name()
     for target, (unlabeled, query, gallery) in targets.items():
         if not args.no_direct:
-            line = {"target": target, "setting": "direct",
-                    **evaluate(args.spec, Path(args.source), query, gallery, work / target / "direct", common),
-                    "cpu": cpu}
+            line = {
+                "target": target,
+                "setting": "direct",
+                **evaluate(args.spec, Path(args.source), query, gallery, work / target / "direct", common),
+                "cpu": cpu,
+            }
             print(json.dumps(line), flush=True)
         for name, overrides in settings:
             results = work / target / name
             results.mkdir(parents=True, exist_ok=True)
             for stale in (results / "train").glob("*.pth"):
                 stale.unlink()  # a fresh run, not a resumed one
-            command = ["reid", "train", "-e", args.spec, f"results_dir={results}",
-                       f"dataset.train_dataset_dir={unlabeled}", f"adaptation.source_checkpoint={args.source}",
-                       *common, *overrides.split()]
+            command = [
+                "reid",
+                "train",
+                "-e",
+                args.spec,
+                f"results_dir={results}",
+                f"dataset.train_dataset_dir={unlabeled}",
+                f"adaptation.source_checkpoint={args.source}",
+                *common,
+                *overrides.split(),
+            ]
             seconds = run(command, results / "train_command.log")
-            line = {"target": target, "setting": name, "overrides": overrides,
-                    **evaluate(args.spec, results / "train" / "reid_model_latest.pth", query, gallery, results,
-                               common),
-                    **pseudo_label_counts(results / "train_command.log"), "train_s": round(seconds, 1), "cpu": cpu}
+            line = {
+                "target": target,
+                "setting": name,
+                "overrides": overrides,
+                **evaluate(args.spec, results / "train" / "reid_model_latest.pth", query, gallery, results, common),
+                **pseudo_label_counts(results / "train_command.log"),
+                "train_s": round(seconds, 1),
+                "cpu": cpu,
+            }
             print(json.dumps(line), flush=True)
 
 

@@ -6,10 +6,11 @@ adaptation.eps and adaptation.k1 for a source model before adapting.
 
 Example (docs/own_cameras.md): python scripts/cluster_purity.py model.pth /data/sample --eps 0.4,0.5,0.6 --k1 20
 """
+
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,8 +28,15 @@ def embed(checkpoint: str, records: Sequence, batch_size: int = 256, num_workers
         return torch.cat([trained.model.neck_feature(batch.images) for batch in loader])
 
 
-def purity_rows(features: torch.Tensor, identities: np.ndarray, eps_values: Sequence[float], k1: int = 30,
-                k2: int = 6, min_samples: int = 4, cameras: Optional[torch.Tensor] = None) -> List[Dict[str, float]]:
+def purity_rows(
+    features: torch.Tensor,
+    identities: np.ndarray,
+    eps_values: Sequence[float],
+    k1: int = 30,
+    k2: int = 6,
+    min_samples: int = 4,
+    cameras: torch.Tensor | None = None,
+) -> list[dict[str, float]]:
     """One row per eps: clusters, outliers, purity (clustered images only), the share of all images whose
     cluster's majority identity is theirs (outliers count as wrong) and the adjusted Rand index of clusters and
     identities (``agreement``: also counts people split over clusters). ``cameras``: cluster camera-centred
@@ -40,9 +48,17 @@ def purity_rows(features: torch.Tensor, identities: np.ndarray, eps_values: Sequ
         clustering = cluster_features(features, eps=eps, min_samples=min_samples, k1=k1, k2=k2, cameras=cameras)
         clustered_purity = purity(clustering.labels, identities)
         kept = int((clustering.labels >= 0).sum())
-        rows.append({"eps": eps, "k1": k1, "clusters": clustering.num_clusters, "outliers": clustering.num_outliers,
-                     "purity": clustered_purity, "labelled_correctly": clustered_purity * kept / len(identities),
-                     "agreement": agreement(clustering.labels, identities)})
+        rows.append(
+            {
+                "eps": eps,
+                "k1": k1,
+                "clusters": clustering.num_clusters,
+                "outliers": clustering.num_outliers,
+                "purity": clustered_purity,
+                "labelled_correctly": clustered_purity * kept / len(identities),
+                "agreement": agreement(clustering.labels, identities),
+            }
+        )
     return rows
 
 
@@ -54,8 +70,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--k1", type=int, default=30)
     parser.add_argument("--k2", type=int, default=6)
     parser.add_argument("--min-samples", type=int, default=4)
-    parser.add_argument("--camera-centring", action="store_true",
-                        help="cluster camera-centred features (adaptation.camera_centring)")
+    parser.add_argument(
+        "--camera-centring", action="store_true", help="cluster camera-centred features (adaptation.camera_centring)"
+    )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -66,10 +83,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     identities = np.array([record.pid for record in records])
     print(f"{len(records)} images, {len(set(identities.tolist()))} identities")
     cameras = torch.tensor([record.camid for record in records]) if args.camera_centring else None
-    for row in purity_rows(features, identities, [float(value) for value in args.eps.split(",")], args.k1, args.k2,
-                           args.min_samples, cameras=cameras):
-        print("eps {eps} k1 {k1}: {clusters} clusters, {outliers} outliers, purity {purity:.3f}, "
-              "labelled correctly {labelled_correctly:.3f}, adjusted Rand index {agreement:.3f}".format(**row))
+    for row in purity_rows(
+        features,
+        identities,
+        [float(value) for value in args.eps.split(",")],
+        args.k1,
+        args.k2,
+        args.min_samples,
+        cameras=cameras,
+    ):
+        print(
+            "eps {eps} k1 {k1}: {clusters} clusters, {outliers} outliers, purity {purity:.3f}, "
+            "labelled correctly {labelled_correctly:.3f}, adjusted Rand index {agreement:.3f}".format(**row)
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ reid_tao/config/table_choices.py, the choices of the table-backed fields that `r
     python scripts/gen_spec_fields.py          # rewrite both
     python scripts/gen_spec_fields.py --check  # exit 1 when one is stale
 """
+
 import sys
 from pathlib import Path
 

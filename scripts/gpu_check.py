@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Helpers of scripts/gpu_check.sh (one JSON object per step; see docs/benchmarks.md, "The device check").
 
-  python scripts/gpu_check.py record STEP RC SECONDS LOG >> gpu_check.jsonl   # the step's JSON line
-  python scripts/gpu_check.py env                                              # versions and the device
-  python scripts/gpu_check.py wheels FOLDER TARGET                             # install the carried wheels
-  python scripts/gpu_check.py data DEST (--archive A [--keep-ids N] | --synthetic)
-  python scripts/gpu_check.py reid train|evaluate OVERRIDE...                  # `reid` measured, one JSON line
-  python scripts/gpu_check.py accuracy SPEC RESULTS [--capped] OVERRIDE...     # train + evaluate, gap to the CPU
-  python scripts/gpu_check.py pytest PYTEST_ARGS...                            # pytest, outcome counts as JSON
+python scripts/gpu_check.py record STEP RC SECONDS LOG >> gpu_check.jsonl   # the step's JSON line
+python scripts/gpu_check.py env                                              # versions and the device
+python scripts/gpu_check.py wheels FOLDER TARGET                             # install the carried wheels
+python scripts/gpu_check.py data DEST (--archive A [--keep-ids N] | --synthetic)
+python scripts/gpu_check.py reid train|evaluate OVERRIDE...                  # `reid` measured, one JSON line
+python scripts/gpu_check.py accuracy SPEC RESULTS [--capped] OVERRIDE...     # train + evaluate, gap to the CPU
+python scripts/gpu_check.py pytest PYTEST_ARGS...                            # pytest, outcome counts as JSON
 """
+
 from __future__ import annotations
 
 import time
@@ -58,11 +59,25 @@ def environment() -> dict:
 
     import torch
 
-    report = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-              "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
-    for name in ("pytorch_lightning", "torchvision", "timm", "hydra", "omegaconf", "antlr4", "onnxruntime",
-                 "sklearn", "filelock", "pytest"):
+    report = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
+    for name in (
+        "pytorch_lightning",
+        "torchvision",
+        "timm",
+        "hydra",
+        "omegaconf",
+        "antlr4",
+        "onnxruntime",
+        "sklearn",
+        "filelock",
+        "pytest",
+    ):
         try:
             module = __import__(name)
             report[name] = getattr(module, "__version__", "present")
@@ -79,15 +94,33 @@ def install_wheels(folder: str, target: str) -> dict:
     gpu_check.sh puts first on PYTHONPATH), then imported from there by a fresh interpreter."""
     wheels = sorted(str(path) for path in Path(folder).glob("*.whl"))
     if not wheels:
-        raise SystemExit(f"no wheels in {folder}/: run `bash scripts/gpu_check_prepare.sh` in the repository root "
-                         "first (the GPU machine has no hydra-core, omegaconf or antlr4)")
+        raise SystemExit(
+            f"no wheels in {folder}/: run `bash scripts/gpu_check_prepare.sh` in the repository root "
+            "first (the GPU machine has no hydra-core, omegaconf or antlr4)"
+        )
     shutil.rmtree(target, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                    "--no-cache-dir", "--target", target, *wheels], check=True)
-    probe = ("import json, antlr4, hydra, omegaconf; print(json.dumps({'hydra': hydra.__version__, "
-             "'omegaconf': omegaconf.__version__, 'hydra_file': hydra.__file__, 'antlr4_file': antlr4.__file__}))")
-    found = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                                      text=True).stdout)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--target",
+            target,
+            *wheels,
+        ],
+        check=True,
+    )
+    probe = (
+        "import json, antlr4, hydra, omegaconf; print(json.dumps({'hydra': hydra.__version__, "
+        "'omegaconf': omegaconf.__version__, 'hydra_file': hydra.__file__, 'antlr4_file': antlr4.__file__}))"
+    )
+    found = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout)
     outside = [key for key in ("hydra_file", "antlr4_file") if not found[key].startswith(str(Path(target)))]
     if outside:
         raise SystemExit(f"{', '.join(outside)} not imported from {target}: is it first on PYTHONPATH? {found}")
@@ -101,6 +134,7 @@ def _pid(name: str) -> int:
 def _trim(root: Path, keep_ids: int, distractors: int = 50) -> None:
     """Rehearsal sizes: the first ``keep_ids`` identities of the training set and of the query set (with their
     gallery images and ``distractors`` id-0 gallery images); every other image is deleted."""
+
     def images(split: str) -> list:
         return sorted((root / split).glob("*.jpg"))
 
@@ -143,14 +177,20 @@ def prepare_data(dest: str, archive: str | None, keep_ids: int, synthetic: bool)
         missing = [split for split in SPLITS if not (root / split).is_dir()]
         if missing:
             found = sorted(path.name for path in root.iterdir())
-            raise SystemExit(f"{archive}: no {', '.join(missing)} at the top of the archive (found {found}); "
-                             "the steps read <dest>/bounding_box_train, <dest>/query and <dest>/bounding_box_test")
+            raise SystemExit(
+                f"{archive}: no {', '.join(missing)} at the top of the archive (found {found}); "
+                "the steps read <dest>/bounding_box_train, <dest>/query and <dest>/bounding_box_test"
+            )
         if keep_ids:
             _trim(root, keep_ids)
     counts = {split: sum(1 for _ in (root / split).glob("*.jpg")) for split in SPLITS}
-    return {"root": str(root), "images": counts, "trimmed_to_ids": keep_ids or None,
-            "source": "synthetic" if synthetic else Path(archive).name,
-            "extractor": None if synthetic else extractor}
+    return {
+        "root": str(root),
+        "images": counts,
+        "trimmed_to_ids": keep_ids or None,
+        "source": "synthetic" if synthetic else Path(archive).name,
+        "extractor": None if synthetic else extractor,
+    }
 
 
 # -- `reid train` / `reid evaluate`, measured --------------------------------------------------------------
@@ -182,8 +222,9 @@ def _epoch_timer():
             if batch_idx + 1 == trainer.num_training_batches:
                 _cuda_sync(trainer)
                 self.train_s.append(time.perf_counter() - self._start)
-                self.images_per_epoch = (trainer.num_training_batches * trainer.train_dataloader.batch_size
-                                         * trainer.world_size)
+                self.images_per_epoch = (
+                    trainer.num_training_batches * trainer.train_dataloader.batch_size * trainer.world_size
+                )
 
         def on_validation_epoch_start(self, trainer, module) -> None:
             self._validation_start = time.perf_counter()
@@ -212,20 +253,28 @@ def epoch_figures(train_s: list, validation_s: list, images_per_epoch: int) -> d
     """Clean seconds per epoch (epochs after the first: no warm-up, cache copy or cuDNN autotuning; validation
     timed apart) and the recipe's 120 epochs projected from them (epoch 0 as measured, 119 clean epochs, one
     validation every RECIPE_VALIDATION_INTERVAL epochs as the last one measured)."""
-    report = {"train_s_per_epoch": [round(s, 2) for s in train_s], "validation_s": [round(s, 2) for s in validation_s],
-              "images_per_epoch": images_per_epoch}
+    report = {
+        "train_s_per_epoch": [round(s, 2) for s in train_s],
+        "validation_s": [round(s, 2) for s in validation_s],
+        "images_per_epoch": images_per_epoch,
+    }
     if len(train_s) >= 2:
         clean = sum(train_s[1:]) / len(train_s[1:])
         validation = validation_s[-1] if validation_s else 0.0
-        report.update({
-            "clean_s_per_epoch": round(clean, 2),
-            "clean_images_per_s": round(images_per_epoch / clean, 1),
-            "epoch0_s": round(train_s[0], 2),
-            "projected_120_epochs_s": round(train_s[0] + (RECIPE_EPOCHS - 1) * clean
-                                            + RECIPE_EPOCHS // RECIPE_VALIDATION_INTERVAL * validation, 1),
-            "projection": f"epoch 0 + {RECIPE_EPOCHS - 1} x clean + {RECIPE_EPOCHS // RECIPE_VALIDATION_INTERVAL} x "
-                          "last validation (startup and the final checkpoint not included)",
-        })
+        report.update(
+            {
+                "clean_s_per_epoch": round(clean, 2),
+                "clean_images_per_s": round(images_per_epoch / clean, 1),
+                "epoch0_s": round(train_s[0], 2),
+                "projected_120_epochs_s": round(
+                    train_s[0] + (RECIPE_EPOCHS - 1) * clean + RECIPE_EPOCHS // RECIPE_VALIDATION_INTERVAL * validation,
+                    1,
+                ),
+                "projection": f"epoch 0 + {RECIPE_EPOCHS - 1} x clean + "
+                f"{RECIPE_EPOCHS // RECIPE_VALIDATION_INTERVAL} x last validation "
+                "(startup and the final checkpoint not included)",
+            }
+        )
     return report
 
 
@@ -270,8 +319,12 @@ def run_reid(task: str, overrides: list) -> dict:
     start = time.perf_counter()
     code = main([task, *overrides])
     end = time.perf_counter()
-    report = {"task": task, "exit_code": code, "wall_s": round(end - start, 1),
-              "user_wall_s": round(end - _PROCESS_START, 1)}
+    report = {
+        "task": task,
+        "exit_code": code,
+        "wall_s": round(end - start, 1),
+        "user_wall_s": round(end - _PROCESS_START, 1),
+    }
     if torch.cuda.is_available():
         report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     if timer.train_s:
@@ -296,22 +349,52 @@ def run_accuracy(spec: str, results: str, overrides: list, capped: bool) -> dict
     start = time.perf_counter()
     trained = main(["train", "-e", spec, f"results_dir={results}", *train_overrides])
     middle = time.perf_counter()
-    evaluated = main(["evaluate", "-e", spec, f"results_dir={results}", "re_ranking.re_ranking=true",
-                      f"evaluate.checkpoint={results}/train/reid_model_latest.pth", *overrides]) if trained == 0 else -1
+    evaluated = (
+        main(
+            [
+                "evaluate",
+                "-e",
+                spec,
+                f"results_dir={results}",
+                "re_ranking.re_ranking=true",
+                f"evaluate.checkpoint={results}/train/reid_model_latest.pth",
+                *overrides,
+            ]
+        )
+        if trained == 0
+        else -1
+    )
     end = time.perf_counter()
-    report = {"task": "accuracy", "spec": spec, "exit_code": trained or evaluated,
-              "train_wall_s": round(middle - start, 1), "evaluate_wall_s": round(end - middle, 1),
-              "metrics": _metrics_of(Path(results)), "cpu_reference": CPU_REFERENCE}
+    report = {
+        "task": "accuracy",
+        "spec": spec,
+        "exit_code": trained or evaluated,
+        "train_wall_s": round(middle - start, 1),
+        "evaluate_wall_s": round(end - middle, 1),
+        "metrics": _metrics_of(Path(results)),
+        "cpu_reference": CPU_REFERENCE,
+    }
     metrics = report["metrics"]
     if capped:
         report["gap"] = "not compared: a capped rehearsal (fewer epochs and images than the CPU run)"
     elif metrics is not None:
-        gaps = {ranking: {key: round(metrics[ranking][key] - reference[key], 2) for key in reference}
-                for ranking, reference in CPU_REFERENCE.items() if ranking in metrics}
+        gaps = {
+            ranking: {key: round(metrics[ranking][key] - reference[key], 2) for key in reference}
+            for ranking, reference in CPU_REFERENCE.items()
+            if ranking in metrics
+        }
         worst = max(abs(gap) for figures in gaps.values() for gap in figures.values())
-        report.update({"gap_points": gaps, "flagged": worst > ACCURACY_TOLERANCE,
-                       "verdict": (f"GPU-only bug suspected: a gap of {worst:.1f} points (> {ACCURACY_TOLERANCE})"
-                                   if worst > ACCURACY_TOLERANCE else f"within {ACCURACY_TOLERANCE} points")})
+        report.update(
+            {
+                "gap_points": gaps,
+                "flagged": worst > ACCURACY_TOLERANCE,
+                "verdict": (
+                    f"GPU-only bug suspected: a gap of {worst:.1f} points (> {ACCURACY_TOLERANCE})"
+                    if worst > ACCURACY_TOLERANCE
+                    else f"within {ACCURACY_TOLERANCE} points"
+                ),
+            }
+        )
     return report
 
 
@@ -323,16 +406,24 @@ def run_pytest(arguments: list) -> tuple:
         stats: dict = {}
 
         def pytest_terminal_summary(self, terminalreporter) -> None:
-            Summary.stats = {key: list(value) for key, value in terminalreporter.stats.items()
-                             if key in ("passed", "failed", "error", "skipped")}
+            Summary.stats = {
+                key: list(value)
+                for key, value in terminalreporter.stats.items()
+                if key in ("passed", "failed", "error", "skipped")
+            }
 
     code = int(pytest.main(arguments, plugins=[Summary()]))
     counts = {key: len(value) for key, value in Summary.stats.items()}
     failed = [report.nodeid for key in ("failed", "error") for report in Summary.stats.get(key, [])]
     import torch
 
-    return code, {"task": "pytest", "exit_code": code, "cuda": torch.cuda.is_available(), **counts,
-                  "failed_tests": failed}
+    return code, {
+        "task": "pytest",
+        "exit_code": code,
+        "cuda": torch.cuda.is_available(),
+        **counts,
+        "failed_tests": failed,
+    }
 
 
 def main(argv: list) -> int:

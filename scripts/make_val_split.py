@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List
 
 try:
     from reid_tao.data.val_split import SPLIT_FILE, make_val_split
@@ -29,16 +28,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("out_dir", type=Path, help="new dataset root to create (must not exist or be empty)")
     parser.add_argument("--num-val-ids", type=int, default=100, help="held-out identities (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--queries-per-camera", type=int, default=1,
-                        help="query images per held-out identity and camera (default: 1)")
+    parser.add_argument(
+        "--queries-per-camera", type=int, default=1, help="query images per held-out identity and camera (default: 1)"
+    )
     return parser
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        split = make_val_split(args.market_root, args.out_dir, num_val_ids=args.num_val_ids, seed=args.seed,
-                               queries_per_camera=args.queries_per_camera)
+        split = make_val_split(
+            args.market_root,
+            args.out_dir,
+            num_val_ids=args.num_val_ids,
+            seed=args.seed,
+            queries_per_camera=args.queries_per_camera,
+        )
     except ReidError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
@@ -47,8 +52,11 @@ def main(argv: List[str] | None = None) -> int:
     print(split["summary"])
     print(f"{counts['linked']} files hard-linked, {counts['copied']} copied, {counts['junk_skipped']} junk skipped")
     if split["val_ids_without_query"]:
-        print(f"warning: {len(split['val_ids_without_query'])} held-out ids have no query (seen on one camera "
-              f"only): {split['val_ids_without_query']}", file=sys.stderr)
+        print(
+            f"warning: {len(split['val_ids_without_query'])} held-out ids have no query (seen on one camera "
+            f"only): {split['val_ids_without_query']}",
+            file=sys.stderr,
+        )
     print(f"{len(split['val_ids'])} held-out ids listed in {Path(args.out_dir).absolute() / SPLIT_FILE}")
     return 0
 

@@ -11,11 +11,12 @@ Example (docs/own_cameras.md):
     python scripts/shift_domain.py /data/market/bounding_box_test /data/shifted/bounding_box_test
     python scripts/shift_domain.py /data/market_5000 /data/shifted/unlabeled
 """
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -28,8 +29,9 @@ SATURATION, CONTRAST, LIFT, GAMMA = 0.4, 0.6, 0.15, 1.3
 def shift(image: Image.Image) -> Image.Image:
     """The shifted camera's view of an RGB image (same size)."""
     width, height = image.size
-    image = image.resize((max(1, width // 2), max(1, height // 2)), Image.BILINEAR).resize((width, height),
-                                                                                         Image.BILINEAR)
+    image = image.resize((max(1, width // 2), max(1, height // 2)), Image.BILINEAR).resize(
+        (width, height), Image.BILINEAR
+    )
     pixels = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
     grey = pixels @ LUMA
     pixels = SATURATION * pixels + (1 - SATURATION) * grey[..., None]

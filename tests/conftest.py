@@ -1,5 +1,6 @@
 """Shared fixtures (helpers live in helpers.py), the test-only backbone, the ``gpu`` marker's skip on machines
 without CUDA, and the whole suite on two pytest-xdist workers."""
+
 import hashlib
 import os
 import shutil
@@ -27,8 +28,13 @@ def pytest_cmdline_main(config):
     """The whole suite (no paths named: the README's and CI's `python -m pytest -q`, with or without -m) runs on
     WORKERS pytest-xdist workers, a file at a time (a module's shared fixtures are built once); a run of named
     files or tests stays in one process. -n N decides otherwise; without pytest-xdist everything runs in one."""
-    if (not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput")  # (a worker itself)
-            or config.option.numprocesses is not None or config.option.usepdb or config.option.collectonly):
+    if (
+        not config.pluginmanager.hasplugin("xdist")
+        or hasattr(config, "workerinput")  # (a worker itself)
+        or config.option.numprocesses is not None
+        or config.option.usepdb
+        or config.option.collectonly
+    ):
         return
     if config.args_source == pytest.Config.ArgsSource.TESTPATHS:
         config.option.numprocesses = WORKERS

@@ -1,6 +1,7 @@
 """Helpers shared by the tests: tiny Market-1501 style folders and overrides for seconds-long runs.
 
 Import them with ``from helpers import ...`` (tests/ is on sys.path, see pyproject.toml)."""
+
 import sys
 from pathlib import Path
 
@@ -21,13 +22,14 @@ def write_person(path: Path, pid: int, cam: int, index: int, size=(32, 16)) -> N
     bottom = np.array([(pid * 43) % 255, (pid * 97) % 255, (pid * 173) % 255], dtype=np.float32)
     image = np.empty((h, w, 3), dtype=np.float32)
     image[: h // 2] = top
-    image[h // 2:] = bottom
+    image[h // 2 :] = bottom
     image = image * (0.8 + 0.1 * cam) + rng.normal(0, 8, image.shape)
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
 
 
-def make_market(root: Path, train_ids=range(1, 7), test_ids=range(101, 105), cams=(1, 2), per_cam=3,
-                size=(32, 16)) -> Path:
+def make_market(
+    root: Path, train_ids=range(1, 7), test_ids=range(101, 105), cams=(1, 2), per_cam=3, size=(32, 16)
+) -> Path:
     """train: train_ids x cams x per_cam; query: one per (test id, cam 1); gallery: the rest + distractor + junk."""
     for folder in ("bounding_box_train", "bounding_box_test", "query"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -50,14 +52,22 @@ def tiny_overrides(market: Path, results: Path, **extra) -> list:
     tiny_backbone.py; registered by conftest.py): a test of a real backbone names it in ``extra``."""
     overrides = {
         "results_dir": str(results),
-        "model.backbone": TINY_BACKBONE, "model.pretrain_choice": "''", "model.input_height": 32,
-        "model.input_width": 16, "model.feat_dim": 32,
+        "model.backbone": TINY_BACKBONE,
+        "model.pretrain_choice": "''",
+        "model.input_height": 32,
+        "model.input_width": 16,
+        "model.feat_dim": 32,
         "dataset.train_dataset_dir": str(market / "bounding_box_train"),
         "dataset.query_dataset_dir": str(market / "query"),
         "dataset.test_dataset_dir": str(market / "bounding_box_test"),
-        "dataset.batch_size": 8, "dataset.num_instances": 2, "dataset.num_workers": 0, "dataset.padding": 2,
+        "dataset.batch_size": 8,
+        "dataset.num_instances": 2,
+        "dataset.num_workers": 0,
+        "dataset.padding": 2,
         "dataset.val_batch_size": 16,
-        "train.num_epochs": 2, "train.optim.warmup_iters": 1, "train.optim.lr_steps": "[1]",
+        "train.num_epochs": 2,
+        "train.optim.warmup_iters": 1,
+        "train.optim.lr_steps": "[1]",
         # only reid_model_latest.pth: tests that check the periodic model_epoch_NNN.pth files ask for them with
         # train.checkpoint_interval
         "train.checkpoint_interval": 1000,
@@ -75,6 +85,11 @@ def write_untrained_checkpoint(market: Path, path: Path, num_classes: int = 6) -
 
     config = load_experiment(None, tiny_overrides(market, path.parent))
     model = build_model(config, num_classes, load_pretrained=False)
-    torch.save({"state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
-                "reid_tao": checkpoint_metadata(config, num_classes)}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
+            "reid_tao": checkpoint_metadata(config, num_classes),
+        },
+        path,
+    )
     return path

@@ -1,4 +1,5 @@
 """Domain adaptation: unlabeled readers, the cluster memory, clustering, and `reid train` with adaptation."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -54,8 +55,11 @@ def test_unlabeled_list_file(tmp_path):
     write_image(tmp_path / "imgs" / "q.jpg")
     (tmp_path / "list.txt").write_text("imgs/p.jpg\nimgs/0001_c4s1_000001_00.jpg\nimgs/q.jpg 12 2\n")
     records = read_unlabeled(str(tmp_path / "list.txt"), "f")
-    assert [(Path(r.path).name, r.camid) for r in records] == [("p.jpg", 1), ("0001_c4s1_000001_00.jpg", 4),
-                                                               ("q.jpg", 2)]
+    assert [(Path(r.path).name, r.camid) for r in records] == [
+        ("p.jpg", 1),
+        ("0001_c4s1_000001_00.jpg", 4),
+        ("q.jpg", 2),
+    ]
 
 
 def test_a_layout_registered_in_the_table_reaches_adaptation_without_other_edits(tmp_path, monkeypatch):
@@ -69,27 +73,48 @@ def test_a_layout_registered_in_the_table_reaches_adaptation_without_other_edits
     from helpers import tiny_overrides
 
     def rows(path, field):  # "image,camera" lines, relative to the file's folder
-        return [(str(Path(path).parent / name), int(camera))
-                for name, camera in (line.split(",") for line in Path(path).read_text().split())]
+        return [
+            (str(Path(path).parent / name), int(camera))
+            for name, camera in (line.split(",") for line in Path(path).read_text().split())
+        ]
 
-    monkeypatch.setitem(LAYOUTS, "toy_csv", Layout(
-        reader=lambda path, field: [ImageRecord(image, 1, camera) for image, camera in rows(path, field)],
-        detect=lambda path: Path(path).suffix == ".csv", description="a toy .csv of 'image,camera' lines",
-        images=lambda path, field: [image for image, _ in rows(path, field)],
-        unlabeled=lambda path, field: [ImageRecord(image, 0, camera) for image, camera in rows(path, field)]))
+    monkeypatch.setitem(
+        LAYOUTS,
+        "toy_csv",
+        Layout(
+            reader=lambda path, field: [ImageRecord(image, 1, camera) for image, camera in rows(path, field)],
+            detect=lambda path: Path(path).suffix == ".csv",
+            description="a toy .csv of 'image,camera' lines",
+            images=lambda path, field: [image for image, _ in rows(path, field)],
+            unlabeled=lambda path, field: [ImageRecord(image, 0, camera) for image, camera in rows(path, field)],
+        ),
+    )
     for name in ("a.jpg", "b.jpg", "c.jpg"):
         write_image(tmp_path / "crops" / name)
     crops = tmp_path / "crops" / "crops.csv"
     crops.write_text("a.jpg,7\nb.jpg,9\nc.jpg,7\n")
     assert resolve_layout(str(crops), "dataset.train_dataset_dir") == "toy_csv"
-    config = load_experiment(None, tiny_overrides(tmp_path, tmp_path / "results", **{
-        "dataset.train_dataset_dir": str(crops), "dataset.query_dataset_dir": "null",
-        "dataset.test_dataset_dir": "null", "adaptation.enable": "true",
-        "adaptation.source_checkpoint": str(tmp_path / "source.pth")}))  # (only the data module is built here)
+    config = load_experiment(
+        None,
+        tiny_overrides(
+            tmp_path,
+            tmp_path / "results",
+            **{
+                "dataset.train_dataset_dir": str(crops),
+                "dataset.query_dataset_dir": "null",
+                "dataset.test_dataset_dir": "null",
+                "adaptation.enable": "true",
+                "adaptation.source_checkpoint": str(tmp_path / "source.pth"),
+            },
+        ),
+    )  # (only the data module is built here)
     datamodule = build_datamodule(config)
     datamodule.setup()
     assert [(Path(r.path).name, r.pid, r.camid) for r in datamodule.train_records] == [
-        ("a.jpg", 0, 7), ("b.jpg", 0, 9), ("c.jpg", 0, 7)]
+        ("a.jpg", 0, 7),
+        ("b.jpg", 0, 9),
+        ("c.jpg", 0, 7),
+    ]
     assert datamodule.train_labels == [-1, -1, -1]  # no labels until the first clustering
     assert [Path(p).name for p in split_images(str(crops), "inference.query_dataset")] == ["a.jpg", "b.jpg", "c.jpg"]
 
@@ -98,9 +123,16 @@ def test_a_layout_without_an_unlabeled_reader_is_refused_for_adaptation_in_one_l
     from reid_tao.data.layouts import LAYOUTS, Layout
     from reid_tao.errors import DataError
 
-    monkeypatch.setitem(LAYOUTS, "labelled_only", Layout(reader=lambda path, field: [], images=lambda p, f: [],
-                                                         detect=lambda path: path.endswith(".lab"),
-                                                         description="a labelled-only toy file"))
+    monkeypatch.setitem(
+        LAYOUTS,
+        "labelled_only",
+        Layout(
+            reader=lambda path, field: [],
+            images=lambda p, f: [],
+            detect=lambda path: path.endswith(".lab"),
+            description="a labelled-only toy file",
+        ),
+    )
     with pytest.raises(DataError, match="a labelled-only toy file, which domain adaptation cannot read"):
         read_unlabeled(str(tmp_path / "x.lab"), "dataset.train_dataset_dir")
 
@@ -127,7 +159,10 @@ def test_camera_folders_are_a_layout_that_inference_embeds_and_training_refuses(
     assert detect_layout(cams) == "camera_folders"
     # inference: every image, camera folder by camera folder in name order (a Market lister saw none)
     assert [Path(p).relative_to(cams).as_posix() for p in split_images(cams, "inference.query_dataset")] == [
-        "entrance/x.png", "lobby/a.jpg", "lobby/day2/b.jpg"]
+        "entrance/x.png",
+        "lobby/a.jpg",
+        "lobby/day2/b.jpg",
+    ]
     assert [r.camid for r in read_unlabeled(cams, "dataset.train_dataset_dir")] == [1, 2, 2]
     with pytest.raises(DataError, match="holds folders \\(entrance, lobby\\).*carries no person ids"):
         read_split(cams, "dataset.train_dataset_dir")
@@ -168,8 +203,9 @@ def test_adaptation_terms_sum_with_the_triplet_loss_and_take_cameras():
         term.reset_pseudo_labels(features, labels, cameras)
     parts = total(None, features, labels, cameras)
     assert set(parts) == {"loss", "memory_loss", "camera_loss", "triplet_loss"}
-    assert torch.isclose(parts["loss"], 0.5 * parts["memory_loss"] + 2.0 * parts["camera_loss"]
-                         + parts["triplet_loss"], atol=1e-5)
+    assert torch.isclose(
+        parts["loss"], 0.5 * parts["memory_loss"] + 2.0 * parts["camera_loss"] + parts["triplet_loss"], atol=1e-5
+    )
     assert not total.needs_logits and total.own_parameters() == []
     assert [type(term) for term in total.pseudo_label_terms()] == [ClusterMemoryLoss, CameraProxyLoss]
 
@@ -253,10 +289,15 @@ def test_outlier_instances_are_memory_negatives_not_pk_identities(monkeypatch):
 
     found = np.array([0, -1, 1, -1, 0, 1])
     received = []
-    datamodule = SimpleNamespace(train_records=[SimpleNamespace(camid=index % 2) for index in range(6)],
-                                 set_pseudo_labels=received.append)
-    trainer = SimpleNamespace(is_global_zero=True, datamodule=datamodule, callbacks=[],
-                              strategy=SimpleNamespace(broadcast=lambda value, src: value))
+    datamodule = SimpleNamespace(
+        train_records=[SimpleNamespace(camid=index % 2) for index in range(6)], set_pseudo_labels=received.append
+    )
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        datamodule=datamodule,
+        callbacks=[],
+        strategy=SimpleNamespace(broadcast=lambda value, src: value),
+    )
     monkeypatch.setattr(adaptation, "training_images", lambda *args: [None])
     features = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
     memory = ClusterMemoryLoss(4)
@@ -333,10 +374,22 @@ def make_target_domain(source: Path, target: Path) -> dict:
 
 def adaptation_common(results: Path):
     # the test-only backbone (tiny_overrides'): adaptation's gain shows on it as on resnet_18, in a fifth of the time
-    return [f"results_dir={results}", f"model.backbone={TINY_BACKBONE}", "model.pretrain_choice=''",
-            "model.input_height=64", "model.input_width=32", "dataset.batch_size=32", "dataset.num_instances=4",
-            "dataset.num_workers=0", "dataset.val_batch_size=64", "dataset.pipeline=cpu", "train.accelerator=cpu",
-            "wandb.enable=false", "train.checkpoint_interval=100", "train.optim.warmup_iters=1"]
+    return [
+        f"results_dir={results}",
+        f"model.backbone={TINY_BACKBONE}",
+        "model.pretrain_choice=''",
+        "model.input_height=64",
+        "model.input_width=32",
+        "dataset.batch_size=32",
+        "dataset.num_instances=4",
+        "dataset.num_workers=0",
+        "dataset.val_batch_size=64",
+        "dataset.pipeline=cpu",
+        "train.accelerator=cpu",
+        "wandb.enable=false",
+        "train.checkpoint_interval=100",
+        "train.optim.warmup_iters=1",
+    ]
 
 
 def clustering_quality(checkpoint: Path, unlabeled: Path, identities: dict, **cluster_args) -> dict:
@@ -352,8 +405,12 @@ def test_purity_rows_per_eps():
     generator = torch.Generator().manual_seed(0)  # the clustering test's data: 6 people x 8 images + 3 strays
     centres = torch.nn.functional.normalize(torch.randn(6, 32, generator=generator), dim=1)
     identities = np.repeat(np.arange(6), 8)
-    features = torch.cat([centres[identities] + 0.05 * torch.randn(48, 32, generator=generator),
-                          torch.nn.functional.normalize(torch.randn(3, 32, generator=generator), dim=1)])
+    features = torch.cat(
+        [
+            centres[identities] + 0.05 * torch.randn(48, 32, generator=generator),
+            torch.nn.functional.normalize(torch.randn(3, 32, generator=generator), dim=1),
+        ]
+    )
     truth = np.concatenate([identities, [7, 8, 9]])
     tight, loose = cluster_purity.purity_rows(features, truth, [0.3, 0.99], k1=10, k2=1)
     assert (tight["eps"], tight["clusters"], tight["outliers"], tight["purity"]) == (0.3, 6, 3, 1.0)
@@ -379,24 +436,48 @@ def test_adaptation_beats_direct_transfer_on_a_colour_shifted_domain(tmp_path):
     source = generate_synthetic_market(tmp_path / "source", height=64, width=32, seed=0)
     target = tmp_path / "target"
     identities = make_target_domain(source, target)
-    train.run(load_experiment(None, adaptation_common(tmp_path / "src") + [
-        f"dataset.train_dataset_dir={source / 'bounding_box_train'}", "train.num_epochs=6",
-        "train.optim.lr_steps=[6]", "train.optim.base_lr=0.0007"]))
+    train.run(
+        load_experiment(
+            None,
+            adaptation_common(tmp_path / "src")
+            + [
+                f"dataset.train_dataset_dir={source / 'bounding_box_train'}",
+                "train.num_epochs=6",
+                "train.optim.lr_steps=[6]",
+                "train.optim.base_lr=0.0007",
+            ],
+        )
+    )
     source_model = tmp_path / "src" / "train" / "reid_model_latest.pth"
     cluster_args = dict(eps=0.5, min_samples=4, k1=10, k2=6)
-    adapt = [f"dataset.train_dataset_dir={target / 'unlabeled'}", "adaptation.enable=true",
-             f"adaptation.source_checkpoint={source_model}", "train.num_epochs=6", "train.optim.lr_steps=[6]",
-             # gentle on 384 images: at BoT's 3.5e-4 (without AdaBN and camera centring) the few, noisy pseudo
-             # identities pulled mAP below direct
-             "train.optim.base_lr=0.0001", "adaptation.target_batch_norm=true", "adaptation.camera_centring=true",
-             *(f"adaptation.{key}={value}" for key, value in cluster_args.items())]
+    adapt = [
+        f"dataset.train_dataset_dir={target / 'unlabeled'}",
+        "adaptation.enable=true",
+        f"adaptation.source_checkpoint={source_model}",
+        "train.num_epochs=6",
+        "train.optim.lr_steps=[6]",
+        # gentle on 384 images: at BoT's 3.5e-4 (without AdaBN and camera centring) the few, noisy pseudo
+        # identities pulled mAP below direct
+        "train.optim.base_lr=0.0001",
+        "adaptation.target_batch_norm=true",
+        "adaptation.camera_centring=true",
+        *(f"adaptation.{key}={value}" for key, value in cluster_args.items()),
+    ]
     train.run(load_experiment(None, adaptation_common(tmp_path / "adapted") + adapt))
     adapted_model = tmp_path / "adapted" / "train" / "reid_model_latest.pth"
 
     def target_map(checkpoint, name):
-        metrics = evaluate.run(load_experiment(None, adaptation_common(tmp_path / name) + [
-            f"evaluate.checkpoint={checkpoint}", f"dataset.query_dataset_dir={target / 'query'}",
-            f"dataset.test_dataset_dir={target / 'bounding_box_test'}"]))
+        metrics = evaluate.run(
+            load_experiment(
+                None,
+                adaptation_common(tmp_path / name)
+                + [
+                    f"evaluate.checkpoint={checkpoint}",
+                    f"dataset.query_dataset_dir={target / 'query'}",
+                    f"dataset.test_dataset_dir={target / 'bounding_box_test'}",
+                ],
+            )
+        )
         return metrics.shown.mAP
 
     direct, adapted = target_map(source_model, "ev_direct"), target_map(adapted_model, "ev_adapted")
@@ -418,12 +499,15 @@ def test_adaptation_beats_direct_transfer_on_a_colour_shifted_domain(tmp_path):
     assert after["agreement"] > before["agreement"] + 0.05
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ([], "adaptation.source_checkpoint"),
-    (["adaptation.source_checkpoint=x.pth", "dataset.sampler=softmax"], "PK batches"),
-    (["adaptation.source_checkpoint=x.pth", "model.with_center_loss=true"], "center loss"),
-    (["adaptation.source_checkpoint=x.pth", "adaptation.eps=0"], "adaptation.eps"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ([], "adaptation.source_checkpoint"),
+        (["adaptation.source_checkpoint=x.pth", "dataset.sampler=softmax"], "PK batches"),
+        (["adaptation.source_checkpoint=x.pth", "model.with_center_loss=true"], "center loss"),
+        (["adaptation.source_checkpoint=x.pth", "adaptation.eps=0"], "adaptation.eps"),
+    ],
+)
 def test_adaptation_spec_errors(overrides, message):
     from reid_tao.builders import load_experiment
     from reid_tao.errors import ConfigError
@@ -438,8 +522,12 @@ def test_adaptation_fields_without_enable_are_noticed():
 
     lines = field_notices(load_experiment(None, ["adaptation.eps=0.5"]), "train")
     assert any("adaptation.eps=0.5 has no effect: adaptation.enable is false" in line for line in lines)
-    lines = field_notices(load_experiment(None, ["adaptation.enable=true", "adaptation.source_checkpoint=x.pth",
-                                                 "model.label_smooth=false"]), "train")
+    lines = field_notices(
+        load_experiment(
+            None, ["adaptation.enable=true", "adaptation.source_checkpoint=x.pth", "model.label_smooth=false"]
+        ),
+        "train",
+    )
     assert any(line.startswith("model.label_smooth=False has no effect") for line in lines)
 
 
@@ -448,8 +536,10 @@ def test_source_interpolation_blends_floating_tensors_only():
     from reid_tao.engine.adaptation import FinalWeights
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    source = {name: torch.full_like(tensor, 4.0) if tensor.is_floating_point() else tensor + 5
-              for name, tensor in model.state_dict().items()}
+    source = {
+        name: torch.full_like(tensor, 4.0) if tensor.is_floating_point() else tensor + 5
+        for name, tensor in model.state_dict().items()
+    }
     source["0.bias"] = torch.zeros(3)  # shaped differently (like the unused classifier): left alone
     with torch.no_grad():
         for tensor in model.state_dict().values():
@@ -485,18 +575,33 @@ def adapt_tiny(market: Path, results: Path, source: Path, *extra: str) -> Path:
 
     from helpers import tiny_overrides
 
-    train.run(load_experiment(None, tiny_overrides(
-        market, results, **{"dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"}) + [
-        "adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.eps=0.7",
-        "adaptation.k1=4", "adaptation.k2=2", "adaptation.min_samples=2", "train.optim.base_lr=0.01",
-        "adaptation.tracklets=off", *extra]))
+    train.run(
+        load_experiment(
+            None,
+            tiny_overrides(market, results, **{"dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"})
+            + [
+                "adaptation.enable=true",
+                f"adaptation.source_checkpoint={source}",
+                "adaptation.eps=0.7",
+                "adaptation.k1=4",
+                "adaptation.k2=2",
+                "adaptation.min_samples=2",
+                "train.optim.base_lr=0.01",
+                "adaptation.tracklets=off",
+                *extra,
+            ],
+        )
+    )
     return results / "train" / "reid_model_latest.pth"
 
 
 def model_weights(checkpoint: Path) -> dict:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    return {key: value for key, value in state.items()
-            if key.startswith("model.") and value.is_floating_point() and "classifier" not in key}
+    return {
+        key: value
+        for key, value in state.items()
+        if key.startswith("model.") and value.is_floating_point() and "classifier" not in key
+    }
 
 
 def test_source_weight_sets_the_final_weights(tiny_market, tmp_path):
@@ -515,14 +620,17 @@ def test_source_weight_sets_the_final_weights(tiny_market, tmp_path):
     assert any(not torch.equal(adapted[key], source_state[key]) for key in source_state)
     anchored = model_weights(adapt_tiny(tiny_market, tmp_path / "anchored", source, "adaptation.source_weight=1.0"))
     statistics = [key for key in source_state if key.endswith(("running_mean", "running_var"))]
-    assert statistics and all(torch.equal(anchored[key], value) for key, value in source_state.items()
-                              if key not in statistics)
+    assert statistics and all(
+        torch.equal(anchored[key], value) for key, value in source_state.items() if key not in statistics
+    )
     trained = load_trained_model(str(source), "checkpoint")
     records = read_unlabeled(str(tiny_market / "bounding_box_train"), "train")
-    update_bn((batch.images for batch in eval_loader(eval_dataset(records, trained.preprocessing.eval_transform()),
-                                                     16, 0)), trained.model)
+    update_bn(
+        (batch.images for batch in eval_loader(eval_dataset(records, trained.preprocessing.eval_transform()), 16, 0)),
+        trained.model,
+    )
     measured = trained.model.state_dict()
-    assert all(torch.allclose(anchored[key], measured[key[len("model."):]], atol=1e-5) for key in statistics)
+    assert all(torch.allclose(anchored[key], measured[key[len("model.") :]], atol=1e-5) for key in statistics)
     assert not all(torch.allclose(anchored[key], source_state[key]) for key in statistics)
 
 
@@ -533,14 +641,27 @@ def test_a_resumed_run_interpolates_with_the_source_file(tiny_market, tmp_path):
     from helpers import tiny_overrides, write_untrained_checkpoint
 
     source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
-    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path) + [
-        "adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.source_weight=0.5"])
+    config = load_experiment(
+        None,
+        tiny_overrides(tiny_market, tmp_path)
+        + ["adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.source_weight=0.5"],
+    )
     module = build_module(config, ADAPTATION_NUM_CLASSES, load_pretrained=False)  # as when resuming
     callback = final_weights(config, module, resuming=True)
     expected = model_weights(source)
-    assert all(torch.equal(callback.source_state[key[len("model."):]], value) for key, value in expected.items())
-    assert final_weights(load_experiment(None, tiny_overrides(tiny_market, tmp_path) + [
-        "adaptation.enable=true", f"adaptation.source_checkpoint={source}"]), module, resuming=False).source_state == {}
+    assert all(torch.equal(callback.source_state[key[len("model.") :]], value) for key, value in expected.items())
+    assert (
+        final_weights(
+            load_experiment(
+                None,
+                tiny_overrides(tiny_market, tmp_path)
+                + ["adaptation.enable=true", f"adaptation.source_checkpoint={source}"],
+            ),
+            module,
+            resuming=False,
+        ).source_state
+        == {}
+    )
 
 
 def test_shift_domain_script_keeps_names_and_changes_the_camera(tmp_path):
@@ -565,15 +686,16 @@ def test_camera_centring_joins_a_person_across_cameras():
     camera_looks = 1.5 * torch.nn.functional.normalize(torch.randn(2, 32, generator=generator), dim=1)
     identities = np.tile(np.repeat(np.arange(5), 6), 2)  # 5 people x 6 images on each of 2 cameras
     cameras = torch.repeat_interleave(torch.tensor([1, 2]), 30)
-    features = (people[identities] + camera_looks[cameras - 1] + 0.05 * torch.randn(60, 32, generator=generator))
+    features = people[identities] + camera_looks[cameras - 1] + 0.05 * torch.randn(60, 32, generator=generator)
     plain = cluster_features(features, eps=0.3, min_samples=4, k1=11, k2=1)
     centred = cluster_features(features, eps=0.3, min_samples=4, k1=11, k2=1, cameras=cameras)
     # the cameras' looks split people and merge others: measured 8 clusters, 18 outliers, purity 0.86
     assert plain.num_clusters > 5 and plain.num_outliers > 0 and purity(plain.labels, identities) < 0.9
     assert centred.num_clusters == 5 and centred.num_outliers == 0 and purity(centred.labels, identities) == 1.0
     # the centroids stay means of the features as given (the memory compares them with the model's output)
-    first = torch.nn.functional.normalize(torch.nn.functional.normalize(features, dim=1)[centred.labels == 0].sum(0),
-                                          dim=0)
+    first = torch.nn.functional.normalize(
+        torch.nn.functional.normalize(features, dim=1)[centred.labels == 0].sum(0), dim=0
+    )
     assert torch.allclose(centred.centroids[0], first, atol=1e-5)
     shifted = camera_centred(torch.nn.functional.normalize(features, dim=1), cameras)
     assert torch.allclose(shifted.norm(dim=1), torch.ones(60))
@@ -587,20 +709,40 @@ def test_target_batch_norm_is_measured_before_the_first_clustering_of_a_new_run(
     calls = []
     measure, cluster = adaptation.measure_batch_norm, adaptation.cluster_features
     monkeypatch.setattr(adaptation, "measure_batch_norm", lambda *a: (calls.append("bn"), measure(*a))[1])
-    monkeypatch.setattr(adaptation, "cluster_features",
-                        lambda *a, **k: (calls.append("cameras" if k["cameras"] is not None else "plain"),
-                                         cluster(*a, **k))[1])
+    monkeypatch.setattr(
+        adaptation,
+        "cluster_features",
+        lambda *a, **k: (calls.append("cameras" if k["cameras"] is not None else "plain"), cluster(*a, **k))[1],
+    )
     source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
-    adapt_tiny(tiny_market, tmp_path / "run", source, "train.num_epochs=1", "adaptation.target_batch_norm=true",
-               "adaptation.camera_centring=true")
+    adapt_tiny(
+        tiny_market,
+        tmp_path / "run",
+        source,
+        "train.num_epochs=1",
+        "adaptation.target_batch_norm=true",
+        "adaptation.camera_centring=true",
+    )
     assert calls == ["bn", "cameras", "bn"]  # and again for the final weights, after the last step
     calls.clear()
-    adapt_tiny(tiny_market, tmp_path / "run", source, "train.num_epochs=2", "adaptation.target_batch_norm=true",
-               "adaptation.camera_centring=true")  # resumes the finished epoch: its statistics are kept
+    adapt_tiny(
+        tiny_market,
+        tmp_path / "run",
+        source,
+        "train.num_epochs=2",
+        "adaptation.target_batch_norm=true",
+        "adaptation.camera_centring=true",
+    )  # resumes the finished epoch: its statistics are kept
     assert calls == ["cameras", "bn"]
     calls.clear()
-    adapt_tiny(tiny_market, tmp_path / "off", source, "train.num_epochs=1", "adaptation.target_batch_norm=false",
-               "adaptation.camera_centring=false")
+    adapt_tiny(
+        tiny_market,
+        tmp_path / "off",
+        source,
+        "train.num_epochs=1",
+        "adaptation.target_batch_norm=false",
+        "adaptation.camera_centring=false",
+    )
     assert calls == ["plain"]
 
 
@@ -651,8 +793,13 @@ def test_track_groups_from_crop_names():
     from reid_tao.data.records import ImageRecord
     from reid_tao.data.tracklets import track_groups
 
-    names = ["0007_c1s1_000010_00.jpg", "0007_c1s1_000011_00.jpg", "0007_c2s1_000010_00.jpg",  # track 7, 2 cameras
-             "0008_c1s1_000010_00.jpg", "0007_c1s2_000500_00.jpg"]  # another track; track 7 of another sequence
+    names = [
+        "0007_c1s1_000010_00.jpg",
+        "0007_c1s1_000011_00.jpg",
+        "0007_c2s1_000010_00.jpg",  # track 7, 2 cameras
+        "0008_c1s1_000010_00.jpg",
+        "0007_c1s2_000500_00.jpg",
+    ]  # another track; track 7 of another sequence
     groups = track_groups([ImageRecord(f"/crops/{name}", 0, 1) for name in names])
     assert groups[0] == groups[1] and len(set(groups.tolist())) == 4  # the same number elsewhere is another track
     assert track_groups([ImageRecord("/crops/a8f3.jpg", 0, 1), ImageRecord(f"/crops/{names[0]}", 0, 1)]) is None
@@ -703,9 +850,14 @@ def source_datamodule(target: Path, source: Path, **loader):
     from reid_tao.data.preprocessing import Preprocessing
 
     settings = LoaderSettings(**{"batch_size": 4, "num_instances": 2, "num_workers": 0, "seed": 3, **loader})
-    datamodule = ReidDataModule(str(target / "bounding_box_train"), loader=settings, pipeline="workers", unlabeled=True,
-                                source_dir=str(source / "bounding_box_train"),
-                                preprocessing=Preprocessing((32, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    datamodule = ReidDataModule(
+        str(target / "bounding_box_train"),
+        loader=settings,
+        pipeline="workers",
+        unlabeled=True,
+        source_dir=str(source / "bounding_box_train"),
+        preprocessing=Preprocessing((32, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    )
     datamodule.setup("fit")
     return datamodule
 
@@ -724,8 +876,11 @@ def test_the_source_stream_gives_pk_batches_for_as_many_steps_as_the_target(tiny
     assert datamodule.num_source_classes == 3
     datamodule.set_pseudo_labels([index // 6 for index in range(36)])  # 6 pseudo identities x 6 images
     loader = datamodule.train_dataloader()
-    target_batches = len(datamodule.train_pipeline.loader(datamodule.train_records, datamodule.train_labels,
-                                                          loader.iterables["target"].sampler, 4))
+    target_batches = len(
+        datamodule.train_pipeline.loader(
+            datamodule.train_records, datamodule.train_labels, loader.iterables["target"].sampler, 4
+        )
+    )
     steps = batches_of(loader)
     assert target_batches > 1 and len(loader) == len(steps) == target_batches  # the target's epoch length
     for target, source_batch in steps:
@@ -739,8 +894,9 @@ def test_the_source_stream_gives_pk_batches_for_as_many_steps_as_the_target(tiny
     datamodule.start_epoch_at(0, 1)
     resumed = batches_of(datamodule.train_dataloader())
     assert len(resumed) == target_batches - 1
-    assert all(torch.equal(a.pids, b.pids) and torch.equal(c.pids, d.pids)
-               for (a, c), (b, d) in zip(resumed, steps[1:]))
+    assert all(
+        torch.equal(a.pids, b.pids) and torch.equal(c.pids, d.pids) for (a, c), (b, d) in zip(resumed, steps[1:])
+    )
 
 
 def test_the_cycling_sampler_plays_the_epochs_of_its_sampler_one_after_the_other():
@@ -751,7 +907,7 @@ def test_the_cycling_sampler_plays_the_epochs_of_its_sampler_one_after_the_other
     cycling = CyclingSampler(PKSampler([0, 0, 1, 1, 2, 2], batch_size=4, num_instances=2, seed=5), length=6)
     for epoch in range(2):
         cycling.set_epoch(epoch)
-        assert len(cycling) == 6 and list(cycling) == stream[6 * epoch:6 * (epoch + 1)]
+        assert len(cycling) == 6 and list(cycling) == stream[6 * epoch : 6 * (epoch + 1)]
 
 
 def source_config(market: Path, results: Path, source: Path, checkpoint: Path, *extra: str):
@@ -759,9 +915,16 @@ def source_config(market: Path, results: Path, source: Path, checkpoint: Path, *
 
     from helpers import tiny_overrides
 
-    return load_experiment(None, tiny_overrides(market, results) + [
-        "adaptation.enable=true", f"adaptation.source_checkpoint={checkpoint}",
-        f"adaptation.source_dataset_dir={source / 'bounding_box_train'}", *extra])
+    return load_experiment(
+        None,
+        tiny_overrides(market, results)
+        + [
+            "adaptation.enable=true",
+            f"adaptation.source_checkpoint={checkpoint}",
+            f"adaptation.source_dataset_dir={source / 'bounding_box_train'}",
+            *extra,
+        ],
+    )
 
 
 def test_a_source_step_trains_the_classifier_and_logs_its_loss(tiny_market, tmp_path):
@@ -785,8 +948,15 @@ def test_a_source_step_trains_the_classifier_and_logs_its_loss(tiny_market, tmp_
         grads = []
         if module.model.classifier.weight.requires_grad:
             module.model.classifier.weight.register_hook(lambda grad: grads.append(grad.abs().sum().item()))
-        trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        trainer = pl.Trainer(
+            max_steps=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
         trainer.fit(module, datamodule=datamodule)
         return module, before, grads, trainer.callback_metrics
 
@@ -814,8 +984,10 @@ def test_the_source_checkpoint_classifier_is_loaded_when_the_identities_match(ti
     with caplog.at_level("INFO"):
         fresh = build_model(config, 7).classifier.weight
     assert fresh.shape == (7, 32) and not torch.equal(fresh[:6], stored)
-    assert any("holds 6 classifier rows for the 7 identities" in r.getMessage() and "afresh" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "holds 6 classifier rows for the 7 identities" in r.getMessage() and "afresh" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 @pytest.mark.parametrize("case", ["missing", "one identity"])
@@ -825,11 +997,17 @@ def test_a_bad_source_dataset_dir_is_one_line(tiny_market, tmp_path, capsys, cas
     from helpers import make_market, tiny_overrides, write_untrained_checkpoint
 
     checkpoint = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
-    source = tmp_path / "missing" if case == "missing" else make_market(tmp_path / "one", train_ids=(1,),
-                                                                        test_ids=())
-    code = main(["train", *tiny_overrides(tiny_market, tmp_path / "results"), "adaptation.enable=true",
-                 f"adaptation.source_checkpoint={checkpoint}",
-                 f"adaptation.source_dataset_dir={source / 'bounding_box_train'}", "wandb.enable=false"])
+    source = tmp_path / "missing" if case == "missing" else make_market(tmp_path / "one", train_ids=(1,), test_ids=())
+    code = main(
+        [
+            "train",
+            *tiny_overrides(tiny_market, tmp_path / "results"),
+            "adaptation.enable=true",
+            f"adaptation.source_checkpoint={checkpoint}",
+            f"adaptation.source_dataset_dir={source / 'bounding_box_train'}",
+            "wandb.enable=false",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and "Traceback" not in "\n".join(err)
     assert len(err) == 1 and "adaptation.source_dataset_dir" in err[0]
@@ -845,11 +1023,26 @@ def test_a_source_anchored_run_trains_and_resumes(tiny_market, tmp_path):
     checkpoint = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
     source = make_market(tmp_path / "source", train_ids=range(1, 9), test_ids=())
     results = tmp_path / "results"
-    args = ["train", *tiny_overrides(tiny_market, results, **{
-        "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null", "train.num_epochs": 1,
-        "wandb.enable": "false"}), "adaptation.enable=true", f"adaptation.source_checkpoint={checkpoint}",
-        "adaptation.eps=0.7", "adaptation.k1=4", "adaptation.k2=2", "adaptation.tracklets=off",
-        f"adaptation.source_dataset_dir={source / 'bounding_box_train'}"]
+    args = [
+        "train",
+        *tiny_overrides(
+            tiny_market,
+            results,
+            **{
+                "dataset.query_dataset_dir": "null",
+                "dataset.test_dataset_dir": "null",
+                "train.num_epochs": 1,
+                "wandb.enable": "false",
+            },
+        ),
+        "adaptation.enable=true",
+        f"adaptation.source_checkpoint={checkpoint}",
+        "adaptation.eps=0.7",
+        "adaptation.k1=4",
+        "adaptation.k2=2",
+        "adaptation.tracklets=off",
+        f"adaptation.source_dataset_dir={source / 'bounding_box_train'}",
+    ]
     assert main(args) == 0
     latest = results / "train" / "reid_model_latest.pth"
     state = torch.load(latest, weights_only=True)

@@ -1,5 +1,6 @@
 """`reid train` writes checkpoints in a background thread from a host snapshot, so an epoch
 end does not wait for ~300 MB to reach the disk; the file is still complete, consistent and atomic."""
+
 import threading
 
 import pytest

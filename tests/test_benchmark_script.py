@@ -1,5 +1,6 @@
 """scripts/benchmark.py: each subcommand on CPU (tiny synthetic data, resnet_18), and a command line that is
 answered without importing torch."""
+
 import json
 import subprocess
 import sys
@@ -9,7 +10,6 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 TINY = ["--device", "cpu", "--backbone", "resnet_18", "--height", "32", "--width", "16", "--workers", "0"]
-
 
 
 def run_script(*arguments: str) -> dict:
@@ -22,10 +22,33 @@ def run_script(*arguments: str) -> dict:
 
 @pytest.mark.slow  # a subprocess running a whole benchmark
 def test_train_benchmark_runs_on_cpu():
-    report = run_script("train", *TINY, "--epochs", "1", "--batch-size", "8", "--num-instances", "2",
-                        "--steps", "3", "--warmup-steps", "1", "--ceiling-steps", "2")
-    keys = {"task", "ours_images_per_s", "reference_images_per_s", "ceiling_images_per_s", "ours_vs_reference",
-            "ours_vs_ceiling", "seconds_per_epoch", "peak_gpu_mb", "device"}
+    report = run_script(
+        "train",
+        *TINY,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--num-instances",
+        "2",
+        "--steps",
+        "3",
+        "--warmup-steps",
+        "1",
+        "--ceiling-steps",
+        "2",
+    )
+    keys = {
+        "task",
+        "ours_images_per_s",
+        "reference_images_per_s",
+        "ceiling_images_per_s",
+        "ours_vs_reference",
+        "ours_vs_ceiling",
+        "seconds_per_epoch",
+        "peak_gpu_mb",
+        "device",
+    }
     assert keys <= report.keys() and report["task"] == "train" and report["device"] == "cpu"
     for key in ("ours_images_per_s", "reference_images_per_s", "ceiling_images_per_s", "seconds_per_epoch"):
         assert report[key] > 0, key
@@ -68,8 +91,21 @@ def test_onnx_benchmark_compares_the_data_types(tmp_path):
     from helpers import make_market
 
     market = make_market(tmp_path / "market", train_ids=range(1, 13))  # 72 images: 64 held out, 8 calibrate
-    report = run_script("onnx", *TINY, "--data", str(market), "--batch-sizes", "1,4", "--min-seconds", "0",
-                        "--calibration-images", "8", "--accuracy", "--int8-variant", "qop=cpu,quant_format=QOperator")
+    report = run_script(
+        "onnx",
+        *TINY,
+        "--data",
+        str(market),
+        "--batch-sizes",
+        "1,4",
+        "--min-seconds",
+        "0",
+        "--calibration-images",
+        "8",
+        "--accuracy",
+        "--int8-variant",
+        "qop=cpu,quant_format=QOperator",
+    )
     files = {"fp32", "fp16", "int8_tensorrt", "int8_cpu", "int8_qop"}  # one INT8 file per target, then the variant
     assert report["task"] == "onnx" and set(report["images_per_s"]) == files
     assert all(rate > 0 for rates in report["images_per_s"].values() for rate in rates.values())
@@ -87,8 +123,12 @@ def test_onnx_benchmark_compares_the_data_types(tmp_path):
 
 @pytest.mark.slow  # a subprocess running a whole benchmark
 def test_onnx_benchmark_variant_errors_are_one_line():
-    done = subprocess.run([sys.executable, str(SCRIPT), "onnx", "--int8-variant", "x=cpu,quant_fmt=QDQ"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "onnx", "--int8-variant", "x=cpu,quant_fmt=QDQ"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and "unknown field 'quant_fmt'" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -98,8 +138,11 @@ def test_cluster_benchmark_sparse_equals_dense():
     sparse, dense = run_script("cluster", *settings), run_script("cluster", *settings, "--dense")
     assert (sparse["path"], dense["path"]) == ("sparse", "dense") and sparse["num"] == 600
     assert sparse["clusters"] > 10
-    assert (sparse["clusters"], sparse["outliers"], sparse["purity"]) == (dense["clusters"], dense["outliers"],
-                                                                          dense["purity"])
+    assert (sparse["clusters"], sparse["outliers"], sparse["purity"]) == (
+        dense["clusters"],
+        dense["outliers"],
+        dense["purity"],
+    )
     assert sparse["peak_rss_mb"] >= sparse["rss_before_mb"] > 0 and sparse["seconds"] > 0
     auto = run_script("cluster", "--num", "600", "--dim", "128")  # the spec's defaults: eps auto
     assert auto["eps"] is None and 0 < auto["eps_used"] < 1 and auto["k1"] == 10
@@ -107,24 +150,29 @@ def test_cluster_benchmark_sparse_equals_dense():
 
 def imported_by(*arguments: str) -> tuple[int, str, set[str]]:
     """Exit code, stderr and the modules loaded when benchmark.py runs with ``arguments``."""
-    probe = ("import json, runpy, sys\n"
-             f"sys.argv = [{str(SCRIPT)!r}, *{list(arguments)!r}]\n"
-             f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
-             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-             "except SystemExit as stop:\n    code = stop.code\n"
-             "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))")
+    probe = (
+        "import json, runpy, sys\n"
+        f"sys.argv = [{str(SCRIPT)!r}, *{list(arguments)!r}]\n"
+        f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as stop:\n    code = stop.code\n"
+        "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     report = json.loads(done.stdout.splitlines()[-1])
     return report["code"], done.stderr, set(report["modules"])
 
 
-@pytest.mark.parametrize("arguments", [["--help"], ["metrics", "--help"], ["onnx", "--help"],
-                                       ["train", "--no-such-flag"], ["no-such-mode"]])
+@pytest.mark.parametrize(
+    "arguments", [["--help"], ["metrics", "--help"], ["onnx", "--help"], ["train", "--no-such-flag"], ["no-such-mode"]]
+)
 def test_help_and_bad_arguments_are_answered_without_torch(arguments):
     code, stderr, modules = imported_by(*arguments)
     assert code == (0 if "--help" in arguments else 2) and "Traceback" not in stderr
     assert not {"torch", "numpy", "reid_tao"} & modules
     # only the chosen subcommand's module is imported (for its options)
     chosen = {f"benchmarks.{arguments[0]}"} if arguments[0] in ("metrics", "onnx", "train") else set()
-    assert {name for name in modules if name.startswith("benchmarks.")} - {"benchmarks.common",
-                                                                          "benchmarks.inputs"} == chosen
+    assert {name for name in modules if name.startswith("benchmarks.")} - {
+        "benchmarks.common",
+        "benchmarks.inputs",
+    } == chosen

@@ -1,5 +1,6 @@
 """The one reader of weights and checkpoint files (reid_tao/io/checkpoint_file.py): what it returns for each kind
 of file, its one-line errors, and that no other module loads such a file itself."""
+
 import ast
 import re
 from pathlib import Path
@@ -14,8 +15,11 @@ from reid_tao.io.checkpoint_file import REID_TAO, SAFETENSORS, STATE_DICT, TAO, 
 
 PACKAGE = Path(reid_tao.__file__).parent
 # torch.load is called by safe_torch_load only, and safe_torch_load (and safetensors' load_file) by the reader only
-LOADERS = {"torch.load": "io/safe_load.py", "safe_torch_load": "io/checkpoint_file.py",
-           "load_file": "io/checkpoint_file.py"}
+LOADERS = {
+    "torch.load": "io/safe_load.py",
+    "safe_torch_load": "io/checkpoint_file.py",
+    "load_file": "io/checkpoint_file.py",
+}
 
 
 def loads_in(source: str) -> set:
@@ -29,11 +33,15 @@ def loads_in(source: str) -> set:
 
 
 def test_only_the_reader_loads_weight_files():
-    others = [f"{path.relative_to(PACKAGE).as_posix()} calls {loader}"
-              for path in sorted(PACKAGE.rglob("*.py")) for loader in sorted(loads_in(path.read_text()))
-              if path.relative_to(PACKAGE).as_posix() != LOADERS[loader]]
-    assert not others, ("read weights and checkpoint files with reid_tao.io.checkpoint_file.read_checkpoint_file:\n"
-                        + "\n".join(others))
+    others = [
+        f"{path.relative_to(PACKAGE).as_posix()} calls {loader}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for loader in sorted(loads_in(path.read_text()))
+        if path.relative_to(PACKAGE).as_posix() != LOADERS[loader]
+    ]
+    assert not others, (
+        "read weights and checkpoint files with reid_tao.io.checkpoint_file.read_checkpoint_file:\n" + "\n".join(others)
+    )
 
 
 def test_the_loader_check_finds_a_direct_load():
@@ -49,9 +57,19 @@ def _save(obj, path: Path) -> str:
 
 def test_a_reid_tao_checkpoint(tmp_path):
     weights, classifier = torch.ones(3), torch.zeros(4, 2)
-    path = _save({"state_dict": {"model.backbone.w": weights, "model.classifier.weight": classifier,
-                                 "loss.centers": torch.ones(1)},
-                  "reid_tao": {"num_classes": 4}, "optimizer_states": [], "epoch": 3}, tmp_path / "m.pth")
+    path = _save(
+        {
+            "state_dict": {
+                "model.backbone.w": weights,
+                "model.classifier.weight": classifier,
+                "loss.centers": torch.ones(1),
+            },
+            "reid_tao": {"num_classes": 4},
+            "optimizer_states": [],
+            "epoch": 3,
+        },
+        tmp_path / "m.pth",
+    )
     read = read_checkpoint_file(path, "evaluate.checkpoint")
     assert read.kind == REID_TAO and read.require_reid_tao() is read
     assert set(read.model_state) == {"backbone.w", "classifier.weight"}  # the network's, `model.` removed
@@ -61,20 +79,41 @@ def test_a_reid_tao_checkpoint(tmp_path):
 
 
 def test_a_tao_checkpoint(tmp_path):
-    path = _save({"state_dict": {"model.base.conv1.weight": torch.ones(2)}, "state_dict_encrypted": True,
-                  "hyper_parameters": {"experiment_spec": {"model": {"last_stride": 1}}}}, tmp_path / "tao.pth")
+    path = _save(
+        {
+            "state_dict": {"model.base.conv1.weight": torch.ones(2)},
+            "state_dict_encrypted": True,
+            "hyper_parameters": {"experiment_spec": {"model": {"last_stride": 1}}},
+        },
+        tmp_path / "tao.pth",
+    )
     read = read_checkpoint_file(path, "evaluate.checkpoint")
     assert read.kind == TAO and set(read.model_state) == {"base.conv1.weight"}
     assert read.hyper_parameters["experiment_spec"]["model"]["last_stride"] == 1 and read.encrypted
     assert read.metadata is None and not read.holds_optimiser_state
-    with pytest.raises(DataError, match=re.escape(f"evaluate.checkpoint: {path} is not a reid_tao training "
-                                                  "checkpoint (no model metadata inside)")):
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            f"evaluate.checkpoint: {path} is not a reid_tao training checkpoint (no model metadata inside)"
+        ),
+    ):
         read.require_reid_tao()
 
 
 def test_a_wrapped_state_dict_is_peeled_and_loses_dataparallels_prefix(tmp_path):
-    path = _save({"state_dict": {"model": {"module.conv1.weight": torch.ones(1), "module.module.fc.bias": torch.ones(1),
-                                           7: torch.ones(1), "step": 5}}}, tmp_path / "w.pth.tar")
+    path = _save(
+        {
+            "state_dict": {
+                "model": {
+                    "module.conv1.weight": torch.ones(1),
+                    "module.module.fc.bias": torch.ones(1),
+                    7: torch.ones(1),
+                    "step": 5,
+                }
+            }
+        },
+        tmp_path / "w.pth.tar",
+    )
     read = read_checkpoint_file(path, "model.pretrained_model_path")
     assert read.kind == STATE_DICT and set(read.tensors) == {"conv1.weight", "fc.bias"}  # no int key, no int value
     assert read.model_state == {}
@@ -101,8 +140,11 @@ def test_checkpoint_errors_are_one_line_naming_the_field(tmp_path):
         read_checkpoint_file(listed, "evaluate.checkpoint")
     torn = tmp_path / "torn.pth"
     torn.write_bytes(Path(_save({"state_dict": {"w": torch.ones(100)}}, tmp_path / "whole.pth")).read_bytes()[:300])
-    with pytest.raises(DataError, match=r"^evaluate.checkpoint: cannot read .*torn.pth: it is not a PyTorch "
-                                        r"checkpoint, or a corrupt one \("):
+    with pytest.raises(
+        DataError,
+        match=r"^evaluate.checkpoint: cannot read .*torn.pth: it is not a PyTorch "
+        r"checkpoint, or a corrupt one \(",
+    ):
         read_checkpoint_file(str(torn), "evaluate.checkpoint")
 
 

@@ -1,4 +1,5 @@
 """The `reid` command line: help, task dispatch and error formatting."""
+
 import subprocess
 import sys
 
@@ -37,30 +38,43 @@ def test_unknown_task(capsys):
 
 
 def test_errors_from_loader_workers_are_cut_to_their_last_line():
-    wrapped = DataError("Caught DataError in DataLoader worker process 0.\n"
-                        "Original Traceback (most recent call last):\n"
-                        '  File "x.py", line 1\nreid_tao.errors.DataError: cannot read image /a.jpg; remove it')
+    wrapped = DataError(
+        "Caught DataError in DataLoader worker process 0.\n"
+        "Original Traceback (most recent call last):\n"
+        '  File "x.py", line 1\nreid_tao.errors.DataError: cannot read image /a.jpg; remove it'
+    )
     assert error_line(wrapped) == "cannot read image /a.jpg; remove it"
 
 
 def test_console_entry_point_runs_as_module():
-    result = subprocess.run([sys.executable, "-m", "reid_tao", "train", "model.backbon=resnet_50"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "reid_tao", "train", "model.backbon=resnet_50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("reid train: error: unknown field model.backbon in override "
-                                     "'model.backbon=resnet_50'; did you mean model.backbone?")
+    assert result.stderr.strip() == (
+        "reid train: error: unknown field model.backbon in override "
+        "'model.backbon=resnet_50'; did you mean model.backbone?"
+    )
 
 
 # Runs the CLI in a fresh interpreter and reports, at the error, whether torch was imported.
-_TORCH_PROBE = ("import sys; from reid_tao.cli import main; code = main(sys.argv[1:]); "
-                "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
+_TORCH_PROBE = (
+    "import sys; from reid_tao.cli import main; code = main(sys.argv[1:]); "
+    "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)"
+)
 
 
-@pytest.mark.parametrize("argv", [["train", "-e", "missing.yaml"], ["evaluate", "model.backbon=resnet_18"],
-                                  ["train", "train.optim.base_lr=-1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["train", "-e", "missing.yaml"], ["evaluate", "model.backbon=resnet_18"], ["train", "train.optim.base_lr=-1"]],
+)
 def test_spec_errors_answer_before_torch_is_imported(argv, tmp_path):
-    result = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *argv], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _TORCH_PROBE, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert result.returncode != 0
     assert "error:" in result.stderr and "Traceback" not in result.stderr
     assert "torch not imported" in result.stdout
@@ -80,14 +94,23 @@ def test_empty_results_dir_asks_for_it_as_tao_does(capsys):
     assert "results_dir is not set" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, field", [
-    (["train", "dataset.train_dataset_dir=/no/such/folder"], "dataset.train_dataset_dir"),
-    (["evaluate", "evaluate.checkpoint=/no/such.pth"], "evaluate.checkpoint"),
-    (["inference", "inference.checkpoint=/no/such.pth"], "inference.checkpoint"),
-    (["export", "export.checkpoint=/no/such.pth"], "export.checkpoint")])
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["train", "dataset.train_dataset_dir=/no/such/folder"], "dataset.train_dataset_dir"),
+        (["evaluate", "evaluate.checkpoint=/no/such.pth"], "evaluate.checkpoint"),
+        (["inference", "inference.checkpoint=/no/such.pth"], "inference.checkpoint"),
+        (["export", "export.checkpoint=/no/such.pth"], "export.checkpoint"),
+    ],
+)
 def test_missing_paths_answer_before_torch_is_imported(argv, field, tmp_path):
-    result = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *argv, f"results_dir={tmp_path}"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _TORCH_PROBE, *argv, f"results_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 2 and f"error: {field}: " in result.stderr and "does not exist" in result.stderr
     assert "torch not imported" in result.stdout
 
@@ -108,8 +131,17 @@ def test_a_finished_multi_process_task_destroys_its_process_group(monkeypatch, t
     write_person(images / "0001_c1s1_000000_00.jpg", 1, 1, 0)  # (a folder without images is refused before run)
     monkeypatch.setitem(sys.modules, "reid_tao.tasks.inference", OneProcessGroupTask)
     try:
-        assert main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={checkpoint}",
-                     f"inference.test_dataset={images}"]) == 0
+        assert (
+            main(
+                [
+                    "inference",
+                    f"results_dir={tmp_path}",
+                    f"inference.checkpoint={checkpoint}",
+                    f"inference.test_dataset={images}",
+                ]
+            )
+            == 0
+        )
         assert not dist.is_initialized()
     finally:
         if dist.is_initialized():

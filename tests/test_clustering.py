@@ -1,4 +1,5 @@
 """Clustering from the sparse Jaccard graph: the same pseudo labels as DBSCAN on the dense (N, N) distances."""
+
 import numpy as np
 import pytest
 import torch
@@ -67,8 +68,14 @@ def test_sparse_clustering_equals_dense_clustering(with_cameras):
 def test_dbscan_labels_count_a_stored_zero_as_a_neighbour():
     """Images 0 and 1 at distance 0 (stored explicitly, as jaccard_graph stores it), 2 at 0.5 from both, 3 sharing
     nothing with anyone (distance 1: not stored)."""
-    graph = csr_matrix((np.array([0, 0, 0.5, 0, 0, 0.5, 0, 0.5, 0.5, 0], dtype=np.float32),
-                        np.array([0, 1, 2, 1, 0, 2, 2, 0, 1, 3]), np.array([0, 3, 6, 9, 10])), shape=(4, 4))
+    graph = csr_matrix(
+        (
+            np.array([0, 0, 0.5, 0, 0, 0.5, 0, 0.5, 0.5, 0], dtype=np.float32),
+            np.array([0, 1, 2, 1, 0, 2, 2, 0, 1, 3]),
+            np.array([0, 3, 6, 9, 10]),
+        ),
+        shape=(4, 4),
+    )
     np.testing.assert_array_equal(dbscan_labels(graph, eps=0.1, min_samples=2), [0, 0, -1, -1])
     np.testing.assert_array_equal(dbscan_labels(graph, eps=0.0, min_samples=2), [0, 0, -1, -1])  # an auto eps of 0
     np.testing.assert_array_equal(dbscan_labels(graph, eps=0.5, min_samples=3), [0, 0, 0, -1])
@@ -94,8 +101,9 @@ def test_auto_eps_from_the_nearest_pairs_equals_auto_eps_from_every_pair(monkeyp
     from reid_tao.evaluation.clustering import auto_eps, auto_eps_pairs
 
     built = []
-    monkeypatch.setattr(clustering, "jaccard_graph", lambda *args, **kwargs: built.append(
-        jaccard_graph(*args, **kwargs)) or built[-1])
+    monkeypatch.setattr(
+        clustering, "jaccard_graph", lambda *args, **kwargs: built.append(jaccard_graph(*args, **kwargs)) or built[-1]
+    )
     features, cameras = people(seed=2)
     dense = dense_distances(features, 20, 6, cameras)
     for share in [0.002, 0.01, 0.05]:  # radius 0 (58 pairs at distance 0 here), 0.007, 0.36

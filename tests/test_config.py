@@ -1,4 +1,5 @@
 """Spec loading: TAO specs load unchanged, overrides, and one-line errors for bad input."""
+
 import textwrap
 
 import pytest
@@ -100,9 +101,16 @@ def test_defaults_match_tao():
 
 
 def test_overrides_use_hydra_grammar(tmp_path):
-    config = load_experiment(write_spec(tmp_path, TAO_EXAMPLE),
-                         ["train.num_epochs=3", "train.optim.lr_steps=[5,8]", "model.pretrained_model_path=null",
-                          "train.optim.steps=[1,2]", "dataset.pixel_mean=[0.5,0.5,0.5]"])
+    config = load_experiment(
+        write_spec(tmp_path, TAO_EXAMPLE),
+        [
+            "train.num_epochs=3",
+            "train.optim.lr_steps=[5,8]",
+            "model.pretrained_model_path=null",
+            "train.optim.steps=[1,2]",
+            "dataset.pixel_mean=[0.5,0.5,0.5]",
+        ],
+    )
     assert config.train.num_epochs == 3
     assert config.train.optim.lr_steps == [1, 2]  # the alias applied last wins
     assert config.model.pretrained_model_path is None
@@ -110,32 +118,35 @@ def test_overrides_use_hydra_grammar(tmp_path):
     assert OmegaConf.is_readonly(config)
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["model.backbon=resnet_18"], "did you mean model.backbone"),
-    (["train.optim.base_rl=0.1"], "did you mean train.optim.base_lr"),
-    (["model.last_stride=abc"], "model.last_stride"),
-    (["model.backbone=resnet_42"], "model.backbone='resnet_42' is not supported"),
-    (["model.neck=foo"], "model.neck"),
-    (["model.neck_feat=middle"], "model.neck_feat"),
-    (["model.metric_loss_type=quadruplet"], "model.metric_loss_type"),
-    (["dataset.sampler=random"], "dataset.sampler"),
-    (["dataset.batch_size=30"], "divisible by dataset.num_instances=4"),
-    (["model.jpm=true"], "model.jpm is not supported"),
-    (["model.id_loss_type=arcface"], "model.id_loss_type"),
-    (["train.checkpoint_interval_unit=hour"], "train.checkpoint_interval_unit"),
-    (["train.checkpointer.monitor=val_acc"], "did you mean"),
-    (["train.checkpointer.mode=best"], "train.checkpointer.mode"),
-    (["evaluate.batch_size=0"], "evaluate.batch_size"),
-    (["train.optim.lr_steps=[70,40]"], "strictly increasing"),
-    (["train.precision=64"], "train.precision"),
-    (["evaluate.precision=fp32"], "evaluate.precision"),
-    (["inference.precision=bf16"], "inference.precision"),
-    (["dataset.prob=1.5"], "dataset.prob"),
-    (["model.drop_path=0.2"], "Swin backbones only"),
-    (["+model.extra=1"], "only section.key=value"),
-    (["model.backbone"], "cannot parse override"),
-    (["model.pretrain_choice=self"], "pretrained_model_path"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["model.backbon=resnet_18"], "did you mean model.backbone"),
+        (["train.optim.base_rl=0.1"], "did you mean train.optim.base_lr"),
+        (["model.last_stride=abc"], "model.last_stride"),
+        (["model.backbone=resnet_42"], "model.backbone='resnet_42' is not supported"),
+        (["model.neck=foo"], "model.neck"),
+        (["model.neck_feat=middle"], "model.neck_feat"),
+        (["model.metric_loss_type=quadruplet"], "model.metric_loss_type"),
+        (["dataset.sampler=random"], "dataset.sampler"),
+        (["dataset.batch_size=30"], "divisible by dataset.num_instances=4"),
+        (["model.jpm=true"], "model.jpm is not supported"),
+        (["model.id_loss_type=arcface"], "model.id_loss_type"),
+        (["train.checkpoint_interval_unit=hour"], "train.checkpoint_interval_unit"),
+        (["train.checkpointer.monitor=val_acc"], "did you mean"),
+        (["train.checkpointer.mode=best"], "train.checkpointer.mode"),
+        (["evaluate.batch_size=0"], "evaluate.batch_size"),
+        (["train.optim.lr_steps=[70,40]"], "strictly increasing"),
+        (["train.precision=64"], "train.precision"),
+        (["evaluate.precision=fp32"], "evaluate.precision"),
+        (["inference.precision=bf16"], "inference.precision"),
+        (["dataset.prob=1.5"], "dataset.prob"),
+        (["model.drop_path=0.2"], "Swin backbones only"),
+        (["+model.extra=1"], "only section.key=value"),
+        (["model.backbone"], "cannot parse override"),
+        (["model.pretrain_choice=self"], "pretrained_model_path"),
+    ],
+)
 def test_bad_overrides_give_one_clear_line(overrides, expected):
     with pytest.raises(ConfigError) as error:
         load_experiment(None, overrides)

@@ -1,5 +1,6 @@
 """What a run prints when stdout is not a terminal (CI, SLURM, a pipe): one line per epoch, no progress bars,
 no escape codes, none of Lightning's chatter; the validation figures say which ranking they come from."""
+
 import json
 import subprocess
 from pathlib import Path
@@ -11,17 +12,42 @@ from reid_tao.engine.callbacks import throughput
 from helpers import REID, tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
-CHATTER = ("GPU available", "TPU available", "limit_val_batches", "Trainer.fit` stopped", "max_epochs reached",
-           "predict returned None", "not resumable", "manual optimization", "wandb", "litlogger")
+CHATTER = (
+    "GPU available",
+    "TPU available",
+    "limit_val_batches",
+    "Trainer.fit` stopped",
+    "max_epochs reached",
+    "predict returned None",
+    "not resumable",
+    "manual optimization",
+    "wandb",
+    "litlogger",
+)
 
 
 @pytest.mark.slow
 def test_piped_training_output_is_plain_lines(tiny_market, tmp_path):
-    overrides = tiny_overrides(tiny_market, tmp_path, **{"train.num_epochs": 1, "wandb.enable": "false",
-                                                         "re_ranking.re_ranking": "true", "re_ranking.k1": 4,
-                                                         "re_ranking.k2": 2})
-    result = subprocess.run([*REID, "train", *overrides], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, timeout=600, check=False)
+    overrides = tiny_overrides(
+        tiny_market,
+        tmp_path,
+        **{
+            "train.num_epochs": 1,
+            "wandb.enable": "false",
+            "re_ranking.re_ranking": "true",
+            "re_ranking.k1": 4,
+            "re_ranking.k2": 2,
+        },
+    )
+    result = subprocess.run(
+        [*REID, "train", *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
     out = result.stdout
     assert result.returncode == 0, out
     assert "\r" not in out and "\x1b" not in out

@@ -1,4 +1,5 @@
 """`reid crops`: Market-named crops from MOTChallenge sequences, videos and DeepStream KITTI dumps."""
+
 import os
 import signal
 from contextlib import contextmanager
@@ -47,8 +48,10 @@ def make_sequence(root: Path) -> Path:
     (seq / "gt").mkdir()
     for frame in range(1, FRAMES + 1):
         Image.fromarray(frame_image(frame)).save(seq / "img1" / f"{frame:06d}.png")
-    (seq / "seqinfo.ini").write_text("[Sequence]\nname=MOT-01\nimDir=img1\nframeRate=30\n"
-                                     f"seqLength={FRAMES}\nimWidth={WIDTH}\nimHeight={HEIGHT}\nimExt=.png\n")
+    (seq / "seqinfo.ini").write_text(
+        "[Sequence]\nname=MOT-01\nimDir=img1\nframeRate=30\n"
+        f"seqLength={FRAMES}\nimWidth={WIDTH}\nimHeight={HEIGHT}\nimExt=.png\n"
+    )
     (seq / "gt" / "gt.txt").write_text("\n".join(gt_lines()) + "\n")
     return seq
 
@@ -61,7 +64,7 @@ def best_offset(crop: np.ndarray, frame: np.ndarray, x0: int, y0: int):
         for dx in range(-2, 3):
             if y0 + dy < 0 or x0 + dx < 0 or y0 + dy + h > frame.shape[0] or x0 + dx + w > frame.shape[1]:
                 continue
-            region = frame[y0 + dy:y0 + dy + h, x0 + dx:x0 + dx + w].astype(float)
+            region = frame[y0 + dy : y0 + dy + h, x0 + dx : x0 + dx + w].astype(float)
             errors[(dx, dy)] = np.abs(region - crop.astype(float)).mean()
     return errors[(0, 0)], min(errors, key=errors.get)
 
@@ -91,13 +94,21 @@ def test_crops_from_mot_sequence(tmp_path):
 def test_crops_frame_step_min_height_and_clipping(tmp_path):
     seq = make_sequence(tmp_path)
     out = tmp_path / "crops"
-    assert run_crops(tmp_path, f"crops.input={seq}", f"crops.output_dir={out}", "crops.frame_step=2",
-                     "crops.min_height=65", "crops.min_inside=0.5") == 0
+    assert (
+        run_crops(
+            tmp_path,
+            f"crops.input={seq}",
+            f"crops.output_dir={out}",
+            "crops.frame_step=2",
+            "crops.min_height=65",
+            "crops.min_inside=0.5",
+        )
+        == 0
+    )
     names = sorted(p.name for p in out.iterdir())
     # frames 1, 3, 5; track 1 (60 px) is too low; track 3 is kept once half of it is inside, clipped to the frame
     assert [n for n in names if n.startswith("0001")] == []
-    assert [n[:4] + n[10:16] for n in names] == ["0002000001", "0002000003", "0002000005",
-                                                "0003000001"]
+    assert [n[:4] + n[10:16] for n in names] == ["0002000001", "0002000003", "0002000005", "0003000001"]
     crop = np.asarray(Image.open(out / "0003_c1s1_000001_00.jpg"))
     assert crop.shape == (70, WIDTH - 140, 3)  # 30 px wide box at x=140 clipped at the right edge
     # track 3 in frame 3 starts at x=148: only 12 of 30 px inside, skipped
@@ -111,13 +122,28 @@ def test_crops_from_video_match_decoded_frames(tmp_path):
         writer.write(cv2.cvtColor(frame_image(frame), cv2.COLOR_RGB2BGR))
     writer.release()
     tracks = tmp_path / "result.txt"  # a tracker's result: frame,id,left,top,w,h,conf,-1,-1,-1
-    tracks.write_text("\n".join(f"{f},{t[0]},{box_at(t, f)[0]},{t[2]},{t[3]},{t[4]},0.9,-1,-1,-1"
-                                for f in range(1, FRAMES + 1) for t in TRACKS[:2]) + "\n")
+    tracks.write_text(
+        "\n".join(
+            f"{f},{t[0]},{box_at(t, f)[0]},{t[2]},{t[3]},{t[4]},0.9,-1,-1,-1"
+            for f in range(1, FRAMES + 1)
+            for t in TRACKS[:2]
+        )
+        + "\n"
+    )
     out = tmp_path / "crops"
-    assert run_crops(tmp_path, f"crops.input={video}", f"crops.tracks_file={tracks}", f"crops.output_dir={out}",
-                     "crops.frame_step=3") == 0
+    assert (
+        run_crops(
+            tmp_path,
+            f"crops.input={video}",
+            f"crops.tracks_file={tracks}",
+            f"crops.output_dir={out}",
+            "crops.frame_step=3",
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{t:04d}_c1s1_{f:06d}_00.jpg" for f in (1, 4) for t in (1, 2))
+        f"{t:04d}_c1s1_{f:06d}_00.jpg" for f in (1, 4) for t in (1, 2)
+    )
     capture = cv2.VideoCapture(str(video))
     decoded = [cv2.cvtColor(capture.read()[1], cv2.COLOR_BGR2RGB) for _ in range(FRAMES)]
     capture.release()
@@ -136,8 +162,10 @@ def write_kitti(folder: Path, stream: int = 0):
         lines = []
         for track in TRACKS[:2]:
             left, top, width, height = box_at(track, frame + 1)
-            lines.append(f"person {track[0]} 0.0 0 0.0 {left:.6f} {top:.6f} {left + width:.6f} {top + height:.6f} "
-                         "0.0 0.0 0.0 0.0 0.0 0.0 0.0 0.87")
+            lines.append(
+                f"person {track[0]} 0.0 0 0.0 {left:.6f} {top:.6f} {left + width:.6f} {top + height:.6f} "
+                "0.0 0.0 0.0 0.0 0.0 0.0 0.0 0.87"
+            )
         lines.append("bag 7 0.0 0 0.0 1 1 20 20 0.0 0.0 0.0 0.0 0.0 0.0 0.0 0.5")
         lines.append(f"person {0xFFFFFFFFFFFFFFFF} 0.0 0 0.0 1 1 20 60 0.0 0.0 0.0 0.0 0.0 0.0 0.0 0.5")
         # deepstream-app's name: app index, stream (source pad index), frame
@@ -152,8 +180,18 @@ def test_crops_from_deepstream_kitti(tmp_path):
     dump = tmp_path / "kitti"
     write_kitti(dump)
     out = tmp_path / "crops"
-    assert run_crops(tmp_path, "crops.format=kitti", f"crops.input={frames}", f"crops.tracks_file={dump}",
-                     f"crops.output_dir={out}", "crops.labels=[person]", "crops.camera=2") == 0
+    assert (
+        run_crops(
+            tmp_path,
+            "crops.format=kitti",
+            f"crops.input={frames}",
+            f"crops.tracks_file={dump}",
+            f"crops.output_dir={out}",
+            "crops.labels=[person]",
+            "crops.camera=2",
+        )
+        == 0
+    )
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(f"{t:04d}_c2s1_{f:06d}_00.jpg" for f in range(FRAMES) for t in (1, 2))
     left, top, width, height = box_at(TRACKS[1], 3)
@@ -174,8 +212,9 @@ def test_crops_bad_input_names_file_and_line(tmp_path, capsys):
 
     missing = tmp_path / "missing.txt"
     missing.write_text("1,1,10,20,24,60,1\n99,1,10,20,24,60,1\n")
-    assert run_crops(tmp_path, f"crops.input={seq}", f"crops.tracks_file={missing}",
-                     f"crops.output_dir={tmp_path}/o") != 0
+    assert (
+        run_crops(tmp_path, f"crops.input={seq}", f"crops.tracks_file={missing}", f"crops.output_dir={tmp_path}/o") != 0
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{missing}:2" in err and "000099.png" in err
 
@@ -203,14 +242,26 @@ def test_a_box_past_the_bottom_edge_is_clipped(tmp_path):
     tracks = tmp_path / "result.txt"  # 80 px high from y=70: 50 px inside a 120 px frame
     tracks.write_text("1,5,20,70,30,80,0.9,-1,-1,-1\n")
     out = tmp_path / "crops"
-    assert run_crops(tmp_path, f"crops.input={seq}", f"crops.tracks_file={tracks}", f"crops.output_dir={out}",
-                     "crops.min_inside=0.5") == 0
+    assert (
+        run_crops(
+            tmp_path,
+            f"crops.input={seq}",
+            f"crops.tracks_file={tracks}",
+            f"crops.output_dir={out}",
+            "crops.min_inside=0.5",
+        )
+        == 0
+    )
     crop = np.asarray(Image.open(out / "0005_c1s1_000001_00.jpg").convert("RGB"))
     assert crop.shape == (HEIGHT - 70, 30, 3)
     assert best_offset(crop, frame_image(1), 20, 70)[1] == (0, 0)
     # 50 of its 80 rows inside: cut off by the bottom edge under the default crops.min_inside=0.9
-    assert run_crops(tmp_path, f"crops.input={seq}", f"crops.tracks_file={tracks}",
-                     f"crops.output_dir={tmp_path / 'default'}") == 0
+    assert (
+        run_crops(
+            tmp_path, f"crops.input={seq}", f"crops.tracks_file={tracks}", f"crops.output_dir={tmp_path / 'default'}"
+        )
+        == 0
+    )
     assert not any((tmp_path / "default").iterdir())
 
 
@@ -243,11 +294,15 @@ def test_crops_never_follow_a_link_planted_at_a_temporary_name(tmp_path):
     assert Image.open(out / name).size == (24, 60)
 
 
-@pytest.mark.parametrize("key, value, says", [
-    ("imDir", "{other}", "must be a folder inside"),
-    ("imDir", "../other", "imDir='../other' must be a folder inside"),
-    ("imDir", "img1/../../other", "must be a folder inside"),
-    ("imExt", "/../../other/000001.png", "imExt='/../../other/000001.png' must be a file suffix")])
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("imDir", "{other}", "must be a folder inside"),
+        ("imDir", "../other", "imDir='../other' must be a folder inside"),
+        ("imDir", "img1/../../other", "must be a folder inside"),
+        ("imExt", "/../../other/000001.png", "imExt='/../../other/000001.png' must be a file suffix"),
+    ],
+)
 def test_seqinfo_cannot_point_frames_outside_the_sequence(tmp_path, capsys, key, value, says):
     seq = make_sequence(tmp_path)
     other = tmp_path / "other"  # frames of somebody else's camera, beside the sequence
@@ -270,9 +325,13 @@ def write_video(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, content", [
-    ("cam.m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{video}\n#EXT-X-ENDLIST\n"),
-    ("cam.avi", "ffconcat version 1.0\nfile elsewhere/secret.avi\n")])  # FFmpeg reads the content, not the name
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("cam.m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{video}\n#EXT-X-ENDLIST\n"),
+        ("cam.avi", "ffconcat version 1.0\nfile elsewhere/secret.avi\n"),
+    ],
+)  # FFmpeg reads the content, not the name
 def test_a_playlist_given_as_the_video_is_refused(tmp_path, capsys, name, content):
     (tmp_path / "elsewhere").mkdir()
     video = write_video(tmp_path / "elsewhere" / "secret.avi")
@@ -281,8 +340,7 @@ def test_a_playlist_given_as_the_video_is_refused(tmp_path, capsys, name, conten
     tracks = tmp_path / "result.txt"
     tracks.write_text("1,1,10,20,24,60,0.9,-1,-1,-1\n")
     out = tmp_path / "crops"
-    assert run_crops(tmp_path, f"crops.input={playlist}", f"crops.tracks_file={tracks}",
-                     f"crops.output_dir={out}") == 2
+    assert run_crops(tmp_path, f"crops.input={playlist}", f"crops.tracks_file={tracks}", f"crops.output_dir={out}") == 2
     assert "video containers only" in one_line(capsys) and not any(out.iterdir())
     # the user's own FFmpeg options are kept, and restored afterwards
     assert "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ
@@ -342,6 +400,7 @@ def test_deepstream_app_sources_are_streams(tmp_path):
 def no_hang(seconds: int = 30):
     """A read that blocks (what these tests guard against) is interrupted by SIGALRM: a failure, not a test run
     that never ends."""
+
     def stop(signum, frame):
         raise TimeoutError(f"blocked for {seconds} s")
 
@@ -383,16 +442,19 @@ def test_a_fifo_among_the_inputs_is_one_line_not_a_hang(tmp_path, capsys, where)
     assert str(fifo) in err and "FIFO" in err
 
 
-@pytest.mark.parametrize("fmt, line, says", [
-    ("mot", "1,1,nan,20,24,60,1", "column 'left' is not a finite number: 'nan'"),
-    ("mot", "1,1,10,20,inf,60,1", "column 'width' is not a finite number: 'inf'"),
-    ("mot", "nan,1,10,20,24,60,1", "column 'frame' is not a finite number"),
-    ("mot", "1.5,1,10,20,24,60,1", "column 'frame' is not a whole number"),
-    ("mot", "1," + "9" * 5000 + ",10,20,24,60,1", "column 'id' is not a whole number of at most 20 digits"),
-    ("mot", "1,1," + "9" * 5000 + ",20,24,60,1", "column 'left' is not a finite number: '9999"),
-    ("kitti", "person 1 0 0 0 -inf 1 20 60", "column 'left' is not a finite number: '-inf'"),
-    ("kitti", "person " + "7" * 5000 + " 0 0 0 1 1 20 60", "column 'tracking_id' is not a whole number of at most"),
-])
+@pytest.mark.parametrize(
+    "fmt, line, says",
+    [
+        ("mot", "1,1,nan,20,24,60,1", "column 'left' is not a finite number: 'nan'"),
+        ("mot", "1,1,10,20,inf,60,1", "column 'width' is not a finite number: 'inf'"),
+        ("mot", "nan,1,10,20,24,60,1", "column 'frame' is not a finite number"),
+        ("mot", "1.5,1,10,20,24,60,1", "column 'frame' is not a whole number"),
+        ("mot", "1," + "9" * 5000 + ",10,20,24,60,1", "column 'id' is not a whole number of at most 20 digits"),
+        ("mot", "1,1," + "9" * 5000 + ",20,24,60,1", "column 'left' is not a finite number: '9999"),
+        ("kitti", "person 1 0 0 0 -inf 1 20 60", "column 'left' is not a finite number: '-inf'"),
+        ("kitti", "person " + "7" * 5000 + " 0 0 0 1 1 20 60", "column 'tracking_id' is not a whole number of at most"),
+    ],
+)
 def test_numbers_that_are_not_finite_or_too_long_are_one_line(tmp_path, fmt, line, says):
     if fmt == "mot":
         path = tmp_path / "result.txt"

@@ -1,4 +1,5 @@
 """Market-1501 parsing, folders, transforms and the datamodule."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -19,14 +20,17 @@ from reid_tao.errors import DataError
 from helpers import make_market, write_person
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("0002_c1s1_000451_03.jpg", (2, 1)),
-    ("-1_c3s2_012345_01.jpg", (-1, 3)),  # junk: TAO's regex reads this as id 1
-    ("0000_c6s4_000001_00.png", (0, 6)),  # distractor
-    ("1501_c2s3_000001_00.jpeg", (1501, 2)),
-    ("Thumbs.db", None),
-    ("person_c1.jpg", None),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("0002_c1s1_000451_03.jpg", (2, 1)),
+        ("-1_c3s2_012345_01.jpg", (-1, 3)),  # junk: TAO's regex reads this as id 1
+        ("0000_c6s4_000001_00.png", (0, 6)),  # distractor
+        ("1501_c2s3_000001_00.jpeg", (1501, 2)),
+        ("Thumbs.db", None),
+        ("person_c1.jpg", None),
+    ],
+)
 def test_parse_market_name(name, expected):
     assert parse_market_name(name) == expected
 
@@ -34,8 +38,12 @@ def test_parse_market_name(name, expected):
 def test_scan_skips_junk_keeps_distractors_accepts_png(tmp_path):
     folder = tmp_path / "gallery"
     folder.mkdir()
-    for name in ("0001_c1s1_000001_00.jpg", "0001_c2s1_000002_00.png", "0000_c1s1_000003_00.jpeg",
-                 "-1_c1s1_000004_00.jpg"):
+    for name in (
+        "0001_c1s1_000001_00.jpg",
+        "0001_c2s1_000002_00.png",
+        "0000_c1s1_000003_00.jpeg",
+        "-1_c1s1_000004_00.jpg",
+    ):
         write_person(folder / name, 1, 1, 0)
     (folder / "notes.txt").write_text("stray file")  # TAO counts raw listings (bug B7)
     records = scan_market_folder(str(folder), "dataset.test_dataset_dir")
@@ -127,8 +135,9 @@ def test_pad_and_crop_keep_size():
         out = transform(image)
         assert out.shape == (3, 40, 20)
         # the output is a 40x20 window of the zero-padded image at some offset in 0..10
-        matches = [(dy, dx) for dy in range(11) for dx in range(11)
-                   if torch.equal(out, padded[:, dy:dy + 40, dx:dx + 20])]
+        matches = [
+            (dy, dx) for dy in range(11) for dx in range(11) if torch.equal(out, padded[:, dy : dy + 40, dx : dx + 20])
+        ]
         assert matches, "the crop is not a window of the padded image"
         offsets.add(matches[0])
     assert len(offsets) > 20  # random offsets, not always the same window
@@ -147,9 +156,13 @@ def test_training_batches_are_normalised_with_each_channels_own_mean_and_std(tin
         for index in range(4):
             Image.new("RGB", (16, 32), colour).save(root / f"{pid:04d}_c1s1_{index:06d}_00.jpg", quality=100)
     mean, std = (0.1, 0.5, 0.8), (0.2, 0.3, 0.4)
-    module = ReidDataModule(str(root), preprocessing=Preprocessing((32, 16), mean, std),
-                            augment=AugmentSettings(flip_prob=0.0, padding=0, erase_prob=0.0),
-                            loader=LoaderSettings(batch_size=4, num_instances=2), pipeline=pipeline)
+    module = ReidDataModule(
+        str(root),
+        preprocessing=Preprocessing((32, 16), mean, std),
+        augment=AugmentSettings(flip_prob=0.0, padding=0, erase_prob=0.0),
+        loader=LoaderSettings(batch_size=4, num_instances=2),
+        pipeline=pipeline,
+    )
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
     batch = module.train_pipeline.on_after_batch_transfer(batch, 0)
@@ -177,11 +190,14 @@ def test_seeded_sampler_makes_augmentation_reproducible(tiny_market):
 
 
 def test_datamodule_builds_pk_batches(tiny_market):
-    module = ReidDataModule(str(tiny_market / "bounding_box_train"), str(tiny_market / "query"),
-                            str(tiny_market / "bounding_box_test"),
-                            preprocessing=replace(MARKET_PREPROCESSING, input_size=(32, 16)),
-                            augment=AugmentSettings(padding=2),
-                            loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0))
+    module = ReidDataModule(
+        str(tiny_market / "bounding_box_train"),
+        str(tiny_market / "query"),
+        str(tiny_market / "bounding_box_test"),
+        preprocessing=replace(MARKET_PREPROCESSING, input_size=(32, 16)),
+        augment=AugmentSettings(padding=2),
+        loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0),
+    )
     module.setup("fit")
     assert module.num_classes == 6 and module.has_validation
     images, labels, camids, _ = next(iter(module.train_dataloader()))
@@ -195,8 +211,9 @@ def test_seeded_sampler_gives_each_process_its_own_augmentation_seeds():
     pids = [0, 0, 1, 1, 2, 2, 3, 3]
     seeds = []
     for rank in (0, 1):
-        sampler = SeededSampler(PKSampler(pids, batch_size=2, num_instances=2, seed=1, rank=rank, world_size=2),
-                                seed=1, rank=rank)
+        sampler = SeededSampler(
+            PKSampler(pids, batch_size=2, num_instances=2, seed=1, rank=rank, world_size=2), seed=1, rank=rank
+        )
         seeds.append({seed for _, seed in sampler})
     assert not seeds[0] & seeds[1]
 
@@ -212,10 +229,13 @@ def test_read_split_detects_market_folders(tiny_market, tmp_path):
 
 
 def test_loaders_yield_named_batches(tiny_market):
-    module = ReidDataModule(str(tiny_market / "bounding_box_train"), str(tiny_market / "query"),
-                            str(tiny_market / "bounding_box_test"),
-                            preprocessing=replace(MARKET_PREPROCESSING, input_size=(32, 16)),
-                            loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0))
+    module = ReidDataModule(
+        str(tiny_market / "bounding_box_train"),
+        str(tiny_market / "query"),
+        str(tiny_market / "bounding_box_test"),
+        preprocessing=replace(MARKET_PREPROCESSING, input_size=(32, 16)),
+        loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0),
+    )
     module.setup("fit")
     train, val = next(iter(module.train_dataloader())), next(iter(module.val_dataloader()))
     assert isinstance(train, Batch) and isinstance(val, Batch)
@@ -227,8 +247,9 @@ def test_too_few_identities_for_pk_batches_over_all_processes(tiny_market):
     class Trainer:  # what setup reads of a Lightning trainer: 6 identities < 2 per batch x 4 processes
         global_rank, world_size = 0, 4
 
-    module = ReidDataModule(str(tiny_market / "bounding_box_train"),
-                            loader=LoaderSettings(batch_size=4, num_instances=2, num_workers=0))
+    module = ReidDataModule(
+        str(tiny_market / "bounding_box_train"), loader=LoaderSettings(batch_size=4, num_instances=2, num_workers=0)
+    )
     module.trainer = Trainer()
     with pytest.raises(DataError, match=r"6 identities are fewer than the 2 per PK batch .* x 4 processes"):
         module.setup("fit")
@@ -243,15 +264,22 @@ def test_flip_and_erase_probabilities_reach_both_pipelines_unswapped(tiny_market
 
     from helpers import tiny_overrides
 
-    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
-        "dataset.prob": flip, "dataset.re_prob": erase, "dataset.padding": 0, "dataset.pipeline": pipeline}))
+    config = load_experiment(
+        None,
+        tiny_overrides(
+            tiny_market,
+            tmp_path,
+            **{"dataset.prob": flip, "dataset.re_prob": erase, "dataset.padding": 0, "dataset.pipeline": pipeline},
+        ),
+    )
     datamodule = build_datamodule(config, with_validation=False)
     datamodule.setup()
     batch = next(iter(datamodule.train_dataloader()))
     assert datamodule.train_pipeline.name == pipeline
     images = datamodule.train_pipeline.on_after_batch_transfer(batch, 0).images
-    plain = torch.stack([datamodule.eval_transform(load_rgb(datamodule.train_records[i].path))
-                         for i in batch.indices.tolist()])
+    plain = torch.stack(
+        [datamodule.eval_transform(load_rgb(datamodule.train_records[i].path)) for i in batch.indices.tolist()]
+    )
     expected = plain.flip(3) if flip else plain  # no padding: a flip is the only change...
     erased = ~torch.isclose(images, expected, atol=1e-5).all(dim=1)  # ...besides erased (zeroed) pixels
     if erase:

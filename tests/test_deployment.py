@@ -1,4 +1,5 @@
 """Deployment: ONNX inference, the DeepStream tracker config, the Embedder API and its README example."""
+
 import json
 import logging
 import re
@@ -29,8 +30,10 @@ def exported(trained_checkpoint, module_tmp):
     results.mkdir()
     checkpoint = trained_checkpoint
     onnx_file = results / "export" / "model.onnx"
-    assert main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}",
-                 f"export.onnx_file={onnx_file}"]) == 0
+    assert (
+        main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx_file}"])
+        == 0
+    )
     return checkpoint, onnx_file
 
 
@@ -44,12 +47,22 @@ def test_onnx_inference_matches_pth_with_preprocessing_from_the_sidecar(tiny_mar
     for name, model in (("pth", checkpoint), ("onnx", onnx_file)):
         outputs[name] = tmp_path / f"{name}.json"
         # The spec's model size (64x32) differs from the checkpoint's (32x16): both must ignore it.
-        code = main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={model}",
-                     f"inference.query_dataset={tiny_market / 'query'}",
-                     f"inference.test_dataset={tiny_market / 'bounding_box_test'}",
-                     f"inference.output_file={outputs[name]}", "model.input_height=64", "model.input_width=32",
-                     "dataset.pixel_mean=[0.1,0.1,0.1]", "dataset.val_batch_size=5", "dataset.num_workers=0",
-                     "inference.accelerator=cpu"])
+        code = main(
+            [
+                "inference",
+                f"results_dir={tmp_path}",
+                f"inference.checkpoint={model}",
+                f"inference.query_dataset={tiny_market / 'query'}",
+                f"inference.test_dataset={tiny_market / 'bounding_box_test'}",
+                f"inference.output_file={outputs[name]}",
+                "model.input_height=64",
+                "model.input_width=32",
+                "dataset.pixel_mean=[0.1,0.1,0.1]",
+                "dataset.val_batch_size=5",
+                "dataset.num_workers=0",
+                "inference.accelerator=cpu",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
     assert "CPUExecutionProvider" in capsys.readouterr().out
     pth, onnx = embeddings(outputs["pth"]), embeddings(outputs["onnx"])
@@ -69,14 +82,17 @@ def test_one_builder_extracts_with_the_tasks_settings_from_a_pth_or_an_onnx_mode
     from reid_tao.data.layouts import split_images
 
     settings = ["inference.accelerator=cpu", "inference.batch_size=3", "dataset.num_workers=0"]
-    configs = {".pth": load_experiment(None, settings),  # (num_gpus 2 would start two processes)
-               ".onnx": load_experiment(None, settings + ["inference.num_gpus=2"])}  # (said to be unused)
+    configs = {
+        ".pth": load_experiment(None, settings),  # (num_gpus 2 would start two processes)
+        ".onnx": load_experiment(None, settings + ["inference.num_gpus=2"]),
+    }  # (said to be unused)
     paths = split_images(str(tiny_market / "query"), "query")
     features, sizes, precisions = {}, {}, {}
     for model_file in exported:
         config = configs[model_file.suffix]
-        model, preprocessing, _ = load_embedding_model(str(model_file), "inference.checkpoint", config,
-                                                       config.inference)
+        model, preprocessing, _ = load_embedding_model(
+            str(model_file), "inference.checkpoint", config, config.inference
+        )
         dataset = ImageDataset(paths, [0] * len(paths), [0] * len(paths), preprocessing.eval_transform())
         with caplog.at_level(logging.INFO, logger="reid_tao"):
             batches = list(feature_batches(model, dataset, config, "inference"))
@@ -94,8 +110,14 @@ def test_onnx_inference_needs_the_sidecar(tiny_market, exported, tmp_path, capsy
     _, onnx_file = exported
     alone = tmp_path / "alone.onnx"
     alone.write_bytes(onnx_file.read_bytes())
-    code = main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={alone}",
-                 f"inference.query_dataset={tiny_market / 'query'}"])
+    code = main(
+        [
+            "inference",
+            f"results_dir={tmp_path}",
+            f"inference.checkpoint={alone}",
+            f"inference.query_dataset={tiny_market / 'query'}",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "alone.json" in err and "export again" in err
 
@@ -195,8 +217,11 @@ def test_readme_gallery_search_example_runs(tiny_market, exported, tmp_path, cap
     query = sorted(gallery.glob("0102_*.jpg"))[0]  # a gallery image: its own best match
     code = readme_api_example()
     assert len(code.strip().splitlines()) <= 6
-    for placeholder, real in (("model.onnx", str(onnx_file)), ("gallery/*.jpg", f"{gallery}/*.jpg"),
-                              ("query.jpg", str(query))):
+    for placeholder, real in (
+        ("model.onnx", str(onnx_file)),
+        ("gallery/*.jpg", f"{gallery}/*.jpg"),
+        ("query.jpg", str(query)),
+    ):
         assert f'"{placeholder}"' in code
         code = code.replace(f'"{placeholder}"', repr(real))
     exec(compile(code, "README.md", "exec"), {})
@@ -222,25 +247,50 @@ def test_onnx_inference_resizes_with_the_sidecars_interpolation(tmp_path, capsys
 
     market = make_market(tmp_path / "large", train_ids=range(1, 5), test_ids=range(101, 103), size=(96, 48))
     results = tmp_path / "run"
-    assert main(["train"] + tiny_overrides(market, results, **{
-        "train.num_epochs": 1, "dataset.interpolation": "bicubic", "dataset.query_dataset_dir": "null",
-        "dataset.test_dataset_dir": "null"})) == 0, capsys.readouterr().err
+    assert (
+        main(
+            ["train"]
+            + tiny_overrides(
+                market,
+                results,
+                **{
+                    "train.num_epochs": 1,
+                    "dataset.interpolation": "bicubic",
+                    "dataset.query_dataset_dir": "null",
+                    "dataset.test_dataset_dir": "null",
+                },
+            )
+        )
+        == 0
+    ), capsys.readouterr().err
     checkpoint, onnx_file = results / "train" / "reid_model_latest.pth", results / "export" / "model.onnx"
-    assert main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}",
-                 f"export.onnx_file={onnx_file}"]) == 0, capsys.readouterr().err
+    assert (
+        main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx_file}"])
+        == 0
+    ), capsys.readouterr().err
     sidecar = json.loads(onnx_file.with_suffix(".json").read_text())
     assert sidecar["interpolation"] == "bicubic" and sidecar["input_size"] == [32, 16]
     bilinear = tmp_path / "bilinear.onnx"
     bilinear.write_bytes(onnx_file.read_bytes())
-    bilinear.with_suffix(".json").write_text(json.dumps({**sidecar, "onnx_file": bilinear.name,
-                                                         "interpolation": "bilinear"}))
+    bilinear.with_suffix(".json").write_text(
+        json.dumps({**sidecar, "onnx_file": bilinear.name, "interpolation": "bilinear"})
+    )
     outputs = {}
     for name, model in (("pth", checkpoint), ("onnx", onnx_file), ("bilinear", bilinear)):
         outputs[name] = tmp_path / f"{name}.json"
         # the spec says bilinear (the default): inference must follow the model's own preprocessing
-        code = main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={model}",
-                     f"inference.query_dataset={market / 'query'}", f"inference.output_file={outputs[name]}",
-                     "dataset.interpolation=bilinear", "dataset.num_workers=0", "inference.accelerator=cpu"])
+        code = main(
+            [
+                "inference",
+                f"results_dir={tmp_path}",
+                f"inference.checkpoint={model}",
+                f"inference.query_dataset={market / 'query'}",
+                f"inference.output_file={outputs[name]}",
+                "dataset.interpolation=bilinear",
+                "dataset.num_workers=0",
+                "inference.accelerator=cpu",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
     pth, onnx, wrong = (embeddings(outputs[name]) for name in ("pth", "onnx", "bilinear"))
     assert list(pth) == list(onnx) and len(pth) == 2

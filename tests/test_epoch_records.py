@@ -1,4 +1,5 @@
 """What a run records per epoch: status.json's max_step and the logged base_lr (the lr the epoch trained with)."""
+
 import csv
 import json
 
@@ -29,10 +30,26 @@ def trained(tiny_market, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ReidModule, "training_step", recording_step)
-        assert main(["train"] + tiny_overrides(tiny_market, results, **{
-            "train.num_epochs": EPOCHS, "train.optim.base_lr": BASE_LR, "train.optim.warmup_factor": WARMUP_FACTOR,
-            "train.optim.warmup_iters": 2, "train.optim.lr_steps": "[2]", "train.optim.gamma": GAMMA,
-            "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"})) == 0
+        assert (
+            main(
+                ["train"]
+                + tiny_overrides(
+                    tiny_market,
+                    results,
+                    **{
+                        "train.num_epochs": EPOCHS,
+                        "train.optim.base_lr": BASE_LR,
+                        "train.optim.warmup_factor": WARMUP_FACTOR,
+                        "train.optim.warmup_iters": 2,
+                        "train.optim.lr_steps": "[2]",
+                        "train.optim.gamma": GAMMA,
+                        "dataset.query_dataset_dir": "null",
+                        "dataset.test_dataset_dir": "null",
+                    },
+                )
+            )
+            == 0
+        )
     return results / "train", used
 
 
@@ -43,8 +60,9 @@ def test_status_max_step_is_epochs_times_steps_per_epoch(trained):
     epochs = [line for line in epochs if "epoch" in line]
     assert [line["epoch"] for line in epochs] == list(range(EPOCHS))
     steps_per_epoch = epochs[0]["step"]
-    assert steps_per_epoch >= 2 and [line["step"] for line in epochs] == [steps_per_epoch * (e + 1)
-                                                                          for e in range(EPOCHS)]
+    assert steps_per_epoch >= 2 and [line["step"] for line in epochs] == [
+        steps_per_epoch * (e + 1) for e in range(EPOCHS)
+    ]
     assert all(line["max_step"] == EPOCHS * steps_per_epoch for line in epochs)
 
 

@@ -1,5 +1,6 @@
 """A failed write gives one line naming the file and the OS's reason, a non-zero exit, no
 temporary file, and leaves the previous file untouched; the next run resumes from it."""
+
 import os
 import resource
 import signal
@@ -82,8 +83,15 @@ def test_checkpoint_past_the_file_size_limit_keeps_the_previous_latest(tiny_mark
 
     more = tiny_overrides(tiny_market, tmp_path / "r", **{"train.num_epochs": 2})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([*REID, "train", *more], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=ROOT, preexec_fn=_limit_file_size)
+    done = subprocess.run(
+        [*REID, "train", *more],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=_limit_file_size,
+    )
     assert done.returncode == 1, done.stderr[-3000:]
     ours = [line for line in done.stderr.splitlines() if line.startswith("reid train:")]
     assert len(ours) == 1 and "File too large" in ours[0] and ".pth" in ours[0], done.stderr[-3000:]
@@ -107,9 +115,15 @@ def _in_the_way(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("task, output", [
-    ("evaluate", "metrics.json"), ("evaluate", "cmc_curve.png"), ("inference", "inference.json"),
-    pytest.param("export", "model.onnx", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "task, output",
+    [
+        ("evaluate", "metrics.json"),
+        ("evaluate", "cmc_curve.png"),
+        ("inference", "inference.json"),
+        pytest.param("export", "model.onnx", marks=pytest.mark.slow),
+    ],
+)
 def test_task_output_that_cannot_be_written_is_one_line(task, output, trained, tiny_market, tmp_path, capsys):
     results = tmp_path / "res"
     target = _in_the_way(results / task / output)
@@ -128,10 +142,17 @@ def test_task_output_that_cannot_be_written_is_one_line(task, output, trained, t
 
 
 # --------------------------------------------------------------------------- a device named as an output
-@pytest.mark.parametrize("task, output", [
-    ("evaluate", "metrics.json"), ("evaluate", "cmc_curve.png"), ("inference", "inference.json"),
-    ("inference", "status.json"), ("inference", "inference.log"),
-    pytest.param("export", "model.onnx", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "task, output",
+    [
+        ("evaluate", "metrics.json"),
+        ("evaluate", "cmc_curve.png"),
+        ("inference", "inference.json"),
+        ("inference", "status.json"),
+        ("inference", "inference.log"),
+        pytest.param("export", "model.onnx", marks=pytest.mark.slow),
+    ],
+)
 def test_a_task_output_that_is_a_fifo_is_refused_not_replaced(task, output, trained, tiny_market, tmp_path, capsys):
     """A FIFO stands for /dev/null, /dev/full or any device node (the tests never name a real one: as root, the
     rename would replace it). status.json and the log are appended to: a reader is kept open so that, without the

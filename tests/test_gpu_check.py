@@ -1,6 +1,7 @@
 """The device check (scripts/gpu_check.sh, docs/benchmarks.md "The device check"): its helpers, and its CI
 rehearsal on a tiny synthetic set (GPU_CHECK_DEVICE=cpu GPU_CHECK_DATA=synthetic), so the one GPU call cannot
 fail on a typo, a path or a missing helper. The rehearsal on the real archive is in docs/benchmarks.md."""
+
 import importlib.metadata
 import json
 import os
@@ -46,8 +47,11 @@ def test_data_step_extracts_the_archive_as_the_steps_read_it_and_trims_for_the_r
 
 def test_data_step_says_what_is_wrong_with_an_archive_laid_out_otherwise(tmp_path):
     archive = market_archive(tmp_path, top="Market-1501-v15.09.15")
-    with pytest.raises(SystemExit, match=r"no bounding_box_train, query, bounding_box_test at the top of the "
-                                         r"archive \(found \['Market-1501-v15.09.15'\]\)"):
+    with pytest.raises(
+        SystemExit,
+        match=r"no bounding_box_train, query, bounding_box_test at the top of the "
+        r"archive \(found \['Market-1501-v15.09.15'\]\)",
+    ):
         gpu_check.prepare_data(str(tmp_path / "dest"), str(archive), keep_ids=0, synthetic=False)
 
 
@@ -79,9 +83,16 @@ def test_failed_step_record_keeps_the_log_tail(tmp_path):
 @pytest.mark.slow  # a shell script starting several Python processes, training included
 def test_rehearsal_writes_one_json_line_per_step(tmp_path):
     steps = ["env", "data", "train", "evaluate", "gpu_tests", "metrics_market", "rerank_market"]
-    environment = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_DATA": "synthetic",
-                   "OUT": str(tmp_path / "out"), "GPU_CHECK_WORK": str(tmp_path / "work"),
-                   "GPU_CHECK_STEPS": " ".join(steps), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    environment = {
+        **os.environ,
+        "GPU_CHECK_DEVICE": "cpu",
+        "GPU_CHECK_DATA": "synthetic",
+        "OUT": str(tmp_path / "out"),
+        "GPU_CHECK_WORK": str(tmp_path / "work"),
+        "GPU_CHECK_STEPS": " ".join(steps),
+        "PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+    }
     # a warm rerun: an earlier call's lines and its finished training are there. The run must write this run's
     # lines only and train again from scratch (a checkpoint left in the step's output folder would be resumed
     # from, and this one is no checkpoint at all: resuming from it fails the step)
@@ -90,8 +101,14 @@ def test_rehearsal_writes_one_json_line_per_step(tmp_path):
     stale = tmp_path / "work" / "out" / "train" / "train"
     stale.mkdir(parents=True)
     (stale / "reid_model_latest.pth").write_bytes(b"an earlier call's finished training")
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                          env=environment, timeout=900, check=False)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = [json.loads(line) for line in (tmp_path / "out" / "gpu_check.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == steps  # this run's lines only

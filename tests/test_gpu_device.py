@@ -1,6 +1,7 @@
 """What only a CUDA GPU can check (marked ``gpu``: skipped without one, run by the device check's
 ``gpu_tests`` step): on-device augmentation equal to the CPU path, the pinned-host cache fallback, short
 CUDA fits in bf16 with channels_last and in fp16 with the manual center-loss step."""
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +31,8 @@ CUDA = torch.device("cuda", 0)
 def random_params(batch: int, height: int, width: int, padding: int, seed: int) -> AugmentParams:
     """Draws on the CPU (the same for both devices), every case present: flips, crops at all offsets, boxes."""
     return DeviceAugment(MEAN, STD, padding=padding, erase_prob=0.7).sample_params(
-        batch, height, width, torch.device("cpu"), torch.Generator().manual_seed(seed))
+        batch, height, width, torch.device("cpu"), torch.Generator().manual_seed(seed)
+    )
 
 
 def on(device: torch.device, params: AugmentParams) -> AugmentParams:
@@ -44,8 +46,9 @@ def test_device_augmentation_on_cuda_equals_the_cpu_path(channels_last):
     as a multiplication by 1/255: one ulp, ~2e-7 here; a wrong pixel would differ by > 0.01), in the asked
     memory format."""
     batch, height, width, padding = 64, 256, 128, 10
-    images = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     params = random_params(batch, height, width, padding, seed=1)
     assert params.flip.any() and params.erase.any() and not params.erase.all()
     augment = DeviceAugment(MEAN, STD, padding=padding, channels_last=channels_last)
@@ -98,8 +101,9 @@ def index_batch(indices):
 
 
 @pytest.mark.parametrize("max_device_fraction, placement", [(0.25, "device"), (0.0, "pinned")])
-def test_cache_on_the_gpu_or_pinned_on_the_host_gives_the_cpu_batch(jpeg_files, monkeypatch, max_device_fraction,
-                                                                     placement):
+def test_cache_on_the_gpu_or_pinned_on_the_host_gives_the_cpu_batch(
+    jpeg_files, monkeypatch, max_device_fraction, placement
+):
     """A cache that fits goes to the GPU; one that does not (here: a 0% share of the free memory) stays in
     pinned host memory and gathers with the host copy of the indices (no device-to-host copy), and both give
     the CPU path's augmented batch."""
@@ -146,14 +150,19 @@ class Recorder:
             def on_train_start(self, trainer, module):
                 conv = next(m for m in module.model.modules() if isinstance(m, nn.Conv2d))
                 scaler = getattr(trainer.precision_plugin, "scaler", None)
-                recorder.start = {"precision": trainer.precision, "scale": scaler.get_scale() if scaler else None,
-                                  "conv_channels_last": conv.weight.is_contiguous(memory_format=torch.channels_last),
-                                  "centers": [c.detach().clone() for c in module.loss.center_parameters()],
-                                  "weights": {n: p.detach().clone() for n, p in module.model.named_parameters()}}
+                recorder.start = {
+                    "precision": trainer.precision,
+                    "scale": scaler.get_scale() if scaler else None,
+                    "conv_channels_last": conv.weight.is_contiguous(memory_format=torch.channels_last),
+                    "centers": [c.detach().clone() for c in module.loss.center_parameters()],
+                    "weights": {n: p.detach().clone() for n, p in module.model.named_parameters()},
+                }
 
             def on_train_end(self, trainer, module):
-                recorder.end = {"centers": [c.detach().clone() for c in module.loss.center_parameters()],
-                                "weights": {n: p.detach().clone() for n, p in module.model.named_parameters()}}
+                recorder.end = {
+                    "centers": [c.detach().clone() for c in module.loss.center_parameters()],
+                    "weights": {n: p.detach().clone() for n, p in module.model.named_parameters()},
+                }
 
         real_step = ReidModule.training_step
 
@@ -161,16 +170,26 @@ class Recorder:
             images = batch.images
             kind = images.device.type
             loss = real_step(module, batch, batch_idx)
-            recorder.steps.append({"device": kind, "dtype": images.dtype,
-                                   "channels_last": images.is_contiguous(memory_format=torch.channels_last),
-                                   "autocast": torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind)
-                                   else None, "loss": loss.detach().float().cpu()})
+            recorder.steps.append(
+                {
+                    "device": kind,
+                    "dtype": images.dtype,
+                    "channels_last": images.is_contiguous(memory_format=torch.channels_last),
+                    "autocast": torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None,
+                    "loss": loss.detach().float().cpu(),
+                }
+            )
             return loss
 
         build_trainer = train_task.build_trainer
         monkeypatch.setattr(ReidModule, "training_step", recording_step)
-        monkeypatch.setattr(train_task, "build_trainer", lambda *args, extra_callbacks=(), **kwargs: build_trainer(
-            *args, extra_callbacks=[*extra_callbacks, Probe()], **kwargs))
+        monkeypatch.setattr(
+            train_task,
+            "build_trainer",
+            lambda *args, extra_callbacks=(), **kwargs: build_trainer(
+                *args, extra_callbacks=[*extra_callbacks, Probe()], **kwargs
+            ),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +200,17 @@ def five_step_market(tmp_path_factory):
 
 def cuda_fit(market, results, monkeypatch, **overrides) -> Recorder:
     recorder = Recorder(monkeypatch)
-    settings = {"train.accelerator": "gpu", "evaluate.accelerator": "gpu", "dataset.pipeline": "cached",
-                "train.num_epochs": 1, "train.seed": 7, "model.input_height": 64, "model.input_width": 32,
-                "model.metric_loss_type": "triplet_center", **overrides}
+    settings = {
+        "train.accelerator": "gpu",
+        "evaluate.accelerator": "gpu",
+        "dataset.pipeline": "cached",
+        "train.num_epochs": 1,
+        "train.seed": 7,
+        "model.input_height": 64,
+        "model.input_width": 32,
+        "model.metric_loss_type": "triplet_center",
+        **overrides,
+    }
     assert main(["train", *tiny_overrides(market, results, **settings)]) == 0
     return recorder
 
@@ -193,8 +220,9 @@ def changed_names(before: dict, after: dict) -> list:
 
 
 def test_five_step_cuda_fit_in_bf16_with_channels_last(five_step_market, tmp_path, monkeypatch):
-    run = cuda_fit(five_step_market, tmp_path, monkeypatch, **{"train.precision": "bf16-mixed",
-                                                               "train.channels_last": True})
+    run = cuda_fit(
+        five_step_market, tmp_path, monkeypatch, **{"train.precision": "bf16-mixed", "train.channels_last": True}
+    )
     assert run.start["precision"] == "bf16-mixed" and run.start["scale"] is None  # bf16: no loss scaling
     assert run.start["conv_channels_last"]
     assert len(run.steps) == 5
@@ -214,16 +242,19 @@ def center_shift(run: Recorder) -> float:
 def test_fp16_cuda_fit_steps_the_centers_with_the_loss_scale_undone(five_step_market, tmp_path, monkeypatch):
     """The centers step outside the GradScaler (manual optimisation): their gradient must be unscaled by
     hand. Scaled (x 65536 at the start) the centers would move thousands of times as far as in fp32."""
-    fp16 = cuda_fit(five_step_market, tmp_path / "fp16", monkeypatch, **{"train.precision": "16-mixed",
-                                                                         "train.num_epochs": 2})
+    fp16 = cuda_fit(
+        five_step_market, tmp_path / "fp16", monkeypatch, **{"train.precision": "16-mixed", "train.num_epochs": 2}
+    )
     assert fp16.start["precision"] == "16-mixed" and fp16.start["scale"] > 1
     assert all(step["autocast"] == torch.float16 for step in fp16.steps) and len(fp16.steps) == 10
     assert all(torch.isfinite(c).all() for c in fp16.end["centers"])
     monkeypatch.undo()
-    fp32 = cuda_fit(five_step_market, tmp_path / "fp32", monkeypatch, **{"train.precision": "32",
-                                                                         "train.num_epochs": 2})
+    fp32 = cuda_fit(
+        five_step_market, tmp_path / "fp32", monkeypatch, **{"train.precision": "32", "train.num_epochs": 2}
+    )
     assert all(step["autocast"] is None for step in fp32.steps)
-    assert fp32.start["centers"] and all(torch.equal(a, b) for a, b in zip(fp16.start["centers"],
-                                                                           fp32.start["centers"]))  # same seed
+    assert fp32.start["centers"] and all(
+        torch.equal(a, b) for a, b in zip(fp16.start["centers"], fp32.start["centers"])
+    )  # same seed
     ratio = center_shift(fp16) / center_shift(fp32)
     assert center_shift(fp32) > 0 and 0.25 < ratio < 4, ratio

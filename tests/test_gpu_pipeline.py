@@ -1,5 +1,6 @@
 """The "cached" training data path on CPU: cache == CPU resize, augmentation == torchvision in values and
 distributions, determinism, data-module integration and an end-to-end `reid train`."""
+
 import os
 from types import SimpleNamespace
 
@@ -46,8 +47,9 @@ def write_images(folder, sizes, seed=0):
     return paths + [str(gray)]
 
 
-def torchvision_reference(image: torch.Tensor, flip: bool, top: int, left: int, padding: int,
-                          erase_box=None) -> torch.Tensor:
+def torchvision_reference(
+    image: torch.Tensor, flip: bool, top: int, left: int, padding: int, erase_box=None
+) -> torch.Tensor:
     """The CPU path's steps with given random draws, on a PIL image (as the CPU loader runs them)."""
     pil = TF.to_pil_image(image)
     if flip:
@@ -105,8 +107,19 @@ def test_apply_equals_torchvision_steps_for_the_same_draws(channels_last):
         flip=torch.tensor([0, 1, 0, 1, 1, 0, 1, 0], dtype=torch.bool),
         offsets=torch.tensor([[0, 0], [6, 6], [3, 3], [0, 6], [6, 0], [1, 5], [2, 4], [5, 2]]),
         erase=torch.tensor([1, 1, 0, 0, 1, 1, 0, 1], dtype=torch.bool),
-        boxes=torch.tensor([[0, 0, 5, 3], [15, 9, 5, 3], [2, 2, 4, 4], [0, 0, 1, 1], [3, 1, 12, 10],
-                            [19, 11, 1, 1], [0, 0, 3, 3], [7, 4, 2, 6]]))
+        boxes=torch.tensor(
+            [
+                [0, 0, 5, 3],
+                [15, 9, 5, 3],
+                [2, 2, 4, 4],
+                [0, 0, 1, 1],
+                [3, 1, 12, 10],
+                [19, 11, 1, 1],
+                [0, 0, 3, 3],
+                [7, 4, 2, 6],
+            ]
+        ),
+    )
     out = augment.apply(images, params)
     assert out.dtype == torch.float32 and out.shape == images.shape
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -237,24 +250,33 @@ def test_the_old_pipeline_names_are_read_as_the_new_ones(old, new, tmp_path):
     assert load_config(str(spec)).dataset.pipeline == new
     assert load_config(None, [f"dataset.pipeline={old}"]).dataset.pipeline == new
     assert load_config(None, [f"dataset.pipeline={new}"]).dataset.pipeline == new
-    assert "(old names: 'gpu' = 'cached', 'cpu' = 'workers')" in allowed_text(find_field("dataset.pipeline").meta,
-                                                                               resolve_choices)
+    assert "(old names: 'gpu' = 'cached', 'cpu' = 'workers')" in allowed_text(
+        find_field("dataset.pipeline").meta, resolve_choices
+    )
 
 
 # -- data-module integration ------------------------------------------------------------------------------------
 def fake_trainer(training=True, rank=0, epoch=0, device="cpu", num_devices=1):
     # world_size stays 1 (the tiny set has too few identities for several PK plans); num_devices is per node
-    return SimpleNamespace(training=training, global_rank=rank, world_size=1, current_epoch=epoch,
-                           num_devices=num_devices, fit_loop=SimpleNamespace(epoch_progress=SimpleNamespace(
-                               current=SimpleNamespace(processed=epoch))),
-                           strategy=SimpleNamespace(root_device=torch.device(device)))
+    return SimpleNamespace(
+        training=training,
+        global_rank=rank,
+        world_size=1,
+        current_epoch=epoch,
+        num_devices=num_devices,
+        fit_loop=SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=epoch))),
+        strategy=SimpleNamespace(root_device=torch.device(device)),
+    )
 
 
 def make_module(market, pipeline, trainer=None, **augment):
-    module = ReidDataModule(str(market / "bounding_box_train"), pipeline=pipeline,
-                            preprocessing=Preprocessing((32, 16), MEAN, STD),
-                            augment=AugmentSettings(**{"padding": 2, **augment}),
-                            loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0, seed=3))
+    module = ReidDataModule(
+        str(market / "bounding_box_train"),
+        pipeline=pipeline,
+        preprocessing=Preprocessing((32, 16), MEAN, STD),
+        augment=AugmentSettings(**{"padding": 2, **augment}),
+        loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0, seed=3),
+    )
     module.trainer = trainer or fake_trainer()
     module.setup("fit")
     return module
@@ -302,9 +324,12 @@ def test_datamodule_augmentation_replays_per_epoch(tiny_market):
 @pytest.mark.slow
 def test_reid_train_with_cached_pipeline_on_cpu_and_resume(tiny_market, tmp_path, capsys):
     """End to end with validation each epoch; interrupted + resumed equals uninterrupted."""
+
     def train(results, epochs):
-        code = main(["train"] + tiny_overrides(tiny_market, results, **{"dataset.pipeline": "cached",
-                                                                        "train.num_epochs": epochs}))
+        code = main(
+            ["train"]
+            + tiny_overrides(tiny_market, results, **{"dataset.pipeline": "cached", "train.num_epochs": epochs})
+        )
         captured = capsys.readouterr()
         assert code == 0, captured.err
         return captured.out
@@ -366,9 +391,11 @@ def test_cache_decode_threads_share_the_affinity_set_between_local_processes(tin
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)))
     assert decode_threads() == 32 and decode_threads(8) == 12
     built, real_build = [], DecodedImageCache.build
-    monkeypatch.setattr(DecodedImageCache, "build",
-                        classmethod(lambda cls, *args, **kwargs: built.append(kwargs["num_threads"])
-                                    or real_build(*args, **kwargs)))
+    monkeypatch.setattr(
+        DecodedImageCache,
+        "build",
+        classmethod(lambda cls, *args, **kwargs: built.append(kwargs["num_threads"]) or real_build(*args, **kwargs)),
+    )
     make_module(tiny_market, "cached", trainer=fake_trainer(num_devices=4)).train_dataloader()
     assert built == [24]  # 96 CPUs shared by the 4 processes of this node
 
@@ -379,12 +406,16 @@ def test_auto_pipeline_on_cpu_takes_the_cache_when_it_fits_and_says_so(tiny_mark
 
     def chosen(available, processes=1):
         monkeypatch.setattr(cached_pipeline, "available_memory_bytes", lambda: available)
-        module = ReidDataModule(str(tiny_market / "bounding_box_train"), pipeline="auto",
-                                loader=LoaderSettings(batch_size=4, num_instances=2),
-                                preprocessing=Preprocessing((32, 16), (0.5,) * 3, (0.5,) * 3))
+        module = ReidDataModule(
+            str(tiny_market / "bounding_box_train"),
+            pipeline="auto",
+            loader=LoaderSettings(batch_size=4, num_instances=2),
+            preprocessing=Preprocessing((32, 16), (0.5,) * 3, (0.5,) * 3),
+        )
         module.setup("fit")
-        module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")),
-                                         num_devices=processes)
+        module.trainer = SimpleNamespace(
+            strategy=SimpleNamespace(root_device=torch.device("cpu")), num_devices=processes
+        )
         caplog.clear()
         with caplog.at_level("INFO"):
             pipeline = module._make_train_pipeline()

@@ -1,5 +1,6 @@
 """A crafted checkpoint or spec cannot leak or exhaust, and every bad input is one line.
 (Stop signals during training, a second signal included, are in test_signals.py.)"""
+
 import errno
 import json
 import os
@@ -53,8 +54,10 @@ CRAFTED = {
     "backbone": (set_backbone("resnet_9000"), "model.backbone='resnet_9000' is not supported"),
     "num_classes": (lambda c: c["reid_tao"].update(num_classes="6"), "num_classes '6' is not a positive whole"),
     "classes_vs_rows": (lambda c: c["reid_tao"].update(num_classes=7), "disagrees with its classifier"),
-    "classes_bound": (lambda c: (c["reid_tao"].update(num_classes=10 ** 9),
-                                 c["state_dict"].pop("model.classifier.weight")), "over 1000000"),
+    "classes_bound": (
+        lambda c: (c["reid_tao"].update(num_classes=10**9), c["state_dict"].pop("model.classifier.weight")),
+        "over 1000000",
+    ),
     "tensor": (lambda c: c["state_dict"].pop("model.bottleneck.weight"), "missing bottleneck.weight"),
     "input_size": (lambda c: c["reid_tao"]["config"]["model"].update(input_height=20000), "between 1 and 4096"),
     "stored_size": (lambda c: c["reid_tao"]["preprocessing"].update(input_size=[20000, 20000]), "over 4096"),
@@ -87,16 +90,24 @@ def exported(tiny_market, tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     checkpoint = write_untrained_checkpoint(tiny_market, folder / "model.pth")
     onnx_file = folder / "model.onnx"
-    assert main(["export", f"results_dir={folder}", f"export.checkpoint={checkpoint}",
-                 f"export.onnx_file={onnx_file}"]) == 0
+    assert (
+        main(["export", f"results_dir={folder}", f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx_file}"])
+        == 0
+    )
     return checkpoint, onnx_file
 
 
 def test_export_refuses_a_model_file_that_its_sidecar_would_overwrite(exported, tmp_path, capsys):
     checkpoint, _ = exported
     capsys.readouterr()
-    code = main(["export", f"results_dir={tmp_path}", f"export.checkpoint={checkpoint}",
-                 f"export.onnx_file={tmp_path / 'model.json'}"])
+    code = main(
+        [
+            "export",
+            f"results_dir={tmp_path}",
+            f"export.checkpoint={checkpoint}",
+            f"export.onnx_file={tmp_path / 'model.json'}",
+        ]
+    )
     assert code == 2 and "name the model file *.onnx" in one_line(capsys)
     assert not (tmp_path / "model.json").exists()
 
@@ -105,15 +116,26 @@ def test_export_checks_all_its_targets_before_writing_any(exported, tmp_path, ca
     checkpoint, _ = exported
     os.mkfifo(tmp_path / "model.json")  # stands for a device at the sidecar's path
     capsys.readouterr()
-    code = main(["export", f"results_dir={tmp_path}", f"export.checkpoint={checkpoint}",
-                 f"export.onnx_file={tmp_path / 'model.onnx'}"])
+    code = main(
+        [
+            "export",
+            f"results_dir={tmp_path}",
+            f"export.checkpoint={checkpoint}",
+            f"export.onnx_file={tmp_path / 'model.onnx'}",
+        ]
+    )
     assert code == 1 and "model.json: it is a FIFO (named pipe)" in one_line(capsys)
     assert not (tmp_path / "model.onnx").exists()  # not a model without its sidecar
 
 
-@pytest.mark.parametrize("lie, says", [({"input_size": [64, 32]}, "input size [3, 64, 32]"),
-                                       ({"input_name": "images"}, "input 'images'"),
-                                       ({"output_name": "logits"}, "output 'logits'")])
+@pytest.mark.parametrize(
+    "lie, says",
+    [
+        ({"input_size": [64, 32]}, "input size [3, 64, 32]"),
+        ({"input_name": "images"}, "input 'images'"),
+        ({"output_name": "logits"}, "output 'logits'"),
+    ],
+)
 def test_an_onnx_sidecar_that_lies_about_the_graph_is_one_line(exported, tmp_path, lie, says):
     _, onnx_file = exported
     copy = tmp_path / "model.onnx"
@@ -144,10 +166,24 @@ sys.exit(main(sys.argv[1:]))
 def test_sigterm_during_onnx_inference_leaves_no_temporary_file(exported, tiny_market, tmp_path):
     _, onnx_file = exported
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", KILLED_INFERENCE, "inference", f"results_dir={tmp_path}",
-                           f"inference.checkpoint={onnx_file}", f"inference.query_dataset={tiny_market / 'query'}",
-                           "inference.accelerator=cpu", "dataset.num_workers=0"],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED_INFERENCE,
+            "inference",
+            f"results_dir={tmp_path}",
+            f"inference.checkpoint={onnx_file}",
+            f"inference.query_dataset={tiny_market / 'query'}",
+            "inference.accelerator=cpu",
+            "dataset.num_workers=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
     ours = [line for line in done.stderr.splitlines() if line.startswith("reid inference:")]
     assert len(ours) == 1 and "stopped by SIGTERM" in ours[0] and "Traceback" not in done.stderr
@@ -269,14 +305,28 @@ def tiny_graph(path: Path, extra_nodes=(), extra_inits=(), output="m", dims=("ba
     import onnx
     from onnx import TensorProto, helper
 
-    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0), *extra_nodes,
-             helper.make_node("Identity", [output], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None])],
-                              list(extra_inits))
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
+        *extra_nodes,
+        helper.make_node("Identity", [output], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None])],
+        list(extra_inits),
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    meta = {"input_name": "x", "output_name": "y", "feature_dim": 3, "input_size": [8, 4],
-            "pixel_mean": [0.5, 0.5, 0.5], "pixel_std": [0.25, 0.25, 0.25], **sidecar}
+    meta = {
+        "input_name": "x",
+        "output_name": "y",
+        "feature_dim": 3,
+        "input_size": [8, 4],
+        "pixel_mean": [0.5, 0.5, 0.5],
+        "pixel_std": [0.25, 0.25, 0.25],
+        **sidecar,
+    }
     path.with_suffix(".json").write_text(json.dumps(meta))
     return path
 
@@ -299,12 +349,16 @@ def test_an_onnx_sidecar_that_is_a_fifo_is_one_line_not_a_hang(tmp_path):
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.mark.parametrize("change, says", [
-    ({"input_size": [60000, 60000]}, "input size [60000, 60000] or feature_dim 3 out of bounds"),
-    ({"feature_dim": 10 ** 12}, "feature_dim 1000000000000 out of bounds"),
-    ({"pixel_std": [1e-320, 1e-320, 1e-320]}, "std >= 1e-06"),  # > 0, but 0 in float32
-    ({"pixel_mean": [float("nan"), 0.5, 0.5]}, "3 finite values"),
-    ({"padding": "x" * 2 ** 20}, "over 1048576 bytes")])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"input_size": [60000, 60000]}, "input size [60000, 60000] or feature_dim 3 out of bounds"),
+        ({"feature_dim": 10**12}, "feature_dim 1000000000000 out of bounds"),
+        ({"pixel_std": [1e-320, 1e-320, 1e-320]}, "std >= 1e-06"),  # > 0, but 0 in float32
+        ({"pixel_mean": [float("nan"), 0.5, 0.5]}, "3 finite values"),
+        ({"padding": "x" * 2**20}, "over 1048576 bytes"),
+    ],
+)
 def test_an_onnx_sidecar_out_of_bounds_is_one_line(tmp_path, change, says):
     # the graph's height and width are free, so only the sidecar's bound stops a 60000 x 60000 resize
     model = tiny_graph(tmp_path / "model.onnx", dims=("batch", 3, "height", "width"), **change)
@@ -316,11 +370,14 @@ def test_an_onnx_sidecar_out_of_bounds_is_one_line(tmp_path, change, says):
 def test_an_onnx_graph_that_needs_a_huge_tensor_is_refused_before_it_runs(tmp_path):
     from onnx import helper, numpy_helper
 
-    shape = numpy_helper.from_array(np.array([2 ** 21, 2 ** 20], np.int64), "shape")  # 8 TiB of float32
-    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"],
-                              value=numpy_helper.from_array(np.array([1.0], np.float32))),
-             helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
-             helper.make_node("Add", ["m", "total"], ["sum"])]
+    shape = numpy_helper.from_array(np.array([2**21, 2**20], np.int64), "shape")  # 8 TiB of float32
+    nodes = [
+        helper.make_node(
+            "ConstantOfShape", ["shape"], ["big"], value=numpy_helper.from_array(np.array([1.0], np.float32))
+        ),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+        helper.make_node("Add", ["m", "total"], ["sum"]),
+    ]
     model = tiny_graph(tmp_path / "model.onnx", nodes, [shape], output="sum")
     with pytest.raises(DataError, match=r"its tensor 'big' needs 8192.0 GiB for one image \(at most 4 GiB\)"):
         OnnxModel(model, "inference.checkpoint", "cpu")
@@ -335,9 +392,16 @@ def test_an_onnx_graph_that_fails_while_running_is_one_line(tiny_market, tmp_pat
     nodes = [helper.make_node("Reshape", ["m", "shape"], ["odd"])]
     model = tiny_graph(tmp_path / "model.onnx", nodes, [shape], output="odd")
     capfd.readouterr()
-    code = main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={model}",
-                 f"inference.query_dataset={tiny_market / 'query'}", "inference.accelerator=cpu",
-                 "dataset.num_workers=0"])
+    code = main(
+        [
+            "inference",
+            f"results_dir={tmp_path}",
+            f"inference.checkpoint={model}",
+            f"inference.query_dataset={tiny_market / 'query'}",
+            "inference.accelerator=cpu",
+            "dataset.num_workers=0",
+        ]
+    )
     err = capfd.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert f"inference.checkpoint: onnxruntime failed running {model} on a batch of" in err

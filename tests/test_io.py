@@ -1,4 +1,5 @@
 """reid_tao.io: atomic writes (file modes follow the umask, failures leave the old file) and first_line."""
+
 import json
 import os
 import stat
@@ -103,8 +104,9 @@ def test_json_and_text_content(tmp_path):
     assert (tmp_path / "a.json").read_text() == json.dumps({"b": 1, "c": [1, 2]}, indent=2) + "\n"
     assert io.atomic_write_text(tmp_path / "t.txt", "é\n") == tmp_path / "t.txt"
     assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "é\n"
-    assert torch.equal(torch.load(io.atomic_torch_save({"x": torch.arange(3)}, tmp_path / "m.pth"))["x"],
-                       torch.arange(3))
+    assert torch.equal(
+        torch.load(io.atomic_torch_save({"x": torch.arange(3)}, tmp_path / "m.pth"))["x"], torch.arange(3)
+    )
 
 
 class Unpicklable:
@@ -269,15 +271,18 @@ def test_staging_dir_mode_and_cleanup(tmp_path, mask, expected):
     assert leftovers(tmp_path) == ["dataset"]
 
 
-@pytest.mark.parametrize("value, expected", [
-    (ValueError("first\nsecond"), "first"),
-    (ValueError("\n\n   indented first  \nsecond"), "indented first"),
-    (ValueError(""), "ValueError"),
-    (KeyError(), "KeyError"),
-    (RuntimeError("   \n  "), "RuntimeError"),
-    ("text\nmore", "text"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (ValueError("first\nsecond"), "first"),
+        (ValueError("\n\n   indented first  \nsecond"), "indented first"),
+        (ValueError(""), "ValueError"),
+        (KeyError(), "KeyError"),
+        (RuntimeError("   \n  "), "RuntimeError"),
+        ("text\nmore", "text"),
+        ("", ""),
+    ],
+)
 def test_first_line(value, expected):
     assert io.first_line(value) == expected
 
@@ -293,8 +298,13 @@ def test_first_line_limit_and_last_line():
 
 def test_importing_io_stays_cheap():
     code = "import sys, reid_tao.io; print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -308,19 +318,44 @@ def test_every_task_output_has_normal_file_modes(tiny_market, tmp_path, capsys):
         assert main(["train"] + tiny_overrides(tiny_market, results)) == 0, capsys.readouterr().err
         checkpoint = results / "train" / "reid_model_latest.pth"
         common = [f"results_dir={results}", "dataset.num_workers=0"]
-        assert main(["evaluate", *common, f"evaluate.checkpoint={checkpoint}",
-                     f"dataset.query_dataset_dir={tiny_market / 'query'}",
-                     f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}"]) == 0, capsys.readouterr().err
-        assert main(["inference", *common, f"inference.checkpoint={checkpoint}",
-                     f"inference.query_dataset={tiny_market / 'query'}",
-                     f"inference.test_dataset={tiny_market / 'bounding_box_test'}"]) == 0, capsys.readouterr().err
-        assert main(["export", *common, f"export.checkpoint={checkpoint}",
-                     f"export.onnx_file={onnx_file}"]) == 0, capsys.readouterr().err
+        assert (
+            main(
+                [
+                    "evaluate",
+                    *common,
+                    f"evaluate.checkpoint={checkpoint}",
+                    f"dataset.query_dataset_dir={tiny_market / 'query'}",
+                    f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}",
+                ]
+            )
+            == 0
+        ), capsys.readouterr().err
+        assert (
+            main(
+                [
+                    "inference",
+                    *common,
+                    f"inference.checkpoint={checkpoint}",
+                    f"inference.query_dataset={tiny_market / 'query'}",
+                    f"inference.test_dataset={tiny_market / 'bounding_box_test'}",
+                ]
+            )
+            == 0
+        ), capsys.readouterr().err
+        assert main(["export", *common, f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx_file}"]) == 0, (
+            capsys.readouterr().err
+        )
     files = [path for path in results.rglob("*") if path.is_file() and not path.is_symlink()]
     files += [onnx_file, onnx_file.with_suffix(".json")]
     names = {path.name for path in files}
-    assert {"reid_model_latest.pth", "experiment.yaml", "metrics.json", "cmc_curve.png", "model.onnx",
-            "model.json"} <= names, sorted(names)
+    assert {
+        "reid_model_latest.pth",
+        "experiment.yaml",
+        "metrics.json",
+        "cmc_curve.png",
+        "model.onnx",
+        "model.json",
+    } <= names, sorted(names)
     assert any(path.suffix == ".json" and "inference" in path.parts for path in files), sorted(names)
     wrong = {str(path.relative_to(tmp_path)): oct(mode_of(path)) for path in files if mode_of(path) != 0o644}
     assert wrong == {}

@@ -5,14 +5,23 @@ Every import (module level or inside a function) must go down a layer, or stay i
 packages of the same layer do not import each other, and no set of modules imports itself in a circle.
 Only deploy/ imports the ONNX libraries, and tasks/ holds the commands (see the last two tests).
 """
+
 import ast
 from pathlib import Path
 
 import reid_tao
 
 PACKAGE = Path(reid_tao.__file__).parent
-LAYERS = [("errors",), ("io",), ("config",), ("model", "data", "evaluation"), ("engine", "deploy"), ("builders",),
-          ("tasks", "cli", "api"), ("__main__",)]
+LAYERS = [
+    ("errors",),
+    ("io",),
+    ("config",),
+    ("model", "data", "evaluation"),
+    ("engine", "deploy"),
+    ("builders",),
+    ("tasks", "cli", "api"),
+    ("__main__",),
+]
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}
 
 
@@ -48,8 +57,10 @@ def imported_modules(source: str, name: str, is_package: bool, known: set) -> se
 def import_graph() -> dict:
     files = {module_name(path): path for path in PACKAGE.rglob("*.py")}
     known = set(files) | {"reid_tao"}
-    return {name: imported_modules(path.read_text(), name, path.name == "__init__.py", known)
-            for name, path in files.items()}
+    return {
+        name: imported_modules(path.read_text(), name, path.name == "__init__.py", known)
+        for name, path in files.items()
+    }
 
 
 def top_package(module: str) -> str:
@@ -82,7 +93,7 @@ def test_no_import_cycles():
             if target.startswith(node + "."):
                 continue  # a package's __init__ re-exporting its own modules is not a cycle
             if state.get(target) == "open":
-                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+                cycles.append(" -> ".join(stack[stack.index(target) :] + [target]))
             elif target not in state:
                 visit(target, stack)
         stack.pop()
@@ -120,11 +131,16 @@ def onnx_imports(source: str) -> list:
 
 
 def test_only_deploy_imports_the_onnx_libraries():
-    problems = [f"{module_name(path)} imports {', '.join(found)}" for path in PACKAGE.rglob("*.py")
-                if top_package(module_name(path)) != "deploy" and (found := onnx_imports(path.read_text()))]
+    problems = [
+        f"{module_name(path)} imports {', '.join(found)}"
+        for path in PACKAGE.rglob("*.py")
+        if top_package(module_name(path)) != "deploy" and (found := onnx_imports(path.read_text()))
+    ]
     assert not problems, "ONNX code outside reid_tao/deploy:\n" + "\n".join(sorted(problems))
-    assert onnx_imports("from torch import onnx\nimport onnxruntime.quantization as q\nimport onnxscript\n") == \
-        ["torch.onnx", "onnxruntime.quantization"]
+    assert onnx_imports("from torch import onnx\nimport onnxruntime.quantization as q\nimport onnxscript\n") == [
+        "torch.onnx",
+        "onnxruntime.quantization",
+    ]
 
 
 # tasks/ modules that are not a command: what several commands share, evaluate's writers, tune's report
@@ -138,8 +154,11 @@ def command_problems(name: str, source: str) -> list:
     defined = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
     problems = [f"defines {node.name}" for node in defined if not node.name.startswith("_") and node.name != "run"]
     run = next((node for node in defined if node.name == "run"), None)
-    reported = [decorator for decorator in (run.decorator_list if run else [])
-                if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "reported"]
+    reported = [
+        decorator
+        for decorator in (run.decorator_list if run else [])
+        if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "reported"
+    ]
     if not reported or [getattr(arg, "value", None) for arg in reported[0].args] != [name]:
         problems.append(f"has no run decorated @reported({name!r})")
     return problems
@@ -155,9 +174,9 @@ def test_tasks_hold_only_commands():
 
 
 def test_the_command_rule_sees_public_helpers_and_a_missing_run():
-    source = ('@reported("probe")\ndef run(config, status):\n    pass\n\n\ndef _helper():\n    pass\n\n\n'
-              'LIMIT = 3\n')
+    source = '@reported("probe")\ndef run(config, status):\n    pass\n\n\ndef _helper():\n    pass\n\n\nLIMIT = 3\n'
     assert command_problems("probe", source) == []
     assert command_problems("other", source) == ["has no run decorated @reported('other')"]
-    assert command_problems("probe", source + "\n\ndef build_trainer(config):\n    pass\n\n\nclass Counter:\n"
-                            "    pass\n") == ["defines build_trainer", "defines Counter"]
+    assert command_problems(
+        "probe", source + "\n\ndef build_trainer(config):\n    pass\n\n\nclass Counter:\n    pass\n"
+    ) == ["defines build_trainer", "defines Counter"]

@@ -1,4 +1,5 @@
 """List-file datasets (MSMT17 layout): parsing, image roots, cameras from names, id 0 as a real identity."""
+
 import json
 import re
 from pathlib import Path
@@ -49,12 +50,15 @@ def msmt17(tmp_path_factory) -> Path:
     return make_msmt17(tmp_path_factory.mktemp("msmt17_v1"))
 
 
-@pytest.mark.parametrize("name, camera", [
-    ("0000_000_01_0303morning_0015_0.jpg", 1),  # MSMT17: pid_index_camera_date+time_frame_box
-    ("3059_010_15_0113noon_0906_1.jpg", 15),
-    ("0002_c3s1_000451_03.jpg", 3),  # Market
-    ("person.jpg", None),
-])
+@pytest.mark.parametrize(
+    "name, camera",
+    [
+        ("0000_000_01_0303morning_0015_0.jpg", 1),  # MSMT17: pid_index_camera_date+time_frame_box
+        ("3059_010_15_0113noon_0906_1.jpg", 15),
+        ("0002_c3s1_000451_03.jpg", 3),  # Market
+        ("person.jpg", None),
+    ],
+)
 def test_camera_from_name(name, camera):
     assert camera_from_name(name) == camera
 
@@ -84,17 +88,21 @@ def test_msmt17_v2_folders_and_paths_beside_the_list(tmp_path):
     assert [(r.shown_pid, r.camid) for r in records] == [(0, 4), (7, 2)]
     # Inference takes every listed image, junk too, ids optional.
     (tmp_path / "mine" / "plain.txt").write_text("a/p3.jpg\na/p1.jpg\n")
-    assert split_images(str(tmp_path / "mine" / "plain.txt"), "x") == [str(tmp_path / "mine" / "a" / n)
-                                                                       for n in ("p3.jpg", "p1.jpg")]
+    assert split_images(str(tmp_path / "mine" / "plain.txt"), "x") == [
+        str(tmp_path / "mine" / "a" / n) for n in ("p3.jpg", "p1.jpg")
+    ]
 
 
-@pytest.mark.parametrize("line, message", [
-    ("0000/0000_000_01_0303morning_0015_0.jpg", "expected 'relative/path pid [camid]'"),
-    ("0000/0000_000_01_0303morning_0015_0.jpg zero", "must be integers"),
-    ("0000/0000_000_01_0303morning_0015_0.jpg -5", "person id -5 is invalid"),
-    ("0000/person.jpg 0", "no camera in the file name"),
-    ("0000/missing_000_01_x_0_0.jpg 0", "is not found relative to"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("0000/0000_000_01_0303morning_0015_0.jpg", "expected 'relative/path pid [camid]'"),
+        ("0000/0000_000_01_0303morning_0015_0.jpg zero", "must be integers"),
+        ("0000/0000_000_01_0303morning_0015_0.jpg -5", "person id -5 is invalid"),
+        ("0000/person.jpg 0", "no camera in the file name"),
+        ("0000/missing_000_01_x_0_0.jpg 0", "is not found relative to"),
+    ],
+)
 def test_bad_list_line_names_file_and_line(msmt17, tmp_path, line, message):
     bad = tmp_path / "list_bad.txt"
     good = (msmt17 / "list_train.txt").read_text().splitlines()
@@ -110,30 +118,52 @@ def test_bad_list_line_is_one_line_from_the_cli(msmt17, tmp_path, capsys):
     bad = tmp_path / "list_train.txt"
     bad.write_text((msmt17 / "list_train.txt").read_text() + "0000/0000_000_01_0303morning_0015_0.jpg 0 1 extra\n")
     (tmp_path / "train").symlink_to(msmt17 / "train")
-    code = main(["train"] + tiny_overrides(msmt17, tmp_path / "r", **{"dataset.train_dataset_dir": str(bad),
-                                                                       "dataset.query_dataset_dir": "null",
-                                                                       "dataset.test_dataset_dir": "null"}))
+    code = main(
+        ["train"]
+        + tiny_overrides(
+            msmt17,
+            tmp_path / "r",
+            **{
+                "dataset.train_dataset_dir": str(bad),
+                "dataset.query_dataset_dir": "null",
+                "dataset.test_dataset_dir": "null",
+            },
+        )
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert f"{bad} line 37: expected 'relative/path pid [camid]'" in err
 
 
 def test_msmt17_lists_train_and_evaluate_through_the_cli(msmt17, tmp_path, capsys):
-    lists = {"dataset.train_dataset_dir": str(msmt17 / "list_train.txt"),
-             "dataset.query_dataset_dir": str(msmt17 / "list_query.txt"),
-             "dataset.test_dataset_dir": str(msmt17 / "list_gallery.txt"), "train.num_epochs": 1}
+    lists = {
+        "dataset.train_dataset_dir": str(msmt17 / "list_train.txt"),
+        "dataset.query_dataset_dir": str(msmt17 / "list_query.txt"),
+        "dataset.test_dataset_dir": str(msmt17 / "list_gallery.txt"),
+        "train.num_epochs": 1,
+    }
     assert main(["train"] + tiny_overrides(msmt17, tmp_path, **lists)) == 0, capsys.readouterr().err
     checkpoint = tmp_path / "train" / "reid_model_latest.pth"
-    code = main(["evaluate", f"results_dir={tmp_path}", f"evaluate.checkpoint={checkpoint}",
-                 f"dataset.query_dataset_dir={msmt17 / 'list_query.txt'}",
-                 f"dataset.test_dataset_dir={msmt17 / 'list_gallery.txt'}", "dataset.num_workers=0"])
+    code = main(
+        [
+            "evaluate",
+            f"results_dir={tmp_path}",
+            f"evaluate.checkpoint={checkpoint}",
+            f"dataset.query_dataset_dir={msmt17 / 'list_query.txt'}",
+            f"dataset.test_dataset_dir={msmt17 / 'list_gallery.txt'}",
+            "dataset.num_workers=0",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
     num_query = len((msmt17 / "list_query.txt").read_text().split("\n")) - 1
     num_gallery = len((msmt17 / "list_gallery.txt").read_text().split("\n")) - 1
     # Every query, the one with id 0 included, has a gallery match on another camera: all are valid.
-    assert (metrics["num_query"], metrics["num_gallery"], metrics["num_valid_query"]) == (num_query, num_gallery,
-                                                                                        num_query) == (4, 12, 4)
+    assert (
+        (metrics["num_query"], metrics["num_gallery"], metrics["num_valid_query"])
+        == (num_query, num_gallery, num_query)
+        == (4, 12, 4)
+    )
 
 
 def test_query_list_resolves_to_test_by_msmt17_rule_when_its_first_name_is_also_in_train(tmp_path):
@@ -144,8 +174,10 @@ def test_query_list_resolves_to_test_by_msmt17_rule_when_its_first_name_is_also_
     for name in ("list_query.txt", "list_gallery.txt"):
         records = read_split(str(root / name), "dataset.query_dataset_dir")
         assert all(r.path.startswith(str(root / "test") + "/") for r in records), name
-    assert all(r.path.startswith(str(root / "train") + "/")
-               for r in read_split(str(root / "list_train.txt"), "dataset.train_dataset_dir"))
+    assert all(
+        r.path.startswith(str(root / "train") + "/")
+        for r in read_split(str(root / "list_train.txt"), "dataset.train_dataset_dir")
+    )
 
 
 def test_list_with_a_missing_image_is_one_line_naming_list_and_line(msmt17, tmp_path, capsys):
@@ -156,9 +188,18 @@ def test_list_with_a_missing_image_is_one_line_naming_list_and_line(msmt17, tmp_
     with pytest.raises(DataError, match=r"line 3: image 0003/0003_099_01_0303morning_0099_0\.jpg is missing from"):
         read_split(str(partial), "dataset.query_dataset_dir")
     # Through the CLI: one line before training starts (no train/ folder output beyond the config).
-    code = main(["train"] + tiny_overrides(msmt17, tmp_path / "r", **{
-        "dataset.train_dataset_dir": str(msmt17 / "list_train.txt"), "dataset.query_dataset_dir": str(partial),
-        "dataset.test_dataset_dir": str(msmt17 / "list_gallery.txt")}))
+    code = main(
+        ["train"]
+        + tiny_overrides(
+            msmt17,
+            tmp_path / "r",
+            **{
+                "dataset.train_dataset_dir": str(msmt17 / "list_train.txt"),
+                "dataset.query_dataset_dir": str(partial),
+                "dataset.test_dataset_dir": str(msmt17 / "list_gallery.txt"),
+            },
+        )
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and f"{partial} line 3" in err, err
     assert not list((tmp_path / "r").rglob("*.pth"))
@@ -178,19 +219,29 @@ def test_list_complete_under_two_unruled_folders_is_ambiguous(msmt17, tmp_path):
 def test_dataset_layout_is_honoured(msmt17, tmp_path, capsys):
     from reid_tao.builders import build_datamodule, load_experiment
 
-    lists = {"dataset.train_dataset_dir": str(msmt17 / "list_train.txt"),
-             "dataset.query_dataset_dir": str(msmt17 / "list_query.txt"),
-             "dataset.test_dataset_dir": str(msmt17 / "list_gallery.txt")}
+    lists = {
+        "dataset.train_dataset_dir": str(msmt17 / "list_train.txt"),
+        "dataset.query_dataset_dir": str(msmt17 / "list_query.txt"),
+        "dataset.test_dataset_dir": str(msmt17 / "list_gallery.txt"),
+    }
     config = load_experiment(None, tiny_overrides(msmt17, tmp_path, **lists, **{"dataset.layout": "list_file"}))
     datamodule = build_datamodule(config)
     assert datamodule.layout == "list_file"
     datamodule.setup()
     assert len(datamodule.train_records) == 36 and len(datamodule.query_records) == 4
     # A named layout is used as named: market1501 on a list file, or on the folder of the lists, is one line.
-    for path, message in ((msmt17 / "list_train.txt", "dataset.layout=market1501 says; set dataset.layout=list_file"),
-                          (msmt17, "holds list files (list_gallery.txt, list_query.txt, list_train.txt)")):
-        code = main(["train"] + tiny_overrides(msmt17, tmp_path / "r", **{
-            **lists, "dataset.train_dataset_dir": str(path), "dataset.layout": "market1501"}))
+    for path, message in (
+        (msmt17 / "list_train.txt", "dataset.layout=market1501 says; set dataset.layout=list_file"),
+        (msmt17, "holds list files (list_gallery.txt, list_query.txt, list_train.txt)"),
+    ):
+        code = main(
+            ["train"]
+            + tiny_overrides(
+                msmt17,
+                tmp_path / "r",
+                **{**lists, "dataset.train_dataset_dir": str(path), "dataset.layout": "market1501"},
+            )
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and message in err, err
     # list_file on a folder (MSMT17's train/ holds a subfolder per identity), and an unknown layout name.

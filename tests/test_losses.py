@@ -1,4 +1,5 @@
 """Losses: values on hand-checked cases, gradient routing, autocast behaviour, component selection."""
+
 import math
 import pickle
 
@@ -74,8 +75,18 @@ def test_triplet_gradients_finite_on_degenerate_batches():
 
 def test_triplet_takes_the_hardest_of_several_positives():
     """Three positives per anchor at different distances: the farthest one is mined, not the nearest."""
-    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0],   # id 0
-                           [10.0, 0.0], [10.0, 1.0], [12.0, 0.0], [10.0, 4.0]])  # id 1
+    points = torch.tensor(
+        [
+            [0.0, 0.0],
+            [1.0, 0.0],
+            [0.0, 2.0],
+            [3.0, 0.0],  # id 0
+            [10.0, 0.0],
+            [10.0, 1.0],
+            [12.0, 0.0],
+            [10.0, 4.0],
+        ]
+    )  # id 1
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     loss, d_ap, _ = TripletLoss(margin=100.0)(points, labels, return_distances=True)
     expected_ap = torch.cdist(points, points).masked_fill(labels[:, None] != labels[None, :], 0).amax(dim=1)
@@ -215,16 +226,22 @@ def test_center_gradient_routing_matches_bot():
 
 # Every dataset.sampler x model.metric_loss_type x model.with_center_loss -> TAO's terms (None: refused).
 EXPECTED_TERMS = {
-    ("softmax", "triplet", False): ("id",), ("softmax", "triplet", True): ("id", "center"),
-    ("softmax", "center", False): ("id", "center"), ("softmax", "center", True): ("id", "center"),
-    ("softmax", "triplet_center", False): ("id", "center"), ("softmax", "triplet_center", True): ("id", "center"),
-    ("triplet", "triplet", False): ("triplet",), ("triplet", "triplet", True): ("triplet", "center"),
-    ("triplet", "center", False): None, ("triplet", "center", True): None,
+    ("softmax", "triplet", False): ("id",),
+    ("softmax", "triplet", True): ("id", "center"),
+    ("softmax", "center", False): ("id", "center"),
+    ("softmax", "center", True): ("id", "center"),
+    ("softmax", "triplet_center", False): ("id", "center"),
+    ("softmax", "triplet_center", True): ("id", "center"),
+    ("triplet", "triplet", False): ("triplet",),
+    ("triplet", "triplet", True): ("triplet", "center"),
+    ("triplet", "center", False): None,
+    ("triplet", "center", True): None,
     ("triplet", "triplet_center", False): ("triplet", "center"),
     ("triplet", "triplet_center", True): ("triplet", "center"),
     ("softmax_triplet", "triplet", False): ("id", "triplet"),
     ("softmax_triplet", "triplet", True): ("id", "triplet", "center"),
-    ("softmax_triplet", "center", False): ("id", "center"), ("softmax_triplet", "center", True): ("id", "center"),
+    ("softmax_triplet", "center", False): ("id", "center"),
+    ("softmax_triplet", "center", True): ("id", "center"),
     ("softmax_triplet", "triplet_center", False): ("id", "triplet", "center"),
     ("softmax_triplet", "triplet_center", True): ("id", "triplet", "center"),
 }
@@ -234,8 +251,10 @@ EXPECTED_TERMS = {
 def test_each_sampler_and_metric_loss_yields_taos_terms(combination):
     expected = EXPECTED_TERMS[combination]
     if expected is None:
-        with pytest.raises(ConfigError, match="dataset.sampler 'triplet' with model.metric_loss_type 'center' "
-                                              "leaves only the center loss"):
+        with pytest.raises(
+            ConfigError,
+            match="dataset.sampler 'triplet' with model.metric_loss_type 'center' leaves only the center loss",
+        ):
             loss_terms(*combination)
     else:
         assert loss_terms(*combination) == expected
@@ -244,9 +263,17 @@ def test_each_sampler_and_metric_loss_yields_taos_terms(combination):
 def test_build_loss_takes_each_weight_from_the_field_its_term_names():
     from reid_tao.builders import build_loss, load_experiment
 
-    config = load_experiment(None, ["model.with_center_loss=true", "model.id_loss_weight=0.5",
-                                    "model.triplet_loss_weight=2.0", "train.optim.center_loss_weight=0.01",
-                                    "model.no_margin=true", "model.label_smooth=false"])
+    config = load_experiment(
+        None,
+        [
+            "model.with_center_loss=true",
+            "model.id_loss_weight=0.5",
+            "model.triplet_loss_weight=2.0",
+            "train.optim.center_loss_weight=0.01",
+            "model.no_margin=true",
+            "model.label_smooth=false",
+        ],
+    )
     loss = build_loss(config, num_classes=5, feat_dim=6)
     assert loss.names == ("id", "triplet", "center")
     assert loss.weights == {"id": 0.5, "triplet": 2.0, "center": 0.01}
@@ -268,8 +295,7 @@ def test_losses_pickle_and_state_dict():
     assert list(criterion.state_dict()) == ["center_loss.centers"]
 
 
-@pytest.mark.parametrize("device", [
-    "cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_reid_loss_runs_on_the_device_of_its_inputs(device):
     torch.manual_seed(0)
     criterion = make_loss(("id", "triplet", "center")).to(device)
@@ -303,8 +329,7 @@ def test_a_term_registered_in_the_table_is_summed_and_returned_by_name(monkeypat
 
 
 @pytest.mark.slow
-def test_a_registered_term_is_trained_logged_and_monitorable_without_other_edits(tiny_market, tmp_path,
-                                                                                monkeypatch):
+def test_a_registered_term_is_trained_logged_and_monitorable_without_other_edits(tiny_market, tmp_path, monkeypatch):
     """One table entry (plus the spec value that selects it) is all a new loss needs."""
     import pytorch_lightning as pl
 
@@ -316,18 +341,38 @@ def test_a_registered_term_is_trained_logged_and_monitorable_without_other_edits
 
     monkeypatch.setitem(LOSS_TERMS, "spread", SpreadTerm)
     monkeypatch.setitem(METRIC_LOSSES, "triplet_spread", MetricLoss(drops=(), adds=("spread",)))
-    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
-        "model.metric_loss_type": "triplet_spread", "train.checkpointer.monitor": "train_spread_loss",
-        "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null", "dataset.pipeline": "cached"}))
+    config = load_experiment(
+        None,
+        tiny_overrides(
+            tiny_market,
+            tmp_path,
+            **{
+                "model.metric_loss_type": "triplet_spread",
+                "train.checkpointer.monitor": "train_spread_loss",
+                "dataset.query_dataset_dir": "null",
+                "dataset.test_dataset_dir": "null",
+                "dataset.pipeline": "cached",
+            },
+        ),
+    )
     assert metric_modes()["train_spread_loss"] == "min"
     pl.seed_everything(0, verbose=False)
     datamodule = build_datamodule(config)
     datamodule.setup("fit")
     module = build_module(config, datamodule.num_classes)
     assert module.loss.names == ("id", "triplet", "spread")
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=0,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
     trainer.fit(module, datamodule=datamodule)
     logged = trainer.callback_metrics
     assert {"train_loss", "train_id_loss", "train_triplet_loss", "train_spread_loss"} <= set(logged)
@@ -366,14 +411,26 @@ def test_a_registered_adaptation_term_is_reset_by_each_clustering_and_logged(tin
     monkeypatch.setattr(spec, "ADAPTATION_TERMS", spec.ADAPTATION_TERMS._replace(adds=adds))
     built = []
     original = ClusterSpreadTerm.reset_pseudo_labels
-    monkeypatch.setattr(ClusterSpreadTerm, "reset_pseudo_labels",
-                        lambda self, *a: (built.append(self), original(self, *a))[1])
+    monkeypatch.setattr(
+        ClusterSpreadTerm, "reset_pseudo_labels", lambda self, *a: (built.append(self), original(self, *a))[1]
+    )
     source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
-    config = spec.load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
-        "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"}) + [
-        "adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.eps=0.7", "adaptation.k1=4",
-        "adaptation.k2=2", "adaptation.tracklets=off", "train.num_epochs=2",
-        "train.checkpointer.monitor=train_spread_loss"])
+    config = spec.load_experiment(
+        None,
+        tiny_overrides(
+            tiny_market, tmp_path, **{"dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"}
+        )
+        + [
+            "adaptation.enable=true",
+            f"adaptation.source_checkpoint={source}",
+            "adaptation.eps=0.7",
+            "adaptation.k1=4",
+            "adaptation.k2=2",
+            "adaptation.tracklets=off",
+            "train.num_epochs=2",
+            "train.checkpointer.monitor=train_spread_loss",
+        ],
+    )
     assert metric_modes()["train_spread_loss"] == "min"
     results = train.run(config)
     assert len(built) == 2 and built[0] is built[1]  # the start's clustering and the one before epoch 1

@@ -48,8 +48,8 @@ def naive_top_ranked(distmat, query_pids, gallery_pids, query_cams, gallery_cams
         same_camera = (gallery_pids[order] == query_pids[q]) & (gallery_cams[order] == query_cams[q])
         keep = (gallery_pids[order] >= 0) & ~same_camera
         order = order[keep][:k]
-        indices[q, :len(order)] = order
-        hits[q, :len(order)] = (gallery_pids[order] == query_pids[q]) & (query_pids[q] > 0)
+        indices[q, : len(order)] = order
+        hits[q, : len(order)] = (gallery_pids[order] == query_pids[q]) & (query_pids[q] > 0)
     return indices, hits
 
 
@@ -405,8 +405,12 @@ def test_query_shares_add_up_to_the_full_metrics_block_by_block(monkeypatch):
 
     monkeypatch.setattr(query_share, "pairwise_distance", recording)
     shares = [(0, 0), (0, 3), (3, 11), (11, 23)]
-    vectors = [query_share.query_share_sums(query[a:b], gallery, ids[0][a:b], ids[1], ids[2][a:b], ids[3], max_rank=10,
-                                            block_elements=3 * num_gallery).to_vector() for a, b in shares]
+    vectors = [
+        query_share.query_share_sums(
+            query[a:b], gallery, ids[0][a:b], ids[1], ids[2][a:b], ids[3], max_rank=10, block_elements=3 * num_gallery
+        ).to_vector()
+        for a, b in shares
+    ]
     assert max(rows for rows, _ in shapes) == 3 and sum(rows for rows, _ in shapes) == num_query
     summed = RankSums.from_vector(torch.stack(vectors).sum(0), num_gallery).metrics()
     assert summed.num_valid_query == full.num_valid_query and summed.num_query == num_query

@@ -1,4 +1,5 @@
 """The BNNeck model: every ResNet depth, block types, strides, neck settings, pooling."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -11,9 +12,16 @@ from reid_tao.model.baseline import Baseline
 from reid_tao.model.pooling import GeneralizedMeanPooling
 
 
-@pytest.mark.parametrize("depth, block, width", [(18, BasicBlock, 512), (34, BasicBlock, 512),
-                                                 (50, Bottleneck, 2048), (101, Bottleneck, 2048),
-                                                 (152, Bottleneck, 2048)])
+@pytest.mark.parametrize(
+    "depth, block, width",
+    [
+        (18, BasicBlock, 512),
+        (34, BasicBlock, 512),
+        (50, Bottleneck, 2048),
+        (101, Bottleneck, 2048),
+        (152, Bottleneck, 2048),
+    ],
+)
 def test_resnet_depths_use_the_right_block(depth, block, width):
     backbone = ResNetBackbone(depth, last_stride=1)
     assert isinstance(backbone.layer1[0], block)  # TAO builds Bottleneck for 18/34 (bug B3)
@@ -60,15 +68,26 @@ def test_gem_pooling():
     assert torch.allclose(pool(x), x.mean(dim=(2, 3)), atol=1e-5)
     pool_max_like = GeneralizedMeanPooling(p=30.0)
     assert torch.allclose(pool_max_like(x), x.amax(dim=(2, 3)), atol=0.1)
-    model = build_model(load_experiment(None, ["model.backbone=resnet_18", "model.gem_pooling=true",
-                                           "model.pretrain_choice=''"]), num_classes=3)
+    model = build_model(
+        load_experiment(None, ["model.backbone=resnet_18", "model.gem_pooling=true", "model.pretrain_choice=''"]),
+        num_classes=3,
+    )
     assert isinstance(model.pool, GeneralizedMeanPooling)
     assert any(p is model.pool.p for p in model.parameters())  # p is learned
 
 
 def test_build_model_maps_spec_fields():
-    config = load_experiment(None, ["model.backbone=resnet_34", "model.last_stride=2", "model.feat_dim=128",
-                                "model.neck=''", "model.neck_feat=before", "model.pretrain_choice=''"])
+    config = load_experiment(
+        None,
+        [
+            "model.backbone=resnet_34",
+            "model.last_stride=2",
+            "model.feat_dim=128",
+            "model.neck=''",
+            "model.neck_feat=before",
+            "model.pretrain_choice=''",
+        ],
+    )
     model = build_model(config, num_classes=11)
     assert isinstance(model.backbone.layer1[0], BasicBlock)
     assert model.backbone.layer4[0].conv1.stride == (2, 2)

@@ -1,4 +1,5 @@
 """What a newcomer hit following the README on a fresh clone (one test per friction)."""
+
 import logging
 import subprocess
 import sys
@@ -25,8 +26,9 @@ def one_line(capsys) -> str:
 def test_resume_with_another_feat_dim_and_gem_pooling_names_the_fields(tiny_market, tmp_path, capsys):
     (tmp_path / "train").mkdir()
     write_untrained_checkpoint(tiny_market, tmp_path / "train" / "reid_model_latest.pth")  # feat_dim 32, no GeM
-    code = main(["train", *tiny_overrides(tiny_market, tmp_path, **{"model.feat_dim": 64,
-                                                                   "model.gem_pooling": "true"})])
+    code = main(
+        ["train", *tiny_overrides(tiny_market, tmp_path, **{"model.feat_dim": 64, "model.gem_pooling": "true"})]
+    )
     err = one_line(capsys)
     assert code == 2 and "cannot resume" in err
     assert "model.feat_dim=32, model.gem_pooling=False" in err and "model.feat_dim=64, model.gem_pooling=True" in err
@@ -34,8 +36,9 @@ def test_resume_with_another_feat_dim_and_gem_pooling_names_the_fields(tiny_mark
 
 def test_resume_from_a_weights_only_file_is_one_line(tiny_market, tmp_path, capsys):
     source = write_untrained_checkpoint(tiny_market, tmp_path / "model_epoch_004.pth")  # no optimiser state
-    code = main(["train", *tiny_overrides(tiny_market, tmp_path / "r"),
-                 f"train.resume_training_checkpoint_path={source}"])
+    code = main(
+        ["train", *tiny_overrides(tiny_market, tmp_path / "r"), f"train.resume_training_checkpoint_path={source}"]
+    )
     err = one_line(capsys)
     assert code == 2 and "weights only" in err and "model.pretrain_choice=self" in err
 
@@ -45,9 +48,13 @@ def test_the_adaptation_source_decides_the_model_and_the_log_says_so(tiny_market
     from reid_tao.builders import ADAPTATION_NUM_CLASSES, adaptation_source_config, build_model, load_experiment
 
     source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")  # resnet_18, 32-d, no GeM
-    spec = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
-        "model.feat_dim": 64, "model.gem_pooling": "true", "model.input_height": 64}) + [
-        "adaptation.enable=true", f"adaptation.source_checkpoint={source}"])
+    spec = load_experiment(
+        None,
+        tiny_overrides(
+            tiny_market, tmp_path, **{"model.feat_dim": 64, "model.gem_pooling": "true", "model.input_height": 64}
+        )
+        + ["adaptation.enable=true", f"adaptation.source_checkpoint={source}"],
+    )
     with caplog.at_level(logging.INFO, logger="reid_tao"):
         config = adaptation_source_config(spec)
         model = build_model(config, ADAPTATION_NUM_CLASSES)
@@ -56,8 +63,9 @@ def test_the_adaptation_source_decides_the_model_and_the_log_says_so(tiny_market
     assert len(decided) == 1 and "model.feat_dim=64" in decided[0] and "model.gem_pooling=True" in decided[0]
     stored = torch.load(source, weights_only=True)["state_dict"]
     own = model.state_dict()
-    assert all(torch.equal(own[key[len("model."):]], value) for key, value in stored.items()
-               if "classifier" not in key)
+    assert all(
+        torch.equal(own[key[len("model.") :]], value) for key, value in stored.items() if "classifier" not in key
+    )
     loaded = [r.getMessage() for r in caplog.records if "backbone tensors" in r.getMessage()]
     assert loaded and "do not fit" not in loaded[0]
 
@@ -70,11 +78,29 @@ def test_an_adaptation_run_trains_and_records_the_source_model(tiny_market, tmp_
     from reid_tao.tasks import train
 
     source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")  # 32-d, no GeM
-    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
-        "model.feat_dim": 64, "model.gem_pooling": "true", "dataset.query_dataset_dir": "null",
-        "dataset.test_dataset_dir": "null", "train.num_epochs": 1, "wandb.enable": "false"}) + [
-        "adaptation.enable=true", f"adaptation.source_checkpoint={source}", "adaptation.eps=0.7", "adaptation.k1=4",
-        "adaptation.k2=2", "adaptation.min_samples=2"])
+    config = load_experiment(
+        None,
+        tiny_overrides(
+            tiny_market,
+            tmp_path,
+            **{
+                "model.feat_dim": 64,
+                "model.gem_pooling": "true",
+                "dataset.query_dataset_dir": "null",
+                "dataset.test_dataset_dir": "null",
+                "train.num_epochs": 1,
+                "wandb.enable": "false",
+            },
+        )
+        + [
+            "adaptation.enable=true",
+            f"adaptation.source_checkpoint={source}",
+            "adaptation.eps=0.7",
+            "adaptation.k1=4",
+            "adaptation.k2=2",
+            "adaptation.min_samples=2",
+        ],
+    )
     results = train.run(config)
     stored = torch.load(results / "reid_model_latest.pth", weights_only=True)["reid_tao"]["config"]["model"]
     ran = OmegaConf.load(results / "experiment.yaml").model
@@ -87,8 +113,13 @@ def resnet34_checkpoint(tiny_market, path: Path) -> Path:
 
     config = load_experiment(None, tiny_overrides(tiny_market, path.parent, **{"model.backbone": "resnet_34"}))
     model = build_model(config, 6, load_pretrained=False)
-    torch.save({"state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
-                "reid_tao": checkpoint_metadata(config, 6)}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
+            "reid_tao": checkpoint_metadata(config, 6),
+        },
+        path,
+    )
     return path
 
 
@@ -96,25 +127,32 @@ def test_a_resnet34_file_under_a_resnet18_spec_is_refused_not_loaded_in_part(tin
     from reid_tao.builders import adaptation_source_config, build_model, load_experiment
 
     source = resnet34_checkpoint(tiny_market, tmp_path / "r34.pth")
-    fine_tune = load_experiment(None, tiny_overrides(tiny_market, tmp_path) + [
-        "model.backbone=resnet_18", "model.pretrain_choice=self", f"model.pretrained_model_path={source}"])
+    fine_tune = load_experiment(
+        None,
+        tiny_overrides(tiny_market, tmp_path)
+        + ["model.backbone=resnet_18", "model.pretrain_choice=self", f"model.pretrained_model_path={source}"],
+    )
     with pytest.raises(DataError, match="holds a resnet_34 model but model.backbone=resnet_18"):
         build_model(fine_tune, 6)
     # adaptation: the source's resnet_34 is what gets adapted, whole
-    adapt = load_experiment(None, tiny_overrides(tiny_market, tmp_path) + [
-        "adaptation.enable=true", f"adaptation.source_checkpoint={source}"])
+    adapt = load_experiment(
+        None,
+        tiny_overrides(tiny_market, tmp_path) + ["adaptation.enable=true", f"adaptation.source_checkpoint={source}"],
+    )
     model = build_model(adaptation_source_config(adapt), 1)
     stored = torch.load(source, weights_only=True)["state_dict"]
     backbone = [key for key in stored if key.startswith("model.backbone.")]
     assert len(backbone) > 200
-    assert all(torch.equal(model.state_dict()[key[len("model."):]], stored[key]) for key in backbone)
+    assert all(torch.equal(model.state_dict()[key[len("model.") :]], stored[key]) for key in backbone)
 
 
 # --------------------------------------------------------------------------- 3: synthetic data only where meant
 def synthetic_spec(tmp_path: Path) -> Path:
     spec = tmp_path / "spec.yaml"
-    spec.write_text(f"results_dir: {tmp_path / 'results'}\ndataset:\n  synthetic: true\n"
-                    f"  train_dataset_dir: {tmp_path / 'data' / 'bounding_box_train'}\n")
+    spec.write_text(
+        f"results_dir: {tmp_path / 'results'}\ndataset:\n  synthetic: true\n"
+        f"  train_dataset_dir: {tmp_path / 'data' / 'bounding_box_train'}\n"
+    )
     return spec
 
 
@@ -165,17 +203,29 @@ def test_several_gpus_without_a_gpu_is_refused_unless_cpu_processes_are_asked_fo
 
 # --------------------------------------------------------------------------- 7 and 8: a finished run, checkpoint sizes
 @pytest.mark.slow
-def test_only_the_latest_keeps_the_optimiser_state_and_a_finished_run_says_no_epoch_ran(tiny_market, tmp_path,
-                                                                                         capsys):
+def test_only_the_latest_keeps_the_optimiser_state_and_a_finished_run_says_no_epoch_ran(tiny_market, tmp_path, capsys):
     from reid_tao.builders import load_experiment, load_trained_model
     from reid_tao.tasks import train
 
-    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
-        "train.num_epochs": 1, "train.checkpoint_interval": 1, "train.checkpointer.enable_topk": "true",
-        "train.checkpointer.monitor": "train_loss", "wandb.enable": "false"}))
+    config = load_experiment(
+        None,
+        tiny_overrides(
+            tiny_market,
+            tmp_path,
+            **{
+                "train.num_epochs": 1,
+                "train.checkpoint_interval": 1,
+                "train.checkpointer.enable_topk": "true",
+                "train.checkpointer.monitor": "train_loss",
+                "wandb.enable": "false",
+            },
+        ),
+    )
     results = train.run(config)
-    latest, periodic, best = (torch.load(results / name, weights_only=True)
-                              for name in ("reid_model_latest.pth", "model_epoch_000.pth", "model_best_000.pth"))
+    latest, periodic, best = (
+        torch.load(results / name, weights_only=True)
+        for name in ("reid_model_latest.pth", "model_epoch_000.pth", "model_best_000.pth")
+    )
     assert "optimizer_states" in latest
     assert "optimizer_states" not in periodic and "optimizer_states" not in best
     assert (results / "model_epoch_000.pth").stat().st_size < 0.6 * (results / "reid_model_latest.pth").stat().st_size
@@ -211,16 +261,26 @@ def test_evaluating_two_models_keeps_the_outputs_of_each(tiny_market, tmp_path, 
 # --------------------------------------------------------------------------- 7: quicker and quieter answers
 def run_without_torch(argv: list, tmp_path: Path) -> subprocess.CompletedProcess:
     """`reid ARGV` in a fresh interpreter that fails when torch was imported by the time main returned."""
-    code = ("import sys\nfrom reid_tao.cli import main\ncode = main(sys.argv[1:])\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)")
-    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "100"}, timeout=120)
+    code = (
+        "import sys\nfrom reid_tao.cli import main\ncode = main(sys.argv[1:])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "100"},
+        timeout=120,
+    )
 
 
 def test_a_mistyped_backbone_and_a_folder_without_images_are_answered_before_torch(tiny_market, tmp_path):
     (tmp_path / "empty").mkdir()
-    cases = {"model.backbone=resnet_19": "did you mean resnet_18?",
-             f"dataset.query_dataset_dir={tmp_path / 'empty'}": "contains no .jpg/.jpeg/.png images"}
+    cases = {
+        "model.backbone=resnet_19": "did you mean resnet_18?",
+        f"dataset.query_dataset_dir={tmp_path / 'empty'}": "contains no .jpg/.jpeg/.png images",
+    }
     for override, message in cases.items():
         # resnet_18: a production name, as a user's spec would have (the test backbone is registered with torch)
         overrides = tiny_overrides(tiny_market, tmp_path, **{"model.backbone": "resnet_18"})
@@ -242,12 +302,18 @@ def test_a_dataset_root_with_a_readme_is_not_told_to_use_the_readme_as_a_list_fi
         read_split(str(root), "dataset.train_dataset_dir")
 
 
-@pytest.mark.parametrize("text, line", [
-    ("model:\n  backbone resnet_18\n  feat_dim: 256\n", "line 2, column 3: 'backbone resnet_18' runs on into line 3"),
-    ('model:\n  backbone: "resnet_18\n  feat_dim: 256\n', "line 2, column 13:"),
-    ("model:\n  backbone: [resnet_18\n  feat_dim: 256\n", "line 2, column 13:"),
-    ("model:\n  backbone: resnet_18\n feat_dim: 256\n", "line 3, column 2:"),  # already the right line
-])
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        (
+            "model:\n  backbone resnet_18\n  feat_dim: 256\n",
+            "line 2, column 3: 'backbone resnet_18' runs on into line 3",
+        ),
+        ('model:\n  backbone: "resnet_18\n  feat_dim: 256\n', "line 2, column 13:"),
+        ("model:\n  backbone: [resnet_18\n  feat_dim: 256\n", "line 2, column 13:"),
+        ("model:\n  backbone: resnet_18\n feat_dim: 256\n", "line 3, column 2:"),  # already the right line
+    ],
+)
 def test_a_yaml_mistake_is_reported_at_its_own_line(tmp_path, text, line):
     from reid_tao.config.loader import load_config
 

@@ -1,4 +1,5 @@
 """fp16 and INT8 exports (export.data_type), and evaluate / Embedder on exported models."""
+
 import json
 from pathlib import Path
 
@@ -13,8 +14,15 @@ from helpers import write_untrained_checkpoint
 
 
 def export(checkpoint: Path, onnx_file: Path, *extra: str) -> int:
-    return main(["export", f"results_dir={onnx_file.parent}", f"export.checkpoint={checkpoint}",
-                 f"export.onnx_file={onnx_file}", *extra])
+    return main(
+        [
+            "export",
+            f"results_dir={onnx_file.parent}",
+            f"export.checkpoint={checkpoint}",
+            f"export.onnx_file={onnx_file}",
+            *extra,
+        ]
+    )
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -33,8 +41,11 @@ def models(tiny_market, tmp_path_factory):
     files = {name: root / f"model_{name}.onnx" for name in ("fp32", "fp16", "int8", "int8_cpu")}
     assert export(checkpoint, files["fp32"]) == 0
     assert export(checkpoint, files["fp16"], "export.data_type=fp16") == 0
-    calibration = ("export.data_type=int8", "export.calibration_images=16",
-                   f"export.calibration_dataset={tiny_market / 'bounding_box_train'}")
+    calibration = (
+        "export.data_type=int8",
+        "export.calibration_images=16",
+        f"export.calibration_dataset={tiny_market / 'bounding_box_train'}",
+    )
     assert export(checkpoint, files["int8"], *calibration) == 0
     assert export(checkpoint, files["int8_cpu"], *calibration, "export.int8_target=cpu") == 0
     return checkpoint, files
@@ -100,17 +111,31 @@ def test_fp16_export_keeps_float32_inputs_and_agrees(tiny_market, models):
 
 
 def evaluate(model: Path, market: Path, results: Path) -> dict:
-    assert main(["evaluate", f"results_dir={results}", f"evaluate.checkpoint={model}", "dataset.num_workers=0",
-                 "evaluate.accelerator=cpu", "dataset.val_batch_size=8", f"evaluate.query_dataset={market / 'query'}",
-                 f"evaluate.test_dataset={market / 'bounding_box_test'}"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                f"results_dir={results}",
+                f"evaluate.checkpoint={model}",
+                "dataset.num_workers=0",
+                "evaluate.accelerator=cpu",
+                "dataset.val_batch_size=8",
+                f"evaluate.query_dataset={market / 'query'}",
+                f"evaluate.test_dataset={market / 'bounding_box_test'}",
+            ]
+        )
+        == 0
+    )
     return json.loads((results / "evaluate" / "metrics.json").read_text())
 
 
 @pytest.mark.slow  # exports (and evaluations) of a tiny model
 def test_evaluate_an_onnx_file_like_a_checkpoint(tiny_market, models, tmp_path):
     checkpoint, files = models
-    metrics = {name: evaluate(path, tiny_market, tmp_path / name) for name, path in
-               (("pth", checkpoint), ("fp32", files["fp32"]), ("int8", files["int8"]))}
+    metrics = {
+        name: evaluate(path, tiny_market, tmp_path / name)
+        for name, path in (("pth", checkpoint), ("fp32", files["fp32"]), ("int8", files["int8"]))
+    }
     for key in ("mAP", "mINP"):
         assert metrics["fp32"][key] == pytest.approx(metrics["pth"][key], abs=1e-4)
     assert metrics["fp32"]["cmc"] == pytest.approx(metrics["pth"]["cmc"], abs=1e-4)
@@ -157,11 +182,19 @@ def test_default_file_names_say_the_data_type():
 
     from reid_tao.builders import onnx_path_for
 
-    for data_type, target, name in (("fp32", "tensorrt", "model.onnx"), ("fp16", "tensorrt", "model_fp16.onnx"),
-                                    ("int8", "tensorrt", "model_int8.onnx"), ("int8", "cpu", "model_int8_cpu.onnx"),
-                                    ("fp16", "cpu", "model_fp16.onnx")):
-        config = OmegaConf.create({"results_dir": "/res", "export": {"onnx_file": None, "data_type": data_type,
-                                                                     "results_dir": None, "int8_target": target}})
+    for data_type, target, name in (
+        ("fp32", "tensorrt", "model.onnx"),
+        ("fp16", "tensorrt", "model_fp16.onnx"),
+        ("int8", "tensorrt", "model_int8.onnx"),
+        ("int8", "cpu", "model_int8_cpu.onnx"),
+        ("fp16", "cpu", "model_fp16.onnx"),
+    ):
+        config = OmegaConf.create(
+            {
+                "results_dir": "/res",
+                "export": {"onnx_file": None, "data_type": data_type, "results_dir": None, "int8_target": target},
+            }
+        )
         # in export's results folder, not beside the checkpoint (train/)
         assert onnx_path_for(config, "/res/train/model.pth") == Path("/res/export") / name
 
@@ -175,18 +208,33 @@ def test_calibration_fields_without_int8_are_noticed():
     assert field_notices(config, "export") == [expected]
     config = load_experiment(None, ["export.calibration_dataset=/data/train"])
     assert len(field_notices(config, "export")) == 1 and "calibration_dataset" in field_notices(config, "export")[0]
-    assert field_notices(load_experiment(None, ["export.data_type=int8", "export.calibration_dataset=/d"]),
-                         "export") == []
+    assert (
+        field_notices(load_experiment(None, ["export.data_type=int8", "export.calibration_dataset=/d"]), "export") == []
+    )
     assert field_notices(load_experiment(None, ["export.int8_target=cpu"]), "export") == [
-        "export.int8_target='cpu' has no effect: only export.data_type=int8 has targets"]
-    assert field_notices(load_experiment(None, ["export.data_type=int8", "export.calibration_dataset=/d",
-                                                "export.int8_target=cpu"]), "export") == []
+        "export.int8_target='cpu' has no effect: only export.data_type=int8 has targets"
+    ]
+    assert (
+        field_notices(
+            load_experiment(None, ["export.data_type=int8", "export.calibration_dataset=/d", "export.int8_target=cpu"]),
+            "export",
+        )
+        == []
+    )
 
 
 def test_an_unknown_int8_target_is_one_line(tiny_market, tmp_path, capsys):
     checkpoint = write_untrained_checkpoint(tiny_market, tmp_path / "model.pth")
-    assert export(checkpoint, tmp_path / "m.onnx", "export.data_type=int8", "export.int8_target=arm",
-                  f"export.calibration_dataset={tiny_market / 'bounding_box_train'}") != 0
+    assert (
+        export(
+            checkpoint,
+            tmp_path / "m.onnx",
+            "export.data_type=int8",
+            "export.int8_target=arm",
+            f"export.calibration_dataset={tiny_market / 'bounding_box_train'}",
+        )
+        != 0
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "export.int8_target" in err and "'cpu'" in err
     assert not (tmp_path / "m.onnx").exists()
@@ -200,16 +248,25 @@ def test_onnxruntime_warnings_are_quieted(tmp_path):
 
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["fc_pred"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("fc_pred", TensorProto.FLOAT, [1])],
-                              initializer=[numpy_helper.from_array(np.zeros(3, np.float32), "unused")])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["fc_pred"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("fc_pred", TensorProto.FLOAT, [1])],
+        initializer=[numpy_helper.from_array(np.zeros(3, np.float32), "unused")],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
-    code = ("import sys; from reid_tao.deploy.precision import session_runner; "
-            "session_runner(sys.argv[1], 'input', 'fc_pred')")
+    code = (
+        "import sys; from reid_tao.deploy.precision import session_runner; "
+        "session_runner(sys.argv[1], 'input', 'fc_pred')"
+    )
     plain = "import sys, onnxruntime; onnxruntime.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
-    outcomes = [subprocess.run([sys.executable, "-c", source, str(tmp_path / "m.onnx")], capture_output=True,
-                               text=True, timeout=120) for source in (plain, code)]
+    outcomes = [
+        subprocess.run(
+            [sys.executable, "-c", source, str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=120
+        )
+        for source in (plain, code)
+    ]
     assert all(done.returncode == 0 for done in outcomes), [done.stderr[-2000:] for done in outcomes]
     assert "unused" in outcomes[0].stderr  # the warning this test silences does appear without reid_tao
     assert outcomes[1].stderr == ""
@@ -311,8 +368,11 @@ def test_int8_targets_agree_with_fp32(tiny_fp32, target):
     from reid_tao.deploy.precision import cosine_parity, session_runner
 
     root, _, held_out = tiny_fp32
-    mean, minimum = cosine_parity(session_runner(root / "fp32.onnx", "input", "fc_pred"),
-                                  session_runner(quantized(tiny_fp32, target), "input", "fc_pred"), held_out)
+    mean, minimum = cosine_parity(
+        session_runner(root / "fp32.onnx", "input", "fc_pred"),
+        session_runner(quantized(tiny_fp32, target), "input", "fc_pred"),
+        held_out,
+    )
     assert minimum > 0.99 and mean > 0.995
 
 
@@ -337,8 +397,16 @@ def test_int8_calibrates_on_evaluation_transformed_images(tiny_market, tmp_path,
 
     monkeypatch.setattr(onnx_precision, "calibration_reader", recording_reader)
     folder = tiny_market / "bounding_box_train"
-    assert export(checkpoint, tmp_path / "m.onnx", "export.data_type=int8", "export.calibration_images=20",
-                  f"export.calibration_dataset={folder}") == 0
+    assert (
+        export(
+            checkpoint,
+            tmp_path / "m.onnx",
+            "export.data_type=int8",
+            "export.calibration_images=20",
+            f"export.calibration_dataset={folder}",
+        )
+        == 0
+    )
     calibrated = np.concatenate(seen)
     assert calibrated.shape == (20, 3, 32, 16)
     transform = Preprocessing.from_dict(json.loads((tmp_path / "m.json").read_text())).eval_transform()

@@ -1,4 +1,5 @@
 """Optimiser parameter groups and the per-epoch learning-rate schedule."""
+
 import math
 import pickle
 
@@ -9,11 +10,17 @@ from torch import nn
 from reid_tao.engine.optim import WarmupSchedule, build_center_optimizer, build_optimizer, build_scheduler
 
 BASE_LR = 3.5e-4
-TAO_SCHEDULE = dict(method="linear", warmup_factor=0.01, warmup_iters=10, milestones=[40, 70], gamma=0.1,
-                    warmup_epochs=20, num_epochs=120)
+TAO_SCHEDULE = dict(
+    method="linear",
+    warmup_factor=0.01,
+    warmup_iters=10,
+    milestones=[40, 70],
+    gamma=0.1,
+    warmup_epochs=20,
+    num_epochs=120,
+)
 # Hand values for the TAO defaults: epoch -> multiplier.
-TAO_FACTORS = {0: 0.01, 5: 0.01 * 0.5 + 0.5, 9: 0.01 * 0.1 + 0.9, 10: 1.0, 39: 1.0, 40: 0.1, 69: 0.1,
-               70: 0.01}
+TAO_FACTORS = {0: 0.01, 5: 0.01 * 0.5 + 0.5, 9: 0.01 * 0.1 + 0.9, 10: 1.0, 39: 1.0, 40: 0.1, 69: 0.1, 70: 0.01}
 
 
 class TinyReid(nn.Module):
@@ -33,8 +40,15 @@ def _groups(optimizer):
 
 
 def _build(model=None, **overrides):
-    args = dict(name="Adam", base_lr=BASE_LR, weight_decay=5e-4, weight_decay_bias=1e-4, bias_lr_factor=2.0,
-                momentum=0.9, large_fc_lr=False)
+    args = dict(
+        name="Adam",
+        base_lr=BASE_LR,
+        weight_decay=5e-4,
+        weight_decay_bias=1e-4,
+        bias_lr_factor=2.0,
+        momentum=0.9,
+        large_fc_lr=False,
+    )
     args.update(overrides)
     return build_optimizer(model or TinyReid(), **args)
 
@@ -51,8 +65,9 @@ def test_two_groups_with_bias_lr_and_weight_decay():
     def ids(params):
         return {id(p) for p in params}
 
-    assert ids(weights["params"]) == ids([model.conv.weight, model.bn.weight, model.bottleneck.weight,
-                                         model.classifier.weight])
+    assert ids(weights["params"]) == ids(
+        [model.conv.weight, model.bn.weight, model.bottleneck.weight, model.classifier.weight]
+    )
     assert ids(biases["params"]) == ids([model.conv.bias, model.bn.bias])
     # the frozen BNNeck bias is in no group
     assert id(model.bottleneck.bias) not in ids(p for g in optimizer.param_groups for p in g["params"])
@@ -74,8 +89,15 @@ def test_large_fc_lr_puts_classifier_in_its_own_group_at_double_lr():
     assert groups["classifier_biases"]["weight_decay"] == 1e-4
 
 
-@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("ADAMW", torch.optim.AdamW),
-                                      ("Adamax", torch.optim.Adamax), ("rmsprop", torch.optim.RMSprop)])
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("sgd", torch.optim.SGD),
+        ("ADAMW", torch.optim.AdamW),
+        ("Adamax", torch.optim.Adamax),
+        ("rmsprop", torch.optim.RMSprop),
+    ],
+)
 def test_optimizer_by_name(name, cls):
     optimizer = _build(name=name)
     assert type(optimizer) is cls and len(optimizer.param_groups) == 2
@@ -175,13 +197,16 @@ def test_scheduler_state_dict_round_trip_and_pickle():
     assert [restored(e) for e in TAO_FACTORS] == pytest.approx(list(TAO_FACTORS.values()))
 
 
-@pytest.mark.parametrize("override,field", [
-    ({"milestones": [70, 40]}, "milestones"),
-    ({"milestones": [40, 40]}, "milestones"),
-    ({"method": "exp"}, "method"),
-    ({"method": "cosine", "warmup_epochs": 120}, "num_epochs"),
-    ({"gamma": 0.0}, "gamma"),
-])
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ({"milestones": [70, 40]}, "milestones"),
+        ({"milestones": [40, 40]}, "milestones"),
+        ({"method": "exp"}, "method"),
+        ({"method": "cosine", "warmup_epochs": 120}, "num_epochs"),
+        ({"gamma": 0.0}, "gamma"),
+    ],
+)
 def test_schedule_validation(override, field):
     with pytest.raises(ValueError, match=field):
         WarmupSchedule(**{**TAO_SCHEDULE, **override})

@@ -97,8 +97,9 @@ def test_rows_hold_their_own_queries_frames(tmp_path: Path, image_paths: list[st
     ranked = np.array([[1, 2], [4, -1], [-1, -1]])
     is_match = np.array([[False, False], [True, False], [False, False]])
     pixels = load_png(
-        plot_sampled_matches(image_paths[:3], image_paths, ranked, is_match, tmp_path / "rows.png",
-                             query_labels=["id 1", "id 2", "id 3"])
+        plot_sampled_matches(
+            image_paths[:3], image_paths, ranked, is_match, tmp_path / "rows.png", query_labels=["id 1", "id 2", "id 3"]
+        )
     )
     rows = frame_runs(pixels, axis=0)
     assert [names for _, _, names in rows] == [{"query", "mismatch"}, {"query", "match"}, {"query"}]
@@ -110,8 +111,9 @@ def test_rows_hold_their_own_queries_frames(tmp_path: Path, image_paths: list[st
 def test_image_size_scales_with_rows_and_ranks(tmp_path: Path, image_paths: list[str]) -> None:
     def render(num_rows: int, max_rank: int) -> tuple[int, int]:
         ranked = np.arange(num_rows * max_rank).reshape(num_rows, max_rank) % len(image_paths)
-        out = plot_sampled_matches(image_paths[:num_rows], image_paths, ranked, ranked % 2 == 0,
-                                   tmp_path / f"{num_rows}x{max_rank}.png")
+        out = plot_sampled_matches(
+            image_paths[:num_rows], image_paths, ranked, ranked % 2 == 0, tmp_path / f"{num_rows}x{max_rank}.png"
+        )
         height, width = load_png(out).shape[:2]
         return height, width
 
@@ -136,8 +138,9 @@ def test_single_row_single_rank_and_tensor_inputs(tmp_path: Path, image_paths: l
 
 def test_thumb_size_changes_frame_shape(tmp_path: Path, image_paths: list[str]) -> None:
     # A wide thumbnail gives a wide frame: the query frame's bounding box follows thumb_size's aspect.
-    out = plot_sampled_matches([image_paths[0]], image_paths, np.array([[1]]), np.array([[True]]),
-                               tmp_path / "wide.png", thumb_size=(32, 96))
+    out = plot_sampled_matches(
+        [image_paths[0]], image_paths, np.array([[1]]), np.array([[True]]), tmp_path / "wide.png", thumb_size=(32, 96)
+    )
     rows, columns = np.nonzero(colour_mask(load_png(out), QUERY_FRAME_RGB))
     assert (columns.max() - columns.min()) > 2 * (rows.max() - rows.min())
 
@@ -149,8 +152,9 @@ def test_no_figures_left_open_and_no_temporary_files(tmp_path: Path, image_paths
     gc.collect()
     figures_before = sum(type(obj) is Figure for obj in gc.get_objects())
     for repeat in range(3):
-        plot_sampled_matches(image_paths[:2], image_paths, np.array([[0], [1]]), np.array([[True], [False]]),
-                             tmp_path / "out" / "m.png")
+        plot_sampled_matches(
+            image_paths[:2], image_paths, np.array([[0], [1]]), np.array([[True], [False]]), tmp_path / "out" / "m.png"
+        )
         plot_cmc_curves({"plain": ([0.5, 0.7], 0.4)}, tmp_path / "out" / "cmc.png")
     assert plt.get_fignums() == []
     gc.collect()
@@ -187,8 +191,9 @@ def test_output_keeps_normal_file_permissions(tmp_path: Path) -> None:
 
 def test_sampled_matches_input_errors(tmp_path: Path, image_paths: list[str]) -> None:
     with pytest.raises(DataError, match="missing.jpg"):
-        plot_sampled_matches([str(tmp_path / "missing.jpg")], image_paths, np.array([[0]]), np.array([[True]]),
-                             tmp_path / "x.png")
+        plot_sampled_matches(
+            [str(tmp_path / "missing.jpg")], image_paths, np.array([[0]]), np.array([[True]]), tmp_path / "x.png"
+        )
     with pytest.raises(ValueError, match="must both be"):
         plot_sampled_matches(image_paths[:1], image_paths, np.array([[0, 1]]), np.array([[True]]), tmp_path / "x.png")
     with pytest.raises(ValueError, match="outside"):

@@ -1,5 +1,6 @@
 """Preemption: a stop signal mid-epoch writes a checkpoint at that step, exits 128+signum
 with one line, and the re-run's final weights equal an uninterrupted run's, bit for bit on the CPU."""
+
 import os
 import signal
 
@@ -108,7 +109,7 @@ def test_first_signal_sets_a_flag_and_a_second_stops_at_once(tmp_path):
         os.kill(os.getpid(), signal.SIGUSR1)
         assert callback.received == signal.SIGUSR1
         with pytest.raises(Preempted, match="second SIGUSR1") as stopped:  # not KeyboardInterrupt: Lightning
-            os.kill(os.getpid(), signal.SIGUSR1)                           # turns that into exit 1
+            os.kill(os.getpid(), signal.SIGUSR1)  # turns that into exit 1
         assert stopped.value.exit_code == 128 + signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) == previous  # handlers restored after fit
 
@@ -117,9 +118,16 @@ def test_first_signal_sets_a_flag_and_a_second_stops_at_once(tmp_path):
 def test_resume_restores_the_global_rng_that_dropout_draws_from(tiny_market, tmp_path, capsys):
     """A Swin with dropout and drop path draws its masks from the global RNG: resuming mid-epoch gives the
     uninterrupted run's weights bit for bit only if the checkpoint's RNG states are restored."""
-    extra = {"train.num_epochs": 1, "model.backbone": "swin_tiny_patch4_window7_224", "model.input_height": 32,
-             "model.input_width": 32, "model.dropout_rate": 0.3, "model.drop_path": 0.2,
-             "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"}
+    extra = {
+        "train.num_epochs": 1,
+        "model.backbone": "swin_tiny_patch4_window7_224",
+        "model.input_height": 32,
+        "model.input_width": 32,
+        "model.dropout_rate": 0.3,
+        "model.drop_path": 0.2,
+        "dataset.query_dataset_dir": "null",
+        "dataset.test_dataset_dir": "null",
+    }
     run_train(capsys, tiny_overrides(tiny_market, tmp_path / "full", **extra))
     full = torch.load(tmp_path / "full/train/reid_model_latest.pth", weights_only=True)
     per_epoch = full["global_step"]

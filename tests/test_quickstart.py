@@ -1,4 +1,5 @@
 """The README's quick start: generate the synthetic dataset, train, and see it learn."""
+
 import csv
 from pathlib import Path
 
@@ -12,8 +13,16 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_quickstart_generates_data_trains_and_learns(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the spec's relative data/ and results/ folders land here
-    code = main(["train", "-e", str(ROOT / "specs" / "quickstart.yaml"), "train.num_epochs=4",
-                 "train.validation_interval=4", "train.optim.lr_steps=[3]"])
+    code = main(
+        [
+            "train",
+            "-e",
+            str(ROOT / "specs" / "quickstart.yaml"),
+            "train.num_epochs=4",
+            "train.validation_interval=4",
+            "train.optim.lr_steps=[3]",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert (tmp_path / "data" / "quickstart" / "bounding_box_train").is_dir()

@@ -1,4 +1,5 @@
 """The README shows the test command that CI runs, and links only to docs that exist."""
+
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ def test_readme_test_command_is_the_one_ci_runs():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     ci_commands = [line.strip() for line in ci_lines if line.startswith(("python -m pytest", "ruff "))]
     tests_block = (ROOT / "README.md").read_text().split("**Tests**", 1)[1].split("```", 2)[1]
-    assert len(ci_commands) == 2 and all(command in tests_block.splitlines() for command in ci_commands)
+    assert len(ci_commands) == 3 and all(command in tests_block.splitlines() for command in ci_commands)
 
 
 def test_readme_links_point_to_existing_files():

@@ -223,7 +223,11 @@ def test_memory_does_not_grow_with_the_square_of_the_probe_count():
     )
     root = Path(__file__).resolve().parents[1]
     completed = subprocess.run(
-        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert completed.returncode == 0, completed.stderr
@@ -284,11 +288,16 @@ def test_jaccard_overlaps_are_accumulated_in_float64():
     weights = torch.full((columns,), 1e-8, dtype=torch.float32)
     weights[0] = 1.0
     members = torch.arange(columns)[None, :]  # the query uses every column, as does gallery row 0
-    overlap = _min_overlap(members, weights[None, :], posting_row=torch.zeros(columns, dtype=torch.long),
-                           posting_weight=weights, posting_start=torch.arange(columns + 1),
-                           posting_length=torch.cat([torch.ones(columns, dtype=torch.long),
-                                                     torch.zeros(1, dtype=torch.long)]),
-                           num_gallery=1, total_pairs=columns)
+    overlap = _min_overlap(
+        members,
+        weights[None, :],
+        posting_row=torch.zeros(columns, dtype=torch.long),
+        posting_weight=weights,
+        posting_start=torch.arange(columns + 1),
+        posting_length=torch.cat([torch.ones(columns, dtype=torch.long), torch.zeros(1, dtype=torch.long)]),
+        num_gallery=1,
+        total_pairs=columns,
+    )
     expected = weights.double().sum().item()
     assert overlap.dtype == torch.float64 and overlap.item() == pytest.approx(expected, rel=1e-12, abs=0)
 
@@ -311,8 +320,10 @@ def stored_entries(graph) -> np.ndarray:
     return dense
 
 
-@pytest.mark.parametrize("k1,k2,max_distance,block_size", [(20, 6, 1.0, None), (10, 1, 1.0, None), (20, 6, 1.0, 7),
-                                                           (20, 6, 0.6, None), (10, 1, 0.3, 13)])
+@pytest.mark.parametrize(
+    "k1,k2,max_distance,block_size",
+    [(20, 6, 1.0, None), (10, 1, 1.0, None), (20, 6, 1.0, 7), (20, 6, 0.6, None), (10, 1, 0.3, 13)],
+)
 def test_jaccard_graph_stores_the_dense_distances_up_to_max_distance(k1, k2, max_distance, block_size):
     """The sparse clustering distance: bit for bit the dense one where stored; every pair it leaves out is
     farther than max_distance, and with max_distance 1 (pairs whose V rows share no column) exactly 1."""
@@ -351,8 +362,10 @@ def test_jaccard_graph_keeps_the_nearest_pairs(nearest_pairs, block_size):
     pairs = np.sort(dense[upper])
     cut = pairs[nearest_pairs - 1] if nearest_pairs <= (pairs < 1).sum() else 1.0
     np.testing.assert_array_equal(~np.isnan(stored[upper]), dense[upper] <= cut if cut < 1 else dense[upper] < 1)
-    np.testing.assert_array_equal(stored[upper][~np.isnan(stored[upper])], dense[upper][dense[upper] <= cut]
-                                  if cut < 1 else dense[upper][dense[upper] < 1])
+    np.testing.assert_array_equal(
+        stored[upper][~np.isnan(stored[upper])],
+        dense[upper][dense[upper] <= cut] if cut < 1 else dense[upper][dense[upper] < 1],
+    )
     assert (~np.isnan(stored[upper])).sum() >= min(nearest_pairs, (pairs < 1).sum())
 
 

@@ -1,5 +1,6 @@
 """What a run writes: status.json in TAO's format, TensorBoard and CSV logs that a resumed run continues,
 <task>.log, and evaluate/inference/export falling back to the training's latest checkpoint."""
+
 import csv
 import json
 
@@ -65,8 +66,16 @@ def test_tensorboard_and_csv_continue_in_one_folder(resumed):
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
             scalars.setdefault(tag, []).extend(e.step for e in accumulator.Scalars(tag))
-    for tag in ("train_loss_step", "train_loss_epoch", "train_acc_1", "base_lr", "mAP", "cmc_rank_1", "cmc_rank_5",
-                "cmc_rank_10"):  # TAO's scalar names
+    for tag in (
+        "train_loss_step",
+        "train_loss_epoch",
+        "train_acc_1",
+        "base_lr",
+        "mAP",
+        "cmc_rank_1",
+        "cmc_rank_5",
+        "cmc_rank_10",
+    ):  # TAO's scalar names
         assert tag in scalars, tag
     assert len(scalars["base_lr"]) == 3  # the lr of every epoch, both runs
     rows = list(csv.DictReader(open(train / "logs" / "metrics.csv")))
@@ -75,20 +84,30 @@ def test_tensorboard_and_csv_continue_in_one_folder(resumed):
     # TAO's numbering (from 0, as the bar, model_epoch_NNN.pth and status.json's epoch / max_epoch)
     assert log.count("epoch 0/1") == 1 and log.count("epoch 2/2") == 1 and "resuming from" in log
     assert sorted(path.name for path in train.glob("model_epoch_*.pth")) == [
-        "model_epoch_000.pth", "model_epoch_001.pth", "model_epoch_002.pth"]
+        "model_epoch_000.pth",
+        "model_epoch_001.pth",
+        "model_epoch_002.pth",
+    ]
 
 
 @pytest.mark.slow
 def test_tasks_fall_back_to_the_latest_checkpoint(tiny_market, resumed, capsys):
-    base = [f"results_dir={resumed}", f"dataset.query_dataset_dir={tiny_market / 'query'}",
-            f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}", "dataset.num_workers=0"]
+    base = [
+        f"results_dir={resumed}",
+        f"dataset.query_dataset_dir={tiny_market / 'query'}",
+        f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}",
+        "dataset.num_workers=0",
+    ]
     assert main(["evaluate"] + base) == 0, capsys.readouterr().err
     latest = resumed / "train" / "reid_model_latest.pth"
     assert f"evaluate.checkpoint is not set: using {latest}" in capsys.readouterr().out
     lines = read_status(resumed / "evaluate" / "status.json")
     assert [line["status"] for line in lines] == ["STARTED", "RUNNING", "RUNNING"]
-    assert [line["message"] for line in lines] == ["Starting ReIdentification evaluate.", "Test metrics generated.",
-                                                   "Evaluate finished successfully."]
+    assert [line["message"] for line in lines] == [
+        "Starting ReIdentification evaluate.",
+        "Test metrics generated.",
+        "Evaluate finished successfully.",
+    ]
     assert set(lines[-1]["kpi"]) == {"mAP", "cmc_rank_1", "cmc_rank_5", "cmc_rank_10"}
     metrics = json.loads((resumed / "evaluate" / "metrics.json").read_text())
     assert lines[-1]["kpi"]["mAP"] == pytest.approx(metrics["mAP"])
@@ -134,13 +153,24 @@ def test_append_line_adds_whole_lines_and_follows_the_umask(tmp_path):
 
 def test_checkpointer_best_k_and_step_interval(tiny_market, tmp_path, capsys):
     results = tmp_path / "ckpt"
-    code = main(["train"] + tiny_overrides(tiny_market, results, **{
-        "train.num_epochs": 3, "train.checkpointer.enable_topk": True, "train.checkpointer.save_top_k": 2,
-        "train.checkpoint_interval_unit": "step", "train.checkpoint_interval": 2}))
+    code = main(
+        ["train"]
+        + tiny_overrides(
+            tiny_market,
+            results,
+            **{
+                "train.num_epochs": 3,
+                "train.checkpointer.enable_topk": True,
+                "train.checkpointer.save_top_k": 2,
+                "train.checkpoint_interval_unit": "step",
+                "train.checkpoint_interval": 2,
+            },
+        )
+    )
     assert code == 0, capsys.readouterr().err
     names = sorted(p.name for p in (results / "train").glob("*.pth"))
     best = [name for name in names if name.startswith("model_best_")]
     steps = [name for name in names if name.startswith("model_step_")]
     assert len(best) == 2 and "reid_model_latest.pth" in names  # top 2 of 3 epochs by mAP, beside the latest
-    assert steps and all(int(name[len("model_step_"):-4]) % 2 == 0 for name in steps)
+    assert steps and all(int(name[len("model_step_") : -4]) % 2 == 0 for name in steps)
     assert not [name for name in names if name.startswith("model_epoch_")]

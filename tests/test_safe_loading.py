@@ -3,6 +3,7 @@
 Every field that names such a file gets a checkpoint carrying a pickled payload that would create a marker
 file when unpickled: without the opt-in the command stops with one line and the marker never appears; with
 it the file loads (and the payload runs: the opt-in is real)."""
+
 import shutil
 from pathlib import Path
 
@@ -63,9 +64,15 @@ def _command(field, path, market, results):
     return "export", base + [f"export.checkpoint={path}", f"export.onnx_file={results / 'model.onnx'}"]
 
 
-FIELDS = {"imagenet": "model.pretrained_model_path", "self": "model.pretrained_model_path",
-          "resume": "train.resume_training_checkpoint_path", "latest": "train.resume_training_checkpoint_path",
-          "evaluate": "evaluate.checkpoint", "inference": "inference.checkpoint", "export": "export.checkpoint"}
+FIELDS = {
+    "imagenet": "model.pretrained_model_path",
+    "self": "model.pretrained_model_path",
+    "resume": "train.resume_training_checkpoint_path",
+    "latest": "train.resume_training_checkpoint_path",
+    "evaluate": "evaluate.checkpoint",
+    "inference": "inference.checkpoint",
+    "export": "export.checkpoint",
+}
 
 
 @pytest.mark.parametrize("field", list(FIELDS))
@@ -81,8 +88,9 @@ def test_payload_never_runs_and_the_command_says_so_in_one_line(field, evil, tin
     assert not marker.exists()
 
 
-TRUSTED = [pytest.param(field, marks=[] if field in ("evaluate", "inference") else pytest.mark.slow)
-           for field in FIELDS]
+TRUSTED = [
+    pytest.param(field, marks=[] if field in ("evaluate", "inference") else pytest.mark.slow) for field in FIELDS
+]
 
 
 @pytest.mark.parametrize("field", TRUSTED)
@@ -113,9 +121,16 @@ def test_allow_list_loads_lightning_hyperparameters_of_an_omegaconf_config(tmp_p
 
     config = OmegaConf.create({"model": {"backbone": "resnet_50", "lr_steps": [40, 70]}, "path": None, "x": 1.5})
     path = tmp_path / "lightning.ckpt"
-    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"cfg": config},
-                "hparams": argparse.Namespace(lr=0.1), "lr_schedulers": [{"milestones": Counter([40, 70])}],
-                "dirpath": Path("/tmp")}, path)
+    torch.save(
+        {
+            "state_dict": {"w": torch.ones(2)},
+            "hyper_parameters": {"cfg": config},
+            "hparams": argparse.Namespace(lr=0.1),
+            "lr_schedulers": [{"milestones": Counter([40, 70])}],
+            "dirpath": Path("/tmp"),
+        },
+        path,
+    )
     loaded = safe_torch_load(path, "model.pretrained_model_path")
     assert loaded["hyper_parameters"]["cfg"].model.lr_steps == [40, 70]
     assert loaded["hparams"].lr == 0.1 and loaded["lr_schedulers"][0]["milestones"][40] == 1

@@ -129,9 +129,7 @@ def test_len_equals_iterated_length_for_every_epoch(mixed_pids: np.ndarray) -> N
 def test_distributed_ranks_split_each_global_batch(mixed_pids: np.ndarray, world_size: int) -> None:
     batch_size, k = 12, 4
     epoch = 3
-    ranks = [
-        PKSampler(mixed_pids, batch_size, k, seed=9, rank=r, world_size=world_size) for r in range(world_size)
-    ]
+    ranks = [PKSampler(mixed_pids, batch_size, k, seed=9, rank=r, world_size=world_size) for r in range(world_size)]
     for sampler in ranks:
         sampler.set_epoch(epoch)
     per_rank = [_batches(sampler) for sampler in ranks]
@@ -233,5 +231,5 @@ def test_every_epoch_has_the_same_length() -> None:
         sampler.set_epoch(epoch)
         lengths.add((len(sampler), len(list(sampler))))
     assert len(lengths) == 1
-    (declared, iterated), = lengths
+    ((declared, iterated),) = lengths
     assert declared == iterated and declared % 16 == 0

@@ -1,4 +1,5 @@
 """Derived seeds: one SeedSequence-based helper for every seed computed from train.seed."""
+
 import numpy as np
 import pytest
 

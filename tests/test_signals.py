@@ -3,6 +3,7 @@ epoch-end checkpoint is written, to the whole process group of a 2-process gloo 
 that resumes to the uninterrupted run's weights, one line, exit 128 + signal and a FAILURE line in
 status.json; never exit 0, never a hang. The signals are real and sent at deterministic points by
 tests/support/signal_train.py (no sleeps racing the run)."""
+
 import json
 import os
 import signal
@@ -40,15 +41,28 @@ def finish(process: subprocess.Popen, what: str):
 
 def signalled(where: str, count: int, signum: int, target: str, overrides):
     """The run, in a session of its own so that a signal to its process group reaches only it."""
-    process = subprocess.Popen([sys.executable, str(SCRIPT), where, str(count), str(int(signum)), target, *overrides],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(), cwd=ROOT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), where, str(count), str(int(signum)), target, *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        cwd=ROOT,
+        start_new_session=True,
+    )
     return finish(process, f"{where} {target}")
 
 
 def train(overrides):
-    process = subprocess.Popen([*REID, "train", *overrides], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=environment(), cwd=ROOT, start_new_session=True)
+    process = subprocess.Popen(
+        [*REID, "train", *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        cwd=ROOT,
+        start_new_session=True,
+    )
     code, out, err = finish(process, "train")
     assert code == 0, out[-2000:] + err[-3000:]
     return out
@@ -79,8 +93,7 @@ def uninterrupted(tiny_market, tmp_path_factory):
 
 
 @pytest.mark.parametrize("where", ["validation", "checkpoint"])
-def test_sigterm_during_validation_or_the_checkpoint_write_saves_the_epoch(where, uninterrupted, tiny_market,
-                                                                           tmp_path):
+def test_sigterm_during_validation_or_the_checkpoint_write_saves_the_epoch(where, uninterrupted, tiny_market, tmp_path):
     overrides = tiny_overrides(tiny_market, tmp_path)
     per_epoch = torch.load(uninterrupted, weights_only=True)["global_step"] // 2
     # the first validation step, or the first checkpoint write (reid_model_latest.pth at the end of epoch 1)

@@ -1,5 +1,6 @@
 """Spec fields describe themselves: every rule (help, choices, bounds, status) is declared once in the schema's
 field metadata, and validation, check_spec, notices, `reid TASK --help` and docs/spec_fields.md derive from it."""
+
 import importlib
 import re
 from pathlib import Path
@@ -47,8 +48,11 @@ def test_every_schema_leaf_has_help():
 @pytest.mark.parametrize("path", [f.path for f in FIELDS if f.meta.status == "unsupported"])
 def test_unsupported_fields_are_rejected_when_changed(path):
     load_experiment(None)  # the default value is accepted
-    with pytest.raises(ConfigError, match=rf"^{path} is not supported \(TAO declares it but never uses it\); "
-                                          "remove it from the spec"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{path} is not supported \(TAO declares it but never uses it\); "
+        "remove it from the spec",
+    ):
         load_experiment(None, [f"{path}={_other_value(find_field(path).default)}"])
 
 
@@ -91,8 +95,7 @@ BOUNDED = [f for f in FIELDS if f.meta.bounds is not None]
 @pytest.mark.parametrize("found", BOUNDED, ids=[f.path for f in BOUNDED])
 def test_bounds_reject_a_value_just_outside(found):
     value = _outside(found.meta.bounds)
-    override = (f"[{','.join([str(value)] * len(found.default))}]" if isinstance(found.default, list)
-                else str(value))
+    override = f"[{','.join([str(value)] * len(found.default))}]" if isinstance(found.default, list) else str(value)
     rule = re.escape(found.meta.bounds.text())
     with pytest.raises(ConfigError, match=rf"^{re.escape(found.path)}( values)? must be {rule}, got "):
         load_experiment(None, [f"{found.path}={override}"])
@@ -101,8 +104,11 @@ def test_bounds_reject_a_value_just_outside(found):
 def test_messages_keep_their_shape():
     with pytest.raises(ConfigError, match=r"^train.num_epochs must be at least 1, got 0$"):
         load_experiment(None, ["train.num_epochs=0"])
-    with pytest.raises(ConfigError, match=r"^model.backbone='resnet50' is not supported; choose one of 'resnet_18'"
-                                          r".*; did you mean resnet_50\?$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.backbone='resnet50' is not supported; choose one of 'resnet_18'"
+        r".*; did you mean resnet_50\?$",
+    ):
         load_experiment(None, ["model.backbone=resnet50"])
     with pytest.raises(ConfigError, match=r"^evaluate.batch_size must be at least 1, or -1 \(dataset.val_batch_size\)"):
         load_experiment(None, ["evaluate.batch_size=-2"])
@@ -123,11 +129,13 @@ def test_task_help_shows_choices_bounds_status_and_help(capsys):
 
 def test_spec_fields_page_is_current(production_tables):
     assert PAGE.read_text() == spec_fields_markdown(), (
-        "docs/spec_fields.md is stale; regenerate it with: python scripts/gen_spec_fields.py")
+        "docs/spec_fields.md is stale; regenerate it with: python scripts/gen_spec_fields.py"
+    )
 
 
 def test_the_table_choices_that_help_shows_are_current(production_tables):
     from reid_tao.builders import table_choices_module
 
     assert TABLES.read_text() == table_choices_module(), (
-        "reid_tao/config/table_choices.py is stale; regenerate it with: python scripts/gen_spec_fields.py")
+        "reid_tao/config/table_choices.py is stale; regenerate it with: python scripts/gen_spec_fields.py"
+    )

@@ -1,4 +1,5 @@
 """Swin backbones: shapes at re-ID sizes, exact window tiling (no wrap-around leak), rates, training."""
+
 import pytest
 import timm
 import torch
@@ -22,7 +23,7 @@ def test_window_sizes_tile_every_stage_exactly():
     assert fit_window_sizes((384, 128)) == ((8, 8), (8, 8), (8, 8), (6, 4))
     for size in [(256, 128), (384, 128), (224, 224), (320, 160), (352, 128)]:
         for stage, window in enumerate(fit_window_sizes(size)):
-            feature = (size[0] // 4 // 2 ** stage, size[1] // 4 // 2 ** stage)
+            feature = (size[0] // 4 // 2**stage, size[1] // 4 // 2**stage)
             assert feature[0] % window[0] == 0 and feature[1] % window[1] == 0, (size, stage, window)
 
 
@@ -105,8 +106,9 @@ def test_bad_name_or_size_is_a_value_error_naming_the_argument():
 def test_baseline_with_swin_learns_a_tiny_batch():
     torch.manual_seed(0)
     # 64x32 keeps the step cheap on CPU; the backbone is the same code path as at 256x128.
-    model = Baseline(SwinBackbone(TINY, (64, 32), drop_path_rate=0.0), num_classes=4, feat_dim=256,
-                     reduce_feat_dim=True).train()
+    model = Baseline(
+        SwinBackbone(TINY, (64, 32), drop_path_rate=0.0), num_classes=4, feat_dim=256, reduce_feat_dim=True
+    ).train()
     images = torch.randn(8, 3, 64, 32)
     labels = torch.arange(4).repeat_interleave(2)  # 4 identities x 2 images
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)

@@ -5,6 +5,7 @@ base.feature 1x1 conv, model.bottleneck, model.classifier) with random weights, 
 independent re-implementation of TAO's eval forward in plain torch ops, written from TAO's resnet.py and
 baseline.py: stem conv -> BN (no ReLU) -> maxpool, Bottleneck stages, [feature conv], average pool, BNNeck.
 """
+
 import json
 
 import pytest
@@ -68,12 +69,20 @@ def tao_state_dict(layers=TINY_LAYERS, feat_dim=256, num_classes=7, neck=True, s
 
 def tao_forward(state: dict, images: torch.Tensor, last_stride: int = 1, neck_feat: str = "after") -> torch.Tensor:
     """TAO's Baseline eval forward, op by op from the state dict."""
+
     def conv(x, name, stride=1, padding=0):
         return F.conv2d(x, state[f"{name}.weight"], state.get(f"{name}.bias"), stride=stride, padding=padding)
 
     def bn(x, name):
-        return F.batch_norm(x, state[f"{name}.running_mean"], state[f"{name}.running_var"],
-                            state[f"{name}.weight"], state[f"{name}.bias"], training=False, eps=1e-5)
+        return F.batch_norm(
+            x,
+            state[f"{name}.running_mean"],
+            state[f"{name}.running_var"],
+            state[f"{name}.weight"],
+            state[f"{name}.bias"],
+            training=False,
+            eps=1e-5,
+        )
 
     x = bn(conv(images, "model.base.conv1", stride=2, padding=3), "model.base.bn1")  # no ReLU here in TAO
     x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
@@ -86,8 +95,11 @@ def tao_forward(state: dict, images: torch.Tensor, last_stride: int = 1, neck_fe
             out = F.relu(bn(conv(x, f"{p}.conv1"), f"{p}.bn1"))
             out = F.relu(bn(conv(out, f"{p}.conv2", stride=step, padding=1), f"{p}.bn2"))
             out = bn(conv(out, f"{p}.conv3"), f"{p}.bn3")
-            residual = bn(conv(x, f"{p}.downsample.0", stride=step), f"{p}.downsample.1") \
-                if f"{p}.downsample.0.weight" in state else x
+            residual = (
+                bn(conv(x, f"{p}.downsample.0", stride=step), f"{p}.downsample.1")
+                if f"{p}.downsample.0.weight" in state
+                else x
+            )
             x = F.relu(out + residual)
             block += 1
     if "model.base.feature.weight" in state:
@@ -95,14 +107,29 @@ def tao_forward(state: dict, images: torch.Tensor, last_stride: int = 1, neck_fe
     global_feat = F.adaptive_avg_pool2d(x, 1).flatten(1)
     if "model.bottleneck.weight" not in state or neck_feat == "before":
         return global_feat
-    return F.batch_norm(global_feat, state["model.bottleneck.running_mean"], state["model.bottleneck.running_var"],
-                        state["model.bottleneck.weight"], state["model.bottleneck.bias"], training=False, eps=1e-5)
+    return F.batch_norm(
+        global_feat,
+        state["model.bottleneck.running_mean"],
+        state["model.bottleneck.running_var"],
+        state["model.bottleneck.weight"],
+        state["model.bottleneck.bias"],
+        training=False,
+        eps=1e-5,
+    )
 
 
 def lightning_checkpoint(state: dict, hyper_parameters=None) -> dict:
     """What TAO's Lightning Trainer writes (TAO's module does not save hyper-parameters; older setups may)."""
-    checkpoint = {"epoch": 119, "global_step": 12345, "pytorch-lightning_version": "2.2.1", "state_dict": state,
-                  "loops": {}, "callbacks": {}, "optimizer_states": [], "lr_schedulers": []}
+    checkpoint = {
+        "epoch": 119,
+        "global_step": 12345,
+        "pytorch-lightning_version": "2.2.1",
+        "state_dict": state,
+        "loops": {},
+        "callbacks": {},
+        "optimizer_states": [],
+        "lr_schedulers": [],
+    }
     if hyper_parameters is not None:
         checkpoint["hyper_parameters"] = hyper_parameters
         checkpoint["hparams_name"] = "kwargs"
@@ -149,9 +176,18 @@ def test_tao_resnet_18_is_a_bottleneck_net_and_name_follows_the_weights(tmp_path
 
 def test_hyper_parameters_in_the_checkpoint_win_over_the_spec(tmp_path, caplog):
     state = tao_state_dict(feat_dim=64)
-    spec = OmegaConf.create({"model": {"backbone": "resnet_50", "last_stride": 2, "neck_feat": "before",
-                                       "input_height": 96, "input_width": 32},
-                             "dataset": {"pixel_mean": [0.5, 0.5, 0.5], "pixel_std": [0.2, 0.2, 0.2]}})
+    spec = OmegaConf.create(
+        {
+            "model": {
+                "backbone": "resnet_50",
+                "last_stride": 2,
+                "neck_feat": "before",
+                "input_height": 96,
+                "input_width": 32,
+            },
+            "dataset": {"pixel_mean": [0.5, 0.5, 0.5], "pixel_std": [0.2, 0.2, 0.2]},
+        }
+    )
     path = tmp_path / "tao_hp.pth"
     torch.save(lightning_checkpoint(state, {"experiment_spec": spec, "prepare_for_training": True}), path)
     config = load_experiment(None, ["model.input_height=64", "model.input_width=32", "model.neck_feat=after"])
@@ -185,8 +221,15 @@ def test_unknown_and_tao_swin_checkpoints_fail_in_one_line(tmp_path):
     with pytest.raises(DataError, match="neither a reid_tao checkpoint nor a TAO"):
         load_trained_model(str(other), "evaluate.checkpoint")
     swin = tmp_path / "swin.pth"
-    torch.save(lightning_checkpoint({"model.base.patch_embed.projection.weight": torch.zeros(96, 3, 4, 4),
-                                     "model.classifier.weight": torch.zeros(5, 768)}), swin)
+    torch.save(
+        lightning_checkpoint(
+            {
+                "model.base.patch_embed.projection.weight": torch.zeros(96, 3, 4, 4),
+                "model.classifier.weight": torch.zeros(5, 768),
+            }
+        ),
+        swin,
+    )
     with pytest.raises(DataError, match="TAO Swin checkpoint") as error:
         load_trained_model(str(swin), "evaluate.checkpoint")
     assert "\n" not in str(error.value)
@@ -202,10 +245,16 @@ def test_evaluate_inference_export_through_the_cli(tiny_market, tmp_path, capsys
     state = tao_state_dict(feat_dim=32, num_classes=751)
     checkpoint = tmp_path / "tao_model.pth"
     torch.save(lightning_checkpoint(state), checkpoint)
-    spec = [f"results_dir={tmp_path}", "model.input_height=32", "model.input_width=16", "dataset.num_workers=0",
-            "dataset.pixel_mean=[0.4,0.5,0.6]", "dataset.pixel_std=[0.2,0.25,0.3]",
-            f"dataset.query_dataset_dir={tiny_market / 'query'}",
-            f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}"]
+    spec = [
+        f"results_dir={tmp_path}",
+        "model.input_height=32",
+        "model.input_width=16",
+        "dataset.num_workers=0",
+        "dataset.pixel_mean=[0.4,0.5,0.6]",
+        "dataset.pixel_std=[0.2,0.25,0.3]",
+        f"dataset.query_dataset_dir={tiny_market / 'query'}",
+        f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}",
+    ]
 
     assert main(["evaluate", f"evaluate.checkpoint={checkpoint}"] + spec) == 0, capsys.readouterr().err
     assert "TAO ResNet checkpoint" in capsys.readouterr().out
@@ -213,18 +262,30 @@ def test_evaluate_inference_export_through_the_cli(tiny_market, tmp_path, capsys
     assert 0 <= metrics["mAP"] <= 1 and metrics["num_query"] == 4
 
     output = tmp_path / "emb.json"
-    assert main(["inference", f"inference.checkpoint={checkpoint}", f"inference.query_dataset={tiny_market / 'query'}",
-                 f"inference.output_file={output}"] + spec) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "inference",
+                f"inference.checkpoint={checkpoint}",
+                f"inference.query_dataset={tiny_market / 'query'}",
+                f"inference.output_file={output}",
+            ]
+            + spec
+        )
+        == 0
+    ), capsys.readouterr().err
     entries = json.loads(output.read_text())
-    transform = Preprocessing(input_size=(32, 16), pixel_mean=(0.4, 0.5, 0.6),
-                              pixel_std=(0.2, 0.25, 0.3)).eval_transform()
+    transform = Preprocessing(
+        input_size=(32, 16), pixel_mean=(0.4, 0.5, 0.6), pixel_std=(0.2, 0.25, 0.3)
+    ).eval_transform()
     batch = torch.stack([transform(Image.open(entry["img_path"]).convert("RGB")) for entry in entries])
     expected = tao_forward(state, batch)
     assert_same_embeddings(torch.tensor([entry["embedding"] for entry in entries]), expected)
 
     onnx_file = tmp_path / "tao.onnx"
-    assert main(["export", f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx_file}"] + spec) == 0, \
+    assert main(["export", f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx_file}"] + spec) == 0, (
         capsys.readouterr().err
+    )
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     (onnx_features,) = session.run(None, {"input": batch.numpy()})
     assert_same_embeddings(torch.from_numpy(np.asarray(onnx_features)), expected)
@@ -234,9 +295,19 @@ def test_evaluate_inference_export_through_the_cli(tiny_market, tmp_path, capsys
 
 # ------------------------------------------------------------------ model.pretrain_choice=self with other files
 def self_config(market, tmp_path, path, backbone, *extra):
-    return load_experiment(None, tiny_overrides(market, tmp_path / "r", **{
-        "model.pretrain_choice": "self", "model.pretrained_model_path": str(path), "model.backbone": backbone,
-        **dict(item.split("=", 1) for item in extra)}))
+    return load_experiment(
+        None,
+        tiny_overrides(
+            market,
+            tmp_path / "r",
+            **{
+                "model.pretrain_choice": "self",
+                "model.pretrained_model_path": str(path),
+                "model.backbone": backbone,
+                **dict(item.split("=", 1) for item in extra),
+            },
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -254,8 +325,11 @@ def test_self_with_a_tao_checkpoint_loads_its_backbone(tiny_market, tmp_path, ta
     with caplog.at_level("INFO", logger="reid_tao"):
         model = build_model(self_config(tiny_market, tmp_path, path, "resnet_50"), num_classes=6)
     own = model.backbone.state_dict()
-    tao_backbone = {k[len("model.base."):]: v for k, v in state.items()
-                    if k.startswith("model.base.") and not k.startswith("model.base.feature.")}
+    tao_backbone = {
+        k[len("model.base.") :]: v
+        for k, v in state.items()
+        if k.startswith("model.base.") and not k.startswith("model.base.feature.")
+    }
     assert set(own) == set(tao_backbone)
     assert all(torch.equal(own[name], value) for name, value in tao_backbone.items())
     assert model.classifier.weight.shape == (6, model.feat_dim)  # a new classifier for the new identities
@@ -287,8 +361,11 @@ def to_tao_swin_layout(microsoft: dict) -> dict:
             value = value.reshape(out_ch, 4, in_ch // 4)[:, [0, 2, 1, 3], :].transpose(1, 2).reshape(out_ch, in_ch)
         elif "downsample.norm" in name:
             value = value.reshape(4, -1)[[0, 2, 1, 3], :].transpose(0, 1).reshape(-1)
-        name = name.replace("layers", "stages", 1).replace("norm.", "norm3.") if name.startswith("norm.") \
+        name = (
+            name.replace("layers", "stages", 1).replace("norm.", "norm3.")
+            if name.startswith("norm.")
             else name.replace("layers", "stages", 1)
+        )
         tao[f"model.base.{name}"] = value
     tao["model.base.semantic_embed_w.0.weight"] = torch.zeros(192, 2)  # SOLIDER's, no counterpart here
     tao["model.bottleneck.weight"] = torch.ones(768)
@@ -318,8 +395,9 @@ def test_self_with_a_swin_weights_file(tiny_market, tmp_path, layout, caplog):
             for parameter in source.parameters():
                 parameter.add_(torch.randn_like(parameter) * 0.1)
         torch.save(lightning_checkpoint(to_tao_swin_layout(to_microsoft_layout(source))), tmp_path / "swin.pth")
-    config = self_config(tiny_market, tmp_path, tmp_path / "swin.pth", name, "model.input_height=64",
-                         "model.input_width=32")
+    config = self_config(
+        tiny_market, tmp_path, tmp_path / "swin.pth", name, "model.input_height=64", "model.input_width=32"
+    )
     with caplog.at_level("INFO", logger="reid_tao"):
         model = build_model(config, num_classes=6)
     assert "is not a reid_tao checkpoint" in caplog.text and "loaded 1" in caplog.text
@@ -327,8 +405,9 @@ def test_self_with_a_swin_weights_file(tiny_market, tmp_path, layout, caplog):
     assert torch.equal(target.patch_embed.proj.weight, source.patch_embed.proj.weight)
     assert torch.equal(target.layers[2].blocks[3].mlp.fc2.weight, source.layers[2].blocks[3].mlp.fc2.weight)
     for stage in (1, 2, 3):  # patch merging: TAO's unfold order maps back onto timm's
-        assert torch.equal(target.layers[stage].downsample.reduction.weight,
-                           source.layers[stage].downsample.reduction.weight)
+        assert torch.equal(
+            target.layers[stage].downsample.reduction.weight, source.layers[stage].downsample.reduction.weight
+        )
         assert torch.equal(target.layers[stage].downsample.norm.weight, source.layers[stage].downsample.norm.weight)
     assert torch.equal(target.norm.weight, source.norm.weight)
 

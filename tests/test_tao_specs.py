@@ -1,5 +1,6 @@
 """TAO's own files work unchanged: the full experiment.yaml TAO 7.3 writes, TAO's two sample specs, and the
 7.3 fields that only log a line."""
+
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,15 @@ def test_mandatory_marker_in_a_required_field_is_one_line(tmp_path):
 
 
 def test_fields_without_effect_log_one_line_each(tmp_path):
-    config = load_experiment(str(TAO73), [
-        "train.optim.cosine_scale=64", "train.optim.lr_monitor=train_loss", "model_name=re_identification",
-        "evaluate.trt_engine=/models/reid.engine"])
+    config = load_experiment(
+        str(TAO73),
+        [
+            "train.optim.cosine_scale=64",
+            "train.optim.lr_monitor=train_loss",
+            "model_name=re_identification",
+            "evaluate.trt_engine=/models/reid.engine",
+        ],
+    )
     train_lines = field_notices(config, "train")
     assert len(train_lines) == 3
     assert any(line.startswith("train.optim.cosine_scale=64.0 has no effect") for line in train_lines)
@@ -68,9 +75,18 @@ def test_unknown_keys_stay_errors(tmp_path):
 
 
 def test_tao73_settings_reach_the_constructors(tmp_path):
-    config = load_experiment(str(TAO73), [
-        "train.checkpointer.enable_topk=true", "train.checkpointer.save_top_k=2", "train.checkpoint_interval_unit=step",
-        "train.checkpoint_interval=50", "evaluate.batch_size=7", "wandb.run_id=abc", "wandb.entity=''"])
+    config = load_experiment(
+        str(TAO73),
+        [
+            "train.checkpointer.enable_topk=true",
+            "train.checkpointer.save_top_k=2",
+            "train.checkpoint_interval_unit=step",
+            "train.checkpoint_interval=50",
+            "evaluate.batch_size=7",
+            "wandb.run_id=abc",
+            "wandb.entity=''",
+        ],
+    )
     settings = checkpoint_settings(config)
     assert settings["unit"] == "step" and settings["interval"] == 50 and settings["periodic"]
     assert settings["best"]["monitor"] == "mAP" and settings["best"]["mode"] == "max"
@@ -79,9 +95,14 @@ def test_tao73_settings_reach_the_constructors(tmp_path):
     assert extraction_batch_size(config, "inference") == config.dataset.val_batch_size  # -1: TAO's default
     wandb = wandb_settings(config)
     assert wandb["id"] == "abc" and wandb["entity"] is None and wandb["project"] == "TAO Toolkit"
-    replaced = load_experiment(str(TAO73), ["train.checkpointer.enable_topk=true",
-                                                      "train.checkpointer.replace_periodic=true",
-                                                      "train.checkpointer.monitor=train_loss"])
+    replaced = load_experiment(
+        str(TAO73),
+        [
+            "train.checkpointer.enable_topk=true",
+            "train.checkpointer.replace_periodic=true",
+            "train.checkpointer.monitor=train_loss",
+        ],
+    )
     settings = checkpoint_settings(replaced)
     assert not settings["periodic"] and settings["best"]["mode"] == "min"
     assert settings["best"]["save_on_train_epoch_end"]
@@ -135,8 +156,12 @@ SMALL_INPUT = ["model.input_height=64", "model.input_width=32"]
 
 
 def data_overrides(market, results):
-    return [f"results_dir={results}", f"dataset.train_dataset_dir={market / 'bounding_box_train'}",
-            f"dataset.query_dataset_dir={market / 'query'}", f"dataset.test_dataset_dir={market / 'bounding_box_test'}"]
+    return [
+        f"results_dir={results}",
+        f"dataset.train_dataset_dir={market / 'bounding_box_train'}",
+        f"dataset.query_dataset_dir={market / 'query'}",
+        f"dataset.test_dataset_dir={market / 'bounding_box_test'}",
+    ]
 
 
 def resnet50_weights(path):
@@ -155,8 +180,15 @@ def test_full_tao73_experiment_yaml_runs_every_task(pk_market, tmp_path, capsys)
     spec = str(TAO73)
     results = tmp_path / "results"
     weights = resnet50_weights(tmp_path / "resnet50.pth")
-    train = ["train", "-e", spec, *data_overrides(pk_market, results), *SMALL_INPUT, "train.num_epochs=1",
-             f"model.pretrained_model_path={weights}"]
+    train = [
+        "train",
+        "-e",
+        spec,
+        *data_overrides(pk_market, results),
+        *SMALL_INPUT,
+        "train.num_epochs=1",
+        f"model.pretrained_model_path={weights}",
+    ]
     assert main(train) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "wandb.enable=true but the wandb package is not installed" in out  # TAO's default: wandb on

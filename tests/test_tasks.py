@@ -1,4 +1,5 @@
 """evaluate, inference and export end to end from a checkpoint trained in the test."""
+
 import json
 
 import numpy as np
@@ -18,20 +19,47 @@ def trained(trained_checkpoint):
 
 def eval_overrides(market, results, checkpoint, *extra):
     # Only the dataset folders and results_dir: the model comes from the checkpoint.
-    return [f"results_dir={results}", f"evaluate.checkpoint={checkpoint}",
-            f"dataset.query_dataset_dir={market / 'query'}", f"dataset.test_dataset_dir={market / 'bounding_box_test'}",
-            "dataset.num_workers=0", *extra]
+    return [
+        f"results_dir={results}",
+        f"evaluate.checkpoint={checkpoint}",
+        f"dataset.query_dataset_dir={market / 'query'}",
+        f"dataset.test_dataset_dir={market / 'bounding_box_test'}",
+        "dataset.num_workers=0",
+        *extra,
+    ]
 
 
 def test_evaluate_writes_metrics_and_plots(tiny_market, trained, tmp_path, capsys):
-    code = main(["evaluate"] + eval_overrides(tiny_market, tmp_path, trained, "re_ranking.re_ranking=true",
-                                              "re_ranking.max_rank=5", "re_ranking.num_query=3",
-                                              "re_ranking.k1=4", "re_ranking.k2=2"))
+    code = main(
+        ["evaluate"]
+        + eval_overrides(
+            tiny_market,
+            tmp_path,
+            trained,
+            "re_ranking.re_ranking=true",
+            "re_ranking.max_rank=5",
+            "re_ranking.num_query=3",
+            "re_ranking.k1=4",
+            "re_ranking.k2=2",
+        )
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
-    assert set(metrics) >= {"mAP", "mINP", "cmc", "rank1", "rank5", "rank10", "num_query", "num_gallery",
-                            "num_valid_query", "re_ranking", "ranking", "plain"}
+    assert set(metrics) >= {
+        "mAP",
+        "mINP",
+        "cmc",
+        "rank1",
+        "rank5",
+        "rank10",
+        "num_query",
+        "num_gallery",
+        "num_valid_query",
+        "re_ranking",
+        "ranking",
+        "plain",
+    }
     assert metrics["num_query"] == 4 and metrics["num_gallery"] == 17 and metrics["num_valid_query"] == 4
     assert len(metrics["cmc"]) == 5 and metrics["re_ranking"] is True
     assert metrics["precision"] == "32"  # evaluation defaults to fp32 on every device
@@ -72,11 +100,18 @@ def test_a_writer_registered_in_the_table_is_called_with_the_result(tiny_market,
 
 def test_evaluate_prefers_evaluate_folders_and_never_inference(tiny_market, trained, tmp_path, capsys):
     # evaluate.* folders win over dataset.*; inference.* folders are never read (TAO bug B6).
-    code = main(["evaluate"] + eval_overrides(tiny_market, tmp_path, trained,
-                                              "dataset.query_dataset_dir=/nonexistent/q",
-                                              f"evaluate.query_dataset={tiny_market / 'query'}",
-                                              "inference.query_dataset=/nonexistent/inference",
-                                              f"evaluate.output_cmc_curve_plot={tmp_path / 'x' / 'cmc.png'}"))
+    code = main(
+        ["evaluate"]
+        + eval_overrides(
+            tiny_market,
+            tmp_path,
+            trained,
+            "dataset.query_dataset_dir=/nonexistent/q",
+            f"evaluate.query_dataset={tiny_market / 'query'}",
+            "inference.query_dataset=/nonexistent/inference",
+            f"evaluate.output_cmc_curve_plot={tmp_path / 'x' / 'cmc.png'}",
+        )
+    )
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "x" / "cmc.png").is_file()
 
@@ -104,9 +139,18 @@ def test_inference_writes_one_embedding_per_image(tiny_market, trained, tmp_path
     for index, path in enumerate(sorted((tiny_market / "query").iterdir())):
         (loose / f"crop_{index}.png").write_bytes(path.read_bytes())  # names need not be Market's
     output = tmp_path / "emb.json"
-    code = main(["inference", f"results_dir={tmp_path}", f"inference.checkpoint={trained}",
-                 f"inference.query_dataset={loose}", f"inference.test_dataset={tiny_market / 'bounding_box_test'}",
-                 f"inference.output_file={output}", "dataset.val_batch_size=5", "dataset.num_workers=0"])
+    code = main(
+        [
+            "inference",
+            f"results_dir={tmp_path}",
+            f"inference.checkpoint={trained}",
+            f"inference.query_dataset={loose}",
+            f"inference.test_dataset={tiny_market / 'bounding_box_test'}",
+            f"inference.output_file={output}",
+            "dataset.val_batch_size=5",
+            "dataset.num_workers=0",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     entries = json.loads(output.read_text())
     gallery = sorted(str(p) for p in (tiny_market / "bounding_box_test").iterdir())
@@ -153,8 +197,12 @@ def test_pretrain_choice_self_loads_backbone_and_new_classifier(tiny_market, tra
     from helpers import make_market
 
     other = make_market(tmp_path / "other", train_ids=range(20, 29))  # 9 new identities
-    config = load_experiment(None, tiny_overrides(other, tmp_path / "r", **{"model.pretrain_choice": "self",
-                                                                        "model.pretrained_model_path": str(trained)}))
+    config = load_experiment(
+        None,
+        tiny_overrides(
+            other, tmp_path / "r", **{"model.pretrain_choice": "self", "model.pretrained_model_path": str(trained)}
+        ),
+    )
     model = build_model(config, num_classes=9)
     source = read_checkpoint_file(trained, "x").model_state
     own = model.state_dict()
@@ -166,20 +214,32 @@ def test_pretrain_choice_self_loads_backbone_and_new_classifier(tiny_market, tra
 @pytest.mark.slow
 def test_swin_tiny_trains_and_exports_through_the_cli(tiny_market, tmp_path, capsys):
     results = tmp_path / "swin"
-    overrides = tiny_overrides(tiny_market, results, **{
-        "model.backbone": "swin_tiny_patch4_window7_224", "model.input_height": 64, "model.input_width": 32,
-        "model.reduce_feat_dim": True, "train.num_epochs": 1, "dataset.interpolation": "bicubic"})
+    overrides = tiny_overrides(
+        tiny_market,
+        results,
+        **{
+            "model.backbone": "swin_tiny_patch4_window7_224",
+            "model.input_height": 64,
+            "model.input_width": 32,
+            "model.reduce_feat_dim": True,
+            "train.num_epochs": 1,
+            "dataset.interpolation": "bicubic",
+        },
+    )
     assert main(["train"] + overrides) == 0, capsys.readouterr().err
     checkpoint = results / "train" / "reid_model_latest.pth"
     assert torch.load(checkpoint, weights_only=True)["reid_tao"]["preprocessing"]["interpolation"] == "bicubic"
     onnx_file = tmp_path / "swin.onnx"
-    assert main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}",
-                 f"export.onnx_file={onnx_file}"]) == 0, capsys.readouterr().err
+    assert (
+        main(["export", f"results_dir={results}", f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx_file}"])
+        == 0
+    ), capsys.readouterr().err
     assert "max abs difference" in capsys.readouterr().out
 
 
-def test_evaluate_sampled_matches_worst_shows_the_lowest_ap_queries(tiny_market, trained, tmp_path, monkeypatch,
-                                                                      capsys):
+def test_evaluate_sampled_matches_worst_shows_the_lowest_ap_queries(
+    tiny_market, trained, tmp_path, monkeypatch, capsys
+):
     from reid_tao.builders import load_experiment
     from reid_tao.tasks import evaluate, evaluate_outputs
 
@@ -188,10 +248,14 @@ def test_evaluate_sampled_matches_worst_shows_the_lowest_ap_queries(tiny_market,
     calls, shown = [], {}
     real = evaluate_outputs.choose_query_rows
     monkeypatch.setattr(evaluate_outputs, "choose_query_rows", lambda *a, **k: calls.append(k) or real(*a, **k))
-    monkeypatch.setattr(evaluate_outputs, "plot_sampled_matches",
-                        lambda queries, *args, query_labels, **kwargs: shown.update(labels=query_labels))
-    spec = load_experiment(None, eval_overrides(tiny_market, tmp_path, trained, "re_ranking.num_query=2",
-                                                "evaluate.sampled_matches=worst"))
+    monkeypatch.setattr(
+        evaluate_outputs,
+        "plot_sampled_matches",
+        lambda queries, *args, query_labels, **kwargs: shown.update(labels=query_labels),
+    )
+    spec = load_experiment(
+        None, eval_overrides(tiny_market, tmp_path, trained, "re_ranking.num_query=2", "evaluate.sampled_matches=worst")
+    )
     results = evaluate.run(spec)
     assert calls[0]["choice"] == "worst" and calls[0]["query_ap"] is results.plain.query_ap
     # the candidates are the ranking's own has-a-true-match mask, not a second computation
@@ -226,14 +290,21 @@ def test_extraction_precision_comes_from_the_section(monkeypatch, section):
 
 
 @pytest.mark.parametrize("task", ["evaluate", "inference", "export"])
-def test_spec_model_values_that_differ_from_the_checkpoint_are_named_and_not_recorded(task, tiny_market, trained,
-                                                                                      tmp_path, capsys):
+def test_spec_model_values_that_differ_from_the_checkpoint_are_named_and_not_recorded(
+    task, tiny_market, trained, tmp_path, capsys
+):
     from omegaconf import OmegaConf
 
     spec_model = ["model.backbone=resnet_50", "model.input_height=256", "model.neck_feat=before"]
-    args = [task, f"results_dir={tmp_path}", f"{task}.checkpoint={trained}", "dataset.num_workers=0",
-            f"dataset.query_dataset_dir={tiny_market / 'query'}",
-            f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}", *spec_model]
+    args = [
+        task,
+        f"results_dir={tmp_path}",
+        f"{task}.checkpoint={trained}",
+        "dataset.num_workers=0",
+        f"dataset.query_dataset_dir={tiny_market / 'query'}",
+        f"dataset.test_dataset_dir={tiny_market / 'bounding_box_test'}",
+        *spec_model,
+    ]
     if task == "export":
         args.append(f"export.onnx_file={tmp_path / 'model.onnx'}")
     assert main(args) == 0, capsys.readouterr().err
@@ -246,12 +317,16 @@ def test_spec_model_values_that_differ_from_the_checkpoint_are_named_and_not_rec
 
 
 @pytest.mark.parametrize("opset", [7, 99])
-def test_export_opset_outside_what_the_exporter_and_onnxruntime_support_is_one_line(opset, trained, tmp_path,
-                                                                                    capsys):
+def test_export_opset_outside_what_the_exporter_and_onnxruntime_support_is_one_line(opset, trained, tmp_path, capsys):
     from reid_tao.deploy.opsets import supported_opsets
 
-    args = ["export", f"results_dir={tmp_path}", f"export.checkpoint={trained}", f"export.opset={opset}",
-            f"export.onnx_file={tmp_path / 'model.onnx'}"]
+    args = [
+        "export",
+        f"results_dir={tmp_path}",
+        f"export.checkpoint={trained}",
+        f"export.opset={opset}",
+        f"export.onnx_file={tmp_path / 'model.onnx'}",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     shown = f"{supported_opsets()[0]}..{supported_opsets()[-1]}"
@@ -265,8 +340,13 @@ def test_export_at_the_lowest_supported_opset_has_no_weights_as_inputs(trained, 
     from reid_tao.deploy.opsets import supported_opsets
 
     onnx_file = tmp_path / "model.onnx"
-    args = ["export", f"results_dir={tmp_path}", f"export.checkpoint={trained}", f"export.onnx_file={onnx_file}",
-            f"export.opset={supported_opsets()[0]}"]
+    args = [
+        "export",
+        f"results_dir={tmp_path}",
+        f"export.checkpoint={trained}",
+        f"export.onnx_file={onnx_file}",
+        f"export.opset={supported_opsets()[0]}",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     graph = onnx.load(str(onnx_file)).graph
     assert [value.name for value in graph.input] == ["input"]

@@ -1,4 +1,5 @@
 """`reid train` end to end on tiny data: checkpoints, metadata, resume, errors."""
+
 import pytest
 import torch
 
@@ -17,8 +18,12 @@ def run_train(capsys, market, results, **extra):
 
 def test_train_writes_tao_checkpoints_and_metadata(tiny_market, tmp_path, capsys):
     results = tmp_path / "res"
-    out = run_train(capsys, tiny_market, results, **{"train.num_epochs": 3, "train.checkpoint_interval": 2,
-                                                   "train.validation_interval": 1})
+    out = run_train(
+        capsys,
+        tiny_market,
+        results,
+        **{"train.num_epochs": 3, "train.checkpoint_interval": 2, "train.validation_interval": 1},
+    )
     train_dir = results / "train"
     names = sorted(p.name for p in train_dir.glob("*.pth"))
     assert names == ["model_epoch_001.pth", "reid_model_latest.pth"]
@@ -40,8 +45,14 @@ def test_train_writes_tao_checkpoints_and_metadata(tiny_market, tmp_path, capsys
 def test_resume_equals_uninterrupted(tiny_market, tmp_path, capsys):
     # Loader workers (num_workers >= 1) create the epoch's iterator before Lightning sets the sampler's
     # epoch: the data module must set it itself, or a resumed run replays epoch 0's batches.
-    extra = {"train.num_epochs": 3, "model.with_center_loss": True, "train.optim.lr_steps": "[2]",
-             "dataset.num_workers": 1, "dataset.pipeline": "cpu", "train.checkpoint_interval": 1}
+    extra = {
+        "train.num_epochs": 3,
+        "model.with_center_loss": True,
+        "train.optim.lr_steps": "[2]",
+        "dataset.num_workers": 1,
+        "dataset.pipeline": "cpu",
+        "train.checkpoint_interval": 1,
+    }
     run_train(capsys, tiny_market, tmp_path / "full", **extra)
     # interrupted after epoch 1 (num_epochs=1), then re-run with num_epochs=3: resumes automatically
     run_train(capsys, tiny_market, tmp_path / "split", **{**extra, "train.num_epochs": 1})
@@ -68,8 +79,12 @@ def test_resume_equals_uninterrupted(tiny_market, tmp_path, capsys):
 
 def test_centers_move_during_training(tiny_market, tmp_path, capsys):
     torch.manual_seed(0)
-    run_train(capsys, tiny_market, tmp_path / "c", **{"train.num_epochs": 1, "model.with_center_loss": True,
-                                                      "train.checkpoint_interval": 1})
+    run_train(
+        capsys,
+        tiny_market,
+        tmp_path / "c",
+        **{"train.num_epochs": 1, "model.with_center_loss": True, "train.checkpoint_interval": 1},
+    )
     first = torch.load(tmp_path / "c/train/model_epoch_000.pth", weights_only=True)
     # rebuild the initial centers: the same seed gives the same initialisation
     import pytorch_lightning as pl
@@ -104,16 +119,24 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["reid_model_latest.pth"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["dataset.train_dataset_dir=/nonexistent/train"],
-     "dataset.train_dataset_dir: folder or list file /nonexistent/train does not exist"),
-    (["dataset.batch_size=10", "dataset.num_instances=4"], "divisible"),
-    (["model.backbone=resnet_99"], "model.backbone"),
-    (["model.backbone=resnet_18", "model.pretrain_choice=imagenet"], "model.pretrained_model_path"),  # offline
-    # known before the Trainer starts its processes: one line, not PKSampler's ValueError traceback
-    (["train.num_gpus=2"], "6 identities are fewer than the 4 per PK batch (dataset.batch_size / "
-                           "dataset.num_instances) x 2 processes; lower dataset.batch_size or use fewer devices"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["dataset.train_dataset_dir=/nonexistent/train"],
+            "dataset.train_dataset_dir: folder or list file /nonexistent/train does not exist",
+        ),
+        (["dataset.batch_size=10", "dataset.num_instances=4"], "divisible"),
+        (["model.backbone=resnet_99"], "model.backbone"),
+        (["model.backbone=resnet_18", "model.pretrain_choice=imagenet"], "model.pretrained_model_path"),  # offline
+        # known before the Trainer starts its processes: one line, not PKSampler's ValueError traceback
+        (
+            ["train.num_gpus=2"],
+            "6 identities are fewer than the 4 per PK batch (dataset.batch_size / "
+            "dataset.num_instances) x 2 processes; lower dataset.batch_size or use fewer devices",
+        ),
+    ],
+)
 def test_bad_input_gets_one_line_and_exit_code_2(tiny_market, tmp_path, capsys, overrides, message):
     code = main(["train"] + tiny_overrides(tiny_market, tmp_path / "bad") + overrides)
     err = capsys.readouterr().err.strip()
@@ -133,10 +156,20 @@ def test_resume_from_other_dataset_is_refused(tiny_market, tmp_path, capsys):
 
 def test_grad_clip_limits_the_update(tiny_market, tmp_path, capsys):
     def first_conv_change(name, clip):
-        run_train(capsys, tiny_market, tmp_path / name, **{
-            "train.num_epochs": 1, "train.optim.name": "SGD", "train.optim.base_lr": 0.5,
-            "train.optim.warmup_iters": 1, "train.optim.weight_decay": 0.0, "train.optim.weight_decay_bias": 0.0,
-            "train.grad_clip": clip})
+        run_train(
+            capsys,
+            tiny_market,
+            tmp_path / name,
+            **{
+                "train.num_epochs": 1,
+                "train.optim.name": "SGD",
+                "train.optim.base_lr": 0.5,
+                "train.optim.warmup_iters": 1,
+                "train.optim.weight_decay": 0.0,
+                "train.optim.weight_decay_bias": 0.0,
+                "train.grad_clip": clip,
+            },
+        )
         import pytorch_lightning as pl
 
         from reid_tao.builders import build_model, load_experiment
@@ -158,8 +191,9 @@ def test_corrupt_training_image_in_a_loader_worker_gives_one_line(tiny_market, t
     shutil.copytree(tiny_market, market)
     broken = sorted((market / "bounding_box_train").iterdir())[0]
     broken.write_bytes(b"truncated")
-    code = main(["train"] + tiny_overrides(market, tmp_path / "r", **{"dataset.num_workers": 1,
-                                                                     "dataset.pipeline": "cpu"}))
+    code = main(
+        ["train"] + tiny_overrides(market, tmp_path / "r", **{"dataset.num_workers": 1, "dataset.pipeline": "cpu"})
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.splitlines() == [err] and f"cannot read image {broken}" in err and "Traceback" not in err

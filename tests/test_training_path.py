@@ -1,6 +1,7 @@
 """The training path's GPU-facing decisions, checked on the CPU: host syncs per step, gradient clipping
 under a fp16 loss scale, where compile/memory format are applied, per-rank seeds, precision and cuDNN
 choices."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -16,9 +17,19 @@ from helpers import tiny_overrides
 
 
 def tiny_setup(market, tmp_path, **extra):
-    config = load_experiment(None, tiny_overrides(market, tmp_path, **{
-        "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null", "dataset.pipeline": "gpu",
-        **extra}))
+    config = load_experiment(
+        None,
+        tiny_overrides(
+            market,
+            tmp_path,
+            **{
+                "dataset.query_dataset_dir": "null",
+                "dataset.test_dataset_dir": "null",
+                "dataset.pipeline": "gpu",
+                **extra,
+            },
+        ),
+    )
     pl.seed_everything(0, verbose=False)
     datamodule = build_datamodule(config)
     datamodule.setup("fit")
@@ -26,9 +37,17 @@ def tiny_setup(market, tmp_path, **extra):
 
 
 def quiet_trainer(**kwargs):
-    options = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                   enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                   use_distributed_sampler=False)
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+    )
     options.update(kwargs)
     return pl.Trainer(**options)
 
@@ -44,8 +63,9 @@ class StepCounter(pl.Callback):
 def test_host_syncs_per_step_are_only_the_progress_bar_redraws(tiny_market, tmp_path):
     """Counted at the dispatcher (tests/support/sync_counter.py), so boolean-mask indexing (nonzero inside the kernel,
     e.g. the triplet loss's d_ap[has_negative] and its backward) counts too, not only Tensor.item."""
-    _, datamodule, module = tiny_setup(tiny_market, tmp_path, **{"dataset.batch_size": 4,
-                                                                 "model.with_center_loss": True})
+    _, datamodule, module = tiny_setup(
+        tiny_market, tmp_path, **{"dataset.batch_size": 4, "model.with_center_loss": True}
+    )
     refresh, counter = 4, StepCounter()
     trainer = quiet_trainer(callbacks=[StepLossBar(refresh_rate=refresh), counter])
     with HostSyncCounter() as syncs:
@@ -91,6 +111,7 @@ def test_grad_clip_applies_to_unscaled_gradients_under_fp16(tiny_market, tmp_pat
 
 def test_center_step_undoes_the_fp16_loss_scale(tiny_market, tmp_path):
     """The centers step outside the scaler: their gradients must be divided by the loss scale."""
+
     def center_change(trainer):
         _, datamodule, module = tiny_setup(tiny_market, tmp_path, **{"model.with_center_loss": True})
         before = module.loss.center_loss.centers.detach().clone()
@@ -154,11 +175,17 @@ def test_epoch_seed_differs_per_rank_and_epoch_and_is_reproducible(tiny_market, 
 
 
 # -- item: precision=auto asks the chosen device for native bf16 ----------------------------------------
-@pytest.mark.parametrize("capabilities, index, expected", [
-    ({0: (9, 0)}, 0, "bf16-mixed"), ({0: (8, 0)}, 0, "bf16-mixed"),
-    ({0: (7, 0)}, 0, "16-mixed"), ({0: (7, 5)}, 0, "16-mixed"),  # V100, T4: bf16 only emulated
-    ({0: (7, 0), 1: (8, 6)}, 1, "bf16-mixed"), ({0: (8, 6), 1: (7, 5)}, 1, "16-mixed"),  # gpu_ids=[1]
-])
+@pytest.mark.parametrize(
+    "capabilities, index, expected",
+    [
+        ({0: (9, 0)}, 0, "bf16-mixed"),
+        ({0: (8, 0)}, 0, "bf16-mixed"),
+        ({0: (7, 0)}, 0, "16-mixed"),
+        ({0: (7, 5)}, 0, "16-mixed"),  # V100, T4: bf16 only emulated
+        ({0: (7, 0), 1: (8, 6)}, 1, "bf16-mixed"),
+        ({0: (8, 6), 1: (7, 5)}, 1, "16-mixed"),  # gpu_ids=[1]
+    ],
+)
 def test_auto_precision_uses_the_capability_of_the_chosen_gpu(monkeypatch, capabilities, index, expected):
     from reid_tao.engine.precision import precision_for
 
@@ -171,8 +198,9 @@ def test_auto_precision_uses_the_capability_of_the_chosen_gpu(monkeypatch, capab
     assert precision_for("16-mixed", "gpu", index) == "16-mixed"
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True),
-                                                          (False, False, False)])
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)]
+)
 def test_cpu_bf16_is_native_with_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx, expected):
     from reid_tao.engine.precision import cpu_has_native_bf16
 
@@ -219,18 +247,22 @@ def test_sync_bn_is_off_by_default_and_warned_about_with_compile(monkeypatch, tm
     assert load_experiment(None).train.sync_bn is False
     assert fake_gpu_trainer(monkeypatch, tmp_path, tiny_market, caplog)["sync_batchnorm"] is False
     caplog.clear()
-    kwargs = fake_gpu_trainer(monkeypatch, tmp_path, tiny_market, caplog,
-                              **{"train.sync_bn": True, "train.compile": True})
+    kwargs = fake_gpu_trainer(
+        monkeypatch, tmp_path, tiny_market, caplog, **{"train.sync_bn": True, "train.compile": True}
+    )
     assert kwargs["sync_batchnorm"] is True
     warnings = [r for r in caplog.records if "train.sync_bn with train.compile" in r.getMessage()]
     assert len(warnings) == 1
 
 
-@pytest.mark.parametrize("cudnn, expected", [
-    ({}, (True, None)),  # GPU default: autotuned kernels
-    ({"train.cudnn.deterministic": True}, (False, "warn")),
-    ({"train.cudnn.deterministic": True, "train.cudnn.benchmark": True}, (True, "warn")),
-])
+@pytest.mark.parametrize(
+    "cudnn, expected",
+    [
+        ({}, (True, None)),  # GPU default: autotuned kernels
+        ({"train.cudnn.deterministic": True}, (False, "warn")),
+        ({"train.cudnn.deterministic": True, "train.cudnn.benchmark": True}, (True, "warn")),
+    ],
+)
 def test_cudnn_section_reaches_the_trainer(monkeypatch, tmp_path, tiny_market, caplog, cudnn, expected):
     kwargs = fake_gpu_trainer(monkeypatch, tmp_path, tiny_market, caplog, **cudnn)
     assert (kwargs["benchmark"], kwargs["deterministic"]) == expected
@@ -247,16 +279,21 @@ def test_cudnn_flags_on_cpu():
 
 # -- validation computes in evaluate.precision, not under the training autocast ---------------------------
 @pytest.mark.parametrize("evaluate_precision, expected", [("32", False), ("bf16-mixed", True)])
-def test_validation_uses_evaluate_precision_not_the_training_autocast(tiny_market, tmp_path, evaluate_precision,
-                                                                       expected):
-    config = load_experiment(None, tiny_overrides(tiny_market, tmp_path, **{
-        "train.precision": "bf16-mixed", "evaluate.precision": evaluate_precision}))
+def test_validation_uses_evaluate_precision_not_the_training_autocast(
+    tiny_market, tmp_path, evaluate_precision, expected
+):
+    config = load_experiment(
+        None,
+        tiny_overrides(
+            tiny_market, tmp_path, **{"train.precision": "bf16-mixed", "evaluate.precision": evaluate_precision}
+        ),
+    )
     datamodule = build_datamodule(config)
     datamodule.setup("validate")
-    module = build_module(config, datamodule.num_classes, num_query=len(datamodule.query_records),
-                          load_pretrained=False)
+    module = build_module(
+        config, datamodule.num_classes, num_query=len(datamodule.query_records), load_pretrained=False
+    )
     seen = []
     module.model.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
-    quiet_trainer(precision="bf16-mixed", limit_val_batches=1.0).validate(module, datamodule=datamodule,
-                                                                           verbose=False)
+    quiet_trainer(precision="bf16-mixed", limit_val_batches=1.0).validate(module, datamodule=datamodule, verbose=False)
     assert seen and set(seen) == {expected}

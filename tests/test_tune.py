@@ -2,6 +2,7 @@
 
 The slow tests train real trials; the others replace `train.run` by a stand-in (``fake_train``) that trains
 nothing, so the study's own logic (folders, study.db, best_spec.yaml, logs) runs in seconds."""
+
 import csv
 import json
 import logging
@@ -33,10 +34,18 @@ def market(tmp_path_factory):
 
 
 def tune_args(market, results, *extra, space=SPACE):
-    overrides = [item for item in tiny_overrides(market, results) if not item.startswith(("dataset.query",
-                                                                                           "dataset.test"))]
-    return ["tune", *overrides, "train.num_epochs=2", "tune.num_val_ids=2", "tune.trials=3",
-            *([space] if space else []), *extra]
+    overrides = [
+        item for item in tiny_overrides(market, results) if not item.startswith(("dataset.query", "dataset.test"))
+    ]
+    return [
+        "tune",
+        *overrides,
+        "train.num_epochs=2",
+        "tune.num_val_ids=2",
+        "tune.trials=3",
+        *([space] if space else []),
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -102,8 +111,10 @@ def test_study_runs_writes_its_outputs_and_best_spec_trains(market, tmp_path, ca
     spec = yaml.safe_load((out / "best_spec.yaml").read_text())
     assert spec["train"]["optim"]["base_lr"] == pytest.approx(float(best["train.optim.base_lr"]), rel=1e-5)
     assert spec["dataset"]["train_dataset_dir"] == str(market / "bounding_box_train")
-    assert main(["train", "-e", str(out / "best_spec.yaml"), f"results_dir={tmp_path / 'best'}",
-                 "train.num_epochs=1"]) == 0, capsys.readouterr().err
+    assert (
+        main(["train", "-e", str(out / "best_spec.yaml"), f"results_dir={tmp_path / 'best'}", "train.num_epochs=1"])
+        == 0
+    ), capsys.readouterr().err
     assert (tmp_path / "best" / "train" / "reid_model_latest.pth").is_file()
 
 
@@ -171,8 +182,9 @@ def _study_and_params(space):
 def test_the_first_trial_trains_the_specs_own_values():
     from optuna.trial import TrialState
 
-    study, config, params = _study_and_params({"dataset.re_prob": {"range": [0.0, 0.5]},
-                                               "model.backbone": {"choice": ["resnet_18", "resnet_34"]}})
+    study, config, params = _study_and_params(
+        {"dataset.re_prob": {"range": [0.0, 0.5]}, "model.backbone": {"choice": ["resnet_18", "resnet_34"]}}
+    )
     tune_task._enqueue_spec_values(study, config, params)
     trial = study.ask()
     assert [tune_task._suggest(trial, param) for param in params] == [0.3, "resnet_34"]
@@ -208,15 +220,18 @@ def test_the_median_pruner_judges_no_trial_in_the_first_third_of_its_epochs():
     assert tuning.median_warmup_epochs(2) == 1 and tuning.median_warmup_epochs(18) == 6
 
 
-@pytest.mark.parametrize("space, expected", [
-    ("{train.optim.weight_decy: {log: [1.0e-4, 1.0e-2]}}", "did you mean train.optim.weight_decay"),
-    ("{dataset.re_prob: {uniform: [0.0, 0.5]}}", "give one of"),
-    ("{train.optim.base_lr: {log: [0.0, 1.0e-2]}}", "log needs 0 < low < high"),
-    ("{dataset.re_prob: {range: [0.5, 0.2]}}", "needs low < high"),
-    ("{dataset.re_prob: {range: [0.0, 2.0]}}", "dataset.re_prob must be between 0 and 1"),
-    ("{model.backbone: {choice: [resnet_18, resnet_19]}}", "'resnet_19' is not a valid value"),
-    ("{results_dir: {choice: [a, b]}}", "cannot be searched"),
-])
+@pytest.mark.parametrize(
+    "space, expected",
+    [
+        ("{train.optim.weight_decy: {log: [1.0e-4, 1.0e-2]}}", "did you mean train.optim.weight_decay"),
+        ("{dataset.re_prob: {uniform: [0.0, 0.5]}}", "give one of"),
+        ("{train.optim.base_lr: {log: [0.0, 1.0e-2]}}", "log needs 0 < low < high"),
+        ("{dataset.re_prob: {range: [0.5, 0.2]}}", "needs low < high"),
+        ("{dataset.re_prob: {range: [0.0, 2.0]}}", "dataset.re_prob must be between 0 and 1"),
+        ("{model.backbone: {choice: [resnet_18, resnet_19]}}", "'resnet_19' is not a valid value"),
+        ("{results_dir: {choice: [a, b]}}", "cannot be searched"),
+    ],
+)
 def test_a_bad_search_space_gets_one_line(market, tmp_path, capsys, space, expected):
     args = [arg for arg in tune_args(market, tmp_path / "res") if not arg.startswith("tune.space")]
     assert main([*args, f"tune.space={space}"]) == 2
@@ -227,8 +242,9 @@ def test_a_bad_search_space_gets_one_line(market, tmp_path, capsys, space, expec
 
 def test_without_a_space_the_default_space_is_searched_and_logged(market, tmp_path, capsys, fake_train):
     results = tmp_path / "res"
-    assert main(tune_args(market, results, "tune.pruner=none", "tune.trials=4", space=None)) == 0, \
+    assert main(tune_args(market, results, "tune.pruner=none", "tune.trials=4", space=None)) == 0, (
         capsys.readouterr().err
+    )
     console = capsys.readouterr().out
     expected = {**DEFAULT_SPACE, "train.optim.warmup_iters": {"int": [0, 1]}}  # linear warm-up, 2 epochs
     del expected["train.optim.warmup_epochs"]
@@ -288,16 +304,19 @@ def _crafted_study(results, direction="maximize"):
     import optuna
 
     (results / "tune").mkdir(parents=True)
-    return optuna.create_study(study_name=tune_task.STUDY_NAME, direction=direction,
-                               storage=f"sqlite:///{results / 'tune' / 'study.db'}")
+    return optuna.create_study(
+        study_name=tune_task.STUDY_NAME, direction=direction, storage=f"sqlite:///{results / 'tune' / 'study.db'}"
+    )
 
 
 def _space_distributions():
     """What `reid tune` records for SPACE_FIELDS."""
     from optuna.distributions import FloatDistribution
 
-    return {"train.optim.base_lr": FloatDistribution(1e-4, 1e-2, log=True),
-            "dataset.re_prob": FloatDistribution(0, 0.5)}
+    return {
+        "train.optim.base_lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "dataset.re_prob": FloatDistribution(0, 0.5),
+    }
 
 
 def test_a_trial_folder_comes_from_its_number_never_from_a_path_in_study_db(market, tmp_path, capsys, fake_train):
@@ -344,16 +363,20 @@ def _complete_trial(study, params, value=0.9):
     study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
 
 
-@pytest.mark.parametrize("crafted, expected", [
-    ("another_space", "another search space"),
-    ("value_outside_the_range", "outside tune.space"),
-    ("another_direction", "another study"),
-    ("another_metric", "not of tune.metric=mAP"),
-    ("not_sqlite", "not an SQLite database"),
-    ("sqlite_but_no_study", "cannot be read as an Optuna study"),
-])
-def test_study_db_of_another_study_or_edited_never_reaches_best_spec(market, tmp_path, capsys, fake_train, crafted,
-                                                                     expected):
+@pytest.mark.parametrize(
+    "crafted, expected",
+    [
+        ("another_space", "another search space"),
+        ("value_outside_the_range", "outside tune.space"),
+        ("another_direction", "another study"),
+        ("another_metric", "not of tune.metric=mAP"),
+        ("not_sqlite", "not an SQLite database"),
+        ("sqlite_but_no_study", "cannot be read as an Optuna study"),
+    ],
+)
+def test_study_db_of_another_study_or_edited_never_reaches_best_spec(
+    market, tmp_path, capsys, fake_train, crafted, expected
+):
     results = tmp_path / "res"
     db = results / "tune" / "study.db"
     if crafted == "not_sqlite":
@@ -364,15 +387,18 @@ def test_study_db_of_another_study_or_edited_never_reaches_best_spec(market, tmp
         with sqlite3.connect(db) as connection:
             connection.execute("CREATE TABLE studies (x TEXT)")  # Optuna's table name, another schema
     elif crafted == "another_direction":
-        _complete_trial(_crafted_study(results, direction="minimize"), {"train.optim.base_lr": 1e-3,
-                                                                          "dataset.re_prob": 0.1})
+        _complete_trial(
+            _crafted_study(results, direction="minimize"), {"train.optim.base_lr": 1e-3, "dataset.re_prob": 0.1}
+        )
     else:
         study = _crafted_study(results)
         if crafted == "another_metric":
             study.set_user_attr("metric", "rank1")
         weights = {"model.trust_weights_file": True, "model.pretrained_model_path": str(tmp_path / "evil.pth")}
-        _complete_trial(study, {"train.optim.base_lr": 1e-3, "dataset.re_prob": 0.1,
-                                **(weights if crafted == "another_space" else {})})
+        _complete_trial(
+            study,
+            {"train.optim.base_lr": 1e-3, "dataset.re_prob": 0.1, **(weights if crafted == "another_space" else {})},
+        )
         if crafted == "value_outside_the_range":
             with sqlite3.connect(db) as connection:
                 connection.execute("UPDATE trial_params SET param_value = 5.0 WHERE param_name = 'train.optim.base_lr'")
@@ -390,33 +416,47 @@ def test_best_spec_takes_only_the_study_space_values(market, tmp_path, capsys, f
     best = yaml.safe_load((results / "tune" / "best_spec.yaml").read_text())
     spec = yaml.safe_load((results / "tune" / "experiment.yaml").read_text())
     assert best["train"]["optim"]["base_lr"] == 2e-3 and best["dataset"]["re_prob"] == 0.25
-    best["train"]["optim"]["base_lr"], best["dataset"]["re_prob"] = (spec["train"]["optim"]["base_lr"],
-                                                                     spec["dataset"]["re_prob"])
+    best["train"]["optim"]["base_lr"], best["dataset"]["re_prob"] = (
+        spec["train"]["optim"]["base_lr"],
+        spec["dataset"]["re_prob"],
+    )
     assert best == spec  # nothing else differs from the spec
 
 
 # --- one line, no traceback ---
 
 
-@pytest.mark.parametrize("space, expected", [
-    ("{train.optim.lr_steps: {choice: [[1], [2]]}}", "holds a list or mapping"),
-    ("{model.backbone: {choice: [[resnet_18], resnet_34]}}", "each choice must be a single value"),
-    ("{train.num_epochs: {range: [1, 3]}}", "use {int: [low, high]}"),
-    ("{dataset.num_instances: {log: [2, 4]}}", "takes int values"),
-    ("{model.gem_pooling: {int: [0, 1]}}", "use {choice: [...]}"),
-    ("{train.optim.base_lr: {log: [1.0e-4, 1.0e300]}}", "train.optim.base_lr must be > 0 and <= 10"),
-])
-def test_a_space_that_cannot_be_drawn_is_one_line_before_any_trial(market, tmp_path, capsys, fake_train, space,
-                                                                   expected):
+@pytest.mark.parametrize(
+    "space, expected",
+    [
+        ("{train.optim.lr_steps: {choice: [[1], [2]]}}", "holds a list or mapping"),
+        ("{model.backbone: {choice: [[resnet_18], resnet_34]}}", "each choice must be a single value"),
+        ("{train.num_epochs: {range: [1, 3]}}", "use {int: [low, high]}"),
+        ("{dataset.num_instances: {log: [2, 4]}}", "takes int values"),
+        ("{model.gem_pooling: {int: [0, 1]}}", "use {choice: [...]}"),
+        ("{train.optim.base_lr: {log: [1.0e-4, 1.0e300]}}", "train.optim.base_lr must be > 0 and <= 10"),
+    ],
+)
+def test_a_space_that_cannot_be_drawn_is_one_line_before_any_trial(
+    market, tmp_path, capsys, fake_train, space, expected
+):
     assert main(tune_args(market, tmp_path / "res", space=f"tune.space={space}")) == 2
     out, err = capsys.readouterr()
     assert len(err.strip().splitlines()) == 1 and "tune.space." in err and expected in err, err
     assert "Traceback" not in out + err and not fake_train
 
 
-@pytest.mark.parametrize("field, rule", [("base_lr", "> 0 and <= 10"), ("center_lr", "> 0 and <= 10"),
-                                         ("gamma", "> 0 and <= 10"), ("warmup_factor", "> 0 and <= 10"),
-                                         ("weight_decay", "between 0 and 10"), ("bias_lr_factor", "between 0 and 10")])
+@pytest.mark.parametrize(
+    "field, rule",
+    [
+        ("base_lr", "> 0 and <= 10"),
+        ("center_lr", "> 0 and <= 10"),
+        ("gamma", "> 0 and <= 10"),
+        ("warmup_factor", "> 0 and <= 10"),
+        ("weight_decay", "between 0 and 10"),
+        ("bias_lr_factor", "between 0 and 10"),
+    ],
+)
 def test_rates_past_their_bound_are_one_line_in_train(market, tmp_path, capsys, field, rule):
     """1e300 passed "> 0" and then overflowed float32 in the optimiser step: a traceback after the data loaded."""
     assert main(["train", *tiny_overrides(market, tmp_path / "res"), f"train.optim.{field}=1e300"]) == 2
@@ -434,8 +474,9 @@ class _Records(logging.Handler):
 
 
 @pytest.mark.parametrize("failure", ["error", "stopped"])
-def test_a_failed_or_stopped_trial_is_one_line_without_optunas_traceback(market, tmp_path, capsys, monkeypatch,
-                                                                         failure):
+def test_a_failed_or_stopped_trial_is_one_line_without_optunas_traceback(
+    market, tmp_path, capsys, monkeypatch, failure
+):
     def run(config, extra_callbacks=()):
         if failure == "error":
             raise DataError("the trial's data went away")
@@ -478,10 +519,13 @@ def test_trials_train_on_the_split_training_ids_never_on_the_validation_ids(mark
     assert ids(config.dataset.query_dataset_dir) == ids(config.dataset.test_dataset_dir) == val_ids
 
 
-@pytest.mark.parametrize("spec, drawn", [
-    ({"int": [1, 3]}, {1, 2, 3}),
-    ({"choice": [8, 16, 32]}, {8, 16, 32}),
-])
+@pytest.mark.parametrize(
+    "spec, drawn",
+    [
+        ({"int": [1, 3]}, {1, 2, 3}),
+        ({"choice": [8, 16, 32]}, {8, 16, 32}),
+    ],
+)
 def test_every_value_of_an_int_range_or_choice_is_drawn_ends_included(spec, drawn):
     import optuna
 
@@ -498,8 +542,9 @@ def test_every_value_of_an_int_range_or_choice_is_drawn_ends_included(spec, draw
 def test_the_distribution_checked_against_study_db_is_the_one_drawn_from():
     import optuna
 
-    params = parse_space({**SPACE_FIELDS, "dataset.num_instances": {"int": [2, 4]},
-                          "model.label_smooth": {"choice": [True, False]}})
+    params = parse_space(
+        {**SPACE_FIELDS, "dataset.num_instances": {"int": [2, 4]}, "model.label_smooth": {"choice": [True, False]}}
+    )
     study = optuna.create_study()
     trial = study.ask()
     for param in params:
@@ -508,9 +553,19 @@ def test_the_distribution_checked_against_study_db_is_the_one_drawn_from():
     assert study.trials[0].distributions == {param.path: tune_task._distribution(param) for param in params}
 
 
-@pytest.mark.parametrize("field", ["tune.trials", "evaluate.batch_size", "inference.batch_size", "export.opset",
-                                   "wandb.enable", "results_dir", "dataset.train_dataset_dir",
-                                   "train.resume_training_checkpoint_path"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "tune.trials",
+        "evaluate.batch_size",
+        "inference.batch_size",
+        "export.opset",
+        "wandb.enable",
+        "results_dir",
+        "dataset.train_dataset_dir",
+        "train.resume_training_checkpoint_path",
+    ],
+)
 def test_fields_outside_training_cannot_be_searched(field):
     from reid_tao.errors import ConfigError
 
@@ -526,12 +581,24 @@ def test_tune_png_has_whole_trial_ticks_and_log_labels_that_do_not_overlap():
 
     from reid_tao.tasks.tune_report import TrialRow, study_figure
 
-    space = {"train.optim.base_lr": {"log": [5.0e-4, 4.0e-3]}, "train.optim.weight_decay": {"log": [1e-5, 1e-1]},
-             "dataset.num_instances": {"int": [2, 4]}}
+    space = {
+        "train.optim.base_lr": {"log": [5.0e-4, 4.0e-3]},
+        "train.optim.weight_decay": {"log": [1e-5, 1e-1]},
+        "dataset.num_instances": {"int": [2, 4]},
+    }
     params = parse_space(space)
-    rows = [TrialRow(number, "COMPLETE", 0.5 + number / 10, 2, 1.0, f"trial_{number:03d}",
-                     {"train.optim.base_lr": lr, "train.optim.weight_decay": decay, "dataset.num_instances": k})
-            for number, (lr, decay, k) in enumerate([(6e-4, 2e-5, 2), (1.1e-3, 3e-3, 3), (3.9e-3, 9e-2, 4)])]
+    rows = [
+        TrialRow(
+            number,
+            "COMPLETE",
+            0.5 + number / 10,
+            2,
+            1.0,
+            f"trial_{number:03d}",
+            {"train.optim.base_lr": lr, "train.optim.weight_decay": decay, "dataset.num_instances": k},
+        )
+        for number, (lr, decay, k) in enumerate([(6e-4, 2e-5, 2), (1.1e-3, 3e-3, 3), (3.9e-3, 9e-2, 4)])
+    ]
     figure = study_figure(rows, params, "mAP", maximize=True)
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
@@ -541,10 +608,15 @@ def test_tune_png_has_whole_trial_ticks_and_log_labels_that_do_not_overlap():
         low, high = ax.get_xlim()
         assert all(float(tick).is_integer() for tick in ax.get_xticks() if low <= tick <= high), ax.get_xticks()
     for ax in figure.axes:
-        labels = [label for label in ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True)
-                  if label.get_visible() and label.get_text()]
+        labels = [
+            label
+            for label in ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True)
+            if label.get_visible() and label.get_text()
+        ]
         labels = [label for label in labels if ax.get_xlim()[0] <= label.get_position()[0] <= ax.get_xlim()[1]]
         assert len(labels) >= 2, ax.get_title()
         boxes = sorted((label.get_window_extent(renderer) for label in labels), key=lambda box: box.x0)
-        assert all(left.x1 <= right.x0 for left, right in zip(boxes, boxes[1:])), (ax.get_title(),
-                                                                                    [lb.get_text() for lb in labels])
+        assert all(left.x1 <= right.x0 for left, right in zip(boxes, boxes[1:])), (
+            ax.get_title(),
+            [lb.get_text() for lb in labels],
+        )

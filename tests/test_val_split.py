@@ -1,4 +1,5 @@
 """scripts/make_val_split.py: a validation split carved from the training identities of a Market root."""
+
 import importlib.util
 import json
 import os
@@ -27,8 +28,9 @@ _spec.loader.exec_module(mvs)
 @pytest.fixture(scope="module")
 def market(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "m"
-    generate_synthetic_market(root, num_train_ids=12, num_test_ids=4, num_cameras=3, images_per_camera=3,
-                              height=32, width=16)
+    generate_synthetic_market(
+        root, num_train_ids=12, num_test_ids=4, num_cameras=3, images_per_camera=3, height=32, width=16
+    )
     # Junk and distractor boxes in the training folder must stay out of the validation folders.
     train = root / "bounding_box_train"
     write_person(train / "-1_c1s1_000001_00.jpg", 999, 1, 1)
@@ -109,8 +111,10 @@ def test_same_seed_same_split_other_seed_differs(market, split_root, tmp_path):
     assert again["val_ids"] == first["val_ids"]
     for folder in ("query", "bounding_box_test", "bounding_box_train"):
         assert sorted(os.listdir(tmp_path / "again" / folder)) == sorted(os.listdir(split_root / folder))
-    others = {tuple(mvs.make_val_split(market, tmp_path / f"s{seed}", num_val_ids=4, seed=seed)["val_ids"])
-              for seed in (0, 1, 2)}
+    others = {
+        tuple(mvs.make_val_split(market, tmp_path / f"s{seed}", num_val_ids=4, seed=seed)["val_ids"])
+        for seed in (0, 1, 2)
+    }
     assert len(others | {tuple(first["val_ids"])}) > 1
 
 
@@ -162,10 +166,13 @@ def test_a_query_whose_gallery_is_all_on_its_own_camera_goes_back(tmp_path):
 
 
 def test_result_loads_like_reid_train_reads_it(split_root):
-    module = ReidDataModule(str(split_root / "bounding_box_train"), str(split_root / "query"),
-                            str(split_root / "bounding_box_test"),
-                            preprocessing=replace(MARKET_PREPROCESSING, input_size=(32, 16)),
-                            loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0))
+    module = ReidDataModule(
+        str(split_root / "bounding_box_train"),
+        str(split_root / "query"),
+        str(split_root / "bounding_box_test"),
+        preprocessing=replace(MARKET_PREPROCESSING, input_size=(32, 16)),
+        loader=LoaderSettings(batch_size=8, num_instances=2, num_workers=0),
+    )
     module.setup("fit")
     assert module.num_classes == 12 - 4 + 1 and module.has_validation  # + the distractor label, as in the source
     assert len(module.query_records) == 12

@@ -1,4 +1,5 @@
 """Pretrained weights: file formats, key layouts, Swin window interpolation, clear failures, offline ImageNet."""
+
 import argparse
 import re
 import socket
@@ -214,17 +215,22 @@ def test_missing_and_unreadable_files(tmp_path):
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No DNS (what this machine's real offline failure is) and empty weight caches."""
+
     def no_dns(*args, **kwargs):
         raise socket.gaierror(-2, "Name or service not known")
+
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setattr(weights, "_hf_cached_file", lambda repo_id: None)
 
 
-@pytest.mark.parametrize("name, url", [
-    ("resnet_50", "https://download.pytorch.org/models/resnet50-0676ba61.pth"),
-    (TINY, "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth"),
-])
+@pytest.mark.parametrize(
+    "name, url",
+    [
+        ("resnet_50", "https://download.pytorch.org/models/resnet50-0676ba61.pth"),
+        (TINY, "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth"),
+    ],
+)
 def test_imagenet_download_failure_is_one_clear_error(offline, name, url):
     untouched = torch.nn.Linear(2, 2)  # the download fails before the backbone is looked at
     with pytest.raises(DataError) as caught:

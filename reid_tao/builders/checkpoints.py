@@ -1,25 +1,26 @@
 """Trained checkpoints: which one a task uses, and rebuilding its model (reid_tao's own and TAO's)."""
+
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from ..config.loader import check_stored_data, load_stored_config, schema_config, task_results_dir
-from ..config.schema import MAX_INPUT_SIDE
-from ..config.validate import validate_config
-from ..data.preprocessing import Preprocessing
-from ..deploy.runtime import OnnxModel, is_onnx_file
-from ..engine.checkpoint import LATEST_NAME
-from ..errors import ConfigError, DataError, first_line
-from ..io.checkpoint_file import REID_TAO, TAO, CheckpointFile, read_checkpoint_file
-from ..model.tao_baseline import TAO_RESNET_LAYERS, TAO_RESNET_WIDTH, TaoBaseline, TaoResNet, tao_resnet_layers
-from .spec import check_spec
-from .training import build_model, preprocessing_for
+from reid_tao.builders.spec import check_spec
+from reid_tao.builders.training import build_model, preprocessing_for
+from reid_tao.config.loader import check_stored_data, load_stored_config, schema_config, task_results_dir
+from reid_tao.config.schema import MAX_INPUT_SIDE
+from reid_tao.config.validate import validate_config
+from reid_tao.data.preprocessing import Preprocessing
+from reid_tao.deploy.runtime import OnnxModel, is_onnx_file
+from reid_tao.engine.checkpoint import LATEST_NAME
+from reid_tao.errors import ConfigError, DataError, first_line
+from reid_tao.io.checkpoint_file import REID_TAO, TAO, CheckpointFile, read_checkpoint_file
+from reid_tao.model.tao_baseline import TAO_RESNET_LAYERS, TAO_RESNET_WIDTH, TaoBaseline, TaoResNet, tao_resnet_layers
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ def task_checkpoint(config: DictConfig, task: str) -> str:
         return own
     latest = task_results_dir(config, "train") / f"{LATEST_NAME}.pth"
     if not latest.is_file():
-        raise ConfigError(f"{task}.checkpoint is not set and there is no {latest} to fall back to; "
-                          f"pass {task}.checkpoint=/path/to/reid_model_latest.pth")
+        raise ConfigError(
+            f"{task}.checkpoint is not set and there is no {latest} to fall back to; "
+            f"pass {task}.checkpoint=/path/to/reid_model_latest.pth"
+        )
     log.info("%s.checkpoint is not set: using %s", task, latest)
     return str(latest)
 
@@ -43,8 +46,7 @@ class TrainedModel(NamedTuple):
     config: DictConfig  # the training run's config (for a TAO checkpoint: the settings it was rebuilt with)
 
 
-def load_trained_model(path: str, field: str, config: Optional[DictConfig] = None, trust: bool = False
-                       ) -> TrainedModel:
+def load_trained_model(path: str, field: str, config: DictConfig | None = None, trust: bool = False) -> TrainedModel:
     """Rebuild a trained model from a checkpoint of any known architecture (see ARCHITECTURES).
 
     ``config`` is the current spec: a TAO checkpoint without hyper-parameters takes its test-time settings
@@ -57,12 +59,15 @@ def load_trained_model(path: str, field: str, config: Optional[DictConfig] = Non
             trained = architecture.rebuild(checkpoint, config)
             trained.model.eval()
             return trained
-    raise DataError(f"{field}: {path} is neither a reid_tao checkpoint nor a TAO ReIdentificationNet checkpoint "
-                    "(no reid_tao metadata, no model.base.* weights); use a file written by `reid train` or TAO")
+    raise DataError(
+        f"{field}: {path} is neither a reid_tao checkpoint nor a TAO ReIdentificationNet checkpoint "
+        "(no reid_tao metadata, no model.base.* weights); use a file written by `reid train` or TAO"
+    )
 
 
-def load_embedding_model(path: str, field: str, config: DictConfig, section: DictConfig, trust: bool = False
-                         ) -> Tuple[Callable, Preprocessing, Optional[DictConfig]]:
+def load_embedding_model(
+    path: str, field: str, config: DictConfig, section: DictConfig, trust: bool = False
+) -> tuple[Callable, Preprocessing, DictConfig | None]:
     """(model, preprocessing, the training config) of a trained checkpoint (.pth, see :func:`load_trained_model`)
     or of an exported model (.onnx of any data type: onnxruntime on ``section``'s accelerator, preprocessing from
     its sidecar; no training config)."""
@@ -73,7 +78,7 @@ def load_embedding_model(path: str, field: str, config: DictConfig, section: Dic
     return trained.model, trained.preprocessing, trained.config
 
 
-def _rebuild_reid_tao(checkpoint: CheckpointFile, config: Optional[DictConfig]) -> TrainedModel:
+def _rebuild_reid_tao(checkpoint: CheckpointFile, config: DictConfig | None) -> TrainedModel:
     """Our Baseline from the config and num_classes stored in a reid_tao checkpoint, both read as data and
     checked like a spec before anything is built (a crafted file gets one line, not a traceback or 17 GB)."""
     source = checkpoint.source
@@ -84,32 +89,39 @@ def _rebuild_reid_tao(checkpoint: CheckpointFile, config: Optional[DictConfig]) 
     try:
         result = model.load_state_dict(checkpoint.model_state, strict=False)
     except RuntimeError as error:  # a tensor of the wrong shape
-        raise DataError(f"{source}: its weights do not fit the {trained_config.model.backbone} model its config "
-                        f"describes ({first_line(error, limit=200)})") from None
+        raise DataError(
+            f"{source}: its weights do not fit the {trained_config.model.backbone} model its config "
+            f"describes ({first_line(error, limit=200)})"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
-        raise DataError(f"{source}: its weights do not fit the {trained_config.model.backbone} model its config "
-                        f"describes (missing {', '.join(result.missing_keys[:3]) or '-'}; unexpected "
-                        f"{', '.join(result.unexpected_keys[:3]) or '-'}); is the file complete?")
+        raise DataError(
+            f"{source}: its weights do not fit the {trained_config.model.backbone} model its config "
+            f"describes (missing {', '.join(result.missing_keys[:3]) or '-'}; unexpected "
+            f"{', '.join(result.unexpected_keys[:3]) or '-'}); is the file complete?"
+        )
     stored = metadata.get("preprocessing")
     try:
         preprocessing = Preprocessing.from_dict(stored) if stored else preprocessing_for(trained_config)
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"{source}: its stored preprocessing is invalid ({first_line(error, limit=200)})") from None
     if max(preprocessing.input_size) > MAX_INPUT_SIDE:
-        raise DataError(f"{source}: its stored input size {list(preprocessing.input_size)} is over "
-                        f"{MAX_INPUT_SIDE} pixels a side")
+        raise DataError(
+            f"{source}: its stored input size {list(preprocessing.input_size)} is over {MAX_INPUT_SIDE} pixels a side"
+        )
     return TrainedModel(model, preprocessing, trained_config)
 
 
-def _stored_metadata(checkpoint: CheckpointFile) -> Dict[str, Any]:
+def _stored_metadata(checkpoint: CheckpointFile) -> dict[str, Any]:
     metadata = checkpoint.metadata
     if not isinstance(metadata, dict):
-        raise DataError(f"{checkpoint.source}: its reid_tao metadata is a {type(metadata).__name__}, not a "
-                        "mapping; use a file written by `reid train`")
+        raise DataError(
+            f"{checkpoint.source}: its reid_tao metadata is a {type(metadata).__name__}, not a "
+            "mapping; use a file written by `reid train`"
+        )
     return metadata
 
 
-def stored_training_config(metadata: Dict[str, Any], source: str) -> DictConfig:
+def stored_training_config(metadata: dict[str, Any], source: str) -> DictConfig:
     """The training config stored in a reid_tao checkpoint: read as data, checked like a spec."""
     trained_config = load_stored_config(metadata.get("config"), source)
     try:
@@ -122,7 +134,7 @@ def stored_training_config(metadata: Dict[str, Any], source: str) -> DictConfig:
 MAX_STORED_CLASSES = 1_000_000  # identities; the largest re-id sets have a few tens of thousands
 
 
-def _stored_num_classes(metadata: Dict[str, Any], checkpoint: CheckpointFile) -> int:
+def _stored_num_classes(metadata: dict[str, Any], checkpoint: CheckpointFile) -> int:
     """num_classes as stored: a positive int agreeing with the classifier's rows (it sizes the classifier)."""
     source = checkpoint.source
     value = metadata.get("num_classes")
@@ -132,17 +144,20 @@ def _stored_num_classes(metadata: Dict[str, Any], checkpoint: CheckpointFile) ->
         raise DataError(f"{source}: its stored num_classes {value} is over {MAX_STORED_CLASSES}")
     classifier = checkpoint.model_state.get("classifier.weight")
     if isinstance(classifier, torch.Tensor) and classifier.dim() == 2 and classifier.shape[0] != value:
-        raise DataError(f"{source}: its stored num_classes {value} disagrees with its classifier "
-                        f"({classifier.shape[0]} rows)")
+        raise DataError(
+            f"{source}: its stored num_classes {value} disagrees with its classifier ({classifier.shape[0]} rows)"
+        )
     return value
 
 
 # What a TAO checkpoint's weights do not tell: taken from its hyper-parameters, else from the current spec.
-TAO_SETTINGS = {"model": ("backbone", "last_stride", "neck_feat", "input_height", "input_width"),
-                "dataset": ("pixel_mean", "pixel_std")}
+TAO_SETTINGS = {
+    "model": ("backbone", "last_stride", "neck_feat", "input_height", "input_width"),
+    "dataset": ("pixel_mean", "pixel_std"),
+}
 
 
-def _tao_settings(checkpoint: CheckpointFile, config: Optional[DictConfig]) -> Tuple[DictConfig, str]:
+def _tao_settings(checkpoint: CheckpointFile, config: DictConfig | None) -> tuple[DictConfig, str]:
     """The current spec (or the defaults) with TAO_SETTINGS replaced by the checkpoint's hyper-parameters."""
     base = OmegaConf.to_container(config if config is not None else schema_config(), resolve=True)
     hparams = checkpoint.hyper_parameters
@@ -159,8 +174,13 @@ def _tao_settings(checkpoint: CheckpointFile, config: Optional[DictConfig]) -> T
                 taken[section] = {name: stored[name] for name in names if stored.get(name) is not None}
     check_stored_data(taken, "the checkpoint's hyper_parameters")
     found = sum(len(values) for values in taken.values())
-    origin = ("the checkpoint's hyper_parameters" if found else
-              "the current spec (model.*, dataset.*)" if config is not None else "reid_tao's defaults")
+    origin = (
+        "the checkpoint's hyper_parameters"
+        if found
+        else "the current spec (model.*, dataset.*)"
+        if config is not None
+        else "reid_tao's defaults"
+    )
     if found and found < sum(len(names) for names in TAO_SETTINGS.values()):
         origin += ", the rest from the current spec"
     try:
@@ -171,7 +191,7 @@ def _tao_settings(checkpoint: CheckpointFile, config: Optional[DictConfig]) -> T
     return settings, origin
 
 
-def _rebuild_tao_resnet(checkpoint: CheckpointFile, config: Optional[DictConfig]) -> TrainedModel:
+def _rebuild_tao_resnet(checkpoint: CheckpointFile, config: DictConfig | None) -> TrainedModel:
     """TAO's own ResNet network (see reid_tao.model.tao_baseline) from the weights' shapes and TAO's settings."""
     source = checkpoint.source
     if checkpoint.encrypted:
@@ -189,33 +209,54 @@ def _rebuild_tao_resnet(checkpoint: CheckpointFile, config: Optional[DictConfig]
     if TAO_RESNET_LAYERS.get(name) != layers:  # the weights decide; the spec's name may be another one
         name = next((known for known, counts in TAO_RESNET_LAYERS.items() if counts == layers), name)
     try:
-        model = TaoBaseline(TaoResNet(layers, last_stride=settings.model.last_stride, feat_dim=feat_dim),
-                            num_classes=num_classes, neck=neck, neck_feat=settings.model.neck_feat)
+        model = TaoBaseline(
+            TaoResNet(layers, last_stride=settings.model.last_stride, feat_dim=feat_dim),
+            num_classes=num_classes,
+            neck=neck,
+            neck_feat=settings.model.neck_feat,
+        )
     except ValueError as error:
         raise DataError(f"{source}: cannot rebuild TAO's ResNet ({error})") from None
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise DataError(f"{source}: TAO ResNet weights do not fit TAO's network (missing "
-                        f"{', '.join(result.missing_keys[:3]) or '-'}; unexpected "
-                        f"{', '.join(result.unexpected_keys[:3]) or '-'})")
-    trained_config = OmegaConf.merge(settings, {"model": {"backbone": name, "feat_dim": feat_dim, "neck": neck},
-                                                "dataset": {"num_classes": num_classes}})
+        raise DataError(
+            f"{source}: TAO ResNet weights do not fit TAO's network (missing "
+            f"{', '.join(result.missing_keys[:3]) or '-'}; unexpected "
+            f"{', '.join(result.unexpected_keys[:3]) or '-'})"
+        )
+    trained_config = OmegaConf.merge(
+        settings,
+        {"model": {"backbone": name, "feat_dim": feat_dim, "neck": neck}, "dataset": {"num_classes": num_classes}},
+    )
     known = name if TAO_RESNET_LAYERS.get(name) == layers else "no TAO name"
-    log.info("%s: TAO ResNet checkpoint (%s: Bottleneck blocks %s, %d-d features, %d classes, neck %r); "
-             "neck_feat=%s, last_stride=%d, input %dx%d and pixel mean/std from %s", source, known, list(layers),
-             feat_dim, num_classes, neck, settings.model.neck_feat, settings.model.last_stride,
-             settings.model.input_height, settings.model.input_width, origin)
+    log.info(
+        "%s: TAO ResNet checkpoint (%s: Bottleneck blocks %s, %d-d features, %d classes, neck %r); "
+        "neck_feat=%s, last_stride=%d, input %dx%d and pixel mean/std from %s",
+        source,
+        known,
+        list(layers),
+        feat_dim,
+        num_classes,
+        neck,
+        settings.model.neck_feat,
+        settings.model.last_stride,
+        settings.model.input_height,
+        settings.model.input_width,
+        origin,
+    )
     return TrainedModel(model, preprocessing_for(settings), trained_config)
 
 
-def _rebuild_tao_swin(checkpoint: CheckpointFile, config: Optional[DictConfig]) -> TrainedModel:
-    raise DataError(f"{checkpoint.source} is a TAO Swin checkpoint; reid_tao rebuilds TAO's ResNet networks only. "
-                    "Fine-tune from it with model.pretrain_choice=self and model.pretrained_model_path")
+def _rebuild_tao_swin(checkpoint: CheckpointFile, config: DictConfig | None) -> TrainedModel:
+    raise DataError(
+        f"{checkpoint.source} is a TAO Swin checkpoint; reid_tao rebuilds TAO's ResNet networks only. "
+        "Fine-tune from it with model.pretrain_choice=self and model.pretrained_model_path"
+    )
 
 
 class Architecture(NamedTuple):
     detect: Callable[[CheckpointFile], bool]  # is a checkpoint of this architecture?
-    rebuild: Callable[[CheckpointFile, Optional[DictConfig]], TrainedModel]
+    rebuild: Callable[[CheckpointFile, DictConfig | None], TrainedModel]
 
 
 def _tao_with(key: str) -> Callable[[CheckpointFile], bool]:
@@ -238,8 +279,17 @@ def trained_num_classes(path: str, field: str, trust: bool = False) -> int:
 
 # model.* fields that decide the network or its input: a checkpoint's model is rebuilt from its own values of
 # these (evaluate, inference, export, an adaptation source), and training resumes only when the spec agrees.
-ARCHITECTURE_FIELDS = ("backbone", "last_stride", "input_width", "input_height", "neck", "feat_dim", "neck_feat",
-                       "gem_pooling", "reduce_feat_dim")
+ARCHITECTURE_FIELDS = (
+    "backbone",
+    "last_stride",
+    "input_width",
+    "input_height",
+    "neck",
+    "feat_dim",
+    "neck_feat",
+    "gem_pooling",
+    "reduce_feat_dim",
+)
 # dataset.* fields of the preprocessing a trained model expects (its checkpoint stores them)
 PREPROCESSING_FIELDS = ("pixel_mean", "pixel_std", "interpolation")
 
@@ -255,10 +305,13 @@ def checkpoint_model_config(config: DictConfig, trained: DictConfig, task: str) 
     spec, ran = config.model, trained.model
     differ = [name for name in ARCHITECTURE_FIELDS if spec[name] != ran[name]]
     if differ:
-        log.warning("%s: the checkpoint decides the model: %s in the spec differ from the checkpoint's %s; "
-                    "running the checkpoint's (experiment.yaml records it)", task,
-                    ", ".join(f"model.{name}={spec[name]!r}" for name in differ),
-                    ", ".join(repr(ran[name]) for name in differ))
+        log.warning(
+            "%s: the checkpoint decides the model: %s in the spec differ from the checkpoint's %s; "
+            "running the checkpoint's (experiment.yaml records it)",
+            task,
+            ", ".join(f"model.{name}={spec[name]!r}" for name in differ),
+            ", ".join(repr(ran[name]) for name in differ),
+        )
     model = OmegaConf.to_container(ran, resolve=True)
     model.update({name: spec[name] for name in SPEC_MODEL_FIELDS})
     return OmegaConf.merge(config, {"model": model})
@@ -277,22 +330,31 @@ def check_resumable(path: str, field: str, config: DictConfig, num_classes: int,
     differ = [name for name in ARCHITECTURE_FIELDS if trained.model[name] != config.model[name]]
     if differ:
         held = f"a {trained.model.backbone} model" if "backbone" in differ else "a model"
-        raise DataError(f"cannot resume from {path}: it holds {held} with {_fields_text(trained.model, differ)} "
-                        f"but the spec asks for {_fields_text(config.model, differ)}; set "
-                        f"{'those' if len(differ) > 1 else 'it'} back to resume, or use a new results_dir to "
-                        "train the new model")
+        raise DataError(
+            f"cannot resume from {path}: it holds {held} with {_fields_text(trained.model, differ)} "
+            f"but the spec asks for {_fields_text(config.model, differ)}; set "
+            f"{'those' if len(differ) > 1 else 'it'} back to resume, or use a new results_dir to "
+            "train the new model"
+        )
     if not checkpoint.holds_optimiser_state:
-        raise DataError(f"cannot resume from {path}: it holds the weights only (reid_tao keeps the optimiser state "
-                        f"in {LATEST_NAME}.pth); resume from {LATEST_NAME}.pth, or start a new run from this one "
-                        f"with model.pretrain_choice=self model.pretrained_model_path={path}")
+        raise DataError(
+            f"cannot resume from {path}: it holds the weights only (reid_tao keeps the optimiser state "
+            f"in {LATEST_NAME}.pth); resume from {LATEST_NAME}.pth, or start a new run from this one "
+            f"with model.pretrain_choice=self model.pretrained_model_path={path}"
+        )
     trained_classes = _stored_num_classes(metadata, checkpoint)
     if trained_classes != num_classes:
         now = f"dataset.train_dataset_dir has {num_classes}"
         if config.adaptation.enable:  # the classifier is the source stream's (1 unused row without one)
-            now = (f"adaptation.source_dataset_dir has {num_classes}" if config.adaptation.source_dataset_dir
-                   else "source-free adaptation trains none (adaptation.source_dataset_dir is not set)")
-        raise DataError(f"cannot resume from {path}: it was trained on {trained_classes} identities but {now}; "
-                        "use a new results_dir or model.pretrain_choice=self to start from it")
+            now = (
+                f"adaptation.source_dataset_dir has {num_classes}"
+                if config.adaptation.source_dataset_dir
+                else "source-free adaptation trains none (adaptation.source_dataset_dir is not set)"
+            )
+        raise DataError(
+            f"cannot resume from {path}: it was trained on {trained_classes} identities but {now}; "
+            "use a new results_dir or model.pretrain_choice=self to start from it"
+        )
 
 
 def adaptation_source_config(config: DictConfig) -> DictConfig:
@@ -310,15 +372,24 @@ def adaptation_source_config(config: DictConfig) -> DictConfig:
         return config
     spec_values = ", ".join(f"{name}={OmegaConf.select(config, name)}" for name in differ)
     source_values = ", ".join(f"{OmegaConf.select(trained, name)}" for name in differ)
-    log.warning("adaptation.source_checkpoint decides the model: %s in the spec differ from the source's %s; "
-                "adapting the source's model (experiment.yaml records it)", spec_values, source_values)
-    return OmegaConf.merge(config, {
-        "model": {name: trained.model[name] for name in ARCHITECTURE_FIELDS},
-        "dataset": {name: OmegaConf.to_container(trained.dataset, resolve=True)[name]
-                    for name in PREPROCESSING_FIELDS}})
+    log.warning(
+        "adaptation.source_checkpoint decides the model: %s in the spec differ from the source's %s; "
+        "adapting the source's model (experiment.yaml records it)",
+        spec_values,
+        source_values,
+    )
+    return OmegaConf.merge(
+        config,
+        {
+            "model": {name: trained.model[name] for name in ARCHITECTURE_FIELDS},
+            "dataset": {
+                name: OmegaConf.to_container(trained.dataset, resolve=True)[name] for name in PREPROCESSING_FIELDS
+            },
+        },
+    )
 
 
-def resume_path(config: DictConfig, results_dir: Path) -> Optional[str]:
+def resume_path(config: DictConfig, results_dir: Path) -> str | None:
     explicit = config.train.resume_training_checkpoint_path
     if explicit:
         return explicit

@@ -1,9 +1,10 @@
 """Where `reid export` writes its model: export.onnx_file, or a name derived from the checkpoint and the data type."""
+
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config.loader import task_results_dir
+from reid_tao.config.loader import task_results_dir
 
 
 def onnx_path_for(config: DictConfig, checkpoint: str) -> Path:

@@ -3,37 +3,43 @@
 The config layer checks the spec's own rules; what depends on a table of an implementation is checked here,
 in spec field names, so a new table entry needs no second list anywhere.
 """
+
 import importlib
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.catalog import SpecField, check_choice_in, find_field, literal_choices, markdown_table, spec_fields
-from ..config.fields import Choices
-from ..config.loader import load_config, schema_config
-from ..engine.optim import optimizer_class
-from ..errors import ConfigError
-from ..model.backbones import BACKBONES
-from ..model.losses import LOSS_TERMS
+from reid_tao.config.catalog import SpecField, check_choice_in, find_field, literal_choices, markdown_table, spec_fields
+from reid_tao.config.fields import Choices
+from reid_tao.config.loader import load_config, schema_config
+from reid_tao.engine.optim import optimizer_class
+from reid_tao.errors import ConfigError
+from reid_tao.model.backbones import BACKBONES
+from reid_tao.model.losses import LOSS_TERMS
 
 
 class BatchRecipe(NamedTuple):
     pk_batches: bool  # PK batches (else shuffled: most anchors of a shuffled batch have no positive)
-    terms: Tuple[str, ...]  # the LOSS_TERMS it trains with
+    terms: tuple[str, ...]  # the LOSS_TERMS it trains with
 
 
 class MetricLoss(NamedTuple):
-    drops: Tuple[str, ...]  # LOSS_TERMS removed from the batch recipe's
-    adds: Tuple[str, ...]  # LOSS_TERMS added
+    drops: tuple[str, ...]  # LOSS_TERMS removed from the batch recipe's
+    adds: tuple[str, ...]  # LOSS_TERMS added
 
 
 # dataset.sampler -> the batches it draws and the loss terms it trains with (TAO's meaning of the names).
-BATCH_RECIPES = {"softmax": BatchRecipe(pk_batches=False, terms=("id",)),
-                 "triplet": BatchRecipe(pk_batches=True, terms=("triplet",)),
-                 "softmax_triplet": BatchRecipe(pk_batches=True, terms=("id", "triplet"))}
+BATCH_RECIPES = {
+    "softmax": BatchRecipe(pk_batches=False, terms=("id",)),
+    "triplet": BatchRecipe(pk_batches=True, terms=("triplet",)),
+    "softmax_triplet": BatchRecipe(pk_batches=True, terms=("id", "triplet")),
+}
 # model.metric_loss_type -> how it changes the sampler's terms (BoT: "center" replaces the triplet loss).
-METRIC_LOSSES = {"triplet": MetricLoss(drops=(), adds=()), "center": MetricLoss(drops=("triplet",), adds=("center",)),
-                 "triplet_center": MetricLoss(drops=(), adds=("center",))}
+METRIC_LOSSES = {
+    "triplet": MetricLoss(drops=(), adds=()),
+    "center": MetricLoss(drops=("triplet",), adds=("center",)),
+    "triplet_center": MetricLoss(drops=(), adds=("center",)),
+}
 # model.with_center_loss: True adds these terms to whatever was selected.
 WITH_CENTER_LOSS = ("center",)
 # adaptation.enable: these pseudo-label terms take the ID loss's place (no classifier: the identities change with
@@ -43,20 +49,23 @@ ADAPTATION_TERMS = MetricLoss(drops=("id", "center"), adds=("memory", "camera"))
 # source identity).
 SOURCE_TERMS = ("id", "triplet")
 # model.backbone options per spec field (a field applies only to backbones whose entry lists its option).
-BACKBONE_OPTION_FIELDS = {"last_stride": "last_stride", "dropout_rate": "drop_rate", "drop_path": "drop_path_rate",
-                          "att_drop_rate": "attn_drop_rate"}
-
+BACKBONE_OPTION_FIELDS = {
+    "last_stride": "last_stride",
+    "dropout_rate": "drop_rate",
+    "drop_path": "drop_path_rate",
+    "att_drop_rate": "attn_drop_rate",
+}
 
 
 # ------------------------------------------------------------------------------------------ the spec
-def load_experiment(spec_path: Optional[str], overrides: List[str] = ()) -> DictConfig:
+def load_experiment(spec_path: str | None, overrides: list[str] = ()) -> DictConfig:
     """Spec file + overrides -> validated, read-only config: the config layer's rules, then :func:`check_spec`."""
     config = load_config(spec_path, overrides)
     check_spec(config)
     return config
 
 
-def resolve_choices(choices: Choices) -> Tuple[Any, ...]:
+def resolve_choices(choices: Choices) -> tuple[Any, ...]:
     """A field's choices: the literal tuple, or the keys (items) of the table named "module:TABLE" (a function
     named so is called: its table is derived, e.g. the metric names from the loss terms)."""
     literal = literal_choices(choices)
@@ -67,7 +76,7 @@ def resolve_choices(choices: Choices) -> Tuple[Any, ...]:
     return tuple(table() if callable(table) else table)
 
 
-def check_choice(path: str, value, found: Optional[SpecField] = None) -> None:
+def check_choice(path: str, value, found: SpecField | None = None) -> None:
     """``value`` is one of the choices of the spec field ``path`` (None passes where None is the default)."""
     found = found or find_field(path)
     if value is None and found.default is None:
@@ -84,11 +93,13 @@ def table_choices_module() -> str:
     """The text of reid_tao/config/table_choices.py (``python scripts/gen_spec_fields.py`` writes it): the choices
     of every table-backed field, which `reid TASK --help SECTION` shows without importing the tables (torch)."""
     tables = sorted({found.meta.choices for found in spec_fields() if isinstance(found.meta.choices, str)})
-    lines = ['"""The choices of the table-backed spec fields, for `reid TASK --help SECTION` without importing torch.',
-             "",
-             "Generated from the implementations' tables by `python scripts/gen_spec_fields.py`; do not edit by hand",
-             '(tests/test_spec_fields.py fails while it is stale). Validation always reads the tables themselves."""',
-             "TABLE_CHOICES = {"]
+    lines = [
+        '"""The choices of the table-backed spec fields, for `reid TASK --help SECTION` without importing torch.',
+        "",
+        "Generated from the implementations' tables by `python scripts/gen_spec_fields.py`; do not edit by hand",
+        '(tests/test_spec_fields.py fails while it is stale). Validation always reads the tables themselves."""',
+        "TABLE_CHOICES = {",
+    ]
     for table in tables:
         values = resolve_choices(table)
         line = f"    {table!r}: {values!r},"
@@ -112,11 +123,15 @@ def check_spec(config: DictConfig) -> None:
     loss_terms(data.sampler, model.metric_loss_type, model.with_center_loss)
     if BATCH_RECIPES[data.sampler].pk_batches:
         if data.batch_size % data.num_instances:
-            raise ConfigError(f"dataset.batch_size={data.batch_size} must be divisible by "
-                              f"dataset.num_instances={data.num_instances} for the PK sampler")
+            raise ConfigError(
+                f"dataset.batch_size={data.batch_size} must be divisible by "
+                f"dataset.num_instances={data.num_instances} for the PK sampler"
+            )
         if data.batch_size // data.num_instances < 2:
-            raise ConfigError("dataset.batch_size / dataset.num_instances must be at least 2 identities per batch "
-                              "for the triplet loss")
+            raise ConfigError(
+                "dataset.batch_size / dataset.num_instances must be at least 2 identities per batch "
+                "for the triplet loss"
+            )
 
     check_adaptation(config)
 
@@ -125,14 +140,20 @@ def check_spec(config: DictConfig) -> None:
     for field, option in BACKBONE_OPTION_FIELDS.items():
         if option not in entry.options and model[field] != defaults[field]:
             families = sorted({other.family for other in BACKBONES.values() if option in other.options})
-            raise ConfigError(f"model.{field} applies to {'/'.join(families)} backbones only, not "
-                              f"model.backbone={model.backbone}; remove it from the spec")
+            raise ConfigError(
+                f"model.{field} applies to {'/'.join(families)} backbones only, not "
+                f"model.backbone={model.backbone}; remove it from the spec"
+            )
     if entry.reduces_to_feat_dim and model.reduce_feat_dim:
-        raise ConfigError(f"model.reduce_feat_dim applies to backbones without a default reduction, not "
-                          f"model.backbone={model.backbone} (it always reduces to model.feat_dim); remove it")
+        raise ConfigError(
+            f"model.reduce_feat_dim applies to backbones without a default reduction, not "
+            f"model.backbone={model.backbone} (it always reduces to model.feat_dim); remove it"
+        )
     if model.input_height % entry.input_multiple or model.input_width % entry.input_multiple:
-        raise ConfigError(f"model.backbone={model.backbone} needs model.input_height and model.input_width "
-                          f"divisible by {entry.input_multiple}, got {model.input_height}x{model.input_width}")
+        raise ConfigError(
+            f"model.backbone={model.backbone} needs model.input_height and model.input_width "
+            f"divisible by {entry.input_multiple}, got {model.input_height}x{model.input_width}"
+        )
 
 
 def check_adaptation(config: DictConfig) -> None:
@@ -141,18 +162,25 @@ def check_adaptation(config: DictConfig) -> None:
     if not config.adaptation.enable:
         return
     if not config.adaptation.source_checkpoint:
-        raise ConfigError("adaptation.enable=true needs adaptation.source_checkpoint: the reid_tao or TAO checkpoint "
-                          "of the model to adapt")
+        raise ConfigError(
+            "adaptation.enable=true needs adaptation.source_checkpoint: the reid_tao or TAO checkpoint "
+            "of the model to adapt"
+        )
     if not BATCH_RECIPES[config.dataset.sampler].pk_batches:
-        raise ConfigError(f"adaptation trains on PK batches over the clusters; dataset.sampler="
-                          f"{config.dataset.sampler!r} draws shuffled batches: use softmax_triplet or triplet")
+        raise ConfigError(
+            f"adaptation trains on PK batches over the clusters; dataset.sampler="
+            f"{config.dataset.sampler!r} draws shuffled batches: use softmax_triplet or triplet"
+        )
     if "center" in loss_terms(config.dataset.sampler, config.model.metric_loss_type, config.model.with_center_loss):
-        raise ConfigError("the center loss (model.metric_loss_type center/triplet_center, model.with_center_loss) "
-                          "does not apply with adaptation.enable=true: its identities change with every clustering")
+        raise ConfigError(
+            "the center loss (model.metric_loss_type center/triplet_center, model.with_center_loss) "
+            "does not apply with adaptation.enable=true: its identities change with every clustering"
+        )
 
 
-def loss_terms(sampler: str, metric_loss_type: str, with_center_loss: bool,
-               adaptation: bool = False) -> Tuple[str, ...]:
+def loss_terms(
+    sampler: str, metric_loss_type: str, with_center_loss: bool, adaptation: bool = False
+) -> tuple[str, ...]:
     """The LOSS_TERMS names (in the table's order) for dataset.sampler, model.metric_loss_type,
     model.with_center_loss and adaptation.enable.
 
@@ -174,7 +202,9 @@ def loss_terms(sampler: str, metric_loss_type: str, with_center_loss: bool,
     names = tuple(name for name in LOSS_TERMS if name in chosen)
     if not any(LOSS_TERMS[name].standalone for name in names):
         # sampler triplet + metric center: only the center loss would remain, and alone it collapses.
-        raise ConfigError(f"dataset.sampler {sampler!r} with model.metric_loss_type {metric_loss_type!r} leaves "
-                          f"only the {' and '.join(names)} loss; use sampler softmax_triplet or metric_loss_type "
-                          "triplet_center")
+        raise ConfigError(
+            f"dataset.sampler {sampler!r} with model.metric_loss_type {metric_loss_type!r} leaves "
+            f"only the {' and '.join(names)} loss; use sampler softmax_triplet or metric_loss_type "
+            "triplet_center"
+        )
     return names

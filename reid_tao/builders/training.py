@@ -1,20 +1,21 @@
 """The training objects built from the spec: data module, model, loss, optimiser and schedule arguments,
 checkpoint and logger settings, and the LightningModule that holds them."""
+
 import logging
-from typing import Any, Dict, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.notices import warmup_length
-from ..data.datamodule import AugmentSettings, LoaderSettings, ReidDataModule
-from ..data.preprocessing import Preprocessing
-from ..engine.metric_names import VALIDATION_METRICS, metric_modes
-from ..engine.module import ReidModule
-from ..model.backbones import BACKBONES, BackboneOptions
-from ..model.baseline import Baseline
-from ..model.losses import LOSS_TERMS, LossSettings, ReidLoss, build_reid_loss
-from .pretrained import PRETRAINED_LOADERS, load_adaptation_source
-from .spec import BATCH_RECIPES, SOURCE_TERMS, loss_terms
+from reid_tao.builders.pretrained import PRETRAINED_LOADERS, load_adaptation_source
+from reid_tao.builders.spec import BATCH_RECIPES, SOURCE_TERMS, loss_terms
+from reid_tao.config.notices import warmup_length
+from reid_tao.data.datamodule import AugmentSettings, LoaderSettings, ReidDataModule
+from reid_tao.data.preprocessing import Preprocessing
+from reid_tao.engine.metric_names import VALIDATION_METRICS, metric_modes
+from reid_tao.engine.module import ReidModule
+from reid_tao.model.backbones import BACKBONES, BackboneOptions
+from reid_tao.model.baseline import Baseline
+from reid_tao.model.losses import LOSS_TERMS, LossSettings, ReidLoss, build_reid_loss
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,12 @@ ADAPTATION_NUM_CLASSES = 1
 
 # ------------------------------------------------------------------------------------------ data
 def preprocessing_for(config: DictConfig) -> Preprocessing:
-    return Preprocessing(input_size=(config.model.input_height, config.model.input_width),
-                         pixel_mean=config.dataset.pixel_mean, pixel_std=config.dataset.pixel_std,
-                         interpolation=config.dataset.interpolation)
+    return Preprocessing(
+        input_size=(config.model.input_height, config.model.input_width),
+        pixel_mean=config.dataset.pixel_mean,
+        pixel_std=config.dataset.pixel_std,
+        interpolation=config.dataset.interpolation,
+    )
 
 
 def image_size(config: DictConfig):
@@ -42,15 +46,24 @@ def build_datamodule(config: DictConfig, with_validation: bool = True) -> ReidDa
         gallery_dir=data.test_dataset_dir if with_validation else None,
         preprocessing=preprocessing_for(config),
         augment=AugmentSettings(flip_prob=data.prob, padding=data.padding, erase_prob=data.re_prob),
-        loader=LoaderSettings(batch_size=data.batch_size, val_batch_size=data.val_batch_size,
-                              num_workers=data.num_workers, pk_batches=BATCH_RECIPES[data.sampler].pk_batches,
-                              num_instances=data.num_instances, seed=max(config.train.seed, 0),
-                              camera_balanced=config.adaptation.enable and config.adaptation.camera_balanced_batches),
-        pipeline=data.pipeline, channels_last=config.train.channels_last, layout=data.layout,
-        unlabeled=config.adaptation.enable, source_dir=source_dataset_dir(config))
+        loader=LoaderSettings(
+            batch_size=data.batch_size,
+            val_batch_size=data.val_batch_size,
+            num_workers=data.num_workers,
+            pk_batches=BATCH_RECIPES[data.sampler].pk_batches,
+            num_instances=data.num_instances,
+            seed=max(config.train.seed, 0),
+            camera_balanced=config.adaptation.enable and config.adaptation.camera_balanced_batches,
+        ),
+        pipeline=data.pipeline,
+        channels_last=config.train.channels_last,
+        layout=data.layout,
+        unlabeled=config.adaptation.enable,
+        source_dir=source_dataset_dir(config),
+    )
 
 
-def source_dataset_dir(config: DictConfig) -> Optional[str]:
+def source_dataset_dir(config: DictConfig) -> str | None:
     """adaptation.source_dataset_dir when adaptation.enable (the labelled source stream), else None."""
     return config.adaptation.source_dataset_dir if config.adaptation.enable else None
 
@@ -66,8 +79,13 @@ def training_num_classes(config: DictConfig, datamodule: ReidDataModule) -> int:
 # ------------------------------------------------------------------------------------------ model
 def backbone_options(config: DictConfig) -> BackboneOptions:
     model = config.model
-    return BackboneOptions(image_size=image_size(config), last_stride=model.last_stride, drop_rate=model.dropout_rate,
-                           drop_path_rate=model.drop_path, attn_drop_rate=model.att_drop_rate)
+    return BackboneOptions(
+        image_size=image_size(config),
+        last_stride=model.last_stride,
+        drop_rate=model.dropout_rate,
+        drop_path_rate=model.drop_path,
+        attn_drop_rate=model.att_drop_rate,
+    )
 
 
 def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = True) -> Baseline:
@@ -77,13 +95,25 @@ def build_model(config: DictConfig, num_classes: int, load_pretrained: bool = Tr
     backbone = entry.build(backbone_options(config))
     reduce = entry.reduces_to_feat_dim or model_cfg.reduce_feat_dim
     if not reduce and model_cfg.feat_dim != backbone.out_channels:
-        log.info("model.feat_dim=%d is not used: %s embeddings are %d-d unless model.reduce_feat_dim=true",
-                 model_cfg.feat_dim, model_cfg.backbone, backbone.out_channels)
-    model = Baseline(backbone, num_classes=num_classes, feat_dim=model_cfg.feat_dim, neck=model_cfg.neck,
-                     neck_feat=model_cfg.neck_feat, gem_pooling=model_cfg.gem_pooling, reduce_feat_dim=reduce)
+        log.info(
+            "model.feat_dim=%d is not used: %s embeddings are %d-d unless model.reduce_feat_dim=true",
+            model_cfg.feat_dim,
+            model_cfg.backbone,
+            backbone.out_channels,
+        )
+    model = Baseline(
+        backbone,
+        num_classes=num_classes,
+        feat_dim=model_cfg.feat_dim,
+        neck=model_cfg.neck,
+        neck_feat=model_cfg.neck_feat,
+        gem_pooling=model_cfg.gem_pooling,
+        reduce_feat_dim=reduce,
+    )
     if load_pretrained and config.adaptation.enable:
-        load_adaptation_source(model, model_cfg, config.adaptation.source_checkpoint,
-                               with_classifier=bool(source_dataset_dir(config)))
+        load_adaptation_source(
+            model, model_cfg, config.adaptation.source_checkpoint, with_classifier=bool(source_dataset_dir(config))
+        )
     elif load_pretrained:
         PRETRAINED_LOADERS[model_cfg.pretrain_choice](model, model_cfg)
     return model
@@ -96,7 +126,7 @@ def build_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss:
     return _weighted_loss(config, names, num_classes, feat_dim)
 
 
-def build_source_loss(config: DictConfig, num_classes: int, feat_dim: int) -> Optional[ReidLoss]:
+def build_source_loss(config: DictConfig, num_classes: int, feat_dim: int) -> ReidLoss | None:
     """The loss of the labelled source batch (SOURCE_TERMS, weighted as in supervised training), or None
     without a source stream."""
     if not source_dataset_dir(config):
@@ -106,12 +136,18 @@ def build_source_loss(config: DictConfig, num_classes: int, feat_dim: int) -> Op
 
 def _weighted_loss(config: DictConfig, names, num_classes: int, feat_dim: int) -> ReidLoss:
     model, adaptation = config.model, config.adaptation
-    settings = LossSettings(num_classes=num_classes, feat_dim=feat_dim, label_smooth=model.label_smooth,
-                            triplet_margin=None if model.no_margin else config.train.optim.triplet_loss_margin,
-                            memory_temperature=adaptation.temperature, memory_momentum=adaptation.momentum,
-                            camera_temperature=adaptation.camera_temperature,
-                            camera_momentum=adaptation.momentum, camera_inter_weight=adaptation.camera_inter_weight,
-                            camera_hard_negatives=adaptation.camera_hard_negatives)
+    settings = LossSettings(
+        num_classes=num_classes,
+        feat_dim=feat_dim,
+        label_smooth=model.label_smooth,
+        triplet_margin=None if model.no_margin else config.train.optim.triplet_loss_margin,
+        memory_temperature=adaptation.temperature,
+        memory_momentum=adaptation.momentum,
+        camera_temperature=adaptation.camera_temperature,
+        camera_momentum=adaptation.momentum,
+        camera_inter_weight=adaptation.camera_inter_weight,
+        camera_hard_negatives=adaptation.camera_hard_negatives,
+    )
     weights = {}
     for name in names:
         field = LOSS_TERMS[name].weight_field
@@ -122,41 +158,62 @@ def _weighted_loss(config: DictConfig, names, num_classes: int, feat_dim: int) -
     return build_reid_loss(names, settings, weights)
 
 
-def optimizer_arguments(config: DictConfig) -> Dict[str, Any]:
+def optimizer_arguments(config: DictConfig) -> dict[str, Any]:
     optim = config.train.optim
-    return dict(name=optim.name, base_lr=optim.base_lr, weight_decay=optim.weight_decay,
-                weight_decay_bias=optim.weight_decay_bias, bias_lr_factor=optim.bias_lr_factor,
-                momentum=optim.momentum, large_fc_lr=optim.large_fc_lr)
+    return dict(
+        name=optim.name,
+        base_lr=optim.base_lr,
+        weight_decay=optim.weight_decay,
+        weight_decay_bias=optim.weight_decay_bias,
+        bias_lr_factor=optim.bias_lr_factor,
+        momentum=optim.momentum,
+        large_fc_lr=optim.large_fc_lr,
+    )
 
 
-def scheduler_arguments(config: DictConfig) -> Dict[str, Any]:
+def scheduler_arguments(config: DictConfig) -> dict[str, Any]:
     """The schedule's arguments, with a warmup longer than the run shortened (see config.notices.warmup_length)."""
     optim = config.train.optim
-    arguments = dict(method=optim.warmup_method, warmup_factor=optim.warmup_factor, warmup_iters=optim.warmup_iters,
-                     milestones=list(optim.lr_steps), gamma=optim.gamma, warmup_epochs=optim.warmup_epochs,
-                     num_epochs=config.train.num_epochs)
+    arguments = dict(
+        method=optim.warmup_method,
+        warmup_factor=optim.warmup_factor,
+        warmup_iters=optim.warmup_iters,
+        milestones=list(optim.lr_steps),
+        gamma=optim.gamma,
+        warmup_epochs=optim.warmup_epochs,
+        num_epochs=config.train.num_epochs,
+    )
     warmup = warmup_length(config)
     arguments[warmup.field.rpartition(".")[2]] = warmup.used
     return arguments
 
 
 # ------------------------------------------------------------------------------------------ checkpoints and loggers
-def checkpoint_settings(config: DictConfig) -> Dict[str, Any]:
+def checkpoint_settings(config: DictConfig) -> dict[str, Any]:
     """Keyword arguments of engine.checkpoint.checkpoint_callbacks from train.checkpoint_interval(_unit) and
     train.checkpointer (TAO 7.3: best-k by a metric, default mAP, beside the periodic and latest files)."""
     train, chosen = config.train, config.train.checkpointer
     best = None
     if chosen.enable_topk:
         monitor = chosen.monitor or "mAP"
-        best = dict(monitor=monitor, mode=chosen.mode or metric_modes()[monitor], save_top_k=chosen.save_top_k,
-                    filename=chosen.filename, dirpath=chosen.dirpath,
-                    auto_insert_metric_name=chosen.auto_insert_metric_name,
-                    save_on_train_epoch_end=monitor not in VALIDATION_METRICS)
-    return dict(interval=train.checkpoint_interval, unit=train.checkpoint_interval_unit,
-                periodic=not (chosen.enable_topk and chosen.replace_periodic), best=best)
+        best = dict(
+            monitor=monitor,
+            mode=chosen.mode or metric_modes()[monitor],
+            save_top_k=chosen.save_top_k,
+            filename=chosen.filename,
+            dirpath=chosen.dirpath,
+            auto_insert_metric_name=chosen.auto_insert_metric_name,
+            save_on_train_epoch_end=monitor not in VALIDATION_METRICS,
+        )
+    return dict(
+        interval=train.checkpoint_interval,
+        unit=train.checkpoint_interval_unit,
+        periodic=not (chosen.enable_topk and chosen.replace_periodic),
+        best=best,
+    )
 
 
-def needs_validation(config: DictConfig) -> Optional[str]:
+def needs_validation(config: DictConfig) -> str | None:
     """The spec field that needs validation folders (a best-k checkpoint on a validation metric), or None."""
     chosen = config.train.checkpointer
     if chosen.enable_topk and (chosen.monitor or "mAP") in VALIDATION_METRICS:
@@ -164,14 +221,22 @@ def needs_validation(config: DictConfig) -> Optional[str]:
     return None
 
 
-def wandb_settings(config: DictConfig) -> Optional[Dict[str, Any]]:
+def wandb_settings(config: DictConfig) -> dict[str, Any] | None:
     """WandbLogger keyword arguments from the wandb section, or None when wandb.enable is false."""
     wandb = config.wandb
     if not wandb.enable:
         return None
-    return dict(project=wandb.project, name=wandb.name, id=wandb.run_id or None, entity=wandb.entity or None,
-                group=wandb.group or None, tags=list(wandb.tags), reinit=wandb.reinit,
-                sync_tensorboard=wandb.sync_tensorboard, save_code=wandb.save_code)
+    return dict(
+        project=wandb.project,
+        name=wandb.name,
+        id=wandb.run_id or None,
+        entity=wandb.entity or None,
+        group=wandb.group or None,
+        tags=list(wandb.tags),
+        reinit=wandb.reinit,
+        sync_tensorboard=wandb.sync_tensorboard,
+        save_code=wandb.save_code,
+    )
 
 
 def extraction_batch_size(config: DictConfig, task: str) -> int:
@@ -180,11 +245,14 @@ def extraction_batch_size(config: DictConfig, task: str) -> int:
     return own if own > 0 else config.dataset.val_batch_size
 
 
-def checkpoint_metadata(config: DictConfig, num_classes: int) -> Dict[str, Any]:
+def checkpoint_metadata(config: DictConfig, num_classes: int) -> dict[str, Any]:
     """Stored in every checkpoint: the resolved config (the one source for the architecture), the number of
     identities (TAO needs it by hand, B9) and the preprocessing that evaluation and export must apply."""
-    return {"config": OmegaConf.to_container(config, resolve=True), "num_classes": num_classes,
-            "preprocessing": preprocessing_for(config).to_dict()}
+    return {
+        "config": OmegaConf.to_container(config, resolve=True),
+        "num_classes": num_classes,
+        "preprocessing": preprocessing_for(config).to_dict(),
+    }
 
 
 def build_module(config: DictConfig, num_classes: int, num_query: int = 0, load_pretrained: bool = True) -> ReidModule:
@@ -192,19 +260,27 @@ def build_module(config: DictConfig, num_classes: int, num_query: int = 0, load_
     if config.adaptation.enable:
         model.train_metric_losses_on_neck()  # the clustered and memorised feature (Cluster Contrast)
     return ReidModule(
-        model=model, loss=build_loss(config, num_classes, model.feat_dim),
+        model=model,
+        loss=build_loss(config, num_classes, model.feat_dim),
         source_loss=build_source_loss(config, num_classes, model.feat_dim),
         source_loss_weight=config.adaptation.source_loss_weight,
-        optimizer=optimizer_arguments(config), scheduler=scheduler_arguments(config),
+        optimizer=optimizer_arguments(config),
+        scheduler=scheduler_arguments(config),
         center_lr=config.train.optim.center_lr,
-        grad_clip=config.train.grad_clip, seed=config.train.seed, flip_feature=config.model.with_flip_feature,
-        max_rank=config.re_ranking.max_rank, num_query=num_query,
+        grad_clip=config.train.grad_clip,
+        seed=config.train.seed,
+        flip_feature=config.model.with_flip_feature,
+        max_rank=config.re_ranking.max_rank,
+        num_query=num_query,
         metadata=checkpoint_metadata(config, num_classes),
-        compile_model=config.train.compile, channels_last=config.train.channels_last,
-        re_ranking=re_ranking_arguments(config), val_precision=config.evaluate.precision)
+        compile_model=config.train.compile,
+        channels_last=config.train.channels_last,
+        re_ranking=re_ranking_arguments(config),
+        val_precision=config.evaluate.precision,
+    )
 
 
-def re_ranking_arguments(config: DictConfig) -> Optional[Dict[str, Any]]:
+def re_ranking_arguments(config: DictConfig) -> dict[str, Any] | None:
     """re_ranking.k1/k2/lambda_value when re_ranking.re_ranking asks for re-ranked metrics, else None."""
     section = config.re_ranking
     if not section.re_ranking:

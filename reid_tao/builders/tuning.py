@@ -1,25 +1,28 @@
 """What `reid tune` builds from the spec: the default search space fitted to it, each trial's config (checked
 like any spec), and the Optuna sampler and pruner (tune.sampler, tune.pruner, tune.seed, train.num_epochs)."""
+
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.loader import rename_old_values, schema_config
-from ..config.search_space import DEFAULT_SPACE
-from ..config.validate import validate_config
-from ..engine.tuning import OPTUNA_SAMPLERS, PRUNERS
-from .spec import check_spec, loss_terms
+from reid_tao.builders.spec import check_spec, loss_terms
+from reid_tao.config.loader import rename_old_values, schema_config
+from reid_tao.config.search_space import DEFAULT_SPACE
+from reid_tao.config.validate import validate_config
+from reid_tao.engine.tuning import OPTUNA_SAMPLERS, PRUNERS
 
 
-def study_arguments(config: DictConfig) -> Dict[str, Any]:
+def study_arguments(config: DictConfig) -> dict[str, Any]:
     """optuna.create_study's sampler and pruner (optuna is imported here, when a study is made)."""
     tune, num_epochs = config.tune, config.train.num_epochs
-    return dict(sampler=OPTUNA_SAMPLERS[tune.sampler](tune.seed, num_epochs),
-                pruner=PRUNERS[tune.pruner](tune.seed, num_epochs))
+    return dict(
+        sampler=OPTUNA_SAMPLERS[tune.sampler](tune.seed, num_epochs), pruner=PRUNERS[tune.pruner](tune.seed, num_epochs)
+    )
 
 
-def default_space(config: DictConfig) -> Dict[str, Dict[str, list]]:
+def default_space(config: DictConfig) -> dict[str, dict[str, list]]:
     """DEFAULT_SPACE fitted to the spec: fields it does not train with are left out (the margin without a
     triplet loss that has one, label smoothing without the identity loss), and the warm-up is the field that
     train.optim.warmup_method reads, at most half of train.num_epochs (training shortens a longer one anyway)."""
@@ -38,7 +41,7 @@ def default_space(config: DictConfig) -> Dict[str, Dict[str, list]]:
     return space
 
 
-def trial_config(base: DictConfig, values: Mapping[str, Any], folder: Optional[Path] = None) -> DictConfig:
+def trial_config(base: DictConfig, values: Mapping[str, Any], folder: Path | None = None) -> DictConfig:
     """``base`` with a trial's values (and training folder), checked by the same rules as any spec."""
     config = OmegaConf.merge(schema_config(), OmegaConf.to_container(base, resolve=False))
     for path, value in values.items():

@@ -1,16 +1,18 @@
 """The schema's fields read back with their rules (declared with :func:`~reid_tao.config.fields.spec_field`):
 a walk over every leaf, and the texts derived from them (``reid TASK --help``, docs/spec_fields.md)."""
+
 import dataclasses
 import difflib
 import textwrap
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Tuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
-from ..errors import ConfigError
-from .fields import META_KEY, STATUSES, Choices, FieldMeta
-from .schema import ExperimentConfig
+from reid_tao.config.fields import META_KEY, STATUSES, Choices, FieldMeta
+from reid_tao.config.schema import ExperimentConfig
+from reid_tao.errors import ConfigError
 
 NO_RULES = FieldMeta(help="")
-Resolve = Callable[[Choices], Tuple[Any, ...]]  # choices -> values (build.resolve_choices reads the tables)
+Resolve = Callable[[Choices], tuple[Any, ...]]  # choices -> values (build.resolve_choices reads the tables)
 
 
 class SpecField(NamedTuple):
@@ -39,7 +41,7 @@ def find_field(path: str) -> SpecField:
     raise KeyError(path)
 
 
-def literal_choices(choices: Optional[Choices]) -> Optional[Tuple[Any, ...]]:
+def literal_choices(choices: Choices | None) -> tuple[Any, ...] | None:
     """The choices when they are written out (not a table name), else None."""
     return None if choices is None or isinstance(choices, str) else tuple(choices)
 
@@ -49,7 +51,7 @@ def choices_text(values) -> str:
 
 
 def closest_hint(key: str, candidates: Iterable[str]) -> str:
-    """"; did you mean X?" for the closest candidate, or "" when none is close."""
+    """ "; did you mean X?" for the closest candidate, or "" when none is close."""
     match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.5)
     return f"; did you mean {match[0]}?" if match else ""
 
@@ -59,9 +61,11 @@ def check_choice_in(found: SpecField, value, allowed) -> None:
     if value is None and found.default is None:
         return
     if value not in allowed:
-        raise ConfigError(f"{found.path}={value!r} is not supported{found.meta.hint}; choose one of "
-                          f"{choices_text(allowed)}"
-                          f"{closest_hint(str(value), [str(name) for name in allowed if name is not None])}")
+        raise ConfigError(
+            f"{found.path}={value!r} is not supported{found.meta.hint}; choose one of "
+            f"{choices_text(allowed)}"
+            f"{closest_hint(str(value), [str(name) for name in allowed if name is not None])}"
+        )
 
 
 def allowed_text(meta: FieldMeta, resolve: Resolve) -> str:
@@ -90,7 +94,7 @@ def task_fields(sections) -> Iterator[SpecField]:
     return (found for found in spec_fields() if "." not in found.path or found.path.startswith(wanted))
 
 
-def help_groups(sections) -> Tuple[str, ...]:
+def help_groups(sections) -> tuple[str, ...]:
     """The groups `reid TASK --help GROUP` accepts for a task's ``sections``, in declaration order."""
     return tuple(dict.fromkeys(_group(found.path) for found in task_fields(sections)))
 
@@ -106,12 +110,15 @@ def describe_sections(sections, width: int = 100) -> str:
     lines = []
     for group, (names, idle) in groups.items():
         text = ", ".join(names) + (f" (+ {len(idle)} of TAO's without effect)" if idle else "")
-        lines.append(textwrap.fill(text, width, initial_indent=f"  {group:<{pad - 2}}", subsequent_indent=" " * pad,
-                                   break_on_hyphens=False))
+        lines.append(
+            textwrap.fill(
+                text, width, initial_indent=f"  {group:<{pad - 2}}", subsequent_indent=" " * pad, break_on_hyphens=False
+            )
+        )
     return "\n".join(lines)
 
 
-def describe_fields(sections, resolve: Resolve, width: Optional[int] = None, group: Optional[str] = None) -> str:
+def describe_fields(sections, resolve: Resolve, width: int | None = None, group: str | None = None) -> str:
     """Text for ``reid TASK --help [GROUP]``: the top-level fields and those of ``sections`` (only ``group``'s and
     its subsections' when given), each as "  path = default  [allowed] (status)" and its help on the next lines,
     wrapped to ``width`` (None: not wrapped)."""
@@ -147,22 +154,33 @@ def _cell(text: str) -> str:
 
 def markdown_table(resolve: Resolve) -> str:
     """docs/spec_fields.md: one table per section; ``resolve`` turns a table name into its choices."""
-    out = ["# Spec fields", "",
-           "Generated from the schema's field metadata (reid_tao/config/schema.py) by "
-           "`python scripts/gen_spec_fields.py`; do not edit by hand. "
-           "Names and defaults are TAO's; fields marked *(new)* are reid_tao's. Status: *active*, *no effect* "
-           "(accepted; a non-default value logs one line) or *rejected when changed* (TAO declares the field but "
-           "never uses it).", ""]
+    out = [
+        "# Spec fields",
+        "",
+        "Generated from the schema's field metadata (reid_tao/config/schema.py) by "
+        "`python scripts/gen_spec_fields.py`; do not edit by hand. "
+        "Names and defaults are TAO's; fields marked *(new)* are reid_tao's. Status: *active*, *no effect* "
+        "(accepted; a non-default value logs one line) or *rejected when changed* (TAO declares the field but "
+        "never uses it).",
+        "",
+    ]
     section = None
     for found in spec_fields():
         head = found.path.split(".")[0] if "." in found.path else "top level"
         if head != section:
             section = head
-            out += ["", f"## {section}", "", "| field | default | allowed | status | what it does |",
-                    "| --- | --- | --- | --- | --- |"]
+            out += [
+                "",
+                f"## {section}",
+                "",
+                "| field | default | allowed | status | what it does |",
+                "| --- | --- | --- | --- | --- |",
+            ]
         meta = found.meta
         name = f"`{found.path}`" + (" *(new)*" if meta.new else "")
         what = meta.help + (f" ({meta.why}{'; ' + meta.instead if meta.instead else ''})" if meta.why else "")
-        out.append(f"| {name} | `{_shown(found.default)}` | {_cell(allowed_text(meta, resolve))} | "
-                   f"{STATUSES[meta.status]} | {_cell(what)} |")
+        out.append(
+            f"| {name} | `{_shown(found.default)}` | {_cell(allowed_text(meta, resolve))} | "
+            f"{STATUSES[meta.status]} | {_cell(what)} |"
+        )
     return "\n".join(out).replace("\n\n\n", "\n\n") + "\n"

@@ -9,22 +9,24 @@ Choices are a literal tuple or the dotted name of the table that implements them
 ("reid_tao.model.backbones:BACKBONES"): the config layer may not import the model layer, so the build layer
 resolves the name when it checks a spec.
 """
+
 import dataclasses
-from typing import Any, Optional, Tuple, Union
+from typing import Any
 
 META_KEY = "reid_tao"
 STATUSES = {"active": "active", "inert": "no effect", "unsupported": "rejected when changed"}
-Choices = Union[Tuple[Any, ...], str]  # literal values, or "module:TABLE" (the table's keys / items)
+Choices = tuple[Any, ...] | str  # literal values, or "module:TABLE" (the table's keys / items)
 
 
 @dataclasses.dataclass(frozen=True)
 class Bounds:
     """Numeric range of a field (of every value, for a list field). ``low_open``: the value must be > low.
     ``special``: one value outside the range that means something else, e.g. (-1, "dataset.val_batch_size")."""
-    low: Optional[float] = None
-    high: Optional[float] = None
+
+    low: float | None = None
+    high: float | None = None
     low_open: bool = False
-    special: Optional[Tuple[Any, str]] = None
+    special: tuple[Any, str] | None = None
 
     def allows(self, value) -> bool:
         if self.special is not None and value == self.special[0]:
@@ -38,11 +40,17 @@ class Bounds:
     def text(self) -> str:
         """The rule in words: "at least 1", "> 0", ">= 0", "between 0 and 1", with its special value."""
         if self.low is not None and self.high is not None:
-            rule = f"> {_number(self.low)} and <= {_number(self.high)}" if self.low_open else \
-                f"between {_number(self.low)} and {_number(self.high)}"
+            rule = (
+                f"> {_number(self.low)} and <= {_number(self.high)}"
+                if self.low_open
+                else f"between {_number(self.low)} and {_number(self.high)}"
+            )
         elif self.low is not None:
-            rule = f"> {_number(self.low)}" if self.low_open else (
-                "at least 1" if self.low == 1 else f">= {_number(self.low)}")
+            rule = (
+                f"> {_number(self.low)}"
+                if self.low_open
+                else ("at least 1" if self.low == 1 else f">= {_number(self.low)}")
+            )
         else:
             rule = f"<= {_number(self.high)}"
         if self.special is not None:
@@ -57,19 +65,29 @@ def _number(value: float) -> str:
 @dataclasses.dataclass(frozen=True)
 class FieldMeta:
     help: str
-    choices: Optional[Choices] = None
-    bounds: Optional[Bounds] = None
+    choices: Choices | None = None
+    bounds: Bounds | None = None
     status: str = "active"
-    why: Optional[str] = None  # inert / unsupported: why the field has no effect or is rejected
-    instead: Optional[str] = None  # unsupported: what to use instead
+    why: str | None = None  # inert / unsupported: why the field has no effect or is rejected
+    instead: str | None = None  # unsupported: what to use instead
     hint: str = ""  # added to the "is not supported" line of a rejected choice
     new: bool = False  # added by reid_tao (not in TAO's schema)
-    renamed: Tuple[Tuple[Any, Any], ...] = ()  # (old value, current value): the loader reads the old as the current
+    renamed: tuple[tuple[Any, Any], ...] = ()  # (old value, current value): the loader reads the old as the current
 
 
-def spec_field(default, *, help: str, choices: Optional[Choices] = None, bounds: Optional[Bounds] = None,
-               status: str = "active", why: Optional[str] = None, instead: Optional[str] = None, hint: str = "",
-               new: bool = False, renamed: Optional[dict] = None):
+def spec_field(
+    default,
+    *,
+    help: str,
+    choices: Choices | None = None,
+    bounds: Bounds | None = None,
+    status: str = "active",
+    why: str | None = None,
+    instead: str | None = None,
+    hint: str = "",
+    new: bool = False,
+    renamed: dict | None = None,
+):
     """A schema field with its rules: ``dataclasses.field(default=...)`` (a copy per instance for lists)
     whose metadata holds a :class:`FieldMeta`. inert and unsupported fields need ``why``. ``renamed`` maps
     old values to their current names (a spec with an old one still loads)."""
@@ -77,8 +95,7 @@ def spec_field(default, *, help: str, choices: Optional[Choices] = None, bounds:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     if status != "active" and not why:
         raise ValueError(f"a field with status {status!r} needs `why`")
-    meta = {META_KEY: FieldMeta(help, choices, bounds, status, why, instead, hint, new,
-                                tuple((renamed or {}).items()))}
+    meta = {META_KEY: FieldMeta(help, choices, bounds, status, why, instead, hint, new, tuple((renamed or {}).items()))}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

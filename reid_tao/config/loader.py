@@ -2,16 +2,17 @@
 
 Every problem becomes a one-line ``ConfigError`` naming the field and the file.
 """
+
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import ConfigError, DataError, first_line
-from .catalog import closest_hint, spec_fields
-from .schema import ExperimentConfig
-from .validate import validate_config
+from reid_tao.config.catalog import closest_hint, spec_fields
+from reid_tao.config.schema import ExperimentConfig
+from reid_tao.config.validate import validate_config
+from reid_tao.errors import ConfigError, DataError, first_line
 
 # Field names that TAO's documentation spells differently in different places.
 ALIASES = {
@@ -90,18 +91,22 @@ def rename_old_values(config: DictConfig) -> None:
             OmegaConf.update(config, found.path, current, merge=False)
 
 
-def _validation_message(error: OmegaConfBaseException, source: str, key: Optional[str] = None) -> str:
+def _validation_message(error: OmegaConfBaseException, source: str, key: str | None = None) -> str:
     key = key or getattr(error, "full_key", None) or "?"
     msg = first_line(str(getattr(error, "msg", None) or error))
     return f"invalid value for {key} in {source}: {msg}"
 
 
 # PyYAML contexts that start where the mistake is (an unclosed quote or bracket): the problem is found later
-_OPENED_CONTEXTS = ("while scanning a quoted scalar", "while parsing a flow sequence", "while parsing a flow mapping",
-                    "while scanning a block scalar")
+_OPENED_CONTEXTS = (
+    "while scanning a quoted scalar",
+    "while parsing a flow sequence",
+    "while parsing a flow mapping",
+    "while scanning a block scalar",
+)
 
 
-def _yaml_problem(error: Exception, text: Optional[str] = None) -> str:
+def _yaml_problem(error: Exception, text: str | None = None) -> str:
     """PyYAML's error as "line L, column C: problem (context)", 1-based as editors count, at the line of the
     mistake: PyYAML finds a missing ': ' or an unclosed quote or bracket only on a later line."""
     mark = getattr(error, "problem_mark", None)
@@ -110,14 +115,18 @@ def _yaml_problem(error: Exception, text: Optional[str] = None) -> str:
         return first_line(error)
     context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
     if context in _OPENED_CONTEXTS and context_mark is not None and context_mark.line < mark.line:
-        return (f"line {context_mark.line + 1}, column {context_mark.column + 1}: {problem} at line {mark.line + 1} "
-                f"({context} that starts here: is it closed?)")
+        return (
+            f"line {context_mark.line + 1}, column {context_mark.column + 1}: {problem} at line {mark.line + 1} "
+            f"({context} that starts here: is it closed?)"
+        )
     start = _plain_scalar_start(text, mark) if text is not None and "mapping values" in problem else None
     if start is not None:
         line = text.splitlines()[start.line].strip()
-        return (f"line {start.line + 1}, column {start.column + 1}: {line!r} runs on into line {mark.line + 1}, where "
-                f"{problem} (a missing ': ' after a key on line {start.line + 1}, or line {mark.line + 1} indented "
-                "too deep?)")
+        return (
+            f"line {start.line + 1}, column {start.column + 1}: {line!r} runs on into line {mark.line + 1}, where "
+            f"{problem} (a missing ': ' after a key on line {start.line + 1}, or line {mark.line + 1} indented "
+            "too deep?)"
+        )
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
 
 
@@ -136,8 +145,9 @@ def _plain_scalar_start(text: str, mark):
     return last.start_mark if last is not None and last.plain and last.start_mark.line < mark.line else None
 
 
-def _unresolvable_field(config: DictConfig) -> Optional[str]:
+def _unresolvable_field(config: DictConfig) -> str | None:
     """The first field whose interpolation cannot be resolved (OmegaConf.resolve does not say which)."""
+
     def leaves(node, prefix: str):
         for key, value in node.items():
             if isinstance(value, dict):
@@ -180,8 +190,9 @@ def _check_spec_size(path: Path, spec_path: str) -> None:
     import yaml
 
     if path.stat().st_size > MAX_SPEC_BYTES:
-        raise ConfigError(f"spec file {spec_path} is {path.stat().st_size} bytes; a spec is at most "
-                          f"{MAX_SPEC_BYTES} bytes")
+        raise ConfigError(
+            f"spec file {spec_path} is {path.stat().st_size} bytes; a spec is at most {MAX_SPEC_BYTES} bytes"
+        )
     text = None
     try:
         text = path.read_text(encoding="utf-8")
@@ -189,8 +200,10 @@ def _check_spec_size(path: Path, spec_path: str) -> None:
     except Exception as error:  # yaml and decoding errors come in several types
         raise ConfigError(f"cannot parse spec file {spec_path}: {_yaml_problem(error, text)}") from None
     if root is not None and _expanded_size(root, {}) > MAX_SPEC_VALUES:
-        raise ConfigError(f"spec file {spec_path} expands to more than {MAX_SPEC_VALUES} values (YAML aliases or "
-                          "huge lists); a spec holds a few hundred settings, write them out plainly")
+        raise ConfigError(
+            f"spec file {spec_path} expands to more than {MAX_SPEC_VALUES} values (YAML aliases or "
+            "huge lists); a spec holds a few hundred settings, write them out plainly"
+        )
 
 
 def _read_spec(spec_path: str) -> dict:
@@ -210,7 +223,7 @@ def _read_spec(spec_path: str) -> dict:
     return container
 
 
-def _parse_overrides(overrides: List[str]):
+def _parse_overrides(overrides: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -227,7 +240,7 @@ def _parse_overrides(overrides: List[str]):
     return parsed
 
 
-def load_config(spec_path: Optional[str], overrides: List[str] = ()) -> DictConfig:
+def load_config(spec_path: str | None, overrides: list[str] = ()) -> DictConfig:
     """Spec file (optional) + overrides -> resolved, validated config (read-only struct DictConfig)."""
     config = schema_config()
     source = spec_path or "the defaults"
@@ -263,7 +276,7 @@ def load_config(spec_path: Optional[str], overrides: List[str] = ()) -> DictConf
     return config
 
 
-def _all_keys(config: DictConfig, prefix: str = "") -> List[str]:
+def _all_keys(config: DictConfig, prefix: str = "") -> list[str]:
     keys = []
     for key, value in config.items():
         keys.append(f"{prefix}{key}")
@@ -279,10 +292,11 @@ def task_results_dir(config: DictConfig, task: str) -> Path:
     if own:
         return Path(own)
     if not config.results_dir:
-        raise ConfigError(f"results_dir is not set (nor {task}.results_dir); set results_dir to the folder for "
-                          f"the outputs, e.g. results_dir=/results")
+        raise ConfigError(
+            f"results_dir is not set (nor {task}.results_dir); set results_dir to the folder for "
+            f"the outputs, e.g. results_dir=/results"
+        )
     return Path(config.results_dir) / task
-
 
 
 def _plain_data(value, where: str, source: str, budget: list) -> None:
@@ -290,8 +304,10 @@ def _plain_data(value, where: str, source: str, budget: list) -> None:
     non-string keys, other types, and more values than a spec may hold."""
     budget[0] -= 1
     if budget[0] < 0:
-        raise DataError(f"{source}: its stored config holds more than {MAX_SPEC_VALUES} values; it is not one "
-                        "that `reid train` wrote")
+        raise DataError(
+            f"{source}: its stored config holds more than {MAX_SPEC_VALUES} values; it is not one "
+            "that `reid train` wrote"
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
@@ -302,8 +318,10 @@ def _plain_data(value, where: str, source: str, budget: list) -> None:
             _plain_data(item, f"{where}[{index}]", source, budget)
     elif isinstance(value, str):
         if "${" in value:
-            raise DataError(f"{source}: its stored config has an interpolation at {where} ({value[:60]!r}); stored "
-                            "configs are data and are never resolved; use a checkpoint written by `reid train`")
+            raise DataError(
+                f"{source}: its stored config has an interpolation at {where} ({value[:60]!r}); stored "
+                "configs are data and are never resolved; use a checkpoint written by `reid train`"
+            )
     elif value is not None and not isinstance(value, (bool, int, float)):
         raise DataError(f"{source}: its stored config has a {type(value).__name__} at {where}; expected plain values")
 

@@ -3,12 +3,13 @@
 TAO's own experiment.yaml carries every field of its schema; a field without an effect here gets one log
 line when it is set to a non-default value (never an error), so a TAO file works unchanged.
 """
-from typing import List, NamedTuple, Optional, Tuple
+
+from typing import NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from .catalog import find_field, spec_fields
-from .schema import ExperimentConfig
+from reid_tao.config.catalog import find_field, spec_fields
+from reid_tao.config.schema import ExperimentConfig
 
 
 def _applies(field: str, task: str) -> bool:
@@ -16,31 +17,43 @@ def _applies(field: str, task: str) -> bool:
     return section is None or section == task
 
 
-def field_notices(config: DictConfig, task: str) -> List[str]:
+def field_notices(config: DictConfig, task: str) -> list[str]:
     """One line per field without effect (status "inert" in the schema) that is set to a non-default value
     and belongs to `task` (or to no task), then the fields whose effect depends on another field's value."""
-    lines = [f"{found.path}={OmegaConf.select(config, found.path)!r} has no effect: {found.meta.why}"
-             for found in spec_fields()
-             if found.meta.status == "inert" and _applies(found.path, task)
-             and OmegaConf.select(config, found.path) != found.default]
+    lines = [
+        f"{found.path}={OmegaConf.select(config, found.path)!r} has no effect: {found.meta.why}"
+        for found in spec_fields()
+        if found.meta.status == "inert"
+        and _applies(found.path, task)
+        and OmegaConf.select(config, found.path) != found.default
+    ]
     lines += [line for applies, line in _conditional_notices(config) if applies == task]
     if task == "train":
         lines += _adaptation_notices(config, OmegaConf.structured(ExperimentConfig))
     return lines
 
 
-def _conditional_notices(config: DictConfig) -> List[Tuple[str, str]]:
+def _conditional_notices(config: DictConfig) -> list[tuple[str, str]]:
     """(task, line) for fields set where the rest of the spec gives them nothing to do."""
     export = config.export
     notices = []
     if export.data_type != "int8" and export.calibration_images != find_field("export.calibration_images").default:
         notices.append(("export", "export.calibration_images has no effect: only export.data_type=int8 calibrates"))
     if export.data_type != "int8" and export.int8_target != find_field("export.int8_target").default:
-        notices.append(("export", f"export.int8_target={export.int8_target!r} has no effect: only "
-                                  "export.data_type=int8 has targets"))
+        notices.append(
+            (
+                "export",
+                f"export.int8_target={export.int8_target!r} has no effect: only export.data_type=int8 has targets",
+            )
+        )
     if export.data_type == "fp32" and export.calibration_dataset:
-        notices.append(("export", "export.calibration_dataset has no effect with export.data_type=fp32 (it "
-                                  "calibrates int8 and gives fp16 and int8 their parity images)"))
+        notices.append(
+            (
+                "export",
+                "export.calibration_dataset has no effect with export.data_type=fp32 (it "
+                "calibrates int8 and gives fp16 and int8 their parity images)",
+            )
+        )
     return notices
 
 
@@ -58,15 +71,20 @@ ADAPTATION_INERT_FIELDS = {
 SOURCE_STREAM_FIELDS = ("model.id_loss_weight", "model.label_smooth")
 
 
-def _adaptation_notices(config: DictConfig, defaults: DictConfig) -> List[str]:
+def _adaptation_notices(config: DictConfig, defaults: DictConfig) -> list[str]:
     adaptation = config.adaptation
     if adaptation.enable:
         used = SOURCE_STREAM_FIELDS if adaptation.source_dataset_dir else ()
-        return [f"{field}={OmegaConf.select(config, field)!r} has no effect: {reason}"
-                for field, reason in ADAPTATION_INERT_FIELDS.items()
-                if field not in used and OmegaConf.select(config, field) != OmegaConf.select(defaults, field)]
-    return [f"adaptation.{name}={adaptation[name]!r} has no effect: adaptation.enable is false"
-            for name in adaptation if name != "enable" and adaptation[name] != defaults.adaptation[name]]
+        return [
+            f"{field}={OmegaConf.select(config, field)!r} has no effect: {reason}"
+            for field, reason in ADAPTATION_INERT_FIELDS.items()
+            if field not in used and OmegaConf.select(config, field) != OmegaConf.select(defaults, field)
+        ]
+    return [
+        f"adaptation.{name}={adaptation[name]!r} has no effect: adaptation.enable is false"
+        for name in adaptation
+        if name != "enable" and adaptation[name] != defaults.adaptation[name]
+    ]
 
 
 class Warmup(NamedTuple):
@@ -89,10 +107,13 @@ def warmup_length(config: DictConfig) -> Warmup:
     return Warmup(f"train.optim.{field}", requested, used)
 
 
-def warmup_warning(config: DictConfig) -> Optional[str]:
+def warmup_warning(config: DictConfig) -> str | None:
     warmup = warmup_length(config)
     if warmup.used == warmup.requested:
         return None
-    instead = (f"warming up for {warmup.used} epoch(s) instead, so the lr reaches train.optim.base_lr"
-               if warmup.used else "no warmup instead: the run trains at train.optim.base_lr from the first epoch")
+    instead = (
+        f"warming up for {warmup.used} epoch(s) instead, so the lr reaches train.optim.base_lr"
+        if warmup.used
+        else "no warmup instead: the run trains at train.optim.base_lr from the first epoch"
+    )
     return f"{warmup.field}={warmup.requested} does not fit in train.num_epochs={config.train.num_epochs}: {instead}"

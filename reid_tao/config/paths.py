@@ -1,19 +1,25 @@
 """The files and folders a task's spec names, checked for existence before torch is imported (seconds), so a
 mistyped path answers at once. The tasks read them later and check their contents."""
+
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import DictConfig
 
-from ..errors import DataError
+from reid_tao.errors import DataError
 
 # task -> (spec field, kind) of paths that must exist when set; "data" is a folder or a list file
 TASK_PATHS = {
     "train": (("train.resume_training_checkpoint_path", "checkpoint"),),
-    "evaluate": (("evaluate.checkpoint", "checkpoint"), ("evaluate.query_dataset", "data"),
-                 ("evaluate.test_dataset", "data")),
-    "inference": (("inference.checkpoint", "checkpoint"), ("inference.query_dataset", "data"),
-                  ("inference.test_dataset", "data")),
+    "evaluate": (
+        ("evaluate.checkpoint", "checkpoint"),
+        ("evaluate.query_dataset", "data"),
+        ("evaluate.test_dataset", "data"),
+    ),
+    "inference": (
+        ("inference.checkpoint", "checkpoint"),
+        ("inference.query_dataset", "data"),
+        ("inference.test_dataset", "data"),
+    ),
     "export": (("export.checkpoint", "checkpoint"),),
     "tune": (("dataset.train_dataset_dir", "data"), ("tune.query_dataset", "data"), ("tune.test_dataset", "data")),
     "crops": (("crops.input", "input"), ("crops.tracks_file", "input")),
@@ -33,11 +39,15 @@ def named_paths(config: DictConfig, task: str) -> list[tuple[str, str]]:
     if task == "train" and not config.dataset.synthetic:  # synthetic data is generated when missing
         fields += [(field, "data") for field in DATASET_FOLDERS]
     elif task == "train":  # (see check_synthetic_target)
-        fields += [(field, "data") for field in DATASET_FOLDERS[1:]
-                   if _outside_generated(config, _value(config, field))]
+        fields += [
+            (field, "data") for field in DATASET_FOLDERS[1:] if _outside_generated(config, _value(config, field))
+        ]
     elif task == "evaluate":  # each of evaluate.* falls back to its dataset.* folder
-        fields += [(f"dataset.{split}_dataset_dir", "data") for split in ("query", "test")
-                   if not config.evaluate[f"{split}_dataset"]]
+        fields += [
+            (f"dataset.{split}_dataset_dir", "data")
+            for split in ("query", "test")
+            if not config.evaluate[f"{split}_dataset"]
+        ]
     elif task == "inference" and not (config.inference.query_dataset or config.inference.test_dataset):
         fields += [(field, "data") for field in DATASET_FOLDERS[1:]]  # both fall back together
     if task == "train" and config.adaptation.enable:  # the labelled source stream of adaptation
@@ -55,7 +65,7 @@ def _empty_folder(path: Path) -> bool:
     return path.is_dir() and next(path.iterdir(), None) is None
 
 
-def check_synthetic_target(config: DictConfig, spec_config: Optional[DictConfig] = None) -> None:
+def check_synthetic_target(config: DictConfig, spec_config: DictConfig | None = None) -> None:
     """dataset.synthetic=true generates the dataset where dataset.train_dataset_dir points (into its parent) only
     where the spec file itself points (``spec_config``: the spec file without the command line's overrides;
     None: ``config`` is it) or into an empty folder the user made: a mistyped override would otherwise be
@@ -65,12 +75,14 @@ def check_synthetic_target(config: DictConfig, spec_config: Optional[DictConfig]
         return
     own = (spec_config if spec_config is not None else config).dataset.train_dataset_dir
     if train != own and not _empty_folder(Path(train).parent):
-        raise DataError(f"dataset.train_dataset_dir: folder {train} does not exist; dataset.synthetic=true "
-                        "generates data only at the spec file's own path or into an empty folder you made "
-                        f"(mkdir {Path(train).parent}); correct dataset.train_dataset_dir")
+        raise DataError(
+            f"dataset.train_dataset_dir: folder {train} does not exist; dataset.synthetic=true "
+            "generates data only at the spec file's own path or into an empty folder you made "
+            f"(mkdir {Path(train).parent}); correct dataset.train_dataset_dir"
+        )
 
 
-def check_paths(config: DictConfig, task: str, spec_config: Optional[DictConfig] = None) -> None:
+def check_paths(config: DictConfig, task: str, spec_config: DictConfig | None = None) -> None:
     """One DataError line for the first path named in the spec that does not exist. ``spec_config``: the spec
     file alone, without the command line's overrides (a synthetic dataset is not generated at a mistyped one)."""
     if task == "train":

@@ -11,25 +11,33 @@ Each key is a spec field (a leaf of the schema) that changes training; each valu
 Whether the ends of a range are valid values of their field is checked where the field's own rules
 live (the tune task builds a config at each end). An empty tune.space searches DEFAULT_SPACE.
 """
+
 import dataclasses
 import functools
 import math
 import textwrap
 import typing
-from typing import Any, Dict, List, Mapping, NamedTuple, Tuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError
-from .catalog import spec_fields
-from .loader import closest_hint
-from .schema import ExperimentConfig
+from reid_tao.config.catalog import spec_fields
+from reid_tao.config.loader import closest_hint
+from reid_tao.config.schema import ExperimentConfig
+from reid_tao.errors import ConfigError
 
 KINDS = ("log", "range", "int", "choice")
 # Fields a trial must not choose: where results and data go, and sections that do not train.
 FIXED_PREFIXES = ("tune.", "evaluate.", "inference.", "export.", "wandb.")
-FIXED_FIELDS = ("results_dir", "train.results_dir", "train.resume_training_checkpoint_path",
-                "dataset.train_dataset_dir", "dataset.query_dataset_dir", "dataset.test_dataset_dir")
+FIXED_FIELDS = (
+    "results_dir",
+    "train.results_dir",
+    "train.resume_training_checkpoint_path",
+    "dataset.train_dataset_dir",
+    "dataset.query_dataset_dir",
+    "dataset.test_dataset_dir",
+)
 FORM = "give one of {log: [low, high]}, {range: [low, high]}, {int: [low, high]}, {choice: [a, b, ...]}"
 CHOICE_TYPES = (str, int, float, bool, type(None))  # what Optuna stores as a categorical value
 
@@ -37,7 +45,7 @@ CHOICE_TYPES = (str, int, float, bool, type(None))  # what Optuna stores as a ca
 # Market studies of docs/results.md tried (weight decay moved validation mAP most, then the lr, then random
 # erasing; BoT's 5e-4 / 3.5e-4 and the CPU recipe's 4e-3 / 1e-3 lie inside). The lr range fits Adam, the
 # schema's optimiser. The tune task leaves out what the spec does not train with and fits the warm-up to it.
-DEFAULT_SPACE: Dict[str, Dict[str, list]] = {
+DEFAULT_SPACE: dict[str, dict[str, list]] = {
     "train.optim.base_lr": {"log": [1.0e-4, 4.0e-3]},
     "train.optim.weight_decay": {"log": [1.0e-4, 3.2e-2]},
     "dataset.re_prob": {"range": [0.0, 0.6]},
@@ -48,32 +56,39 @@ DEFAULT_SPACE: Dict[str, Dict[str, list]] = {
 DEFAULT_SPACE_RULES = (
     "the triplet margin only with a triplet loss that has a margin, label smoothing only with the identity loss; "
     "the warm-up field is the one train.optim.warmup_method reads (warmup_epochs for cosine, warmup_iters for "
-    "linear and constant), at most half of train.num_epochs")
+    "linear and constant), at most half of train.num_epochs"
+)
 
 
 def space_text(space: Mapping[str, Mapping[str, list]], indent: str = "  ") -> str:
     """One "field: {kind: [a, b]}" line per entry (the YAML a spec would hold)."""
+
     def shown(value):
         return str(value).lower() if isinstance(value, bool) else repr(value)
 
-    return "\n".join(f"{indent}{path}: {{{kind}: [{', '.join(shown(v) for v in values)}]}}"
-                     for path, spec in space.items() for kind, values in spec.items())
+    return "\n".join(
+        f"{indent}{path}: {{{kind}: [{', '.join(shown(v) for v in values)}]}}"
+        for path, spec in space.items()
+        for kind, values in spec.items()
+    )
 
 
 def default_space_help() -> str:
     """The default space as `reid tune --help` shows it."""
-    return ("default search space (when tune.space is empty; an explicit tune.space is searched as written):\n"
-            f"{space_text(DEFAULT_SPACE)}\n" + textwrap.fill(f"Left out or fitted to the spec: {DEFAULT_SPACE_RULES}.",
-                                                          width=100))
+    return (
+        "default search space (when tune.space is empty; an explicit tune.space is searched as written):\n"
+        f"{space_text(DEFAULT_SPACE)}\n"
+        + textwrap.fill(f"Left out or fitted to the spec: {DEFAULT_SPACE_RULES}.", width=100)
+    )
 
 
 class Param(NamedTuple):
     path: str  # the spec field, e.g. train.optim.weight_decay
     kind: str  # one of KINDS
-    values: Tuple[Any, ...]  # (low, high) for log/range/int, the options for choice: each a valid field value
+    values: tuple[Any, ...]  # (low, high) for log/range/int, the options for choice: each a valid field value
 
 
-def _number_pair(field: str, kind: str, values: Any, integer: bool) -> Tuple[Any, Any]:
+def _number_pair(field: str, kind: str, values: Any, integer: bool) -> tuple[Any, Any]:
     if not isinstance(values, (list, tuple)) or len(values) != 2:
         raise ConfigError(f"{field}: {kind} needs [low, high], got {values!r}")
     try:
@@ -85,13 +100,12 @@ def _number_pair(field: str, kind: str, values: Any, integer: bool) -> Tuple[Any
     if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
         raise ConfigError(f"{field}: {kind} needs low < high, got {values!r}")
     if kind == "log" and low <= 0:
-        raise ConfigError(f"{field}: log needs 0 < low < high, got {values!r}; use range for a scale that "
-                          "includes 0")
+        raise ConfigError(f"{field}: log needs 0 < low < high, got {values!r}; use range for a scale that includes 0")
     return low, high
 
 
 @functools.lru_cache(maxsize=1)
-def _field_types() -> Dict[str, Any]:
+def _field_types() -> dict[str, Any]:
     """spec field -> its declared type (Optional unwrapped): int, float, bool, str, a list or dict type."""
     types = {}
 
@@ -103,8 +117,9 @@ def _field_types() -> Dict[str, Any]:
                 walk(kind, f"{prefix}{item.name}.")
                 continue
             args = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-            types[f"{prefix}{item.name}"] = args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 \
-                else kind
+            types[f"{prefix}{item.name}"] = (
+                args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 else kind
+            )
 
     walk(ExperimentConfig, "")
     return types
@@ -115,22 +130,30 @@ def _check_kind(field: str, path: str, kind: str) -> None:
     mappings are no single value to draw."""
     declared = _field_types().get(path)
     if typing.get_origin(declared) in (list, dict) or declared in (list, dict):
-        raise ConfigError(f"{field}: {path} holds a list or mapping, which tune.space cannot search; fix it in the "
-                          "spec and search single-valued fields")
+        raise ConfigError(
+            f"{field}: {path} holds a list or mapping, which tune.space cannot search; fix it in the "
+            "spec and search single-valued fields"
+        )
     if kind in ("log", "range") and declared is not float:
         hint = "use {int: [low, high]}" if declared is int else "use {choice: [...]}"
-        raise ConfigError(f"{field}: {kind} draws fractional numbers, and {path} takes "
-                          f"{getattr(declared, '__name__', declared)} values; {hint}")
+        raise ConfigError(
+            f"{field}: {kind} draws fractional numbers, and {path} takes "
+            f"{getattr(declared, '__name__', declared)} values; {hint}"
+        )
     if kind == "int" and declared not in (int, float):
-        raise ConfigError(f"{field}: int draws whole numbers, and {path} takes "
-                          f"{getattr(declared, '__name__', declared)} values; use {{choice: [...]}}")
+        raise ConfigError(
+            f"{field}: int draws whole numbers, and {path} takes "
+            f"{getattr(declared, '__name__', declared)} values; use {{choice: [...]}}"
+        )
 
 
-def parse_space(space: Mapping) -> List[Param]:
+def parse_space(space: Mapping) -> list[Param]:
     """tune.space -> Params, one line (naming tune.space.<field>) for anything wrong."""
     if not space:
-        raise ConfigError("tune.space is empty; give the spec fields to search, e.g. tune.space: "
-                          "{train.optim.weight_decay: {log: [1.0e-4, 3.0e-2]}}")
+        raise ConfigError(
+            "tune.space is empty; give the spec fields to search, e.g. tune.space: "
+            "{train.optim.weight_decay: {log: [1.0e-4, 3.0e-2]}}"
+        )
     leaves = [found.path for found in spec_fields()]
     params = []
     for path, spec in space.items():
@@ -138,8 +161,10 @@ def parse_space(space: Mapping) -> List[Param]:
         if path not in leaves:
             raise ConfigError(f"{field}: {path} is not a spec field{closest_hint(path, leaves)}")
         if path in FIXED_FIELDS or path.startswith(FIXED_PREFIXES):
-            raise ConfigError(f"{field}: {path} cannot be searched (trials fix the folders and the tune, evaluate, "
-                              "inference, export and wandb sections); choose a field that changes training")
+            raise ConfigError(
+                f"{field}: {path} cannot be searched (trials fix the folders and the tune, evaluate, "
+                "inference, export and wandb sections); choose a field that changes training"
+            )
         if isinstance(spec, DictConfig):
             spec = OmegaConf.to_container(spec)
         if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in KINDS:
@@ -151,8 +176,10 @@ def parse_space(space: Mapping) -> List[Param]:
                 raise ConfigError(f"{field}: choice needs a non-empty list of values, got {values!r}")
             nested = next((value for value in values if not isinstance(value, CHOICE_TYPES)), None)
             if nested is not None:
-                raise ConfigError(f"{field}: each choice must be a single value (a number, a string, true/false "
-                                  f"or null), got {nested!r}; lists and mappings cannot be choices")
+                raise ConfigError(
+                    f"{field}: each choice must be a single value (a number, a string, true/false "
+                    f"or null), got {nested!r}; lists and mappings cannot be choices"
+                )
             if len(set(map(repr, values))) != len(values):
                 raise ConfigError(f"{field}: choice lists a value twice: {values!r}")
             params.append(Param(path, kind, tuple(values)))

@@ -5,10 +5,11 @@ Choices that name an implementation's table (backbones, samplers, pipelines, ...
 are checked by ``reid_tao.builders.check_spec``, which can import those tables; task-specific checks (folders,
 checkpoints) happen in the tasks, where the paths are used.
 """
+
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..errors import ConfigError
-from .catalog import choices_text, literal_choices, spec_fields
+from reid_tao.config.catalog import choices_text, literal_choices, spec_fields
+from reid_tao.errors import ConfigError
 
 
 def _check_field(path: str, value, default, meta) -> None:
@@ -43,5 +44,7 @@ def validate_config(config: DictConfig) -> None:
         raise ConfigError(f"train.optim.lr_steps must be strictly increasing epochs, got {steps}")
     export = config.export
     if export.data_type == "int8" and not export.calibration_dataset:
-        raise ConfigError("export.data_type=int8 needs export.calibration_dataset: a folder of images (or a list "
-                          "file) like the ones the model will see, e.g. the training folder")
+        raise ConfigError(
+            "export.data_type=int8 needs export.calibration_dataset: a folder of images (or a list "
+            "file) like the ones the model will see, e.g. the training folder"
+        )

@@ -1,4 +1,5 @@
 """What the data loaders yield, by name instead of by position."""
+
 from typing import Any, NamedTuple
 
 

@@ -19,15 +19,16 @@ Randomness comes from a ``torch.Generator`` on the batch's device, seeded per ba
 epoch, rank and position) and the process rank (:func:`~reid_tao.data.seeding.derive_seed`): a resumed run
 replays the same augmentation.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,10 +36,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from .batch import Batch, IndexBatch
-from .datasets import load_rgb
-from .seeding import derive_seed
-from .transforms import INTERPOLATIONS
+from reid_tao.data.batch import Batch, IndexBatch
+from reid_tao.data.datasets import load_rgb
+from reid_tao.data.seeding import derive_seed
+from reid_tao.data.transforms import INTERPOLATIONS
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,12 @@ PIPELINES = ("auto", "cached", "workers")
 HOST_CACHE_MEMORY_SHARE = 0.5
 
 
-def resolve_pipeline(pipeline: str, device: Optional[torch.device] = None, cache_bytes: Optional[int] = None,
-                     available_bytes: Optional[int] = None) -> str:
+def resolve_pipeline(
+    pipeline: str,
+    device: torch.device | None = None,
+    cache_bytes: int | None = None,
+    available_bytes: int | None = None,
+) -> str:
     """The pipeline to use. "auto" is "cached" (decoded cache + batched augmentation) on a CUDA training
     device (device unknown: when CUDA is available), and on a CPU too when the cache (``cache_bytes``,
     all copies) fits in HOST_CACHE_MEMORY_SHARE of the available memory: there it trains several times
@@ -70,12 +75,12 @@ def resolve_pipeline(pipeline: str, device: Optional[torch.device] = None, cache
     return "cached" if available is not None and cache_bytes <= HOST_CACHE_MEMORY_SHARE * available else "workers"
 
 
-def cache_bytes_for(num_images: int, size: Tuple[int, int]) -> int:
+def cache_bytes_for(num_images: int, size: tuple[int, int]) -> int:
     """Bytes of a :class:`DecodedImageCache` of ``num_images`` at ``size`` (uint8 RGB)."""
     return num_images * size[0] * size[1] * 3
 
 
-def available_memory_bytes() -> Optional[int]:
+def available_memory_bytes() -> int | None:
     """Memory the system can still give (MemAvailable), or None when it cannot be read."""
     try:
         with open("/proc/meminfo") as meminfo:
@@ -102,7 +107,7 @@ def decode_threads(local_processes: int = 1) -> int:
     return max(1, min(MAX_DECODE_THREADS, cpus // max(1, local_processes)))
 
 
-def decode_resized(path: str, size: Tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+def decode_resized(path: str, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
     """One image as the CPU path sees it after ``Resize``: uint8 (H, W, 3) array; DataError if unreadable."""
     resized = T.Resize(size, interpolation=INTERPOLATIONS[interpolation])(load_rgb(path))
     return np.asarray(resized, dtype=np.uint8)
@@ -125,11 +130,17 @@ class DecodedImageCache:
         self.images = images
         self.build_seconds = build_seconds
         self.max_device_fraction = max_device_fraction
-        self._placed_for: Optional[torch.device] = None
+        self._placed_for: torch.device | None = None
 
     @classmethod
-    def build(cls, paths: Sequence[str], size: Tuple[int, int], interpolation: str = "bilinear",
-              num_threads: Optional[int] = None, max_device_fraction: float = 0.25) -> "DecodedImageCache":
+    def build(
+        cls,
+        paths: Sequence[str],
+        size: tuple[int, int],
+        interpolation: str = "bilinear",
+        num_threads: int | None = None,
+        max_device_fraction: float = 0.25,
+    ) -> DecodedImageCache:
         """Decode and resize ``paths`` in a thread pool (PIL releases the GIL while decoding and resizing)."""
         start = time.perf_counter()
         height, width = size
@@ -146,8 +157,14 @@ class DecodedImageCache:
             for _ in pool.map(decode_range, range(0, len(paths), chunk)):
                 pass  # re-raises the first DataError of a worker
         seconds = time.perf_counter() - start
-        log.info("decoded %d training images into a %.0f MB uint8 cache in %.1f s (%d thread%s)", len(paths),
-                 images.numel() / 2**20, seconds, threads, "" if threads == 1 else "s")
+        log.info(
+            "decoded %d training images into a %.0f MB uint8 cache in %.1f s (%d thread%s)",
+            len(paths),
+            images.numel() / 2**20,
+            seconds,
+            threads,
+            "" if threads == 1 else "s",
+        )
         return cls(images, build_seconds=seconds, max_device_fraction=max_device_fraction)
 
     def __len__(self) -> int:
@@ -175,14 +192,19 @@ class DecodedImageCache:
             if self.nbytes < self.max_device_fraction * free:
                 self.images = self.images.to(device)
             else:
-                log.info("image cache (%.0f MB) exceeds %.0f%% of the %.0f MB free on %s: keeping it in pinned "
-                         "host memory", self.nbytes / 2**20, 100 * self.max_device_fraction, free / 2**20, device)
+                log.info(
+                    "image cache (%.0f MB) exceeds %.0f%% of the %.0f MB free on %s: keeping it in pinned host memory",
+                    self.nbytes / 2**20,
+                    100 * self.max_device_fraction,
+                    free / 2**20,
+                    device,
+                )
                 self.images = self.images.cpu().pin_memory()
         else:  # other accelerators: no free-memory query, try the device
             self.images = self.images.to(device)
         self._placed_for = device
 
-    def gather(self, indices: torch.Tensor, host_indices: Optional[np.ndarray] = None) -> torch.Tensor:
+    def gather(self, indices: torch.Tensor, host_indices: np.ndarray | None = None) -> torch.Tensor:
         """uint8 (B, 3, H, W) images of ``indices``, on ``indices.device``.
 
         host_indices: the same indices in host memory. A cache in host memory gathers with them, so the
@@ -197,8 +219,12 @@ class DecodedImageCache:
     def gather_on_host(self, host_indices: torch.Tensor) -> torch.Tensor:
         """The images of CPU ``host_indices`` from a host cache, in pinned memory when the cache is pinned
         (the copy to the device is then asynchronous)."""
-        batch = torch.empty((host_indices.numel(), *self.images.shape[1:]), dtype=torch.uint8,
-                            memory_format=_memory_format(self.images), pin_memory=self.images.is_pinned())
+        batch = torch.empty(
+            (host_indices.numel(), *self.images.shape[1:]),
+            dtype=torch.uint8,
+            memory_format=_memory_format(self.images),
+            pin_memory=self.images.is_pinned(),
+        )
         return torch.index_select(self.images, 0, host_indices, out=batch)
 
 
@@ -232,26 +258,37 @@ class DeviceAugment(nn.Module):
     (= pixel_mean in image space). Returns float32, in channels_last memory format if asked.
     """
 
-    def __init__(self, pixel_mean: Sequence[float], pixel_std: Sequence[float], flip_prob: float = 0.5,
-                 padding: int = 10, erase_prob: float = 0.5, erase_scale: Tuple[float, float] = (0.02, 0.4),
-                 erase_ratio: Tuple[float, float] = (0.3, 3.3), erase_attempts: int = 10,
-                 channels_last: bool = False):
+    def __init__(
+        self,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        flip_prob: float = 0.5,
+        padding: int = 10,
+        erase_prob: float = 0.5,
+        erase_scale: tuple[float, float] = (0.02, 0.4),
+        erase_ratio: tuple[float, float] = (0.3, 3.3),
+        erase_attempts: int = 10,
+        channels_last: bool = False,
+    ):
         super().__init__()
         self.pixel_mean, self.pixel_std = [float(m) for m in pixel_mean], [float(s) for s in pixel_std]
         self.flip_prob, self.padding, self.erase_prob = float(flip_prob), int(padding), float(erase_prob)
         self.erase_scale, self.erase_ratio = tuple(erase_scale), tuple(erase_ratio)
         self.erase_attempts, self.channels_last = int(erase_attempts), channels_last
-        self._stats: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
-                channels_last: Optional[bool] = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, channels_last: bool | None = None
+    ) -> torch.Tensor:
         """Augment ``images``; ``channels_last`` overrides the constructor's output memory format."""
         params = self.sample_params(images.shape[0], images.shape[2], images.shape[3], images.device, generator)
         return self.apply(images, params, channels_last)
 
-    def sample_params(self, batch: int, height: int, width: int, device: torch.device,
-                      generator: Optional[torch.Generator] = None) -> AugmentParams:
+    def sample_params(
+        self, batch: int, height: int, width: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> AugmentParams:
         """Draw every random parameter of a batch at once."""
+
         def uniform(*shape: int) -> torch.Tensor:
             return torch.rand(shape, device=device, generator=generator)
 
@@ -260,7 +297,7 @@ class DeviceAugment(nn.Module):
         erase, boxes = self._sample_boxes(batch, height, width, uniform)
         return AugmentParams(flip=flip, offsets=offsets, erase=erase, boxes=boxes)
 
-    def _sample_boxes(self, batch: int, height: int, width: int, uniform) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _sample_boxes(self, batch: int, height: int, width: int, uniform) -> tuple[torch.Tensor, torch.Tensor]:
         attempts = self.erase_attempts
         low, high = self.erase_scale
         log_low, log_high = math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1])
@@ -277,11 +314,12 @@ class DeviceAugment(nn.Module):
         left = torch.minimum((uniform(batch).double() * free_cols).long(), free_cols - 1)
         return erase, torch.stack([top, left, box_h, box_w], dim=1)
 
-    def apply(self, images: torch.Tensor, params: AugmentParams, channels_last: Optional[bool] = None) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, params: AugmentParams, channels_last: bool | None = None) -> torch.Tensor:
         """Flip + pad/crop (one gather), normalise exactly like ToTensor + Normalize, then erase."""
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"DeviceAugment expects uint8 (B, 3, H, W) images, "
-                             f"got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"DeviceAugment expects uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}"
+            )
         batch, _, height, width = images.shape
         device = images.device
         rows = torch.arange(height, device=device)
@@ -289,8 +327,9 @@ class DeviceAugment(nn.Module):
         # Output pixel (y, x) is pixel (y + dy - p, x + dx - p) of the flipped image, 0 outside it.
         src_rows = rows.unsqueeze(0) + params.offsets[:, :1] - self.padding  # (B, H)
         src_cols = cols.unsqueeze(0) + params.offsets[:, 1:] - self.padding  # (B, W)
-        inside = (((src_rows >= 0) & (src_rows < height)).unsqueeze(2)
-                  & ((src_cols >= 0) & (src_cols < width)).unsqueeze(1))  # (B, H, W)
+        inside = ((src_rows >= 0) & (src_rows < height)).unsqueeze(2) & (
+            (src_cols >= 0) & (src_cols < width)
+        ).unsqueeze(1)  # (B, H, W)
         src_cols = torch.where(params.flip.unsqueeze(1), width - 1 - src_cols, src_cols)
         sample = torch.arange(batch, device=device).view(batch, 1, 1)
         src_rows, src_cols = src_rows.clamp(0, height - 1), src_cols.clamp(0, width - 1)
@@ -309,10 +348,12 @@ class DeviceAugment(nn.Module):
         erased = params.erase.view(batch, 1, 1) & in_rows.unsqueeze(2) & in_cols.unsqueeze(1)
         return out.masked_fill_(erased.unsqueeze(1), 0.0)
 
-    def _mean_std(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._stats:  # created once per device: no host-to-device copy per batch
-            self._stats[device] = (torch.tensor(self.pixel_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
-                                   torch.tensor(self.pixel_std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+            self._stats[device] = (
+                torch.tensor(self.pixel_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+                torch.tensor(self.pixel_std, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+            )
         return self._stats[device]
 
 
@@ -336,24 +377,34 @@ class IndexDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, item) -> Tuple[int, int, int, int]:
+    def __getitem__(self, item) -> tuple[int, int, int, int]:
         index, seed = item if isinstance(item, tuple) else (item, 0)
         return index, self.labels[index], self.camids[index], seed
 
 
-def collate_index_batch(items: List[Tuple[int, int, int, int]]) -> IndexBatch:
+def collate_index_batch(items: list[tuple[int, int, int, int]]) -> IndexBatch:
     """An :class:`IndexBatch`; the batch seed (the first sample's) stays a Python int, and the host copy of
     the indices a numpy array (neither is moved to the device)."""
     indices, labels, camids, seeds = zip(*items)
-    return IndexBatch(indices=torch.tensor(indices, dtype=torch.int64), pids=torch.tensor(labels, dtype=torch.int64),
-                      camids=torch.tensor(camids, dtype=torch.int64), seed=int(seeds[0]),
-                      host_indices=np.asarray(indices, dtype=np.int64))
+    return IndexBatch(
+        indices=torch.tensor(indices, dtype=torch.int64),
+        pids=torch.tensor(labels, dtype=torch.int64),
+        camids=torch.tensor(camids, dtype=torch.int64),
+        seed=int(seeds[0]),
+        host_indices=np.asarray(indices, dtype=np.int64),
+    )
 
 
-def augment_batch(batch: IndexBatch, cache: DecodedImageCache, augment: DeviceAugment, rank: int = 0,
-                  channels_last: Optional[bool] = None) -> Batch:
+def augment_batch(
+    batch: IndexBatch,
+    cache: DecodedImageCache,
+    augment: DeviceAugment,
+    rank: int = 0,
+    channels_last: bool | None = None,
+) -> Batch:
     """Index batch (already on the device) -> :class:`Batch` of augmented images."""
     images = cache.gather(batch.indices, batch.host_indices)
     generator = batch_generator(batch.seed, rank, batch.indices.device)
-    return Batch(images=augment(images, generator, channels_last), pids=batch.pids, camids=batch.camids,
-                 indices=batch.indices)
+    return Batch(
+        images=augment(images, generator, channels_last), pids=batch.pids, camids=batch.camids, indices=batch.indices
+    )

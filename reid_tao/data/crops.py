@@ -9,24 +9,25 @@ a plain suffix. Only regular files are read as frames (a FIFO would block the re
 by OpenCV's FFmpeg backend with only video container demuxers allowed (:data:`VIDEO_DEMUXERS`), so a playlist
 (``.m3u8``), an ffconcat list or an image pattern given as a video cannot make it read other files.
 """
+
 import configparser
 import logging
 import os
 import re
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Dict, Iterator, List, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from ..errors import DataError
-from ..io.atomic import atomic_write_bytes
-from ..io.regular_files import not_a_regular_file, read_regular_file
-from .market import IMAGE_EXTENSIONS
-from .tracks import TrackBox
+from reid_tao.data.market import IMAGE_EXTENSIONS
+from reid_tao.data.tracks import TrackBox
+from reid_tao.errors import DataError
+from reid_tao.io.atomic import atomic_write_bytes
+from reid_tao.io.regular_files import not_a_regular_file, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,23 @@ JPEG_QUALITY = 95
 SEQINFO_MAX_BYTES = 2**20
 _IMAGE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 # FFmpeg demuxers of video containers and raw video streams (format_whitelist): not hls, concat, image2, ...
-VIDEO_DEMUXERS = ("mov", "avi", "matroska", "mpegts", "mpeg", "mpegvideo", "flv", "asf", "ogg", "h264", "hevc",
-                  "mjpeg", "rawvideo", "m4v", "yuv4mpegpipe")
+VIDEO_DEMUXERS = (
+    "mov",
+    "avi",
+    "matroska",
+    "mpegts",
+    "mpeg",
+    "mpegvideo",
+    "flv",
+    "asf",
+    "ogg",
+    "h264",
+    "hevc",
+    "mjpeg",
+    "rawvideo",
+    "m4v",
+    "yuv4mpegpipe",
+)
 _FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
 
@@ -52,15 +68,16 @@ def _read_image(path: Path, origin: str) -> np.ndarray:
     try:  # only a regular file: cv2.imread blocks forever on a FIFO
         data = read_regular_file(path)
     except OSError as error:
-        raise DataError(f"{origin}: frame image {path} cannot be read ({error.strerror}); replace or remove it") \
-            from None
+        raise DataError(
+            f"{origin}: frame image {path} cannot be read ({error.strerror}); replace or remove it"
+        ) from None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(f"{origin}: frame image {path} cannot be read; replace or remove it")
     return image
 
 
-def _sequence_frames(folder: Path) -> Tuple[Path, str]:
+def _sequence_frames(folder: Path) -> tuple[Path, str]:
     """(image folder, suffix) of a MOTChallenge sequence: seqinfo.ini's imDir/imExt, else img1/ and .jpg."""
     image_dir, suffix = "img1", ".jpg"
     info = folder / "seqinfo.ini"
@@ -78,26 +95,30 @@ def _sequence_frames(folder: Path) -> Tuple[Path, str]:
         image_dir, suffix = section.get("imDir", image_dir), section.get("imExt", suffix)
     relative = PurePosixPath(image_dir.replace("\\", "/"))
     if not image_dir or relative.is_absolute() or ".." in relative.parts:
-        raise DataError(f"{info}: imDir={image_dir!r} must be a folder inside the sequence folder {folder} "
-                        "(relative, without '..'); fix seqinfo.ini")
+        raise DataError(
+            f"{info}: imDir={image_dir!r} must be a folder inside the sequence folder {folder} "
+            "(relative, without '..'); fix seqinfo.ini"
+        )
     if not _IMAGE_SUFFIX.match(suffix):
         raise DataError(f"{info}: imExt={suffix!r} must be a file suffix such as .jpg; fix seqinfo.ini")
     return folder / relative, suffix
 
 
-def _folder_images(path: Path) -> List[Path]:
+def _folder_images(path: Path) -> list[Path]:
     """The frame images of a plain folder in name order; an entry named like an image that is not a regular
     file (a FIFO, a folder, a dangling link) is refused rather than skipped, which would renumber the frames."""
     images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     for image in images:
         kind = not_a_regular_file(image)
         if kind is not None:
-            raise DataError(f"crops.input: {image} is {kind}, not an image file; the n-th image of {path} is "
-                            "frame n, so remove it or move it away")
+            raise DataError(
+                f"crops.input: {image} is {kind}, not an image file; the n-th image of {path} is "
+                "frame n, so remove it or move it away"
+            )
     return images
 
 
-def iter_frames(source: str, frames: Dict[int, List[TrackBox]], first_frame: int) -> Iterator[Tuple[int, np.ndarray]]:
+def iter_frames(source: str, frames: dict[int, list[TrackBox]], first_frame: int) -> Iterator[tuple[int, np.ndarray]]:
     """(frame number, BGR image) for every frame number in ``frames`` (sorted), read from ``source``.
 
     ``first_frame``: the number of the first frame of a video or plain folder (MOT 1, DeepStream 0). A frame
@@ -117,17 +138,22 @@ def iter_frames(source: str, frames: Dict[int, List[TrackBox]], first_frame: int
         for frame in wanted:
             position = frame - first_frame
             if not 0 <= position < len(images):
-                raise DataError(f"{_first_origin(frames[frame])}: frame {frame} is not among the {len(images)} "
-                                f"images of {path} (the first image is frame {first_frame})")
+                raise DataError(
+                    f"{_first_origin(frames[frame])}: frame {frame} is not among the {len(images)} "
+                    f"images of {path} (the first image is frame {first_frame})"
+                )
             yield frame, _read_image(images[position], _first_origin(frames[frame]))
         return
     if not path.exists():
-        raise DataError(f"crops.input: {source} does not exist; give a MOTChallenge sequence folder, a folder of "
-                        "frames or a video file")
+        raise DataError(
+            f"crops.input: {source} does not exist; give a MOTChallenge sequence folder, a folder of "
+            "frames or a video file"
+        )
     kind = not_a_regular_file(path)
     if kind is not None:
-        raise DataError(f"crops.input: {source} is {kind}; give a MOTChallenge sequence folder, a folder of frames "
-                        "or a video file")
+        raise DataError(
+            f"crops.input: {source} is {kind}; give a MOTChallenge sequence folder, a folder of frames or a video file"
+        )
     yield from _video_frames(path, frames, wanted, first_frame)
 
 
@@ -153,22 +179,27 @@ def open_video(path: Path) -> "cv2.VideoCapture":
         capture = cv2.VideoCapture(str(path.resolve()), cv2.CAP_FFMPEG)
     if not capture.isOpened():
         capture.release()
-        raise DataError(f"crops.input: {path} cannot be opened as a video file by OpenCV's FFmpeg (video containers "
-                        "only: MP4, AVI, MKV, MPEG-TS, ...; playlists and stream lists are refused); convert it "
-                        "(e.g. to MP4/H.264 or MJPG AVI) or extract its frames into a folder")
+        raise DataError(
+            f"crops.input: {path} cannot be opened as a video file by OpenCV's FFmpeg (video containers "
+            "only: MP4, AVI, MKV, MPEG-TS, ...; playlists and stream lists are refused); convert it "
+            "(e.g. to MP4/H.264 or MJPG AVI) or extract its frames into a folder"
+        )
     return capture
 
 
-def _video_frames(path: Path, frames: Dict[int, List[TrackBox]], wanted: List[int], first_frame: int
-                  ) -> Iterator[Tuple[int, np.ndarray]]:
+def _video_frames(
+    path: Path, frames: dict[int, list[TrackBox]], wanted: list[int], first_frame: int
+) -> Iterator[tuple[int, np.ndarray]]:
     capture = open_video(path)
     try:
         position, targets = first_frame, iter(wanted)
         target = next(targets, None)
         while target is not None:
             if target < position:  # a frame number before the video's first frame
-                raise DataError(f"{_first_origin(frames[target])}: frame {target} is before the first frame "
-                                f"({first_frame}) of {path}")
+                raise DataError(
+                    f"{_first_origin(frames[target])}: frame {target} is before the first frame "
+                    f"({first_frame}) of {path}"
+                )
             if position < target:
                 if not capture.grab():  # skip without decoding
                     break
@@ -181,8 +212,10 @@ def _video_frames(path: Path, frames: Dict[int, List[TrackBox]], wanted: List[in
             position += 1
             target = next(targets, None)
         if target is not None:
-            raise DataError(f"{_first_origin(frames[target])}: frame {target} is past the end of {path} "
-                            f"(it has {position - first_frame} frames, the first is frame {first_frame})")
+            raise DataError(
+                f"{_first_origin(frames[target])}: frame {target} is past the end of {path} "
+                f"(it has {position - first_frame} frames, the first is frame {first_frame})"
+            )
     finally:
         capture.release()
 
@@ -196,12 +229,14 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def check_unique(boxes: Sequence[TrackBox]) -> None:
     """One box per (frame, track): a second one would be written over the first crop of the same name."""
-    seen: Dict[Tuple[int, int], str] = {}
+    seen: dict[tuple[int, int], str] = {}
     for box in boxes:
         first = seen.setdefault((box.frame, box.track), box.origin)
         if first != box.origin:
-            raise DataError(f"{box.origin}: track {box.track} already has a box in frame {box.frame} ({first}); "
-                            "one crop per track and frame: remove the duplicate lines")
+            raise DataError(
+                f"{box.origin}: track {box.track} already has a box in frame {box.frame} ({first}); "
+                "one crop per track and frame: remove the duplicate lines"
+            )
 
 
 @dataclass
@@ -213,7 +248,7 @@ class CropSummary:
     tracks: int = 0
 
 
-def clip_box(box: TrackBox, width: int, height: int) -> Tuple[Tuple[int, int, int, int], float]:
+def clip_box(box: TrackBox, width: int, height: int) -> tuple[tuple[int, int, int, int], float]:
     """The box in whole pixels clipped to the frame, as (x0, y0, x1, y1), and the share of it inside."""
     x0, y0 = int(round(box.left)), int(round(box.top))
     x1, y1 = int(round(box.left + box.width)), int(round(box.top + box.height))
@@ -223,14 +258,22 @@ def clip_box(box: TrackBox, width: int, height: int) -> Tuple[Tuple[int, int, in
     return (cx0, cy0, cx1, cy1), (inside / area if area > 0 else 0.0)
 
 
-def write_crops(boxes: Sequence[TrackBox], source: str, output_dir: str, camera: int = 1, frame_step: int = 1,
-                min_height: int = 0, min_inside: float = 0.9, first_frame: int = 1) -> CropSummary:
+def write_crops(
+    boxes: Sequence[TrackBox],
+    source: str,
+    output_dir: str,
+    camera: int = 1,
+    frame_step: int = 1,
+    min_height: int = 0,
+    min_inside: float = 0.9,
+    first_frame: int = 1,
+) -> CropSummary:
     """Write every box of every ``frame_step``-th frame (counted from ``first_frame``) as a Market-named JPEG.
 
     A box is clipped to the frame; it is skipped when less than ``min_inside`` of it lies inside the frame (a
     person cut off by the frame edge) or when it is lower than ``min_height`` pixels once clipped."""
     check_unique(boxes)
-    by_frame: Dict[int, List[TrackBox]] = defaultdict(list)
+    by_frame: dict[int, list[TrackBox]] = defaultdict(list)
     for box in boxes:
         if (box.frame - first_frame) % frame_step == 0:
             by_frame[box.frame].append(box)

@@ -1,35 +1,47 @@
 """LightningDataModule for re-identification splits (train, query, gallery) in any known layout."""
+
 import logging
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..errors import DataError
-from .cached_pipeline import available_memory_bytes, cache_bytes_for, decode_threads, resolve_pipeline
-from .datasets import ImageDataset, SeededSampler, ShardSampler, effective_workers
-from .layouts import read_split, read_unlabeled
-from .pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
-from .preprocessing import Preprocessing
-from .records import ImageRecord, relabel, summary_table
-from .samplers import CyclingSampler, PKSampler, SubsetSampler
-from .seeding import derive_seed
-from .settings import AugmentSettings, LoaderSettings
+from reid_tao.data.cached_pipeline import available_memory_bytes, cache_bytes_for, decode_threads, resolve_pipeline
+from reid_tao.data.datasets import ImageDataset, SeededSampler, ShardSampler, effective_workers
+from reid_tao.data.layouts import read_split, read_unlabeled
+from reid_tao.data.pipelines import DevicePipeline, TrainPipeline, WorkerPipeline
+from reid_tao.data.preprocessing import Preprocessing
+from reid_tao.data.records import ImageRecord, relabel, summary_table
+from reid_tao.data.samplers import CyclingSampler, PKSampler, SubsetSampler
+from reid_tao.data.seeding import derive_seed
+from reid_tao.data.settings import AugmentSettings, LoaderSettings
+from reid_tao.errors import DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReidDataModule", "Preprocessing", "MARKET_PREPROCESSING", "AugmentSettings", "LoaderSettings",
-           "eval_dataset", "eval_loader", "effective_workers", "TARGET", "SOURCE"]
+__all__ = [
+    "ReidDataModule",
+    "Preprocessing",
+    "MARKET_PREPROCESSING",
+    "AugmentSettings",
+    "LoaderSettings",
+    "eval_dataset",
+    "eval_loader",
+    "effective_workers",
+    "TARGET",
+    "SOURCE",
+]
 
 # The keys of a training batch with a labelled source stream (domain adaptation): a dict of two Batches.
 TARGET, SOURCE = "target", "source"
 SOURCE_FIELD = "adaptation.source_dataset_dir"
 SOURCE_STREAM = 1  # derives the source stream's sampling and augmentation seeds from the run's seed
 
-MARKET_PREPROCESSING = Preprocessing(input_size=(256, 128), pixel_mean=(0.485, 0.456, 0.406),
-                                     pixel_std=(0.226, 0.226, 0.226))
+MARKET_PREPROCESSING = Preprocessing(
+    input_size=(256, 128), pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.226, 0.226, 0.226)
+)
 
 
 def eval_dataset(records: Sequence[ImageRecord], transform) -> ImageDataset:
@@ -38,26 +50,46 @@ def eval_dataset(records: Sequence[ImageRecord], transform) -> ImageDataset:
 
 def eval_loader(dataset: ImageDataset, batch_size: int, num_workers: int, sampler=None) -> DataLoader:
     """Ordered loader for feature extraction; any dataset size works (also smaller than one batch)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
-                      num_workers=effective_workers(num_workers), pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=effective_workers(num_workers),
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
-def _pipeline_reason(chosen: str, device: Optional[torch.device], cache_bytes: int) -> str:
+def _pipeline_reason(chosen: str, device: torch.device | None, cache_bytes: int) -> str:
     where = device.type if device is not None else "this machine"
     if chosen == "cached":
-        return (f"decoded-image cache ({cache_bytes / 2**20:.0f} MB) with batched augmentation on {where} "
-                "(the 'cached' pipeline)")
+        return (
+            f"decoded-image cache ({cache_bytes / 2**20:.0f} MB) with batched augmentation on {where} "
+            "(the 'cached' pipeline)"
+        )
     available = available_memory_bytes()
     shown = f"{available / 2**30:.1f} GB available" if available is not None else "unknown available memory"
-    return (f"loader workers decode every image (the 'workers' pipeline): the decoded cache "
-            f"({cache_bytes / 2**30:.1f} GB) would not fit in half of the {shown}")
+    return (
+        f"loader workers decode every image (the 'workers' pipeline): the decoded cache "
+        f"({cache_bytes / 2**30:.1f} GB) would not fit in half of the {shown}"
+    )
 
 
 class ReidDataModule(pl.LightningDataModule):
-    def __init__(self, train_dir: Optional[str], query_dir: Optional[str] = None, gallery_dir: Optional[str] = None,
-                 preprocessing: Preprocessing = MARKET_PREPROCESSING, augment: AugmentSettings = AugmentSettings(),
-                 loader: LoaderSettings = LoaderSettings(), pipeline: str = "workers", channels_last: bool = False,
-                 layout: str = "auto", unlabeled: bool = False, source_dir: Optional[str] = None):
+    def __init__(
+        self,
+        train_dir: str | None,
+        query_dir: str | None = None,
+        gallery_dir: str | None = None,
+        preprocessing: Preprocessing = MARKET_PREPROCESSING,
+        augment: AugmentSettings = AugmentSettings(),
+        loader: LoaderSettings = LoaderSettings(),
+        pipeline: str = "workers",
+        channels_last: bool = False,
+        layout: str = "auto",
+        unlabeled: bool = False,
+        source_dir: str | None = None,
+    ):
         """Splits are read with :func:`~reid_tao.data.layouts.read_split` in ``layout`` (a name in
         :data:`~reid_tao.data.layouts.LAYOUTS`, or "auto": detected from each path); with ``unlabeled`` the
         training split is read as unlabeled images (:func:`~reid_tao.data.layouts.read_unlabeled`, in the same
@@ -80,20 +112,20 @@ class ReidDataModule(pl.LightningDataModule):
         if source_dir and not unlabeled:
             raise ValueError("source_dir needs unlabeled=True (a source stream beside unlabeled target images)")
         self.source_dir = source_dir or None
-        self.source_records: List[ImageRecord] = []
-        self.source_labels: List[int] = []
-        self.source_pipeline: Optional[TrainPipeline] = None
+        self.source_records: list[ImageRecord] = []
+        self.source_labels: list[int] = []
+        self.source_pipeline: TrainPipeline | None = None
         self.train_dir, self.query_dir, self.gallery_dir, self.layout = train_dir, query_dir, gallery_dir, layout
         self.preprocessing, self.augment, self.loader_settings = preprocessing, augment, loader
         resolve_pipeline(pipeline)  # reject unknown names now, resolve "auto" once the device is known
         self.pipeline, self.channels_last, self.unlabeled = pipeline, channels_last, unlabeled
         self.eval_transform = preprocessing.eval_transform()
-        self.train_pipeline: Optional[TrainPipeline] = None  # chosen by the first train_dataloader()
-        self.train_records: List[ImageRecord] = []
-        self.query_records: List[ImageRecord] = []
-        self.gallery_records: List[ImageRecord] = []
-        self.train_labels: List[int] = []
-        self._resume_at: Optional[Tuple[int, int]] = None  # (epoch, batches already trained on)
+        self.train_pipeline: TrainPipeline | None = None  # chosen by the first train_dataloader()
+        self.train_records: list[ImageRecord] = []
+        self.query_records: list[ImageRecord] = []
+        self.gallery_records: list[ImageRecord] = []
+        self.train_labels: list[int] = []
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already trained on)
 
     @property
     def num_classes(self) -> int:
@@ -108,7 +140,7 @@ class ReidDataModule(pl.LightningDataModule):
     def has_validation(self) -> bool:
         return bool(self.query_records and self.gallery_records)
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.train_records:
             return
         if self.unlabeled:
@@ -118,16 +150,20 @@ class ReidDataModule(pl.LightningDataModule):
             self.train_records = read_split(self.train_dir, "dataset.train_dataset_dir", self.layout)
             self.train_labels, _ = relabel(self.train_records)
             if self.num_classes < 2:
-                raise DataError(f"dataset.train_dataset_dir: {self.train_dir} holds a single identity; "
-                                "re-identification training needs at least 2 (Market-1501 has 751)")
+                raise DataError(
+                    f"dataset.train_dataset_dir: {self.train_dir} holds a single identity; "
+                    "re-identification training needs at least 2 (Market-1501 has 751)"
+                )
             self.check_identities_per_batch()
         subsets = {"train": self.train_records}
         if self.source_dir:
             self.source_records = read_split(self.source_dir, SOURCE_FIELD, self.layout)
             self.source_labels, _ = relabel(self.source_records)
             if self.num_source_classes < 2:
-                raise DataError(f"{SOURCE_FIELD}: {self.source_dir} holds {self.num_source_classes} identity; the "
-                                "labelled source stream needs at least 2 (Market-1501's bounding_box_train has 751)")
+                raise DataError(
+                    f"{SOURCE_FIELD}: {self.source_dir} holds {self.num_source_classes} identity; the "
+                    "labelled source stream needs at least 2 (Market-1501's bounding_box_train has 751)"
+                )
             self.check_source_identities()
             subsets["source"] = self.source_records
         if self.query_dir and self.gallery_dir:
@@ -148,7 +184,7 @@ class ReidDataModule(pl.LightningDataModule):
     def num_clusters(self) -> int:
         return len({label for label in self.train_labels if label >= 0})
 
-    def check_identities_per_batch(self, world_size: Optional[int] = None) -> None:
+    def check_identities_per_batch(self, world_size: int | None = None) -> None:
         """PK batches need P distinct identities (clusters, when unlabeled) per process (P x processes per step
         over all of them). ``world_size``: the number of training processes, when known before the Trainer
         runs setup (`reid train` checks with it before any process starts); else the attached Trainer's."""
@@ -160,38 +196,42 @@ class ReidDataModule(pl.LightningDataModule):
         if found >= per_batch * world_size:
             return
         if self.unlabeled:
-            raise DataError(f"dataset.train_dataset_dir: the clustering found {found} pseudo identities, fewer than "
-                            f"the {per_batch * world_size} a PK batch needs; lower adaptation.eps when the "
-                            "clusters are few and large (merged people), raise it when most images are outliers, or "
-                            "lower dataset.batch_size")
+            raise DataError(
+                f"dataset.train_dataset_dir: the clustering found {found} pseudo identities, fewer than "
+                f"the {per_batch * world_size} a PK batch needs; lower adaptation.eps when the "
+                "clusters are few and large (merged people), raise it when most images are outliers, or "
+                "lower dataset.batch_size"
+            )
         needed = f"{per_batch} per PK batch (dataset.batch_size / dataset.num_instances)"
         fix = "lower dataset.batch_size"
         if world_size > 1:
             needed, fix = f"{needed} x {world_size} processes", f"{fix} or use fewer devices"
         raise DataError(f"dataset.train_dataset_dir: {self.num_classes} identities are fewer than the {needed}; {fix}")
 
-    def check_source_identities(self, world_size: Optional[int] = None) -> None:
+    def check_source_identities(self, world_size: int | None = None) -> None:
         """The source stream's PK batches need P source identities per process."""
         if not self.source_labels:
             return
         per_batch, world_size = self._pk_identities(world_size)
         if self.num_source_classes < per_batch * world_size:
-            raise DataError(f"{SOURCE_FIELD}: {self.num_source_classes} identities are fewer than the "
-                            f"{per_batch * world_size} a PK batch needs (dataset.batch_size / dataset.num_instances"
-                            f"{' x processes' if world_size > 1 else ''}); use a larger source or lower "
-                            "dataset.batch_size")
+            raise DataError(
+                f"{SOURCE_FIELD}: {self.num_source_classes} identities are fewer than the "
+                f"{per_batch * world_size} a PK batch needs (dataset.batch_size / dataset.num_instances"
+                f"{' x processes' if world_size > 1 else ''}); use a larger source or lower "
+                "dataset.batch_size"
+            )
 
-    def _pk_identities(self, world_size: Optional[int]) -> Tuple[int, int]:
+    def _pk_identities(self, world_size: int | None) -> tuple[int, int]:
         """(identities per PK batch, training processes: ``world_size``, else the attached Trainer's)."""
         if world_size is None:
             _, world_size = self._rank_and_world()
         return self.loader_settings.batch_size // self.loader_settings.num_instances, world_size
 
-    def _rank_and_world(self) -> Tuple[int, int]:
+    def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _make_train_pipeline(self, kind: Optional[str] = None) -> TrainPipeline:
+    def _make_train_pipeline(self, kind: str | None = None) -> TrainPipeline:
         """A training pipeline of ``kind`` ("workers" / "cached"; None: dataset.pipeline resolved for this device,
         with the source stream's images counted in the cache)."""
         device = self.trainer.strategy.root_device if self.trainer is not None else None
@@ -207,8 +247,13 @@ class ReidDataModule(pl.LightningDataModule):
         if chosen == "cached":
             on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
             # every process on this machine builds its own cache at the same time: share the CPUs
-            return DevicePipeline(self.preprocessing, self.augment, self.channels_last, pin_memory=on_cuda,
-                                  decode_threads=decode_threads(copies))
+            return DevicePipeline(
+                self.preprocessing,
+                self.augment,
+                self.channels_last,
+                pin_memory=on_cuda,
+                decode_threads=decode_threads(copies),
+            )
         return WorkerPipeline(self.preprocessing, self.augment, self.loader_settings.num_workers)
 
     def start_epoch_at(self, epoch: int, batches: int) -> None:
@@ -225,17 +270,33 @@ class ReidDataModule(pl.LightningDataModule):
         settings, (rank, world_size) = self.loader_settings, self._rank_and_world()
         if not settings.pk_batches:
             # DistributedSampler only takes the length of its "dataset": one label per training image.
-            base = DistributedSampler(self.train_labels, num_replicas=world_size, rank=rank, shuffle=True,
-                                      seed=settings.seed, drop_last=True)
+            base = DistributedSampler(
+                self.train_labels, num_replicas=world_size, rank=rank, shuffle=True, seed=settings.seed, drop_last=True
+            )
         elif self.unlabeled:
             clustered = [index for index, label in enumerate(self.train_labels) if label >= 0]
             cameras = [self.train_records[i].camid for i in clustered] if settings.camera_balanced else None
-            base = SubsetSampler(PKSampler([self.train_labels[i] for i in clustered], settings.batch_size,
-                                           settings.num_instances, seed=settings.seed, rank=rank,
-                                           world_size=world_size, cameras=cameras), clustered)
+            base = SubsetSampler(
+                PKSampler(
+                    [self.train_labels[i] for i in clustered],
+                    settings.batch_size,
+                    settings.num_instances,
+                    seed=settings.seed,
+                    rank=rank,
+                    world_size=world_size,
+                    cameras=cameras,
+                ),
+                clustered,
+            )
         else:
-            base = PKSampler(self.train_labels, settings.batch_size, settings.num_instances, seed=settings.seed,
-                             rank=rank, world_size=world_size)
+            base = PKSampler(
+                self.train_labels,
+                settings.batch_size,
+                settings.num_instances,
+                seed=settings.seed,
+                rank=rank,
+                world_size=world_size,
+            )
         sampler = SeededSampler(base, settings.seed, rank)
         if self._resume_at is not None:
             epoch, batches = self._resume_at
@@ -250,15 +311,25 @@ class ReidDataModule(pl.LightningDataModule):
             return target
         # its own sampling and augmentation seeds: the target's would crop and erase both batches alike
         source_seed = derive_seed(settings.seed, SOURCE_STREAM)
-        source_base = CyclingSampler(PKSampler(self.source_labels, settings.batch_size, settings.num_instances,
-                                               seed=source_seed, rank=rank, world_size=world_size), len(base))
+        source_base = CyclingSampler(
+            PKSampler(
+                self.source_labels,
+                settings.batch_size,
+                settings.num_instances,
+                seed=source_seed,
+                rank=rank,
+                world_size=world_size,
+            ),
+            len(base),
+        )
         source_sampler = SeededSampler(source_base, source_seed, rank)
         if self._resume_at is not None:  # skips as many batches as the target's
             epoch_at, batches = self._resume_at
             source_sampler.start_at(epoch_at, batches * settings.batch_size)
         source_sampler.set_epoch(epoch)
-        source = self.source_pipeline.loader(self.source_records, self.source_labels, source_sampler,
-                                             settings.batch_size)
+        source = self.source_pipeline.loader(
+            self.source_records, self.source_labels, source_sampler, settings.batch_size
+        )
         return CombinedLoader({TARGET: target, SOURCE: source}, mode="min_size")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -267,13 +338,19 @@ class ReidDataModule(pl.LightningDataModule):
         if self.train_pipeline is None or trainer is None or not trainer.training:
             return batch
         if isinstance(batch, dict):  # with a source stream: each part through its own pipeline (image cache)
-            return {TARGET: self.train_pipeline.on_after_batch_transfer(batch[TARGET], trainer.global_rank),
-                    SOURCE: self.source_pipeline.on_after_batch_transfer(batch[SOURCE], trainer.global_rank)}
+            return {
+                TARGET: self.train_pipeline.on_after_batch_transfer(batch[TARGET], trainer.global_rank),
+                SOURCE: self.source_pipeline.on_after_batch_transfer(batch[SOURCE], trainer.global_rank),
+            }
         return self.train_pipeline.on_after_batch_transfer(batch, trainer.global_rank)
 
     def val_dataloader(self) -> DataLoader:
         """Each process extracts a contiguous shard; the module gathers the features in dataset order."""
         records = self.query_records + self.gallery_records
         rank, world_size = self._rank_and_world()
-        return eval_loader(eval_dataset(records, self.eval_transform), self.loader_settings.val_batch_size,
-                           self.loader_settings.num_workers, sampler=ShardSampler(len(records), rank, world_size))
+        return eval_loader(
+            eval_dataset(records, self.eval_transform),
+            self.loader_settings.val_batch_size,
+            self.loader_settings.num_workers,
+            sampler=ShardSampler(len(records), rank, world_size),
+        )

@@ -1,16 +1,17 @@
 """Torch datasets over image records, and the sampler wrapper that makes augmentation reproducible."""
+
 import itertools
 import os
-from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from ..errors import DataError
-from .batch import Batch
-from .seeding import derive_seeds
+from reid_tao.data.batch import Batch
+from reid_tao.data.seeding import derive_seeds
+from reid_tao.errors import DataError
 
 
 def as_rgb(image: Image.Image) -> Image.Image:
@@ -27,8 +28,9 @@ def load_rgb(path: str) -> Image.Image:
         with Image.open(path) as image:
             return as_rgb(image)
     except Exception as error:  # PIL raises several types for truncated or corrupt files
-        raise DataError(f"cannot read image {path} ({type(error).__name__}: {error}); "
-                        "remove or replace the file") from None
+        raise DataError(
+            f"cannot read image {path} ({type(error).__name__}: {error}); remove or replace the file"
+        ) from None
 
 
 def effective_workers(requested: int) -> int:
@@ -45,15 +47,16 @@ class ImageDataset(Dataset):
     prefetching or where training was resumed.
     """
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], camids: Sequence[int],
-                 transform: Optional[Callable] = None):
+    def __init__(
+        self, paths: Sequence[str], labels: Sequence[int], camids: Sequence[int], transform: Callable | None = None
+    ):
         self.paths, self.labels, self.camids = list(paths), list(labels), list(camids)
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: Union[int, Tuple[int, int]]):
+    def __getitem__(self, item: int | tuple[int, int]):
         index, seed = item if isinstance(item, tuple) else (item, None)
         image = load_rgb(self.paths[index])
         if self.transform is not None:
@@ -76,7 +79,7 @@ class SeededSampler(Sampler):
 
     def __init__(self, sampler: Sampler, seed: int, rank: int = 0):
         self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
-        self._start: Optional[Tuple[int, int]] = None  # (epoch, first position)
+        self._start: tuple[int, int] | None = None  # (epoch, first position)
 
     def start_at(self, epoch: int, position: int) -> None:
         """Iterating epoch ``epoch`` starts at ``position`` (a sample count); other epochs start at 0.
@@ -93,13 +96,13 @@ class SeededSampler(Sampler):
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         seeds = derive_seeds(len(self.sampler), self.seed, self.epoch, self.rank).tolist()  # one per position
         skip = self._start[1] if self._start is not None and self._start[0] == self.epoch else 0
         yield from itertools.islice(zip((int(index) for index in self.sampler), seeds, strict=True), skip, None)
 
 
-def shard_range(length: int, rank: int = 0, world_size: int = 1) -> Tuple[int, int]:
+def shard_range(length: int, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
     """(start, stop) of process ``rank``'s contiguous share of range(length); the shares of all ranks tile it."""
     return length * rank // world_size, length * (rank + 1) // world_size
 

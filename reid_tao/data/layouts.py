@@ -17,23 +17,24 @@ adaptation) and one :data:`LAYOUTS` entry. Detection rules look at the form of t
 suffix, whether a folder holds images or only subfolders), so a missing path still reaches the reader that
 reports it.
 """
+
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
-from ..errors import DataError
-from .list_file import list_file_images, read_list_file
-from .market import check_has_images, list_images, scan_market_folder
-from .records import ImageRecord
-from .unlabeled import (
+from reid_tao.data.list_file import list_file_images, read_list_file
+from reid_tao.data.market import check_has_images, list_images, scan_market_folder
+from reid_tao.data.records import ImageRecord
+from reid_tao.data.unlabeled import (
     camera_folder_images,
     is_camera_folders,
     read_unlabeled_folder,
     read_unlabeled_list,
     refuse_camera_folders,
 )
+from reid_tao.errors import DataError
 
-Reader = Callable[[str, str], List[ImageRecord]]
+Reader = Callable[[str, str], list[ImageRecord]]
 
 
 @dataclass(frozen=True)
@@ -41,22 +42,33 @@ class Layout:
     reader: Reader
     detect: Callable[[str], bool]
     description: str
-    images: Callable[[str, str], List[str]]  # every image path of a split, any names (what inference embeds)
+    images: Callable[[str, str], list[str]]  # every image path of a split, any names (what inference embeds)
     # the split as unlabeled images (domain adaptation): person id 0 and a camera each; None: adaptation cannot
-    unlabeled: Optional[Reader] = None
+    unlabeled: Reader | None = None
 
 
-LAYOUTS: Dict[str, Layout] = {
-    "list_file": Layout(read_list_file, detect=lambda path: Path(path).suffix.lower() == ".txt",
-                        description="a .txt list of 'relative/path pid [camid]' lines (e.g. MSMT17's list_train.txt)",
-                        images=list_file_images, unlabeled=read_unlabeled_list),
-    "camera_folders": Layout(refuse_camera_folders, detect=is_camera_folders,
-                             description="a folder of subfolders, one camera each (any image names, no person ids)",
-                             images=camera_folder_images, unlabeled=read_unlabeled_folder),
-    "market1501": Layout(scan_market_folder, detect=lambda path: Path(path).is_dir(),
-                         description="a folder of Market-1501 named images '<pid>_c<camera>...'",
-                         images=lambda path, field: [str(p) for p in list_images(path, field)],
-                         unlabeled=read_unlabeled_folder),
+LAYOUTS: dict[str, Layout] = {
+    "list_file": Layout(
+        read_list_file,
+        detect=lambda path: Path(path).suffix.lower() == ".txt",
+        description="a .txt list of 'relative/path pid [camid]' lines (e.g. MSMT17's list_train.txt)",
+        images=list_file_images,
+        unlabeled=read_unlabeled_list,
+    ),
+    "camera_folders": Layout(
+        refuse_camera_folders,
+        detect=is_camera_folders,
+        description="a folder of subfolders, one camera each (any image names, no person ids)",
+        images=camera_folder_images,
+        unlabeled=read_unlabeled_folder,
+    ),
+    "market1501": Layout(
+        scan_market_folder,
+        detect=lambda path: Path(path).is_dir(),
+        description="a folder of Market-1501 named images '<pid>_c<camera>...'",
+        images=lambda path, field: [str(p) for p in list_images(path, field)],
+        unlabeled=read_unlabeled_folder,
+    ),
 }
 DEFAULT_LAYOUT = "market1501"
 LAYOUT_CHOICES = ("auto", *LAYOUTS)  # what dataset.layout accepts
@@ -77,20 +89,22 @@ def resolve_layout(path: str, field: str, layout: str = "auto") -> str:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(('auto', *LAYOUTS))}")
     if Path(path).exists() and not LAYOUTS[layout].detect(path):
         detected = detect_layout(path)
-        raise DataError(f"{field}: {path} looks like {LAYOUTS[detected].description}, not "
-                        f"{LAYOUTS[layout].description} as dataset.layout={layout} says; set "
-                        f"dataset.layout={detected} (or auto) or point {field} at {layout} data")
+        raise DataError(
+            f"{field}: {path} looks like {LAYOUTS[detected].description}, not "
+            f"{LAYOUTS[layout].description} as dataset.layout={layout} says; set "
+            f"dataset.layout={detected} (or auto) or point {field} at {layout} data"
+        )
     return layout
 
 
-def read_split(path: str, field: str, layout: str = "auto") -> List[ImageRecord]:
+def read_split(path: str, field: str, layout: str = "auto") -> list[ImageRecord]:
     """The records of one split stored at ``path`` in ``layout`` ("auto": detected from the path).
 
     Raises DataError (naming ``field``) for unreadable data, ValueError for an unknown ``layout``."""
     return LAYOUTS[resolve_layout(path, field, layout)].reader(path, field)
 
 
-def read_unlabeled(path: str, field: str, layout: str = "auto") -> List[ImageRecord]:
+def read_unlabeled(path: str, field: str, layout: str = "auto") -> list[ImageRecord]:
     """The images of an unlabeled split (domain adaptation) stored at ``path`` in ``layout``, each with person
     id 0 and its camera (:mod:`~reid_tao.data.unlabeled` says where a folder's cameras come from).
 
@@ -99,13 +113,15 @@ def read_unlabeled(path: str, field: str, layout: str = "auto") -> List[ImageRec
     name = resolve_layout(path, field, layout)
     reader = LAYOUTS[name].unlabeled
     if reader is None:
-        raise DataError(f"{field}: {path} is {LAYOUTS[name].description}, which domain adaptation cannot read "
-                        f"(layout {name} has no unlabeled reader); point {field} at a folder of images or a .txt "
-                        "list of image paths")
+        raise DataError(
+            f"{field}: {path} is {LAYOUTS[name].description}, which domain adaptation cannot read "
+            f"(layout {name} has no unlabeled reader); point {field} at a folder of images or a .txt "
+            "list of image paths"
+        )
     return reader(path, field)
 
 
-def split_images(path: str, field: str, layout: str = "auto") -> List[str]:
+def split_images(path: str, field: str, layout: str = "auto") -> list[str]:
     """Every image of a split, names unparsed: a folder's images sorted by path, a list file's in file order."""
     return LAYOUTS[resolve_layout(path, field, layout)].images(path, field)
 

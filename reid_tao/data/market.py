@@ -5,14 +5,14 @@
 The person id is signed: ``-1`` marks junk boxes (skipped everywhere, TAO reads them as id 1) and
 ``0000`` marks distractors (kept in the gallery, never a match).
 """
+
 import logging
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
 
-from ..errors import DataError
-from .records import ImageRecord
+from reid_tao.data.records import ImageRecord
+from reid_tao.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +21,13 @@ JUNK_PID = -1
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
-def parse_market_name(file_name: str) -> Optional[Tuple[int, int]]:
+def parse_market_name(file_name: str) -> tuple[int, int] | None:
     """``0002_c1s1_000451_03.jpg`` -> (2, 1); ``-1_c3s1_...`` -> (-1, 3); None when it does not parse."""
     match = _MARKET_NAME.match(Path(file_name).name)
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def list_images(folder: str, field: str) -> List[Path]:
+def list_images(folder: str, field: str) -> list[Path]:
     """Sorted image files of a folder (not recursive); a clear error when missing or empty."""
     path = Path(folder)
     if not path.is_dir():
@@ -69,14 +69,16 @@ def no_images_error(folder: str, field: str) -> DataError:
     if lists:
         hint = f"; it holds list files ({', '.join(lists[:3])}): set {field} to one of them"
     elif folders:  # e.g. the Market-1501 root instead of its bounding_box_train
-        hint = f"; it holds folders ({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}): set {field} " \
-               "to the one with the images"
+        hint = (
+            f"; it holds folders ({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}): set {field} "
+            "to the one with the images"
+        )
     else:
         hint = ""
     return DataError(f"{field}: folder {folder} contains no .jpg/.jpeg/.png images{hint}")
 
 
-def scan_market_folder(folder: str, field: str) -> List[ImageRecord]:
+def scan_market_folder(folder: str, field: str) -> list[ImageRecord]:
     """Records of every identified image in a folder; junk (-1) and unparsable names are skipped.
 
     ``field`` names the folder for the user in messages (e.g. the spec field it came from)."""
@@ -92,11 +94,17 @@ def scan_market_folder(folder: str, field: str) -> List[ImageRecord]:
             continue
         records.append(ImageRecord(str(image), parsed[0], parsed[1]))
     if unparsable and len(unparsable) == len(images):
-        raise DataError(f"{field}: no file in {folder} is named like Market-1501 '<pid>_c<camera>...' "
-                        f"(e.g. 0002_c1s1_000451_03.jpg); found e.g. '{unparsable[0]}'")
+        raise DataError(
+            f"{field}: no file in {folder} is named like Market-1501 '<pid>_c<camera>...' "
+            f"(e.g. 0002_c1s1_000451_03.jpg); found e.g. '{unparsable[0]}'"
+        )
     if unparsable:
-        log.warning("%s: skipped %d files whose names do not parse as '<pid>_c<camera>...' (e.g. %s)",
-                    field, len(unparsable), unparsable[0])
+        log.warning(
+            "%s: skipped %d files whose names do not parse as '<pid>_c<camera>...' (e.g. %s)",
+            field,
+            len(unparsable),
+            unparsable[0],
+        )
     if not records:
         raise DataError(f"{field}: folder {folder} holds only junk images (person id -1)")
     if junk:

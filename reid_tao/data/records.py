@@ -1,6 +1,7 @@
 """Image records (path, person id, camera id), whatever dataset layout they were read from."""
+
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,7 @@ class ImageRecord:
     path: str
     pid: int
     camid: int
-    dataset_pid: Optional[int] = None
+    dataset_pid: int | None = None
 
     @property
     def shown_pid(self) -> int:
@@ -21,13 +22,13 @@ class ImageRecord:
         return self.pid if self.dataset_pid is None else self.dataset_pid
 
 
-def relabel(records: Sequence[ImageRecord]) -> Tuple[List[int], Dict[int, int]]:
+def relabel(records: Sequence[ImageRecord]) -> tuple[list[int], dict[int, int]]:
     """Map the identities of the training records to 0..N-1 (sorted by original id)."""
     mapping = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
     return [mapping[r.pid] for r in records], mapping
 
 
-def summary_table(subsets: Dict[str, Sequence[ImageRecord]], unlabeled: Sequence[str] = ()) -> str:
+def summary_table(subsets: dict[str, Sequence[ImageRecord]], unlabeled: Sequence[str] = ()) -> str:
     """Plain-text table: subset, ids, images, cameras; the subsets named in ``unlabeled`` have no ids to count
     (their readers give every image one placeholder id)."""
     rows = [("subset", "ids", "images", "cameras")]

@@ -241,4 +241,4 @@ class CyclingSampler(torch.utils.data.Sampler[int]):
             self.sampler.set_epoch(cycle)
             parts.append(np.fromiter(iter(self.sampler), dtype=np.int64, count=period))
         start = first - (first // period) * period
-        return iter(np.concatenate(parts)[start:start + self.length].tolist())
+        return iter(np.concatenate(parts)[start : start + self.length].tolist())

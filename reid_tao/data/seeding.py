@@ -4,7 +4,8 @@ A derived seed is a function of the base seed and a few keys (epoch, process ran
 numpy's :class:`~numpy.random.SeedSequence`, whose hashing keeps nearby inputs (seed 1 epoch 2 and seed 2
 epoch 1, rank 0 and rank 1) apart: no hand-made multiplier can make two key tuples collide by arithmetic.
 """
-from typing import Sequence
+
+from collections.abc import Sequence
 
 import numpy as np
 

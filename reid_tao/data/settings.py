@@ -2,6 +2,7 @@
 
 The image preprocessing is :class:`reid_tao.data.preprocessing.Preprocessing`.
 """
+
 from dataclasses import dataclass
 
 

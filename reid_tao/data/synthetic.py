@@ -334,9 +334,7 @@ def _move_into_place(tmp: Path, root: Path, params: dict[str, int]) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             return
     if _read_marker(root) is None:
-        raise DataError(
-            f"{root} exists and is not a synthetic Market dataset: choose a new or empty folder"
-        )
+        raise DataError(f"{root} exists and is not a synthetic Market dataset: choose a new or empty folder")
     old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
     os.rename(root, old / root.name)
     os.rename(tmp, root)

@@ -5,18 +5,19 @@ in the person's place), so the images of one track share (track, camera, sequenc
 must-link group for the clustering) but only within its camera: the same number on another camera, or in another
 sequence, is another track.
 """
+
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
-from .records import ImageRecord
+from reid_tao.data.records import ImageRecord
 
 _TRACK_NAME = re.compile(r"^(\d+)_c(\d+)s(\d+)_\d+_\d+\.[A-Za-z]+$")
 
 
-def track_groups(records: Sequence[ImageRecord]) -> Optional[np.ndarray]:
+def track_groups(records: Sequence[ImageRecord]) -> np.ndarray | None:
     """(N,) track index 0..T-1 of each image, when every file name carries a track (see the module docstring);
     None otherwise (names without tracks, e.g. random ones)."""
     keys = []

@@ -19,14 +19,15 @@ Source: NVIDIA DeepStream SDK API reference, kitti_dump_probe.hpp, deepstream_ap
 and the deepstream-app configuration groups documentation (kitti-track-output-dir). Two files that name the
 same stream and frame are refused, not one silently dropped.
 """
+
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
-from ..errors import DataError
-from ..io.regular_files import not_a_regular_file, read_regular_file
+from reid_tao.errors import DataError
+from reid_tao.io.regular_files import not_a_regular_file, read_regular_file
 
 # MOTChallenge ground-truth classes that are people: pedestrian, person on vehicle, static person.
 MOT_PERSON_CLASSES = (1, 2, 7)
@@ -77,7 +78,7 @@ def _integer(text: str, column: str, origin: str) -> int:
     return int(value)
 
 
-def _read_lines(file: Path, field: str) -> List[str]:
+def _read_lines(file: Path, field: str) -> list[str]:
     """The lines of a regular text file (a FIFO would block the read forever), or one DataError line."""
     try:
         return read_regular_file(file).decode("utf-8", errors="replace").splitlines()
@@ -85,12 +86,13 @@ def _read_lines(file: Path, field: str) -> List[str]:
         raise DataError(f"{field}: {file} cannot be read ({error.strerror})") from None
 
 
-def read_mot_tracks(path: str, ground_truth: bool = False) -> List[TrackBox]:
+def read_mot_tracks(path: str, ground_truth: bool = False) -> list[TrackBox]:
     """Boxes of a MOTChallenge text file; ``ground_truth`` drops ignored entries and non-person classes."""
     file = Path(path)
     if not file.exists():
-        raise DataError(f"tracks file {path} does not exist; set crops.tracks_file (or put gt/gt.txt in the "
-                        "sequence folder)")
+        raise DataError(
+            f"tracks file {path} does not exist; set crops.tracks_file (or put gt/gt.txt in the sequence folder)"
+        )
     boxes = []
     for number, line in enumerate(_read_lines(file, "crops.tracks_file"), start=1):
         if not line.strip():
@@ -98,8 +100,10 @@ def read_mot_tracks(path: str, ground_truth: bool = False) -> List[TrackBox]:
         origin = f"{path}:{number}"
         cells = [cell.strip() for cell in line.split(",")]
         if len(cells) < len(MOT_COLUMNS):
-            raise DataError(f"{origin}: {len(cells)} columns, a MOTChallenge line needs at least "
-                            f"{len(MOT_COLUMNS)} ({', '.join(MOT_COLUMNS)}, ...)")
+            raise DataError(
+                f"{origin}: {len(cells)} columns, a MOTChallenge line needs at least "
+                f"{len(MOT_COLUMNS)} ({', '.join(MOT_COLUMNS)}, ...)"
+            )
         frame, track = _integer(cells[0], "frame", origin), _integer(cells[1], "id", origin)
         box = [_number(cell, name, origin) for cell, name in zip(cells[2:6], MOT_COLUMNS[2:6])]
         if ground_truth and len(cells) >= 8:
@@ -112,13 +116,15 @@ def read_mot_tracks(path: str, ground_truth: bool = False) -> List[TrackBox]:
     return boxes
 
 
-def kitti_frame_files(folder: str, stream: Optional[int]) -> Dict[int, Path]:
+def kitti_frame_files(folder: str, stream: int | None) -> dict[int, Path]:
     """frame -> file of DeepStream's per-frame KITTI dumps of one stream (``stream`` None: the only one)."""
     directory = Path(folder)
     if not directory.is_dir():
-        raise DataError(f"crops.tracks_file: {folder} is not a folder; with crops.format=kitti it is DeepStream's "
-                        "kitti-track-output-dir (one <stream>_<frame>.txt file per frame)")
-    by_stream: Dict[int, Dict[int, Path]] = {}
+        raise DataError(
+            f"crops.tracks_file: {folder} is not a folder; with crops.format=kitti it is DeepStream's "
+            "kitti-track-output-dir (one <stream>_<frame>.txt file per frame)"
+        )
+    by_stream: dict[int, dict[int, Path]] = {}
     for file in sorted(directory.glob("*.txt")):
         match = _KITTI_NAME.match(file.name)
         if not match:
@@ -129,23 +135,28 @@ def kitti_frame_files(folder: str, stream: Optional[int]) -> Dict[int, Path]:
         frames = by_stream.setdefault(int(match.group(1)), {})
         frame = int(match.group(2))
         if frame in frames:  # e.g. 00_000_000007.txt and 00_001_000007.txt, or 0_7.txt and 00_000007.txt
-            raise DataError(f"crops.tracks_file: {frames[frame].name} and {file.name} in {folder} are both frame "
-                            f"{frame} of stream {match.group(1)}; keep one dump per stream and frame")
+            raise DataError(
+                f"crops.tracks_file: {frames[frame].name} and {file.name} in {folder} are both frame "
+                f"{frame} of stream {match.group(1)}; keep one dump per stream and frame"
+            )
         frames[frame] = file
     if not by_stream:
-        raise DataError(f"crops.tracks_file: {folder} holds no <stream>_<frame>.txt files (DeepStream's KITTI "
-                        "tracker output)")
+        raise DataError(
+            f"crops.tracks_file: {folder} holds no <stream>_<frame>.txt files (DeepStream's KITTI tracker output)"
+        )
     if stream is None:
         if len(by_stream) > 1:
-            raise DataError(f"crops.tracks_file: {folder} holds the streams {sorted(by_stream)}; one camera is one "
-                            "stream, so choose one with crops.stream=N")
+            raise DataError(
+                f"crops.tracks_file: {folder} holds the streams {sorted(by_stream)}; one camera is one "
+                "stream, so choose one with crops.stream=N"
+            )
         return next(iter(by_stream.values()))
     if stream not in by_stream:
         raise DataError(f"crops.stream={stream}: {folder} has no files of that stream (found {sorted(by_stream)})")
     return by_stream[stream]
 
 
-def read_kitti_tracks(folder: str, stream: Optional[int] = None, labels: Sequence[str] = ()) -> List[TrackBox]:
+def read_kitti_tracks(folder: str, stream: int | None = None, labels: Sequence[str] = ()) -> list[TrackBox]:
     """Boxes of DeepStream's KITTI tracker dumps of one stream; ``labels``: keep only these classes."""
     wanted = {label.lower() for label in labels}
     boxes = []
@@ -156,8 +167,10 @@ def read_kitti_tracks(folder: str, stream: Optional[int] = None, labels: Sequenc
                 continue
             origin = f"{file}:{number}"
             if len(cells) < len(KITTI_COLUMNS):
-                raise DataError(f"{origin}: {len(cells)} columns, a KITTI tracker line needs at least "
-                                f"{len(KITTI_COLUMNS)} ({' '.join(KITTI_COLUMNS)} ...)")
+                raise DataError(
+                    f"{origin}: {len(cells)} columns, a KITTI tracker line needs at least "
+                    f"{len(KITTI_COLUMNS)} ({' '.join(KITTI_COLUMNS)} ...)"
+                )
             if wanted and cells[0].lower() not in wanted:
                 continue
             track = _integer(cells[1], "tracking_id", origin)
@@ -168,18 +181,18 @@ def read_kitti_tracks(folder: str, stream: Optional[int] = None, labels: Sequenc
     return boxes
 
 
-def _read_mot(path: str, ground_truth: bool, stream: Optional[int], labels: Sequence[str]) -> List[TrackBox]:
+def _read_mot(path: str, ground_truth: bool, stream: int | None, labels: Sequence[str]) -> list[TrackBox]:
     return read_mot_tracks(path, ground_truth)
 
 
-def _read_kitti(path: str, ground_truth: bool, stream: Optional[int], labels: Sequence[str]) -> List[TrackBox]:
+def _read_kitti(path: str, ground_truth: bool, stream: int | None, labels: Sequence[str]) -> list[TrackBox]:
     return read_kitti_tracks(path, stream, labels)
 
 
 class TrackFormat:
     """A tracks format: its reader and the number of its first frame (MOT counts from 1, DeepStream from 0)."""
 
-    def __init__(self, reader: Callable[..., List[TrackBox]], first_frame: int, description: str):
+    def __init__(self, reader: Callable[..., list[TrackBox]], first_frame: int, description: str):
         self.reader, self.first_frame, self.description = reader, first_frame, description
 
 

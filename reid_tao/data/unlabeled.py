@@ -19,68 +19,85 @@ Records carry person id 0 ("no identity known"): identities are what the cluster
 Links to folders are not followed (a camera folder linked to ``/`` would walk the whole filesystem); a camera
 folder that is such a link is skipped with a warning. Links to image files are read.
 """
+
 import logging
 import os
 from pathlib import Path
-from typing import List, Tuple
 
-from ..errors import DataError
-from .list_file import camera_from_name, parse_list_file
-from .market import IMAGE_EXTENSIONS, no_images_error
-from .records import ImageRecord
+from reid_tao.data.list_file import camera_from_name, parse_list_file
+from reid_tao.data.market import IMAGE_EXTENSIONS, no_images_error
+from reid_tao.data.records import ImageRecord
+from reid_tao.errors import DataError
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_PID = 0
 
 
-def _walk(folder: Path) -> List[Path]:
+def _walk(folder: Path) -> list[Path]:
     """Every file below ``folder`` without following links to folders (os.walk's default); unreadable
     subfolders (e.g. under /proc) are passed over, not raised."""
     return [Path(root) / name for root, _, names in os.walk(folder) for name in names]
 
 
-def _images(folder: Path, recursive: bool) -> List[Path]:
+def _images(folder: Path, recursive: bool) -> list[Path]:
     found = _walk(folder) if recursive else folder.iterdir()
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
+    return sorted(
+        p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
-def _camera_folders(folder: Path, field: str) -> List[Path]:
+def _camera_folders(folder: Path, field: str) -> list[Path]:
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     linked = [sub for sub in subfolders if sub.is_symlink()]
     if linked:
-        log.warning("%s: %s %s a link to a folder, not followed (reid_tao reads only what lies in %s); copy the "
-                    "folder there, or list its images in a .txt file", field, ", ".join(sub.name for sub in linked),
-                    "is" if len(linked) == 1 else "are each", folder)
+        log.warning(
+            "%s: %s %s a link to a folder, not followed (reid_tao reads only what lies in %s); copy the "
+            "folder there, or list its images in a .txt file",
+            field,
+            ", ".join(sub.name for sub in linked),
+            "is" if len(linked) == 1 else "are each",
+            folder,
+        )
     return [sub for sub in subfolders if not sub.is_symlink() and _images(sub, recursive=True)]
 
 
-def read_unlabeled_list(path: str, field: str) -> List[ImageRecord]:
+def read_unlabeled_list(path: str, field: str) -> list[ImageRecord]:
     """The images of a list file, ids ignored; the camera from the third column, else the name, else 1."""
     entries = parse_list_file(path, field, require_ids=False)
-    return [ImageRecord(entry.path, UNKNOWN_PID, entry.camid if entry.camid is not None
-                        else (camera_from_name(entry.path) or 1)) for entry in entries]
+    return [
+        ImageRecord(
+            entry.path, UNKNOWN_PID, entry.camid if entry.camid is not None else (camera_from_name(entry.path) or 1)
+        )
+        for entry in entries
+    ]
 
 
-def _camera_tree(folder: Path, field: str) -> Tuple[List[Path], List[Path]]:
+def _camera_tree(folder: Path, field: str) -> tuple[list[Path], list[Path]]:
     """(camera folders, images directly in ``folder``)."""
     if not folder.is_dir():
         raise DataError(f"{field}: {folder} is neither a folder nor a .txt list file of images")
     return _camera_folders(folder, field), _images(folder, recursive=False)
 
 
-def read_unlabeled_folder(path: str, field: str) -> List[ImageRecord]:
+def read_unlabeled_folder(path: str, field: str) -> list[ImageRecord]:
     """The images of a folder with cameras as the module docstring says (subfolders, else names, else one)."""
     folder = Path(path)
     cameras, top = _camera_tree(folder, field)
     if cameras:
-        records = [ImageRecord(str(image), UNKNOWN_PID, number)
-                   for number, sub in enumerate(cameras, start=1) for image in _images(sub, recursive=True)]
+        records = [
+            ImageRecord(str(image), UNKNOWN_PID, number)
+            for number, sub in enumerate(cameras, start=1)
+            for image in _images(sub, recursive=True)
+        ]
         records += [ImageRecord(str(image), UNKNOWN_PID, len(cameras) + 1) for image in top]
-        log.info("%s: %d unlabeled images, one camera per subfolder: %s%s", field, len(records),
-                 ", ".join(f"{sub.name}=c{number}" for number, sub in enumerate(cameras, start=1)),
-                 f", top-level images=c{len(cameras) + 1}" if top else "")
+        log.info(
+            "%s: %d unlabeled images, one camera per subfolder: %s%s",
+            field,
+            len(records),
+            ", ".join(f"{sub.name}=c{number}" for number, sub in enumerate(cameras, start=1)),
+            f", top-level images=c{len(cameras) + 1}" if top else "",
+        )
         return records
     if not top:
         raise DataError(f"{field}: folder {path} contains no .jpg/.jpeg/.png images (nor subfolders with some)")
@@ -111,7 +128,7 @@ def is_camera_folders(path: str) -> bool:
     return subfolders
 
 
-def camera_folder_images(path: str, field: str) -> List[str]:
+def camera_folder_images(path: str, field: str) -> list[str]:
     """Every image of a folder of camera folders (what inference embeds), camera by camera in name order."""
     cameras, top = _camera_tree(Path(path), field)
     images = [image for sub in cameras for image in _images(sub, recursive=True)] + top
@@ -120,8 +137,10 @@ def camera_folder_images(path: str, field: str) -> List[str]:
     return [str(image) for image in images]
 
 
-def refuse_camera_folders(path: str, field: str) -> List[ImageRecord]:
+def refuse_camera_folders(path: str, field: str) -> list[ImageRecord]:
     """The labelled reader of "camera_folders": camera folders carry no person ids, so training or evaluating
     on them is an error that says what reads them and what to set instead."""
-    raise DataError(f"{no_images_error(path, field)}; a folder of camera folders carries no person ids (only "
-                    "adaptation.enable=true and reid inference read it)")
+    raise DataError(
+        f"{no_images_error(path, field)}; a folder of camera folders carries no person ids (only "
+        "adaptation.enable=true and reid inference read it)"
+    )

@@ -14,28 +14,35 @@ source images (a copy only where linking fails, e.g. across file systems), so no
 duplicated. The root is built in a temporary sibling folder and renamed into place when complete.
 Used by ``reid tune`` and ``scripts/make_val_split.py``.
 """
+
 import json
 import os
 import shutil
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..io.atomic import staging_dir
-from .layouts import read_split
-from .market import list_images, parse_market_name
-from .records import ImageRecord, summary_table
+from reid_tao.data.layouts import read_split
+from reid_tao.data.market import list_images, parse_market_name
+from reid_tao.data.records import ImageRecord, summary_table
+from reid_tao.errors import ConfigError, DataError
+from reid_tao.io.atomic import staging_dir
 
 TRAIN_FOLDER, QUERY_FOLDER, GALLERY_FOLDER = "bounding_box_train", "query", "bounding_box_test"
 SPLIT_FILE = "split.json"
 DISTRACTOR_PID = 0
 
 
-def make_val_split(market_root: Union[str, Path], out_dir: Union[str, Path], num_val_ids: int = 100, seed: int = 0,
-                   queries_per_camera: int = 1, num_val_ids_name: str = "--num-val-ids") -> dict:
+def make_val_split(
+    market_root: str | Path,
+    out_dir: str | Path,
+    num_val_ids: int = 100,
+    seed: int = 0,
+    queries_per_camera: int = 1,
+    num_val_ids_name: str = "--num-val-ids",
+) -> dict:
     """Write a Market-format root whose query/gallery hold ``num_val_ids`` held-out training identities.
 
     ``market_root`` must contain ``bounding_box_train/``; ``out_dir`` must not exist or be empty.
@@ -48,16 +55,19 @@ def make_val_split(market_root: Union[str, Path], out_dir: Union[str, Path], num
     """
     source = Path(market_root).expanduser().absolute()
     out = Path(out_dir).expanduser().absolute()
-    setting = f"{num_val_ids_name} {num_val_ids}" if num_val_ids_name.startswith("-") else \
-        f"{num_val_ids_name}={num_val_ids}"
+    setting = (
+        f"{num_val_ids_name} {num_val_ids}" if num_val_ids_name.startswith("-") else f"{num_val_ids_name}={num_val_ids}"
+    )
     _check_arguments(source, out, num_val_ids, queries_per_camera, setting)
 
     train_dir = source / TRAIN_FOLDER
     records = read_split(str(train_dir), f"{TRAIN_FOLDER} of {source}", layout="market1501")
     train_ids = sorted({r.pid for r in records if r.pid != DISTRACTOR_PID})
     if num_val_ids >= len(train_ids) - 1:
-        raise ConfigError(f"{setting} leaves fewer than 2 training identities "
-                          f"({train_dir} has {len(train_ids)}); choose at most {len(train_ids) - 2}")
+        raise ConfigError(
+            f"{setting} leaves fewer than 2 training identities "
+            f"({train_dir} has {len(train_ids)}); choose at most {len(train_ids) - 2}"
+        )
 
     rng = np.random.default_rng(seed)
     val_ids = sorted(int(pid) for pid in rng.choice(np.array(train_ids), size=num_val_ids, replace=False))
@@ -70,13 +80,18 @@ def make_val_split(market_root: Union[str, Path], out_dir: Union[str, Path], num
         "val_ids": val_ids,
         "source": str(source),
         "queries_per_camera": int(queries_per_camera),
-        "counts": {"train_images": len(new_train), "train_ids": len(train_ids) - num_val_ids,
-                   "query_images": len(query), "gallery_images": len(gallery),
-                   "junk_skipped": _count_junk(train_dir)},
+        "counts": {
+            "train_images": len(new_train),
+            "train_ids": len(train_ids) - num_val_ids,
+            "query_images": len(query),
+            "gallery_images": len(gallery),
+            "junk_skipped": _count_junk(train_dir),
+        },
         "val_ids_without_query": ids_without_query,
     }
-    linked, copied = _write_atomically(out, {TRAIN_FOLDER: new_train, QUERY_FOLDER: query, GALLERY_FOLDER: gallery},
-                                       split)
+    linked, copied = _write_atomically(
+        out, {TRAIN_FOLDER: new_train, QUERY_FOLDER: query, GALLERY_FOLDER: gallery}, split
+    )
     split["counts"].update(linked=linked, copied=copied)
     split["summary"] = summary_table({"train": new_train, "query": query, "gallery": gallery})
     return split
@@ -88,17 +103,20 @@ def _check_arguments(source: Path, out: Path, num_val_ids: int, queries_per_came
     if queries_per_camera < 1:
         raise ConfigError(f"--queries-per-camera must be at least 1, got {queries_per_camera}")
     if not (source / TRAIN_FOLDER).is_dir():
-        raise DataError(f"{source} has no {TRAIN_FOLDER}/ folder; pass the Market-1501 root "
-                        f"(the folder that contains {TRAIN_FOLDER}/)")
+        raise DataError(
+            f"{source} has no {TRAIN_FOLDER}/ folder; pass the Market-1501 root "
+            f"(the folder that contains {TRAIN_FOLDER}/)"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"output {out} already exists and is not empty; pass a new folder or remove it")
 
 
-def _assign(records: Sequence[ImageRecord], val_ids: set, queries_per_camera: int,
-            rng: np.random.Generator) -> Tuple[List[ImageRecord], List[ImageRecord], List[ImageRecord]]:
+def _assign(
+    records: Sequence[ImageRecord], val_ids: set, queries_per_camera: int, rng: np.random.Generator
+) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
     """Split records into (new train, query, gallery); deterministic given ``rng``'s state."""
     new_train = [r for r in records if r.pid not in val_ids]
-    by_id_camera: Dict[int, Dict[int, List[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
+    by_id_camera: dict[int, dict[int, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         if record.pid in val_ids:
             by_id_camera[record.pid][record.camid].append(record)
@@ -116,8 +134,9 @@ def _assign(records: Sequence[ImageRecord], val_ids: set, queries_per_camera: in
     return new_train, sorted(query, key=lambda r: r.path), sorted(gallery, key=lambda r: r.path)
 
 
-def _keep_matchable_queries(query: List[ImageRecord], gallery: List[ImageRecord]
-                            ) -> Tuple[List[ImageRecord], List[ImageRecord]]:
+def _keep_matchable_queries(
+    query: list[ImageRecord], gallery: list[ImageRecord]
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Move queries (of one identity) without a gallery image on another camera back to the gallery.
 
     One at a time: a query moved back can become the cross-camera match that keeps another query
@@ -134,11 +153,12 @@ def _keep_matchable_queries(query: List[ImageRecord], gallery: List[ImageRecord]
 
 
 def _count_junk(train_dir: Path) -> int:
-    return sum(1 for image in list_images(str(train_dir), TRAIN_FOLDER)
-               if (parse_market_name(image.name) or (None,))[0] == -1)
+    return sum(
+        1 for image in list_images(str(train_dir), TRAIN_FOLDER) if (parse_market_name(image.name) or (None,))[0] == -1
+    )
 
 
-def _write_atomically(out: Path, folders: Dict[str, Sequence[ImageRecord]], split: dict) -> Tuple[int, int]:
+def _write_atomically(out: Path, folders: dict[str, Sequence[ImageRecord]], split: dict) -> tuple[int, int]:
     """Build the root in a temporary sibling folder, then rename it to ``out``; returns (linked, copied)."""
     with staging_dir(out) as staging:  # mode per umask (mkdtemp's was 0700), removed on failure
         linked = copied = 0

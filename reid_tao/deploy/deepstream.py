@@ -7,14 +7,15 @@ reference (IReID.hpp): reidType 0 = none, 1 = NvDeepSORT association, 2 = re-ass
 DeepStream feeds the network ``(pixel - offsets[c]) * netScaleFactor`` on 0-255 pixels, so offsets are
 255 x mean and the single scale factor is 1 / (255 x std).
 """
+
 import logging
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import yaml
 
-from ..data.preprocessing import Preprocessing
-from ..io.atomic import atomic_write_text
+from reid_tao.data.preprocessing import Preprocessing
+from reid_tao.io.atomic import atomic_write_text
 
 log = logging.getLogger("reid_tao.export")
 
@@ -28,15 +29,16 @@ BATCH_SIZE = 100  # crops per TensorRT batch, NVIDIA's sample value
 HISTORY_SIZE = 100  # features kept per target, NVIDIA's sample value
 
 
-def scale_factor(pixel_std) -> Tuple[float, float]:
+def scale_factor(pixel_std) -> tuple[float, float]:
     """(netScaleFactor, max relative scale error): DeepStream has one factor, so a per-channel std becomes
     its mean, and channel c is then scaled by std_c / mean_std instead of 1 (error |std_c / mean_std - 1|)."""
     mean_std = sum(pixel_std) / len(pixel_std)
     return 1.0 / (255.0 * mean_std), max(abs(std / mean_std - 1.0) for std in pixel_std)
 
 
-def reid_block(preprocessing: Preprocessing, feature_dim: int, onnx_file: Path, data_type: str = "fp32"
-               ) -> Dict[str, Any]:
+def reid_block(
+    preprocessing: Preprocessing, feature_dim: int, onnx_file: Path, data_type: str = "fp32"
+) -> dict[str, Any]:
     """The values of the `ReID:` block (engine path suggested beside the ONNX; change it per GPU/precision)."""
     height, width = preprocessing.input_size
     factor, _ = scale_factor(preprocessing.pixel_std)
@@ -59,8 +61,9 @@ def reid_block(preprocessing: Preprocessing, feature_dim: int, onnx_file: Path, 
         # The exported embedding is not L2-normalised; the tracker compares normalised features.
         "addFeatureNormalization": 1,
         "onnxFile": str(onnx_file),
-        "modelEngineFile": str(onnx_file.with_name(
-            f"{onnx_file.name}_b{BATCH_SIZE}_gpu0_{ENGINE_PRECISION[network_mode]}.engine")),
+        "modelEngineFile": str(
+            onnx_file.with_name(f"{onnx_file.name}_b{BATCH_SIZE}_gpu0_{ENGINE_PRECISION[network_mode]}.engine")
+        ),
     }
 
 
@@ -73,16 +76,21 @@ HEADER = """\
 """
 
 
-def write_tracker_config(path: Path, preprocessing: Preprocessing, feature_dim: int, onnx_file: Path,
-                         data_type: str = "fp32") -> Path:
+def write_tracker_config(
+    path: Path, preprocessing: Preprocessing, feature_dim: int, onnx_file: Path, data_type: str = "fp32"
+) -> Path:
     _, error = scale_factor(preprocessing.pixel_std)
     if error > 0:
-        log.warning("DeepStream takes one netScaleFactor: the per-channel pixel_std %s becomes its mean, which "
-                    "scales each channel's input by up to %.1f%% off; train with a uniform std (e.g. "
-                    "dataset.pixel_std=[0.226,0.226,0.226], as specs/market1501_deepstream.yaml) for an exact match",
-                    list(preprocessing.pixel_std), 100 * error)
-    body = yaml.safe_dump({"ReID": reid_block(preprocessing, feature_dim, onnx_file, data_type)}, sort_keys=False,
-                          default_flow_style=None)
+        log.warning(
+            "DeepStream takes one netScaleFactor: the per-channel pixel_std %s becomes its mean, which "
+            "scales each channel's input by up to %.1f%% off; train with a uniform std (e.g. "
+            "dataset.pixel_std=[0.226,0.226,0.226], as specs/market1501_deepstream.yaml) for an exact match",
+            list(preprocessing.pixel_std),
+            100 * error,
+        )
+    body = yaml.safe_dump(
+        {"ReID": reid_block(preprocessing, feature_dim, onnx_file, data_type)}, sort_keys=False, default_flow_style=None
+    )
     atomic_write_text(path, HEADER.format(onnx=Path(onnx_file).name) + body)
     return path
 

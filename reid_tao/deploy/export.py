@@ -1,5 +1,6 @@
 """The model as an fp32 ONNX graph with a dynamic batch axis, checked by onnx.checker and against PyTorch
 through onnxruntime."""
+
 import logging
 import warnings
 from pathlib import Path
@@ -7,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ReidError
-from ..io import atomic_path, first_line
+from reid_tao.errors import ReidError
+from reid_tao.io import atomic_path, first_line
 
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input", "fc_pred"
@@ -27,9 +28,16 @@ def export_onnx(model: torch.nn.Module, path: Path, input_size, opset: int) -> N
     example = torch.randn(2, 3, *input_size)
     with atomic_path(path) as temporary, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(temporary), input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (example,),
+            str(temporary),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
 
 
 def parity_check(model: torch.nn.Module, path: Path, input_size, batch: int = 3) -> float:
@@ -54,12 +62,15 @@ def export_checked(model: torch.nn.Module, path: Path, input_size, opset: int) -
     try:
         export_onnx(model, path, input_size, opset)
     except torch.onnx.errors.OnnxExporterError as error:  # an operator without a form in this opset
-        raise ExportError(f"cannot export at export.opset={opset}: {first_line(error)}; "
-                          "try a newer opset, e.g. 17") from None
+        raise ExportError(
+            f"cannot export at export.opset={opset}: {first_line(error)}; try a newer opset, e.g. 17"
+        ) from None
     difference = parity_check(model, path, input_size)
     log.info("onnxruntime vs PyTorch: max abs difference %.2e (tolerance %.0e)", difference, PARITY_TOLERANCE)
     if difference > PARITY_TOLERANCE:
         path.unlink()
-        raise ExportError(f"exported model disagrees with PyTorch (max abs difference {difference:.2e} > "
-                          f"{PARITY_TOLERANCE:.0e}); the ONNX file was removed")
+        raise ExportError(
+            f"exported model disagrees with PyTorch (max abs difference {difference:.2e} > "
+            f"{PARITY_TOLERANCE:.0e}); the ONNX file was removed"
+        )
     return difference

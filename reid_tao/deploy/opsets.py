@@ -1,7 +1,8 @@
 """The ONNX opsets an export can use: those torch's exporter writes and this onnxruntime loads."""
+
 import torch
 
-from ..errors import ConfigError
+from reid_tao.errors import ConfigError
 
 # Below opset 9 (ONNX IR v3) the exporter writes the weights as graph inputs, which runtimes treat as inputs.
 MIN_USEFUL_OPSET = 9
@@ -21,9 +22,12 @@ def onnxruntime_runs_opset(opset: int) -> bool:
     import onnxruntime
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     try:
         onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -38,6 +42,8 @@ def check_opset(opset: int) -> None:
     if opset not in opsets or not onnxruntime_runs_opset(opset):
         usable = [value for value in (opsets[0], opsets[-1]) if onnxruntime_runs_opset(value)]
         shown = f"{usable[0]}..{usable[-1]}" if usable else f"{opsets[0]}..{opsets[-1]}"
-        raise ConfigError(f"export.opset={opset} is not supported: torch {torch.__version__}'s ONNX exporter and "
-                          f"this onnxruntime support opsets {shown} (below {MIN_USEFUL_OPSET} the weights become "
-                          f"graph inputs); choose one in {shown}, e.g. 17")
+        raise ConfigError(
+            f"export.opset={opset} is not supported: torch {torch.__version__}'s ONNX exporter and "
+            f"this onnxruntime support opsets {shown} (below {MIN_USEFUL_OPSET} the weights become "
+            f"graph inputs); choose one in {shown}, e.g. 17"
+        )

@@ -13,21 +13,23 @@ INT8 has two targets (export.int8_target), one :class:`Int8Recipe` each in :data
 Which layers stay in float was decided by measuring the cosine of INT8 and fp32 embeddings (see
 docs/deployment.md): :data:`FLOAT_LAYERS` names them, :func:`float_node_names` finds them in a graph.
 """
+
 import functools
 import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ..data.datamodule import eval_loader
-from ..data.datasets import ImageDataset
-from ..data.preprocessing import Preprocessing
-from .runtime import quiet_onnxruntime
+from reid_tao.data.datamodule import eval_loader
+from reid_tao.data.datasets import ImageDataset
+from reid_tao.data.preprocessing import Preprocessing
+from reid_tao.deploy.runtime import quiet_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,12 @@ class Calibration(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------ fp32, fp16
-def keep_fp32(source: Path, target: Path, calibration: Optional[Calibration] = None) -> List[str]:
+def keep_fp32(source: Path, target: Path, calibration: Calibration | None = None) -> list[str]:
     shutil.copyfile(source, target)
     return []
 
 
-def convert_fp16(source: Path, target: Path, calibration: Optional[Calibration] = None) -> List[str]:
+def convert_fp16(source: Path, target: Path, calibration: Calibration | None = None) -> list[str]:
     """fp16 weights and arithmetic; inputs and outputs stay float32 (keep_io_types), so callers and the
     sidecar are unchanged. Returns the nodes left in float32 (none)."""
     import onnx
@@ -57,31 +59,31 @@ def convert_fp16(source: Path, target: Path, calibration: Optional[Calibration] 
 
 
 # ------------------------------------------------------------------------------------------------ INT8
-def first_conv(graph) -> List[str]:
+def first_conv(graph) -> list[str]:
     """The stem convolution: it sees the raw normalised pixels, whose range one scale covers badly."""
     return [node.name for node in graph.node if node.op_type == "Conv"][:1]
 
 
-def embedding_head(graph) -> List[str]:
+def embedding_head(graph) -> list[str]:
     """The nodes after the last convolution: pooling, the reduction linear and the BNNeck (which the
     pre-processing folds into that linear, one Gemm). Little arithmetic, and every rounding error there lands
     directly in the embedding."""
     names = [node.name for node in graph.node]
     last_conv = max((i for i, node in enumerate(graph.node) if node.op_type == "Conv"), default=-1)
-    return names[last_conv + 1:]
+    return names[last_conv + 1 :]
 
 
 # name -> the rule that finds those nodes in a pre-processed graph. DEFAULT_FLOAT_LAYERS: what export keeps in
 # float, decided by measurement (docs/deployment.md: the stem conv is most of the loss).
-FLOAT_LAYERS: Dict[str, Callable] = {"first_conv": first_conv, "embedding_head": embedding_head}
+FLOAT_LAYERS: dict[str, Callable] = {"first_conv": first_conv, "embedding_head": embedding_head}
 DEFAULT_FLOAT_LAYERS = ("first_conv", "embedding_head")
 
 
-def float_node_names(model_path: Path, layers: Sequence[str]) -> List[str]:
+def float_node_names(model_path: Path, layers: Sequence[str]) -> list[str]:
     import onnx
 
     graph = onnx.load(str(model_path)).graph
-    names: List[str] = []
+    names: list[str] = []
     for layer in layers:
         names += [name for name in FLOAT_LAYERS[layer](graph) if name not in names]
     return names
@@ -103,7 +105,7 @@ def calibration_reader(input_name: str, batches: Iterable[np.ndarray]):
         def __init__(self):
             self._batches = iter(batches)
 
-        def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
             return None if batch is None else {input_name: batch}
 
@@ -118,7 +120,7 @@ class Int8Recipe(NamedTuple):
     symmetric_activations: bool = True  # zero point 0: TensorRT's form
     per_channel: bool = True  # one weight scale per output channel
     reduce_range: bool = False  # 7-bit weights: no saturation in AVX2's u8 x s8 pair sums (CPUs without VNNI)
-    float_layers: Tuple[str, ...] = DEFAULT_FLOAT_LAYERS  # keys of FLOAT_LAYERS
+    float_layers: tuple[str, ...] = DEFAULT_FLOAT_LAYERS  # keys of FLOAT_LAYERS
     optimization: str = ""  # "" | "basic" | "extended": save onnxruntime's graph at that level (CPU-only file)
 
 
@@ -135,7 +137,7 @@ SAVED_OPTIMIZATIONS = ("", "basic", "extended")
 # quantized too: the asymmetric range covers the normalised pixels, and a float stem cost speed for little
 # accuracy. QOperator, a saved optimised graph and reduce_range were no faster; per-tensor weights and a
 # quantized head lost cosine.
-INT8_TARGETS: Dict[str, Int8Recipe] = {
+INT8_TARGETS: dict[str, Int8Recipe] = {
     "tensorrt": Int8Recipe(),
     "cpu": Int8Recipe(activations="uint8", symmetric_activations=False, float_layers=("embedding_head",)),
 }
@@ -157,16 +159,19 @@ def save_optimized(source: Path, target: Path, level: str) -> None:
     """onnxruntime's graph optimisation of ``source`` at ``level`` (basic | extended), saved to ``target``."""
     import onnxruntime
 
-    levels = {"basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+    levels = {
+        "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = levels[level]
     options.optimized_model_filepath = str(target)
     onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
 
-def quantize_int8(source: Path, target: Path, calibration: Optional[Calibration],
-                  recipe: Int8Recipe = INT8_TARGETS["tensorrt"]) -> List[str]:
+def quantize_int8(
+    source: Path, target: Path, calibration: Calibration | None, recipe: Int8Recipe = INT8_TARGETS["tensorrt"]
+) -> list[str]:
     """Static INT8 copy of ``source`` written the ``recipe``'s way, calibrated (min/max) on ``calibration``
     batches. BatchNorms are folded into their convolutions first (onnxruntime's quantization pre-processing),
     so the INT8 convolution carries the BN; ``recipe.float_layers`` are left in float. Returns those nodes."""
@@ -183,20 +188,27 @@ def quantize_int8(source: Path, target: Path, calibration: Optional[Calibration]
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         excluded = float_node_names(prepared, recipe.float_layers)
         quantized = Path(scratch) / "quantized.onnx" if recipe.optimization else target
-        quantize_static(str(prepared), str(quantized), calibration_reader(*calibration),
-                        quant_format=getattr(QuantFormat, recipe.quant_format), per_channel=recipe.per_channel,
-                        reduce_range=recipe.reduce_range, activation_type=activation_type,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True})
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            calibration_reader(*calibration),
+            quant_format=getattr(QuantFormat, recipe.quant_format),
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            activation_type=activation_type,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True},
+        )
         if recipe.optimization:
             save_optimized(quantized, target, recipe.optimization)
     return excluded
 
 
-Converter = Callable[[Path, Path, Optional[Calibration]], List[str]]
+Converter = Callable[[Path, Path, Calibration | None], list[str]]
 # export.data_type -> converter (fp32 source, target, calibration or None) -> nodes left in float.
-DATA_TYPES: Dict[str, Converter] = {"fp32": keep_fp32, "fp16": convert_fp16, "int8": quantize_int8}
+DATA_TYPES: dict[str, Converter] = {"fp32": keep_fp32, "fp16": convert_fp16, "int8": quantize_int8}
 CALIBRATED = ("int8",)  # the data types that need calibration images
 
 
@@ -208,7 +220,7 @@ def converter(data_type: str, int8_target: str = "tensorrt") -> Converter:
 
 
 # ----------------------------------------------------------------------------------------------- parity
-def cosine_parity(reference, candidate, batches: Iterable[np.ndarray]) -> Tuple[float, float]:
+def cosine_parity(reference, candidate, batches: Iterable[np.ndarray]) -> tuple[float, float]:
     """(mean, min) cosine similarity of the embeddings two callables (array -> array) give the same images."""
     cosines = []
     for batch in batches:

@@ -10,23 +10,24 @@ most 1 MiB, its input size and feature width are bounded as a checkpoint's are, 
 shapes need a tensor over :data:`MAX_TENSOR_BYTES` for one image is refused before onnxruntime runs it; a
 failure while running (an allocation that shapes did not show) is one line.
 """
+
 import json
 import logging
 import math
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from ..config.schema import MAX_FEAT_DIM, MAX_INPUT_SIDE
-from ..data.datamodule import eval_loader
-from ..data.datasets import ImageDataset
-from ..data.preprocessing import Preprocessing
-from ..errors import DataError, first_line
-from ..evaluation.features import embed
-from ..io.regular_files import read_regular_file
+from reid_tao.config.schema import MAX_FEAT_DIM, MAX_INPUT_SIDE
+from reid_tao.data.datamodule import eval_loader
+from reid_tao.data.datasets import ImageDataset
+from reid_tao.data.preprocessing import Preprocessing
+from reid_tao.errors import DataError, first_line
+from reid_tao.evaluation.features import embed
+from reid_tao.io.regular_files import read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,16 @@ def onnx_sidecar_path(onnx_path) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
 
-def execution_providers(accelerator: str, available: Sequence[str], device_id: int = 0) -> List:
+def execution_providers(accelerator: str, available: Sequence[str], device_id: int = 0) -> list:
     """onnxruntime providers for ``accelerator`` (auto | gpu | cpu): CUDA when asked for or, with auto, when
     this onnxruntime build has it; always CPU as the fallback for operators CUDA lacks."""
     if accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}")
     if accelerator == "gpu" and CUDA not in available:
-        raise ValueError("accelerator 'gpu' needs onnxruntime's CUDAExecutionProvider (pip install onnxruntime-gpu); "
-                         f"this onnxruntime has {', '.join(available)}")
+        raise ValueError(
+            "accelerator 'gpu' needs onnxruntime's CUDAExecutionProvider (pip install onnxruntime-gpu); "
+            f"this onnxruntime has {', '.join(available)}"
+        )
     if accelerator != "cpu" and CUDA in available:
         return [(CUDA, {"device_id": int(device_id)}), CPU]
     return [CPU]
@@ -73,7 +76,7 @@ def execution_providers(accelerator: str, available: Sequence[str], device_id: i
 class OnnxModel:
     """A callable like the PyTorch model: normalised (N, 3, H, W) float tensor -> (N, D) float32 tensor (CPU)."""
 
-    def __init__(self, path: Union[str, Path], field: str, accelerator: str = "auto", device_id: int = 0):
+    def __init__(self, path: str | Path, field: str, accelerator: str = "auto", device_id: int = 0):
         import onnxruntime
 
         quiet_onnxruntime()
@@ -89,8 +92,10 @@ class OnnxModel:
             raise DataError(f"{field}: {error}") from None
         largest = largest_tensor(path)
         if largest is not None and largest[1] > MAX_TENSOR_BYTES:
-            raise DataError(f"{field}: {path} is refused: its tensor {largest[0]!r} needs {largest[1] / 2**30:.1f} GiB "
-                            f"for one image (at most {MAX_TENSOR_BYTES // 2**30} GiB); export the model again")
+            raise DataError(
+                f"{field}: {path} is refused: its tensor {largest[0]!r} needs {largest[1] / 2**30:.1f} GiB "
+                f"for one image (at most {MAX_TENSOR_BYTES // 2**30} GiB); export the model again"
+            )
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
@@ -109,18 +114,25 @@ class OnnxModel:
             self.feat_dim = int(meta["feature_dim"])
             self.data_type = str(meta.get("data_type", "fp32"))  # fp32 | fp16 | int8 (older exports: fp32)
         except FileNotFoundError:
-            raise DataError(f"{field}: {sidecar} (the preprocessing `reid export` writes beside {self.path.name}) is "
-                            "missing; keep it next to the ONNX file or export again") from None
+            raise DataError(
+                f"{field}: {sidecar} (the preprocessing `reid export` writes beside {self.path.name}) is "
+                "missing; keep it next to the ONNX file or export again"
+            ) from None
         except OSError as error:
-            raise DataError(f"{field}: {sidecar} cannot be read ({error.strerror}); keep the sidecar that "
-                            "`reid export` wrote, or export again") from None
+            raise DataError(
+                f"{field}: {sidecar} cannot be read ({error.strerror}); keep the sidecar that "
+                "`reid export` wrote, or export again"
+            ) from None
         except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise DataError(f"{field}: {sidecar} is not a reid_tao export sidecar ({first_line(error, limit=200)})") \
-                from None
+            raise DataError(
+                f"{field}: {sidecar} is not a reid_tao export sidecar ({first_line(error, limit=200)})"
+            ) from None
         if max(self.preprocessing.input_size) > MAX_INPUT_SIDE or not 1 <= self.feat_dim <= MAX_FEAT_DIM:
-            raise DataError(f"{field}: {sidecar}: input size {list(self.preprocessing.input_size)} or feature_dim "
-                            f"{self.feat_dim} out of bounds (at most {MAX_INPUT_SIDE} pixels a side, feature_dim "
-                            f"1..{MAX_FEAT_DIM}); keep the sidecar that `reid export` wrote, or export again")
+            raise DataError(
+                f"{field}: {sidecar}: input size {list(self.preprocessing.input_size)} or feature_dim "
+                f"{self.feat_dim} out of bounds (at most {MAX_INPUT_SIDE} pixels a side, feature_dim "
+                f"1..{MAX_FEAT_DIM}); keep the sidecar that `reid export` wrote, or export again"
+            )
 
     def _check_graph(self, path: Path, sidecar: Path, field: str) -> None:
         """The sidecar must describe the graph: tensor names and (3, H, W) input, else one line here rather than
@@ -134,11 +146,14 @@ class OnnxModel:
         elif self.output_name not in outputs:
             problem = f"output {self.output_name!r} (the graph has {', '.join(outputs)})"
         elif len(inputs[self.input_name]) != 4 or any(
-                isinstance(dim, int) and dim != want for dim, want in zip(inputs[self.input_name][1:], expected)):
+            isinstance(dim, int) and dim != want for dim, want in zip(inputs[self.input_name][1:], expected)
+        ):
             problem = f"input size {expected} (the graph's input is {inputs[self.input_name]})"
         if problem:
-            raise DataError(f"{field}: {sidecar} does not describe {path.name}: it names {problem}; keep the "
-                            "sidecar that `reid export` wrote with this model, or export again")
+            raise DataError(
+                f"{field}: {sidecar} does not describe {path.name}: it names {problem}; keep the "
+                "sidecar that `reid export` wrote with this model, or export again"
+            )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
@@ -146,10 +161,15 @@ class OnnxModel:
             (features,) = self.session.run([self.output_name], {self.input_name: array}, self._run_options)
         except Exception as error:  # onnxruntime's own exception types (Fail, RuntimeException, ...)
             allocation = _ALLOCATION.search(str(error))
-            reason = (f"it asked for {int(allocation.group(1)) / 2**30:.1f} GiB at once, more than this machine can "
-                      "allocate" if allocation else first_line(error, limit=200))
-            raise DataError(f"{self.field}: onnxruntime failed running {self.path} on a batch of {len(array)} "
-                            f"({reason}); export the model again, or lower the batch size") from None
+            reason = (
+                f"it asked for {int(allocation.group(1)) / 2**30:.1f} GiB at once, more than this machine can allocate"
+                if allocation
+                else first_line(error, limit=200)
+            )
+            raise DataError(
+                f"{self.field}: onnxruntime failed running {self.path} on a batch of {len(array)} "
+                f"({reason}); export the model again, or lower the batch size"
+            ) from None
         return torch.from_numpy(features)
 
 
@@ -162,7 +182,7 @@ def _element_bytes(elem_type: int) -> int:
         return 4
 
 
-def largest_tensor(path: Path) -> Optional[tuple]:
+def largest_tensor(path: Path) -> tuple | None:
     """(name, bytes) of the largest tensor onnx's shape inference (with constant propagation) finds in the graph
     at ``path`` for one image (a symbolic dimension, such as the batch, counts 1); None when the graph cannot be
     analysed (onnxruntime then decides, and a failed run is one line)."""
@@ -184,8 +204,9 @@ def largest_tensor(path: Path) -> Optional[tuple]:
     return largest
 
 
-def onnx_feature_batches(model: OnnxModel, dataset: ImageDataset, batch_size: int, num_workers: int,
-                         flip: bool = False) -> Iterator[torch.Tensor]:
+def onnx_feature_batches(
+    model: OnnxModel, dataset: ImageDataset, batch_size: int, num_workers: int, flip: bool = False
+) -> Iterator[torch.Tensor]:
     """(batch, D) float32 features in dataset order, one loader batch at a time (streamed, never all held)."""
     with torch.no_grad():
         for batch in eval_loader(dataset, batch_size, num_workers):

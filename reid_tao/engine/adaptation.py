@@ -19,22 +19,24 @@ source's, training on them alone can lose what the labelled source training taug
 of the final weights are then measured on the training images (as SWA does after averaging): averaging the
 two models' statistics instead describes neither, and cost most of the gain on a shifted domain.
 """
+
 import logging
 import signal
 import time
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from ..data.datamodule import eval_dataset, eval_loader
-from ..data.tracklets import track_groups
-from ..errors import DataError, Preempted
-from ..evaluation.clustering import cluster_features
-from ..model.losses import PseudoLabelTerm
-from .preemption import PreemptionCheckpoint
+from reid_tao.data.datamodule import eval_dataset, eval_loader
+from reid_tao.data.tracklets import track_groups
+from reid_tao.engine.preemption import PreemptionCheckpoint
+from reid_tao.errors import DataError, Preempted
+from reid_tao.evaluation.clustering import cluster_features
+from reid_tao.model.losses import PseudoLabelTerm
 
 log = logging.getLogger("reid_tao.train")
 
@@ -61,12 +63,15 @@ def measure_batch_norm(model: torch.nn.Module, images: Iterable[torch.Tensor]) -
 
     update_bn(larger_than_one(images), model)
     if not measured:
-        raise DataError("dataset.train_dataset_dir: batch-norm statistics need at least 2 training images "
-                        "(adaptation.target_batch_norm / adaptation.source_weight); add images")
+        raise DataError(
+            "dataset.train_dataset_dir: batch-norm statistics need at least 2 training images "
+            "(adaptation.target_batch_norm / adaptation.source_weight); add images"
+        )
 
 
-def measure_batch_norm_on_training_images(trainer: pl.Trainer, module: pl.LightningModule, batch_size: int,
-                                          num_workers: int) -> None:
+def measure_batch_norm_on_training_images(
+    trainer: pl.Trainer, module: pl.LightningModule, batch_size: int, num_workers: int
+) -> None:
     images = (batch.images.to(module.device) for batch in training_images(trainer, batch_size, num_workers))
     with trainer.precision_plugin.forward_context():
         measure_batch_norm(module.model, images)
@@ -89,10 +94,23 @@ class PseudoLabelCallback(pl.Callback):
     A re-clustering that finds too few clusters for a PK batch keeps the previous pseudo labels (one line says
     so) instead of ending the run; the first clustering has none to keep and raises."""
 
-    def __init__(self, terms: Sequence[PseudoLabelTerm], interval: int = 1, eps: Optional[float] = None,
-                 eps_share: float = 0.0016, min_samples: int = 2, k1: int = 10, k2: int = 6, outliers: str = "drop",
-                 batch_size: int = 128, num_workers: int = 0, camera_centring: bool = True,
-                 target_batch_norm: bool = True, teacher: Optional["MeanTeacher"] = None, tracklets: bool = False):
+    def __init__(
+        self,
+        terms: Sequence[PseudoLabelTerm],
+        interval: int = 1,
+        eps: float | None = None,
+        eps_share: float = 0.0016,
+        min_samples: int = 2,
+        k1: int = 10,
+        k2: int = 6,
+        outliers: str = "drop",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        camera_centring: bool = True,
+        target_batch_norm: bool = True,
+        teacher: Optional["MeanTeacher"] = None,
+        tracklets: bool = False,
+    ):
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         if outliers not in OUTLIER_POLICIES:
@@ -104,15 +122,17 @@ class PseudoLabelCallback(pl.Callback):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.camera_centring, self.target_batch_norm = camera_centring, target_batch_norm
         self.teacher, self.tracklets = teacher, tracklets
-        self.stats: Dict[str, float] = {}
+        self.stats: dict[str, float] = {}
         self.clusterings = 0
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.target_batch_norm and trainer.ckpt_path is None:
             started = time.perf_counter()
             measure_batch_norm_on_training_images(trainer, module, self.batch_size, self.num_workers)
-            log.info("batch-norm statistics measured on the training images (%.1f s, "
-                     "adaptation.target_batch_norm)", time.perf_counter() - started)
+            log.info(
+                "batch-norm statistics measured on the training images (%.1f s, adaptation.target_batch_norm)",
+                time.perf_counter() - started,
+            )
         self.recluster(trainer, module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -122,19 +142,30 @@ class PseudoLabelCallback(pl.Callback):
         if reclusters_before(trainer.current_epoch + 1, self.interval, trainer.max_epochs) and not trainer.should_stop:
             self.recluster(trainer, module)
 
-    def _cluster(self, trainer: pl.Trainer, module: pl.LightningModule, cameras: torch.Tensor) -> Optional[tuple]:
+    def _cluster(self, trainer: pl.Trainer, module: pl.LightningModule, cameras: torch.Tensor) -> tuple | None:
         """Embed, cluster and rebuild the terms (global rank 0); None when a stop signal came in between."""
         features = self.embed_training_images(trainer, module)
         if features is None or stop_signal(trainer):
             return None
         groups = track_groups(trainer.datamodule.train_records) if self.tracklets else None
         if groups is None:
-            clustering = cluster_features(features, eps=self.eps, eps_share=self.eps_share,
-                                          cameras=cameras if self.camera_centring else None, **self.cluster_args)
+            clustering = cluster_features(
+                features,
+                eps=self.eps,
+                eps_share=self.eps_share,
+                cameras=cameras if self.camera_centring else None,
+                **self.cluster_args,
+            )
             found = clustering.labels
         else:
-            found, clustering = cluster_tracks(features, groups, cameras if self.camera_centring else None,
-                                               eps=self.eps, eps_share=self.eps_share, **self.cluster_args)
+            found, clustering = cluster_tracks(
+                features,
+                groups,
+                cameras if self.camera_centring else None,
+                eps=self.eps,
+                eps_share=self.eps_share,
+                **self.cluster_args,
+            )
         if stop_signal(trainer):
             return None
         labels = with_outliers(found, self.outliers)  # the memory's rows; batches are drawn from `found`
@@ -143,7 +174,7 @@ class PseudoLabelCallback(pl.Callback):
         return found, labels, clustering.eps, [term_state(term) for term in self.terms]
 
     @torch.no_grad()
-    def embed_training_images(self, trainer: pl.Trainer, module: pl.LightningModule) -> Optional[torch.Tensor]:
+    def embed_training_images(self, trainer: pl.Trainer, module: pl.LightningModule) -> torch.Tensor | None:
         """(N, D) float32 BNNeck outputs of the training images (what the memory loss sees in training),
         computed in fp32 whatever the training precision: the clustering compares close distances."""
         loader = training_images(trainer, self.batch_size, self.num_workers)
@@ -164,7 +195,7 @@ class PseudoLabelCallback(pl.Callback):
 
     def recluster(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         started = time.perf_counter()
-        result: Optional[tuple] = None
+        result: tuple | None = None
         cameras = torch.tensor([record.camid for record in trainer.datamodule.train_records])
         if trainer.is_global_zero:
             result = self._cluster(trainer, module, cameras)
@@ -172,20 +203,32 @@ class PseudoLabelCallback(pl.Callback):
         if result is None:  # a stop signal came: the next epoch's start stops with the last checkpoint
             signum = stop_signal(trainer)
             if self.clusterings == 0:
-                raise Preempted(f"stopped by {signal.Signals(signum).name} during the first clustering, before any "
-                                "training step of this run; run the same command to start again", signum)
+                raise Preempted(
+                    f"stopped by {signal.Signals(signum).name} during the first clustering, before any "
+                    "training step of this run; run the same command to start again",
+                    signum,
+                )
             log.info("clustering stopped by %s; stopping at the last checkpoint", signal.Signals(signum).name)
             return
         found, labels, eps, states = result
         found, labels = np.asarray(found), np.asarray(labels)
         used, clusters = int((found >= 0).sum()), int(found.max(initial=-1)) + 1
         if self.eps is None:
-            log.info("adaptation.eps=auto: %.3f (the mean of the smallest %.2g of the Jaccard distances)", eps,
-                     self.eps_share)
+            log.info(
+                "adaptation.eps=auto: %.3f (the mean of the smallest %.2g of the Jaccard distances)",
+                eps,
+                self.eps_share,
+            )
             self.eps = eps
-        log.info("pseudo labels: %d clusters, %d outliers%s, %d of %d images trained on (%.1f s)", clusters,
-                 len(found) - used, " (memory negatives)" if self.outliers == "instances" else "", used, len(found),
-                 time.perf_counter() - started)
+        log.info(
+            "pseudo labels: %d clusters, %d outliers%s, %d of %d images trained on (%.1f s)",
+            clusters,
+            len(found) - used,
+            " (memory negatives)" if self.outliers == "instances" else "",
+            used,
+            len(found),
+            time.perf_counter() - started,
+        )
         try:
             # an outlier is one image: drawn K times per epoch as a PK identity it would outnumber the clusters,
             # so only the clusters make batches and outlier instances are negatives in the memory (SpCL)
@@ -206,8 +249,14 @@ OUTLIER_POLICIES = ("drop", "instances")
 
 def stop_signal(trainer: pl.Trainer) -> int:
     """The stop signal this process received during training (0: none), as PreemptionCheckpoint keeps it."""
-    return next((callback.received for callback in trainer.callbacks
-                 if isinstance(callback, PreemptionCheckpoint) and callback.received), 0)
+    return next(
+        (
+            callback.received
+            for callback in trainer.callbacks
+            if isinstance(callback, PreemptionCheckpoint) and callback.received
+        ),
+        0,
+    )
 
 
 def reclusters_before(epoch: int, interval: int, max_epochs: int) -> bool:
@@ -224,12 +273,13 @@ def group_means(features: torch.Tensor, groups: np.ndarray) -> torch.Tensor:
     return sums.index_add_(0, index, torch.nn.functional.normalize(features.float(), dim=1))
 
 
-def cluster_tracks(features: torch.Tensor, groups: np.ndarray, cameras: Optional[torch.Tensor], **cluster_args):
+def cluster_tracks(features: torch.Tensor, groups: np.ndarray, cameras: torch.Tensor | None, **cluster_args):
     """(cluster per image, the tracks' Clustering): one point per track, so a track is never split and a long
     one does not crowd the neighbourhoods of the others; ``cluster_args`` go to ``cluster_features``."""
     first = np.unique(groups, return_index=True)[1]
-    clustering = cluster_features(group_means(features, groups),
-                                  cameras=cameras[first] if cameras is not None else None, **cluster_args)
+    clustering = cluster_features(
+        group_means(features, groups), cameras=cameras[first] if cameras is not None else None, **cluster_args
+    )
     return tracks_as_clusters(clustering.labels, np.bincount(groups))[groups], clustering
 
 
@@ -258,7 +308,7 @@ def training_labels(found: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(found) >= 0, np.asarray(labels), -1)
 
 
-def term_state(term: torch.nn.Module) -> Dict[str, torch.Tensor]:
+def term_state(term: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.cpu() for name, tensor in term.named_buffers()}
 
 
@@ -278,11 +328,11 @@ class MeanTeacher(pl.Callback):
         if not 0.0 < momentum < 1.0:
             raise ValueError(f"momentum must lie in (0, 1), got {momentum}")
         self.momentum = float(momentum)
-        self.average: Optional[AveragedModel] = None
-        self._restored: Optional[Dict[str, torch.Tensor]] = None
+        self.average: AveragedModel | None = None
+        self._restored: dict[str, torch.Tensor] | None = None
 
     @property
-    def model(self) -> Optional[torch.nn.Module]:
+    def model(self) -> torch.nn.Module | None:
         """The teacher, or None before the first step."""
         return self.average.module if self.average is not None else None
 
@@ -292,11 +342,12 @@ class MeanTeacher(pl.Callback):
             self.average.load_state_dict(self._restored)
             self._restored = None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         self.average.update_parameters(module.model)
 
-    def state_dict(self) -> Dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.average.state_dict()) if self.average is not None else {}
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -319,9 +370,15 @@ class FinalWeights(pl.Callback):
     unused classifier) are left as they are. Every process computes the same statistics from all images, so DDP
     replicas stay equal."""
 
-    def __init__(self, source_state: Optional[Mapping[str, torch.Tensor]] = None, source_weight: float = 0.0,
-                 teacher: Optional[MeanTeacher] = None, measure_statistics: bool = True, batch_size: int = 128,
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        source_state: Mapping[str, torch.Tensor] | None = None,
+        source_weight: float = 0.0,
+        teacher: MeanTeacher | None = None,
+        measure_statistics: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 0,
+    ):
         if not 0.0 <= source_weight <= 1.0:
             raise ValueError(f"source_weight must lie in [0, 1], got {source_weight}")
         if source_weight > 0 and source_state is None:
@@ -332,8 +389,9 @@ class FinalWeights(pl.Callback):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.applied = False
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         last_epoch = trainer.current_epoch + 1 >= trainer.max_epochs
         if not (last_epoch and batch_idx + 1 >= trainer.num_training_batches) or self.applied:
             return
@@ -343,8 +401,10 @@ class FinalWeights(pl.Callback):
             done.append(f"the mean teacher's weights (adaptation.teacher_momentum {self.teacher.momentum})")
         if self.source_weight > 0:
             blended = self.interpolate(module.model)
-            done.append(f"{self.source_weight:.2f} x source + {1 - self.source_weight:.2f} x adapted ({blended} "
-                        "tensors, adaptation.source_weight)")
+            done.append(
+                f"{self.source_weight:.2f} x source + {1 - self.source_weight:.2f} x adapted ({blended} "
+                "tensors, adaptation.source_weight)"
+            )
         if self.measure_statistics:
             measure_batch_norm_on_training_images(trainer, module, self.batch_size, self.num_workers)
             done.append("batch-norm statistics measured on the training images")

@@ -1,5 +1,6 @@
 """Callbacks: a one-line summary per epoch, a progress bar that reads the loss only when it redraws, and a
 count of the steps a run trained."""
+
 import logging
 import sys
 import time
@@ -52,12 +53,16 @@ class EpochSummary(pl.Callback):
         if "train_acc_1" in metrics:
             parts.append(f"id_acc {100 * float(metrics['train_acc_1']):.1f}%")
         if "clusters" in metrics:  # domain adaptation: the pseudo labels of this epoch
-            parts.append(f"clusters {int(metrics['clusters'])} outliers {int(metrics['outliers'])} "
-                         f"used {int(metrics['images_used'])}")
+            parts.append(
+                f"clusters {int(metrics['clusters'])} outliers {int(metrics['outliers'])} "
+                f"used {int(metrics['images_used'])}"
+            )
         parts += [f"lr {lr:.2e}", throughput(images, seconds)]
         if "mAP" in metrics and trainer.current_epoch + 1 == getattr(module, "_last_val_epoch", 0):
-            parts.append(f"val ({getattr(module, 'val_ranking', 'plain')}) mAP {100 * float(metrics['mAP']):.1f}% "
-                         f"R1 {100 * float(metrics['cmc_rank_1']):.1f}%")
+            parts.append(
+                f"val ({getattr(module, 'val_ranking', 'plain')}) mAP {100 * float(metrics['mAP']):.1f}% "
+                f"R1 {100 * float(metrics['cmc_rank_1']):.1f}%"
+            )
         line = "  ".join(parts)
         bar = trainer.progress_bar_callback
         if bar is not None and bar.is_enabled:

@@ -1,17 +1,18 @@
 """Checkpoints: atomic (and background) writes, TAO file names; Lightning's resume reads through
 :func:`reid_tao.io.checkpoint_file.read_checkpoint_file`."""
+
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from ..io.atomic import atomic_torch_save
-from ..io.checkpoint_file import read_checkpoint_file
+from reid_tao.io.atomic import atomic_torch_save
+from reid_tao.io.checkpoint_file import read_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.field, self.trust = field, trust
 
-    def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options=None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, Path(path))
 
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> Dict[str, Any]:
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         # Loaded onto the CPU; Lightning moves the states to the training device when it restores them.
         return read_checkpoint_file(str(path), self.field, self.trust).contents
 
@@ -50,16 +51,16 @@ class BackgroundCheckpointIO(AtomicCheckpointIO):
 
     def __init__(self, field: str = "train.resume_training_checkpoint_path", trust: bool = False):
         super().__init__(field, trust)
-        self._writer: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
-    def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options=None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         self.wait()
         snapshot = apply_to_collection(checkpoint, torch.Tensor, _host_copy)
         self._writer = threading.Thread(target=self._write, args=(snapshot, Path(path)), name="checkpoint-writer")
         self._writer.start()
 
-    def _write(self, snapshot: Dict[str, Any], path: Path) -> None:
+    def _write(self, snapshot: dict[str, Any], path: Path) -> None:
         try:
             atomic_torch_save(snapshot, path)
         except BaseException as error:  # raised in the training thread by wait()
@@ -105,8 +106,9 @@ STEP_NAME = "model_step_{step:06d}"
 INTERVAL_UNITS = ("epoch", "step")
 
 
-def checkpoint_callbacks(dirpath: Path, interval: int, unit: str = "epoch", periodic: bool = True,
-                         best: Optional[Dict[str, Any]] = None):
+def checkpoint_callbacks(
+    dirpath: Path, interval: int, unit: str = "epoch", periodic: bool = True, best: dict[str, Any] | None = None
+):
     """reid_model_latest.pth every epoch (for resume); with `periodic`, model_epoch_{epoch:03d}.pth every
     `interval` epochs or model_step_{step:06d}.pth every `interval` steps (`unit`); with `best` (monitor, mode,
     save_top_k, filename, dirpath, auto_insert_metric_name, save_on_train_epoch_end: False for a validation
@@ -119,16 +121,50 @@ def checkpoint_callbacks(dirpath: Path, interval: int, unit: str = "epoch", peri
         raise ValueError(f"unit must be one of {', '.join(INTERVAL_UNITS)}, got {unit!r}")
     if interval < 1:
         raise ValueError(f"interval must be >= 1, got {interval}")
-    callbacks = [ReidCheckpoint("latest", dirpath=dirpath, filename=LATEST_NAME, every_n_epochs=1, save_top_k=1,
-                                save_on_train_epoch_end=True, enable_version_counter=False)]
+    callbacks = [
+        ReidCheckpoint(
+            "latest",
+            dirpath=dirpath,
+            filename=LATEST_NAME,
+            every_n_epochs=1,
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+    ]
     if periodic and unit == "epoch":
-        callbacks.append(ReidCheckpoint("epoch", dirpath=dirpath, filename=EPOCH_NAME, auto_insert_metric_name=False,
-                                        every_n_epochs=interval, save_top_k=-1, save_on_train_epoch_end=True,
-                                        enable_version_counter=False, save_weights_only=True))
+        callbacks.append(
+            ReidCheckpoint(
+                "epoch",
+                dirpath=dirpath,
+                filename=EPOCH_NAME,
+                auto_insert_metric_name=False,
+                every_n_epochs=interval,
+                save_top_k=-1,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+                save_weights_only=True,
+            )
+        )
     elif periodic:
-        callbacks.append(ReidCheckpoint("step", dirpath=dirpath, filename=STEP_NAME, auto_insert_metric_name=False,
-                                        every_n_train_steps=interval, save_top_k=-1, enable_version_counter=False))
+        callbacks.append(
+            ReidCheckpoint(
+                "step",
+                dirpath=dirpath,
+                filename=STEP_NAME,
+                auto_insert_metric_name=False,
+                every_n_train_steps=interval,
+                save_top_k=-1,
+                enable_version_counter=False,
+            )
+        )
     if best is not None:
-        callbacks.append(ReidCheckpoint("best", **{**best, "dirpath": best.get("dirpath") or dirpath},
-                                        enable_version_counter=False, save_weights_only=True))
+        callbacks.append(
+            ReidCheckpoint(
+                "best",
+                **{**best, "dirpath": best.get("dirpath") or dirpath},
+                enable_version_counter=False,
+                save_weights_only=True,
+            )
+        )
     return callbacks

@@ -1,12 +1,18 @@
 """Gathering per-process evaluation results back into dataset order."""
-from typing import Callable
+
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
 
-def gather_by_index(all_gather: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor,
-                    indices: torch.Tensor, total: int, world_size: int) -> torch.Tensor:
+def gather_by_index(
+    all_gather: Callable[[torch.Tensor], torch.Tensor],
+    rows: torch.Tensor,
+    indices: torch.Tensor,
+    total: int,
+    world_size: int,
+) -> torch.Tensor:
     """Rows computed by each process for its dataset `indices` -> (total, C) in dataset order, on every rank.
 
     A row with index -1 is dropped (an item a rank borrowed so that it runs its loop, see

@@ -1,30 +1,29 @@
 """Feature extraction for evaluate/inference through Lightning's predict loop: one process or sharded
 over several (DDP), with the features gathered back in dataset order."""
+
 from contextlib import contextmanager
-from typing import Optional
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ..data.datamodule import eval_loader
-from ..data.datasets import ImageDataset, ShardSampler
-from ..evaluation.features import embed
-from .callbacks import console_is_terminal
-from .devices import plan_devices
-from .distributed import gather_by_index
-from .precision import precision_for
+from reid_tao.data.datamodule import eval_loader
+from reid_tao.data.datasets import ImageDataset, ShardSampler
+from reid_tao.engine.callbacks import console_is_terminal
+from reid_tao.engine.devices import plan_devices
+from reid_tao.engine.distributed import gather_by_index
+from reid_tao.engine.precision import precision_for
+from reid_tao.evaluation.features import embed
 
 
 class FeatureExtractor(pl.LightningModule):
-    def __init__(self, model: nn.Module, dataset: ImageDataset, batch_size: int, num_workers: int,
-                 flip: bool = False):
+    def __init__(self, model: nn.Module, dataset: ImageDataset, batch_size: int, num_workers: int, flip: bool = False):
         super().__init__()
         self.model, self.dataset, self.flip = model, dataset, flip
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.features: Optional[torch.Tensor] = None
-        self.shard: Optional[ShardSampler] = None
+        self.features: torch.Tensor | None = None
+        self.shard: ShardSampler | None = None
 
     def predict_dataloader(self):
         # Never empty while the dataset has an image: every rank runs the loop and reaches the gather.
@@ -46,11 +45,12 @@ class FeatureExtractor(pl.LightningModule):
 
 
 def _plan(section: DictConfig):
-    return plan_devices(section.accelerator, section.num_gpus, section.gpu_ids, section.num_nodes,
-                        section=section._key())
+    return plan_devices(
+        section.accelerator, section.num_gpus, section.gpu_ids, section.num_nodes, section=section._key()
+    )
 
 
-def _first_gpu(plan) -> Optional[int]:
+def _first_gpu(plan) -> int | None:
     return plan.devices[0] if plan.accelerator == "gpu" else None
 
 
@@ -71,16 +71,25 @@ def _float32_matmul_precision(value: str):
         torch.set_float32_matmul_precision(previous)
 
 
-def extract(model: nn.Module, dataset: ImageDataset, section: DictConfig, batch_size: int, num_workers: int,
-            flip: bool = False) -> Optional[torch.Tensor]:
+def extract(
+    model: nn.Module, dataset: ImageDataset, section: DictConfig, batch_size: int, num_workers: int, flip: bool = False
+) -> torch.Tensor | None:
     """(N, D) float32 features in dataset order, on the device that extracted them, on the global-zero
     process (so metrics and re-ranking run on the GPU when there is one); None on the other processes."""
     plan = _plan(section)
     precision = precision_for(section.precision, plan.accelerator, _first_gpu(plan))
-    trainer = pl.Trainer(accelerator=plan.accelerator, devices=plan.devices, num_nodes=plan.num_nodes,
-                         strategy=plan.strategy, precision=precision, logger=False, enable_checkpointing=False,
-                         use_distributed_sampler=False, enable_model_summary=False,
-                         enable_progress_bar=console_is_terminal())
+    trainer = pl.Trainer(
+        accelerator=plan.accelerator,
+        devices=plan.devices,
+        num_nodes=plan.num_nodes,
+        strategy=plan.strategy,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        enable_progress_bar=console_is_terminal(),
+    )
     extractor = FeatureExtractor(model, dataset, batch_size, num_workers, flip)
     # fp32 features may use TF32 matrix products on the GPU ("high"): ~1e-3 relative, far below ranking gaps.
     with _float32_matmul_precision("high"):

@@ -1,11 +1,11 @@
 """Experiment loggers: TensorBoard and CSV in fixed folders that a resumed run appends to, and optionally
 Weights & Biases."""
+
 import csv
 import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import List, Optional
 
 from lightning_fabric.loggers.csv_logs import _ExperimentWriter
 from lightning_fabric.utilities.cloud_io import get_filesystem
@@ -51,17 +51,22 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-def experiment_loggers(results: Path, wandb: Optional[dict] = None) -> List[Logger]:
+def experiment_loggers(results: Path, wandb: dict | None = None) -> list[Logger]:
     """TensorBoard (<results>/lightning_logs/version_1, one folder for every run: a resumed run adds an event file there
     and continues the global step) and CSV (<results>/logs/metrics.csv); with `wandb` (WandbLogger keyword
     arguments) also Weights & Biases when the package is installed."""
-    loggers: List[Logger] = [TensorBoardLogger(save_dir=str(results), name=TENSORBOARD_DIR, version=TENSORBOARD_VERSION,
-                                               default_hp_metric=False),
-                             ResumableCSVLogger(str(results))]
+    loggers: list[Logger] = [
+        TensorBoardLogger(
+            save_dir=str(results), name=TENSORBOARD_DIR, version=TENSORBOARD_VERSION, default_hp_metric=False
+        ),
+        ResumableCSVLogger(str(results)),
+    ]
     if wandb is not None:
         if importlib.util.find_spec("wandb") is None:
-            log.info("wandb.enable=true but the wandb package is not installed: logging to TensorBoard and CSV "
-                     "only (pip install wandb, or set wandb.enable=false)")
+            log.info(
+                "wandb.enable=true but the wandb package is not installed: logging to TensorBoard and CSV "
+                "only (pip install wandb, or set wandb.enable=false)"
+            )
         else:
             from pytorch_lightning.loggers import WandbLogger
 

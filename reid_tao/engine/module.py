@@ -1,19 +1,21 @@
 """LightningModule: the training step (ID + triplet + center loss), per-epoch lr, and validation."""
+
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ..data.datamodule import SOURCE, TARGET
-from ..data.seeding import derive_seed
-from ..evaluation.features import embed
-from .metric_names import SOURCE_LOSS, train_name, validation_values
-from .optim import build_center_optimizer, build_optimizer, build_scheduler
-from .precision import autocast_for
+from reid_tao.data.datamodule import SOURCE, TARGET
+from reid_tao.data.seeding import derive_seed
+from reid_tao.engine.metric_names import SOURCE_LOSS, train_name, validation_values
+from reid_tao.engine.optim import build_center_optimizer, build_optimizer, build_scheduler
+from reid_tao.engine.precision import autocast_for
+from reid_tao.evaluation.features import embed
 
 log = logging.getLogger(__name__)
+
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The global-RNG seed of one epoch on one process: reproducible, different per epoch and per rank
@@ -25,12 +27,26 @@ class ReidModule(pl.LightningModule):
     """Manual optimisation, because the center-loss centers have their own SGD optimiser that must step
     (TAO builds it and never steps it, bug B2)."""
 
-    def __init__(self, model: nn.Module, loss: nn.Module, optimizer: Dict[str, Any], scheduler: Dict[str, Any],
-                 center_lr: float = 0.5, grad_clip: float = 0.0,
-                 seed: int = -1, flip_feature: bool = False, max_rank: int = 10, num_query: int = 0,
-                 metadata: Dict[str, Any] = None, compile_model: bool = False, channels_last: bool = False,
-                 re_ranking: Optional[Dict[str, float]] = None, val_precision: str = "32",
-                 source_loss: Optional[nn.Module] = None, source_loss_weight: float = 1.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any],
+        center_lr: float = 0.5,
+        grad_clip: float = 0.0,
+        seed: int = -1,
+        flip_feature: bool = False,
+        max_rank: int = 10,
+        num_query: int = 0,
+        metadata: dict[str, Any] = None,
+        compile_model: bool = False,
+        channels_last: bool = False,
+        re_ranking: dict[str, float] | None = None,
+        val_precision: str = "32",
+        source_loss: nn.Module | None = None,
+        source_loss_weight: float = 1.0,
+    ):
         """source_loss: the loss of a labelled source batch trained in the same steps (domain adaptation with a
         source stream: training batches are then dicts of a TARGET and a SOURCE batch, forwarded separately so
         batch norm sees each domain's own batch statistics); the total is
@@ -51,11 +67,11 @@ class ReidModule(pl.LightningModule):
             model.freeze_id_head()  # no ID loss: parameters without gradients would break DDP
         # Not registered as a submodule, so checkpoints keep the plain `model.` keys.
         self.__dict__["_train_forward"] = self.model
-        self._configured_for: Optional[torch.device] = None
+        self._configured_for: torch.device | None = None
         # Step losses summed on the device; the progress bar reads (and resets) them when it refreshes.
-        self._running_loss: Optional[torch.Tensor] = None
+        self._running_loss: torch.Tensor | None = None
         self._running_steps = 0
-        self._val_outputs: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._last_val_epoch = 0
         # k1, k2, lambda_value: validation reports the re-ranked metrics (as TAO and evaluate do), else plain
         self.re_ranking = re_ranking
@@ -108,8 +124,11 @@ class ReidModule(pl.LightningModule):
             # a second forward: the source's batch-norm statistics stay apart from the target's
             source_logits, source_features = self._forward(source.images)
             source_losses = self.source_loss(source_logits, source_features, source.pids, source.camids)
-            losses = {**losses, "loss": losses["loss"] + self.source_loss_weight * source_losses["loss"],
-                      SOURCE_LOSS: source_losses["loss"].detach()}
+            losses = {
+                **losses,
+                "loss": losses["loss"] + self.source_loss_weight * source_losses["loss"],
+                SOURCE_LOSS: source_losses["loss"].detach(),
+            }
             # the ID accuracy is the classifier's, over the source identities (the target's are pseudo labels)
             logits, labels = source_logits, source.pids
         for optimizer in optimizers:
@@ -131,18 +150,25 @@ class ReidModule(pl.LightningModule):
         # once, when the epoch mean is computed, so every rank sees the whole global batch, not rank 0's share.
         loss_value = metrics.pop("train_loss")
         self.log("train_loss_step", loss_value, on_step=True, on_epoch=False, batch_size=labels.shape[0])
-        self.log("train_loss_epoch", loss_value, on_step=False, on_epoch=True, batch_size=labels.shape[0],
-                 sync_dist=True)
-        self.log("train_loss", loss_value, on_step=False, on_epoch=True, batch_size=labels.shape[0],
-                 sync_dist=True, logger=False)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False, batch_size=labels.shape[0],
-                      sync_dist=True)
+        self.log(
+            "train_loss_epoch", loss_value, on_step=False, on_epoch=True, batch_size=labels.shape[0], sync_dist=True
+        )
+        self.log(
+            "train_loss",
+            loss_value,
+            on_step=False,
+            on_epoch=True,
+            batch_size=labels.shape[0],
+            sync_dist=True,
+            logger=False,
+        )
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=False, batch_size=labels.shape[0], sync_dist=True)
         loss = losses["loss"].detach()
         self._running_loss = loss if self._running_loss is None else self._running_loss + loss
         self._running_steps += 1
         return losses["loss"]
 
-    def take_running_loss(self) -> Optional[float]:
+    def take_running_loss(self) -> float | None:
         """Mean step loss since the last call (one device-to-host read), or None when no step ran."""
         if self._running_loss is None:
             return None
@@ -182,7 +208,7 @@ class ReidModule(pl.LightningModule):
 
     # -- validation ----------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        from .distributed import broadcast_buffers
+        from reid_tao.engine.distributed import broadcast_buffers
 
         broadcast_buffers(self.model)  # every rank embeds its shard with rank 0's (the checkpoint's) statistics
 
@@ -196,10 +222,10 @@ class ReidModule(pl.LightningModule):
         """Gather the features, rank this process's share of the queries against the whole gallery and
         add the per-query sums over the processes: no process builds the full (Q, G) distance matrix, and
         every process logs the same reduced values (checkpoint and early-stopping callbacks see them)."""
-        from ..data.datasets import ShardSampler, shard_range
-        from ..evaluation.metrics import RankSums
-        from ..evaluation.query_share import query_share_sums
-        from .distributed import gather_by_index
+        from reid_tao.data.datasets import ShardSampler, shard_range
+        from reid_tao.engine.distributed import gather_by_index
+        from reid_tao.evaluation.metrics import RankSums
+        from reid_tao.evaluation.query_share import query_share_sums
 
         if self.num_query == 0:
             return
@@ -218,21 +244,34 @@ class ReidModule(pl.LightningModule):
         if self.re_ranking:
             # k-reciprocal sets need every probe's neighbours: each process re-ranks all (the same result)
             # and ranks its share of the queries.
-            from ..evaluation.metrics import rank_sums
-            from ..evaluation.rerank import re_ranking
+            from reid_tao.evaluation.metrics import rank_sums
+            from reid_tao.evaluation.rerank import re_ranking
 
             normed = torch.nn.functional.normalize(features.float(), dim=1)
             final = re_ranking(normed[:q], normed[q:], **self.re_ranking)
-            local = rank_sums(final[begin:end], pids[begin:end], pids[q:], camids[begin:end], camids[q:],
-                              max_rank=max(self.max_rank, 10))
+            local = rank_sums(
+                final[begin:end],
+                pids[begin:end],
+                pids[q:],
+                camids[begin:end],
+                camids[q:],
+                max_rank=max(self.max_rank, 10),
+            )
         else:
-            local = query_share_sums(features[begin:end], features[q:], pids[begin:end], pids[q:],
-                                     camids[begin:end], camids[q:], max_rank=max(self.max_rank, 10))
+            local = query_share_sums(
+                features[begin:end],
+                features[q:],
+                pids[begin:end],
+                pids[q:],
+                camids[begin:end],
+                camids[q:],
+                max_rank=max(self.max_rank, 10),
+            )
         summed = self.trainer.strategy.reduce(local.to_vector(self.device), reduce_op="sum")
         result = RankSums.from_vector(summed, local.num_gallery).metrics()
         self.log_dict(validation_values(result))
         self._last_val_epoch = self.current_epoch + 1
 
     # -- checkpoint ----------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["reid_tao"] = self.metadata

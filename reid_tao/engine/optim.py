@@ -8,18 +8,19 @@
   lr multiplier per EPOCH for ``LambdaLR``. Step the scheduler once at the end of every epoch and never at
   setup (TAO's extra step at setup shifts the whole schedule by one epoch, bug B11).
 """
+
 from __future__ import annotations
 
 import inspect
 import logging
 import math
 from bisect import bisect_right
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from ..config.catalog import find_field
+from reid_tao.config.catalog import find_field
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,12 @@ def available_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
     found = {}
     for name in dir(torch.optim):
         obj = getattr(torch.optim, name)
-        if (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)
-                and obj is not torch.optim.Optimizer and name.lower() not in UNSUPPORTED_OPTIMIZERS):
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, torch.optim.Optimizer)
+            and obj is not torch.optim.Optimizer
+            and name.lower() not in UNSUPPORTED_OPTIMIZERS
+        ):
             found[name.lower()] = obj
     return found
 
@@ -57,8 +62,9 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     """The ``torch.optim`` class called ``name`` (case-insensitive); ValueError if there is none."""
     key = str(name).lower()
     if key in UNSUPPORTED_OPTIMIZERS:
-        raise ValueError(f"optimizer {name!r} is not supported: it {UNSUPPORTED_OPTIMIZERS[key]}; "
-                         "use e.g. Adam, AdamW or SGD")
+        raise ValueError(
+            f"optimizer {name!r} is not supported: it {UNSUPPORTED_OPTIMIZERS[key]}; use e.g. Adam, AdamW or SGD"
+        )
     classes = available_optimizers()
     if key not in classes:
         names = ", ".join(sorted(cls.__name__ for cls in classes.values()))
@@ -81,8 +87,15 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def _param_groups(model: nn.Module, base_lr: float, weight_decay: float, weight_decay_bias: float,
-                  bias_lr_factor: float, large_fc_lr: bool, classifier_prefix: str) -> list[dict]:
+def _param_groups(
+    model: nn.Module,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_bias: float,
+    bias_lr_factor: float,
+    large_fc_lr: bool,
+    classifier_prefix: str,
+) -> list[dict]:
     """Trainable parameters split into (at most) weights, biases, classifier weights, classifier biases, and
     the parameters the model declares free of weight decay (same lr as their kind, weight decay 0).
 
@@ -93,8 +106,7 @@ def _param_groups(model: nn.Module, base_lr: float, weight_decay: float, weight_
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue  # e.g. the frozen BNNeck bias
-        in_classifier = large_fc_lr and (name == classifier_prefix
-                                         or name.startswith(classifier_prefix + "."))
+        in_classifier = large_fc_lr and (name == classifier_prefix or name.startswith(classifier_prefix + "."))
         buckets.setdefault((in_classifier, _is_bias(name), name in no_decay), []).append(param)
     groups = []
     for (in_classifier, is_bias, decay_free), params in sorted(buckets.items()):
@@ -103,14 +115,28 @@ def _param_groups(model: nn.Module, base_lr: float, weight_decay: float, weight_
         lr *= LARGE_FC_LR_FACTOR if in_classifier else 1.0
         name = ("classifier_" if in_classifier else "") + ("biases" if is_bias else "weights")
         decay = 0.0 if decay_free else (weight_decay_bias if is_bias else weight_decay)
-        groups.append({"name": name + ("_no_weight_decay" if decay_free else ""), "params": params, "lr": lr,
-                       "weight_decay": decay})
+        groups.append(
+            {
+                "name": name + ("_no_weight_decay" if decay_free else ""),
+                "params": params,
+                "lr": lr,
+                "weight_decay": decay,
+            }
+        )
     return groups
 
 
-def build_optimizer(model: nn.Module, name: str, base_lr: float, weight_decay: float,
-                    weight_decay_bias: float, bias_lr_factor: float, momentum: float,
-                    large_fc_lr: bool, classifier_prefix: str = "classifier") -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_bias: float,
+    bias_lr_factor: float,
+    momentum: float,
+    large_fc_lr: bool,
+    classifier_prefix: str = "classifier",
+) -> torch.optim.Optimizer:
     """The optimiser ``name`` over the trainable parameters of ``model``.
 
     Groups: weights (lr ``base_lr``, ``weight_decay``), biases (names ending in ".bias": lr
@@ -123,15 +149,17 @@ def build_optimizer(model: nn.Module, name: str, base_lr: float, weight_decay: f
     """
     cls = optimizer_class(name)
     _check_range("base_lr", base_lr)
-    groups = _param_groups(model, base_lr, weight_decay, weight_decay_bias, bias_lr_factor,
-                           large_fc_lr, classifier_prefix)
+    groups = _param_groups(
+        model, base_lr, weight_decay, weight_decay_bias, bias_lr_factor, large_fc_lr, classifier_prefix
+    )
     if not groups:
         raise ValueError("the model has no trainable parameters")
     accepted = inspect.signature(cls).parameters
     if "weight_decay" not in accepted:
         if weight_decay or weight_decay_bias:
-            log.warning("%s has no weight decay: train.optim.weight_decay and weight_decay_bias are not "
-                        "applied", cls.__name__)
+            log.warning(
+                "%s has no weight decay: train.optim.weight_decay and weight_decay_bias are not applied", cls.__name__
+            )
         for group in groups:
             del group["weight_decay"]
     kwargs = {"lr": base_lr}
@@ -159,8 +187,16 @@ class WarmupSchedule:
     to 0 without wasting the final epoch at exactly lr 0. There is no floor.
     """
 
-    def __init__(self, method: str, warmup_factor: float, warmup_iters: int, milestones: list[int],
-                 gamma: float, warmup_epochs: int, num_epochs: int):
+    def __init__(
+        self,
+        method: str,
+        warmup_factor: float,
+        warmup_iters: int,
+        milestones: list[int],
+        gamma: float,
+        warmup_epochs: int,
+        num_epochs: int,
+    ):
         method = str(method).lower()
         if method not in WARMUP_METHODS:
             raise ValueError(f"method must be one of {', '.join(WARMUP_METHODS)}, got {method!r}")
@@ -172,8 +208,10 @@ class WarmupSchedule:
         if method == "cosine":
             _check_range("warmup_epochs", warmup_epochs)
             if num_epochs <= warmup_epochs:
-                raise ValueError(f"num_epochs ({num_epochs}) must be larger than warmup_epochs ({warmup_epochs}) "
-                                 "for the cosine schedule")
+                raise ValueError(
+                    f"num_epochs ({num_epochs}) must be larger than warmup_epochs ({warmup_epochs}) "
+                    "for the cosine schedule"
+                )
         self.method = method
         self.warmup_factor = float(warmup_factor)
         self.warmup_iters = int(warmup_iters)
@@ -194,21 +232,26 @@ class WarmupSchedule:
             return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
         factor = 1.0
         if epoch < self.warmup_iters:
-            factor = (self.warmup_factor if self.method == "constant"
-                      else self._linear_warmup(epoch, self.warmup_iters))
+            factor = self.warmup_factor if self.method == "constant" else self._linear_warmup(epoch, self.warmup_iters)
         return factor * self.gamma ** bisect_right(self.milestones, epoch)
 
     def __repr__(self) -> str:
         return f"WarmupSchedule({self.__dict__})"
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, method: str, warmup_factor: float,
-                    warmup_iters: int, milestones: list[int], gamma: float, warmup_epochs: int,
-                    num_epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    method: str,
+    warmup_factor: float,
+    warmup_iters: int,
+    milestones: list[int],
+    gamma: float,
+    warmup_epochs: int,
+    num_epochs: int,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """``LambdaLR`` over a ``WarmupSchedule``; call ``step()`` once after each epoch (not at setup).
 
     Every parameter group keeps its own base lr (bias and classifier factors are preserved).
     """
-    schedule = WarmupSchedule(method, warmup_factor, warmup_iters, milestones, gamma,
-                              warmup_epochs, num_epochs)
+    schedule = WarmupSchedule(method, warmup_factor, warmup_iters, milestones, gamma, warmup_epochs, num_epochs)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -1,5 +1,4 @@
 """Numeric precision of a run: what train.precision=auto (and evaluation) resolve to on a device."""
-from typing import Optional
 
 import torch
 
@@ -10,7 +9,7 @@ PRECISIONS = ("auto", "32", "16-mixed", "bf16-mixed")
 BF16_MIN_CAPABILITY = (8, 0)
 
 
-def precision_for(requested: str, accelerator: str, device_index: Optional[int] = None) -> str:
+def precision_for(requested: str, accelerator: str, device_index: int | None = None) -> str:
     """``auto``: bf16-mixed on a GPU with native bf16 (compute capability >= 8.0), 16-mixed on an older
     GPU, 32 on the CPU; anything else is returned as is. ``device_index`` is the CUDA device the run
     uses (the first of gpu_ids), not whichever device happens to be current."""

@@ -11,19 +11,21 @@ step: the sampler skips the batches already trained on (the epoch's batch plan a
 are functions of seed, epoch, rank and position) and the RNGs are restored before the next step. A second
 signal stops at once, without a checkpoint.
 """
+
 import logging
 import random
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from ..errors import Preempted
+from reid_tao.errors import Preempted
 
 log = logging.getLogger("reid_tao.train")
 
@@ -36,25 +38,33 @@ RESUME_KEY = "reid_tao_resume"  # checkpoint entry: {"epoch", "batch" (batches d
 
 
 # ------------------------------------------------------------------------------------------------ RNG states
-def rng_states() -> Dict[str, Any]:
+def rng_states() -> dict[str, Any]:
     """Python, NumPy, torch and CUDA RNG states as plain data (tensors, ints, tuples): safe-loadable."""
     numpy_state = np.random.get_state(legacy=False)
     return {
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
-                  "gauss": float(numpy_state["gauss"])},
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
-def set_rng_states(states: Dict[str, Any]) -> None:
+def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
     numpy_state = states["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-                         "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -71,9 +81,9 @@ class PreemptionCheckpoint(pl.Callback):
 
     def __init__(self, path: Path, signals=STOP_SIGNALS, check_every: int = CHECK_EVERY):
         self.path, self.signals, self.check_every = Path(path), tuple(signals), int(check_every)
-        self.received: Optional[int] = None
-        self._position: Optional[Dict[str, Any]] = None  # written into the preemption checkpoint
-        self._resume: Optional[Dict[str, Any]] = None  # read from the checkpoint training resumes from
+        self.received: int | None = None
+        self._position: dict[str, Any] | None = None  # written into the preemption checkpoint
+        self._resume: dict[str, Any] | None = None  # read from the checkpoint training resumes from
         self._epoch_ended = False  # in this run: a stop at an epoch start has that epoch's checkpoint
 
     # -- signals ------------------------------------------------------------------------------------------
@@ -92,13 +102,15 @@ class PreemptionCheckpoint(pl.Callback):
 
     def _on_signal(self, signum: int, frame) -> None:
         if self.received is not None:  # a second signal: stop now, without a checkpoint of this step
-            raise Preempted(f"stopped at once by a second {signal.Signals(signum).name}, without writing a "
-                            f"checkpoint of the running step; run the same command to resume from the last "
-                            f"checkpoint ({self.path} if it exists)", signum)
+            raise Preempted(
+                f"stopped at once by a second {signal.Signals(signum).name}, without writing a "
+                f"checkpoint of the running step; run the same command to resume from the last "
+                f"checkpoint ({self.path} if it exists)",
+                signum,
+            )
         self.received = signum  # only a flag: the step that is running finishes first
 
-    def _agreed_signal(self, trainer: pl.Trainer, module: pl.LightningModule, batch_idx: Optional[int] = None
-                       ) -> int:
+    def _agreed_signal(self, trainer: pl.Trainer, module: pl.LightningModule, batch_idx: int | None = None) -> int:
         """The signal any process received (all processes must stop at the same step, or DDP hangs). With
         several processes agreeing costs an all-reduce and a device-to-host read, so after a step (batch_idx)
         they agree only every ``check_every`` steps and after an epoch's last batch: the same steps on every
@@ -135,13 +147,17 @@ class PreemptionCheckpoint(pl.Callback):
             self._stop_after_epoch(trainer, self.received)
 
     def _stop_after_epoch(self, trainer: pl.Trainer, signum: int) -> None:
-        raise Preempted(f"preempted by {signal.Signals(signum).name} at the end of epoch {trainer.current_epoch}/"
-                        f"{trainer.max_epochs} (global step {trainer.global_step}); checkpoint written to "
-                        f"{self.path}; run the same command to resume", signum)
+        raise Preempted(
+            f"preempted by {signal.Signals(signum).name} at the end of epoch {trainer.current_epoch}/"
+            f"{trainer.max_epochs} (global step {trainer.global_step}); checkpoint written to "
+            f"{self.path}; run the same command to resume",
+            signum,
+        )
 
     # -- stopping ---------------------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         signum = self._agreed_signal(trainer, module, batch_idx)
         if not signum:
             return
@@ -153,16 +169,19 @@ class PreemptionCheckpoint(pl.Callback):
         self._position = {"epoch": trainer.current_epoch, "batch": batch_idx + 1, "rng": rng_states()}
         trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: it resumes
         name = signal.Signals(signum).name
-        raise Preempted(f"preempted by {name} in epoch {trainer.current_epoch + 1}/{trainer.max_epochs} after "
-                        f"batch {batch_idx + 1}/{trainer.num_training_batches} (global step {trainer.global_step}); "
-                        f"checkpoint written to {self.path}; run the same command to resume", signum)
+        raise Preempted(
+            f"preempted by {name} in epoch {trainer.current_epoch + 1}/{trainer.max_epochs} after "
+            f"batch {batch_idx + 1}/{trainer.num_training_batches} (global step {trainer.global_step}); "
+            f"checkpoint written to {self.path}; run the same command to resume",
+            signum,
+        )
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: Dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._position is not None:
             checkpoint[RESUME_KEY] = self._position
 
     # -- resuming ---------------------------------------------------------------------------------------
-    def on_load_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: Dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         position = checkpoint.get(RESUME_KEY)
         if position is None:
             return  # an epoch-end checkpoint: the epoch starts from its first batch, reseeded
@@ -176,7 +195,12 @@ class PreemptionCheckpoint(pl.Callback):
             return
         position, self._resume = self._resume, None
         if (trainer.current_epoch, batch_idx) != (position["epoch"], position["batch"]):
-            log.warning("resumed at epoch %d batch %d, expected epoch %d batch %d: the run will not repeat the "
-                        "interrupted one exactly", trainer.current_epoch, batch_idx, position["epoch"],
-                        position["batch"])
+            log.warning(
+                "resumed at epoch %d batch %d, expected epoch %d batch %d: the run will not repeat the "
+                "interrupted one exactly",
+                trainer.current_epoch,
+                batch_idx,
+                position["epoch"],
+                position["batch"],
+            )
         set_rng_states(position["rng"])  # the states the interrupted run had before this step

@@ -1,7 +1,8 @@
 """What a trial of `reid tune` needs from the training loop: its validation metric, epoch by epoch, reported
 to the study, and a stop when the study prunes it. Optuna's samplers and pruners by name (tune.sampler,
 tune.pruner); optuna is imported only when a study is made."""
-from typing import Callable, Dict, Optional
+
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 
@@ -12,8 +13,8 @@ class ValidationReporter(pl.Callback):
 
     def __init__(self, metric: str, report: Callable[[float, int], bool]):
         self.metric, self.report = metric, report
-        self.last: Optional[float] = None
-        self.pruned_at: Optional[int] = None
+        self.last: float | None = None
+        self.pruned_at: int | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
@@ -63,5 +64,5 @@ def _no_pruning(seed: int, num_epochs: int):
 
 
 # tune.sampler / tune.pruner -> factory(seed, num_epochs of a trial)
-OPTUNA_SAMPLERS: Dict[str, Callable] = {"tpe": _tpe, "random": _random}
-PRUNERS: Dict[str, Callable] = {"median": _median, "hyperband": _hyperband, "none": _no_pruning}
+OPTUNA_SAMPLERS: dict[str, Callable] = {"tpe": _tpe, "random": _random}
+PRUNERS: dict[str, Callable] = {"median": _median, "hyperband": _hyperband, "none": _no_pruning}

@@ -7,9 +7,10 @@ as outliers. The distances are a sparse graph (:func:`~reid_tao.evaluation.reran
 pairs within the DBSCAN radius are stored, so memory grows with N, not N^2 (the time still does: the exact
 nearest neighbours of every image).
 """
+
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from scipy.sparse import csr_matrix, triu
 from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
-from .rerank import jaccard_graph
+from reid_tao.evaluation.rerank import jaccard_graph
 
 
 class Clustering(NamedTuple):
@@ -66,8 +67,15 @@ def auto_eps_pairs(size: int, share: float) -> int:
     return min(max(int(round(share * pairs)), 1), max(pairs, 1))
 
 
-def cluster_features(features: torch.Tensor, eps: Optional[float] = 0.6, min_samples: int = 4, k1: int = 30,
-                     k2: int = 6, cameras: Optional[torch.Tensor] = None, eps_share: float = 0.0016) -> Clustering:
+def cluster_features(
+    features: torch.Tensor,
+    eps: float | None = 0.6,
+    min_samples: int = 4,
+    k1: int = 30,
+    k2: int = 6,
+    cameras: torch.Tensor | None = None,
+    eps_share: float = 0.0016,
+) -> Clustering:
     """Cluster (N, D) features: :func:`dbscan_labels` of their :func:`distance_graph` (the pairs within
     ``eps``; eps None: :func:`auto_eps`, from the graph up to the pairs it averages). The centroids are means of
     the features themselves, not of the camera-centred ones (the memory compares them with the model's output).
@@ -76,8 +84,9 @@ def cluster_features(features: torch.Tensor, eps: Optional[float] = 0.6, min_sam
     of them, besides the nearest-neighbour search's blocks (see :func:`~reid_tao.evaluation.rerank.re_ranking`):
     measured in docs/benchmarks.md."""
     if eps is None:  # the graph up to the pairs auto_eps averages: the radius is at most their largest distance
-        graph = distance_graph(features, k1=k1, k2=k2, cameras=cameras,
-                               nearest_pairs=auto_eps_pairs(features.shape[0], eps_share))
+        graph = distance_graph(
+            features, k1=k1, k2=k2, cameras=cameras, nearest_pairs=auto_eps_pairs(features.shape[0], eps_share)
+        )
         eps = auto_eps(graph, eps_share)
     else:
         graph = distance_graph(features, k1=k1, k2=k2, cameras=cameras, max_distance=min(eps, 1.0))
@@ -92,8 +101,14 @@ def cluster_features(features: torch.Tensor, eps: Optional[float] = 0.6, min_sam
     return Clustering(labels=labels, centroids=F.normalize(sums, dim=1), eps=float(eps))
 
 
-def distance_graph(features: torch.Tensor, k1: int = 30, k2: int = 6, cameras: Optional[torch.Tensor] = None,
-                   max_distance: float = 1.0, nearest_pairs: Optional[int] = None) -> csr_matrix:
+def distance_graph(
+    features: torch.Tensor,
+    k1: int = 30,
+    k2: int = 6,
+    cameras: torch.Tensor | None = None,
+    max_distance: float = 1.0,
+    nearest_pairs: int | None = None,
+) -> csr_matrix:
     """The k-reciprocal Jaccard distances :func:`cluster_features` clusters, as the sparse (N, N) graph of
     :func:`~reid_tao.evaluation.rerank.jaccard_graph` (pairs at most ``max_distance`` apart, and with
     ``nearest_pairs`` no farther than the nearest_pairs-th closest pair; every other pair is farther, at most 1)

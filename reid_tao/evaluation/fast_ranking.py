@@ -17,8 +17,8 @@ All of it is vectorised torch and runs on the distmat's device.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -36,14 +36,14 @@ _LANES = 16  # spare cells that spread the items below/above all matches over se
 
 def row_blocks(rows: np.ndarray, block_rows: int) -> Iterator[np.ndarray]:
     for begin in range(0, len(rows), block_rows):
-        yield rows[begin:begin + block_rows]
+        yield rows[begin : begin + block_rows]
 
 
 def take_rows(distmat: Tensor, rows: np.ndarray, dtype: torch.dtype) -> Tensor:
     """The distance rows ``rows`` as a contiguous ``dtype`` tensor (a view when they are consecutive)."""
     first, last = int(rows[0]), int(rows[-1])
     if last - first + 1 == len(rows):
-        block = distmat[first:last + 1]
+        block = distmat[first : last + 1]
     else:
         block = distmat.index_select(0, torch.as_tensor(rows, device=distmat.device))
     return block.to(dtype).contiguous()
@@ -65,7 +65,7 @@ class IdIndex:
     max_matches: int
 
     @classmethod
-    def build(cls, query_pids: Tensor, gallery_pids: Tensor, query_cams: Tensor, gallery_cams: Tensor) -> "IdIndex":
+    def build(cls, query_pids: Tensor, gallery_pids: Tensor, query_cams: Tensor, gallery_cams: Tensor) -> IdIndex:
         num_query = query_pids.numel()
         _, cam_code = torch.unique(torch.cat([query_cams, gallery_cams]), return_inverse=True)
         _, pid_code = torch.unique(torch.cat([query_pids, gallery_pids]), return_inverse=True)
@@ -96,10 +96,12 @@ class RowResults:
     first_rank: Tensor  # int64, 0-based rank of the first true match
 
     @classmethod
-    def zeros(cls, num_query: int, device: torch.device) -> "RowResults":
-        return cls(ap=torch.zeros(num_query, dtype=torch.float64, device=device),
-                   inp=torch.zeros(num_query, dtype=torch.float64, device=device),
-                   first_rank=torch.zeros(num_query, dtype=torch.int64, device=device))
+    def zeros(cls, num_query: int, device: torch.device) -> RowResults:
+        return cls(
+            ap=torch.zeros(num_query, dtype=torch.float64, device=device),
+            inp=torch.zeros(num_query, dtype=torch.float64, device=device),
+            first_rank=torch.zeros(num_query, dtype=torch.int64, device=device),
+        )
 
     def store(self, rows: Tensor, ap: Tensor, inp: Tensor, first_rank: Tensor) -> None:
         self.ap[rows] = ap
@@ -111,8 +113,16 @@ class RowResults:
 # entry point
 
 
-def rank_rows_fast(dist: Tensor, rows: np.ndarray, index: IdIndex, gallery_pids: Tensor, gallery_cams: Tensor,
-                   query_cams: Tensor, dtype: torch.dtype, block_rows: int) -> tuple[RowResults, Tensor]:
+def rank_rows_fast(
+    dist: Tensor,
+    rows: np.ndarray,
+    index: IdIndex,
+    gallery_pids: Tensor,
+    gallery_cams: Tensor,
+    query_cams: Tensor,
+    dtype: torch.dtype,
+    block_rows: int,
+) -> tuple[RowResults, Tensor]:
     """AP, INP and first-match rank of the query ``rows`` (valid queries with finite distances) of ``dist``.
 
     ``dtype`` is the distance dtype to compute in (float32 or float64), ``block_rows`` the query rows
@@ -129,14 +139,24 @@ def rank_rows_fast(dist: Tensor, rows: np.ndarray, index: IdIndex, gallery_pids:
         return results, tied
     # Negative (or -0.0) distances need an extra bit step when building float32 keys.
     has_negative = dtype == torch.float32 and bool(torch.signbit(dist.amin()))
-    ranker = _FastRanker(index, gallery_pids, gallery_cams, query_cams, min(block_rows, num_query),
-                         num_gallery, dtype, has_negative, device)
+    ranker = _FastRanker(
+        index,
+        gallery_pids,
+        gallery_cams,
+        query_cams,
+        min(block_rows, num_query),
+        num_gallery,
+        dtype,
+        has_negative,
+        device,
+    )
 
     def fast_pass(rows_np: np.ndarray, levels: int) -> None:
         for block_rows_np in row_blocks(rows_np, block_rows):
             block_rows_t = torch.as_tensor(block_rows_np, device=device)
-            ap, inp, first, row_tied, row_levels = ranker.rank_block(take_rows(dist, block_rows_np, dtype),
-                                                                     block_rows_t, levels)
+            ap, inp, first, row_tied, row_levels = ranker.rank_block(
+                take_rows(dist, block_rows_np, dtype), block_rows_t, levels
+            )
             results.store(block_rows_t, ap, inp, first)
             tied[block_rows_t] = row_tied
             needed_levels[block_rows_t] = row_levels
@@ -181,9 +201,18 @@ class _FastRanker:
         and exposes ties (a match's "equal" slot holding more than itself).
     """
 
-    def __init__(self, index: IdIndex, gallery_pids: Tensor, gallery_cams: Tensor, query_cams: Tensor,
-                 max_block_rows: int, num_gallery: int, dtype: torch.dtype, has_negative: bool,
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        index: IdIndex,
+        gallery_pids: Tensor,
+        gallery_cams: Tensor,
+        query_cams: Tensor,
+        max_block_rows: int,
+        num_gallery: int,
+        dtype: torch.dtype,
+        has_negative: bool,
+        device: torch.device,
+    ) -> None:
         self.index = index
         self.gallery_cams = gallery_cams
         self.query_cams = query_cams
@@ -220,11 +249,11 @@ class _FastRanker:
         self._ones = torch.ones((1, 1), dtype=self.hist_dtype, device=device)
 
     def _pack(self, block: Tensor) -> Tensor:
-        keys = self._keys[:block.shape[0]]
+        keys = self._keys[: block.shape[0]]
         torch.add(block, 0.0, out=keys)  # widen to float64; + 0.0 turns -0.0 into +0.0
         bits = keys.view(torch.int64)
         if self.has_negative:  # a larger column must make a negative key larger, i.e. smaller in magnitude
-            low = self._index[:block.shape[0]]
+            low = self._index[: block.shape[0]]
             torch.bitwise_right_shift(bits, 63, out=low)
             low.bitwise_and_(_KEY_COLUMN_MASK).bitwise_xor_(self.columns)
             bits.bitwise_or_(low)
@@ -298,8 +327,9 @@ class _FastRanker:
             tied = torch.zeros_like(is_real[:, 0])  # keys are distinct: no ties
         return ap, inp, first, tied, row_levels
 
-    def _before_by_cells(self, keys: Tensor, cell: Tensor, match_key: Tensor, match_cell: Tensor,
-                         is_real: Tensor) -> Tensor:
+    def _before_by_cells(
+        self, keys: Tensor, cell: Tensor, match_key: Tensor, match_cell: Tensor, is_real: Tensor
+    ) -> Tensor:
         """Items before each match (one match per cell), by one weighted scatter over cells."""
         num_rows, width = keys.shape[0], self.lane_width
         dump = torch.full_like(match_cell, width)  # one extra column absorbs the padding matches
@@ -318,8 +348,16 @@ class _FastRanker:
         at = match_cell.clamp(max=width - 1)
         return items_below.gather(1, at) + before_in_cell.gather(1, at)
 
-    def _before_by_slots(self, keys: Tensor, cell: Tensor, match_key: Tensor, match_cell: Tensor, level: Tensor,
-                         is_real: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    def _before_by_slots(
+        self,
+        keys: Tensor,
+        cell: Tensor,
+        match_key: Tensor,
+        match_cell: Tensor,
+        level: Tensor,
+        is_real: Tensor,
+        levels: int,
+    ) -> tuple[Tensor, Tensor]:
         """Items before each match and items equal to it, via slot tables with ``levels`` levels."""
         num_rows, num_gallery = keys.shape
         device, width, inf = keys.device, self.cells + 2, float("inf")

@@ -1,4 +1,5 @@
 """Test-time embeddings: the model's test feature, optionally averaged with the mirrored image's."""
+
 import torch
 from torch import nn
 
@@ -9,4 +10,3 @@ def embed(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.T
     if flip:
         features = (features + model(torch.flip(images, dims=[3])).float()) / 2
     return features
-

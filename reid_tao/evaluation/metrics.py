@@ -17,16 +17,16 @@ stable sort of the whole row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from reid_tao.errors import DataError
-
-from .fast_ranking import IdIndex, rank_rows_fast, row_blocks, take_rows
+from reid_tao.evaluation.fast_ranking import IdIndex, rank_rows_fast, row_blocks, take_rows
 
 IdArray = Tensor | np.ndarray | Sequence[int]
 
@@ -90,8 +90,10 @@ def _as_distmat(distmat: Tensor | np.ndarray) -> Tensor:
 def _as_ids(values: IdArray, length: int, name: str, device: torch.device) -> Tensor:
     tensor = values if isinstance(values, Tensor) else torch.as_tensor(np.asarray(values))
     if tensor.dim() != 1 or tensor.numel() != length:
-        raise DataError(f"{name} must be a 1-D array of {length} ids (one per distance-matrix row/column), "
-                        f"got shape {tuple(tensor.shape)}")
+        raise DataError(
+            f"{name} must be a 1-D array of {length} ids (one per distance-matrix row/column), "
+            f"got shape {tuple(tensor.shape)}"
+        )
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise DataError(f"{name} must hold integer ids, got dtype {tensor.dtype}")
     return tensor.to(device=device, dtype=torch.int64)
@@ -101,10 +103,13 @@ def _prepare_inputs(distmat, query_pids, gallery_pids, query_camids, gallery_cam
     """The distance matrix as a tensor and the four id arrays as int64 tensors on its device."""
     dist = _as_distmat(distmat)
     num_query, num_gallery = dist.shape
-    return (dist, _as_ids(query_pids, num_query, "query_pids", dist.device),
-            _as_ids(gallery_pids, num_gallery, "gallery_pids", dist.device),
-            _as_ids(query_camids, num_query, "query_camids", dist.device),
-            _as_ids(gallery_camids, num_gallery, "gallery_camids", dist.device))
+    return (
+        dist,
+        _as_ids(query_pids, num_query, "query_pids", dist.device),
+        _as_ids(gallery_pids, num_gallery, "gallery_pids", dist.device),
+        _as_ids(query_camids, num_query, "query_camids", dist.device),
+        _as_ids(gallery_camids, num_gallery, "gallery_camids", dist.device),
+    )
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -127,9 +132,15 @@ def _block_rows(num_gallery: int, device: torch.device, block_size: int | None) 
 # exact path: stable sort of whole rows (ties, non-finite distances, crowded cells)
 
 
-def _rank_block_by_sort(block: Tensor, rows: Tensor, query_pids: Tensor, query_cams: Tensor,
-                        gallery_pids: Tensor, gallery_cams: Tensor, num_matches: Tensor
-                        ) -> tuple[Tensor, Tensor, Tensor]:
+def _rank_block_by_sort(
+    block: Tensor,
+    rows: Tensor,
+    query_pids: Tensor,
+    query_cams: Tensor,
+    gallery_pids: Tensor,
+    gallery_cams: Tensor,
+    num_matches: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
     order = torch.sort(block, dim=1, stable=True).indices
     pids = gallery_pids[order]
     same_id = pids == query_pids[rows].unsqueeze(1)
@@ -178,26 +189,46 @@ class RankSums:
         return torch.tensor(head + [int(c) for c in self.cmc_counts], dtype=torch.float64, device=device)
 
     @classmethod
-    def from_vector(cls, vector: Tensor, num_gallery: int) -> "RankSums":
+    def from_vector(cls, vector: Tensor, num_gallery: int) -> RankSums:
         values = vector.detach().cpu().to(torch.float64).numpy()
-        return cls(ap_sum=float(values[0]), inp_sum=float(values[1]), cmc_counts=np.rint(values[4:]).astype(np.int64),
-                   num_valid=int(round(values[2])), num_query=int(round(values[3])), num_gallery=num_gallery)
+        return cls(
+            ap_sum=float(values[0]),
+            inp_sum=float(values[1]),
+            cmc_counts=np.rint(values[4:]).astype(np.int64),
+            num_valid=int(round(values[2])),
+            num_query=int(round(values[3])),
+            num_gallery=num_gallery,
+        )
 
-    def __add__(self, other: "RankSums") -> "RankSums":
+    def __add__(self, other: RankSums) -> RankSums:
         if len(self.cmc_counts) != len(other.cmc_counts) or self.num_gallery != other.num_gallery:
             raise ValueError("RankSums of different max_rank or gallery cannot be added")
-        return RankSums(self.ap_sum + other.ap_sum, self.inp_sum + other.inp_sum, self.cmc_counts + other.cmc_counts,
-                        self.num_valid + other.num_valid, self.num_query + other.num_query, self.num_gallery)
+        return RankSums(
+            self.ap_sum + other.ap_sum,
+            self.inp_sum + other.inp_sum,
+            self.cmc_counts + other.cmc_counts,
+            self.num_valid + other.num_valid,
+            self.num_query + other.num_query,
+            self.num_gallery,
+        )
 
     def metrics(self) -> RankMetrics:
         """The means; DataError when no query has a true match."""
         if self.num_valid == 0:
-            raise DataError("no query has a matching gallery image from another camera (person id > 0); check "
-                            "the query and gallery folders")
-        return RankMetrics(cmc=np.cumsum(self.cmc_counts) / self.num_valid, mAP=self.ap_sum / self.num_valid,
-                           mINP=self.inp_sum / self.num_valid, num_query=self.num_query,
-                           num_gallery=self.num_gallery, num_valid_query=self.num_valid, query_ap=self.query_ap,
-                           valid_query=self.valid_query)
+            raise DataError(
+                "no query has a matching gallery image from another camera (person id > 0); check "
+                "the query and gallery folders"
+            )
+        return RankMetrics(
+            cmc=np.cumsum(self.cmc_counts) / self.num_valid,
+            mAP=self.ap_sum / self.num_valid,
+            mINP=self.inp_sum / self.num_valid,
+            num_query=self.num_query,
+            num_gallery=self.num_gallery,
+            num_valid_query=self.num_valid,
+            query_ap=self.query_ap,
+            valid_query=self.valid_query,
+        )
 
 
 def evaluate_rankings(
@@ -240,7 +271,8 @@ def rank_sums(
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     max_rank = int(max_rank)
     dist, query_pids_t, gallery_pids_t, query_cams_t, gallery_cams_t = _prepare_inputs(
-        distmat, query_pids, gallery_pids, query_camids, gallery_camids)
+        distmat, query_pids, gallery_pids, query_camids, gallery_camids
+    )
     num_query, num_gallery = dist.shape
     device = dist.device
     dtype = _compute_dtype(dist.dtype)
@@ -255,41 +287,58 @@ def rank_sums(
     finite = torch.isfinite(dist.sum(dim=1, dtype=dtype))
     odd_rows = torch.nonzero(valid & ~finite).squeeze(1)
     if odd_rows.numel() and bool(torch.isnan(dist.index_select(0, odd_rows)).any()):
-        raise DataError("distance matrix contains NaN values; check the features (a diverged model gives NaN "
-                        "embeddings) before evaluating")
+        raise DataError(
+            "distance matrix contains NaN values; check the features (a diverged model gives NaN "
+            "embeddings) before evaluating"
+        )
 
     block_rows = _block_rows(num_gallery, device, block_size)
     fast_rows = torch.nonzero(valid & finite).squeeze(1).cpu().numpy()
-    results, needs_exact = rank_rows_fast(dist, fast_rows, index, gallery_pids_t, gallery_cams_t, query_cams_t,
-                                          dtype, block_rows)
+    results, needs_exact = rank_rows_fast(
+        dist, fast_rows, index, gallery_pids_t, gallery_cams_t, query_cams_t, dtype, block_rows
+    )
 
     exact_rows = torch.nonzero(valid & (~finite | needs_exact)).squeeze(1).cpu().numpy()
     for block_rows_np in row_blocks(exact_rows, max(1, block_rows // 2)):
         rows = torch.as_tensor(block_rows_np, device=device)
         block = take_rows(dist, block_rows_np, dtype)
-        results.store(rows, *_rank_block_by_sort(block, rows, query_pids_t, query_cams_t, gallery_pids_t,
-                                                 gallery_cams_t, index.num_matches[rows]))
+        results.store(
+            rows,
+            *_rank_block_by_sort(
+                block, rows, query_pids_t, query_cams_t, gallery_pids_t, gallery_cams_t, index.num_matches[rows]
+            ),
+        )
 
     first = results.first_rank[valid]
     cmc_counts = torch.bincount(first.clamp(max=max_rank), minlength=max_rank + 1)[:max_rank]
-    return RankSums(ap_sum=float(results.ap[valid].to(torch.float64).sum()),
-                    inp_sum=float(results.inp[valid].to(torch.float64).sum()),
-                    cmc_counts=cmc_counts.cpu().numpy().astype(np.int64), num_valid=num_valid,
-                    num_query=num_query, num_gallery=num_gallery,
-                    query_ap=torch.where(valid, results.ap, float("nan")).cpu().numpy(),
-                    valid_query=valid.cpu().numpy())
+    return RankSums(
+        ap_sum=float(results.ap[valid].to(torch.float64).sum()),
+        inp_sum=float(results.inp[valid].to(torch.float64).sum()),
+        cmc_counts=cmc_counts.cpu().numpy().astype(np.int64),
+        num_valid=num_valid,
+        num_query=num_query,
+        num_gallery=num_gallery,
+        query_ap=torch.where(valid, results.ap, float("nan")).cpu().numpy(),
+        valid_query=valid.cpu().numpy(),
+    )
 
 
 def _no_valid_query_reason(query_pids: Tensor, num_query: int, num_gallery: int) -> str:
     if num_query == 0 or num_gallery == 0:
-        return (f"cannot evaluate: {num_query} query and {num_gallery} gallery images; check "
-                "evaluate.query_dataset / test_dataset")
+        return (
+            f"cannot evaluate: {num_query} query and {num_gallery} gallery images; check "
+            "evaluate.query_dataset / test_dataset"
+        )
     if not bool((query_pids > 0).any()):
-        return ("no query has a person id > 0 (ids -1 and 0 are junk and distractors); check the file names "
-                "in evaluate.query_dataset")
-    return ("no query has a matching gallery image from another camera: every query id is missing from the "
-            "gallery or seen only by the same camera (single-camera data?); check evaluate.query_dataset / "
-            "test_dataset")
+        return (
+            "no query has a person id > 0 (ids -1 and 0 are junk and distractors); check the file names "
+            "in evaluate.query_dataset"
+        )
+    return (
+        "no query has a matching gallery image from another camera: every query id is missing from the "
+        "gallery or seen only by the same camera (single-camera data?); check evaluate.query_dataset / "
+        "test_dataset"
+    )
 
 
 def _sortable_keys(block: Tensor) -> Tensor:
@@ -320,7 +369,8 @@ def top_ranked(
         raise ValueError(f"k must be >= 1, got {k}")
     k = int(k)
     dist, query_pids_t, gallery_pids_t, query_cams_t, gallery_cams_t = _prepare_inputs(
-        distmat, query_pids, gallery_pids, query_camids, gallery_camids)
+        distmat, query_pids, gallery_pids, query_camids, gallery_camids
+    )
     num_query, num_gallery = dist.shape
     device = dist.device
     dtype = _compute_dtype(dist.dtype)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import os
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -225,19 +226,33 @@ def plot_sampled_matches(
                     image_path, thumb_size, frame_rgb
                 )
             else:
-                texts.append((left + frame_width / 2, top + frame_height / 2, "none",
-                              {"color": "gray", "fontsize": 8, "va": "center"}))
+                texts.append(
+                    (
+                        left + frame_width / 2,
+                        top + frame_height / 2,
+                        "none",
+                        {"color": "gray", "fontsize": 8, "va": "center"},
+                    )
+                )
             texts.append((left + frame_width / 2, top - 4, title, {"color": title_colour, "fontsize": 9}))
         caption = _short_name(os.path.basename(str(query_paths[row])), name_chars)
         if query_labels is not None:
             caption = f"{caption}\n{_short_name(str(query_labels[row]), name_chars)}"
         texts.append(
-            (left_band - 4, top + frame_height / 2, caption,
-             {"fontsize": 7, "rotation": 90, "ha": "right", "va": "center", "multialignment": "center"})
+            (
+                left_band - 4,
+                top + frame_height / 2,
+                caption,
+                {"fontsize": 7, "rotation": 90, "ha": "right", "va": "center", "multialignment": "center"},
+            )
         )
     texts.append(
-        (4, canvas_height - footer_band / 2, "\n".join(legend_lines),
-         {"fontsize": 8, "ha": "left", "va": "center", "color": "dimgray"})
+        (
+            4,
+            canvas_height - footer_band / 2,
+            "\n".join(legend_lines),
+            {"fontsize": 8, "ha": "left", "va": "center", "color": "dimgray"},
+        )
     )
 
     figure = Figure(figsize=(canvas_width / MATCHES_DPI, canvas_height / MATCHES_DPI), dpi=MATCHES_DPI)

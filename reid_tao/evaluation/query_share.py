@@ -5,20 +5,28 @@ gallery and the per-query sums (:class:`~reid_tao.evaluation.metrics.RankSums`) 
 processes. No process holds the full (Q, G) distance matrix; each holds at most ``block_elements``
 distances at a time (MSMT17's 11,659 x 82,161 float32 matrix alone is 3.8 GB).
 """
+
 from __future__ import annotations
 
 import numpy as np
 from torch import Tensor
 
-from .distance import pairwise_distance
-from .metrics import RankSums, rank_sums
+from reid_tao.evaluation.distance import pairwise_distance
+from reid_tao.evaluation.metrics import RankSums, rank_sums
 
 DEFAULT_BLOCK_ELEMENTS = 1 << 26  # 256 MB of float32 distances per block
 
 
-def query_share_sums(query_features: Tensor, gallery_features: Tensor, query_pids: Tensor, gallery_pids: Tensor,
-                     query_camids: Tensor, gallery_camids: Tensor, max_rank: int,
-                     block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> RankSums:
+def query_share_sums(
+    query_features: Tensor,
+    gallery_features: Tensor,
+    query_pids: Tensor,
+    gallery_pids: Tensor,
+    query_camids: Tensor,
+    gallery_camids: Tensor,
+    max_rank: int,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+) -> RankSums:
     """:class:`RankSums` of these queries (any number, also none) against the whole gallery."""
     if block_elements < 1:
         raise ValueError(f"block_elements must be >= 1, got {block_elements}")
@@ -28,6 +36,7 @@ def query_share_sums(query_features: Tensor, gallery_features: Tensor, query_pid
     for begin in range(0, num_query, rows):
         end = min(begin + rows, num_query)
         distances = pairwise_distance(query_features[begin:end], gallery_features)
-        total = total + rank_sums(distances, query_pids[begin:end], gallery_pids, query_camids[begin:end],
-                                  gallery_camids, max_rank=max_rank)
+        total = total + rank_sums(
+            distances, query_pids[begin:end], gallery_pids, query_camids[begin:end], gallery_camids, max_rank=max_rank
+        )
     return total

@@ -20,7 +20,7 @@ stored at all.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -97,11 +97,7 @@ def _re_ranking(
 ) -> Tensor:
     """re_ranking after argument checks, under full-precision float32 matrix products."""
     device = query_features.device
-    compute_dtype = (
-        torch.float64
-        if torch.float64 in (query_features.dtype, gallery_features.dtype)
-        else torch.float32
-    )
+    compute_dtype = torch.float64 if torch.float64 in (query_features.dtype, gallery_features.dtype) else torch.float32
     num_query, num_gallery = query_features.shape[0], gallery_features.shape[0]
     output = torch.empty((num_query, num_gallery), dtype=torch.float32, device=device)
     if num_query == 0 or num_gallery == 0:
@@ -125,9 +121,7 @@ def _re_ranking(
     k_expand = min(k2, num_all)
 
     squared_norms = torch.einsum("nd,nd->n", features, features)  # no (N, D) temporary
-    neighbours, row_max = _nearest_neighbours(
-        features, squared_norms, max(k_forward, k_expand), tile, output
-    )
+    neighbours, row_max = _nearest_neighbours(features, squared_norms, max(k_forward, k_expand), tile, output)
     # A row of identical features has maximum 0: keep its distances at 0 instead of NaN.
     row_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))
     output.div_(row_max[:num_query, None])
@@ -177,8 +171,9 @@ def _jaccard_distance(features: Tensor, k1: int, k2: int, block_size: int | None
         return output
     members, weights, budget = _jaccard_rows(features, k1, k2, block_size)
     query_rows = block_size or max(1, budget // (2 * features.element_size() * num_all))
-    _blend_jaccard(output, members, weights, num_all, 0.0, query_rows, max(1, budget // _BYTES_PER_PAIR),
-                   gallery_start=0)
+    _blend_jaccard(
+        output, members, weights, num_all, 0.0, query_rows, max(1, budget // _BYTES_PER_PAIR), gallery_start=0
+    )
     return output
 
 
@@ -216,8 +211,9 @@ def jaccard_graph(
     _check_arguments(features, features, k1, k2, 0.0, block_size)
     if not 0.0 <= float(max_distance):
         raise ValueError(f"max_distance must be >= 0, got {max_distance!r}")
-    if nearest_pairs is not None and (isinstance(nearest_pairs, bool) or not isinstance(nearest_pairs, int)
-                                      or nearest_pairs < 1):
+    if nearest_pairs is not None and (
+        isinstance(nearest_pairs, bool) or not isinstance(nearest_pairs, int) or nearest_pairs < 1
+    ):
         raise ValueError(f"nearest_pairs must be a positive integer or None, got {nearest_pairs!r}")
     matmul_precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
@@ -250,7 +246,8 @@ def _jaccard_graph(
     index_dtype = torch.int32 if max(entry_column.shape[0], query_rows * num_all) < 2**31 else torch.long
     entry_row = torch.repeat_interleave(torch.arange(num_all, device=device, dtype=index_dtype), row_offset.diff())
     posting_row, posting_weight, posting_start, posting_length, entry_first = _inverted_index(
-        entry_column, entry_row, entry_weight, num_all)
+        entry_column, entry_row, entry_weight, num_all
+    )
     entry_length = torch.index_select(posting_start + posting_length, 0, entry_column).sub_(entry_first)
     del entry_column, posting_start, posting_length
     entry_first, entry_length = entry_first.to(index_dtype), entry_length.to(index_dtype)
@@ -266,8 +263,15 @@ def _jaccard_graph(
         width = num_all - start  # columns start..N-1: the pairs (i, j >= i) of rows start..stop-1
         entries = slice(row_offset[start], row_offset[stop])
         base = (entry_row[entries] - start).mul_(width).sub_(start)
-        target, shared = _expand_pairs(base, entry_weight[entries], entry_first[entries], entry_length[entries],
-                                       posting_row, posting_weight, total_pairs)
+        target, shared = _expand_pairs(
+            base,
+            entry_weight[entries],
+            entry_first[entries],
+            entry_length[entries],
+            posting_row,
+            posting_weight,
+            total_pairs,
+        )
         block = accumulator[: (stop - start) * width]
         block.index_add_(0, target, shared.double())
         del target, shared
@@ -278,8 +282,11 @@ def _jaccard_graph(
         distance = (1.0 - overlap.div_(2.0 - overlap).float()).clamp_(min=0.0)
         close = distance <= kept_pairs.cut
         kept, distance = kept[close], distance[close]
-        kept_pairs.add((kept // width + start).to(torch.int32).cpu().numpy(),
-                       (kept % width + start).to(torch.int32).cpu().numpy(), distance.cpu().numpy())
+        kept_pairs.add(
+            (kept // width + start).to(torch.int32).cpu().numpy(),
+            (kept % width + start).to(torch.int32).cpu().numpy(),
+            distance.cpu().numpy(),
+        )
     return _symmetric_graph(*kept_pairs.result(), num_all)
 
 
@@ -313,8 +320,9 @@ class _KeptPairs:
         rows, columns, distances = (np.concatenate(part) for part in (self.rows, self.columns, self.distances))
         pair = rows != columns
         if pair.sum() > self.nearest_pairs:
-            self.cut = min(self.cut, float(np.partition(distances[pair], self.nearest_pairs - 1)[
-                self.nearest_pairs - 1]))
+            self.cut = min(
+                self.cut, float(np.partition(distances[pair], self.nearest_pairs - 1)[self.nearest_pairs - 1])
+            )
             kept = ~pair | (distances <= self.cut)
             rows, columns, distances, pair = rows[kept], columns[kept], distances[kept], pair[kept]
         self.rows, self.columns, self.distances, self.held = [rows], [columns], [distances], int(pair.sum())
@@ -337,8 +345,9 @@ def _symmetric_graph(row: np.ndarray, column: np.ndarray, distance: np.ndarray, 
     indptr = np.zeros(size + 1, dtype=np.int64)
     np.cumsum(np.bincount(row, minlength=size), out=indptr[1:])
     index_dtype = np.int32 if max(indptr[-1], size) < 2**31 else np.int64
-    return csr_matrix((distance[order], column[order].astype(index_dtype), indptr.astype(index_dtype)),
-                      shape=(size, size))
+    return csr_matrix(
+        (distance[order], column[order].astype(index_dtype), indptr.astype(index_dtype)), shape=(size, size)
+    )
 
 
 def _jaccard_rows(features: Tensor, k1: int, k2: int, block_size: int | None) -> tuple[Tensor, Tensor, int]:
@@ -346,8 +355,10 @@ def _jaccard_rows(features: Tensor, k1: int, k2: int, block_size: int | None) ->
     the temporaries budget in bytes."""
     num_all = features.shape[0]
     if not bool(torch.isfinite(features).all()):
-        raise DataError("clustering got NaN or infinite features; the model produced invalid embeddings "
-                        "(diverged training or a broken checkpoint)")
+        raise DataError(
+            "clustering got NaN or infinite features; the model produced invalid embeddings "
+            "(diverged training or a broken checkpoint)"
+        )
     element_size = features.element_size()
     budget = _block_budget(features.device)
     tile = block_size or max(256, math.isqrt(budget // (3 * element_size)))
@@ -357,12 +368,14 @@ def _jaccard_rows(features: Tensor, k1: int, k2: int, block_size: int | None) ->
     k_expand = min(k2, num_all)
     squared_norms = torch.einsum("nd,nd->n", features, features)
     # an empty (N, 0) "query x gallery" block: only the neighbours and row maxima are needed here
-    neighbours, row_max = _nearest_neighbours(features, squared_norms, max(k_forward, k_expand), tile,
-                                              features.new_empty((0, 0)))
+    neighbours, row_max = _nearest_neighbours(
+        features, squared_norms, max(k_forward, k_expand), tile, features.new_empty((0, 0))
+    )
     row_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))
     forward, half = neighbours[:, :k_forward], neighbours[:, :k_half]
-    members = _expanded_reciprocal_sets(forward, _reciprocal_mask(forward, index_elements), half,
-                                        _reciprocal_mask(half, index_elements), index_elements)
+    members = _expanded_reciprocal_sets(
+        forward, _reciprocal_mask(forward, index_elements), half, _reciprocal_mask(half, index_elements), index_elements
+    )
     weights = _gaussian_weights(features, squared_norms, row_max, members, budget)
     if k_expand > 1:
         members, weights = _query_expansion(members, weights, neighbours[:, :k_expand], index_elements)
@@ -435,9 +448,7 @@ def _nearest_neighbours(
             b_stop = min(b + tile, num_all)
             shape = (a_stop - a, b_stop - b)
             distance = tile_buffer[: shape[0] * shape[1]].view(shape)
-            torch.addmm(
-                squared_norms[b:b_stop], features[a:a_stop], features[b:b_stop].T, alpha=-2.0, out=distance
-            )
+            torch.addmm(squared_norms[b:b_stop], features[a:a_stop], features[b:b_stop].T, alpha=-2.0, out=distance)
             distance.add_(squared_norms[a:a_stop, None]).clamp_(min=0.0)
             if a == b:  # self distance is exactly 0; the expansion above leaves rounding noise
                 distance.diagonal().zero_()
@@ -546,9 +557,7 @@ def _pad_blocks(blocks: list[Tensor], fill: float) -> Tensor:
     return stacked
 
 
-def _gaussian_weights(
-    features: Tensor, squared_norms: Tensor, row_max: Tensor, members: Tensor, budget: int
-) -> Tensor:
+def _gaussian_weights(features: Tensor, squared_norms: Tensor, row_max: Tensor, members: Tensor, budget: int) -> Tensor:
     """V[i, j] = exp(-d(i, j)) normalised over the expanded set of i (0 on padding)."""
     num_all, dim = features.shape
     valid = members < num_all
@@ -628,8 +637,9 @@ def _blend_jaccard(
     query_members, query_weights = members[:num_query], weights[:num_query]
     pairs_per_query = posting[3][query_members].sum(1)
     for start, stop, total_pairs in _query_blocks(pairs_per_query, query_rows, pair_budget):
-        overlap = _min_overlap(query_members[start:stop], query_weights[start:stop], *posting,
-                               num_all - gallery_start, total_pairs)
+        overlap = _min_overlap(
+            query_members[start:stop], query_weights[start:stop], *posting, num_all - gallery_start, total_pairs
+        )
         # jaccard = 1 - overlap / (2 - overlap), blended in place to spare (rows, G) temporaries.
         ratio = overlap.div_(2.0 - overlap)
         block = output[start:stop].mul_(lambda_value)
@@ -652,9 +662,7 @@ def _inverted_index(
     return posting_row, posting_weight, posting_start, posting_length, entry_posting
 
 
-def _query_blocks(
-    pairs_per_query: Tensor, query_rows: int, pair_budget: int
-) -> Iterator[tuple[int, int, int]]:
+def _query_blocks(pairs_per_query: Tensor, query_rows: int, pair_budget: int) -> Iterator[tuple[int, int, int]]:
     """(start, stop, pairs) of consecutive query blocks of at most ``query_rows`` queries and about
     ``pair_budget`` (query, gallery posting) pairs (at least one query each)."""
     num_query = pairs_per_query.shape[0]
@@ -689,9 +697,15 @@ def _min_overlap(
     lengths = posting_length[query_members]
     used = lengths > 0
     entry_row = torch.arange(rows, device=lengths.device)[:, None].expand_as(lengths)[used]
-    target, shared = _expand_pairs(entry_row * num_gallery, query_weights[used],
-                                   torch.index_select(posting_start, 0, query_members[used]), lengths[used],
-                                   posting_row, posting_weight, total_pairs)
+    target, shared = _expand_pairs(
+        entry_row * num_gallery,
+        query_weights[used],
+        torch.index_select(posting_start, 0, query_members[used]),
+        lengths[used],
+        posting_row,
+        posting_weight,
+        total_pairs,
+    )
     overlap.index_add_(0, target, shared.double())
     return overlap.view(rows, num_gallery)
 
@@ -715,7 +729,8 @@ def _expand_pairs(
     shift = entry_start - (entry_length.cumsum(0, dtype=dtype) - entry_length)
     # index_select: several times faster than indexing with a tensor on CPU
     position = torch.index_select(shift, 0, pair_entry).add_(torch.arange(total_pairs, device=device, dtype=dtype))
-    shared = torch.minimum(torch.index_select(entry_weight, 0, pair_entry), torch.index_select(posting_weight, 0,
-                                                                                             position))
+    shared = torch.minimum(
+        torch.index_select(entry_weight, 0, pair_entry), torch.index_select(posting_weight, 0, position)
+    )
     target = torch.index_select(entry_base, 0, pair_entry).add_(torch.index_select(posting_row, 0, position))
     return target, shared

@@ -2,18 +2,20 @@
 have a true match, and the distances the figures are drawn from. The outputs (metrics.json, plots, status,
 log lines) are small functions of an :class:`EvaluationResult` (see ``reid_tao.tasks.evaluate_outputs``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .distance import pairwise_distance
-from .metrics import RankMetrics, evaluate_rankings
-from .rerank import re_ranking
+from reid_tao.evaluation.distance import pairwise_distance
+from reid_tao.evaluation.metrics import RankMetrics, evaluate_rankings
+from reid_tao.evaluation.rerank import re_ranking
 
 PLAIN, RE_RANKED = "plain", "re-ranked"
 
@@ -35,7 +37,7 @@ class EvaluationResult:
     gallery_pids: Tensor
     query_camids: Tensor
     gallery_camids: Tensor
-    rankings: Dict[str, RankMetrics]
+    rankings: dict[str, RankMetrics]
     distances: Tensor
     valid_query: np.ndarray
     max_rank: int  # ranks reported (cmc in metrics.json, curves, sampled-match columns)
@@ -59,8 +61,13 @@ class EvaluationResult:
         return self.query_pids, self.gallery_pids, self.query_camids, self.gallery_camids
 
 
-def evaluate_features(features: Tensor, query: Sequence[Any], gallery: Sequence[Any], max_rank: int,
-                      re_rank: Optional[Mapping[str, float]] = None) -> EvaluationResult:
+def evaluate_features(
+    features: Tensor,
+    query: Sequence[Any],
+    gallery: Sequence[Any],
+    max_rank: int,
+    re_rank: Mapping[str, float] | None = None,
+) -> EvaluationResult:
     """Rank the queries (the first ``len(query)`` rows of ``features``) against the gallery.
 
     Args:
@@ -77,9 +84,22 @@ def evaluate_features(features: Tensor, query: Sequence[Any], gallery: Sequence[
     distances = pairwise_distance(features[:q], features[q:])
     rankings = {PLAIN: evaluate_rankings(distances, *ids, max_rank=ranks)}
     if re_rank is not None:
-        distances = re_ranking(torch.nn.functional.normalize(features[:q], dim=1),
-                               torch.nn.functional.normalize(features[q:], dim=1), **re_rank)
+        distances = re_ranking(
+            torch.nn.functional.normalize(features[:q], dim=1),
+            torch.nn.functional.normalize(features[q:], dim=1),
+            **re_rank,
+        )
         rankings[RE_RANKED] = evaluate_rankings(distances, *ids, max_rank=ranks)
-    return EvaluationResult(query=query, gallery=gallery, features=features, query_pids=ids[0],
-                            gallery_pids=ids[1], query_camids=ids[2], gallery_camids=ids[3], rankings=rankings,
-                            distances=distances, valid_query=rankings[PLAIN].valid_query, max_rank=max_rank)
+    return EvaluationResult(
+        query=query,
+        gallery=gallery,
+        features=features,
+        query_pids=ids[0],
+        gallery_pids=ids[1],
+        query_camids=ids[2],
+        gallery_camids=ids[3],
+        rankings=rankings,
+        distances=distances,
+        valid_query=rankings[PLAIN].valid_query,
+        max_rank=max_rank,
+    )

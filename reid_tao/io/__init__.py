@@ -12,8 +12,8 @@ The names below are re-exported so ``from reid_tao.io import X`` keeps working; 
 from the module that owns the name. Importing this package imports no torch, omegaconf or matplotlib.
 """
 
-from ..errors import error_line, first_line, last_line
-from .atomic import (
+from reid_tao.errors import error_line, first_line, last_line
+from reid_tao.io.atomic import (
     append_line,
     atomic_output,
     atomic_path,
@@ -26,12 +26,27 @@ from .atomic import (
     open_append,
     staging_dir,
 )
-from .regular_files import NotARegularFile, not_a_regular_file, read_regular_file
-from .safe_load import TRUST_FIELD, safe_torch_load
+from reid_tao.io.regular_files import NotARegularFile, not_a_regular_file, read_regular_file
+from reid_tao.io.safe_load import TRUST_FIELD, safe_torch_load
 
 __all__ = [
-    "atomic_output", "atomic_path", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-    "atomic_save_figure", "staging_dir", "safe_torch_load", "TRUST_FIELD", "append_line", "error_line",
-    "first_line", "last_line", "atomic_write_bytes", "check_output_target", "not_a_regular_file",
-    "read_regular_file", "NotARegularFile", "open_append",
+    "atomic_output",
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "atomic_save_figure",
+    "staging_dir",
+    "safe_torch_load",
+    "TRUST_FIELD",
+    "append_line",
+    "error_line",
+    "first_line",
+    "last_line",
+    "atomic_write_bytes",
+    "check_output_target",
+    "not_a_regular_file",
+    "read_regular_file",
+    "NotARegularFile",
+    "open_append",
 ]

@@ -30,16 +30,25 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any
 
-from ..errors import WriteError, first_line
-from .regular_files import NODES, NONBLOCK, file_kind, not_a_regular_file
+from reid_tao.errors import WriteError, first_line
+from reid_tao.io.regular_files import NODES, NONBLOCK, file_kind, not_a_regular_file
 
 __all__ = [
-    "atomic_output", "atomic_path", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-    "atomic_save_figure", "atomic_write_bytes", "staging_dir", "check_output_target", "append_line",
+    "atomic_output",
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "atomic_save_figure",
+    "atomic_write_bytes",
+    "staging_dir",
+    "check_output_target",
+    "append_line",
     "open_append",
 ]
 
@@ -59,8 +68,7 @@ def _under(folder: str, top: str) -> bool:
 
 def _system_folder(folder: str) -> bool:
     """/dev (except the /dev/shm tmpfs, a usual scratch place), /proc or /sys."""
-    return os.name == "posix" and not _under(folder, "/dev/shm") and any(_under(folder, top)
-                                                                         for top in _SYSTEM_FOLDERS)
+    return os.name == "posix" and not _under(folder, "/dev/shm") and any(_under(folder, top) for top in _SYSTEM_FOLDERS)
 
 
 def check_output_target(path: str | os.PathLike) -> None:
@@ -70,12 +78,16 @@ def check_output_target(path: str | os.PathLike) -> None:
     link is replaced as a file is."""
     kind = not_a_regular_file(path)
     if kind in NODES:
-        raise WriteError(f"cannot write {path}: it is {kind}, not a regular file, and an output replaces what is "
-                         "at its path; name a regular file or a new path")
+        raise WriteError(
+            f"cannot write {path}: it is {kind}, not a regular file, and an output replaces what is "
+            "at its path; name a regular file or a new path"
+        )
     folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     if _system_folder(folder):
-        raise WriteError(f"cannot write {path}: {folder} is a system folder, and an output replaces what is at its "
-                         "path; name a regular file or a new path")
+        raise WriteError(
+            f"cannot write {path}: {folder} is a system folder, and an output replaces what is at its "
+            "path; name a regular file or a new path"
+        )
 
 
 def _create_sibling(target: Path) -> tuple[int, Path]:
@@ -114,7 +126,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _os_error_in(error: BaseException) -> Optional[OSError]:
+def _os_error_in(error: BaseException) -> OSError | None:
     """The OSError behind ``error`` (itself, or its cause/context: torch.save reports a failed write as a
     RuntimeError raised while handling the OSError)."""
     seen = set()
@@ -144,9 +156,11 @@ def _reported_as_write_error(target: Path) -> Iterator[None]:
             reason = first_line(error, limit=160)
         else:
             raise  # a RuntimeError that is not about writing the file
-        raise WriteError(f"cannot write {target} ({reason}); any previous version is unchanged: free disk space, "
-                         "raise the file-size limit or choose a writable folder, then run the same command "
-                         "again") from None
+        raise WriteError(
+            f"cannot write {target} ({reason}); any previous version is unchanged: free disk space, "
+            "raise the file-size limit or choose a writable folder, then run the same command "
+            "again"
+        ) from None
 
 
 def _replace(temporary: Path, target: Path) -> None:
@@ -155,8 +169,9 @@ def _replace(temporary: Path, target: Path) -> None:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike, binary: bool = False, encoding: str = "utf-8",
-                  fsync: bool = True) -> Iterator[IO]:
+def atomic_output(
+    path: str | os.PathLike, binary: bool = False, encoding: str = "utf-8", fsync: bool = True
+) -> Iterator[IO]:
     """Open ``path`` for writing atomically: yields a handle on a temporary sibling file (text, or
     bytes with ``binary=True``), renamed over ``path`` when the block ends without an exception.
     ``fsync=False`` skips the flush to disk (still complete or absent, but may be lost on a power cut)."""
@@ -296,8 +311,9 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         _append(path, data)
 
 
-_APPEND_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | NONBLOCK | getattr(os, "O_BINARY", 0)
-                 | getattr(os, "O_CLOEXEC", 0))
+_APPEND_FLAGS = (
+    os.O_WRONLY | os.O_APPEND | os.O_CREAT | NONBLOCK | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 def _open_append(path: str | os.PathLike) -> int:
@@ -310,8 +326,9 @@ def _open_append(path: str | os.PathLike) -> int:
     try:
         kind = file_kind(os.fstat(fd).st_mode)
         if kind is not None:
-            raise WriteError(f"cannot write {path}: it is {kind}, not a regular file; name a regular file or a "
-                             "new path")
+            raise WriteError(
+                f"cannot write {path}: it is {kind}, not a regular file; name a regular file or a new path"
+            )
         if NONBLOCK:
             os.set_blocking(fd, True)
     except BaseException:

@@ -19,23 +19,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError, ReidError, first_line
-from .safe_load import safe_torch_load
+from reid_tao.errors import DataError, ReidError, first_line
+from reid_tao.io.safe_load import safe_torch_load
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CheckpointFile", "read_checkpoint_file", "flatten_state_dict", "KINDS", "REID_TAO", "TAO", "STATE_DICT",
-           "SAFETENSORS", "MODEL_PREFIX", "TAO_BACKBONE_PREFIX", "WRAPPER_KEYS"]
+__all__ = [
+    "CheckpointFile",
+    "read_checkpoint_file",
+    "flatten_state_dict",
+    "KINDS",
+    "REID_TAO",
+    "TAO",
+    "STATE_DICT",
+    "SAFETENSORS",
+    "MODEL_PREFIX",
+    "TAO_BACKBONE_PREFIX",
+    "WRAPPER_KEYS",
+]
 
 REID_TAO, TAO, STATE_DICT, SAFETENSORS = "reid_tao", "tao", "state_dict", "safetensors"
 KINDS = {
     REID_TAO: "a Lightning checkpoint written by `reid train` (reid_tao metadata inside)",
     TAO: "a Lightning checkpoint written by TAO ReIdentificationNet (its network under model.base.*)",
     STATE_DICT: "any other torch.save file: a plain or wrapped state dict (torchvision, timm, Microsoft Swin), "
-                "another Lightning checkpoint",
+    "another Lightning checkpoint",
     SAFETENSORS: "a .safetensors file (tensors only)",
 }
 
@@ -52,20 +63,21 @@ class CheckpointFile:
     path: str
     field: str  # the spec field that named it (error lines start with it)
     kind: str  # one of KINDS
-    contents: Dict[str, Any]  # the loaded dict as is (Lightning restores a resumed run from it)
-    tensors: Dict[str, "torch.Tensor"]  # every tensor, wrappers peeled, leading `module.` removed
+    contents: dict[str, Any]  # the loaded dict as is (Lightning restores a resumed run from it)
+    tensors: dict[str, torch.Tensor]  # every tensor, wrappers peeled, leading `module.` removed
 
     @property
     def source(self) -> str:
-        """"<field>: <path>", the start of an error line about this file."""
+        """ "<field>: <path>", the start of an error line about this file."""
         return f"{self.field}: {self.path}"
 
     @property
-    def model_state(self) -> Dict[str, "torch.Tensor"]:
+    def model_state(self) -> dict[str, torch.Tensor]:
         """The network's state dict of a Lightning checkpoint (reid_tao's Baseline, TAO's network): the tensors
         under ``model.``, that prefix removed; {} when there are none."""
-        return {name[len(MODEL_PREFIX):]: value for name, value in self.tensors.items()
-                if name.startswith(MODEL_PREFIX)}
+        return {
+            name[len(MODEL_PREFIX) :]: value for name, value in self.tensors.items() if name.startswith(MODEL_PREFIX)
+        }
 
     @property
     def metadata(self) -> Any:
@@ -88,16 +100,17 @@ class CheckpointFile:
         """TAO encrypted its weights (TAO's encryption key decrypts them)."""
         return bool(self.contents.get("state_dict_encrypted"))
 
-    def require_reid_tao(self) -> "CheckpointFile":
+    def require_reid_tao(self) -> CheckpointFile:
         """Itself when written by ``reid train``; else one DataError line."""
         if self.kind != REID_TAO:
-            raise DataError(f"{self.source} is not a reid_tao training checkpoint (no model metadata inside); "
-                            "use a file written by `reid train`")
+            raise DataError(
+                f"{self.source} is not a reid_tao training checkpoint (no model metadata inside); "
+                "use a file written by `reid train`"
+            )
         return self
 
 
-def read_checkpoint_file(path: str | Path, field: str, trust: bool = False, weights: bool = False
-                         ) -> CheckpointFile:
+def read_checkpoint_file(path: str | Path, field: str, trust: bool = False, weights: bool = False) -> CheckpointFile:
     """Read a weights or checkpoint file (``.pth``, ``.pt``, ``.pth.tar``, ``.ckpt`` via
     :func:`~reid_tao.io.safe_load.safe_torch_load`; ``.safetensors``) without running code from it (unless
     ``trust``: ``model.trust_weights_file``); one DataError line naming ``field`` when it is missing,
@@ -111,8 +124,11 @@ def read_checkpoint_file(path: str | Path, field: str, trust: bool = False, weig
         raise DataError(f"{field} is not set; pass {field}=/path/to/reid_model_latest.pth")
     file = Path(path).expanduser() if weights else Path(path)
     if not file.is_file():
-        raise DataError(f"{field}: file not found: {file}; set it to an existing weights file ({WEIGHT_FILES})"
-                        if weights else f"{field}: checkpoint {path} does not exist")
+        raise DataError(
+            f"{field}: file not found: {file}; set it to an existing weights file ({WEIGHT_FILES})"
+            if weights
+            else f"{field}: checkpoint {path} does not exist"
+        )
     shown = str(file) if weights else path
     safetensors = file.name.endswith(".safetensors")
     try:
@@ -120,10 +136,12 @@ def read_checkpoint_file(path: str | Path, field: str, trust: bool = False, weig
     except ReidError:
         raise
     except Exception as error:  # corrupt, truncated or not a weights file at all
-        raise DataError(f"{field}: cannot read {shown} as a PyTorch or safetensors weights file "
-                        f"({_short_reason(error)})" if weights else
-                        f"{field}: cannot read {shown}: it is not a PyTorch checkpoint, or a corrupt one "
-                        f"({first_line(error, limit=200)})") from None
+        raise DataError(
+            f"{field}: cannot read {shown} as a PyTorch or safetensors weights file ({_short_reason(error)})"
+            if weights
+            else f"{field}: cannot read {shown}: it is not a PyTorch checkpoint, or a corrupt one "
+            f"({first_line(error, limit=200)})"
+        ) from None
     if not weights and not isinstance(loaded, dict):
         raise DataError(f"{field}: {shown} is not a checkpoint (a {type(loaded).__name__}, not a dict)")
     tensors = flatten_state_dict(loaded)  # weights: also of a whole module saved by torch.save(model) (trusted)
@@ -133,7 +151,7 @@ def read_checkpoint_file(path: str | Path, field: str, trust: bool = False, weig
     return CheckpointFile(str(shown), field, SAFETENSORS if safetensors else _kind(contents), contents, tensors)
 
 
-def _load_safetensors(path: Path) -> Dict[str, "torch.Tensor"]:
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path), device="cpu")
@@ -150,7 +168,7 @@ def _kind(contents: Mapping[str, Any]) -> str:
     return STATE_DICT
 
 
-def flatten_state_dict(raw: Any) -> Dict[str, "torch.Tensor"]:
+def flatten_state_dict(raw: Any) -> dict[str, torch.Tensor]:
     """The tensors of a loaded weights object: checkpoint wrappers (:data:`WRAPPER_KEYS`, also nested, and
     modules) peeled off, DataParallel's leading ``module.`` removed from the names (a name that is not text is
     skipped); {} when it has none."""
@@ -162,8 +180,9 @@ def flatten_state_dict(raw: Any) -> Dict[str, "torch.Tensor"]:
             raw = raw.state_dict()
         if not isinstance(raw, Mapping):
             return {}
-        inner = next((raw[key] for key in WRAPPER_KEYS
-                      if key in raw and isinstance(raw[key], (Mapping, nn.Module))), None)
+        inner = next(
+            (raw[key] for key in WRAPPER_KEYS if key in raw and isinstance(raw[key], (Mapping, nn.Module))), None
+        )
         if inner is None:
             break
         raw = inner
@@ -171,7 +190,7 @@ def flatten_state_dict(raw: Any) -> Dict[str, "torch.Tensor"]:
     for name, value in raw.items():
         if isinstance(name, str) and isinstance(value, torch.Tensor):
             while name.startswith("module."):
-                name = name[len("module."):]
+                name = name[len("module.") :]
             flat[name] = value
     return flat
 

@@ -10,24 +10,28 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Optional
 
 __all__ = ["NotARegularFile", "file_kind", "not_a_regular_file", "read_regular_file"]
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
+)
 
 NODES = frozenset(name for _, name in _KINDS) - {"a folder"}  # what an output must never be renamed over
 
 
-def file_kind(mode: int) -> Optional[str]:
+def file_kind(mode: int) -> str | None:
     """None for a regular file, else what it is in words ("a FIFO (named pipe)", "a character device", ...)."""
     if stat.S_ISREG(mode):
         return None
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def not_a_regular_file(path: str | os.PathLike) -> Optional[str]:
+def not_a_regular_file(path: str | os.PathLike) -> str | None:
     """What ``path`` is (following symlinks) when something is there that is not a regular file, in words ("a
     FIFO (named pipe)", "a folder", "a dangling symbolic link", ...); None for a regular file or nothing."""
     try:
@@ -49,7 +53,7 @@ NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs in the fi
 _READ_FLAGS = os.O_RDONLY | NONBLOCK | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def read_regular_file(path: str | os.PathLike, max_bytes: Optional[int] = None) -> bytes:
+def read_regular_file(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
     """The bytes of the regular file ``path`` (symlinks followed). Raises :class:`NotARegularFile` for a FIFO,
     device, socket or folder without opening it for a blocking read (O_NONBLOCK, then fstat: a node swapped in
     between is caught too), an ``OSError`` (EFBIG) for a file longer than ``max_bytes``, and the usual

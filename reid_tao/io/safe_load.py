@@ -11,9 +11,9 @@ torch and omegaconf are imported inside the helpers that need them, so importing
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
-from ..errors import DataError
+from reid_tao.errors import DataError
 
 __all__ = ["TRUST_FIELD", "safe_torch_load"]
 
@@ -35,13 +35,42 @@ def _safe_globals() -> list:
     from omegaconf.base import ContainerMetadata, Metadata
 
     return [
-        DictConfig, ListConfig, ContainerMetadata, Metadata, nodes.AnyNode, nodes.StringNode, nodes.IntegerNode,
-        nodes.FloatNode, nodes.BooleanNode, nodes.BytesNode, nodes.PathNode,
-        typing.Any, typing.List, typing.Dict, typing.Tuple,
-        dict, list, tuple, set, frozenset, int, float, str, bool, bytes, complex,
-        collections.OrderedDict, collections.defaultdict, collections.Counter,
-        pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePath, pathlib.PurePosixPath,
-        pathlib.PureWindowsPath, argparse.Namespace,
+        DictConfig,
+        ListConfig,
+        ContainerMetadata,
+        Metadata,
+        nodes.AnyNode,
+        nodes.StringNode,
+        nodes.IntegerNode,
+        nodes.FloatNode,
+        nodes.BooleanNode,
+        nodes.BytesNode,
+        nodes.PathNode,
+        typing.Any,
+        list,
+        dict,
+        tuple,
+        dict,
+        list,
+        tuple,
+        set,
+        frozenset,
+        int,
+        float,
+        str,
+        bool,
+        bytes,
+        complex,
+        collections.OrderedDict,
+        collections.defaultdict,
+        collections.Counter,
+        pathlib.Path,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+        pathlib.PurePath,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        argparse.Namespace,
     ]
 
 
@@ -69,14 +98,18 @@ def safe_torch_load(path: str | os.PathLike, field: str, trust: bool = False, ma
     except pickle.UnpicklingError as error:
         needed = _unsafe_globals(path, {_qualified(obj) for obj in allowed})
         if needed is None and not _looks_like_torch_file(path):  # JSON, text: no opt-in would help
-            raise DataError(f"{field}: {path} is not a PyTorch checkpoint (neither a torch.save zip file nor a "
-                            "pickle); pass the .pth file that `reid train` or TAO wrote") from None
+            raise DataError(
+                f"{field}: {path} is not a PyTorch checkpoint (neither a torch.save zip file nor a "
+                "pickle); pass the .pth file that `reid train` or TAO wrote"
+            ) from None
         if needed is None and "Weights only load failed" not in str(error):
             raise
         shown = ", ".join(needed[:3]) + (", ..." if len(needed) > 3 else "") if needed else "unknown objects"
-        raise DataError(f"{field}: {path} holds Python objects that only full unpickling can load ({shown}), "
-                        f"which runs code from the file; not loaded. Only for a file you trust, set "
-                        f"{TRUST_FIELD}=true") from None
+        raise DataError(
+            f"{field}: {path} holds Python objects that only full unpickling can load ({shown}), "
+            f"which runs code from the file; not loaded. Only for a file you trust, set "
+            f"{TRUST_FIELD}=true"
+        ) from None
 
 
 def _looks_like_torch_file(path: str | os.PathLike) -> bool:
@@ -89,7 +122,7 @@ def _looks_like_torch_file(path: str | os.PathLike) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
-def _unsafe_globals(path: str | os.PathLike, allowed: set) -> Optional[list]:
+def _unsafe_globals(path: str | os.PathLike, allowed: set) -> list | None:
     """The classes/functions the file's pickle names beyond ``allowed``, read without unpickling (None when
     the file cannot be scanned, e.g. a legacy non-zip file)."""
     import torch

@@ -5,22 +5,32 @@ Training returns (logits, global feature) for the ID and metric losses (logits N
 :meth:`Baseline.freeze_id_head` was called: no ID loss); evaluation returns the test
 feature chosen by ``neck_feat``: "after" the BNNeck (default) or "before" it.
 """
+
 import torch
 from torch import nn
 
-from .pooling import AveragePooling, GeneralizedMeanPooling
+from reid_tao.model.pooling import AveragePooling, GeneralizedMeanPooling
 
 NECKS = ("bnneck", "")  # a BatchNorm1d with frozen bias, or none
 NECK_FEATURES = ("after", "before")  # the test feature: after or before the neck
 
 
 class Baseline(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, feat_dim: int, neck: str = "bnneck",
-                 neck_feat: str = "after", gem_pooling: bool = False, reduce_feat_dim: bool = True):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        feat_dim: int,
+        neck: str = "bnneck",
+        neck_feat: str = "after",
+        gem_pooling: bool = False,
+        reduce_feat_dim: bool = True,
+    ):
         super().__init__()
         if neck not in NECKS or neck_feat not in NECK_FEATURES:
-            raise ValueError(f"neck must be one of {NECKS} and neck_feat one of {NECK_FEATURES}, "
-                             f"got {neck!r} and {neck_feat!r}")
+            raise ValueError(
+                f"neck must be one of {NECKS} and neck_feat one of {NECK_FEATURES}, got {neck!r} and {neck_feat!r}"
+            )
         self.backbone = backbone
         self.pool = GeneralizedMeanPooling() if gem_pooling else AveragePooling()
         width = backbone.out_channels

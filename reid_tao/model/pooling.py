@@ -1,4 +1,5 @@
 """Global pooling of a (N, C, h, w) feature map into (N, C)."""
+
 import torch
 from torch import nn
 from torch.nn import functional as F

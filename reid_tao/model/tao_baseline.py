@@ -10,22 +10,29 @@ Module names follow TAO (``base.*``, ``bottleneck.*``, ``classifier.*``), so TAO
 stripped) loads with strict checking. The blocks are torchvision's Bottleneck, which has TAO's layout
 (stride in the 3x3 convolution, ``downsample.0/1``).
 """
-from typing import Any, Mapping, Sequence, Tuple
+
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from .baseline import NECK_FEATURES
+from reid_tao.model.baseline import NECK_FEATURES
 
 # TAO's model.backbone -> Bottleneck blocks per stage (TAO builds every name with Bottleneck blocks).
-TAO_RESNET_LAYERS = {"resnet_18": (2, 2, 2, 2), "resnet_34": (3, 4, 6, 3), "resnet_50": (3, 4, 6, 3),
-                     "resnet_101": (3, 4, 23, 3), "resnet_152": (3, 8, 36, 3)}
+TAO_RESNET_LAYERS = {
+    "resnet_18": (2, 2, 2, 2),
+    "resnet_34": (3, 4, 6, 3),
+    "resnet_50": (3, 4, 6, 3),
+    "resnet_101": (3, 4, 23, 3),
+    "resnet_152": (3, 8, 36, 3),
+}
 TAO_RESNET_WIDTH = 2048  # channels after layer4 (Bottleneck expansion 4 x 512)
 TAO_NECKS = ("bnneck", "")
 
 
-def tao_resnet_layers(state: Mapping[str, Any]) -> Tuple[int, ...]:
+def tao_resnet_layers(state: Mapping[str, Any]) -> tuple[int, ...]:
     """Bottleneck blocks per stage of TAO ResNet weights (``model.`` stripped), counted from the keys
     base.layer<stage>.<block>.*."""
     blocks = [set() for _ in range(4)]
@@ -74,8 +81,9 @@ class TaoBaseline(nn.Module):
     def __init__(self, base: TaoResNet, num_classes: int, neck: str = "bnneck", neck_feat: str = "after"):
         super().__init__()
         if neck not in TAO_NECKS or neck_feat not in NECK_FEATURES:
-            raise ValueError(f"neck must be one of {TAO_NECKS} and neck_feat one of {NECK_FEATURES}, "
-                             f"got {neck!r} and {neck_feat!r}")
+            raise ValueError(
+                f"neck must be one of {TAO_NECKS} and neck_feat one of {NECK_FEATURES}, got {neck!r} and {neck_feat!r}"
+            )
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.base = base

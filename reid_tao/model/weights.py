@@ -6,6 +6,7 @@ them nested under a prefix such as ``backbone.``, ``base.``, ``model.`` or ``mod
 Lightning checkpoints). Unlike TAO (bug B14) every load reports how many backbone tensors it filled, and
 fails loudly when most of them did not match.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import DataError, first_line
-from ..io.checkpoint_file import flatten_state_dict, read_checkpoint_file
+from reid_tao.errors import DataError, first_line
+from reid_tao.io.checkpoint_file import flatten_state_dict, read_checkpoint_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,11 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line, e.g. "loaded 318/320 backbone tensors (99.4%), 2 missing, 0 unexpected, ..."."""
-        text = (f"loaded {self.matched}/{self.total} backbone tensors ({100 * self.fraction:.1f}%), "
-                f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-                f"{len(self.shape_mismatch)} shape mismatches, {self.ignored} head/other tensors ignored")
+        text = (
+            f"loaded {self.matched}/{self.total} backbone tensors ({100 * self.fraction:.1f}%), "
+            f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.shape_mismatch)} shape mismatches, {self.ignored} head/other tensors ignored"
+        )
         if self.source_prefix:
             text += f" (file prefix {self.source_prefix!r} stripped)"
         return text
@@ -70,8 +73,9 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
 
 
 # ----------------------------------------------------------------------------------------------- matching
-def load_backbone_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                          min_fraction: float = 0.9) -> LoadReport:
+def load_backbone_weights(
+    backbone: nn.Module, state_dict: Mapping[str, torch.Tensor], min_fraction: float = 0.9
+) -> LoadReport:
     """Copy the matching tensors of ``state_dict`` into ``backbone`` and report what matched.
 
     The file's key prefix is found automatically; Swin checkpoints go through timm's converter (official
@@ -84,10 +88,10 @@ def load_backbone_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Te
     swin_prefix, swin = _find_timm_swin(backbone)
     if swin is not None and any(name.endswith("patch_embed.projection.weight") for name in source):
         source = _mmcv_swin_to_microsoft(source)
-    own_names = {name[len(swin_prefix):] for name in target if name.startswith(swin_prefix)}
+    own_names = {name[len(swin_prefix) :] for name in target if name.startswith(swin_prefix)}
 
     prefix = _best_prefix(source, own_names)
-    relative = {name[len(prefix):]: value for name, value in source.items() if name.startswith(prefix)}
+    relative = {name[len(prefix) :]: value for name, value in source.items() if name.startswith(prefix)}
     ignored = len(source) - len(relative)
     heads = [name for name in relative if name.split(".", 1)[0] in HEAD_NAMES and name not in own_names]
     for name in heads:
@@ -98,15 +102,20 @@ def load_backbone_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Te
     candidate = {swin_prefix + name: value for name, value in relative.items()}
 
     counted = [name for name in target if not name.endswith("num_batches_tracked")]
-    loadable = {name: value for name, value in candidate.items()
-                if name in target and value.shape == target[name].shape}
+    loadable = {
+        name: value for name, value in candidate.items() if name in target and value.shape == target[name].shape
+    }
     report = LoadReport(
         matched=sum(name in loadable for name in counted),
         missing=[name for name in counted if name not in candidate],
-        unexpected=sorted(name for name in candidate
-                          if name not in target and not name.endswith("num_batches_tracked")),
-        shape_mismatch=[f"{name}: file {tuple(candidate[name].shape)} vs model {tuple(target[name].shape)}"
-                        for name in counted if name in candidate and name not in loadable],
+        unexpected=sorted(
+            name for name in candidate if name not in target and not name.endswith("num_batches_tracked")
+        ),
+        shape_mismatch=[
+            f"{name}: file {tuple(candidate[name].shape)} vs model {tuple(target[name].shape)}"
+            for name in counted
+            if name in candidate and name not in loadable
+        ],
         total=len(counted),
         ignored=ignored,
         source_prefix=prefix,
@@ -116,15 +125,18 @@ def load_backbone_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Te
     backbone.load_state_dict(loadable, strict=False)
     logger.info("pretrained backbone weights: %s", report.summary())
     if report.missing or report.shape_mismatch or report.unexpected:
-        logger.warning("pretrained weights: not loaded %s; unused from the file %s",
-                       ", ".join((report.missing + report.shape_mismatch)[:5]) or "-",
-                       ", ".join(report.unexpected[:5]) or "-")
+        logger.warning(
+            "pretrained weights: not loaded %s; unused from the file %s",
+            ", ".join((report.missing + report.shape_mismatch)[:5]) or "-",
+            ", ".join(report.unexpected[:5]) or "-",
+        )
     return report
 
 
 def _find_timm_swin(backbone: nn.Module) -> tuple[str, nn.Module | None]:
     """The timm SwinTransformer inside ``backbone`` and its key prefix, or ("", None)."""
     from timm.models.swin_transformer import SwinTransformer
+
     for name, module in backbone.named_modules():
         if isinstance(module, SwinTransformer):
             return (f"{name}." if name else ""), module
@@ -148,8 +160,12 @@ def _mmcv_swin_to_microsoft(state_dict: dict[str, torch.Tensor]) -> dict[str, to
     """The mmcv/SOLIDER Swin layout (TAO's Swin: ``stages.*``, ``attn.w_msa``, ``ffn.layers``, unfold-ordered
     patch merging, final ``norm3``) back to the official Microsoft layout, which timm's filter then reads.
     Keys keep their prefix (``model.base.`` etc.); SOLIDER's semantic embeddings have no counterpart."""
-    renames = ((".attn.w_msa.", ".attn."), (".ffn.layers.0.0.", ".mlp.fc1."), (".ffn.layers.1.", ".mlp.fc2."),
-               ("patch_embed.projection.", "patch_embed.proj."))
+    renames = (
+        (".attn.w_msa.", ".attn."),
+        (".ffn.layers.0.0.", ".mlp.fc1."),
+        (".ffn.layers.1.", ".mlp.fc2."),
+        ("patch_embed.projection.", "patch_embed.proj."),
+    )
     converted = {}
     for name, value in state_dict.items():
         parts = name.split(".")
@@ -172,13 +188,15 @@ def _mmcv_swin_to_microsoft(state_dict: dict[str, torch.Tensor]) -> dict[str, to
 def _convert_swin(state_dict: dict[str, torch.Tensor], swin: nn.Module) -> dict[str, torch.Tensor]:
     """timm's Swin filter: Microsoft -> timm names, relative-position tables resized to our windows."""
     from timm.models.swin_transformer import checkpoint_filter_fn
+
     own = swin.state_dict()
     # The filter looks every table's block up in the model and resizes it; tables of blocks we lack or with
     # another head count cannot be resized, so they skip it and show up as unexpected/mismatched.
     passthrough = {}
     for name, value in list(state_dict.items()):
         if name.endswith("relative_position_bias_table") and (
-                name not in own or value.ndim != 2 or value.shape[1] != own[name].shape[1]):
+            name not in own or value.ndim != 2 or value.shape[1] != own[name].shape[1]
+        ):
             passthrough[name] = state_dict.pop(name)
     with warnings.catch_warnings():  # timm's table interpolation emits torch indexing/perf warnings
         warnings.simplefilter("ignore", UserWarning)
@@ -191,13 +209,17 @@ def _too_few_message(report: LoadReport, min_fraction: float, source: Mapping[st
     missing = ", ".join(report.missing[:3]) or "-"
     mismatched = "; ".join(report.shape_mismatch[:2])
     file_keys = ", ".join(list(source)[:3]) or "none"
-    text = (f"{PATH_FIELD}: only {report.matched}/{report.total} backbone tensors "
-            f"({100 * report.fraction:.1f}%, need {100 * min_fraction:.0f}%) match this backbone; "
-            f"e.g. missing {missing}")
+    text = (
+        f"{PATH_FIELD}: only {report.matched}/{report.total} backbone tensors "
+        f"({100 * report.fraction:.1f}%, need {100 * min_fraction:.0f}%) match this backbone; "
+        f"e.g. missing {missing}"
+    )
     if mismatched:
         text += f"; shape mismatches {mismatched}"
-    return text + (f"; the file's keys look like {file_keys}. Check that the file belongs to the chosen "
-                   f"model.backbone (torchvision ResNet, timm or official Swin format)")
+    return text + (
+        f"; the file's keys look like {file_keys}. Check that the file belongs to the chosen "
+        f"model.backbone (torchvision ResNet, timm or official Swin format)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- ImageNet
@@ -209,7 +231,7 @@ def load_imagenet_weights(backbone: nn.Module, backbone_name: str) -> LoadReport
     which fails fast when offline). Any download problem becomes one DataError telling the user to
     download the file elsewhere and set model.pretrained_model_path.
     """
-    from .backbones import BACKBONES
+    from reid_tao.model.backbones import BACKBONES
 
     if backbone_name not in BACKBONES:
         raise ValueError(f"backbone_name={backbone_name!r} is not in the backbone table")
@@ -229,6 +251,7 @@ def load_imagenet_weights(backbone: nn.Module, backbone_name: str) -> LoadReport
 
 def _torchvision_imagenet_fetcher(enum_name: str):
     from torchvision import models
+
     weights_enum = getattr(models, enum_name, None)
     if weights_enum is None:
         raise ValueError(f"torchvision has no weights enum {enum_name!r}")
@@ -238,13 +261,16 @@ def _torchvision_imagenet_fetcher(enum_name: str):
 
 def _timm_imagenet_fetcher(name: str):
     import timm
+
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except Exception:
         cfg = None
     if cfg is None or not (cfg.url or cfg.hf_hub_id):
-        raise DataError(f"model.backbone={name}: timm knows no ImageNet weights for it; "
-                        f"set model.pretrain_choice='' or {PATH_FIELD}")
+        raise DataError(
+            f"model.backbone={name}: timm knows no ImageNet weights for it; "
+            f"set model.pretrain_choice='' or {PATH_FIELD}"
+        )
     hf_repo = cfg.hf_hub_id  # e.g. timm/swin_tiny_patch4_window7_224.ms_in1k
 
     def fetch():
@@ -253,9 +279,9 @@ def _timm_imagenet_fetcher(name: str):
             return read_state_dict(cached)
         if not cfg.url:
             from timm.models import load_state_dict_from_hf
+
             return load_state_dict_from_hf(hf_repo, weights_only=True)
-        return torch.hub.load_state_dict_from_url(cfg.url, map_location="cpu", progress=True,
-                                                  weights_only=True)
+        return torch.hub.load_state_dict_from_url(cfg.url, map_location="cpu", progress=True, weights_only=True)
 
     return fetch, cfg.url or f"https://huggingface.co/{hf_repo}"
 

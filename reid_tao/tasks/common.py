@@ -1,23 +1,24 @@
 """What every task does: results folder, experiment.yaml, logging to the console and <task>.log, and
 status.json around the task's work as TAO writes it (STARTED "Starting ReIdentification <task>.", then a
 RUNNING "<Task> finished successfully." line, or FAILURE with the one-line error)."""
+
 import functools
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.loader import task_results_dir
-from ..config.notices import field_notices
-from ..engine.status import FAILURE, RUNNING, STARTED, STATUS_FILE, StatusFile
-from ..errors import ConfigError, ReidError, error_line
-from ..io.atomic import atomic_write_text, open_append
+from reid_tao.config.loader import task_results_dir
+from reid_tao.config.notices import field_notices
+from reid_tao.engine.status import FAILURE, RUNNING, STARTED, STATUS_FILE, StatusFile
+from reid_tao.errors import ConfigError, ReidError, error_line
+from reid_tao.io.atomic import atomic_write_text, open_append
 
 log = logging.getLogger("reid_tao")
 TAO_MODEL_NAME = "ReIdentification"  # in TAO's status.json start line
@@ -58,8 +59,16 @@ def setup_logging() -> None:
 
 
 # Lightning's info lines that say nothing to a reid_tao user (the devices line of build_trainer says what runs).
-LIGHTNING_CHATTER = ("litlogger", "GPU available:", "TPU available:", "HPU available:", "IPU available:",
-                     "was configured so", "`Trainer.fit` stopped: `max_epochs=", "`Trainer.fit` stopped: `max_steps=")
+LIGHTNING_CHATTER = (
+    "litlogger",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "IPU available:",
+    "was configured so",
+    "`Trainer.fit` stopped: `max_epochs=",
+    "`Trainer.fit` stopped: `max_steps=",
+)
 # Lightning's warnings about cases reid_tao handles itself.
 HANDLED_WARNINGS = (
     ".*exists and is not empty.*",  # re-runs resume in place
@@ -83,8 +92,11 @@ def quiet_lightning() -> None:
     """Silence messages that are expected here and say nothing to a reid_tao user."""
     for pattern in HANDLED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
-                 "lightning.pytorch.utilities.rank_zero"):
+    for name in (
+        "pytorch_lightning.utilities.rank_zero",
+        "lightning_fabric.utilities.rank_zero",
+        "lightning.pytorch.utilities.rank_zero",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(existing, _DropChatter) for existing in logger.filters):
             logger.addFilter(_DropChatter())
@@ -110,6 +122,7 @@ def reported(task: str) -> Callable:
 
     Every failure ends up here once: a ReidError (or any unexpected exception, or an interrupt) writes a
     FAILURE line with its one-line message and is raised on unchanged, for the CLI to report."""
+
     def decorate(run: Callable) -> Callable:
         @functools.wraps(run)
         def wrapper(config: DictConfig, **options):
@@ -120,7 +133,9 @@ def reported(task: str) -> Callable:
                 make_results_folder(results, task)
             with results_lock(results, task, enabled=zero):
                 return _run_reported(run, config, task, results, zero, options)
+
         return wrapper
+
     return decorate
 
 
@@ -128,10 +143,15 @@ def make_results_folder(results: Path, task: str) -> None:
     try:
         results.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # e.g. results_dir is an existing file
-        reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else \
-            (error.strerror or str(error))
-        raise ConfigError(f"cannot create the results folder {results} ({reason}); set results_dir (or "
-                          f"{task}.results_dir) to a folder") from None
+        reason = (
+            "a file is in the way"
+            if isinstance(error, (FileExistsError, NotADirectoryError))
+            else (error.strerror or str(error))
+        )
+        raise ConfigError(
+            f"cannot create the results folder {results} ({reason}); set results_dir (or "
+            f"{task}.results_dir) to a folder"
+        ) from None
 
 
 @contextmanager
@@ -151,8 +171,10 @@ def results_lock(results: Path, task: str, enabled: bool = True) -> Iterator[Non
             pid = holder.read_text().strip() or "unknown"
         except OSError:
             pid = "unknown"
-        raise ConfigError(f"another `reid {task}` (pid {pid}) is running in {results}; wait for it to finish, "
-                          "or use another results_dir") from None
+        raise ConfigError(
+            f"another `reid {task}` (pid {pid}) is running in {results}; wait for it to finish, "
+            "or use another results_dir"
+        ) from None
     try:
         atomic_write_text(holder, str(os.getpid()))
         yield

@@ -3,16 +3,17 @@
 One sequence, video or DeepStream stream is one camera (crops.camera); track ids become the person ids of
 the names, and they identify a person only within that camera (a tracker knows nothing across cameras).
 """
+
 import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..data.crops import write_crops
-from ..data.tracks import TRACK_FORMATS
-from ..engine.status import StatusFile
-from ..errors import ConfigError, DataError
-from .common import prepare_task, reported
+from reid_tao.data.crops import write_crops
+from reid_tao.data.tracks import TRACK_FORMATS
+from reid_tao.engine.status import StatusFile
+from reid_tao.errors import ConfigError, DataError
+from reid_tao.tasks.common import prepare_task, reported
 
 log = logging.getLogger("reid_tao.crops")
 
@@ -45,13 +46,18 @@ def _check_output_dir(output: Path, source: Path) -> None:
     if source.is_dir():
         out, frames = output.resolve(), source.resolve()
         if out == frames or frames in out.parents:
-            raise ConfigError(f"crops.output_dir {output} is inside crops.input {source}: the crops would be read "
-                              "as frames by the next run; choose a folder outside it")
+            raise ConfigError(
+                f"crops.output_dir {output} is inside crops.input {source}: the crops would be read "
+                "as frames by the next run; choose a folder outside it"
+            )
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file where a parent folder should be, no permission, ...
-        reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else \
-            (error.strerror or str(error))
+        reason = (
+            "a file is in the way"
+            if isinstance(error, (FileExistsError, NotADirectoryError))
+            else (error.strerror or str(error))
+        )
         raise ConfigError(f"cannot create crops.output_dir {output} ({reason}); name a writable folder") from None
 
 
@@ -67,11 +73,26 @@ def run(config: DictConfig, status: StatusFile) -> Path:
     boxes = track_format.reader(tracks_file, ground_truth, crops.stream, list(crops.labels))
     if not boxes:
         raise DataError(f"{tracks_file}: no boxes to crop (empty, or every entry filtered out)")
-    summary = write_crops(boxes, crops.input, crops.output_dir, camera=crops.camera, frame_step=crops.frame_step,
-                          min_height=crops.min_height, min_inside=crops.min_inside,
-                          first_frame=track_format.first_frame)
-    log.info("wrote %d crops of %d tracks from %d frames to %s (camera %d); skipped %d boxes cut off by the frame "
-             "edge (crops.min_inside) and %d lower than crops.min_height", summary.written, summary.tracks,
-             summary.frames, crops.output_dir, crops.camera, summary.cut_off, summary.too_small)
+    summary = write_crops(
+        boxes,
+        crops.input,
+        crops.output_dir,
+        camera=crops.camera,
+        frame_step=crops.frame_step,
+        min_height=crops.min_height,
+        min_inside=crops.min_inside,
+        first_frame=track_format.first_frame,
+    )
+    log.info(
+        "wrote %d crops of %d tracks from %d frames to %s (camera %d); skipped %d boxes cut off by the frame "
+        "edge (crops.min_inside) and %d lower than crops.min_height",
+        summary.written,
+        summary.tracks,
+        summary.frames,
+        crops.output_dir,
+        crops.camera,
+        summary.cut_off,
+        summary.too_small,
+    )
     status.kpi = {"crops": float(summary.written), "tracks": float(summary.tracks)}
     return Path(crops.output_dir)

@@ -1,23 +1,23 @@
 """`reid inference`: one embedding per image of inference.query_dataset then inference.test_dataset."""
+
 import json
 import logging
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from ..builders import checkpoint_model_config, feature_batches, load_embedding_model, task_checkpoint
-from ..data.datasets import ImageDataset
-from ..data.layouts import split_images
-from ..engine.status import StatusFile
-from ..errors import ConfigError
-from ..io.atomic import atomic_output
-from .common import prepare_task, reported, write_experiment
+from reid_tao.builders import checkpoint_model_config, feature_batches, load_embedding_model, task_checkpoint
+from reid_tao.data.datasets import ImageDataset
+from reid_tao.data.layouts import split_images
+from reid_tao.engine.status import StatusFile
+from reid_tao.errors import ConfigError
+from reid_tao.io.atomic import atomic_output
+from reid_tao.tasks.common import prepare_task, reported, write_experiment
 
 log = logging.getLogger("reid_tao.inference")
 
 
-def _inference_folders(config: DictConfig) -> List[Tuple[str, str]]:
+def _inference_folders(config: DictConfig) -> list[tuple[str, str]]:
     """(folder, spec field) pairs: inference.query_dataset / test_dataset, or, when neither is set,
     dataset.query_dataset_dir / test_dataset_dir (as evaluate; never evaluate.*)."""
     section, data = config.inference, config.dataset
@@ -26,22 +26,24 @@ def _inference_folders(config: DictConfig) -> List[Tuple[str, str]]:
         return own
     fallback = [(data[f], f"dataset.{f}") for f in ("query_dataset_dir", "test_dataset_dir") if data[f]]
     if not fallback:
-        raise ConfigError("set inference.query_dataset and/or inference.test_dataset (or dataset.query_dataset_dir "
-                          "/ test_dataset_dir) to folders of images or list files")
+        raise ConfigError(
+            "set inference.query_dataset and/or inference.test_dataset (or dataset.query_dataset_dir "
+            "/ test_dataset_dir) to folders of images or list files"
+        )
     log.info("inference.query_dataset and test_dataset are not set: using %s", ", ".join(f for _, f in fallback))
     return fallback
 
 
-def _inference_images(config: DictConfig) -> List[str]:
+def _inference_images(config: DictConfig) -> list[str]:
     """Every image of the query split then the test split: a folder's sorted by path (names need not be
     Market's), a list file's in file order."""
-    paths: List[str] = []
+    paths: list[str] = []
     for folder, field in _inference_folders(config):
         paths += split_images(folder, field, config.dataset.layout)
     return paths
 
 
-def _write_embeddings_json(path: Path, image_paths: List[str], batches) -> int:
+def _write_embeddings_json(path: Path, image_paths: list[str], batches) -> int:
     """Stream `[{"img_path": ..., "embedding": [...]}, ...]` into a temporary file, then rename it into place."""
     written = 0
     with atomic_output(path) as out:
@@ -60,13 +62,14 @@ def _output_path(config: DictConfig, results_dir: Path) -> Path:
 
 
 @reported("inference")
-def run(config: DictConfig, status: StatusFile) -> Optional[Path]:
+def run(config: DictConfig, status: StatusFile) -> Path | None:
     results_dir = prepare_task(config, "inference")
     # a .pth checkpoint, or an exported .onnx: onnxruntime in this process, preprocessing from the sidecar
     # export wrote beside the model (not from the spec), features streamed batch by batch
     checkpoint = task_checkpoint(config, "inference")
-    model, preprocessing, trained = load_embedding_model(checkpoint, "inference.checkpoint", config, config.inference,
-                                                         trust=config.model.trust_weights_file)
+    model, preprocessing, trained = load_embedding_model(
+        checkpoint, "inference.checkpoint", config, config.inference, trust=config.model.trust_weights_file
+    )
     if trained is not None:  # a .pth: its config decides the model
         write_experiment(checkpoint_model_config(config, trained, "inference"), "inference")
     image_paths = _inference_images(config)

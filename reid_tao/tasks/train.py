@@ -1,4 +1,5 @@
 """`reid train`: fit the model, checkpoint every epoch, resume automatically."""
+
 import logging
 import signal
 from pathlib import Path
@@ -7,7 +8,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ..builders import (
+from reid_tao.builders import (
     RESUME_FIELD,
     adaptation_callbacks,
     adaptation_source_config,
@@ -19,13 +20,13 @@ from ..builders import (
     resume_path,
     training_num_classes,
 )
-from ..config.notices import warmup_warning
-from ..engine.callbacks import StepCounter
-from ..engine.checkpoint import LATEST_NAME
-from ..engine.preemption import PreemptionCheckpoint
-from ..engine.status import StatusFile
-from ..errors import ConfigError, Preempted
-from .common import prepare_task, reported
+from reid_tao.config.notices import warmup_warning
+from reid_tao.engine.callbacks import StepCounter
+from reid_tao.engine.checkpoint import LATEST_NAME
+from reid_tao.engine.preemption import PreemptionCheckpoint
+from reid_tao.engine.status import StatusFile
+from reid_tao.errors import ConfigError, Preempted
+from reid_tao.tasks.common import prepare_task, reported
 
 log = logging.getLogger("reid_tao.train")
 
@@ -33,18 +34,23 @@ log = logging.getLogger("reid_tao.train")
 def _check_dataset_fields(config: DictConfig) -> None:
     data = config.dataset
     if not data.train_dataset_dir:
-        what = ("the unlabeled images (adaptation.enable=true)" if config.adaptation.enable
-                else "a Market-1501 bounding_box_train folder")
+        what = (
+            "the unlabeled images (adaptation.enable=true)"
+            if config.adaptation.enable
+            else "a Market-1501 bounding_box_train folder"
+        )
         raise ConfigError(f"dataset.train_dataset_dir is not set; point it to {what}")
     if bool(data.query_dataset_dir) != bool(data.test_dataset_dir):
         raise ConfigError("set both dataset.query_dataset_dir and dataset.test_dataset_dir for validation, or neither")
     field = needs_validation(config)
     if field and not data.query_dataset_dir:
-        raise ConfigError(f"{field} is a validation metric (train.checkpointer.enable_topk=true) but no validation "
-                          "folders are set; set dataset.query_dataset_dir and dataset.test_dataset_dir, or monitor "
-                          "train_loss")
+        raise ConfigError(
+            f"{field} is a validation metric (train.checkpointer.enable_topk=true) but no validation "
+            "folders are set; set dataset.query_dataset_dir and dataset.test_dataset_dir, or monitor "
+            "train_loss"
+        )
     if data.synthetic and not Path(data.train_dataset_dir).is_dir():
-        from ..data.synthetic import generate_synthetic_market
+        from reid_tao.data.synthetic import generate_synthetic_market
 
         root = Path(data.train_dataset_dir).parent
         log.info("dataset.synthetic=true: generating the synthetic Market-format dataset in %s", root)
@@ -71,8 +77,10 @@ def _checkpoints_line(results: Path) -> str:
     if len(others) == 1:
         parts.append(f"{others[0].name} {_megabytes(others[0]):.0f} MB{kind}")
     elif others:
-        parts.append(f"{len(others)} more ({others[0].name} ... {others[-1].name}, "
-                     f"{sum(_megabytes(path) for path in others):.0f} MB in all{kind})")
+        parts.append(
+            f"{len(others)} more ({others[0].name} ... {others[-1].name}, "
+            f"{sum(_megabytes(path) for path in others):.0f} MB in all{kind})"
+        )
     return f"checkpoints in {results}: {', '.join(parts) if parts else 'none'}"
 
 
@@ -93,19 +101,27 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
     adaptation = config.adaptation.enable
     num_classes = training_num_classes(config, datamodule)
     if not adaptation and config.dataset.num_classes != datamodule.num_classes:
-        log.info("dataset.num_classes=%d is not needed: %d identities found in dataset.train_dataset_dir",
-                 config.dataset.num_classes, datamodule.num_classes)
+        log.info(
+            "dataset.num_classes=%d is not needed: %d identities found in dataset.train_dataset_dir",
+            config.dataset.num_classes,
+            datamodule.num_classes,
+        )
     checkpoint = resume_path(config, results)
     if checkpoint:
         _check_resume(checkpoint, config, num_classes)
         log.info("resuming from %s", checkpoint)
-    module = build_module(config, num_classes, num_query=len(datamodule.query_records),
-                          load_pretrained=checkpoint is None)
+    module = build_module(
+        config, num_classes, num_query=len(datamodule.query_records), load_pretrained=checkpoint is None
+    )
     # SIGTERM/SIGINT/SIGUSR1: finish the step, write reid_model_latest.pth, raise Preempted
     preemption = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth")
     counter = StepCounter()
-    callbacks = [preemption, counter, *extra_callbacks,
-                 *adaptation_callbacks(config, module, resuming=checkpoint is not None)]
+    callbacks = [
+        preemption,
+        counter,
+        *extra_callbacks,
+        *adaptation_callbacks(config, module, resuming=checkpoint is not None),
+    ]
     trainer = build_trainer(config, results, datamodule.has_validation, status, extra_callbacks=callbacks)
     if not adaptation:  # (clusters are checked when each clustering sets them)
         # setup() ran before the Trainer existed (one process): check P x processes now, before any starts
@@ -115,12 +131,18 @@ def run(config: DictConfig, status: StatusFile, extra_callbacks=()) -> Path:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
         except SIGTERMException:  # Lightning's own handler, in the moment before ours replace it in fit
-            raise Preempted("stopped by SIGTERM while training started, before a checkpoint of this run; "
-                            "run the same command to resume", signal.SIGTERM) from None
+            raise Preempted(
+                "stopped by SIGTERM while training started, before a checkpoint of this run; "
+                "run the same command to resume",
+                signal.SIGTERM,
+            ) from None
     if checkpoint and counter.steps == 0:
-        log.info("training finished: no epoch ran, %s already holds all train.num_epochs=%d epochs; raise "
-                 "train.num_epochs to train on from it, or use a new results_dir to start afresh", checkpoint,
-                 config.train.num_epochs)
+        log.info(
+            "training finished: no epoch ran, %s already holds all train.num_epochs=%d epochs; raise "
+            "train.num_epochs to train on from it, or use a new results_dir to start afresh",
+            checkpoint,
+            config.train.num_epochs,
+        )
     else:
         log.info("training finished")
     log.info(_checkpoints_line(results))

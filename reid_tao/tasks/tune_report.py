@@ -1,23 +1,25 @@
 """What `reid tune` writes about a study: trials.csv (one row a trial) and tune.png (the objective per trial,
 and each searched field's effect on it)."""
+
 import csv
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
-from ..config.search_space import Param
-from ..io.atomic import atomic_save_figure, atomic_write_text
+from reid_tao.config.search_space import Param
+from reid_tao.io.atomic import atomic_save_figure, atomic_write_text
 
 
 class TrialRow(NamedTuple):
     number: int
     state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
-    value: Optional[float]  # the final metric (COMPLETE) or the last reported one (PRUNED)
+    value: float | None  # the final metric (COMPLETE) or the last reported one (PRUNED)
     epochs: int  # validated epochs
-    minutes: Optional[float]
+    minutes: float | None
     folder: str
-    params: Dict[str, Any]
+    params: dict[str, Any]
 
 
 def write_trials_csv(path: Path, rows: Sequence[TrialRow], params: Sequence[Param], metric: str) -> None:
@@ -25,9 +27,17 @@ def write_trials_csv(path: Path, rows: Sequence[TrialRow], params: Sequence[Para
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["trial", "state", metric, "epochs", "minutes", *[p.path for p in params], "folder"])
     for row in rows:
-        writer.writerow([row.number, row.state, "" if row.value is None else f"{row.value:.6g}", row.epochs,
-                         "" if row.minutes is None else f"{row.minutes:.2f}",
-                         *[row.params.get(p.path, "") for p in params], row.folder])
+        writer.writerow(
+            [
+                row.number,
+                row.state,
+                "" if row.value is None else f"{row.value:.6g}",
+                row.epochs,
+                "" if row.minutes is None else f"{row.minutes:.2f}",
+                *[row.params.get(p.path, "") for p in params],
+                row.folder,
+            ]
+        )
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -46,8 +56,13 @@ def study_figure(rows: Sequence[TrialRow], params: Sequence[Param], metric: str,
     axes = figure.subplots(1, 1 + len(params), squeeze=False)[0]
     for state, marker, color in (("COMPLETE", "o", "tab:blue"), ("PRUNED", "x", "tab:gray")):
         chosen = [row for row in scored if row.state == state]
-        axes[0].scatter([row.number for row in chosen], [row.value for row in chosen], marker=marker, color=color,
-                        label=state.lower())
+        axes[0].scatter(
+            [row.number for row in chosen],
+            [row.value for row in chosen],
+            marker=marker,
+            color=color,
+            label=state.lower(),
+        )
     complete = sorted((row for row in scored if row.state == "COMPLETE"), key=lambda row: row.number)
     if complete:
         best, line = None, []
@@ -65,7 +80,7 @@ def study_figure(rows: Sequence[TrialRow], params: Sequence[Param], metric: str,
     return figure
 
 
-def _plot_param(ax, param: Param, rows: List[TrialRow], metric: str) -> None:
+def _plot_param(ax, param: Param, rows: list[TrialRow], metric: str) -> None:
     values = [row.params.get(param.path) for row in rows]
     scores = [row.value for row in rows]
     if param.kind == "choice":
@@ -91,11 +106,14 @@ def _log_axis(ax, low: float, high: float) -> None:
 
     ax.set_xscale("log")
     ax.set_xlim(low / 1.2, high * 1.2)
-    ticks = [mantissa * 10.0 ** exponent for exponent in range(math.floor(math.log10(low)),
-                                                                 math.ceil(math.log10(high)) + 1)
-             for mantissa in (1, 2, 5) if low / 1.2 <= mantissa * 10.0 ** exponent <= high * 1.2]
+    ticks = [
+        mantissa * 10.0**exponent
+        for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+        for mantissa in (1, 2, 5)
+        if low / 1.2 <= mantissa * 10.0**exponent <= high * 1.2
+    ]
     if len(ticks) < 2:
         ticks = [low, high]
-    ticks = ticks[::math.ceil(len(ticks) / 5)]
+    ticks = ticks[:: math.ceil(len(ticks) / 5)]
     ax.set_xticks(ticks, [f"{tick:.2g}" for tick in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from .common import MARKET_IDS, chosen_device, sync
+from benchmarks.common import MARKET_IDS, chosen_device, sync
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,18 +30,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from reid_tao.engine.checkpoint import AtomicCheckpointIO, BackgroundCheckpointIO
 
     device = chosen_device(args.device)
-    config = load_experiment(None, ["model.pretrain_choice=''", f"model.backbone={args.backbone}",
-                                    f"model.feat_dim={args.feat_dim}"])
+    config = load_experiment(
+        None, ["model.pretrain_choice=''", f"model.backbone={args.backbone}", f"model.feat_dim={args.feat_dim}"]
+    )
     model = build_model(config, MARKET_IDS, load_pretrained=False).to(device)
     centers = torch.zeros(MARKET_IDS, model.feat_dim, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([*model.parameters(), centers])
     for parameter in optimizer.param_groups[0]["params"]:
         parameter.grad = torch.zeros_like(parameter)
     optimizer.step()  # creates the Adam moments: the checkpoint holds three copies of the weights
-    checkpoint = {"state_dict": {**model.state_dict(), "loss.center_loss.centers": centers.detach()},
-                  "optimizer_states": [optimizer.state_dict()]}
-    report: dict[str, Any] = {"task": "checkpoint", "device": str(device), "backbone": args.backbone,
-                              "feat_dim": model.feat_dim}
+    checkpoint = {
+        "state_dict": {**model.state_dict(), "loss.center_loss.centers": centers.detach()},
+        "optimizer_states": [optimizer.state_dict()],
+    }
+    report: dict[str, Any] = {
+        "task": "checkpoint",
+        "device": str(device),
+        "backbone": args.backbone,
+        "feat_dim": model.feat_dim,
+    }
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         path = Path(folder) / "reid_model_latest.pth"
         for name, io in (("foreground", AtomicCheckpointIO()), ("background", BackgroundCheckpointIO())):

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
-from .common import MARKET_CAMS, cpu_model, peak_rss_mb, rss_mb
+from benchmarks.common import MARKET_CAMS, cpu_model, peak_rss_mb, rss_mb
 
 if TYPE_CHECKING:  # annotations only
     import torch
@@ -25,9 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def make_people(num: int, dim: int, seed: int = 0, min_images: int = 10, max_images: int = 20,
-                noise_fraction: float = 0.1, num_cams: int = MARKET_CAMS, id_signal: float = 0.45,
-                camera_signal: float = 0.5) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+def make_people(
+    num: int,
+    dim: int,
+    seed: int = 0,
+    min_images: int = 10,
+    max_images: int = 20,
+    noise_fraction: float = 0.1,
+    num_cams: int = MARKET_CAMS,
+    id_signal: float = 0.45,
+    camera_signal: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Seeded unlabeled crops' features as clustering sees them: people with ``min_images``..``max_images``
     images each (an identity centre scaled by ``id_signal`` plus Gaussian noise), ``noise_fraction`` images of
     no one (noise only), every image on a random camera that adds its own look (scaled by ``camera_signal``).
@@ -41,7 +49,7 @@ def make_people(num: int, dim: int, seed: int = 0, min_images: int = 10, max_ima
     identities = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
     identities = torch.cat([identities, torch.full((num - len(identities),), -1)])
     cameras = torch.randint(0, num_cams, (num,), generator=generator)
-    scale = dim ** 0.5
+    scale = dim**0.5
     centres = torch.nn.functional.normalize(torch.randn(len(sizes), dim, generator=generator), dim=1) * id_signal
     looks = torch.nn.functional.normalize(torch.randn(num_cams, dim, generator=generator), dim=1) * camera_signal
     features = torch.randn(num, dim, generator=generator).add_(looks[cameras], alpha=scale)
@@ -63,9 +71,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     defaults = AdaptationConfig()
     eps = defaults.eps if args.eps is None else args.eps
-    settings = dict(eps=None if eps == "auto" else float(eps), eps_share=defaults.eps_share,
-                    min_samples=args.min_samples or defaults.min_samples, k1=args.k1 or defaults.k1,
-                    k2=args.k2 or defaults.k2)
+    settings = dict(
+        eps=None if eps == "auto" else float(eps),
+        eps_share=defaults.eps_share,
+        min_samples=args.min_samples or defaults.min_samples,
+        k1=args.k1 or defaults.k1,
+        k2=args.k2 or defaults.k2,
+    )
     if args.dense and settings["eps"] is None:
         raise SystemExit("cluster --dense: give a numeric --eps (eps auto is for the sparse path)")
     features, identities, cameras = make_people(args.num, args.dim, seed=args.seed, noise_fraction=args.noise)
@@ -80,8 +92,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         normalised = torch.nn.functional.normalize(features, dim=1)
         clustered = normalised if cameras is None else camera_centred(normalised, cameras)
         distance = jaccard_distance(clustered, k1=settings["k1"], k2=settings["k2"]).clamp_(min=0.0).numpy()
-        labels = DBSCAN(eps=settings["eps"], min_samples=settings["min_samples"],
-                        metric="precomputed").fit_predict(distance)
+        labels = DBSCAN(eps=settings["eps"], min_samples=settings["min_samples"], metric="precomputed").fit_predict(
+            distance
+        )
         del distance
         eps_used = settings["eps"]
     else:

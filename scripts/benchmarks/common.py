@@ -10,7 +10,8 @@ import os
 import resource
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only
     import torch
@@ -64,14 +65,14 @@ def warm_up(device: str, fn: Callable[[], Any]) -> None:
         fn()
 
 
-def sync(device: "torch.device") -> None:
+def sync(device: torch.device) -> None:
     import torch
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def chosen_device(name: str) -> "torch.device":
+def chosen_device(name: str) -> torch.device:
     """--device as a torch.device with its index, so synchronize and peak memory read the GPU in use."""
     import torch
 
@@ -81,7 +82,7 @@ def chosen_device(name: str) -> "torch.device":
     return device
 
 
-def free_device_memory(device: "torch.device") -> None:
+def free_device_memory(device: torch.device) -> None:
     import gc
 
     import torch
@@ -110,5 +111,9 @@ def cpu_description() -> dict[str, Any]:
         return {"cpu": "unknown (no /proc/cpuinfo)"}
     names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
     flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return {"cpu": names[0] if names else "unknown", "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-            "int8_flags": sorted(flags & set(CPU_INT8_FLAGS))}
+    return {
+        "cpu": names[0] if names else "unknown",
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "int8_flags": sorted(flags & set(CPU_INT8_FLAGS)),
+    }

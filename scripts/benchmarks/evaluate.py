@@ -6,8 +6,8 @@ import argparse
 import time
 from typing import Any
 
-from .common import chosen_device, peak_rss_mb, sync
-from .inputs import TemporaryMarket, add_model_arguments, model_overrides
+from benchmarks.common import chosen_device, peak_rss_mb, sync
+from benchmarks.inputs import TemporaryMarket, add_model_arguments, model_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +59,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reranked = None
         if args.rerank:
             normalised = torch.nn.functional.normalize(features, dim=1)
-            reranked = evaluate_rankings(re_ranking(normalised[:q], normalised[q:], k1=20, k2=6, lambda_value=0.3),
-                                         *ids, max_rank=50)
+            reranked = evaluate_rankings(
+                re_ranking(normalised[:q], normalised[q:], k1=20, k2=6, lambda_value=0.3), *ids, max_rank=50
+            )
         sync(device)
         end = time.perf_counter()
     report = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import best_time, peak_rss_mb, warm_up
-from .inputs import add_feature_arguments, make_market_like
+from benchmarks.common import best_time, peak_rss_mb, warm_up
+from benchmarks.inputs import add_feature_arguments, make_market_like
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +27,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     distance_seconds, distmat = best_time(distance, args.device, args.repeats)
 
     def metrics() -> Any:
-        return evaluate_rankings(distmat, data["query_pids"], data["gallery_pids"], data["query_camids"],
-                                 data["gallery_camids"], max_rank=args.max_rank)
+        return evaluate_rankings(
+            distmat,
+            data["query_pids"],
+            data["gallery_pids"],
+            data["query_camids"],
+            data["gallery_camids"],
+            max_rank=args.max_rank,
+        )
 
     warm_up(args.device, metrics)
     metrics_seconds, result = best_time(metrics, args.device, args.repeats)

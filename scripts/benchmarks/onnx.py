@@ -6,10 +6,11 @@ import argparse
 import functools
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .common import cpu_description
-from .inputs import TemporaryMarket, add_model_arguments, model_overrides
+from benchmarks.common import cpu_description
+from benchmarks.inputs import TemporaryMarket, add_model_arguments, model_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,33 +18,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="a reid checkpoint (default: random weights, speed only)")
     parser.add_argument("--feat-dim", type=int, default=256, help="model.feat_dim of the random-weight model")
     parser.add_argument("--data-types", default="fp32,fp16,int8", help="comma-separated export.data_type values")
-    parser.add_argument("--int8-targets", default="tensorrt,cpu",
-                        help="comma-separated export.int8_target values to build an INT8 file for (int8_<target>)")
-    parser.add_argument("--int8-variant", action="append", default=[], metavar="NAME=TARGET[,FIELD=VALUE...]",
-                        help="also an INT8 file from TARGET's recipe with FIELDs changed (Int8Recipe in "
-                             "reid_tao/deploy/precision.py), reported as int8_NAME; repeatable. E.g. "
-                             "qop=cpu,quant_format=QOperator  rr=cpu,reduce_range=true  all=cpu,float_layers=")
+    parser.add_argument(
+        "--int8-targets",
+        default="tensorrt,cpu",
+        help="comma-separated export.int8_target values to build an INT8 file for (int8_<target>)",
+    )
+    parser.add_argument(
+        "--int8-variant",
+        action="append",
+        default=[],
+        metavar="NAME=TARGET[,FIELD=VALUE...]",
+        help="also an INT8 file from TARGET's recipe with FIELDs changed (Int8Recipe in "
+        "reid_tao/deploy/precision.py), reported as int8_NAME; repeatable. E.g. "
+        "qop=cpu,quant_format=QOperator  rr=cpu,reduce_range=true  all=cpu,float_layers=",
+    )
     parser.add_argument("--gem-pooling", action="store_true", help="model.gem_pooling of the random-weight model")
     parser.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes to time")
-    parser.add_argument("--calibration", default=None,
-                        help="INT8 calibration images, folder or list file (default: <data>/bounding_box_train); "
-                             "64 of them are held out for the parity check")
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        help="INT8 calibration images, folder or list file (default: <data>/bounding_box_train); "
+        "64 of them are held out for the parity check",
+    )
     parser.add_argument("--calibration-images", type=int, default=200, help="export.calibration_images")
     parser.add_argument("--min-seconds", type=float, default=10.0, help="timed seconds per file and batch size")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="the files are timed in turn, this many times (images/s from the median run time)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the files are timed in turn, this many times (images/s from the median run time)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
-    parser.add_argument("--session-optimization", default="all", choices=("basic", "extended", "all"),
-                        help="graph optimisation level of the timed sessions (onnxruntime's default: all)")
+    parser.add_argument(
+        "--session-optimization",
+        default="all",
+        choices=("basic", "extended", "all"),
+        help="graph optimisation level of the timed sessions (onnxruntime's default: all)",
+    )
     parser.add_argument("--accuracy", action="store_true", help="also Rank-1 / mAP of each model on query/gallery")
     parser.add_argument("--query", default=None, help="query folder or list file (default: <data>/query)")
-    parser.add_argument("--gallery", default=None,
-                        help="gallery folder or list file (default: <data>/bounding_box_test)")
+    parser.add_argument(
+        "--gallery", default=None, help="gallery folder or list file (default: <data>/bounding_box_test)"
+    )
     parser.set_defaults(num_instances=4)
 
 
-def _onnx_images_per_s(sessions: dict[str, Any], input_name: str, shape: tuple, min_seconds: float,
-                       rounds: int) -> dict[str, float]:
+def _onnx_images_per_s(
+    sessions: dict[str, Any], input_name: str, shape: tuple, min_seconds: float, rounds: int
+) -> dict[str, float]:
     """Embedding throughput of each onnxruntime session on the same preprocessed random batch: two untimed runs
     each, then ``rounds`` rounds that time every session in turn for ``min_seconds / rounds`` (at least three
     runs). images/s = batch size / the median run time: on a shared machine another job's burst lands in a few
@@ -77,13 +99,15 @@ def _onnx_accuracy(run: Callable, query: list, gallery: list, preprocessing: Any
     from reid_tao.evaluation.metrics import evaluate_rankings
 
     records = query + gallery
-    features = torch.from_numpy(np.concatenate([run(batch) for batch in
-                                                image_batches([r.path for r in records], preprocessing, 64)]))
+    features = torch.from_numpy(
+        np.concatenate([run(batch) for batch in image_batches([r.path for r in records], preprocessing, 64)])
+    )
     pids = torch.tensor([r.pid for r in records])
     camids = torch.tensor([r.camid for r in records])
     q = len(query)
-    result = evaluate_rankings(pairwise_distance(features[:q], features[q:]), pids[:q], pids[q:], camids[:q],
-                               camids[q:], max_rank=10)
+    result = evaluate_rankings(
+        pairwise_distance(features[:q], features[q:]), pids[:q], pids[q:], camids[:q], camids[q:], max_rank=10
+    )
     return {"rank1": round(float(result.cmc[0]), 4), "mAP": round(float(result.mAP), 4)}
 
 
@@ -96,8 +120,10 @@ def parse_int8_variant(text: str) -> tuple[str, Any]:
     name, _, rest = text.partition("=")
     base, *pairs = rest.split(",")
     if not name or base not in INT8_TARGETS:
-        raise SystemExit(f"--int8-variant {text!r}: expected NAME=TARGET[,FIELD=VALUE...] with TARGET one of "
-                         f"{', '.join(INT8_TARGETS)}")
+        raise SystemExit(
+            f"--int8-variant {text!r}: expected NAME=TARGET[,FIELD=VALUE...] with TARGET one of "
+            f"{', '.join(INT8_TARGETS)}"
+        )
     recipe = INT8_TARGETS[base]
     changes: dict[str, Any] = {}
     for pair in pairs:
@@ -171,13 +197,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         export_onnx(model, files["fp32"], preprocessing.input_size, 17)
         calibration_paths = split_images(str(args.calibration or root / "bounding_box_train"), "--calibration")
         random.Random(0).shuffle(calibration_paths)
-        held_out, calibration_paths = calibration_paths[:64], calibration_paths[64:64 + args.calibration_images]
+        held_out, calibration_paths = calibration_paths[:64], calibration_paths[64 : 64 + args.calibration_images]
         float_nodes, parity = {}, {}
         reference = precision.session_runner(files["fp32"], INPUT_NAME, OUTPUT_NAME)
         parity_batches = list(precision.image_batches(held_out, preprocessing, 32))
         converters = {name: precision.converter(name) for name in data_types if name != "fp32"}
-        converters.update({label: functools.partial(precision.quantize_int8, recipe=recipe)
-                           for label, recipe in recipes.items()})
+        converters.update(
+            {label: functools.partial(precision.quantize_int8, recipe=recipe) for label, recipe in recipes.items()}
+        )
         for name, convert in converters.items():
             files[name] = Path(scratch) / f"{name}.onnx"
             calibration = precision.Calibration(INPUT_NAME, precision.image_batches(calibration_paths, preprocessing))
@@ -188,8 +215,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         input_size = preprocessing.input_size
         options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel,
-                                                   f"ORT_ENABLE_{args.session_optimization.upper()}")
+        options.graph_optimization_level = getattr(
+            onnxruntime.GraphOptimizationLevel, f"ORT_ENABLE_{args.session_optimization.upper()}"
+        )
         if args.threads:
             options.intra_op_num_threads = args.threads
         sessions, load_seconds = {}, {}
@@ -204,19 +232,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 speed[name][str(size)] = round(rate, 1)
         del sessions
         report: dict[str, Any] = {
-            "task": "onnx", "images_per_s": speed, "parity_vs_fp32": parity, "float_nodes": float_nodes,
+            "task": "onnx",
+            "images_per_s": speed,
+            "parity_vs_fp32": parity,
+            "float_nodes": float_nodes,
             "int8_recipes": {label: recipe._asdict() for label, recipe in recipes.items()},
-            "session_load_seconds": load_seconds, "timing": f"median run time, {args.rounds} interleaved rounds",
-            "model": args.checkpoint or f"{args.backbone} random weights", "input_size": list(preprocessing.input_size),
-            "calibration_images": len(calibration_paths), "onnxruntime": onnxruntime.__version__,
-            "threads": args.threads or "onnxruntime default", "session_optimization": args.session_optimization,
-            "cpu_count": os.cpu_count(), **cpu_description(),
+            "session_load_seconds": load_seconds,
+            "timing": f"median run time, {args.rounds} interleaved rounds",
+            "model": args.checkpoint or f"{args.backbone} random weights",
+            "input_size": list(preprocessing.input_size),
+            "calibration_images": len(calibration_paths),
+            "onnxruntime": onnxruntime.__version__,
+            "threads": args.threads or "onnxruntime default",
+            "session_optimization": args.session_optimization,
+            "cpu_count": os.cpu_count(),
+            **cpu_description(),
             "load_average_at_end": [round(load, 2) for load in os.getloadavg()],  # other jobs on a shared machine
         }
         if "fp32" in speed:
-            report["speedup_vs_fp32"] = {name: {size: round(rate / speed["fp32"][size], 2)
-                                                for size, rate in rates.items()}
-                                         for name, rates in speed.items() if name != "fp32"}
+            report["speedup_vs_fp32"] = {
+                name: {size: round(rate / speed["fp32"][size], 2) for size, rate in rates.items()}
+                for name, rates in speed.items()
+                if name != "fp32"
+            }
         if args.accuracy:
             query = read_split(str(args.query or root / "query"), "--query")
             gallery = read_split(str(args.gallery or root / "bounding_box_test"), "--gallery")
@@ -224,7 +262,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.checkpoint:
                 runners = {"pth": lambda batch: model(torch.from_numpy(batch)).detach().numpy(), **runners}
             with torch.no_grad():
-                report["accuracy"] = {name: _onnx_accuracy(run, query, gallery, preprocessing)
-                                      for name, run in runners.items()}
+                report["accuracy"] = {
+                    name: _onnx_accuracy(run, query, gallery, preprocessing) for name, run in runners.items()
+                }
             report["num_query"], report["num_gallery"] = len(query), len(gallery)
     return report

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import best_time, peak_rss_mb, warm_up
-from .inputs import add_feature_arguments, make_market_like
+from benchmarks.common import best_time, peak_rss_mb, warm_up
+from benchmarks.inputs import add_feature_arguments, make_market_like
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .common import chosen_device, free_device_memory, sync
-from .inputs import TemporaryMarket, add_model_arguments, model_overrides
+from benchmarks.common import chosen_device, free_device_memory, sync
+from benchmarks.inputs import TemporaryMarket, add_model_arguments, model_overrides
 
 if TYPE_CHECKING:  # annotations only
     import torch
@@ -23,15 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=10, help="untimed first steps of each contender")
     parser.add_argument("--ceiling-steps", type=int, default=100, help="timed steps of the model-step ceiling")
     parser.add_argument("--feat-dim", type=int, default=2048, help="model.feat_dim (the BoT recipe's 2048)")
-    parser.add_argument("--pipeline", default="gpu", choices=("gpu", "cpu", "auto"),
-                        help="dataset.pipeline of our run (gpu = decoded cache + on-device augmentation)")
+    parser.add_argument(
+        "--pipeline",
+        default="gpu",
+        choices=("gpu", "cpu", "auto"),
+        help="dataset.pipeline of our run (gpu = decoded cache + on-device augmentation)",
+    )
 
 
-def _trainer_devices(device: "torch.device") -> tuple[str, Any]:
+def _trainer_devices(device: torch.device) -> tuple[str, Any]:
     return ("gpu", [device.index or 0]) if device.type == "cuda" else ("cpu", 1)
 
 
-def _time_ours(config: Any, device: "torch.device", args: argparse.Namespace) -> dict[str, Any]:
+def _time_ours(config: Any, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """Our training path: the real ReidDataModule + ReidModule in Lightning; steady-state images/s."""
     import pytorch_lightning as pl
     import torch
@@ -61,11 +65,22 @@ def _time_ours(config: Any, device: "torch.device", args: argparse.Namespace) ->
     accelerator, devices = _trainer_devices(device)
     precision = precision_for(config.train.precision, accelerator, devices[0] if accelerator == "gpu" else None)
     timer = StepTimer()
-    trainer = pl.Trainer(accelerator=accelerator, devices=devices, precision=precision,
-                         max_epochs=args.epochs, limit_train_batches=args.steps or 1.0, limit_val_batches=0,
-                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                         callbacks=[timer], benchmark=device.type == "cuda")
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+        max_epochs=args.epochs,
+        limit_train_batches=args.steps or 1.0,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[timer],
+        benchmark=device.type == "cuda",
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer.fit(module, datamodule=datamodule)
@@ -88,9 +103,16 @@ def _time_ours(config: Any, device: "torch.device", args: argparse.Namespace) ->
     }
 
 
-def _time_reference(config: Any, device: "torch.device", args: argparse.Namespace, num_classes: int,
-                    max_steps: int, precision: str = "16-mixed", channels_last: bool = False,
-                    workers: int | None = None) -> float:
+def _time_reference(
+    config: Any,
+    device: torch.device,
+    args: argparse.Namespace,
+    num_classes: int,
+    max_steps: int,
+    precision: str = "16-mixed",
+    channels_last: bool = False,
+    workers: int | None = None,
+) -> float:
     """What TAO / reid-strong-baseline do: torchvision transforms in DataLoader workers, eager model,
     fp16 autocast + GradScaler on a GPU, loss.item() every step for logging. Returns steady-state images/s.
 
@@ -110,14 +132,22 @@ def _time_reference(config: Any, device: "torch.device", args: argparse.Namespac
     data, optim = config.dataset, config.train.optim
     records = read_split(data.train_dataset_dir, "dataset.train_dataset_dir")
     labels, _ = relabel(records)
-    transform = build_train_transform(image_size(config), data.pixel_mean, data.pixel_std, data.prob, data.padding,
-                                      data.re_prob, data.interpolation)
+    transform = build_train_transform(
+        image_size(config), data.pixel_mean, data.pixel_std, data.prob, data.padding, data.re_prob, data.interpolation
+    )
     dataset = ImageDataset([r.path for r in records], labels, [r.camid for r in records], transform)
     sampler = PKSampler(labels, data.batch_size, data.num_instances, seed=0)
     on_cuda = device.type == "cuda"
     workers = args.workers if workers is None else workers
-    loader = DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=on_cuda, drop_last=True, persistent_workers=workers > 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=data.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=on_cuda,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
 
     torch.manual_seed(0)
     model = build_model(config, num_classes, load_pretrained=False).to(device).train()
@@ -161,8 +191,9 @@ def _time_reference(config: Any, device: "torch.device", args: argparse.Namespac
     return (steps - args.warmup_steps) * data.batch_size / (end - start)
 
 
-def _time_ceiling(config: Any, device: "torch.device", args: argparse.Namespace, num_classes: int,
-                  precision: str, steps: int) -> float:
+def _time_ceiling(
+    config: Any, device: torch.device, args: argparse.Namespace, num_classes: int, precision: str, steps: int
+) -> float:
     """Forward + backward + optimiser steps on device-resident random tensors (ours' precision and memory
     format): the speed no data path can beat. Returns images/s. It excludes per-step logging: no loss is
     read back (ours reads it once per progress-bar refresh, and the benchmark runs ours without a bar)."""
@@ -212,7 +243,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = chosen_device(args.device)
     with TemporaryMarket(args.data) as root:
         overrides = model_overrides(args, root) + [
-            f"train.num_epochs={args.epochs}", f"dataset.pipeline={args.pipeline}", f"model.feat_dim={args.feat_dim}"]
+            f"train.num_epochs={args.epochs}",
+            f"dataset.pipeline={args.pipeline}",
+            f"model.feat_dim={args.feat_dim}",
+        ]
         config = load_experiment(None, overrides)
         ours = _time_ours(config, device, args)
         free_device_memory(device)
@@ -220,12 +254,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reference = _time_reference(config, device, args, ours["num_classes"], max_steps=ours["steps"])
         free_device_memory(device)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        tuned = _time_reference(config, device, args, ours["num_classes"], max_steps=ours["steps"],
-                                precision=ours["precision"], channels_last=bool(config.train.channels_last),
-                                workers=cores)
+        tuned = _time_reference(
+            config,
+            device,
+            args,
+            ours["num_classes"],
+            max_steps=ours["steps"],
+            precision=ours["precision"],
+            channels_last=bool(config.train.channels_last),
+            workers=cores,
+        )
         free_device_memory(device)
-        ceiling = _time_ceiling(config, device, args, ours["num_classes"], ours["precision"],
-                                steps=min(measured_steps, args.ceiling_steps))
+        ceiling = _time_ceiling(
+            config, device, args, ours["num_classes"], ours["precision"], steps=min(measured_steps, args.ceiling_steps)
+        )
     rate = ours["images_per_s"]
     return {
         "task": "train",

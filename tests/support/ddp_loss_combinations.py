@@ -3,6 +3,7 @@ dataset.sampler / model.metric_loss_type combination, in one pair of processes.
 
 DDP (find_unused_parameters=False) fails at the second step when a parameter that requires a gradient
 got none in the first, e.g. the classifier when no ID loss is used."""
+
 import sys
 from pathlib import Path
 
@@ -18,10 +19,19 @@ from helpers import tiny_overrides
 def main(market: Path, results: Path) -> None:
     for sampler in BATCH_RECIPES:
         for metric in METRIC_LOSSES:
-            overrides = tiny_overrides(market, results, **{
-                "dataset.sampler": sampler, "model.metric_loss_type": metric, "dataset.batch_size": 4,
-                "dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null", "dataset.pipeline": "gpu",
-                "train.num_gpus": 2})
+            overrides = tiny_overrides(
+                market,
+                results,
+                **{
+                    "dataset.sampler": sampler,
+                    "model.metric_loss_type": metric,
+                    "dataset.batch_size": 4,
+                    "dataset.query_dataset_dir": "null",
+                    "dataset.test_dataset_dir": "null",
+                    "dataset.pipeline": "gpu",
+                    "train.num_gpus": 2,
+                },
+            )
             try:
                 config = load_experiment(None, overrides)
             except ConfigError:
@@ -29,10 +39,19 @@ def main(market: Path, results: Path) -> None:
             pl.seed_everything(0, verbose=False)
             datamodule = build_datamodule(config)
             module = build_module(config, num_classes=6)
-            trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, limit_train_batches=2,
-                                 limit_val_batches=0, logger=False, enable_checkpointing=False,
-                                 enable_progress_bar=False, enable_model_summary=False,
-                                 use_distributed_sampler=False)
+            trainer = pl.Trainer(
+                accelerator="cpu",
+                devices=2,
+                strategy="ddp",
+                max_epochs=1,
+                limit_train_batches=2,
+                limit_val_batches=0,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                use_distributed_sampler=False,
+            )
             trainer.fit(module, datamodule=datamodule)
             assert trainer.global_step >= 2, (sampler, metric)
             if trainer.is_global_zero:

@@ -7,6 +7,7 @@ processes (one launch for two tests: starting processes is most of their time), 
 
     python tests/support/ddp_training.py OUT_DIR OVERRIDE...
 """
+
 import json
 import sys
 from pathlib import Path
@@ -42,20 +43,30 @@ def train(out_dir: Path, overrides) -> dict:
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config)
     datamodule.setup("fit")
-    module = build_module(config, datamodule.num_classes, num_query=len(datamodule.query_records),
-                          load_pretrained=False)
+    module = build_module(
+        config, datamodule.num_classes, num_query=len(datamodule.query_records), load_pretrained=False
+    )
     results = Path(config.results_dir) / "train"
     results.mkdir(parents=True, exist_ok=True)
     preemption, steps = PreemptionCheckpoint(results / f"{LATEST_NAME}.pth"), StepLosses()
     trainer = build_trainer(config, results, datamodule.has_validation, extra_callbacks=[preemption, steps])
     with preemption.catching_signals(), HostSyncCounter() as syncs:
         trainer.fit(module, datamodule=datamodule)
-    return {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": steps.steps,
-            "epochs": trainer.current_epoch,
-            "own_last_epoch_loss": sum(steps.losses) / len(steps.losses), "check_every": preemption.check_every,
-            "syncs_by_source": dict(syncs.sources), "syncs_by_op": dict(syncs.ops),
-            "metrics": {name: float(value) for name, value in trainer.callback_metrics.items()
-                        if isinstance(value, torch.Tensor) and value.numel() == 1}}
+    return {
+        "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "steps": steps.steps,
+        "epochs": trainer.current_epoch,
+        "own_last_epoch_loss": sum(steps.losses) / len(steps.losses),
+        "check_every": preemption.check_every,
+        "syncs_by_source": dict(syncs.sources),
+        "syncs_by_op": dict(syncs.ops),
+        "metrics": {
+            name: float(value)
+            for name, value in trainer.callback_metrics.items()
+            if isinstance(value, torch.Tensor) and value.numel() == 1
+        },
+    }
 
 
 if __name__ == "__main__":

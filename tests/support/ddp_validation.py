@@ -4,6 +4,7 @@ the (rows, columns) of every query-gallery distance matrix it computed. Used by 
 
     python tests/support/ddp_validation.py OUT_DIR DEVICES OVERRIDE...
 """
+
 import json
 import sys
 from pathlib import Path
@@ -20,8 +21,9 @@ def validate(overrides, devices: int) -> dict:
     pl.seed_everything(0, verbose=False)  # the same weights on every rank (validate does not broadcast them)
     datamodule = build_datamodule(config)
     datamodule.setup("validate")
-    module = build_module(config, datamodule.num_classes, num_query=len(datamodule.query_records),
-                          load_pretrained=False)
+    module = build_module(
+        config, datamodule.num_classes, num_query=len(datamodule.query_records), load_pretrained=False
+    )
     shapes, real = [], query_share.pairwise_distance
 
     def recording(query_features, gallery_features):
@@ -30,14 +32,24 @@ def validate(overrides, devices: int) -> dict:
 
     query_share.pairwise_distance = recording
     try:
-        trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, use_distributed_sampler=False)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=devices,
+            strategy="ddp" if devices > 1 else "auto",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+        )
         trainer.validate(module, datamodule=datamodule, verbose=False)
     finally:
         query_share.pairwise_distance = real
-    return {"rank": trainer.global_rank, "shapes": shapes,
-            "metrics": {name: float(value) for name, value in trainer.callback_metrics.items()}}
+    return {
+        "rank": trainer.global_rank,
+        "shapes": shapes,
+        "metrics": {name: float(value) for name, value in trainer.callback_metrics.items()},
+    }
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ a subprocess with tiny_overrides. Lightning's DDP launcher re-runs this script p
 
     python tests/support/reid.py TASK OVERRIDE...
 """
+
 import sys
 
 import tiny_backbone

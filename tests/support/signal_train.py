@@ -8,6 +8,7 @@ checkpoint (inside the COUNT-th checkpoint write, before the file is written); T
 twice (this process, two signals in a row) or group (its whole process group, what SLURM and Ctrl-C do).
 Everything else is the production path.
 """
+
 import os
 import sys
 

@@ -4,6 +4,7 @@ float(t) call _local_scalar_dense).
 
 On the CPU these ops cost nothing, but on a GPU each one waits for the device; counting them over real
 training steps on the CPU tells how often a GPU run would stall."""
+
 import os
 import sys
 from collections import Counter
@@ -13,9 +14,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 # ops whose result size or value must be known on the host, so the device has to finish first
-SYNC_OPS = {aten._local_scalar_dense.default, aten.item.default, aten.is_nonzero.default, aten.nonzero.default,
-            aten.masked_select.default, aten.equal.default, aten.allclose.default, aten.unique_consecutive.default,
-            aten._unique2.default, aten.repeat_interleave.Tensor}
+SYNC_OPS = {
+    aten._local_scalar_dense.default,
+    aten.item.default,
+    aten.is_nonzero.default,
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten.equal.default,
+    aten.allclose.default,
+    aten.unique_consecutive.default,
+    aten._unique2.default,
+    aten.repeat_interleave.Tensor,
+}
 # torch.optim keeps Adam's step count as a host tensor and reads it there: not a device read
 _HOST_SIDE = (f"{os.sep}torch{os.sep}optim{os.sep}",)
 

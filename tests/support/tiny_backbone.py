@@ -8,7 +8,6 @@ set ``model.pretrain_choice=''`` (tiny_overrides does).
 The suite registers it in tests/conftest.py; a test's subprocess registers it with ``python
 tests/support/reid.py`` (``reid`` with the entry added) or by importing this module and calling :func:`register`.
 """
-from typing import Dict
 
 from torch import nn
 
@@ -19,8 +18,11 @@ WIDTH = 64  # channels of the feature map; tiny_overrides reduces them to model.
 
 
 def _block(inputs: int, outputs: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(outputs),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(outputs),
+        nn.ReLU(inplace=True),
+    )
 
 
 class TinyBackbone(nn.Sequential):
@@ -35,11 +37,15 @@ def _build(options: BackboneOptions) -> TinyBackbone:
     return TinyBackbone(options.last_stride)
 
 
-ENTRY = BackboneEntry(family="Tiny (tests only)", feature_width=WIDTH, build=_build,
-                      imagenet=ImageNetSource("none", NAME), options=frozenset({"last_stride"}))
+ENTRY = BackboneEntry(
+    family="Tiny (tests only)",
+    feature_width=WIDTH,
+    build=_build,
+    imagenet=ImageNetSource("none", NAME),
+    options=frozenset({"last_stride"}),
+)
 
 
-def register(table: Dict[str, BackboneEntry] = BACKBONES) -> None:
+def register(table: dict[str, BackboneEntry] = BACKBONES) -> None:
     """Add the entry (again: a no-op); the spec checks, the builders and checkpoint loading then accept it."""
     table[NAME] = ENTRY
-

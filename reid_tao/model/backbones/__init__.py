@@ -4,11 +4,13 @@ Adding a backbone is one entry here plus its builder: build, validation and weig
 this table. A builder takes :class:`BackboneOptions` and returns a module with ``out_channels`` whose
 forward maps (N, 3, H, W) images to an (N, C, h, w) feature map.
 """
+
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Tuple
+from typing import TYPE_CHECKING
 
-from .sizes import RESNET_WIDTHS, SWIN_OUTPUT_STRIDE, SWIN_WIDTHS
+from reid_tao.model.backbones.sizes import RESNET_WIDTHS, SWIN_OUTPUT_STRIDE, SWIN_WIDTHS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 class BackboneOptions:
     """Everything a builder may use; each family honours the options listed in its entry."""
 
-    image_size: Tuple[int, int] = (256, 128)
+    image_size: tuple[int, int] = (256, 128)
     last_stride: int = 1
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1
@@ -39,7 +41,7 @@ class BackboneEntry:
     feature_width: int  # channels of the output feature map
     build: Callable[[BackboneOptions], "nn.Module"]
     imagenet: ImageNetSource
-    options: FrozenSet[str]  # the BackboneOptions fields (besides image_size) this backbone honours
+    options: frozenset[str]  # the BackboneOptions fields (besides image_size) this backbone honours
     input_multiple: int = 1  # input height and width must be multiples of this
     reduces_to_feat_dim: bool = True  # a linear reduction to feat_dim by default (else only on request)
 
@@ -47,26 +49,44 @@ class BackboneEntry:
 # The builders import their modules (torch, torchvision, timm) when called: the table itself imports no torch, so a
 # mistyped model.backbone is answered at once (a new builder keeps its heavy imports inside, like these).
 def _resnet(depth: int, options: BackboneOptions) -> "nn.Module":
-    from .resnet import ResNetBackbone
+    from reid_tao.model.backbones.resnet import ResNetBackbone
 
     return ResNetBackbone(depth=depth, last_stride=options.last_stride)
 
 
 def _swin(name: str, options: BackboneOptions) -> "nn.Module":
-    from .swin import SwinBackbone
+    from reid_tao.model.backbones.swin import SwinBackbone
 
-    return SwinBackbone(name, img_size=options.image_size, drop_path_rate=options.drop_path_rate,
-                        drop_rate=options.drop_rate, attn_drop_rate=options.attn_drop_rate)
+    return SwinBackbone(
+        name,
+        img_size=options.image_size,
+        drop_path_rate=options.drop_path_rate,
+        drop_rate=options.drop_rate,
+        attn_drop_rate=options.attn_drop_rate,
+    )
 
 
-BACKBONES: Dict[str, BackboneEntry] = {
-    **{f"resnet_{depth}": BackboneEntry(
-        family="ResNet", feature_width=width, build=partial(_resnet, depth),
-        imagenet=ImageNetSource("torchvision", f"ResNet{depth}_Weights"), options=frozenset({"last_stride"}))
-       for depth, width in RESNET_WIDTHS.items()},
-    **{name: BackboneEntry(
-        family="Swin", feature_width=width, build=partial(_swin, name), imagenet=ImageNetSource("timm", name),
-        options=frozenset({"drop_rate", "drop_path_rate", "attn_drop_rate"}), input_multiple=SWIN_OUTPUT_STRIDE,
-        reduces_to_feat_dim=False)
-       for name, width in SWIN_WIDTHS.items()},
+BACKBONES: dict[str, BackboneEntry] = {
+    **{
+        f"resnet_{depth}": BackboneEntry(
+            family="ResNet",
+            feature_width=width,
+            build=partial(_resnet, depth),
+            imagenet=ImageNetSource("torchvision", f"ResNet{depth}_Weights"),
+            options=frozenset({"last_stride"}),
+        )
+        for depth, width in RESNET_WIDTHS.items()
+    },
+    **{
+        name: BackboneEntry(
+            family="Swin",
+            feature_width=width,
+            build=partial(_swin, name),
+            imagenet=ImageNetSource("timm", name),
+            options=frozenset({"drop_rate", "drop_path_rate", "attn_drop_rate"}),
+            input_multiple=SWIN_OUTPUT_STRIDE,
+            reduces_to_feat_dim=False,
+        )
+        for name, width in SWIN_WIDTHS.items()
+    },
 }

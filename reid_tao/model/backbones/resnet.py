@@ -1,9 +1,10 @@
 """ResNet backbones from torchvision, cut before pooling, with a configurable last stride."""
+
 import torch
 from torch import nn
 from torchvision import models
 
-from .sizes import RESNET_WIDTHS
+from reid_tao.model.backbones.sizes import RESNET_WIDTHS
 
 RESNET_DEPTHS = tuple(RESNET_WIDTHS)
 

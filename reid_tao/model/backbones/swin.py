@@ -12,14 +12,15 @@ this is the original window 7 everywhere; at 256x128 it is 8x8 (8x4, i.e. global
 Pretrained relative-position tables are interpolated to the new windows when weights are loaded
 (see ``reid_tao.model.weights``).
 """
+
 import timm
 import torch
 from torch import nn
 
-from .sizes import SWIN_NUM_STAGES as NUM_STAGES
-from .sizes import SWIN_OUTPUT_STRIDE as OUTPUT_STRIDE
-from .sizes import SWIN_PATCH_SIZE as PATCH_SIZE
-from .sizes import SWIN_WIDTHS
+from reid_tao.model.backbones.sizes import SWIN_NUM_STAGES as NUM_STAGES
+from reid_tao.model.backbones.sizes import SWIN_OUTPUT_STRIDE as OUTPUT_STRIDE
+from reid_tao.model.backbones.sizes import SWIN_PATCH_SIZE as PATCH_SIZE
+from reid_tao.model.backbones.sizes import SWIN_WIDTHS
 
 PRETRAINED_WINDOW = 7
 
@@ -39,7 +40,7 @@ def fit_window_sizes(img_size: tuple[int, int], preferred: int = PRETRAINED_WIND
     grid = (img_size[0] // PATCH_SIZE, img_size[1] // PATCH_SIZE)
     windows = []
     for stage in range(NUM_STAGES):
-        scale = 2 ** stage
+        scale = 2**stage
         windows.append(tuple(_closest_divisor(length // scale, preferred) for length in grid))
     return tuple(windows)
 
@@ -48,8 +49,10 @@ def check_swin_input_size(img_size: tuple[int, int]) -> None:
     """Raise ValueError unless both sides are positive multiples of the Swin output stride (32)."""
     height, width = img_size
     if height <= 0 or width <= 0 or height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
-        raise ValueError(f"img_size={height}x{width}: Swin needs both sides to be multiples of {OUTPUT_STRIDE} "
-                         "(e.g. 256x128, 384x128, 224x224)")
+        raise ValueError(
+            f"img_size={height}x{width}: Swin needs both sides to be multiples of {OUTPUT_STRIDE} "
+            "(e.g. 256x128, 384x128, 224x224)"
+        )
 
 
 class SwinBackbone(nn.Module):
@@ -60,8 +63,14 @@ class SwinBackbone(nn.Module):
     weights; ``drop_path_rate`` is the stochastic-depth rate of the last block (linearly increasing).
     """
 
-    def __init__(self, name: str, img_size: tuple[int, int] = (256, 128), drop_path_rate: float = 0.1,
-                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0):
+    def __init__(
+        self,
+        name: str,
+        img_size: tuple[int, int] = (256, 128),
+        drop_path_rate: float = 0.1,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+    ):
         super().__init__()
         if name not in SWIN_WIDTHS:
             raise ValueError(f"name={name!r} is not a Swin backbone; use one of {sorted(SWIN_WIDTHS)}")

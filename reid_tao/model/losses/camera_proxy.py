@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cluster_memory import label_means, momentum_update
-from .term import LossSettings, PseudoLabelTerm
+from reid_tao.model.losses.cluster_memory import label_means, momentum_update
+from reid_tao.model.losses.term import LossSettings, PseudoLabelTerm
 
 
 class CameraProxyLoss(PseudoLabelTerm):
@@ -35,8 +35,14 @@ class CameraProxyLoss(PseudoLabelTerm):
     needs_cameras = True
     weight_field = "adaptation.camera_loss_weight"
 
-    def __init__(self, feat_dim: int, temperature: float = 0.07, momentum: float = 0.2, inter_weight: float = 0.5,
-                 hard_negatives: int = 50):
+    def __init__(
+        self,
+        feat_dim: int,
+        temperature: float = 0.07,
+        momentum: float = 0.2,
+        inter_weight: float = 0.5,
+        hard_negatives: int = 50,
+    ):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -46,15 +52,24 @@ class CameraProxyLoss(PseudoLabelTerm):
             raise ValueError(f"inter_weight must be >= 0 and hard_negatives >= 1, got {inter_weight}, {hard_negatives}")
         self.feat_dim, self.temperature, self.momentum = feat_dim, float(temperature), float(momentum)
         self.inter_weight, self.hard_negatives = float(inter_weight), int(hard_negatives)
-        for name, shape, dtype in (("proxies", (0, feat_dim), torch.float32), ("proxy_cluster", (0,), torch.long),
-                                   ("proxy_camera", (0,), torch.long), ("camera_ids", (0,), torch.long),
-                                   ("proxy_of", (0, 0), torch.long)):
+        for name, shape, dtype in (
+            ("proxies", (0, feat_dim), torch.float32),
+            ("proxy_cluster", (0,), torch.long),
+            ("proxy_camera", (0,), torch.long),
+            ("camera_ids", (0,), torch.long),
+            ("proxy_of", (0, 0), torch.long),
+        ):
             self.register_buffer(name, torch.zeros(shape, dtype=dtype), persistent=False)
 
     @classmethod
     def from_settings(cls, settings: LossSettings) -> CameraProxyLoss:
-        return cls(settings.feat_dim, temperature=settings.camera_temperature, momentum=settings.camera_momentum,
-                   inter_weight=settings.camera_inter_weight, hard_negatives=settings.camera_hard_negatives)
+        return cls(
+            settings.feat_dim,
+            temperature=settings.camera_temperature,
+            momentum=settings.camera_momentum,
+            inter_weight=settings.camera_inter_weight,
+            hard_negatives=settings.camera_hard_negatives,
+        )
 
     @property
     def active(self) -> bool:

@@ -6,10 +6,11 @@ stepped by its own optimiser (``engine.optim.build_center_optimizer``); TAO buil
 steps it (bug B2). Computed in fp32 with autocast disabled: under fp16 the squared distances of
 2048-d features overflow, a crash peers' users report.
 """
+
 import torch
 from torch import nn
 
-from .term import LossSettings, LossTerm
+from reid_tao.model.losses.term import LossSettings, LossTerm
 
 MIN_SQUARED_DISTANCE = 1e-12
 MAX_SQUARED_DISTANCE = 1e12
@@ -22,8 +23,7 @@ def center_loss(features: torch.Tensor, targets: torch.Tensor, centers: torch.Te
     gradient (see ``ReidLoss``).
     """
     if features.shape[-1] != centers.shape[-1]:
-        raise ValueError(f"center loss expects features of dimension {centers.shape[-1]}, "
-                         f"got {tuple(features.shape)}")
+        raise ValueError(f"center loss expects features of dimension {centers.shape[-1]}, got {tuple(features.shape)}")
     with torch.autocast(device_type=features.device.type, enabled=False):
         # Gather only the N needed centers instead of BoT's (N, num_classes) distance matrix.
         own_centers = centers.float().index_select(0, targets)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .term import LossSettings, PseudoLabelTerm
+from reid_tao.model.losses.term import LossSettings, PseudoLabelTerm
 
 
 def momentum_update(memory: torch.Tensor, rows: torch.Tensor, features: torch.Tensor, momentum: float) -> None:

@@ -4,14 +4,15 @@ Which terms are active is decided by the caller (``reid_tao.builders`` maps the 
 type onto term names). Inputs follow BoT: the ID loss sees the classifier logits (after the BNNeck), the
 triplet and center losses see the global feature before the BNNeck.
 """
+
 from __future__ import annotations
 
-from typing import List, Mapping, Optional
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from .term import LossTerm, PseudoLabelTerm
+from reid_tao.model.losses.term import LossTerm, PseudoLabelTerm
 
 
 def value_name(term: str) -> str:
@@ -29,12 +30,13 @@ class ReidLoss(nn.Module):
     Each term is a submodule named ``<name>_loss`` (state-dict keys such as ``center_loss.centers``).
     """
 
-    def __init__(self, terms: Mapping[str, LossTerm], weights: Optional[Mapping[str, float]] = None):
+    def __init__(self, terms: Mapping[str, LossTerm], weights: Mapping[str, float] | None = None):
         super().__init__()
         weights = dict(weights or {})
         if not any(term.standalone for term in terms.values()):
-            raise ValueError(f"the loss terms {sorted(terms)} cannot train alone; add one that can "
-                             "(the center loss alone collapses)")
+            raise ValueError(
+                f"the loss terms {sorted(terms)} cannot train alone; add one that can (the center loss alone collapses)"
+            )
         unknown = set(weights) - set(terms)
         if unknown:
             raise ValueError(f"weights given for terms that are not used: {sorted(unknown)}")
@@ -54,8 +56,13 @@ class ReidLoss(nn.Module):
         """Whether any term reads the classifier logits (else the ID head gets no gradient)."""
         return any(self.term(name).needs_logits for name in self.names)
 
-    def forward(self, logits: torch.Tensor | None, features: torch.Tensor, targets: torch.Tensor,
-                cameras: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        logits: torch.Tensor | None,
+        features: torch.Tensor,
+        targets: torch.Tensor,
+        cameras: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Losses for one batch (``cameras``: the (B,) camera of each image, for the terms that need them).
 
         Returns a dict with "loss" (weighted total, fp32, to backpropagate) and each term's unweighted,
@@ -69,10 +76,10 @@ class ReidLoss(nn.Module):
             total.append(contribution)
         return {"loss": torch.stack(total).sum(), **parts}
 
-    def own_parameters(self) -> List[nn.Parameter]:
+    def own_parameters(self) -> list[nn.Parameter]:
         """Parameters the terms step with their own SGD optimiser (the centers), or [] when none has any."""
         return [p for name in self.names for p in self.term(name).own_parameters()]
 
-    def pseudo_label_terms(self) -> List[LossTerm]:
+    def pseudo_label_terms(self) -> list[LossTerm]:
         """The terms rebuilt from every clustering (domain adaptation)."""
         return [self.term(name) for name in self.names if isinstance(self.term(name), PseudoLabelTerm)]

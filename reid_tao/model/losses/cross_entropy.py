@@ -4,10 +4,11 @@ Label smoothing uses torch's built-in option. Its target distribution is (1 - ep
 which is exactly the ``CrossEntropyLabelSmooth`` of reid-strong-baseline (BoT), so no custom code is
 needed (tests/test_losses.py checks the equality against the explicit formula).
 """
+
 import torch
 import torch.nn.functional as F
 
-from .term import LossSettings, LossTerm
+from reid_tao.model.losses.term import LossSettings, LossTerm
 
 DEFAULT_LABEL_SMOOTH_EPSILON = 0.1
 

@@ -5,10 +5,10 @@ A term computes one scalar from what the model gives (classifier logits, global 
 so training, logging (``train_<name>_loss``), the best-k monitor and status.json learn of a new term from
 the table alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ class LossSettings:
     num_classes: int  # training identities
     feat_dim: int  # dimension of the features fed to the feature terms
     label_smooth: bool = True
-    triplet_margin: Optional[float] = 0.3  # None: the soft margin
+    triplet_margin: float | None = 0.3  # None: the soft margin
     # adaptation (pseudo-label terms)
     memory_temperature: float = 0.05
     memory_momentum: float = 0.2
@@ -44,19 +44,25 @@ class LossTerm(nn.Module):
 
     needs_logits = False
     standalone = True
-    weight_field: Optional[str] = None
+    weight_field: str | None = None
     needs_cameras = False
 
     @classmethod
-    def from_settings(cls, settings: LossSettings) -> "LossTerm":
+    def from_settings(cls, settings: LossSettings) -> LossTerm:
         return cls()
 
-    def value(self, logits: Optional[torch.Tensor], features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def value(self, logits: torch.Tensor | None, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The unweighted scalar loss of one batch."""
         raise NotImplementedError
 
-    def weighted(self, weight: float, logits: Optional[torch.Tensor], features: torch.Tensor,
-                 targets: torch.Tensor, cameras: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def weighted(
+        self,
+        weight: float,
+        logits: torch.Tensor | None,
+        features: torch.Tensor,
+        targets: torch.Tensor,
+        cameras: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(what this term adds to the total, its unweighted value). Override to route gradients differently."""
         if self.needs_cameras:
             if cameras is None:
@@ -66,7 +72,7 @@ class LossTerm(nn.Module):
             value = self.value(logits, features, targets)
         return weight * value, value
 
-    def own_parameters(self) -> List[nn.Parameter]:
+    def own_parameters(self) -> list[nn.Parameter]:
         """Parameters stepped by their own SGD optimiser (train.optim.center_lr), not the model's."""
         return []
 

@@ -7,12 +7,13 @@ the soft margin softplus(d_ap - d_an) = log(1 + exp(d_ap - d_an)).
 
 Everything is computed in fp32 with autocast disabled, on the device of the inputs.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .term import LossSettings, LossTerm
+from reid_tao.model.losses.term import LossSettings, LossTerm
 
 # Squared distances are clamped to this before the square root: sqrt has an infinite slope at 0.
 SQUARED_DISTANCE_EPS = 1e-12
@@ -31,8 +32,9 @@ def pairwise_euclidean(features: torch.Tensor) -> torch.Tensor:
     return squared.masked_fill(eye, 0.0)
 
 
-def hard_example_mining(distances: torch.Tensor, targets: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def hard_example_mining(
+    distances: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hardest positive and negative distance per anchor, vectorised.
 
     Returns (d_ap, d_an, has_negative). An anchor without another image of its identity gets d_ap = 0;
@@ -59,7 +61,7 @@ class TripletLoss(LossTerm):
     weight_field = "model.triplet_loss_weight"
 
     @classmethod
-    def from_settings(cls, settings: LossSettings) -> "TripletLoss":
+    def from_settings(cls, settings: LossSettings) -> TripletLoss:
         return cls(settings.triplet_margin)
 
     def __init__(self, margin: float | None = 0.3):
