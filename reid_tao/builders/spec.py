@@ -5,6 +5,7 @@ in spec field names, so a new table entry needs no second list anywhere.
 """
 
 import importlib
+import json
 from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
@@ -98,16 +99,22 @@ def table_choices_module() -> str:
         "",
         "Generated from the implementations' tables by `python scripts/gen_spec_fields.py`; do not edit by hand",
         '(tests/test_spec_fields.py fails while it is stale). Validation always reads the tables themselves."""',
+        "",
         "TABLE_CHOICES = {",
     ]
     for table in tables:
-        values = resolve_choices(table)
-        line = f"    {table!r}: {values!r},"
+        values = tuple(resolve_choices(table))
+        line = f"    {_literal(table)}: ({', '.join(map(_literal, values))}{',' if len(values) == 1 else ''}),"
         if len(line) <= 120:
             lines.append(line)
-        else:  # wrapped as black would: one line per value
-            lines += [f"    {table!r}: ("] + [f"        {value!r}," for value in values] + ["    ),"]
+        else:  # wrapped as ruff format does: one line per value
+            lines += [f"    {_literal(table)}: ("] + [f"        {_literal(value)}," for value in values] + ["    ),"]
     return "\n".join(lines + ["}", ""])
+
+
+def _literal(value) -> str:
+    """``value`` as ruff format writes it: strings in double quotes."""
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def check_spec(config: DictConfig) -> None:
