@@ -77,6 +77,18 @@ def tiny_overrides(market: Path, results: Path, **extra) -> list:
     return [f"{key}={value}" for key, value in overrides.items()]
 
 
+def tiny_adaptation_overrides(source_checkpoint: Path) -> list:
+    """Adaptation from ``source_checkpoint`` with clustering settings that find clusters among the tiny
+    dataset's few images (add to ``tiny_overrides`` without validation folders)."""
+    return [
+        "adaptation.enable=true",
+        f"adaptation.source_checkpoint={source_checkpoint}",
+        "adaptation.eps=0.7",
+        "adaptation.k1=4",
+        "adaptation.k2=2",
+    ]
+
+
 def write_untrained_checkpoint(market: Path, path: Path, num_classes: int = 6) -> Path:
     """A reid_tao checkpoint of an untrained tiny_overrides model (no training run needed)."""
     import torch

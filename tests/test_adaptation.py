@@ -14,7 +14,7 @@ from reid_tao.data.samplers import PKSampler, SubsetSampler
 from reid_tao.evaluation.clustering import agreement, cluster_features, purity
 from reid_tao.model.losses import CameraProxyLoss, ClusterMemoryLoss, LossSettings, build_reid_loss
 
-from helpers import TINY_BACKBONE
+from helpers import TINY_BACKBONE, tiny_adaptation_overrides
 
 _SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cluster_purity.py"
 _spec = importlib.util.spec_from_file_location("cluster_purity", _SCRIPT)
@@ -580,11 +580,7 @@ def adapt_tiny(market: Path, results: Path, source: Path, *extra: str) -> Path:
             None,
             tiny_overrides(market, results, **{"dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"})
             + [
-                "adaptation.enable=true",
-                f"adaptation.source_checkpoint={source}",
-                "adaptation.eps=0.7",
-                "adaptation.k1=4",
-                "adaptation.k2=2",
+                *tiny_adaptation_overrides(source),
                 "adaptation.min_samples=2",
                 "train.optim.base_lr=0.01",
                 "adaptation.tracklets=off",
@@ -1035,11 +1031,7 @@ def test_a_source_anchored_run_trains_and_resumes(tiny_market, tmp_path):
                 "wandb.enable": "false",
             },
         ),
-        "adaptation.enable=true",
-        f"adaptation.source_checkpoint={checkpoint}",
-        "adaptation.eps=0.7",
-        "adaptation.k1=4",
-        "adaptation.k2=2",
+        *tiny_adaptation_overrides(checkpoint),
         "adaptation.tracklets=off",
         f"adaptation.source_dataset_dir={source / 'bounding_box_train'}",
     ]

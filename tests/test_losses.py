@@ -404,7 +404,7 @@ def test_a_registered_adaptation_term_is_reset_by_each_clustering_and_logged(tin
     from reid_tao.engine.metric_names import metric_modes
     from reid_tao.tasks import train
 
-    from helpers import tiny_overrides, write_untrained_checkpoint
+    from helpers import tiny_adaptation_overrides, tiny_overrides, write_untrained_checkpoint
 
     monkeypatch.setitem(LOSS_TERMS, "spread", ClusterSpreadTerm)
     adds = spec.ADAPTATION_TERMS.adds + ("spread",)
@@ -421,11 +421,7 @@ def test_a_registered_adaptation_term_is_reset_by_each_clustering_and_logged(tin
             tiny_market, tmp_path, **{"dataset.query_dataset_dir": "null", "dataset.test_dataset_dir": "null"}
         )
         + [
-            "adaptation.enable=true",
-            f"adaptation.source_checkpoint={source}",
-            "adaptation.eps=0.7",
-            "adaptation.k1=4",
-            "adaptation.k2=2",
+            *tiny_adaptation_overrides(source),
             "adaptation.tracklets=off",
             "train.num_epochs=2",
             "train.checkpointer.monitor=train_spread_loss",

@@ -11,7 +11,7 @@ import torch
 from reid_tao.cli import main
 from reid_tao.errors import ConfigError, DataError
 
-from helpers import tiny_overrides, write_untrained_checkpoint
+from helpers import tiny_adaptation_overrides, tiny_overrides, write_untrained_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,11 +93,7 @@ def test_an_adaptation_run_trains_and_records_the_source_model(tiny_market, tmp_
             },
         )
         + [
-            "adaptation.enable=true",
-            f"adaptation.source_checkpoint={source}",
-            "adaptation.eps=0.7",
-            "adaptation.k1=4",
-            "adaptation.k2=2",
+            *tiny_adaptation_overrides(source),
             "adaptation.min_samples=2",
         ],
     )

@@ -22,7 +22,7 @@ from reid_tao.deploy.precision import (
     session_runner,
 )
 from reid_tao.errors import DataError
-from reid_tao.io import atomic_path
+from reid_tao.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reid_tao.errors import ReidError
-from reid_tao.io import atomic_path, first_line
+from reid_tao.errors import ReidError, first_line
+from reid_tao.io.atomic import atomic_path
 
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input", "fc_pred"
