@@ -171,7 +171,7 @@ class PseudoLabelCallback(pl.Callback):
         labels = with_outliers(found, self.outliers)  # the memory's rows; batches are drawn from `found`
         for term in self.terms:
             term.reset_pseudo_labels(features, torch.as_tensor(labels), cameras)
-        return found, labels, clustering.eps, [term_state(term) for term in self.terms]
+        return found, clustering.eps, [term_state(term) for term in self.terms]
 
     @torch.no_grad()
     def embed_training_images(self, trainer: pl.Trainer, module: pl.LightningModule) -> torch.Tensor | None:
@@ -210,8 +210,8 @@ class PseudoLabelCallback(pl.Callback):
                 )
             log.info("clustering stopped by %s; stopping at the last checkpoint", signal.Signals(signum).name)
             return
-        found, labels, eps, states = result
-        found, labels = np.asarray(found), np.asarray(labels)
+        found, eps, states = result
+        found = np.asarray(found)
         used, clusters = int((found >= 0).sum()), int(found.max(initial=-1)) + 1
         if self.eps is None:
             log.info(
@@ -231,8 +231,9 @@ class PseudoLabelCallback(pl.Callback):
         )
         try:
             # an outlier is one image: drawn K times per epoch as a PK identity it would outnumber the clusters,
-            # so only the clusters make batches and outlier instances are negatives in the memory (SpCL)
-            trainer.datamodule.set_pseudo_labels(training_labels(found, labels).tolist())
+            # so only the clusters make batches (`found`: with_outliers numbers the clusters alike) and outlier
+            # instances are negatives in the memory (SpCL)
+            trainer.datamodule.set_pseudo_labels(found.tolist())
         except DataError as error:
             if self.clusterings == 0:
                 raise
@@ -300,12 +301,6 @@ def with_outliers(labels: np.ndarray, policy: str) -> np.ndarray:
         outliers = labels < 0
         labels[outliers] = labels.max(initial=-1) + 1 + np.arange(int(outliers.sum()))
     return labels
-
-
-def training_labels(found: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The labels PK batches are drawn from: the memory's ``labels`` where the clustering (``found``) put the
-    image in a cluster, -1 (not drawn) for an outlier, also when it is an instance row of the memory."""
-    return np.where(np.asarray(found) >= 0, np.asarray(labels), -1)
 
 
 def term_state(term: torch.nn.Module) -> dict[str, torch.Tensor]:
