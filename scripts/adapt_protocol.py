@@ -8,6 +8,10 @@ Targets (give any of them):
   --market DIR   Market-1501 on itself (DIR holds bounding_box_train/, query/, bounding_box_test/): the first
                  --market-crops training images in name order, copied as hard links under random names into one
                  folder per camera (no identity in a name), are the unlabeled crops; the test split evaluates.
+  --market-tracks DIR
+                 the same images named as `reid crops` names a track's crops (<track>_c<camera>s<seq>_<frame>_<box>),
+                 one random track number per (person, camera, sequence): Market's own tracklets, identities across
+                 cameras and sequences hidden, so adaptation.tracklets=auto clusters tracks.
   --shifted DIR  a simulated second camera network made by scripts/shift_domain.py: DIR/unlabeled, DIR/query,
                  DIR/bounding_box_test.
 
@@ -63,6 +67,29 @@ def market_crops(market: Path, count: int, folder: Path) -> Path:
     return folder
 
 
+MARKET_NAME = re.compile(r"^(\d+)_c(\d+)s(\d+)_(\d+)_(\d+)\.")
+
+
+def market_tracks(market: Path, count: int, folder: Path) -> Path:
+    """The first ``count`` training images in name order as track crops: one random track number per (person,
+    camera, sequence), so a track never crosses cameras and no name tells who is who across them."""
+    if folder.is_dir() and any(folder.glob("*.jpg")):
+        return folder
+    images = sorted(p for p in (market / "bounding_box_train").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    parsed = [(image, MARKET_NAME.match(image.name)) for image in images[:count]]
+    keys = sorted({found.groups()[:3] for _, found in parsed if found})
+    tracks = dict(zip(keys, random.Random(0).sample(range(10**6), len(keys))))
+    folder.mkdir(parents=True, exist_ok=True)
+    for image, found in parsed:
+        if found is None:
+            continue
+        person_camera_sequence, (frame, box) = found.groups()[:3], found.groups()[3:]
+        camera, sequence = person_camera_sequence[1:]
+        name = f"{tracks[person_camera_sequence]:06d}_c{camera}s{sequence}_{frame}_{box}{image.suffix}"
+        os.link(image, folder / name)
+    return folder
+
+
 def run(command: list[str], log: Path) -> float:
     """Run a reid command, its output to ``log``; returns the wall seconds. Exits on failure."""
     started = time.perf_counter()
@@ -112,6 +139,7 @@ def main(argv=None) -> None:
     parser.add_argument("--work", required=True, help="folder for the runs (made)")
     parser.add_argument("--cuhk01")
     parser.add_argument("--market")
+    parser.add_argument("--market-tracks")
     parser.add_argument("--market-crops", type=int, default=5000)
     parser.add_argument("--shifted")
     parser.add_argument("--setting", action="append", default=[], help="NAME=OVERRIDES (repeat); default: spec=")
@@ -131,11 +159,18 @@ def main(argv=None) -> None:
             root / "query",
             root / "bounding_box_test",
         )
+    if args.market_tracks:
+        root = Path(args.market_tracks)
+        targets["market_tracks"] = (
+            market_tracks(root, args.market_crops, work / "market_tracks"),
+            root / "query",
+            root / "bounding_box_test",
+        )
     if args.shifted:
         root = Path(args.shifted)
         targets["shifted"] = (root / "unlabeled", root / "query", root / "bounding_box_test")
     if not targets:
-        parser.error("give at least one of --cuhk01, --market, --shifted")
+        parser.error("give at least one of --cuhk01, --market, --market-tracks, --shifted")
     settings = [item.partition("=")[::2] for item in (args.setting or ["spec="])]
     common, cpu = args.common.split(), cpu_name()
     for target, (unlabeled, query, gallery) in targets.items():

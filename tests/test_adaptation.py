@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from reid_tao.data.layouts import read_unlabeled
+from reid_tao.data.records import ImageRecord
 from reid_tao.data.samplers import PKSampler, SubsetSampler
+from reid_tao.data.tracklets import track_groups
 from reid_tao.evaluation.clustering import agreement, cluster_features, purity
 from reid_tao.model.losses import CameraProxyLoss, ClusterMemoryLoss, LossSettings, build_reid_loss
 
@@ -1057,3 +1059,20 @@ def test_resuming_a_source_free_run_with_a_source_stream_names_the_source_field(
     config = source_config(tiny_market, tmp_path, tiny_market, latest)
     with pytest.raises(DataError, match="trained on 1 identities but adaptation.source_dataset_dir has 6"):
         check_resumable(str(latest), "train.resume_training_checkpoint_path", config, 6)
+
+
+def test_adapt_protocol_names_market_images_as_tracks_per_person_camera_and_sequence(tmp_path):
+    spec = importlib.util.spec_from_file_location("adapt_protocol", _SCRIPT.parent / "adapt_protocol.py")
+    adapt_protocol = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adapt_protocol)
+    names = ["0002_c1s1_000451_03", "0002_c1s1_000551_01", "0002_c2s1_000100_01", "0002_c1s2_000700_01"]
+    names += ["0007_c1s1_000451_02", "0007_c1s1_000460_02"]
+    for name in names:
+        write_image(tmp_path / "market" / "bounding_box_train" / f"{name}.jpg", 100)
+    folder = adapt_protocol.market_tracks(tmp_path / "market", 6, tmp_path / "tracks")
+    records = [ImageRecord(str(path), -1, 0) for path in sorted(folder.iterdir())]
+    groups = track_groups(records)
+    assert groups is not None and len(set(groups.tolist())) == 4  # (person, camera, sequence): 3 for 0002, 1 for 0007
+    stems = {path.name.split("_", 1)[1].rsplit(".", 1)[0] for path in folder.iterdir()}
+    assert stems == {name.split("_", 1)[1] for name in names}  # camera, sequence, frame and box kept
+    assert not any(path.name.startswith(("0002_", "0007_")) for path in folder.iterdir())  # no identity shown

@@ -7,7 +7,13 @@ import torch.nn.functional as F
 from scipy.sparse import csr_matrix
 from sklearn.cluster import DBSCAN
 
-from reid_tao.evaluation.clustering import camera_centred, cluster_features, dbscan_labels, distance_graph
+from reid_tao.evaluation.clustering import (
+    agreement,
+    camera_centred,
+    cluster_features,
+    dbscan_labels,
+    distance_graph,
+)
 from reid_tao.evaluation.rerank import jaccard_distance, jaccard_graph
 
 
@@ -118,3 +124,44 @@ def test_auto_eps_from_the_nearest_pairs_equals_auto_eps_from_every_pair(monkeyp
         assert auto_eps(nearest, share) == auto_eps(full, share) == expected_eps
         assert built[0].nnz == nearest.nnz < full.nnz / 3  # what cluster_features built
         built.clear()
+
+
+def scenes(seed: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """24 people, 2 images on each of 2 cameras; on each camera, groups of 3 people share a scene (light,
+    background) that makes them closer than one person's views on the two cameras; the groups differ by camera,
+    so camera centring does not remove the scenes."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(24, 32, generator=generator)
+    features, identities, cameras = [], [], []
+    for camera in range(2):
+        scene = 1.2 * torch.randn(8, 32, generator=generator)
+        for rank, person in enumerate(torch.randperm(24, generator=generator).tolist()):
+            for _ in range(2):
+                features.append(centres[person] + scene[rank // 3] + 0.3 * torch.randn(32, generator=generator))
+                identities.append(person)
+                cameras.append(camera)
+    return torch.stack(features), np.array(identities), torch.tensor(cameras)
+
+
+def clusters_on_both_cameras(labels: np.ndarray, cameras: torch.Tensor) -> int:
+    cameras = cameras.numpy()
+    return len(set(labels[(labels >= 0) & (cameras == 0)]) & set(labels[(labels >= 0) & (cameras == 1)]))
+
+
+def test_same_camera_penalty_joins_a_persons_views_on_two_cameras():
+    features, identities, cameras = scenes(seed=0)
+    settings = dict(eps=None, eps_share=3 / len(identities), k1=6, k2=1, min_samples=2, cameras=cameras)
+    plain = cluster_features(features, **settings)
+    penalised = cluster_features(features, camera_penalty=1.0, **settings)
+    assert clusters_on_both_cameras(plain.labels, cameras) <= 1  # the scenes win without the penalty
+    assert clusters_on_both_cameras(penalised.labels, cameras) >= 5
+    assert agreement(penalised.labels, identities) > agreement(plain.labels, identities) + 0.2
+
+
+def test_same_camera_penalty_is_off_with_one_camera():
+    features, _, cameras = scenes(seed=0)
+    one = torch.zeros_like(cameras)
+    settings = dict(eps=None, eps_share=0.05, k1=6, k2=1, min_samples=2, cameras=one)
+    assert np.array_equal(
+        cluster_features(features, camera_penalty=1.0, **settings).labels, cluster_features(features, **settings).labels
+    )

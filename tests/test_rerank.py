@@ -17,13 +17,22 @@ from reid_tao.evaluation.rerank import jaccard_distance, jaccard_graph, re_ranki
 
 
 def reference_re_ranking(
-    query: np.ndarray, gallery: np.ndarray, k1: int, k2: int, lambda_value: float, all_columns: bool = False
+    query: np.ndarray,
+    gallery: np.ndarray,
+    k1: int,
+    k2: int,
+    lambda_value: float,
+    all_columns: bool = False,
+    penalty: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Dense float64 transcription of Zhong et al.'s algorithm, one probe at a time."""
+    """Dense float64 transcription of Zhong et al.'s algorithm, one probe at a time; ``penalty`` (N, N) is added
+    to the squared distances first."""
     features = np.concatenate([query, gallery]).astype(np.float64)
     num_query, num_all = len(query), len(features)
     difference = features[:, None, :] - features[None, :, :]
     original = (difference**2).sum(-1)
+    if penalty is not None:
+        original = original + penalty
     original = np.transpose(original / np.max(original, axis=0))
     rank = np.argsort(original, axis=1, kind="stable")
 
@@ -367,6 +376,32 @@ def test_jaccard_graph_keeps_the_nearest_pairs(nearest_pairs, block_size):
         dense[upper][dense[upper] <= cut] if cut < 1 else dense[upper][dense[upper] < 1],
     )
     assert (~np.isnan(stored[upper])).sum() >= min(nearest_pairs, (pairs < 1).sum())
+
+
+@pytest.mark.parametrize("k1,k2,block_size", [(10, 3, None), (6, 1, 7)])
+def test_jaccard_graph_with_a_same_camera_penalty_matches_the_reference(k1, k2, block_size):
+    """The penalty is added to the squared distance of two probes from one camera (never to a probe's own) in
+    the neighbour sets, their weights and the query expansion: the reference with the penalty added first."""
+    features = clustered_features(8, 5, 16, seed=3).float()
+    cameras = torch.arange(40) % 3
+    penalty = 0.5 * (cameras[:, None] == cameras[None, :]).double().numpy()
+    np.fill_diagonal(penalty, 0.0)
+    expected = reference_re_ranking(features.numpy(), features.numpy()[:0], k1, k2, 0.0, True, penalty)
+    graph = jaccard_graph(features, k1, k2, block_size=block_size, cameras=cameras, camera_penalty=0.5)
+    stored = stored_entries(graph)
+    kept = ~np.isnan(stored)
+    np.testing.assert_allclose(stored[kept], expected[kept], atol=1e-4)
+    assert (expected[~kept] > 1 - 1e-4).all()
+    plain = reference_re_ranking(features.numpy(), features.numpy()[:0], k1, k2, 0.0, all_columns=True)
+    assert np.abs(plain - expected).max() > 0.1  # the penalty changes the distances: the comparison is not vacuous
+
+
+@pytest.mark.parametrize(
+    "cameras,penalty", [(None, 0.5), (torch.zeros(3, dtype=torch.long), 0.5), (torch.zeros(40), -1.0)]
+)
+def test_jaccard_graph_rejects_a_bad_same_camera_penalty(cameras, penalty):
+    with pytest.raises(ValueError, match="camera_penalty"):
+        jaccard_graph(clustered_features(8, 5, 16, seed=3).float(), 6, 1, cameras=cameras, camera_penalty=penalty)
 
 
 def test_jaccard_graph_rejects_a_negative_max_distance():

@@ -23,6 +23,7 @@ def pseudo_label_callback(
         batch_size=config.dataset.val_batch_size,
         num_workers=config.dataset.num_workers,
         camera_centring=adaptation.camera_centring,
+        same_camera_penalty=adaptation.same_camera_penalty,
         target_batch_norm=adaptation.target_batch_norm,
         teacher=teacher,
         tracklets=adaptation.tracklets == "auto",

@@ -666,6 +666,16 @@ class AdaptationConfig:
             "one cluster rather than one per camera"
         ),
     )
+    same_camera_penalty: float = spec_field(
+        0.0,
+        bounds=Bounds(low=0, high=4),
+        new=True,
+        help=(
+            "added to the squared distance (0-4 between unit features) of two images from one camera before the "
+            "k-reciprocal neighbours are found, so a person's views on other cameras enter them (CA-Jaccard's aim); "
+            "0: off; off by itself with one camera"
+        ),
+    )
     target_batch_norm: bool = spec_field(
         True,
         new=True,

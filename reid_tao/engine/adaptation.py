@@ -85,6 +85,8 @@ class PseudoLabelCallback(pl.Callback):
     outliers: "drop" leaves un-clustered images out of training; "instances" gives each its own memory entry, a
     negative for every batch feature (as SpCL's hybrid memory); batches are drawn from the clusters either way.
     camera_centring: cluster :func:`~reid_tao.evaluation.clustering.camera_centred` features.
+    same_camera_penalty: added to the squared distance of two images from one camera in the clustering's
+    k-reciprocal neighbours (:func:`~reid_tao.evaluation.clustering.distance_graph`).
     target_batch_norm: before the first clustering of a new run (not a resumed one), measure the batch-norm
     statistics on the training images (AdaBN, Li et al. 2016): the source's describe the source cameras, and
     the first pseudo labels come from this model.
@@ -107,6 +109,7 @@ class PseudoLabelCallback(pl.Callback):
         batch_size: int = 128,
         num_workers: int = 0,
         camera_centring: bool = True,
+        same_camera_penalty: float = 0.0,
         target_batch_norm: bool = True,
         teacher: Optional["MeanTeacher"] = None,
         tracklets: bool = False,
@@ -117,7 +120,9 @@ class PseudoLabelCallback(pl.Callback):
             raise ValueError(f"outliers must be one of {OUTLIER_POLICIES}, got {outliers!r}")
         self.terms, self.interval = list(terms), interval
         self.eps, self.eps_share = eps, eps_share
-        self.cluster_args = dict(min_samples=min_samples, k1=k1, k2=k2)
+        self.cluster_args = dict(
+            min_samples=min_samples, k1=k1, k2=k2, centring=camera_centring, camera_penalty=same_camera_penalty
+        )
         self.outliers = outliers
         self.batch_size, self.num_workers = batch_size, num_workers
         self.camera_centring, self.target_batch_norm = camera_centring, target_batch_norm
@@ -150,21 +155,12 @@ class PseudoLabelCallback(pl.Callback):
         groups = track_groups(trainer.datamodule.train_records) if self.tracklets else None
         if groups is None:
             clustering = cluster_features(
-                features,
-                eps=self.eps,
-                eps_share=self.eps_share,
-                cameras=cameras if self.camera_centring else None,
-                **self.cluster_args,
+                features, eps=self.eps, eps_share=self.eps_share, cameras=cameras, **self.cluster_args
             )
             found = clustering.labels
         else:
             found, clustering = cluster_tracks(
-                features,
-                groups,
-                cameras if self.camera_centring else None,
-                eps=self.eps,
-                eps_share=self.eps_share,
-                **self.cluster_args,
+                features, groups, cameras, eps=self.eps, eps_share=self.eps_share, **self.cluster_args
             )
         if stop_signal(trainer):
             return None

@@ -75,21 +75,23 @@ def cluster_features(
     k2: int = 6,
     cameras: torch.Tensor | None = None,
     eps_share: float = 0.0016,
+    centring: bool = True,
+    camera_penalty: float = 0.0,
 ) -> Clustering:
     """Cluster (N, D) features: :func:`dbscan_labels` of their :func:`distance_graph` (the pairs within
-    ``eps``; eps None: :func:`auto_eps`, from the graph up to the pairs it averages). The centroids are means of
-    the features themselves, not of the camera-centred ones (the memory compares them with the model's output).
+    ``eps``; eps None: :func:`auto_eps`, from the graph up to the pairs it averages); ``cameras``, ``centring``
+    and ``camera_penalty`` as there. The centroids are means of the features themselves, not of the
+    camera-centred ones (the memory compares them with the model's output).
 
     Memory: the graph's stored pairs (8 bytes each, a few dozen per image at a useful eps) and DBSCAN's copies
     of them, besides the nearest-neighbour search's blocks (see :func:`~reid_tao.evaluation.rerank.re_ranking`):
     measured in docs/benchmarks.md."""
+    graph_args = dict(k1=k1, k2=k2, cameras=cameras, centring=centring, camera_penalty=camera_penalty)
     if eps is None:  # the graph up to the pairs auto_eps averages: the radius is at most their largest distance
-        graph = distance_graph(
-            features, k1=k1, k2=k2, cameras=cameras, nearest_pairs=auto_eps_pairs(features.shape[0], eps_share)
-        )
+        graph = distance_graph(features, nearest_pairs=auto_eps_pairs(features.shape[0], eps_share), **graph_args)
         eps = auto_eps(graph, eps_share)
     else:
-        graph = distance_graph(features, k1=k1, k2=k2, cameras=cameras, max_distance=min(eps, 1.0))
+        graph = distance_graph(features, max_distance=min(eps, 1.0), **graph_args)
     labels = dbscan_labels(graph, eps=eps, min_samples=min_samples)
     del graph
     normalised = F.normalize(features.float(), dim=1)
@@ -108,16 +110,28 @@ def distance_graph(
     cameras: torch.Tensor | None = None,
     max_distance: float = 1.0,
     nearest_pairs: int | None = None,
+    centring: bool = True,
+    camera_penalty: float = 0.0,
 ) -> csr_matrix:
     """The k-reciprocal Jaccard distances :func:`cluster_features` clusters, as the sparse (N, N) graph of
     :func:`~reid_tao.evaluation.rerank.jaccard_graph` (pairs at most ``max_distance`` apart, and with
     ``nearest_pairs`` no farther than the nearest_pairs-th closest pair; every other pair is farther, at most 1)
-    of the L2-normalised features, camera-centred (:func:`camera_centred`) with ``cameras`` (N camera
-    numbers)."""
+    of the L2-normalised features. With ``cameras`` (N camera numbers) from two or more cameras: camera-centred
+    (:func:`camera_centred`) unless ``centring`` is false, and ``camera_penalty`` added to the squared distance
+    of two images from one camera (their likeness in light and background is not evidence of one person)."""
     clustered = F.normalize(features.float(), dim=1)
-    if cameras is not None:
+    several = cameras is not None and bool((cameras != cameras[0]).any())
+    if cameras is not None and centring:
         clustered = camera_centred(clustered, cameras)
-    return jaccard_graph(clustered, k1=k1, k2=k2, max_distance=max_distance, nearest_pairs=nearest_pairs)
+    return jaccard_graph(
+        clustered,
+        k1=k1,
+        k2=k2,
+        max_distance=max_distance,
+        nearest_pairs=nearest_pairs,
+        cameras=cameras if several else None,
+        camera_penalty=camera_penalty if several else 0.0,
+    )
 
 
 def dbscan_labels(graph: csr_matrix, eps: float, min_samples: int) -> np.ndarray:

@@ -184,6 +184,8 @@ def jaccard_graph(
     max_distance: float = 1.0,
     nearest_pairs: int | None = None,
     block_size: int | None = None,
+    cameras: Tensor | None = None,
+    camera_penalty: float = 0.0,
 ) -> csr_matrix:
     """Sparse (N, N) form of :func:`jaccard_distance`: the same float32 distances, stored only where they are at
     most ``max_distance``.
@@ -202,6 +204,11 @@ def jaccard_graph(
     distances (``clustering.auto_eps``) needs, in memory bounded by it instead of by every pair sharing a
     column.
 
+    ``cameras`` (N camera numbers) and ``camera_penalty`` > 0: the squared distance of two images from one
+    camera is taken ``camera_penalty`` larger (the neighbour sets, their weights and the query expansion), so
+    a person's views on other cameras enter the k-reciprocal sets that the views on its own camera, alike in
+    light and background, would otherwise fill (the aim of CA-Jaccard, Chen et al. 2023).
+
     Returns a symmetric ``scipy.sparse.csr_matrix`` of float32 on the CPU, whatever the features' device.
     Memory: 8 bytes per stored entry (a clustering radius keeps a few dozen per probe; ``max_distance`` 1
     keeps every pair sharing a column: thousands per probe with k1 30, k2 6) plus what
@@ -215,23 +222,30 @@ def jaccard_graph(
         isinstance(nearest_pairs, bool) or not isinstance(nearest_pairs, int) or nearest_pairs < 1
     ):
         raise ValueError(f"nearest_pairs must be a positive integer or None, got {nearest_pairs!r}")
+    same_camera = _same_camera_penalty(features, cameras, camera_penalty)
     matmul_precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
         with torch.no_grad():
-            return _jaccard_graph(features, k1, k2, float(max_distance), nearest_pairs, block_size)
+            return _jaccard_graph(features, k1, k2, float(max_distance), nearest_pairs, block_size, same_camera)
     finally:
         torch.set_float32_matmul_precision(matmul_precision)
 
 
 def _jaccard_graph(
-    features: Tensor, k1: int, k2: int, max_distance: float, nearest_pairs: int | None, block_size: int | None
+    features: Tensor,
+    k1: int,
+    k2: int,
+    max_distance: float,
+    nearest_pairs: int | None,
+    block_size: int | None,
+    same_camera: tuple[Tensor, float] | None = None,
 ) -> csr_matrix:
     features = features.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
     num_all = features.shape[0]
     if num_all == 0:
         return csr_matrix((0, 0), dtype=np.float32)
-    members, weights, budget = _jaccard_rows(features, k1, k2, block_size)
+    members, weights, budget = _jaccard_rows(features, k1, k2, block_size, same_camera)
     device = members.device
     # The non-zero entries (i, c) of V, row by row; entry e pairs with the postings of column c from row i on,
     # which start at the entry's own posting (rows ascend within a column): each pair (i, j >= i) once.
@@ -350,9 +364,23 @@ def _symmetric_graph(row: np.ndarray, column: np.ndarray, distance: np.ndarray, 
     )
 
 
-def _jaccard_rows(features: Tensor, k1: int, k2: int, block_size: int | None) -> tuple[Tensor, Tensor, int]:
+def _same_camera_penalty(features: Tensor, cameras: Tensor | None, penalty: float) -> tuple[Tensor, float] | None:
+    """(camera per probe on the features' device, penalty) for :func:`_jaccard_rows`, or None for no penalty."""
+    if not 0.0 <= float(penalty) < math.inf:
+        raise ValueError(f"camera_penalty must be a finite number >= 0, got {penalty!r}")
+    if penalty == 0.0:
+        return None
+    if cameras is None or tuple(cameras.shape) != (features.shape[0],):
+        raise ValueError(f"camera_penalty needs one camera per feature row ({features.shape[0]}), got {cameras!r}")
+    return cameras.to(features.device), float(penalty)
+
+
+def _jaccard_rows(
+    features: Tensor, k1: int, k2: int, block_size: int | None, same_camera: tuple[Tensor, float] | None = None
+) -> tuple[Tensor, Tensor, int]:
     """The sparse rows of V (probe indices padded with N, weights) among one set of (N >= 1, D) features, and
-    the temporaries budget in bytes."""
+    the temporaries budget in bytes; ``same_camera`` (cameras, penalty) adds the penalty to the squared distance
+    of two probes from one camera."""
     num_all = features.shape[0]
     if not bool(torch.isfinite(features).all()):
         raise DataError(
@@ -369,14 +397,14 @@ def _jaccard_rows(features: Tensor, k1: int, k2: int, block_size: int | None) ->
     squared_norms = torch.einsum("nd,nd->n", features, features)
     # an empty (N, 0) "query x gallery" block: only the neighbours and row maxima are needed here
     neighbours, row_max = _nearest_neighbours(
-        features, squared_norms, max(k_forward, k_expand), tile, features.new_empty((0, 0))
+        features, squared_norms, max(k_forward, k_expand), tile, features.new_empty((0, 0)), same_camera
     )
     row_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))
     forward, half = neighbours[:, :k_forward], neighbours[:, :k_half]
     members = _expanded_reciprocal_sets(
         forward, _reciprocal_mask(forward, index_elements), half, _reciprocal_mask(half, index_elements), index_elements
     )
-    weights = _gaussian_weights(features, squared_norms, row_max, members, budget)
+    weights = _gaussian_weights(features, squared_norms, row_max, members, budget, same_camera)
     if k_expand > 1:
         members, weights = _query_expansion(members, weights, neighbours[:, :k_expand], index_elements)
     return members, weights, budget
@@ -425,12 +453,18 @@ def _check_arguments(
 
 
 def _nearest_neighbours(
-    features: Tensor, squared_norms: Tensor, k: int, tile: int, query_gallery: Tensor
+    features: Tensor,
+    squared_norms: Tensor,
+    k: int,
+    tile: int,
+    query_gallery: Tensor,
+    same_camera: tuple[Tensor, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-k nearest probes (sorted, self included) and the maximum distance of every row.
 
     Each symmetric tile (a, b) with a <= b is computed once and serves rows of both blocks; the
-    query x gallery part of the raw distances is copied into ``query_gallery``.
+    query x gallery part of the raw distances is copied into ``query_gallery``. ``same_camera`` (cameras,
+    penalty): the penalty is added to the distance of two probes from one camera (not a probe's own).
     """
     num_all = features.shape[0]
     device, dtype = features.device, features.dtype
@@ -450,6 +484,9 @@ def _nearest_neighbours(
             distance = tile_buffer[: shape[0] * shape[1]].view(shape)
             torch.addmm(squared_norms[b:b_stop], features[a:a_stop], features[b:b_stop].T, alpha=-2.0, out=distance)
             distance.add_(squared_norms[a:a_stop, None]).clamp_(min=0.0)
+            if same_camera is not None:
+                cameras, penalty = same_camera
+                distance.add_(cameras[a:a_stop, None] == cameras[None, b:b_stop], alpha=penalty)
             if a == b:  # self distance is exactly 0; the expansion above leaves rounding noise
                 distance.diagonal().zero_()
             _merge_top_k(best_distance, best_index, a, distance, b)
@@ -557,8 +594,16 @@ def _pad_blocks(blocks: list[Tensor], fill: float) -> Tensor:
     return stacked
 
 
-def _gaussian_weights(features: Tensor, squared_norms: Tensor, row_max: Tensor, members: Tensor, budget: int) -> Tensor:
-    """V[i, j] = exp(-d(i, j)) normalised over the expanded set of i (0 on padding)."""
+def _gaussian_weights(
+    features: Tensor,
+    squared_norms: Tensor,
+    row_max: Tensor,
+    members: Tensor,
+    budget: int,
+    same_camera: tuple[Tensor, float] | None = None,
+) -> Tensor:
+    """V[i, j] = exp(-d(i, j)) normalised over the expanded set of i (0 on padding); ``same_camera`` as in
+    :func:`_nearest_neighbours`."""
     num_all, dim = features.shape
     valid = members < num_all
     probe = torch.arange(num_all, device=members.device)[:, None].expand_as(members)[valid]
@@ -574,6 +619,9 @@ def _gaussian_weights(features: Tensor, squared_norms: Tensor, row_max: Tensor, 
         right = torch.index_select(features, 0, member[start:stop], out=member_buffer[: stop - start])
         distance[start:stop] = torch.einsum("pd,pd->p", left, right)
     distance.mul_(-2.0).add_(squared_norms[probe]).add_(squared_norms[member]).clamp_(min=0.0)
+    if same_camera is not None:
+        cameras, penalty = same_camera
+        distance.add_((cameras[probe] == cameras[member]) & (probe != member), alpha=penalty)
     distance.div_(row_max[probe])
     weights = torch.zeros(members.shape, dtype=features.dtype, device=features.device)
     weights[valid] = torch.exp(-distance)
