@@ -585,7 +585,10 @@ class AdaptationConfig:
         0.0016,
         bounds=Bounds(low=0, high=1, low_open=True),
         new=True,
-        help=("eps auto: the share of image pairs taken as the same person (about images per person / images)"),
+        help=(
+            "eps auto: the share of image pairs taken as the same person (about images per person / images; when "
+            "tracks are clustered, tracks per person / tracks)"
+        ),
     )
     min_samples: int = spec_field(
         2,
