@@ -710,7 +710,10 @@ def test_target_batch_norm_is_measured_before_the_first_clustering_of_a_new_run(
     monkeypatch.setattr(
         adaptation,
         "cluster_features",
-        lambda *a, **k: (calls.append("cameras" if k["cameras"] is not None else "plain"), cluster(*a, **k))[1],
+        lambda *a, **k: (
+            calls.append("cameras" if k["cameras"] is not None and k["centring"] else "plain"),
+            cluster(*a, **k),
+        )[1],
     )
     source = write_untrained_checkpoint(tiny_market, tmp_path / "source.pth")
     adapt_tiny(
