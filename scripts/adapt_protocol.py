@@ -148,27 +148,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    # target -> how its unlabeled folder is made from the archive's (None: DIR/unlabeled as it is); a made folder
+    # lies beside the results folders work/<target>, never inside one (training would read the results' images)
+    made = {"cuhk01": None, "market": market_crops, "market_tracks": market_tracks, "shifted": None}
     targets = {}
-    if args.cuhk01:
-        root = Path(args.cuhk01)
-        targets["cuhk01"] = (root / "unlabeled", root / "query", root / "bounding_box_test")
-    if args.market:
-        root = Path(args.market)
-        targets["market"] = (
-            market_crops(root, args.market_crops, work / "market_crops"),
-            root / "query",
-            root / "bounding_box_test",
-        )
-    if args.market_tracks:
-        root = Path(args.market_tracks)
-        targets["market_tracks"] = (
-            market_tracks(root, args.market_crops, work / "market_tracks"),
-            root / "query",
-            root / "bounding_box_test",
-        )
-    if args.shifted:
-        root = Path(args.shifted)
-        targets["shifted"] = (root / "unlabeled", root / "query", root / "bounding_box_test")
+    for target, make in made.items():
+        if getattr(args, target):
+            root = Path(getattr(args, target))
+            unlabeled = make(root, args.market_crops, work / f"{target}_crops") if make else root / "unlabeled"
+            targets[target] = (unlabeled, root / "query", root / "bounding_box_test")
     if not targets:
         parser.error("give at least one of --cuhk01, --market, --market-tracks, --shifted")
     settings = [item.partition("=")[::2] for item in (args.setting or ["spec="])]
