@@ -125,7 +125,7 @@ class PseudoLabelCallback(pl.Callback):
         )
         self.outliers = outliers
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.camera_centring, self.target_batch_norm = camera_centring, target_batch_norm
+        self.target_batch_norm = target_batch_norm
         self.teacher, self.tracklets = teacher, tracklets
         self.stats: dict[str, float] = {}
         self.clusterings = 0

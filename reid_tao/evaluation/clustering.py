@@ -120,7 +120,7 @@ def distance_graph(
     (:func:`camera_centred`) unless ``centring`` is false, and ``camera_penalty`` added to the squared distance
     of two images from one camera (their likeness in light and background is not evidence of one person)."""
     clustered = F.normalize(features.float(), dim=1)
-    several = cameras is not None and bool((cameras != cameras[0]).any())
+    several = cameras is not None and torch.unique(cameras).numel() > 1
     if cameras is not None and centring:
         clustered = camera_centred(clustered, cameras)
     return jaccard_graph(
